@@ -1,0 +1,1 @@
+"""Agentic Mesh: a gRPC service mesh of AI agents."""

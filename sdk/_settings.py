@@ -1,0 +1,113 @@
+"""Settings of every Agentic Mesh process, read from ``AGENTMESH_*`` environment variables.
+
+One frozen dataclass, one place: each field ``foo_bar`` is set by ``AGENTMESH_FOO_BAR``. Values are parsed
+by the field's type (bool accepts 1/0/true/false/yes/no; durations are seconds as floats).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+ENV_PREFIX = "AGENTMESH_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Typed settings with defaults that need nothing installed (SQLite, local Triton, dev CA)."""
+
+    # Working folder of a local mesh: dev CA, certificates, SQLite database, model cache.
+    home: Path = Path(".agentmesh")
+    # SQLAlchemy URL; empty means SQLite at <home>/mesh.db. postgresql+psycopg://... in production.
+    database_url: str = ""
+    # SPIFFE trust domain of the mesh.
+    trust_domain: str = "agentmesh.local"
+    # This process's certificate, key and the mesh CA bundle; empty means <home>/certs/<kind>-<name>*.pem.
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    # Plaintext instead of mTLS; only for local experiments, logged loudly.
+    insecure_dev: bool = False
+    # Address servers bind to.
+    bind_host: str = "127.0.0.1"
+    registry_port: int = 7400
+    planner_port: int = 7401
+    gateway_port: int = 7443
+    agent_port: int = 0
+    # Where clients find the registry and planner.
+    registry_address: str = "127.0.0.1:7400"
+    planner_address: str = "127.0.0.1:7401"
+    # Prometheus /metrics port; 0 disables the HTTP endpoint.
+    metrics_port: int = 0
+    # Triton KServe v2 gRPC address; empty means the local bundled server started by `agentmesh triton`.
+    triton_url: str = ""
+    triton_port: int = 8001
+    # Authorization policy YAML; empty means the built-in default policy.
+    authz_policy_file: str = ""
+    # Head sampling ratio for new traces (parent-based).
+    trace_sampling: float = 0.01
+    # Span exporter: none, console or otlp.
+    trace_exporter: str = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # Logging.
+    log_level: str = "INFO"
+    log_format: str = "json"
+    # Default deadline of outbound calls, seconds.
+    default_deadline: float = 10.0
+    # Agent lease time to live, seconds.
+    lease_ttl: float = 10.0
+    # Seconds a stopping server waits for in-flight calls.
+    shutdown_grace: float = 10.0
+    # Seconds between readiness checks of a server's dependencies.
+    readiness_interval: float = 1.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'mesh.db'}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``AGENTMESH_*`` variables; keyword overrides win over the environment."""
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for field in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _parse(field.name, raw, hints[field.name])
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    if isinstance(kind, types.UnionType):
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None

@@ -1,0 +1,1 @@
+"""Generated stubs of the agentmesh.v1 contract (``make gen``; never edited by hand)."""

@@ -1,0 +1,1 @@
+"""Mesh services: registry, planner, gateway."""
