@@ -1,1 +1,62 @@
+"""The ``agentmesh`` command. Each subcommand lives in its own module, imported only when used."""
 
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from agentmesh.cli._command import Command
+
+__all__ = ["main"]
+
+# name -> (module, one-line help). Modules define ``configure(parser)`` and ``run(args) -> int``;
+# heavy imports (grpc, sqlalchemy, ...) happen inside ``run`` so ``--help`` stays instant.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("agentmesh.cli._up", "run the whole mesh on this machine (registry, planner, gateway, agents)"),
+    "registry": ("agentmesh.cli._registry", "run the registry service"),
+    "planner": ("agentmesh.cli._planner", "run the planner service"),
+    "gateway": ("agentmesh.cli._gateway", "run the gateway service"),
+    "agent": ("agentmesh.cli._agent", "run an agent"),
+    "triton": ("agentmesh.cli._triton", "run the bundled Triton inference server on CPU"),
+    "certs": ("agentmesh.cli._certs", "manage the mesh CA and workload certificates"),
+    "agents": ("agentmesh.cli._agents", "list, inspect, discover and route registered agents"),
+    "submit": ("agentmesh.cli._submit", "submit a task to the mesh"),
+    "explain": ("agentmesh.cli._explain", "explain a task: its plan, choices and attempts"),
+    "audit": ("agentmesh.cli._audit", "read and verify the audit trail"),
+    "db": ("agentmesh.cli._db", "manage the database schema (Alembic migrations)"),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The top-level parser; only the subcommand named in ``argv`` (if any) is imported."""
+    parser = argparse.ArgumentParser(
+        prog="agentmesh",
+        description="Agentic Mesh: a gRPC service mesh of AI agents. "
+        "Settings come from AGENTMESH_* environment variables (see README).",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (module_name, help_text) in _COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            command: Command = importlib.import_module(module_name)  # type: ignore[assignment]
+            command.configure(sub)
+            sub.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentmesh`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help()
+        return 2 if args.command is None else 0
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return 130

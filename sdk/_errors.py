@@ -1,0 +1,216 @@
+"""One exception tree for the whole mesh, each class mapped to one gRPC status code.
+
+Domain code raises these; the server interceptor (``agentmesh._server``) turns them into a gRPC status with a
+``google.rpc.ErrorInfo`` detail (and ``BadRequest`` for invalid fields). Clients turn a failed call back into
+the same class with :func:`from_rpc_error`, so code on both sides catches ``NotFoundError``, not status codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "agentmesh.dev"
+
+
+class MeshError(Exception):
+    """Base of every error the mesh reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def to_status(self) -> grpc.Status:
+        """The gRPC status (code, message, ErrorInfo detail) a server sends for this error."""
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        details = [_pack(info), *self._extra_details()]
+        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return rpc_status.to_status(proto)
+
+    def _extra_details(self) -> list[any_pb2.Any]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
+
+
+class InvalidArgumentError(MeshError):
+    """The request is malformed; ``field`` names the offending field (dotted path)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, field: str = "", **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.field = field
+        if field:
+            self.metadata.setdefault("field", field)
+
+    def _extra_details(self) -> list[any_pb2.Any]:
+        if not self.field:
+            return []
+        violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)
+        return [_pack(error_details_pb2.BadRequest(field_violations=[violation]))]
+
+
+class NotFoundError(MeshError):
+    """The named resource does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(MeshError):
+    """A resource with that identity already exists and differs."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class AbortedError(MeshError):
+    """A concurrent change won (e.g. a stale ``expected_version``); re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class FailedPreconditionError(MeshError):
+    """The system is not in a state that allows the operation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class PermissionDeniedError(MeshError):
+    """The caller's identity is not allowed to do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(MeshError):
+    """The caller has no valid identity (certificate or token)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class ResourceExhaustedError(MeshError):
+    """A quota or rate limit was hit; ``retry_after`` (seconds) tells when to try again, if known."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+    def _extra_details(self) -> list[any_pb2.Any]:
+        if self.retry_after is None:
+            return []
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+        return [_pack(info)]
+
+
+class UnavailableError(MeshError):
+    """A dependency (database, agent, Triton) cannot be reached; safe to retry later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceededError(MeshError):
+    """The call's deadline passed before it finished."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class InternalError(MeshError):
+    """A bug or broken invariant on the server; details are logged, never sent."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+
+class UnimplementedError(MeshError):
+    """The RPC exists in the contract but this server does not serve it yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
+_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        AbortedError,
+        FailedPreconditionError,
+        PermissionDeniedError,
+        UnauthenticatedError,
+        ResourceExhaustedError,
+        UnavailableError,
+        DeadlineExceededError,
+        InternalError,
+        UnimplementedError,
+    )
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> MeshError:
+    """Turn a failed call's status back into the matching :class:`MeshError` subclass."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    message = (error.details() if hasattr(error, "details") else None) or str(error)
+    cls = _BY_CODE.get(code, MeshError)
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    field = ""
+    retry_after: float | None = None
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            field = bad.field_violations[0].field if bad.field_violations else ""
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    if cls is InvalidArgumentError:
+        result: MeshError = InvalidArgumentError(message, field=field, reason=reason, metadata=metadata)
+    elif cls is ResourceExhaustedError:
+        result = ResourceExhaustedError(message, retry_after=retry_after, reason=reason, metadata=metadata)
+    else:
+        result = cls(message, reason=reason, metadata=metadata)
+        if cls is MeshError:
+            result.code = code
+    return result
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
