@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentmesh import security, telemetry
-from agentmesh._errors import InternalError, MeshError
+from agentmesh._errors import InternalError, MeshError, UnimplementedError
 from agentmesh._settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -205,7 +205,10 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError) or isinstance(exc, asyncio.CancelledError):
             observation.end(context.code() or grpc.StatusCode.CANCELLED)
             return
-        if not isinstance(exc, MeshError):
+        if isinstance(exc, NotImplementedError):
+            # Generated base servicers raise it for RPCs a server does not serve (yet).
+            exc = UnimplementedError(f"{method} is not served by this server yet")
+        elif not isinstance(exc, MeshError):
             logger.exception("unhandled error in %s", method)
             exc = InternalError(f"internal error in {method}; see the server log")
         observation.end(exc.code, exc)

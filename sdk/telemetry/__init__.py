@@ -1,36 +1,30 @@
-"""Mesh telemetry: tracing, metrics and structured logs.
+"""Mesh telemetry: OpenTelemetry tracing, Prometheus metrics and structured JSON logs.
 
-(First cut by the lead; the telemetry work replaces the internals and keeps these entry points.)
+``server_telemetry`` is what :class:`agentmesh._server.MeshServer` calls; handlers call
+:func:`current_trace_id` to store the trace id on records; processes call :func:`configure_logging` and
+:func:`run` (uvloop) at start.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from agentmesh.telemetry._logging import JsonFormatter, configure_logging, redact
+from agentmesh.telemetry._metrics import BREAKER_STATE, start_metrics_server
+from agentmesh.telemetry._runtime import run
+from agentmesh.telemetry._server import CallObservation, ServerTelemetry, server_telemetry
+from agentmesh.telemetry._tracing import configure_tracing, current_span_id, current_trace_id, get_tracer
 
-import grpc
-
-from agentmesh._settings import Settings
-
-__all__ = ["CallObservation", "ServerTelemetry", "server_telemetry"]
-
-
-class CallObservation:
-    """What one server call records when it ends."""
-
-    def end(self, code: grpc.StatusCode, error: BaseException | None = None) -> None:
-        """Record the call's outcome."""
-
-
-class ServerTelemetry:
-    """Starts an observation per call (span, metrics)."""
-
-    _NOOP = CallObservation()
-
-    def start(self, method: str, context: Any) -> CallObservation:
-        """Begin observing one call of ``method``."""
-        return self._NOOP
-
-
-def server_telemetry(settings: Settings, service_name: str) -> ServerTelemetry:
-    """Telemetry for a server named ``service_name``."""
-    return ServerTelemetry()
+__all__ = [
+    "BREAKER_STATE",
+    "CallObservation",
+    "JsonFormatter",
+    "ServerTelemetry",
+    "configure_logging",
+    "configure_tracing",
+    "current_span_id",
+    "current_trace_id",
+    "get_tracer",
+    "redact",
+    "run",
+    "server_telemetry",
+    "start_metrics_server",
+]

@@ -1,0 +1,133 @@
+"""A bounded LRU+TTL cache of skill results keyed by (skill, idempotency key), deduplicating in-flight calls.
+
+Semantics (what a caller sees):
+
+- The first call with a key runs the skill; a later call with the same key and the same input gets the
+  stored result (``replayed=True``) without running the skill again.
+- A call that arrives while the first is still running waits for it and shares its outcome.
+- Only successes are stored: a failed or cancelled run frees the key, so a retry runs the skill again.
+- Reusing a key with a *different* input is ``INVALID_ARGUMENT`` on field ``idempotency_key``: it is a
+  caller bug that no retry can fix, and running or replaying either input would be wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from agentmesh._errors import InvalidArgumentError
+
+__all__ = ["IdempotencyCache", "fingerprint"]
+
+T = TypeVar("T")
+
+
+def fingerprint(data: Any) -> str:
+    """A stable digest of a JSON value (key order does not matter)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class _Entry(Generic[T]):
+    input_digest: str
+    expires: float
+    result: T | None = None
+    running: asyncio.Future[T] | None = None
+
+
+class IdempotencyCache(Generic[T]):
+    """Results of finished runs (at most ``max_entries``, each kept ``ttl`` seconds) and runs in flight."""
+
+    def __init__(self, *, max_entries: int = 10_000, ttl: float = 3600.0) -> None:
+        if max_entries < 1 or ttl <= 0:
+            raise ValueError("max_entries must be >= 1 and ttl > 0")
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._entries: OrderedDict[tuple[str, str], _Entry[T]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def run(
+        self, skill: str, key: str, input_digest: str, compute: Callable[[], Awaitable[T]]
+    ) -> tuple[T, bool]:
+        """``compute()`` once per (skill, key); returns ``(result, replayed)``."""
+        slot = (skill, key)
+        while True:
+            entry = self._lookup(slot)
+            if entry is None:
+                break
+            if entry.input_digest != input_digest:
+                raise InvalidArgumentError(
+                    f"idempotency key {key!r} was already used for skill {skill!r} with a different input",
+                    field="idempotency_key",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                    metadata={"skill": skill},
+                )
+            if entry.running is None:
+                self._entries.move_to_end(slot)
+                return entry.result, True  # type: ignore[return-value]
+            try:
+                # shield: a waiter that gives up must not cancel the run the first caller is waiting on.
+                return await asyncio.shield(entry.running), True
+            except _Abandoned:
+                continue  # the first caller was cancelled; the key is free again, so one waiter takes over
+        return await self._own(slot, input_digest, compute), False
+
+    async def _own(self, slot: tuple[str, str], input_digest: str, compute: Callable[[], Awaitable[T]]) -> T:
+        running: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        entry: _Entry[T] = _Entry(input_digest=input_digest, expires=time.monotonic() + self.ttl, running=running)
+        self._entries[slot] = entry
+        self._evict()
+        try:
+            result = await compute()
+        except asyncio.CancelledError:
+            self._release(slot, entry)
+            running.set_exception(_Abandoned())
+            running.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            raise
+        except BaseException as exc:
+            self._release(slot, entry)
+            running.set_exception(exc)
+            running.exception()
+            raise
+        entry.result, entry.running = result, None
+        entry.expires = time.monotonic() + self.ttl
+        running.set_result(result)
+        return result
+
+    def _lookup(self, slot: tuple[str, str]) -> _Entry[T] | None:
+        entry = self._entries.get(slot)
+        if entry is not None and entry.running is None and entry.expires <= time.monotonic():
+            del self._entries[slot]
+            return None
+        return entry
+
+    def _release(self, slot: tuple[str, str], entry: _Entry[T]) -> None:
+        if self._entries.get(slot) is entry:
+            del self._entries[slot]
+
+    def _evict(self) -> None:
+        # Oldest first; runs in flight are never evicted (their waiters hold them), so skip past them.
+        excess = len(self._entries) - self.max_entries
+        if excess <= 0:
+            return
+        victims: list[tuple[str, str]] = []
+        for slot, entry in self._entries.items():
+            if entry.running is None:
+                victims.append(slot)
+                if len(victims) == excess:
+                    break
+        for slot in victims:
+            del self._entries[slot]
+
+
+class _Abandoned(Exception):
+    """The run a waiter was sharing was cancelled; the waiter should try again."""

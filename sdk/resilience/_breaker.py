@@ -1,0 +1,207 @@
+"""A circuit breaker per endpoint: closed → open after consecutive failures → half-open probe → closed.
+
+pybreaker was considered; its async support is tied to Tornado, and the mesh needs a breaker that costs
+nothing on the per-call fast path, so the state machine is here (small, tested). The state of every breaker
+is exported as the ``agentmesh_circuit_breaker_state`` gauge.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from agentmesh._errors import MeshError, UnavailableError
+from agentmesh.telemetry._metrics import BREAKER_STATE, BREAKER_TRANSITIONS
+
+T = TypeVar("T")
+
+# Status codes that say the endpoint is unhealthy; business errors (NOT_FOUND...) say it is fine.
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class BreakerState(enum.IntEnum):
+    """Breaker states; the value is what the Prometheus gauge shows."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitOpenError(UnavailableError):
+    """The endpoint's circuit is open: the call was not attempted (try another instance or later)."""
+
+    default_reason = "CIRCUIT_OPEN"
+
+    def __init__(self, endpoint: str, retry_after: float) -> None:
+        super().__init__(
+            f"circuit open for {endpoint}; retry in {retry_after:.1f}s",
+            metadata={"endpoint": endpoint, "retry_after": f"{retry_after:.3f}"},
+        )
+        self.endpoint = endpoint
+        self.retry_after = retry_after
+
+
+def error_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status code an exception stands for (AioRpcError or MeshError), else None."""
+    if isinstance(exc, MeshError):
+        return exc.code
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code()  # type: ignore[no-any-return]
+    return None
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the endpoint is unhealthy (connection errors, timeouts, transient codes)."""
+    code = error_code(exc)
+    if code is not None:
+        return code in FAILURE_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+
+
+class CircuitBreaker:
+    """Fails fast while an endpoint is down, probing it again after ``reset_timeout`` seconds.
+
+    Closed: calls pass; ``failure_threshold`` consecutive failures open the circuit. Open: calls fail at once
+    with :class:`CircuitOpenError` until ``reset_timeout`` has passed. Half-open: up to
+    ``half_open_max_calls`` probe calls pass; a success closes the circuit, a failure opens it again.
+
+    Use :meth:`call` around any awaitable (Triton, HTTP), or :meth:`before_call` then one of
+    :meth:`record_success` / :meth:`record_failure` / :meth:`record_ignored` per call.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 10.0,
+        half_open_max_calls: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1 or half_open_max_calls < 1 or reset_timeout < 0:
+            raise ValueError("failure_threshold and half_open_max_calls must be >= 1, reset_timeout >= 0")
+        self.endpoint = endpoint
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.half_open_max_calls = half_open_max_calls
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes = 0
+        self._gauge = BREAKER_STATE.labels(endpoint)
+        self._gauge.set(BreakerState.CLOSED)
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an open circuit whose reset timeout passed reports HALF_OPEN)."""
+        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self.reset_timeout:
+            return BreakerState.HALF_OPEN
+        return self._state
+
+    def before_call(self) -> None:
+        """Admit one call or raise :class:`CircuitOpenError`; every admitted call must record its outcome."""
+        state = self._state
+        if state is BreakerState.CLOSED:
+            return
+        if state is BreakerState.OPEN:
+            waited = self._clock() - self._opened_at
+            if waited < self.reset_timeout:
+                raise CircuitOpenError(self.endpoint, self.reset_timeout - waited)
+            self._transition(BreakerState.HALF_OPEN)
+        if self._probes >= self.half_open_max_calls:
+            raise CircuitOpenError(self.endpoint, self.reset_timeout)
+        self._probes += 1
+
+    def record_success(self) -> None:
+        """The admitted call reached a healthy endpoint."""
+        if self._state is BreakerState.CLOSED:
+            self._failures = 0
+            return
+        self._release_probe()
+        self._failures = 0
+        self._transition(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        """The admitted call found the endpoint unhealthy."""
+        if self._state is BreakerState.CLOSED:
+            self._failures += 1
+            if self._failures >= self.failure_threshold:
+                self._open()
+            return
+        self._release_probe()
+        self._open()
+
+    def record_ignored(self) -> None:
+        """The admitted call says nothing about the endpoint (e.g. the caller cancelled it)."""
+        self._release_probe()
+
+    def record(self, exc: BaseException | None) -> None:
+        """Record an outcome from the call's exception (None for success)."""
+        if exc is None:
+            self.record_success()
+        elif is_failure(exc):
+            self.record_failure()
+        elif error_code(exc) is grpc.StatusCode.CANCELLED or not isinstance(exc, Exception):
+            self.record_ignored()
+        else:
+            self.record_success()
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
+        """Await ``fn(*args, **kwargs)`` through the breaker."""
+        self.before_call()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self.record(exc)
+            raise
+        self.record_success()
+        return result
+
+    def _open(self) -> None:
+        self._opened_at = self._clock()
+        self._transition(BreakerState.OPEN)
+
+    def _release_probe(self) -> None:
+        if self._probes:
+            self._probes -= 1
+
+    def _transition(self, state: BreakerState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        if state is BreakerState.CLOSED:
+            self._probes = 0
+        self._gauge.set(state)
+        BREAKER_TRANSITIONS.labels(self.endpoint, state.name.lower()).inc()
+
+
+_breakers: dict[str, CircuitBreaker] = {}
+_breakers_lock = threading.Lock()
+
+
+def breaker_for(endpoint: str, *, failure_threshold: int = 5, reset_timeout: float = 10.0) -> CircuitBreaker:
+    """The process-wide breaker of ``endpoint`` (created on first use), shared by all its channels."""
+    breaker = _breakers.get(endpoint)
+    if breaker is None:
+        with _breakers_lock:
+            breaker = _breakers.get(endpoint)
+            if breaker is None:
+                breaker = CircuitBreaker(
+                    endpoint, failure_threshold=failure_threshold, reset_timeout=reset_timeout
+                )
+                _breakers[endpoint] = breaker
+    return breaker

@@ -1,0 +1,36 @@
+"""Builds the planner server: TaskService, ConversationService, AuditService; ready when its database is."""
+
+from __future__ import annotations
+
+from agentmesh._server import MeshServer, bind
+from agentmesh._settings import Settings
+from agentmesh.services.planner.servicer import AuditServicer, ConversationServicer, TaskServicer
+from agentmesh.v1 import audit_pb2_grpc, conversation_pb2_grpc, task_pb2_grpc
+
+SERVICE_NAME = "planner"
+
+
+def build_server(settings: Settings, *, port: int | None = None) -> MeshServer:
+    """The planner as a MeshServer on ``port`` (default: settings.planner_port)."""
+    from agentmesh.storage import create_async_engine, ping
+
+    engine = create_async_engine(settings.resolved_database_url)
+
+    async def database_ready() -> bool:
+        return await ping(engine)
+
+    return MeshServer(
+        name=SERVICE_NAME,
+        settings=settings,
+        port=settings.planner_port if port is None else port,
+        readiness=database_ready,
+        services=[
+            bind(TaskServicer(), task_pb2_grpc.add_TaskServiceServicer_to_server, "agentmesh.v1.TaskService"),
+            bind(
+                ConversationServicer(),
+                conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
+                "agentmesh.v1.ConversationService",
+            ),
+            bind(AuditServicer(), audit_pb2_grpc.add_AuditServiceServicer_to_server, "agentmesh.v1.AuditService"),
+        ],
+    )

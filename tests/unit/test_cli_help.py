@@ -1,0 +1,31 @@
+"""`agentmesh --help` and every subcommand's --help explain themselves, without starting anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentmesh.cli import _COMMANDS, main
+
+
+def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for name, (_, help_text) in _COMMANDS.items():
+        assert name in out and help_text[:30] in out
+
+
+@pytest.mark.parametrize("command", sorted(_COMMANDS))
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert f"agentmesh {command}" in out
+    assert _COMMANDS[command][1] in " ".join(out.split())
+
+
+def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out

@@ -1,0 +1,47 @@
+"""Packaging keeps up with the folders, and public modules export a curated, sorted __all__."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ROOTS = {"sdk": "agentmesh", "services": "agentmesh.services", "agents": "agentmesh.agents"}
+
+
+def _package_folders() -> set[str]:
+    found = set()
+    for folder, import_name in ROOTS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            if "node_modules" in init.parts:
+                continue
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((import_name, *relative)))
+    return found
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert set(config["packages"]) == _package_folders()
+    assert config["package-dir"] == {import_name: folder for folder, import_name in ROOTS.items()}
+
+
+@pytest.mark.parametrize("package", sorted(_package_folders()))
+def test_public_all_is_sorted_and_importable(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = getattr(module, "__all__", None)
+    if exported is None:
+        return
+    assert list(exported) == sorted(exported), f"{package}.__all__ is not sorted"
+    for name in exported:
+        assert hasattr(module, name), f"{package}.__all__ names missing {name}"
+
+
+def test_top_level_layout_is_the_architecture() -> None:
+    for path in ("protos", "services/registry", "services/planner", "services/gateway", "agents", "sdk",
+                 "deploy/compose", "tests", "bench", "buf.yaml", "pyproject.toml", "Makefile", "README.md",
+                 ".ci/run"):
+        assert (ROOT / path).exists(), path
