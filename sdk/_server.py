@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentmesh import security, telemetry
-from agentmesh._errors import InternalError, MeshError, UnimplementedError
+from agentmesh._errors import InternalError, InvalidArgumentError, MeshError, UnimplementedError
 from agentmesh._settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -159,25 +159,26 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler.unary_unary:
+            # Requests are parsed inside the wrapper, after the identity check, so bad bytes get INVALID_ARGUMENT.
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler  # client/bidi streaming: none in the contract
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_unary(
+        self, behavior: Callable[..., Any], method: str, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[..., Awaitable[Any]]:
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             observation = self._telemetry.start(method, context)
             try:
                 self._security.check(method, context)
-                response = await behavior(request, context)
+                response = await behavior(_parse_request(deserializer, raw, method), context)
             except BaseException as exc:
                 await self._fail(exc, method, context, observation)
                 raise
@@ -186,12 +187,14 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return unary
 
-    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap_stream(
+        self, behavior: Callable[..., Any], method: str, deserializer: Callable[[bytes], Any] | None
+    ) -> Callable[..., Any]:
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             observation = self._telemetry.start(method, context)
             try:
                 self._security.check(method, context)
-                async for response in behavior(request, context):
+                async for response in behavior(_parse_request(deserializer, raw, method), context):
                     yield response
             except BaseException as exc:
                 await self._fail(exc, method, context, observation)
@@ -213,3 +216,13 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             exc = InternalError(f"internal error in {method}; see the server log")
         observation.end(exc.code, exc)
         await context.abort_with_status(exc.to_status())
+
+
+def _parse_request(deserializer: Callable[[bytes], Any] | None, raw: bytes, method: str) -> Any:
+    """The request message; bytes that do not parse are the caller's error (INVALID_ARGUMENT), not ours."""
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except Exception as exc:  # protobuf raises DecodeError; any parse failure is a malformed request
+        raise InvalidArgumentError(f"the request to {method} is not a valid message: {exc}") from None

@@ -61,8 +61,21 @@ class Settings:
     log_format: str = "json"
     # Default deadline of outbound calls, seconds.
     default_deadline: float = 10.0
+    # Retries of transient failures on outbound unary calls: attempts in all, first and largest backoff (s).
+    retry_max_attempts: int = 3
+    retry_initial_backoff: float = 0.05
+    retry_max_backoff: float = 2.0
+    # Circuit breaker per endpoint: consecutive failures that open it, seconds before a half-open probe.
+    breaker_failure_threshold: int = 5
+    breaker_reset_timeout: float = 10.0
     # Agent lease time to live, seconds.
     lease_ttl: float = 10.0
+    # Host other processes use to reach this one (the endpoint an agent registers); empty means bind_host,
+    # or this machine's hostname when bind_host is a wildcard (0.0.0.0, ::).
+    advertise_host: str = ""
+    # Agent idempotency cache: results kept per (skill, idempotency key), and for how many seconds.
+    idempotency_cache_size: int = 10_000
+    idempotency_ttl: float = 3600.0
     # Seconds a stopping server waits for in-flight calls.
     shutdown_grace: float = 10.0
     # Seconds between readiness checks of a server's dependencies.

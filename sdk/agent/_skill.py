@@ -142,7 +142,7 @@ def skill(
     """
 
     def decorate(method: F) -> F:
-        if not inspect.iscoroutinefunction(method):
+        if not inspect.iscoroutinefunction(typing.cast(Callable[..., Any], method)):
             raise TypeError(f"skill {method.__qualname__} must be an 'async def' method")
         skill_name = name or method.__name__
         if not _SKILL_NAME.match(skill_name):

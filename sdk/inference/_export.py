@@ -44,7 +44,12 @@ def _source_dir() -> Path:
 def _fingerprint(source: Path) -> dict[str, Any]:
     weights = source / "model.safetensors"
     stat = weights.stat()
-    return {"format": _EXPORT_FORMAT, "weights": str(weights), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "format": _EXPORT_FORMAT,
+        "weights": str(weights),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
 
 
 @contextlib.contextmanager

@@ -61,7 +61,10 @@ def _prepare_backends(home: Path) -> Path:
 def triton_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver: bundled shared libraries found, the stub running this venv's Python."""
     env = dict(os.environ if base is None else base)
-    libdirs = [str(sysconfig.get_config_var("LIBDIR")), str(_pytriton_dir().parent.parent / "nvidia_pytriton.libs")]
+    libdirs = [
+        str(sysconfig.get_config_var("LIBDIR")),
+        str(_pytriton_dir().parent.parent / "nvidia_pytriton.libs"),
+    ]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libdirs, *filter(None, [env.get("LD_LIBRARY_PATH", "")])])
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
@@ -149,21 +152,26 @@ class LocalTriton:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = output = self.log_file.open("ab")
         # A session of its own: the python-backend stubs are its children and are reaped with the group.
-        self._process = subprocess.Popen(
-            command, env=triton_environment(), stdout=output, stderr=output, start_new_session=True
+        self._process = await asyncio.to_thread(
+            subprocess.Popen,
+            command,
+            env=triton_environment(),
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
         )
         try:
-            await self.wait_ready(self.startup_timeout)
+            await self.wait_ready(within=self.startup_timeout)
         except BaseException:
             await self.stop()
             raise
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, *, within: float) -> None:
         """Poll the server's readiness over gRPC until ready; fail at once if the process exits."""
         import tritonclient.grpc.aio as triton_aio
 
         client = triton_aio.InferenceServerClient(self.grpc_url, channel_args=RECONNECT_CHANNEL_ARGS)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         try:
             while True:
                 if not self.is_running():
@@ -172,7 +180,7 @@ class LocalTriton:
                     if await client.is_server_ready(client_timeout=1.0):
                         return
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"tritonserver not ready after {timeout:.0f} s{self._log_tail()}")
+                    raise TimeoutError(f"tritonserver not ready after {within:.0f} s{self._log_tail()}")
                 await asyncio.sleep(0.05)  # poll interval, not a readiness guess
         finally:
             await client.close()

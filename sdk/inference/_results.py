@@ -37,7 +37,9 @@ class EmbeddingResult:
 
     def similarity(self, other: EmbeddingResult | np.ndarray) -> np.ndarray:
         """Cosine similarity matrix (rows: these texts, columns: ``other``'s)."""
-        matrix = other.embeddings if isinstance(other, EmbeddingResult) else np.asarray(other, dtype=np.float32)
+        matrix = (
+            other.embeddings if isinstance(other, EmbeddingResult) else np.asarray(other, dtype=np.float32)
+        )
         return self.embeddings @ matrix.T
 
 

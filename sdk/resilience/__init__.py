@@ -1,1 +1,38 @@
+"""Client-side resilience: deadlines, retries with jittered backoff, circuit breakers.
 
+``create_channel`` wires all of them into every mesh channel (:class:`MeshClientInterceptor`); other clients
+(Triton, HTTP) use :class:`CircuitBreaker` and :class:`RetryPolicy` directly around any awaitable::
+
+    breaker = breaker_for(url)
+    result = await DEFAULT_RETRY_POLICY.call(lambda: breaker.call(infer, request), idempotent=True)
+"""
+
+from __future__ import annotations
+
+from agentmesh.resilience._breaker import (
+    FAILURE_CODES,
+    BreakerState,
+    CircuitBreaker,
+    CircuitOpenError,
+    breaker_for,
+    is_failure,
+)
+from agentmesh.resilience._deadline import remaining_budget, with_deadline
+from agentmesh.resilience._interceptor import MeshClientInterceptor, client_interceptor
+from agentmesh.resilience._retry import DEFAULT_RETRY_POLICY, RetryPolicy, is_idempotent_method
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "DEFAULT_RETRY_POLICY",
+    "FAILURE_CODES",
+    "MeshClientInterceptor",
+    "RetryPolicy",
+    "breaker_for",
+    "client_interceptor",
+    "is_failure",
+    "is_idempotent_method",
+    "remaining_budget",
+    "with_deadline",
+]

@@ -68,7 +68,7 @@ def is_failure(exc: BaseException) -> bool:
     code = error_code(exc)
     if code is not None:
         return code in FAILURE_CODES
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError))
+    return isinstance(exc, OSError)  # includes ConnectionError and TimeoutError
 
 
 class CircuitBreaker:
@@ -131,6 +131,8 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED:
             self._failures = 0
             return
+        if self._state is BreakerState.OPEN:  # a call admitted before the circuit opened: not a probe
+            return
         self._release_probe()
         self._failures = 0
         self._transition(BreakerState.CLOSED)
@@ -141,6 +143,8 @@ class CircuitBreaker:
             self._failures += 1
             if self._failures >= self.failure_threshold:
                 self._open()
+            return
+        if self._state is BreakerState.OPEN:
             return
         self._release_probe()
         self._open()

@@ -105,7 +105,8 @@ class CertificateAuthority:
         SpiffeId.check_trust_domain(trust_domain)
         bundle, key_path = ca_paths(directory)
         if not force and (bundle.exists() or key_path.exists()):
-            raise AlreadyExistsError(f"a mesh CA already exists in {bundle.parent}; pass force=True to replace it")
+            raise AlreadyExistsError(f"a mesh CA already exists in {bundle.parent}; replacing it (force=True, `agentmesh certs init --force`) "
+                "invalidates every certificate it issued")
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [

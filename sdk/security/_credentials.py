@@ -147,7 +147,9 @@ def add_port(
         return server.add_insecure_port(target)
     reloader = _ServerCertificateReloader(credential_paths(settings, kind, name), kind, name)
     credentials = grpc.dynamic_ssl_server_credentials(
-        reloader.initial, reloader, require_client_authentication=require_client_auth
+        reloader.initial,
+        reloader,  # type: ignore[arg-type]  # the stubs miss that a fetcher returns None for "unchanged"
+        require_client_authentication=require_client_auth,
     )
     return server.add_secure_port(target, credentials)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
 
 __all__ = ["NAMING_CONVENTION", "Base"]
@@ -18,7 +19,11 @@ NAMING_CONVENTION: dict[str, str] = {
 }
 
 
-class Base(DeclarativeBase):
-    """Base class of all models; ``Base.metadata`` is what Alembic migrations must match."""
+class Base(AsyncAttrs, DeclarativeBase):
+    """Base class of all models; ``Base.metadata`` is what Alembic migrations must match.
+
+    Relationships load lazily, which async sessions cannot do implicitly: eager-load them
+    (``selectinload``) or ``await obj.awaitable_attrs.<name>``.
+    """
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)

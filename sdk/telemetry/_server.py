@@ -53,7 +53,9 @@ class CallObservation:
 
     __slots__ = ("_call_token", "_metrics", "_otel_token", "_span", "_started")
 
-    def __init__(self, span: trace.Span, otel_token: object, call_token: object, metrics: MethodMetrics) -> None:
+    def __init__(
+        self, span: trace.Span, otel_token: object, call_token: object, metrics: MethodMetrics
+    ) -> None:
         self._span = span
         self._otel_token = otel_token
         self._call_token = call_token
@@ -101,7 +103,12 @@ class ServerTelemetry:
         entry = self._methods.get(method)
         if entry is None:
             service, _, name = method.lstrip("/").partition("/")
-            attributes = {"rpc.system": "grpc", "rpc.grpc.status_code": 0, "rpc.method": name, "rpc.service": service}
+            attributes = {
+                "rpc.system": "grpc",
+                "rpc.grpc.status_code": 0,
+                "rpc.method": name,
+                "rpc.service": service,
+            }
             entry = self._methods[method] = (MethodMetrics(service, name), attributes)
         return entry
 
@@ -122,7 +129,12 @@ class ServerTelemetry:
             if remote is not None:
                 parent_context = trace.set_span_in_context(remote_parent(remote))
         span = self._tracer.start_span(
-            method, parent_context, SpanKind.SERVER, attributes, record_exception=False, set_status_on_exception=False
+            method,
+            parent_context,
+            SpanKind.SERVER,
+            attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         )
         if span.is_recording():
             _set_peer_attributes(span, context.peer(), user_agent)

@@ -55,7 +55,9 @@ def configure_tracing(settings: Settings, service_name: str) -> trace.TracerProv
         trace.set_tracer_provider(provider)
         _provider = provider
         logger.info(
-            "tracing: sampling %.4g parent-based, exporter %s", settings.trace_sampling, settings.trace_exporter
+            "tracing: sampling %.4g parent-based, exporter %s",
+            settings.trace_sampling,
+            settings.trace_exporter,
         )
         return provider
 
@@ -93,7 +95,13 @@ def current_span_id() -> str:
 def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanContext | None:
     """The remote parent named by a W3C ``traceparent`` header, or None when it is malformed."""
     parts = traceparent.strip().split("-")
-    if len(parts) < 4 or len(parts[0]) != 2 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2:
+    if (
+        len(parts) < 4
+        or len(parts[0]) != 2
+        or len(parts[1]) != 32
+        or len(parts[2]) != 16
+        or len(parts[3]) != 2
+    ):
         return None
     if parts[0] == "ff" or (parts[0] == "00" and len(parts) != 4):
         return None
@@ -114,7 +122,9 @@ def remote_parent(span_context: SpanContext) -> NonRecordingSpan:
 
 def traceparent_of(span_context: SpanContext) -> list[tuple[str, str]]:
     """The metadata entries that propagate ``span_context`` to the next hop (W3C trace context)."""
-    header = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags & 0xFF:02x}"
+    header = (
+        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags & 0xFF:02x}"
+    )
     entries = [(TRACEPARENT, header)]
     if span_context.trace_state:
         entries.append((TRACESTATE, span_context.trace_state.to_header()))

@@ -40,7 +40,9 @@ class TritonPythonModel:
             providers=self._providers(_parameter(config, "execution_provider", "auto"), args),
         )
         self.provider = self.session.get_providers()[0]
-        pb_utils.Logger.log_info(f"minilm_embedding instance {args['model_instance_name']} on {self.provider}")
+        pb_utils.Logger.log_info(
+            f"minilm_embedding instance {args['model_instance_name']} on {self.provider}"
+        )
 
     @staticmethod
     def _providers(choice: str, args: dict[str, str]) -> list[Any]:
@@ -57,7 +59,9 @@ class TritonPythonModel:
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
             counts.append(len(raw))
-            texts.extend(item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw)
+            texts.extend(
+                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw
+            )
         embeddings = self.embed(texts)
         responses = []
         start = 0

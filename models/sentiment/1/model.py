@@ -17,8 +17,19 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 _NEGATORS = {"not", "no", "never", "nothing", "nobody", "neither", "nor", "without", "cannot", "hardly"}
-_INTENSIFIERS = {"very": 0.3, "really": 0.3, "so": 0.25, "extremely": 0.5, "absolutely": 0.5, "totally": 0.4,
-                 "completely": 0.4, "incredibly": 0.5, "utterly": 0.5, "super": 0.3, "most": 0.3}
+_INTENSIFIERS = {
+    "very": 0.3,
+    "really": 0.3,
+    "so": 0.25,
+    "extremely": 0.5,
+    "absolutely": 0.5,
+    "totally": 0.4,
+    "completely": 0.4,
+    "incredibly": 0.5,
+    "utterly": 0.5,
+    "super": 0.3,
+    "most": 0.3,
+}
 _WORD = re.compile(r"[A-Za-z']+|!")
 # Prototypes describe feelings, not topics, so a calm refund request is not pulled towards "negative".
 _NEGATIVE = [
@@ -95,7 +106,9 @@ class TritonPythonModel:
     def _embed(self, texts: list[str]) -> np.ndarray:
         rows = []
         for start in range(0, len(texts), 32):
-            chunk = np.array([t.encode("utf-8") for t in texts[start : start + 32]], dtype=object).reshape(-1, 1)
+            chunk = np.array([t.encode("utf-8") for t in texts[start : start + 32]], dtype=object).reshape(
+                -1, 1
+            )
             request = pb_utils.InferenceRequest(
                 model_name="minilm_embedding",
                 requested_output_names=["EMBEDDING"],
@@ -112,7 +125,11 @@ class TritonPythonModel:
         if self.prototypes is None:
             embedded = self._embed(_NEGATIVE + _POSITIVE + _NEUTRAL)
             n, p = len(_NEGATIVE), len(_POSITIVE)
-            self.prototypes = {"negative": embedded[:n], "positive": embedded[n : n + p], "neutral": embedded[n + p :]}
+            self.prototypes = {
+                "negative": embedded[:n],
+                "positive": embedded[n : n + p],
+                "neutral": embedded[n + p :],
+            }
         return self.prototypes
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -121,11 +138,19 @@ class TritonPythonModel:
         for request in requests:
             raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
             counts.append(len(raw))
-            texts.extend(item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw)
+            texts.extend(
+                item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw
+            )
         scores = self.score(texts) if texts else np.zeros(0, dtype=np.float32)
         labels = np.array(
-            [b"negative" if s <= -self.neutral_band else b"positive" if s >= self.neutral_band else b"neutral"
-             for s in scores],
+            [
+                b"negative"
+                if s <= -self.neutral_band
+                else b"positive"
+                if s >= self.neutral_band
+                else b"neutral"
+                for s in scores
+            ],
             dtype=object,
         )
         responses, start = [], 0
@@ -146,7 +171,9 @@ class TritonPythonModel:
         positive = (embedded @ prototypes["positive"].T).max(axis=1)
         neutral = (embedded @ prototypes["neutral"].T).max(axis=1)
         # Polar evidence only counts where it beats the neutral prototypes.
-        semantic = np.clip((np.maximum(positive - neutral, 0) - np.maximum(negative - neutral, 0)) * 2.5, -1, 1)
+        semantic = np.clip(
+            (np.maximum(positive - neutral, 0) - np.maximum(negative - neutral, 0)) * 2.5, -1, 1
+        )
         results = []
         for text, semantic_score in zip(texts, semantic, strict=True):
             lexical, hits = lexical_score(text, self.lexicon)

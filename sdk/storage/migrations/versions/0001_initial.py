@@ -234,7 +234,7 @@ def upgrade() -> None:
         sa.Column("text", sa.Text(), server_default="", nullable=False),
         sa.Column("data", JSON_DOC, nullable=True),
         sa.Column("task_id", sa.String(length=64), nullable=True),
-        sa.Column("hidden", sa.Boolean(), server_default=sa.text("0"), nullable=False),
+        sa.Column("hidden", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("created_at", TIMESTAMP, server_default=sa.func.now(), nullable=False),
         sa.CheckConstraint("role IN ('USER', 'AGENT', 'SYSTEM')", name=op.f("ck_conversation_messages_role")),
         sa.ForeignKeyConstraint(

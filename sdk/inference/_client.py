@@ -1,0 +1,493 @@
+"""Async client of Triton (KServe v2 gRPC) with a shared channel per URL, deadlines, retries, per-model
+circuit breakers, metadata caching, model selection, and Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agentmesh._errors import (
+    DeadlineExceededError,
+    InternalError,
+    InvalidArgumentError,
+    MeshError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from agentmesh._settings import Settings
+from agentmesh.inference._breaker import BreakerState, CircuitBreaker
+from agentmesh.inference._local import RECONNECT_CHANNEL_ARGS
+from agentmesh.inference._metrics import (
+    TRITON_BATCH_SIZE,
+    TRITON_BREAKER_STATE,
+    TRITON_LATENCY,
+    TRITON_RETRIES,
+)
+from agentmesh.inference._results import (
+    Classification,
+    ClassificationResult,
+    EmbeddingResult,
+    InferenceResult,
+    SentimentResult,
+)
+from agentmesh.inference._selection import DEFAULT_MODELS, ModelCatalog, ModelSpec, Tier
+
+__all__ = ["InferenceClient"]
+
+T = TypeVar("T")
+
+# Only UNAVAILABLE is retried: the request did not reach a model, so repeating it is safe.
+_RETRYABLE = frozenset({"UNAVAILABLE"})
+# Codes that say the server or model is unhealthy (count towards opening the breaker).
+_UNHEALTHY = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"})
+_ERRORS: dict[str, type[MeshError]] = {
+    "UNAVAILABLE": UnavailableError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
+    "NOT_FOUND": NotFoundError,
+    "INVALID_ARGUMENT": InvalidArgumentError,
+    "RESOURCE_EXHAUSTED": ResourceExhaustedError,
+}
+# Softmax temperature turning cosine similarities into label probabilities in :meth:`classify`.
+_CLASSIFY_TEMPERATURE = 0.05
+# How long the list of ready models (for selection) is trusted, seconds.
+_INDEX_TTL = 10.0
+
+
+@dataclass
+class _Connection:
+    """What all clients of one URL in one event loop share: the channel, breakers and caches."""
+
+    url: str
+    client: Any  # tritonclient.grpc.aio.InferenceServerClient
+    users: int = 0
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    configs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    metadata: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    ready_models: tuple[float, frozenset[str]] | None = None
+
+
+_CONNECTIONS: dict[tuple[str, int], _Connection] = {}
+
+
+def _status_name(exc: Exception) -> str:
+    status = getattr(exc, "status", lambda: None)() or ""
+    return str(status).removeprefix("StatusCode.") or "UNKNOWN"
+
+
+class InferenceClient:
+    """Calls Triton models; every result names the model and version that produced it.
+
+    Clients of the same URL in the same event loop share one gRPC channel, the per-model breakers and the
+    metadata cache. Create one per process (or per agent) and ``await client.close()`` at the end.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        deadline: float | None = None,
+        retry_attempts: int = 3,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 1.0,
+        breaker_failure_threshold: int = 5,
+        breaker_reset_timeout: float = 2.0,
+        catalog: ModelCatalog | None = None,
+    ) -> None:
+        settings = settings or Settings.from_env()
+        self.url = url or settings.triton_url or f"127.0.0.1:{settings.triton_port}"
+        self.deadline = deadline if deadline is not None else settings.default_deadline
+        self.retry_attempts = max(1, retry_attempts)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.breaker_failure_threshold = breaker_failure_threshold
+        self.breaker_reset_timeout = breaker_reset_timeout
+        self.catalog = catalog if catalog is not None else ModelCatalog(DEFAULT_MODELS)
+        self._connection_key: tuple[str, int] | None = None
+        self._prototypes: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        if self._connection_key is not None:
+            return _CONNECTIONS[self._connection_key]
+        import tritonclient.grpc as triton_grpc
+        import tritonclient.grpc.aio as triton_aio
+
+        key = (self.url, id(asyncio.get_running_loop()))
+        connection = _CONNECTIONS.get(key)
+        if connection is None:
+            options = [
+                ("grpc.max_send_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", triton_grpc.MAX_GRPC_MESSAGE_SIZE),
+                *RECONNECT_CHANNEL_ARGS,
+            ]
+            client = triton_aio.InferenceServerClient(self.url, channel_args=options)
+            connection = _CONNECTIONS[key] = _Connection(self.url, client)
+        connection.users += 1
+        self._connection_key = key
+        return connection
+
+    async def close(self) -> None:
+        """Release this client's share of the channel (closed when its last user closes)."""
+        if self._connection_key is None:
+            return
+        connection = _CONNECTIONS[self._connection_key]
+        connection.users -= 1
+        if connection.users <= 0:
+            del _CONNECTIONS[self._connection_key]
+            await connection.client.close()
+        self._connection_key = None
+
+    async def __aenter__(self) -> InferenceClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- resilience --------------------------------------------------------------------------------------
+
+    def breaker(self, model: str) -> CircuitBreaker:
+        """The circuit breaker guarding ``model`` on this URL."""
+        connection = self._connection()
+        breaker = connection.breakers.get(model)
+        if breaker is None:
+            url = self.url
+
+            def publish(name: str, state: BreakerState) -> None:
+                TRITON_BREAKER_STATE.labels(url, name).set(int(state))
+
+            breaker = connection.breakers[model] = CircuitBreaker(
+                model,
+                failure_threshold=self.breaker_failure_threshold,
+                reset_timeout=self.breaker_reset_timeout,
+                on_change=publish,
+            )
+            publish(model, BreakerState.CLOSED)
+        return breaker
+
+    async def _call(
+        self, model: str, operation: Callable[[float], Awaitable[T]], deadline: float | None
+    ) -> tuple[T, float]:
+        """Run ``operation(timeout)`` under the model's breaker, retrying UNAVAILABLE with backoff and jitter
+        within one overall deadline. Returns the result and the latency of the successful attempt.
+        """
+        breaker = self.breaker(model)
+        budget = self.deadline if deadline is None else deadline
+        end = time.monotonic() + budget
+        for attempt in range(1, self.retry_attempts + 1):
+            if not breaker.allow():
+                raise UnavailableError(
+                    f"Triton model {model!r} at {self.url} is failing; circuit open for "
+                    f"{breaker.retry_after():.1f} s more",
+                    reason="CIRCUIT_OPEN",
+                    metadata={"model": model, "url": self.url},
+                )
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                breaker.release()
+                raise DeadlineExceededError(
+                    f"deadline of {budget:.3f} s passed calling Triton model {model!r}",
+                    metadata={"model": model, "url": self.url},
+                )
+            started = time.perf_counter()
+            try:
+                result = await operation(remaining)
+            except Exception as exc:
+                code = _status_name(exc)
+                TRITON_LATENCY.labels(model, code).observe(time.perf_counter() - started)
+                if code in _UNHEALTHY:
+                    breaker.record_failure()
+                else:
+                    breaker.release()
+                if code == "NOT_FOUND":
+                    self._forget(model)
+                wait = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * random.uniform(
+                    0.5, 1.0
+                )
+                retry = (
+                    code in _RETRYABLE
+                    and attempt < self.retry_attempts
+                    and time.monotonic() + wait < end
+                    and breaker.state is not BreakerState.OPEN
+                )
+                if not retry:
+                    raise self._error(code, exc, model) from None
+                TRITON_RETRIES.labels(model).inc()
+                await asyncio.sleep(wait)  # backoff between attempts
+                continue
+            latency = time.perf_counter() - started
+            breaker.record_success()
+            return result, latency
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _error(self, code: str, exc: Exception, model: str) -> MeshError:
+        message = getattr(exc, "message", lambda: str(exc))() or str(exc)
+        kind = _ERRORS.get(code, InternalError)
+        return kind(
+            f"Triton {code} for model {model!r} at {self.url}: {message}",
+            reason=f"TRITON_{code}",
+            metadata={"model": model, "url": self.url},
+        )
+
+    def _forget(self, model: str) -> None:
+        connection = self._connection()
+        for cache in (connection.configs, connection.metadata):
+            for key in [k for k in cache if k[0] == model]:
+                del cache[key]
+        connection.ready_models = None
+
+    # --- raw inference and metadata ---------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str = "",
+        deadline: float | None = None,
+    ) -> InferenceResult:
+        """One inference; ``inputs`` maps input names to arrays (object arrays of str/bytes are BYTES)."""
+        import tritonclient.grpc as triton_grpc
+        from tritonclient.utils import np_to_triton_dtype
+
+        if not inputs:
+            raise InvalidArgumentError("at least one input is required", field="inputs")
+        tensors = []
+        for name, array in inputs.items():
+            array = np.asarray(array)
+            dtype = (
+                "BYTES"
+                if array.dtype == object or array.dtype.kind in "SU"
+                else np_to_triton_dtype(array.dtype)
+            )
+            if dtype == "BYTES" and array.dtype != object:
+                array = array.astype(object)
+            tensor = triton_grpc.InferInput(name, list(array.shape), dtype)
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        requested = [triton_grpc.InferRequestedOutput(name) for name in outputs] if outputs else None
+        first = next(iter(inputs.values()))
+        TRITON_BATCH_SIZE.labels(model).observe(np.shape(first)[0] if np.ndim(first) else 1)
+        client = self._connection().client
+
+        async def attempt(seconds_left: float) -> Any:
+            return await client.infer(
+                model, tensors, model_version=version, outputs=requested, client_timeout=seconds_left
+            )
+
+        response, latency = await self._call(model, attempt, deadline)
+        TRITON_LATENCY.labels(model, "OK").observe(latency)
+        self.catalog.observe(model, latency)
+        raw = response.get_response()
+        values = {output.name: response.as_numpy(output.name) for output in raw.outputs}
+        return InferenceResult(
+            model=raw.model_name, version=raw.model_version, outputs=values, latency_s=latency
+        )
+
+    async def model_config(
+        self, model: str, version: str = "", *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The model's configuration as JSON (cached per URL until the model disappears)."""
+        connection = self._connection()
+        key = (model, version)
+        if key not in connection.configs:
+            client = connection.client
+
+            async def attempt(seconds_left: float) -> Any:
+                return await client.get_model_config(
+                    model, version, as_json=True, client_timeout=seconds_left
+                )
+
+            response, _ = await self._call(model, attempt, deadline)
+            connection.configs[key] = dict(response.get("config", response))
+        return connection.configs[key]
+
+    async def model_metadata(
+        self, model: str, version: str = "", *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The model's metadata (versions, inputs, outputs) as JSON (cached like :meth:`model_config`)."""
+        connection = self._connection()
+        key = (model, version)
+        if key not in connection.metadata:
+            client = connection.client
+
+            async def attempt(seconds_left: float) -> Any:
+                return await client.get_model_metadata(
+                    model, version, as_json=True, client_timeout=seconds_left
+                )
+
+            response, _ = await self._call(model, attempt, deadline)
+            connection.metadata[key] = dict(response)
+        return connection.metadata[key]
+
+    async def is_ready(self, *, deadline: float = 1.0) -> bool:
+        """Whether the server answers and reports ready (never raises)."""
+        try:
+            return bool(await self._connection().client.is_server_ready(client_timeout=deadline))
+        except Exception:
+            return False
+
+    async def ready_models(self, *, deadline: float | None = None) -> frozenset[str]:
+        """Names of the models the server has ready (cached for a few seconds)."""
+        connection = self._connection()
+        now = time.monotonic()
+        if connection.ready_models is None or now - connection.ready_models[0] > _INDEX_TTL:
+            client = connection.client
+
+            async def attempt(seconds_left: float) -> Any:
+                return await client.get_model_repository_index(as_json=True, client_timeout=seconds_left)
+
+            index, _ = await self._call("<repository>", attempt, deadline)
+            names = frozenset(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
+            connection.ready_models = (now, names)
+        return connection.ready_models[1]
+
+    async def select(
+        self,
+        task: str,
+        *,
+        max_latency_ms: float | None = None,
+        max_cost_per_1k: float | None = None,
+        min_tier: Tier = Tier.SMALL,
+        max_tier: Tier = Tier.LARGE,
+    ) -> ModelSpec:
+        """The best model for ``task`` within the budget among those the server has ready
+        (``FailedPreconditionError`` when none fits; see :meth:`ModelCatalog.select`).
+        """
+        return self.catalog.select(
+            task,
+            max_latency_ms=max_latency_ms,
+            max_cost_per_1k=max_cost_per_1k,
+            min_tier=min_tier,
+            max_tier=max_tier,
+            available=await self.ready_models(),
+        )
+
+    # --- conveniences --------------------------------------------------------------------------------------
+
+    def _default_model(self, task: str) -> str:
+        return self.catalog.select(task).name
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str | None = None, deadline: float | None = None
+    ) -> EmbeddingResult:
+        """Unit-length sentence embeddings of ``texts`` (split into the model's max batch, sent concurrently)."""
+        texts = _checked_texts(texts)
+        model = model or self._default_model("embedding")
+        chunk = int((await self.model_config(model, deadline=deadline)).get("max_batch_size", 0)) or len(
+            texts
+        )
+        parts = await asyncio.gather(
+            *(
+                self.infer(
+                    model,
+                    {"TEXT": _text_column(texts[i : i + chunk])},
+                    outputs=["EMBEDDING"],
+                    deadline=deadline,
+                )
+                for i in range(0, len(texts), chunk)
+            )
+        )
+        embeddings = np.concatenate([p.outputs["EMBEDDING"] for p in parts]).astype(np.float32, copy=False)
+        return EmbeddingResult(model=parts[0].model, version=parts[0].version, embeddings=embeddings)
+
+    async def sentiment(
+        self, texts: Sequence[str], *, model: str | None = None, deadline: float | None = None
+    ) -> SentimentResult:
+        """Sentiment of each text: a score in [-1, 1] (negative = unhappy) and a label."""
+        texts = _checked_texts(texts)
+        model = model or self._default_model("sentiment")
+        chunk = int((await self.model_config(model, deadline=deadline)).get("max_batch_size", 0)) or len(
+            texts
+        )
+        parts = await asyncio.gather(
+            *(
+                self.infer(model, {"TEXT": _text_column(texts[i : i + chunk])}, deadline=deadline)
+                for i in range(0, len(texts), chunk)
+            )
+        )
+        scores = [float(s) for p in parts for s in p.outputs["SCORE"].reshape(-1)]
+        labels = [_text(label) for p in parts for label in p.outputs["LABEL"].reshape(-1)]
+        return SentimentResult(model=parts[0].model, version=parts[0].version, scores=scores, labels=labels)
+
+    async def classify(
+        self,
+        texts: Sequence[str],
+        labels: Mapping[str, Sequence[str]],
+        *,
+        model: str | None = None,
+        deadline: float | None = None,
+    ) -> ClassificationResult:
+        """Zero-shot classification by embedding: each label is described by prototype sentences; a text
+        gets the label whose closest prototype is most similar. Prototype embeddings are cached.
+        """
+        texts = _checked_texts(texts)
+        if not labels or any(not prototypes for prototypes in labels.values()):
+            raise InvalidArgumentError("every label needs at least one prototype sentence", field="labels")
+        model = model or self._default_model("embedding")
+        missing = [tuple(p) for p in labels.values() if (model, tuple(p)) not in self._prototypes]
+        flat = [sentence for prototypes in missing for sentence in prototypes]
+        embedded = await self.embed([*texts, *flat], model=model, deadline=deadline)
+        offset = len(texts)
+        for prototypes in missing:
+            self._prototypes[(model, prototypes)] = embedded.embeddings[offset : offset + len(prototypes)]
+            offset += len(prototypes)
+        names = list(labels)
+        similarity = np.stack(
+            [
+                (embedded.embeddings[: len(texts)] @ self._prototypes[(model, tuple(labels[n]))].T).max(
+                    axis=1
+                )
+                for n in names
+            ],
+            axis=1,
+        )
+        logits = similarity / _CLASSIFY_TEMPERATURE
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        items = []
+        for row in probabilities:
+            best = int(row.argmax())
+            items.append(
+                Classification(
+                    label=names[best],
+                    score=float(row[best]),
+                    scores={n: float(p) for n, p in zip(names, row, strict=True)},
+                )
+            )
+        return ClassificationResult(model=embedded.model, version=embedded.version, items=items)
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidArgumentError("texts must be a list of strings, not one string", field="texts")
+    texts = list(texts)
+    if not texts:
+        raise InvalidArgumentError("texts must not be empty", field="texts")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidArgumentError(
+                f"texts[{index}] is {type(text).__name__}, not str", field=f"texts[{index}]"
+            )
+    return texts
+
+
+def _text_column(texts: Sequence[str]) -> np.ndarray:
+    return np.array([t.encode("utf-8") for t in texts], dtype=object).reshape(-1, 1)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -1,0 +1,96 @@
+"""The per-call security check of a mesh server: who is calling (SPIFFE id), and may they call this?"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cryptography import x509
+
+from agentmesh._errors import UnauthenticatedError
+from agentmesh._settings import Settings
+from agentmesh.security._identity import _CURRENT, _INSECURE, SpiffeId
+from agentmesh.security._policy import AuthzPolicy
+
+__all__ = ["ServerSecurity", "load_policy", "server_security"]
+
+logger = logging.getLogger(__name__)
+
+# gRPC core sets this auth-context property when the peer certificate has exactly one spiffe:// URI SAN.
+_PEER_SPIFFE_ID = "peer_spiffe_id"
+_PEER_CERT = "x509_pem_cert"
+_MAX_CACHED = 65_536
+
+
+def load_policy(settings: Settings) -> AuthzPolicy:
+    """The policy named by ``settings.authz_policy_file``, else the built-in default."""
+    if settings.authz_policy_file:
+        return AuthzPolicy.load(settings.authz_policy_file, trust_domain=settings.trust_domain)
+    return AuthzPolicy.default(settings.trust_domain)
+
+
+class ServerSecurity:
+    """Per-call identity and authorization checks of one server."""
+
+    def __init__(self, settings: Settings, kind: str, name: str, policy: AuthzPolicy | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self._insecure = settings.insecure_dev
+        self._trust_domain = settings.trust_domain
+        self.policy = policy if policy is not None else load_policy(settings)
+        # (raw peer_spiffe_id, method) -> identity, for calls already allowed: the hot path is two dict lookups.
+        self._allowed: dict[tuple[bytes, str], SpiffeId] = {}
+
+    def check(self, method: str, context: Any) -> None:
+        """Verify the caller of ``method`` and make it :func:`current_identity`; raise a MeshError otherwise.
+
+        Raises UnauthenticatedError when the peer presents no usable mesh identity, and
+        PermissionDeniedError when the policy does not allow it to call ``method``.
+        """
+        if self._insecure:
+            _INSECURE.set(True)
+            return
+        values = context.auth_context().get(_PEER_SPIFFE_ID)
+        if not values:
+            raise self._explain_missing_identity(context)
+        key = (values[0], method)
+        identity = self._allowed.get(key)
+        if identity is None:
+            identity = SpiffeId.parse(values[0].decode("utf-8", "replace"), self._trust_domain)
+            self.policy.check(identity.uri, method)
+            if len(self._allowed) >= _MAX_CACHED:
+                self._allowed.clear()
+            self._allowed[key] = identity
+        _CURRENT.set(identity)
+
+    def _explain_missing_identity(self, context: Any) -> UnauthenticatedError:
+        # Only on refusal: parse the certificate to say precisely what is wrong with it.
+        pems = context.auth_context().get(_PEER_CERT)
+        if not pems:
+            return UnauthenticatedError("the call carries no client certificate; mesh servers require mTLS")
+        try:
+            cert = x509.load_pem_x509_certificate(pems[0])
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        except x509.ExtensionNotFound:
+            uris = []
+        except ValueError:
+            return UnauthenticatedError("the peer certificate cannot be parsed")
+        if not uris:
+            return UnauthenticatedError(
+                "the peer certificate has no URI SAN; a mesh identity is exactly one spiffe://<trust-domain>/<kind>/<name>"
+            )
+        if len(uris) > 1:
+            return UnauthenticatedError(
+                f"the peer certificate has {len(uris)} URI SANs ({', '.join(uris)}); a mesh identity is exactly one"
+            )
+        try:
+            SpiffeId.parse(uris[0], self._trust_domain)
+        except UnauthenticatedError as exc:
+            return exc
+        return UnauthenticatedError(f"the peer identity {uris[0]!r} was not accepted by the TLS layer")
+
+
+def server_security(settings: Settings, kind: str, name: str) -> ServerSecurity:
+    """The identity/authorization checker for a server of ``kind``/``name``."""
+    return ServerSecurity(settings, kind, name)

@@ -1,0 +1,89 @@
+"""The registry's domain records: a card version, a live instance, a discovery query and its answer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from agentmesh.v1 import agent_pb2
+
+__all__ = ["Candidate", "DiscoveryQuery", "DiscoveryResult", "InstanceRecord", "VersionRecord"]
+
+SERVING = agent_pb2.SERVING_STATE_SERVING
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One live endpoint of one agent version, with its lease."""
+
+    instance_id: str
+    lease_id: str
+    version_id: int
+    endpoint: str
+    state: int  # agentmesh.v1.ServingState
+    load: float
+    ttl: float  # seconds granted per renewal
+    registered_by: str
+    registered_at: float  # epoch seconds
+    expires_at: float  # epoch seconds, as this replica knows it
+
+
+@dataclass(slots=True)
+class VersionRecord:
+    """The card of one version of one agent (endpoint cleared: that belongs to an instance)."""
+
+    version_id: int
+    card: agent_pb2.AgentCard
+    parsed_version: Version
+    card_hash: str
+    slot: int = -1
+    instances: dict[str, InstanceRecord] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``, what visibility patterns match."""
+        return f"{self.card.namespace}/{self.card.name}"
+
+
+@dataclass(frozen=True)
+class DiscoveryQuery:
+    """Visibility scope, then characteristics scope, then ranking; validated by the caller."""
+
+    names: frozenset[str] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+    purpose: str = ""
+    required_policies: tuple[str, ...] = ()
+    skill: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    version_constraint: SpecifierSet | None = None
+    intent: str = ""
+    max_results: int = 10
+    routing_key: str = ""
+
+    @property
+    def has_visibility_scope(self) -> bool:
+        """Whether the caller narrowed visibility at all (empty means everything is visible)."""
+        return bool(self.names or self.patterns)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked answer: the instance to call, its card, a score and the reasons."""
+
+    instance: InstanceRecord
+    version: VersionRecord
+    score: float
+    reasons: tuple[str, ...]
+    matched_skill: str
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """Candidates best first, and how many live instances passed each scope."""
+
+    candidates: list[Candidate]
+    visible_count: int
+    matched_count: int
