@@ -226,3 +226,4 @@ def _parse_request(deserializer: Callable[[bytes], Any] | None, raw: bytes, meth
         return deserializer(raw)
     except Exception as exc:  # protobuf raises DecodeError; any parse failure is a malformed request
         raise InvalidArgumentError(f"the request to {method} is not a valid message: {exc}") from None
+

@@ -70,6 +70,15 @@ class Settings:
     breaker_reset_timeout: float = 10.0
     # Agent lease time to live, seconds.
     lease_ttl: float = 10.0
+    # Registry: bounds of a requested lease TTL, seconds.
+    lease_ttl_min: float = 0.5
+    lease_ttl_max: float = 300.0
+    # Registry: seconds between batched flushes of heartbeat lease expiries (and expiry sweeps).
+    lease_flush_interval: float = 1.0
+    # Registry: seconds between polls of the change log (how fast replicas see each other's changes).
+    registry_poll_interval: float = 0.1
+    # Registry: hours of change log kept for watchers resuming from a revision.
+    registry_event_retention_hours: float = 24.0
     # Host other processes use to reach this one (the endpoint an agent registers); empty means bind_host,
     # or this machine's hostname when bind_host is a wildcard (0.0.0.0, ::).
     advertise_host: str = ""

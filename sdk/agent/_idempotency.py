@@ -45,11 +45,14 @@ class _Entry(Generic[T]):
 class IdempotencyCache(Generic[T]):
     """Results of finished runs (at most ``max_entries``, each kept ``ttl`` seconds) and runs in flight."""
 
-    def __init__(self, *, max_entries: int = 10_000, ttl: float = 3600.0) -> None:
+    def __init__(
+        self, *, max_entries: int = 10_000, ttl: float = 3600.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if max_entries < 1 or ttl <= 0:
             raise ValueError("max_entries must be >= 1 and ttl > 0")
         self.max_entries = max_entries
         self.ttl = ttl
+        self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Entry[T]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -83,7 +86,7 @@ class IdempotencyCache(Generic[T]):
 
     async def _own(self, slot: tuple[str, str], input_digest: str, compute: Callable[[], Awaitable[T]]) -> T:
         running: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        entry: _Entry[T] = _Entry(input_digest=input_digest, expires=time.monotonic() + self.ttl, running=running)
+        entry: _Entry[T] = _Entry(input_digest=input_digest, expires=self._clock() + self.ttl, running=running)
         self._entries[slot] = entry
         self._evict()
         try:
@@ -99,13 +102,13 @@ class IdempotencyCache(Generic[T]):
             running.exception()
             raise
         entry.result, entry.running = result, None
-        entry.expires = time.monotonic() + self.ttl
+        entry.expires = self._clock() + self.ttl
         running.set_result(result)
         return result
 
     def _lookup(self, slot: tuple[str, str]) -> _Entry[T] | None:
         entry = self._entries.get(slot)
-        if entry is not None and entry.running is None and entry.expires <= time.monotonic():
+        if entry is not None and entry.running is None and entry.expires <= self._clock():
             del self._entries[slot]
             return None
         return entry

@@ -121,7 +121,7 @@ def _invocation(request: agent_pb2.InvokeRequest, context: grpc.aio.ServicerCont
         idempotency_key=request.idempotency_key,
         delegation_token=request.delegation_token,
         caller=_caller(),
-        trace_id=_trace_id(),
+        trace_id=telemetry.current_trace_id(),
         deadline=None if remaining is None else time.monotonic() + remaining,
     )
 
@@ -131,9 +131,6 @@ def _caller() -> str:
     return identity.uri if identity is not None else ""
 
 
-def _trace_id() -> str:
-    current = getattr(telemetry, "current_trace_id", None)
-    return str(current()) if current is not None else ""
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:

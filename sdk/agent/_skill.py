@@ -83,13 +83,13 @@ class SkillSpec:
         try:
             if isinstance(result, BaseModel):
                 # Re-validate: a model built with model_construct() or mutated after creation skipped checks.
-                data = result.model_dump(mode="json")
+                data = result.model_dump(mode="json", warnings=False)
                 model.model_validate(data)
             elif isinstance(result, dict):
                 data = model.model_validate(result).model_dump(mode="json")
             else:
                 raise TypeError(f"expected {model.__name__} or dict, got {type(result).__name__}")
-        except (ValidationError, TypeError) as exc:
+        except (TypeError, ValueError) as exc:  # ValidationError and PydanticSerializationError are ValueErrors
             # Field paths and messages only: the values themselves may hold customer data.
             problems = (
                 "; ".join(f"{_field_path(e['loc'], 'output')}: {e['msg']}" for e in exc.errors(include_input=False))
@@ -166,7 +166,7 @@ def _signature(method: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseMo
     try:
         hints = typing.get_type_hints(method)
     except NameError as exc:
-        raise TypeError(f"skill {where}: cannot resolve its type hints ({exc})") from None
+        raise TypeError(f"skill {where}: cannot resolve its type hints ({exc}); define models at module level") from None
     params = list(inspect.signature(method).parameters.values())[1:]  # drop self
     if len(params) not in (1, 2):
         raise TypeError(f"skill {where} must take (self, input: Model) or (self, input: Model, ctx: SkillContext)")

@@ -56,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help()
         return 2 if args.command is None else 0
+    from agentmesh._errors import MeshError
+
     try:
         return int(run(args) or 0)
+    except MeshError as exc:  # a readable line for the operator, never a traceback
+        print(f"agentmesh {args.command}: {exc.message}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

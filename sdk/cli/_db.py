@@ -43,8 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; exit code 0 on success, 1 when the database cannot be migrated or read."""
-    from agentmesh import storage
     from sqlalchemy.exc import SQLAlchemyError
+
+    from agentmesh import storage
 
     try:
         url = storage.sync_url(args.url)

@@ -15,4 +15,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve the planner until SIGTERM or Ctrl-C."""
     # The CLI is the composition root: it names the service module, the SDK never imports it.
-    return run_service(args, "agentmesh.services.planner.server")
+    return run_service(args, "agentmesh.services.planner.server", "planner")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 
 
@@ -37,13 +36,15 @@ def settings_from_args(args: argparse.Namespace) -> object:
     return Settings.from_env(**overrides)
 
 
-def run_service(args: argparse.Namespace, server_module: str) -> int:
+def run_service(args: argparse.Namespace, server_module: str, service_name: str) -> int:
     """Build the service in ``server_module`` (its ``build_server(settings, port=)``) and serve until SIGTERM."""
     from agentmesh import telemetry
 
     settings = settings_from_args(args)
-    telemetry.configure_process(settings)  # type: ignore[arg-type]
+    telemetry.configure_logging(settings)  # type: ignore[arg-type]
+    telemetry.configure_tracing(settings, service_name)  # type: ignore[arg-type]
+    telemetry.start_metrics_server(settings)  # type: ignore[arg-type]
     module = importlib.import_module(server_module)
     server = module.build_server(settings, port=args.port)
-    asyncio.run(server.serve_until_signalled())
+    telemetry.run(server.serve_until_signalled())
     return 0

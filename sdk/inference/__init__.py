@@ -6,7 +6,6 @@ the ``tritonserver`` bundled in nvidia-pytriton on CPU over the repository shipp
 
 from __future__ import annotations
 
-from agentmesh.inference._breaker import BreakerState, CircuitBreaker
 from agentmesh.inference._client import InferenceClient
 from agentmesh.inference._export import MinilmArtifacts, ensure_minilm_onnx
 from agentmesh.inference._local import LocalTriton, free_port, triton_environment
@@ -23,8 +22,6 @@ from agentmesh.inference._selection import DEFAULT_MODELS, ModelCatalog, ModelSp
 __all__ = [
     "DEFAULT_MODELS",
     "SOURCE_MODEL_REPOSITORY",
-    "BreakerState",
-    "CircuitBreaker",
     "Classification",
     "ClassificationResult",
     "EmbeddingResult",

@@ -5,7 +5,6 @@ circuit breakers, metadata caching, model selection, and Prometheus metrics.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +23,9 @@ from agentmesh._errors import (
     UnavailableError,
 )
 from agentmesh._settings import Settings
-from agentmesh.inference._breaker import BreakerState, CircuitBreaker
 from agentmesh.inference._local import RECONNECT_CHANNEL_ARGS
 from agentmesh.inference._metrics import (
     TRITON_BATCH_SIZE,
-    TRITON_BREAKER_STATE,
     TRITON_LATENCY,
     TRITON_RETRIES,
 )
@@ -40,15 +37,12 @@ from agentmesh.inference._results import (
     SentimentResult,
 )
 from agentmesh.inference._selection import DEFAULT_MODELS, ModelCatalog, ModelSpec, Tier
+from agentmesh.resilience import CircuitBreaker, RetryPolicy, breaker_for
 
 __all__ = ["InferenceClient"]
 
 T = TypeVar("T")
 
-# Only UNAVAILABLE is retried: the request did not reach a model, so repeating it is safe.
-_RETRYABLE = frozenset({"UNAVAILABLE"})
-# Codes that say the server or model is unhealthy (count towards opening the breaker).
-_UNHEALTHY = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL", "UNKNOWN"})
 _ERRORS: dict[str, type[MeshError]] = {
     "UNAVAILABLE": UnavailableError,
     "DEADLINE_EXCEEDED": DeadlineExceededError,
@@ -64,12 +58,11 @@ _INDEX_TTL = 10.0
 
 @dataclass
 class _Connection:
-    """What all clients of one URL in one event loop share: the channel, breakers and caches."""
+    """What all clients of one URL in one event loop share: the channel and the metadata caches."""
 
     url: str
     client: Any  # tritonclient.grpc.aio.InferenceServerClient
     users: int = 0
-    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     configs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     metadata: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     ready_models: tuple[float, frozenset[str]] | None = None
@@ -96,19 +89,15 @@ class InferenceClient:
         *,
         settings: Settings | None = None,
         deadline: float | None = None,
-        retry_attempts: int = 3,
-        backoff_initial: float = 0.05,
-        backoff_max: float = 1.0,
+        retry: RetryPolicy | None = None,
         breaker_failure_threshold: int = 5,
-        breaker_reset_timeout: float = 2.0,
+        breaker_reset_timeout: float = 5.0,
         catalog: ModelCatalog | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
         self.url = url or settings.triton_url or f"127.0.0.1:{settings.triton_port}"
         self.deadline = deadline if deadline is not None else settings.default_deadline
-        self.retry_attempts = max(1, retry_attempts)
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.retry = retry or RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=1.0)
         self.breaker_failure_threshold = breaker_failure_threshold
         self.breaker_reset_timeout = breaker_reset_timeout
         self.catalog = catalog if catalog is not None else ModelCatalog(DEFAULT_MODELS)
@@ -159,78 +148,53 @@ class InferenceClient:
     # --- resilience --------------------------------------------------------------------------------------
 
     def breaker(self, model: str) -> CircuitBreaker:
-        """The circuit breaker guarding ``model`` on this URL."""
-        connection = self._connection()
-        breaker = connection.breakers.get(model)
-        if breaker is None:
-            url = self.url
-
-            def publish(name: str, state: BreakerState) -> None:
-                TRITON_BREAKER_STATE.labels(url, name).set(int(state))
-
-            breaker = connection.breakers[model] = CircuitBreaker(
-                model,
-                failure_threshold=self.breaker_failure_threshold,
-                reset_timeout=self.breaker_reset_timeout,
-                on_change=publish,
-            )
-            publish(model, BreakerState.CLOSED)
-        return breaker
+        """The circuit breaker guarding ``model`` at this URL (process-wide, shared by all its clients)."""
+        return breaker_for(
+            f"triton:{self.url}/{model}",
+            failure_threshold=self.breaker_failure_threshold,
+            reset_timeout=self.breaker_reset_timeout,
+        )
 
     async def _call(
         self, model: str, operation: Callable[[float], Awaitable[T]], deadline: float | None
     ) -> tuple[T, float]:
-        """Run ``operation(timeout)`` under the model's breaker, retrying UNAVAILABLE with backoff and jitter
-        within one overall deadline. Returns the result and the latency of the successful attempt.
+        """Run ``operation(seconds_left)`` through the model's breaker, retrying UNAVAILABLE with jittered
+        backoff within one overall deadline. Returns the result and the latency of the successful attempt.
         """
         breaker = self.breaker(model)
         budget = self.deadline if deadline is None else deadline
         end = time.monotonic() + budget
-        for attempt in range(1, self.retry_attempts + 1):
-            if not breaker.allow():
-                raise UnavailableError(
-                    f"Triton model {model!r} at {self.url} is failing; circuit open for "
-                    f"{breaker.retry_after():.1f} s more",
-                    reason="CIRCUIT_OPEN",
-                    metadata={"model": model, "url": self.url},
-                )
-            remaining = end - time.monotonic()
-            if remaining <= 0:
-                breaker.release()
+        attempts = 0
+
+        async def once() -> tuple[T, float]:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                TRITON_RETRIES.labels(model).inc()
+            seconds_left = end - time.monotonic()
+            if seconds_left <= 0:
                 raise DeadlineExceededError(
                     f"deadline of {budget:.3f} s passed calling Triton model {model!r}",
                     metadata={"model": model, "url": self.url},
                 )
+            breaker.before_call()
             started = time.perf_counter()
             try:
-                result = await operation(remaining)
+                result = await operation(seconds_left)
             except Exception as exc:
-                code = _status_name(exc)
-                TRITON_LATENCY.labels(model, code).observe(time.perf_counter() - started)
-                if code in _UNHEALTHY:
-                    breaker.record_failure()
-                else:
-                    breaker.release()
-                if code == "NOT_FOUND":
+                error = self._error(_status_name(exc), exc, model)
+                TRITON_LATENCY.labels(model, error.code.name).observe(time.perf_counter() - started)
+                breaker.record(error)
+                if isinstance(error, NotFoundError):
                     self._forget(model)
-                wait = min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)) * random.uniform(
-                    0.5, 1.0
-                )
-                retry = (
-                    code in _RETRYABLE
-                    and attempt < self.retry_attempts
-                    and time.monotonic() + wait < end
-                    and breaker.state is not BreakerState.OPEN
-                )
-                if not retry:
-                    raise self._error(code, exc, model) from None
-                TRITON_RETRIES.labels(model).inc()
-                await asyncio.sleep(wait)  # backoff between attempts
-                continue
-            latency = time.perf_counter() - started
+                raise error from None
+            except BaseException:
+                breaker.record_ignored()
+                raise
             breaker.record_success()
-            return result, latency
-        raise AssertionError("unreachable: the last attempt returns or raises")
+            return result, time.perf_counter() - started
+
+        return await self.retry.call(once, deadline=end)
 
     def _error(self, code: str, exc: Exception, model: str) -> MeshError:
         message = getattr(exc, "message", lambda: str(exc))() or str(exc)

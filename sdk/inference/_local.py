@@ -134,6 +134,7 @@ class LocalTriton:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=10",
             "--log-info=false",
         ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
-__all__ = ["TRITON_BATCH_SIZE", "TRITON_BREAKER_STATE", "TRITON_LATENCY", "TRITON_RETRIES"]
+# Breaker state is the shared agentmesh_circuit_breaker_state gauge, endpoint "triton:<url>/<model>".
+__all__ = ["TRITON_BATCH_SIZE", "TRITON_LATENCY", "TRITON_RETRIES"]
 
 TRITON_LATENCY = Histogram(
     "agentmesh_triton_request_duration_seconds",
@@ -17,11 +18,6 @@ TRITON_BATCH_SIZE = Histogram(
     "Rows (e.g. texts) per Triton request, by model; Triton's dynamic batcher merges requests further.",
     ("model",),
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-)
-TRITON_BREAKER_STATE = Gauge(
-    "agentmesh_triton_breaker_state",
-    "Circuit-breaker state per Triton model: 0 closed, 1 half-open, 2 open.",
-    ("url", "model"),
 )
 TRITON_RETRIES = Counter(
     "agentmesh_triton_retries_total",

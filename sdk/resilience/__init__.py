@@ -4,13 +4,12 @@
 (Triton, HTTP) use :class:`CircuitBreaker` and :class:`RetryPolicy` directly around any awaitable::
 
     breaker = breaker_for(url)
-    result = await DEFAULT_RETRY_POLICY.call(lambda: breaker.call(infer, request), idempotent=True)
+    result = await RetryPolicy().call(lambda: breaker.call(infer, request), idempotent=True)
 """
 
 from __future__ import annotations
 
 from agentmesh.resilience._breaker import (
-    FAILURE_CODES,
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
@@ -19,14 +18,12 @@ from agentmesh.resilience._breaker import (
 )
 from agentmesh.resilience._deadline import remaining_budget, with_deadline
 from agentmesh.resilience._interceptor import MeshClientInterceptor, client_interceptor
-from agentmesh.resilience._retry import DEFAULT_RETRY_POLICY, RetryPolicy, is_idempotent_method
+from agentmesh.resilience._retry import RetryPolicy, is_idempotent_method
 
 __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
-    "DEFAULT_RETRY_POLICY",
-    "FAILURE_CODES",
     "MeshClientInterceptor",
     "RetryPolicy",
     "breaker_for",

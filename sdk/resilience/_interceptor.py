@@ -204,12 +204,14 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unary
 
 
 def _end_span_error(span: trace.Span, exc: BaseException) -> None:
-    # Same as the stock aio client instrumentation: status code attribute, ERROR status, exception event.
+    # As the stock aio client instrumentation: a failed status is the code and details, not an exception event.
     if span.is_recording():
-        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        if isinstance(exc, grpc.aio.AioRpcError):
             span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
-        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-        span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, exc.details()))
+        else:
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.record_exception(exc)
     span.end()
 
 

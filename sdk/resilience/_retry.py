@@ -13,9 +13,11 @@ from typing import TypeVar
 
 import grpc
 import tenacity
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from tenacity.wait import wait_random_exponential
 
-from agentmesh._errors import MeshError, ResourceExhaustedError, from_rpc_error
+from agentmesh._errors import ResourceExhaustedError
 from agentmesh.resilience._breaker import CircuitOpenError, error_code
 
 T = TypeVar("T")
@@ -30,12 +32,17 @@ def is_idempotent_method(method: str) -> bool:
 
 
 def retry_after(exc: BaseException) -> float | None:
-    """The server's requested wait (google.rpc.RetryInfo) carried by ``exc``, if any."""
+    """The server's requested wait (``google.rpc.RetryInfo``) carried by ``exc``, if any."""
     if isinstance(exc, ResourceExhaustedError):
         return exc.retry_after
-    if isinstance(exc, grpc.RpcError) and not isinstance(exc, MeshError):
-        mapped = from_rpc_error(exc)
-        return mapped.retry_after if isinstance(mapped, ResourceExhaustedError) else None
+    if isinstance(exc, grpc.aio.AioRpcError):
+        # Read the status details directly: agentmesh._errors.from_rpc_error only unpacks sync grpc.Call errors.
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        for detail in status.details if status else ():
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                return float(info.retry_delay.ToNanoseconds() / 1e9)
     return None
 
 
@@ -119,6 +126,3 @@ class _State:
 
     def __init__(self, attempt: int) -> None:
         self.attempt_number = attempt
-
-
-DEFAULT_RETRY_POLICY = RetryPolicy()

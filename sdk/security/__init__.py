@@ -10,14 +10,20 @@
 
 from __future__ import annotations
 
-from agentmesh.security._ca import CertificateAuthority, IssuedCertificate, ca_paths, workload_paths
+from agentmesh.security._ca import (
+    CertificateAuthority,
+    IssuedCertificate,
+    ca_paths,
+    workload_paths,
+    write_private_file,
+    write_public_file,
+)
 from agentmesh.security._credentials import CredentialFiles, add_port, channel_credentials, credential_paths
-from agentmesh.security._identity import KINDS, SpiffeId, current_identity, require_identity
+from agentmesh.security._identity import SpiffeId, current_identity, require_identity
 from agentmesh.security._policy import AuthzPolicy, AuthzRule
 from agentmesh.security._server_security import ServerSecurity, load_policy, server_security
 
 __all__ = [
-    "KINDS",
     "AuthzPolicy",
     "AuthzRule",
     "CertificateAuthority",
@@ -34,4 +40,6 @@ __all__ = [
     "require_identity",
     "server_security",
     "workload_paths",
+    "write_private_file",
+    "write_public_file",
 ]

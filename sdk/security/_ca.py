@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -32,6 +34,7 @@ __all__ = [
     "ca_paths",
     "workload_paths",
     "write_private_file",
+    "write_public_file",
 ]
 
 _CA_LIFETIME = timedelta(days=3650)
@@ -52,6 +55,11 @@ def workload_paths(directory: Path, kind: str, name: str) -> tuple[Path, Path]:
 def write_private_file(path: Path, data: bytes) -> None:
     """Write ``data`` atomically with mode 0600 (the file never exists with wider permissions)."""
     _atomic_write(path, data, 0o600)
+
+
+def write_public_file(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically with mode 0644 (certificates, trust bundles)."""
+    _atomic_write(path, data, 0o644)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
@@ -148,7 +156,7 @@ class CertificateAuthority:
             .sign(key, hashes.SHA256())
         )
         write_private_file(key_path, _key_pem(key))
-        _atomic_write(bundle, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_public_file(bundle, cert.public_bytes(serialization.Encoding.PEM))
         return cls(directory, trust_domain, cert, key)
 
     @classmethod
@@ -167,6 +175,36 @@ class CertificateAuthority:
             if der == public:
                 return cls(directory, _trust_domain_of(cert), cert, key)
         raise FailedPreconditionError(f"no certificate in {bundle} matches {key_path}")
+
+    @classmethod
+    def load_or_init(cls, directory: Path, trust_domain: str) -> CertificateAuthority:
+        """The CA under ``directory``, created first if there is none (what `agentmesh up` needs)."""
+        if ca_paths(directory)[0].exists():
+            ca = cls.load(directory)
+            if ca.trust_domain != trust_domain:
+                raise FailedPreconditionError(
+                    f"the mesh CA in {directory / 'ca'} is for trust domain {ca.trust_domain!r}, not {trust_domain!r}"
+                )
+            return ca
+        return cls.init(directory, trust_domain)
+
+    def ensure(
+        self, kind: str, name: str, *, renew_before: timedelta = timedelta(hours=1), **issue_options: Any
+    ) -> IssuedCertificate:
+        """The current certificate of ``kind``/``name`` if it is ours and valid for ``renew_before``; else a new one."""
+        spiffe_id = SpiffeId(self.trust_domain, kind, name).uri
+        cert_path, key_path = workload_paths(issue_options.get("out_dir") or self.certs_dir, kind, name)
+        if cert_path.exists() and key_path.exists():
+            try:
+                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+                cert.verify_directly_issued_by(self.certificate)
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                current = san.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe_id]
+            except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+                current = False  # damaged, from another CA, or another identity: reissue
+            if current and cert.not_valid_after_utc - datetime.now(UTC) > renew_before:
+                return IssuedCertificate(cert_path, key_path, self.ca_path, spiffe_id, cert.not_valid_after_utc)
+        return self.issue(kind, name, **issue_options)
 
     def issue(
         self,
@@ -264,13 +302,13 @@ class CertificateAuthority:
         cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
         # Key first: a reader that sees the new certificate must find its key already there.
         write_private_file(key_path, _key_pem(key))
-        _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_public_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return IssuedCertificate(
             cert_path=cert_path,
             key_path=key_path,
             ca_path=self.ca_path,
             spiffe_id=uris[0] if len(uris) == 1 else "",
-            not_after=not_after,
+            not_after=cert.not_valid_after_utc,
         )
 
 

@@ -1,8 +1,8 @@
 """mTLS credentials from files, reloaded when the files change (rotation without restart).
 
 Servers use grpc's dynamic server credentials: before each TLS handshake gRPC asks our fetcher, which
-compares the files' (mtime, size) with what it loaded and rereads them only when they changed. Clients get
-channel credentials rebuilt the same way, so every new channel presents the current certificate.
+compares the files' (inode, mtime, size) with what it loaded and rereads them only when they changed.
+Clients get channel credentials rebuilt the same way, so every new channel presents the current certificate.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["add_port", "channel_credentials", "credential_paths"]
 
 logger = logging.getLogger(__name__)
 
-_Stamp = tuple[tuple[int, int], ...]
+_Stamp = tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,12 @@ class CredentialFiles:
     ca: Path
 
     def stamp(self) -> _Stamp:
-        """(mtime, size) of each file: cheap to take before every handshake."""
+        """(inode, mtime, size) of each file: cheap to take before every handshake.
+
+        The inode catches atomic replacements (our writers) even within the file system's mtime granularity.
+        """
         stats = (os.stat(self.cert), os.stat(self.key), os.stat(self.ca))
-        return tuple((s.st_mtime_ns, s.st_size) for s in stats)
+        return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in stats)
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """``(cert, key, ca)`` PEM bytes; raises ValueError when the key does not match the certificate.

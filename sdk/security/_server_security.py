@@ -32,10 +32,21 @@ def load_policy(settings: Settings) -> AuthzPolicy:
 class ServerSecurity:
     """Per-call identity and authorization checks of one server."""
 
-    def __init__(self, settings: Settings, kind: str, name: str, policy: AuthzPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        kind: str,
+        name: str,
+        policy: AuthzPolicy | None = None,
+        *,
+        allow_anonymous: bool = False,
+    ) -> None:
         self.kind = kind
         self.name = name
         self._insecure = settings.insecure_dev
+        # A public port (the gateway's, with require_client_auth=False): callers without a certificate pass
+        # here with no identity and must be authorized by the service itself (OAuth2 bearer token).
+        self._allow_anonymous = allow_anonymous
         self._trust_domain = settings.trust_domain
         self.policy = policy if policy is not None else load_policy(settings)
         # (raw peer_spiffe_id, method) -> identity, for calls already allowed: the hot path is two dict lookups.
@@ -50,9 +61,13 @@ class ServerSecurity:
         if self._insecure:
             _INSECURE.set(True)
             return
-        values = context.auth_context().get(_PEER_SPIFFE_ID)
+        auth = context.auth_context()
+        values = auth.get(_PEER_SPIFFE_ID)
         if not values:
-            raise self._explain_missing_identity(context)
+            if self._allow_anonymous and not auth.get(_PEER_CERT):
+                _CURRENT.set(None)
+                return
+            raise self._explain_missing_identity(auth)
         key = (values[0], method)
         identity = self._allowed.get(key)
         if identity is None:
@@ -63,9 +78,9 @@ class ServerSecurity:
             self._allowed[key] = identity
         _CURRENT.set(identity)
 
-    def _explain_missing_identity(self, context: Any) -> UnauthenticatedError:
+    def _explain_missing_identity(self, auth: dict[str, list[bytes]]) -> UnauthenticatedError:
         # Only on refusal: parse the certificate to say precisely what is wrong with it.
-        pems = context.auth_context().get(_PEER_CERT)
+        pems = auth.get(_PEER_CERT)
         if not pems:
             return UnauthenticatedError("the call carries no client certificate; mesh servers require mTLS")
         try:
@@ -91,6 +106,9 @@ class ServerSecurity:
         return UnauthenticatedError(f"the peer identity {uris[0]!r} was not accepted by the TLS layer")
 
 
-def server_security(settings: Settings, kind: str, name: str) -> ServerSecurity:
-    """The identity/authorization checker for a server of ``kind``/``name``."""
-    return ServerSecurity(settings, kind, name)
+def server_security(settings: Settings, kind: str, name: str, *, allow_anonymous: bool = False) -> ServerSecurity:
+    """The identity/authorization checker for a server of ``kind``/``name``.
+
+    ``allow_anonymous`` is for a public port only (see :class:`ServerSecurity`); mesh ports never set it.
+    """
+    return ServerSecurity(settings, kind, name, allow_anonymous=allow_anonymous)

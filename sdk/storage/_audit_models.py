@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from agentmesh.storage._base import Base
-from agentmesh.storage._types import JSONDoc, UTCDateTime
 from sqlalchemy import BigInteger, Index, String, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column
+
+from agentmesh.storage._base import Base
+from agentmesh.storage._types import JSONDoc, UTCDateTime
 
 __all__ = ["AuditRecord"]
 

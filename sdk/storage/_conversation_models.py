@@ -5,9 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from agentmesh.storage._base import Base
-from agentmesh.storage._states import MESSAGE_ROLES, one_of
-from agentmesh.storage._types import JSONDoc, UTCDateTime
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -21,6 +18,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from agentmesh.storage._base import Base
+from agentmesh.storage._states import MESSAGE_ROLES, one_of
+from agentmesh.storage._types import JSONDoc, UTCDateTime
 
 __all__ = ["Conversation", "ConversationMessage"]
 

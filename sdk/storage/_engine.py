@@ -23,6 +23,11 @@ __all__ = [
 
 # Milliseconds a SQLite writer waits for another writer's lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option choosing how SQLite transactions begin: IMMEDIATE (default: take the write lock at once)
+# or DEFERRED for read-only work, e.g. ``engine.execution_options(sqlite_begin="DEFERRED")``. PostgreSQL
+# ignores it.
+SQLITE_BEGIN_OPTION = "sqlite_begin"
+_SQLITE_BEGIN_MODES = frozenset({"DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 
 _SYNC_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 _ASYNC_DRIVERS = {
@@ -72,11 +77,12 @@ def _prepare_sqlite_file(url: URL) -> None:
 
 
 def _install_sqlite_pragmas(engine: Engine) -> None:
-    """WAL, foreign keys and a busy timeout on every connection; writers serialize with BEGIN IMMEDIATE.
+    """WAL, foreign keys and a busy timeout on every connection; transactions begin IMMEDIATE.
 
     The driver's own transaction handling is switched off so SQLAlchemy's ``begin`` emits
     ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes fails at once with
-    "database is locked" when another writer committed meanwhile, whereas an immediate one waits.
+    "database is locked" when another writer committed meanwhile, whereas an immediate one waits its
+    turn. Read-only work may opt into ``DEFERRED`` with the ``sqlite_begin`` execution option.
     """
 
     @event.listens_for(engine, "connect")
@@ -91,7 +97,10 @@ def _install_sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        if mode not in _SQLITE_BEGIN_MODES:
+            raise ValueError(f"{SQLITE_BEGIN_OPTION}={mode!r}: expected one of {sorted(_SQLITE_BEGIN_MODES)}")
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def create_engine(url: str | URL | None = None, **kwargs: Any) -> Engine:

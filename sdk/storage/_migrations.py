@@ -5,13 +5,14 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from agentmesh.storage._engine import create_engine
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentmesh.storage._engine import create_engine
 
 __all__ = ["alembic_config", "current", "downgrade", "heads", "ping", "upgrade"]
 
@@ -64,6 +65,8 @@ async def ping(engine: AsyncEngine) -> bool:
     """Readiness: ``True`` when the database answers and its schema is at the packaged head."""
     try:
         async with engine.connect() as connection:
+            # Read-only: on SQLite do not queue behind writers for the write lock.
+            connection = await connection.execution_options(sqlite_begin="DEFERRED")
             revisions = await connection.run_sync(
                 lambda sync_connection: MigrationContext.configure(sync_connection).get_current_heads()
             )

@@ -10,9 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from agentmesh.storage._base import Base
-from agentmesh.storage._states import STEP_STATES, TASK_STATES, one_of
-from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
@@ -25,6 +22,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from agentmesh.storage._base import Base
+from agentmesh.storage._states import STEP_STATES, TASK_STATES, one_of
+from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime
 
 __all__ = [
     "CollaboratorChoice",

@@ -26,6 +26,7 @@ __all__ = [
     "compile_patterns",
     "parse_specifier",
     "parse_version",
+    "validate_agent_name",
     "validate_card",
     "validate_labels",
     "validate_policies",
@@ -144,10 +145,15 @@ def _validate_skill(skill: agent_pb2.Skill, field: str) -> None:
     _validate_schema(skill.output_schema, f"{field}.output_schema")
 
 
+def validate_agent_name(namespace: str, name: str, prefix: str = "") -> None:
+    """Namespace and name are DNS labels; the field names get ``prefix`` (e.g. ``"policy."``)."""
+    _match(_DNS_LABEL, namespace, "namespace (DNS label)", f"{prefix}namespace")
+    _match(_DNS_LABEL, name, "name (DNS label)", f"{prefix}name")
+
+
 def validate_card(card: agent_pb2.AgentCard, field: str = "card") -> Version:
     """Check every field of ``card``; returns its parsed version. Raises INVALID_ARGUMENT naming the field."""
-    _match(_DNS_LABEL, card.name, "name (DNS label)", f"{field}.name")
-    _match(_DNS_LABEL, card.namespace, "namespace (DNS label)", f"{field}.namespace")
+    validate_agent_name(card.namespace, card.name, f"{field}.")
     version = parse_version(card.version, f"{field}.version")
     _match(_PURPOSE, card.purpose, "purpose", f"{field}.purpose")
     _require(len(card.description) <= MAX_DESCRIPTION, "description too long", f"{field}.description")

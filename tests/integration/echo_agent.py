@@ -7,6 +7,7 @@ from collections import Counter
 
 from pydantic import BaseModel, Field
 
+from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentInfo, ModelUsage, SkillContext, skill
 
 
@@ -49,8 +50,8 @@ class EchoAgent(Agent):
         owner="platform-team",
     )
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
         self.runs: Counter[str] = Counter()
         self.entered = asyncio.Event()  # set when `hold` starts
         self.release = asyncio.Event()  # `hold` finishes once this is set

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from agentmesh import storage
-from agentmesh.cli import main
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import make_url
+
+from agentmesh import storage
+from agentmesh.cli import main
 
 
 def _tables(url: str) -> set[str]:
@@ -48,7 +49,9 @@ def test_migrated_schema_matches_the_models(migrated_database_url: str) -> None:
     assert differences == []
 
 
-def test_db_command_upgrades_reports_and_downgrades(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_db_command_upgrades_reports_and_downgrades(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     head = storage.heads()[0]
 
     assert main(["db", "current", "--url", database_url]) == 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
 from agentmesh import storage
 from agentmesh.storage import (
     Agent,
@@ -28,9 +33,6 @@ from agentmesh.storage import (
     StepAttempt,
     Task,
 )
-from sqlalchemy.exc import IntegrityError, StatementError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -81,7 +83,9 @@ async def _register(sessions: Sessions, name: str = "triage", instances: int = 1
                     lease_id=_id(),
                     endpoint="127.0.0.1:9000",
                     lease_ttl_seconds=10.0,
-                    lease=AgentLease(instance_id=instance_id, expires_at=storage.utcnow() + dt.timedelta(seconds=10)),
+                    lease=AgentLease(
+                        instance_id=instance_id, expires_at=storage.utcnow() + dt.timedelta(seconds=10)
+                    ),
                 )
             )
         session.add(version)
@@ -95,7 +99,9 @@ async def test_a_registered_card_is_found_by_skill_with_its_instances_and_lease(
             await session.scalars(
                 sa.select(AgentVersion)
                 .join(AgentSkill)
-                .where(AgentSkill.skill_name == "classify_ticket", AgentVersion.policy_mask.op("&")(0b10) == 0b10)
+                .where(
+                    AgentSkill.skill_name == "classify_ticket", AgentVersion.policy_mask.op("&")(0b10) == 0b10
+                )
                 .options(
                     selectinload(AgentVersion.agent),
                     selectinload(AgentVersion.skills),
@@ -132,12 +138,14 @@ async def test_deleting_an_agent_removes_its_versions_skills_instances_and_lease
             assert await session.scalar(sa.select(sa.func.count()).select_from(model)) == 0
 
 
-async def test_heartbeats_are_flushed_to_the_lease_table_in_one_statement(sessions: Sessions) -> None:
+async def test_heartbeats_are_flushed_to_the_lease_table_in_one_statement(
+    sessions: Sessions, engine: AsyncEngine
+) -> None:
     version = await _register(sessions, instances=50)
     ids = [instance.instance_id for instance in version.instances]
     later = storage.utcnow() + dt.timedelta(minutes=5)
     async with sessions.begin() as session:
-        if session.bind.dialect.name == "postgresql":
+        if engine.dialect.name == "postgresql":
             result = await session.execute(
                 sa.text(
                     "UPDATE agent_leases AS l SET expires_at = u.expires_at "
@@ -160,7 +168,9 @@ async def test_heartbeats_are_flushed_to_the_lease_table_in_one_statement(sessio
 
 async def test_registry_events_get_increasing_revisions_and_policies_bits(sessions: Sessions) -> None:
     async with sessions.begin() as session:
-        session.add_all(RegistryEvent(event_type="REGISTERED", instance_id=str(i), payload={"i": i}) for i in range(3))
+        session.add_all(
+            RegistryEvent(event_type="REGISTERED", instance_id=str(i), payload={"i": i}) for i in range(3)
+        )
         session.add(RoutingPolicy(namespace="support", name="triage", weights={"1.0.0": 90, "1.1.0": 10}))
         session.add_all([PolicyBit(policy="pii:allowed", bit=0), PolicyBit(policy="region:eu", bit=1)])
     async with sessions() as session:
@@ -178,7 +188,9 @@ async def test_registry_events_get_increasing_revisions_and_policies_bits(sessio
 async def test_a_task_keeps_its_plan_steps_attempts_and_explanation(sessions: Sessions) -> None:
     task_id, plan_id = _id(), _id()
     async with sessions.begin() as session:
-        session.add(Task(task_id=task_id, goal="triage ticket 7", input={"ticket": 7}, submitted_by="spiffe://x"))
+        session.add(
+            Task(task_id=task_id, goal="triage ticket 7", input={"ticket": 7}, submitted_by="spiffe://x")
+        )
         session.add(Task(task_id=_id(), goal="sub-task", parent_task_id=task_id))
         await session.flush()
         plan = Plan(
@@ -196,17 +208,25 @@ async def test_a_task_keeps_its_plan_steps_attempts_and_explanation(sessions: Se
             StepAttempt(task_id=task_id, step_id="classify", attempt=1, agent_name="triage", state="FAILED")
         )
         session.add(
-            CollaboratorChoice(task_id=task_id, plan_id=plan_id, step_id="classify", chosen={"name": "triage"})
+            CollaboratorChoice(
+                task_id=task_id, plan_id=plan_id, step_id="classify", chosen={"name": "triage"}
+            )
         )
         session.add(
             ParameterSubstitution(
-                task_id=task_id, step_id="classify", template="${task.input.ticket}", value=7, source="task.input"
+                task_id=task_id,
+                step_id="classify",
+                template="${task.input.ticket}",
+                value=7,
+                source="task.input",
             )
         )
     async with sessions() as session:
         loaded = await session.get(Task, task_id, options=[selectinload(Task.plans).selectinload(Plan.steps)])
         assert loaded is not None
-        [attempt] = (await session.scalars(sa.select(StepAttempt).where(StepAttempt.task_id == task_id))).all()
+        [attempt] = (
+            await session.scalars(sa.select(StepAttempt).where(StepAttempt.task_id == task_id))
+        ).all()
         [substitution] = (await session.scalars(sa.select(ParameterSubstitution))).all()
         children = (await session.scalars(sa.select(Task.goal).where(Task.parent_task_id == task_id))).all()
     assert loaded.state == "PENDING"
@@ -227,7 +247,7 @@ async def test_a_state_outside_the_lifecycle_is_refused(sessions: Sessions) -> N
 async def test_naive_datetimes_are_refused(sessions: Sessions) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         async with sessions.begin() as session:
-            session.add(Task(task_id=_id(), created_at=dt.datetime(2026, 1, 1)))  # noqa: DTZ001
+            session.add(Task(task_id=_id(), created_at=dt.datetime(2026, 1, 1)))
 
 
 async def test_a_stale_conversation_version_updates_nothing(sessions: Sessions) -> None:
@@ -239,7 +259,9 @@ async def test_a_stale_conversation_version_updates_nothing(sessions: Sessions) 
         async with sessions.begin() as session:
             result = await session.execute(
                 sa.update(Conversation)
-                .where(Conversation.conversation_id == conversation_id, Conversation.version == expected_version)
+                .where(
+                    Conversation.conversation_id == conversation_id, Conversation.version == expected_version
+                )
                 .values(version=Conversation.version + 1)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -295,3 +317,42 @@ async def test_ping_is_true_only_for_a_reachable_database_at_head(database_url: 
     finally:
         await engine.dispose()
         await unreachable.dispose()
+
+
+async def test_concurrent_read_then_write_transactions_all_commit(sessions: Sessions) -> None:
+    conversation_id = _id()
+    async with sessions.begin() as session:
+        session.add(Conversation(conversation_id=conversation_id))
+
+    async def writer() -> int:
+        retries = 0
+        while True:
+            async with sessions.begin() as session:
+                seen = await session.scalar(
+                    sa.select(Conversation.version).where(Conversation.conversation_id == conversation_id)
+                )
+                result = await session.execute(
+                    sa.update(Conversation)
+                    .where(Conversation.conversation_id == conversation_id, Conversation.version == seen)
+                    .values(version=Conversation.version + 1)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    return retries
+            retries += 1
+
+    await asyncio.gather(*(writer() for _ in range(8)))
+    async with sessions() as session:
+        version = await session.scalar(
+            sa.select(Conversation.version).where(Conversation.conversation_id == conversation_id)
+        )
+    assert version == 8
+
+
+async def test_read_only_work_can_opt_out_of_taking_the_sqlite_write_lock(engine: AsyncEngine) -> None:
+    reader = engine.execution_options(sqlite_begin="DEFERRED")  # PostgreSQL ignores the option
+    async with reader.connect() as connection:
+        assert await connection.scalar(sa.select(sa.func.count()).select_from(Task)) == 0
+    if engine.dialect.name == "sqlite":
+        with pytest.raises(ValueError, match="sqlite_begin"):
+            async with engine.execution_options(sqlite_begin="LATER").connect() as connection:
+                await connection.scalar(sa.select(1))

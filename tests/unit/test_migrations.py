@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agentmesh import storage
 from agentmesh.cli import main
 

@@ -152,7 +152,11 @@ async def test_breaker_opens_after_consecutive_failures_and_fails_fast() -> None
 
 async def test_business_errors_and_successes_keep_the_circuit_closed() -> None:
     breaker = CircuitBreaker("unit-b:1", failure_threshold=2, clock=Clock())
-    for flaky in [Flaky(UnavailableError("down")), Flaky(NotFoundError("no such agent")), Flaky(UnavailableError("down"))]:
+    for flaky in [
+        Flaky(UnavailableError("down")),
+        Flaky(NotFoundError("no such agent")),
+        Flaky(UnavailableError("down")),
+    ]:
         with pytest.raises((UnavailableError, NotFoundError)):
             await breaker.call(flaky)
     assert breaker.state is BreakerState.CLOSED  # failures were not consecutive

@@ -7,11 +7,12 @@ whole upgrade (the engine begins SQLite transactions explicitly, so DDL is trans
 
 from __future__ import annotations
 
-from agentmesh.storage._engine import create_engine, sync_url
-from agentmesh.storage._models import metadata
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
+
+from agentmesh.storage._engine import create_engine, sync_url
+from agentmesh.storage._models import metadata
 
 config = context.config
 

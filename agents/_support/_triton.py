@@ -1,0 +1,102 @@
+"""``TritonAgent``: an agent that calls Triton, with one inference client and model usage recorded per call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from agentmesh._errors import MeshError
+from agentmesh._settings import Settings
+from agentmesh.agent import Agent, ModelUsage, SkillContext
+from agentmesh.inference import ClassificationResult, EmbeddingResult, InferenceClient, SentimentResult
+
+__all__ = ["TritonAgent"]
+
+logger = logging.getLogger(__name__)
+
+
+class TritonAgent(Agent):
+    """Base of the support agents that need Triton.
+
+    Subclasses override :meth:`prepare` for work that needs Triton once (embedding prototypes or a
+    knowledge base). It runs at startup and, if Triton was not reachable then, again on the next readiness
+    check or call, so an agent started before Triton (or outliving a Triton restart) recovers by itself.
+    """
+
+    inference: InferenceClient
+
+    def __init__(self, settings: Settings | None = None, *, inference: InferenceClient | None = None) -> None:
+        super().__init__(settings)
+        self._given_inference = inference
+        self._prepared = False
+        self._prepare_lock = asyncio.Lock()
+
+    async def startup(self) -> None:
+        """Open the Triton client and prepare, tolerating a Triton that is not up yet."""
+        self.inference = self._given_inference or InferenceClient(settings=self.settings)
+        try:
+            await self.ensure_prepared()
+        except MeshError as exc:
+            logger.warning("%s: Triton not usable yet (%s); will retry when asked", self.card.name, exc)
+
+    async def shutdown(self) -> None:
+        """Close the Triton client (unless it was given by the caller, who then closes it)."""
+        if self._given_inference is None and hasattr(self, "inference"):
+            await self.inference.close()
+
+    async def ready(self) -> bool:
+        """Serving once Triton answers and :meth:`prepare` has run."""
+        if not await self.inference.is_ready():
+            return False
+        try:
+            await self.ensure_prepared()
+        except MeshError:
+            return False
+        return True
+
+    async def prepare(self, ctx: SkillContext | None) -> None:
+        """Work that needs Triton once; raise a ``MeshError`` when Triton cannot serve it yet."""
+
+    async def ensure_prepared(self, ctx: SkillContext | None = None) -> None:
+        """Run :meth:`prepare` once (concurrent callers wait for the same run)."""
+        if self._prepared:
+            return
+        async with self._prepare_lock:
+            if not self._prepared:
+                await self.prepare(ctx)
+                self._prepared = True
+
+    async def embed(self, texts: Sequence[str], ctx: SkillContext | None) -> EmbeddingResult:
+        """Unit-length embeddings of ``texts`` through Triton, recorded as a model usage of ``ctx``."""
+        started = time.perf_counter()
+        result = await self.inference.embed(list(texts), deadline=_deadline(ctx))
+        _record(ctx, result.model, result.version, started)
+        return result
+
+    async def sentiment(self, texts: Sequence[str], ctx: SkillContext | None) -> SentimentResult:
+        """Sentiment scores of ``texts`` through Triton's sentiment model, recorded as a model usage."""
+        started = time.perf_counter()
+        result = await self.inference.sentiment(list(texts), deadline=_deadline(ctx))
+        _record(ctx, result.model, result.version, started)
+        return result
+
+    async def classify(
+        self, texts: Sequence[str], labels: Mapping[str, Sequence[str]], ctx: SkillContext | None
+    ) -> ClassificationResult:
+        """Zero-shot labels of ``texts`` by similarity to each label's prototype sentences (cached)."""
+        started = time.perf_counter()
+        result = await self.inference.classify(list(texts), labels, deadline=_deadline(ctx))
+        _record(ctx, result.model, result.version, started)
+        return result
+
+
+def _deadline(ctx: SkillContext | None) -> float | None:
+    # Never wait on Triton past the caller's own deadline.
+    return ctx.time_remaining() if ctx is not None else None
+
+
+def _record(ctx: SkillContext | None, model: str, version: str, started: float) -> None:
+    if ctx is not None:
+        ctx.record_model_usage(ModelUsage(model, version, time.perf_counter() - started))

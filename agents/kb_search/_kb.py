@@ -1,0 +1,72 @@
+"""The knowledge base: shipped articles, the passages that get embedded, and ranking by cosine (no gRPC)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+__all__ = ["ARTICLES_FILE", "KbArticle", "Passage", "load_articles", "passages_of", "rank_articles"]
+
+ARTICLES_FILE = Path(__file__).with_name("articles.yaml")
+
+
+@dataclass(frozen=True)
+class KbArticle:
+    """One support article."""
+
+    article_id: str
+    title: str
+    body: str
+
+    @property
+    def paragraphs(self) -> list[str]:
+        """The body's paragraphs, whitespace normalised."""
+        return [" ".join(p.split()) for p in self.body.split("\n\n") if p.strip()]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """What gets embedded: an article's title, or one paragraph prefixed with the title for context."""
+
+    article: int  # index into the article list
+    text: str  # embedded text
+    snippet: str  # shown to the caller
+
+
+def load_articles(path: Path = ARTICLES_FILE) -> list[KbArticle]:
+    """Articles from a YAML list of ``{id, title, body}``; ids must be unique."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    articles = [KbArticle(str(a["id"]), str(a["title"]).strip(), str(a["body"]).strip()) for a in raw]
+    ids = [a.article_id for a in articles]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate article ids in {path}")
+    return articles
+
+
+def passages_of(articles: list[KbArticle]) -> list[Passage]:
+    """Title passages plus one passage per paragraph (short enough for MiniLM's 128-token window)."""
+    passages: list[Passage] = []
+    for index, article in enumerate(articles):
+        paragraphs = article.paragraphs
+        passages.append(Passage(index, article.title, paragraphs[0] if paragraphs else article.title))
+        passages.extend(Passage(index, f"{article.title}. {p}", p) for p in paragraphs)
+    return passages
+
+
+def rank_articles(
+    query: np.ndarray, passage_vectors: np.ndarray, passages: list[Passage], top_k: int
+) -> list[tuple[int, float, Passage]]:
+    """Articles ranked by their best passage's cosine similarity to ``query`` (unit vectors):
+    ``(article index, score, best passage)``, best first, at most ``top_k``.
+    """
+    similarities = passage_vectors @ query
+    best: dict[int, tuple[float, Passage]] = {}
+    for passage, score in zip(passages, similarities.tolist(), strict=True):
+        current = best.get(passage.article)
+        if current is None or score > current[0]:
+            best[passage.article] = (score, passage)
+    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+    return [(article, score, passage) for article, (score, passage) in ranked[: max(0, top_k)]]

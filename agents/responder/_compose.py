@@ -1,0 +1,146 @@
+"""Extractive replies without any model call: candidate sentences, their selection, and the reply text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agentmesh.agents._support import Article, find_pii, redact_pii, split_sentences
+
+__all__ = [
+    "Candidate",
+    "ReplyPlan",
+    "candidate_sentences",
+    "compose_reply",
+    "plan_from_feedback",
+    "select_sentences",
+]
+
+SIGNATURE = "Kind regards,\nNorthwind Support"
+_TOPIC = {
+    "refund": "about a refund",
+    "billing": "about your billing question",
+    "shipping": "about your delivery",
+    "technical": "about the technical problem you are having",
+    "account": "about your account",
+    "cancellation": "about cancelling your subscription",
+}
+_SORRY = {
+    "refund": "I'm sorry that your order did not work out.",
+    "billing": "I'm sorry for the confusion with your payment.",
+    "shipping": "I'm sorry for the trouble with your delivery.",
+    "technical": "I'm sorry for the trouble this is causing.",
+    "account": "I'm sorry for the trouble accessing your account.",
+}
+# Sentences shorter than this say too little to answer anything on their own.
+_MIN_WORDS = 6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A sentence that may be quoted, and the article it comes from."""
+
+    article_id: str
+    article_rank: int  # 0 = the best retrieved article
+    text: str
+
+
+@dataclass(frozen=True)
+class ReplyPlan:
+    """How to build the reply; quality_check feedback changes it on regeneration."""
+
+    sentences: int = 3
+    min_similarity: float = 0.25
+    restate_subject: bool = False
+    apologise: bool = True
+    cite_top_article: bool = True
+
+
+def plan_from_feedback(feedback: Sequence[str]) -> ReplyPlan:
+    """A plan that answers quality_check's reasons: off-topic → more and closer sentences and the subject
+    restated; impolite → explicit apology and thanks; too long → fewer sentences; no citation → the best
+    article is always quoted. (PII is always redacted, whatever the feedback.)
+    """
+    plan = ReplyPlan()
+    text = " ".join(feedback).lower()
+    if "relevan" in text or "off-topic" in text:
+        plan = ReplyPlan(sentences=5, min_similarity=0.15, restate_subject=True)
+    if "too long" in text:
+        plan = ReplyPlan(sentences=2, min_similarity=plan.min_similarity, restate_subject=plan.restate_subject)
+    return plan
+
+
+def candidate_sentences(articles: Sequence[Article]) -> list[Candidate]:
+    """Quotable sentences of the articles (their body if given, else their snippet), without personal data."""
+    seen: set[str] = set()
+    candidates = []
+    for rank, article in enumerate(articles):
+        for sentence in split_sentences(article.body or article.snippet):
+            if len(sentence.split()) < _MIN_WORDS or sentence in seen or find_pii(sentence):
+                continue
+            seen.add(sentence)
+            candidates.append(Candidate(article.article_id, rank, sentence))
+    return candidates
+
+
+def select_sentences(
+    ticket_similarity: np.ndarray, sentence_vectors: np.ndarray, candidates: Sequence[Candidate], plan: ReplyPlan
+) -> list[int]:
+    """Indices of the sentences to quote: most similar to the ticket first, skipping near-duplicates of a
+    chosen sentence; the best article contributes at least one when ``plan.cite_top_article``.
+    """
+    order = [int(i) for i in np.argsort(-ticket_similarity, kind="stable")]
+    chosen: list[int] = []
+    for index in order:
+        if len(chosen) >= plan.sentences:
+            break
+        if ticket_similarity[index] < plan.min_similarity and chosen:
+            break
+        if any(float(sentence_vectors[index] @ sentence_vectors[c]) > 0.85 for c in chosen):
+            continue
+        chosen.append(index)
+    if plan.cite_top_article and candidates and not any(candidates[i].article_rank == 0 for i in chosen):
+        top = [i for i in order if candidates[i].article_rank == 0]
+        if top:
+            chosen = [*chosen[: max(0, plan.sentences - 1)], top[0]]
+    return chosen
+
+
+def compose_reply(
+    *,
+    first_name: str,
+    intent: str,
+    subject: str,
+    quoted: Sequence[Candidate],
+    titles: dict[str, str],
+    plan: ReplyPlan,
+) -> tuple[str, list[str]]:
+    """The reply text and the ids of the articles it cites (in order of first use)."""
+    greeting = f"Hi {first_name}," if first_name else "Hello,"
+    topic = _TOPIC.get(intent)
+    opening = f"Thank you for getting in touch {topic}." if topic else "Thank you for your message."
+    if intent == "other":
+        opening = "Thank you for taking the time to write to us, we really appreciate it."
+    lines = [opening]
+    if plan.apologise and intent in _SORRY:
+        lines.append(_SORRY[intent])
+    if plan.restate_subject and subject.strip():
+        lines.append(f'You asked about "{_clean(subject)}", so here is what applies to your case.')
+    body: list[str] = []
+    citations: list[str] = []
+    # Group quoted sentences per article, each group ending with its citation.
+    for article_id in dict.fromkeys(c.article_id for c in quoted):
+        sentences = " ".join(c.text for c in quoted if c.article_id == article_id)
+        title = titles.get(article_id, article_id)
+        body.append(f'{sentences} (see "{title}" [{article_id}])')
+        citations.append(article_id)
+    closing = "If anything is still unclear, just reply to this message and we will be happy to help."
+    reply = "\n\n".join([greeting, " ".join(lines), *body, closing, SIGNATURE])
+    return redact_pii(reply), citations
+
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", redact_pii(text)).strip().strip('"')[:120]

@@ -1,0 +1,82 @@
+"""triage: a ticket's intent (embedding similarity to prototype sentences) and priority."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from agentmesh.agent import AgentInfo, SkillContext, skill
+from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
+from agentmesh.agents.triage._rules import INTENTS, assess_priority, intent_scores, load_prototypes
+
+__all__ = ["TriageAgent", "TriageOutput"]
+
+Intent = Literal["refund", "billing", "shipping", "technical", "account", "cancellation", "other"]
+Priority = Literal["low", "normal", "high", "urgent"]
+# Embedding only the first sentences keeps a long ticket's cost bounded (the request is usually up front).
+_MAX_SENTENCES = 12
+
+
+class TriageOutput(BaseModel):
+    """What the ticket is about and how soon it needs an answer."""
+
+    intent: Intent
+    priority: Priority
+    confidence: float = Field(ge=0.0, le=1.0, description="Probability of the chosen intent.")
+    scores: dict[str, float] = Field(description="Probability of every intent.")
+    reasons: list[str] = Field(description="Why this intent and priority, in words.")
+
+
+class TriageAgent(TritonAgent):
+    """Classifies a ticket by comparing its sentences with labelled prototype sentences through MiniLM."""
+
+    card = AgentInfo(
+        name="triage",
+        namespace="support",
+        version="1.0.0",
+        purpose="ticket-triage",
+        description=(
+            "Classifies a customer-support ticket's intent (refund, billing, shipping, technical, account, "
+            "cancellation, other) and priority (low, normal, high, urgent) with the reasons."
+        ),
+        policies=("pii:none",),
+        labels={"domain": "customer-service", "model": "embedding"},
+        owner="support-platform",
+    )
+
+    _prototypes: np.ndarray
+    _owners: np.ndarray
+
+    async def prepare(self, ctx: SkillContext | None) -> None:
+        """Embed the prototype sentences once."""
+        prototypes = load_prototypes()
+        sentences = [s for intent in INTENTS for s in prototypes[intent]]
+        self._owners = np.array([i for i, intent in enumerate(INTENTS) for _ in prototypes[intent]])
+        self._prototypes = (await self.embed(sentences, ctx)).embeddings
+
+    @skill(description="Classify a support ticket's intent and priority, with confidence and reasons.")
+    async def classify_ticket(self, ticket: Ticket, ctx: SkillContext) -> TriageOutput:
+        """Intent from segment-to-prototype similarities; priority from intent, sentiment and cues."""
+        await self.ensure_prepared(ctx)
+        whole = ticket.as_text()
+        segments = [whole, *([ticket.subject.strip()] if ticket.subject.strip() else [])]
+        segments += split_sentences(ticket.text)[:_MAX_SENTENCES]
+        embedded, sentiment = await asyncio.gather(self.embed(segments, ctx), self.sentiment([whole], ctx))
+        result = intent_scores(embedded.embeddings @ self._prototypes.T, self._owners)
+        score = sentiment.scores[0]
+        priority, reasons = assess_priority(result.intent, score, whole)
+        runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]
+        reasons.insert(
+            0,
+            f"intent {result.intent!r} at {result.confidence:.0%} (next: {runner_up[0]!r} at {runner_up[1]:.0%})",
+        )
+        return TriageOutput(
+            intent=result.intent,  # type: ignore[arg-type]
+            priority=priority,  # type: ignore[arg-type]
+            confidence=round(result.confidence, 4),
+            scores=result.scores,
+            reasons=reasons,
+        )

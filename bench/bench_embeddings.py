@@ -1,0 +1,184 @@
+"""Embedding throughput through Triton: dynamic batching vs the same model at batch size 1.
+
+One run starts the bundled tritonserver with two copies of ``minilm_embedding``: the shipped one (dynamic
+batching, max batch 32) and ``minilm_embedding_b1`` (same model, dynamic batching removed, so every request
+of one text runs alone). Each is driven at concurrency 1, 8 and 64 with one text per request.
+
+    .venv/bin/python bench/bench_embeddings.py [--seconds 6] [--write]
+
+``--write`` replaces the ``## inference`` section of bench/RESULTS.md with this run's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentmesh._settings import Settings
+from agentmesh.inference import InferenceClient, LocalTriton, prepare_model_repository
+
+CONCURRENCY = (1, 8, 64)
+# Support-ticket sentences of typical lengths (8-40 tokens).
+SENTENCES = [
+    "I want a refund for my last order.",
+    "My package never arrived and the tracking page has not changed for a week.",
+    "How do I reset my password?",
+    "I was charged twice for the same subscription this month, please fix it.",
+    "The app crashes every time I open the settings page on my phone.",
+    "Can I change the delivery address of an order that has already shipped?",
+    "Your support team promised a call back three days ago and nobody called.",
+    "Thanks, the replacement works perfectly.",
+    "Is there a discount for annual plans or for non-profit organisations?",
+    "The invoice shows the wrong company name and VAT number, I need a corrected copy for accounting.",
+]
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## inference"
+
+
+@dataclass
+class Run:
+    model: str
+    concurrency: int
+    sentences_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def make_repository(home: Path, target: Path) -> None:
+    """The shipped repository plus a batch-size-1 twin of minilm_embedding."""
+    prepare_model_repository(home, target=target)
+    twin = target / "minilm_embedding_b1"
+    shutil.copytree(target / "minilm_embedding", twin)
+    config = (twin / "config.pbtxt").read_text()
+    config = config.replace('name: "minilm_embedding"', 'name: "minilm_embedding_b1"')
+    config, removed = re.subn(r"dynamic_batching \{[^}]*\}\n", "", config)
+    assert removed == 1, "dynamic_batching block not found"
+    (twin / "config.pbtxt").write_text(config)
+
+
+async def drive(client: InferenceClient, model: str, concurrency: int, seconds: float) -> Run:
+    """``concurrency`` callers embedding one sentence per request for ``seconds`` (after a warm-up)."""
+    latencies: list[float] = []
+    stop_at = 0.0
+    recording = False
+
+    async def caller(offset: int) -> None:
+        index = offset
+        while time.perf_counter() < stop_at:
+            text = SENTENCES[index % len(SENTENCES)]
+            index += 1
+            started = time.perf_counter()
+            await client.embed([text], model=model)
+            if recording:
+                latencies.append(time.perf_counter() - started)
+
+    stop_at = time.perf_counter() + 1.0  # warm-up: instances, caches, batcher
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    recording = True
+    started = time.perf_counter()
+    stop_at = started + seconds
+    await asyncio.gather(*(caller(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return Run(
+        model=model,
+        concurrency=concurrency,
+        sentences_per_s=len(latencies) / elapsed,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+    )
+
+
+def report(runs: list[Run], command: str) -> tuple[str, bool]:
+    by = {(r.model, r.concurrency): r for r in runs}
+    lines = [
+        "| concurrency | batch-1 sent/s | batch-1 p50 ms | batch-1 p99 ms | dynamic sent/s | dynamic p50 ms "
+        "| dynamic p99 ms | throughput ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    best_ratio, best_c = 0.0, 0
+    for c in CONCURRENCY:
+        one, dyn = by[("minilm_embedding_b1", c)], by[("minilm_embedding", c)]
+        ratio = dyn.sentences_per_s / one.sentences_per_s
+        if ratio > best_ratio and dyn.p99_ms <= 350:
+            best_ratio, best_c = ratio, c
+        lines.append(
+            f"| {c} | {one.sentences_per_s:.0f} | {one.p50_ms:.1f} | {one.p99_ms:.1f} | {dyn.sentences_per_s:.0f} "
+            f"| {dyn.p50_ms:.1f} | {dyn.p99_ms:.1f} | {ratio:.2f}x |"
+        )
+    c1 = by[("minilm_embedding", 1)].p50_ms / by[("minilm_embedding_b1", 1)].p50_ms
+    passed = best_ratio >= 1.6 and c1 <= 1.25
+    lines += [
+        "",
+        f"- Best throughput ratio with dynamic p99 <= 350 ms: **{best_ratio:.2f}x** at concurrency {best_c} "
+        "(target >= 1.6x).",
+        f"- Concurrency 1 latency, dynamic / batch-1 p50: **{c1:.2f}x** (target <= 1.25x).",
+        f"- Targets {'met' if passed else 'NOT met'} in this run.",
+    ]
+    body = "\n".join(lines)
+    text = (
+        f"{SECTION} (Triton embeddings: dynamic batching vs batch size 1)\n\n"
+        "MiniLM (all-MiniLM-L6-v2, ONNX on onnxruntime in the python backend, two single-thread CPU instances "
+        "per model) on the bundled tritonserver, 2-core CPU; one sentence per request, through "
+        "`agentmesh.inference.InferenceClient` (client in the same machine, so it competes for the 2 cores).\n\n"
+        f"Command: `{command}`\n\n{body}\n"
+    )
+    return text, passed
+
+
+def write_section(text: str) -> None:
+    existing = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\b.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(existing):
+        updated = pattern.sub(lambda _: text + "\n", existing)
+    else:
+        updated = existing.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(updated)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
+    parser.add_argument("--write", action="store_true", help="record the table in bench/RESULTS.md")
+    args = parser.parse_args()
+    home = Settings.from_env().home.resolve()
+    with tempfile.TemporaryDirectory(prefix="bench-embeddings-") as scratch:
+        repository = Path(scratch) / "repository"
+        make_repository(home, repository)
+        triton = LocalTriton(
+            repository,
+            home=home,
+            models=["minilm_embedding", "minilm_embedding_b1"],
+            log_file=Path(scratch) / "tritonserver.log",
+        )
+        runs: list[Run] = []
+        async with triton, InferenceClient(triton.grpc_url, deadline=30.0) as client:
+            for c in CONCURRENCY:
+                for model in ("minilm_embedding_b1", "minilm_embedding"):
+                    run = await drive(client, model, c, args.seconds)
+                    print(
+                        f"{model:22s} c={c:<3d} {run.sentences_per_s:7.1f} sent/s  "
+                        f"p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms",
+                        flush=True,
+                    )
+                    runs.append(run)
+    command = ".venv/bin/python bench/bench_embeddings.py" + "".join(f" {a}" for a in sys.argv[1:])
+    text, passed = report(runs, command)
+    print("\n" + text)
+    if args.write:
+        write_section(text)
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

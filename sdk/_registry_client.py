@@ -1,0 +1,207 @@
+"""``RegistryClient``: the registry's RPCs for other processes (planner, gateway, CLI), errors as MeshError.
+
+    async with RegistryClient(settings, kind="service", name="planner") as registry:
+        answer = await registry.discover(skill="classify_ticket", intent="triage a refund", routing_key=task_id)
+        best = answer.candidates[0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from agentmesh._channel import create_channel
+from agentmesh._errors import from_rpc_error
+from agentmesh._settings import Settings
+from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
+
+__all__ = ["RegistryClient"]
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+class RegistryClient:
+    """Typed calls to ``RegistryService`` over a mesh channel; failures raise :mod:`agentmesh._errors` classes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        kind: str,
+        name: str,
+        address: str | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._settings = settings
+        self._own_channel = channel is None
+        self.address = address or settings.registry_address
+        self.channel = channel or create_channel(self.address, settings, kind=kind, name=name)
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (when this client created it)."""
+        if self._own_channel:
+            await self.channel.close(grace=None)
+
+    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, timeout=timeout or self._settings.default_deadline)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def register(self, card: agent_pb2.AgentCard, *, lease_ttl: float = 0.0, timeout: float | None = None) -> registry_pb2.RegisterAgentResponse:
+        """Register one instance of ``card``; the reply carries the instance and its lease."""
+        request = registry_pb2.RegisterAgentRequest(card=card)
+        if lease_ttl:
+            request.lease_ttl.CopyFrom(_duration(lease_ttl))
+        return await self._call("RegisterAgent", request, timeout)  # type: ignore[no-any-return]
+
+    async def heartbeat(self, lease_id: str, *, state: int = agent_pb2.SERVING_STATE_SERVING, load: float = 0.0, timeout: float | None = None) -> registry_pb2.Lease:
+        """Renew a lease, reporting state and load."""
+        request = registry_pb2.HeartbeatRequest(lease_id=lease_id, state=state, load=load)  # type: ignore[arg-type]
+        return (await self._call("Heartbeat", request, timeout)).lease  # type: ignore[no-any-return]
+
+    async def deregister(self, lease_id: str, *, timeout: float | None = None) -> None:
+        """Remove an instance at once."""
+        await self._call("DeregisterAgent", registry_pb2.DeregisterAgentRequest(lease_id=lease_id), timeout)
+
+    async def get_agent(self, namespace: str, name: str, version: str = "", *, timeout: float | None = None) -> registry_pb2.GetAgentResponse:
+        """One agent (the highest live version unless ``version`` is given) and its live instances."""
+        request = registry_pb2.GetAgentRequest(namespace=namespace, name=name, version=version)
+        return await self._call("GetAgent", request, timeout)  # type: ignore[no-any-return]
+
+    async def list_agents(
+        self,
+        *,
+        namespace: str = "",
+        name_prefix: str = "",
+        include_not_serving: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> registry_pb2.ListAgentsResponse:
+        """One page of live instances."""
+        request = registry_pb2.ListAgentsRequest(
+            namespace=namespace,
+            name_prefix=name_prefix,
+            include_not_serving=include_not_serving,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call("ListAgents", request, timeout)  # type: ignore[no-any-return]
+
+    async def iter_agents(self, **filters: Any) -> AsyncIterator[registry_pb2.AgentInstance]:
+        """Every instance matching ``filters`` (as :meth:`list_agents`), page after page."""
+        token = ""
+        while True:
+            page = await self.list_agents(page_token=token, **filters)
+            for instance in page.instances:
+                yield instance
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def discover(
+        self,
+        *,
+        names: Sequence[str] = (),
+        patterns: Sequence[str] = (),
+        purpose: str = "",
+        required_policies: Sequence[str] = (),
+        skill: str = "",
+        labels: Mapping[str, str] | None = None,
+        version_constraint: str = "",
+        intent: str = "",
+        max_results: int = 0,
+        routing_key: str = "",
+        timeout: float | None = None,
+    ) -> registry_pb2.DiscoverAgentsResponse:
+        """Ranked candidates, best first, each with a score and reasons."""
+        request = registry_pb2.DiscoverAgentsRequest(
+            visibility=registry_pb2.VisibilityScope(names=names, patterns=patterns),
+            characteristics=registry_pb2.CharacteristicsScope(
+                purpose=purpose,
+                required_policies=required_policies,
+                skill=skill,
+                labels=dict(labels or {}),
+                version_constraint=version_constraint,
+                intent=intent,
+            ),
+            max_results=max_results,
+            routing_key=routing_key,
+        )
+        return await self._call("DiscoverAgents", request, timeout)  # type: ignore[no-any-return]
+
+    async def watch(self, *, since_revision: int = 0, namespace: str = "") -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
+        """A snapshot (``since_revision=0``) or the changes after a revision, then every change as it happens."""
+        call = self.stub.WatchAgents(registry_pb2.WatchAgentsRequest(since_revision=since_revision, namespace=namespace))
+        try:
+            async for event in call:
+                yield event
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def set_routing(
+        self,
+        namespace: str,
+        name: str,
+        weights: Mapping[str, int],
+        *,
+        max_error_rate: float | None = None,
+        min_requests: int = 20,
+        window: float = 60.0,
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> registry_pb2.RoutingPolicy:
+        """Set the version weights of an agent; with ``max_error_rate`` canaries roll back automatically."""
+        policy = registry_pb2.RoutingPolicy(namespace=namespace, name=name, weights=dict(weights), reason=reason)
+        if max_error_rate is not None:
+            policy.canary.CopyFrom(
+                registry_pb2.CanaryPolicy(max_error_rate=max_error_rate, min_requests=min_requests, window=_duration(window))
+            )
+        reply = await self._call("SetRoutingPolicy", registry_pb2.SetRoutingPolicyRequest(policy=policy), timeout)
+        return reply.policy  # type: ignore[no-any-return]
+
+    async def get_routing(self, namespace: str, name: str, *, timeout: float | None = None) -> registry_pb2.RoutingPolicy:
+        """The version weights of an agent."""
+        request = registry_pb2.GetRoutingPolicyRequest(namespace=namespace, name=name)
+        return (await self._call("GetRoutingPolicy", request, timeout)).policy  # type: ignore[no-any-return]
+
+    async def report_outcome(
+        self,
+        namespace: str,
+        name: str,
+        version: str,
+        *,
+        success: bool,
+        instance_id: str = "",
+        error_code: str = "",
+        latency: float = 0.0,
+        timeout: float | None = None,
+    ) -> bool:
+        """Tell the registry how a call went; returns True when it rolled a canary back."""
+        request = registry_pb2.ReportOutcomeRequest(
+            namespace=namespace,
+            name=name,
+            version=version,
+            instance_id=instance_id,
+            success=success,
+            error_code=error_code,
+            latency=_duration(latency),
+        )
+        return bool((await self._call("ReportOutcome", request, timeout)).rolled_back)

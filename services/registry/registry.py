@@ -1,0 +1,550 @@
+"""The registry domain: the book of record of agents, tested without gRPC.
+
+Each replica keeps the whole registry in memory (:class:`AgentIndex`), loaded from the database at start
+and kept fresh by applying the change log (``registry_events``) in revision order, polled every
+``registry_poll_interval``. Writes go to the database first; the writing replica then catches up to its
+own revision before answering, so a caller reads its own writes and every replica applies the same
+changes in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from google.protobuf import json_format
+
+from agentmesh._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from agentmesh._settings import Settings
+from agentmesh.services.registry.discovery import AgentIndex
+from agentmesh.services.registry.leases import LeaseBook
+from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
+from agentmesh.services.registry.routing import CanaryRule, OutcomeWindows, RoutePolicy, rollback_reason
+from agentmesh.services.registry.store import EventRow, RegistryStore, VersionRow, epoch, from_epoch
+from agentmesh.services.registry.validation import parse_version, validate_card
+from agentmesh.services.registry.watch import EventHub, WatchEvent
+from agentmesh.v1 import agent_pb2
+
+__all__ = ["AgentView", "Registry"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_NAMES = {
+    agent_pb2.SERVING_STATE_SERVING: "SERVING",
+    agent_pb2.SERVING_STATE_DRAINING: "DRAINING",
+    agent_pb2.SERVING_STATE_NOT_SERVING: "NOT_SERVING",
+}
+_STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
+_EVENT_BATCH = 1000
+_PRUNE_EVERY = 60.0
+
+
+def card_hash(card: agent_pb2.AgentCard) -> str:
+    """SHA-256 of the canonical card without its endpoint (an instance detail)."""
+    return hashlib.sha256(card.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _version_record(row: VersionRow) -> VersionRecord:
+    card = json_format.ParseDict(row.card, agent_pb2.AgentCard(), ignore_unknown_fields=True)
+    return VersionRecord(row.version_id, card, parse_version(card.version), row.card_hash)
+
+
+def _instance_record(data: dict[str, Any]) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=data["instance_id"],
+        lease_id=data["lease_id"],
+        version_id=int(data["version_id"]),
+        endpoint=data["endpoint"],
+        state=_STATE_VALUES[data["state"]],
+        load=float(data["load"]),
+        ttl=float(data["ttl"]),
+        registered_by=data.get("registered_by", ""),
+        registered_at=float(data["registered_at"]),
+        expires_at=float(data["expires_at"]),
+    )
+
+
+def _policy(data: dict[str, Any]) -> RoutePolicy:
+    updated = data.get("updated_at")
+    return RoutePolicy(
+        namespace=data["namespace"],
+        name=data["name"],
+        weights={str(k): int(v) for k, v in (data.get("weights") or {}).items()},
+        canary=CanaryRule.from_json(data.get("canary")),
+        reason=data.get("reason", ""),
+        updated_at=from_epoch(updated) if isinstance(updated, int | float) else (updated or dt.datetime.now(dt.UTC)),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentView:
+    """One agent version, its live instances and the agent's routing policy."""
+
+    version: VersionRecord
+    instances: list[InstanceRecord]
+    policy: RoutePolicy | None
+
+
+class Registry:
+    """Registration, leases, discovery, routing and watch of one replica."""
+
+    def __init__(self, store: RegistryStore, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.settings = settings
+        self._clock = clock
+        self.index = AgentIndex()
+        self.policies: dict[str, RoutePolicy] = {}
+        self.revision = 0
+        self.leases = LeaseBook(store, settings.lease_flush_interval)
+        self.hub = EventHub()
+        self._outcomes = OutcomeWindows()
+        self._sync_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = False
+        self._healthy = False
+        self._sorted_keys: list[tuple[str, str, str, str]] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the registry from the database and start the poll and lease loops."""
+        await self._load()
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name="registry-poll"),
+            asyncio.create_task(self._lease_loop(), name="registry-leases"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops and write pending lease renewals."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.leases.flush()
+
+    async def ready(self) -> bool:
+        """Readiness: loaded, and the database answered the last poll."""
+        return self._loaded and self._healthy
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        revision, version_rows, instance_rows, policy_rows = await self.store.load_snapshot()
+        index = AgentIndex()
+        for row in version_rows:
+            index.put_version(_version_record(row))
+        for row in instance_rows:
+            index.put_instance(
+                InstanceRecord(
+                    instance_id=row["instance_id"],
+                    lease_id=row["lease_id"],
+                    version_id=int(row["agent_version_id"]),
+                    endpoint=row["endpoint"],
+                    state=_STATE_VALUES[row["state"]],
+                    load=float(row["load"]),
+                    ttl=float(row["lease_ttl_seconds"]),
+                    registered_by=row["registered_by"],
+                    registered_at=epoch(row["registered_at"]),
+                    expires_at=epoch(row["expires_at"]),
+                )
+            )
+        self.index = index
+        self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}
+        self.revision = revision
+        self._sorted_keys = None
+        self._loaded = self._healthy = True
+        logger.info(
+            "registry loaded %d versions, %d instances at revision %d in %.2fs",
+            len(version_rows),
+            len(instance_rows),
+            revision,
+            time.perf_counter() - started,
+        )
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.registry_poll_interval)
+            try:
+                await self.sync()
+                self._healthy = True
+            except Exception:
+                self._healthy = False
+                logger.warning("registry change-log poll failed", exc_info=True)
+
+    async def _lease_loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(self.leases.flush_interval)
+            try:
+                await self.leases.flush()
+                now = self._clock()
+                if await self.leases.sweep(now):
+                    await self.sync()
+                if now - last_prune > _PRUNE_EVERY:
+                    last_prune = now
+                    retention = dt.timedelta(hours=self.settings.registry_event_retention_hours)
+                    await self.store.prune_events(from_epoch(now) - retention)
+            except Exception:
+                logger.warning("registry lease flush/sweep failed", exc_info=True)
+
+    # ------------------------------------------------------------------ change log
+
+    async def sync(self, until: int = 0) -> None:
+        """Apply every change after :attr:`revision` (returns at once when already at ``until``)."""
+        if until and self.revision >= until:
+            return
+        async with self._sync_lock:
+            while not until or self.revision < until:
+                rows = await self.store.events_since(self.revision, _EVENT_BATCH)
+                if not rows:
+                    break
+                await self._apply(rows)
+                if len(rows) < _EVENT_BATCH and not until:
+                    break
+
+    async def _apply(self, rows: list[EventRow]) -> None:
+        needed = {
+            int(row.payload["version_id"])
+            for row in rows
+            if row.event_type == "REGISTERED"
+            and (
+                (known := self.index.versions.get(int(row.payload["version_id"]))) is None
+                or known.card_hash != row.payload["card_hash"]
+            )
+        }
+        loaded = {row.version_id: row for row in await self.store.load_versions(needed)} if needed else {}
+        for row in rows:
+            event = self._apply_one(row, loaded)
+            self.revision = row.revision
+            if event is not None:
+                self.hub.publish(event)
+
+    def _apply_one(self, row: EventRow, loaded: dict[int, VersionRow]) -> WatchEvent | None:
+        payload, kind = row.payload, row.event_type
+        when = epoch(row.created_at)
+        reason = payload.get("reason", "")
+        if kind == "REGISTERED":
+            version_id = int(payload["version_id"])
+            fresh = loaded.get(version_id)
+            known = self.index.versions.get(version_id)
+            if fresh is not None and (known is None or known.card_hash != payload["card_hash"]):
+                self.index.put_version(_version_record(fresh))
+            instance = self.index.put_instance(_instance_record(payload))
+            self._sorted_keys = None
+            if instance is None:
+                return None
+            return self._instance_event(row.revision, kind, instance, reason, when)
+        if kind in ("EXPIRED", "DEREGISTERED"):
+            record = self.index.versions.get(self.index.instances[row.instance_id].version_id) if row.instance_id in self.index.instances else None
+            instance = self.index.remove_instance(row.instance_id)
+            self.leases.forget(row.instance_id)
+            self._sorted_keys = None
+            if instance is None or record is None:
+                return None
+            return WatchEvent(row.revision, kind, record.card.namespace, instance, record, None, reason, when)
+        if kind == "STATE_CHANGED":
+            instance = self.index.set_state(row.instance_id, _STATE_VALUES[payload["state"]])
+            if instance is None:
+                return None
+            return self._instance_event(row.revision, kind, instance, reason, when)
+        if kind == "ROUTING_CHANGED":
+            policy = _policy(payload)
+            key = f"{policy.namespace}/{policy.name}"
+            self.policies[key] = policy
+            for version in self._outcome_keys(policy):
+                self._outcomes.reset(version)
+            return WatchEvent(row.revision, kind, policy.namespace, None, None, policy, policy.reason, when)
+        logger.warning("unknown registry event %s at revision %d", kind, row.revision)
+        return None
+
+    @staticmethod
+    def _outcome_keys(policy: RoutePolicy) -> list[tuple[str, str, str]]:
+        return [(policy.namespace, policy.name, version) for version in policy.weights]
+
+    def _instance_event(self, revision: int, kind: str, instance: InstanceRecord, reason: str, when: float) -> WatchEvent:
+        record = self.index.versions[instance.version_id]
+        snapshot = dataclasses.replace(instance)
+        return WatchEvent(revision, kind, record.card.namespace, snapshot, record, None, reason, when)
+
+    # ------------------------------------------------------------------ registration and leases
+
+    def _ttl(self, requested: float) -> float:
+        ttl = requested if requested > 0 else self.settings.lease_ttl
+        return min(max(ttl, self.settings.lease_ttl_min), self.settings.lease_ttl_max)
+
+    async def register(self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None) -> InstanceRecord:
+        """Register one instance of ``card``; ``caller`` is the verified SPIFFE id (``None`` under insecure dev)."""
+        validate_card(card)
+        if caller is not None and caller != card.spiffe_id:
+            raise PermissionDeniedError(
+                f"caller {caller!r} may not register a card whose spiffe_id is {card.spiffe_id!r}",
+                metadata={"identity": caller, "expected": card.spiffe_id},
+            )
+        stored = copy.deepcopy(card)
+        stored.ClearField("endpoint")
+        digest = card_hash(stored)
+        ttl = self._ttl(lease_ttl)
+        payload, revision = await self.store.register(
+            card=json_format.MessageToDict(stored, preserving_proto_field_name=True),
+            card_hash=digest,
+            endpoint=card.endpoint,
+            instance_id=uuid.uuid4().hex,
+            lease_id=uuid.uuid4().hex,
+            ttl=ttl,
+            registered_by=caller or card.spiffe_id,
+            now=from_epoch(self._clock()),
+        )
+        await self.sync(revision)
+        instance = self.index.instances.get(payload["instance_id"])
+        if instance is None:  # expired or deregistered between commit and catch-up
+            raise UnavailableError("the instance vanished right after registration; register again")
+        return instance
+
+    def _owned(self, lease_id: str, caller: str | None) -> InstanceRecord | None:
+        instance_id = self.index.by_lease.get(lease_id)
+        if instance_id is None:
+            return None
+        instance = self.index.instances[instance_id]
+        if caller is not None and caller != instance.registered_by:
+            raise PermissionDeniedError(
+                f"caller {caller!r} does not hold this lease (held by {instance.registered_by!r})",
+                metadata={"identity": caller, "expected": instance.registered_by},
+            )
+        return instance
+
+    async def _find_lease(self, lease_id: str, caller: str | None) -> InstanceRecord:
+        instance = self._owned(lease_id, caller)
+        if instance is None:
+            await self.sync()  # registered through another replica a moment ago?
+            instance = self._owned(lease_id, caller)
+        if instance is None:
+            raise NotFoundError(
+                f"lease {lease_id!r} is unknown or expired; register again", metadata={"lease_id": lease_id}
+            )
+        return instance
+
+    async def heartbeat(self, lease_id: str, state: int, load: float, caller: str | None) -> InstanceRecord:
+        """Renew a lease in memory (flushed in batches) and record state and load."""
+        if not 0.0 <= load <= 1.0:
+            raise InvalidArgumentError(f"load {load} must be within [0, 1]", field="load")
+        if state not in (agent_pb2.SERVING_STATE_UNSPECIFIED, *_STATE_NAMES):
+            raise InvalidArgumentError(f"unknown serving state {state}", field="state")
+        instance = self._owned(lease_id, caller) or await self._find_lease(lease_id, caller)
+        self.leases.renew(instance, self._clock())
+        self.index.set_load(instance, load)
+        if state != agent_pb2.SERVING_STATE_UNSPECIFIED and state != instance.state:
+            record = self.index.versions[instance.version_id]
+            revision = await self.store.set_state(
+                instance.instance_id,
+                record.card.namespace,
+                record.card.name,
+                _STATE_NAMES[state],
+                from_epoch(self._clock()),
+            )
+            if revision is None:
+                raise NotFoundError(f"lease {lease_id!r} expired; register again", metadata={"lease_id": lease_id})
+            await self.sync(revision)
+        return instance
+
+    async def deregister(self, lease_id: str, caller: str | None) -> None:
+        """Remove an instance at once."""
+        instance = await self._find_lease(lease_id, caller)
+        record = self.index.versions[instance.version_id]
+        revision = await self.store.deregister(
+            instance.instance_id, record.card.namespace, record.card.name, from_epoch(self._clock()), "deregistered"
+        )
+        self.leases.forget(instance.instance_id)
+        await self.sync(revision or 0)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_agent(self, namespace: str, name: str, version: str = "") -> AgentView:
+        """One version of ``namespace/name`` (the highest live one when ``version`` is empty)."""
+        records = self.index.version_records(namespace, name)
+        if not records:
+            raise NotFoundError(f"agent {namespace}/{name} is not registered", metadata={"agent": f"{namespace}/{name}"})
+        if version:
+            parse_version(version, "version")
+            chosen = next((r for r in records if r.card.version == version), None)
+            if chosen is None:
+                raise NotFoundError(
+                    f"agent {namespace}/{name} has no version {version}",
+                    metadata={"agent": f"{namespace}/{name}", "version": version},
+                )
+        else:
+            live = [r for r in records if r.instances]
+            chosen = (live or records)[-1]
+        instances = sorted(chosen.instances.values(), key=lambda i: i.endpoint)
+        return AgentView(chosen, instances, self.policies.get(f"{namespace}/{name}"))
+
+    def _ordered_keys(self) -> list[tuple[str, str, str, str]]:
+        if self._sorted_keys is None:
+            keys = []
+            for instance, record in self.index.iter_instances():
+                card = record.card
+                keys.append((card.namespace, card.name, card.version, instance.instance_id))
+            keys.sort()
+            self._sorted_keys = keys
+        return self._sorted_keys
+
+    def list_agents(
+        self, *, page_size: int, after: tuple[str, str, str, str] | None, namespace: str, name_prefix: str, include_not_serving: bool
+    ) -> tuple[list[tuple[InstanceRecord, VersionRecord]], tuple[str, str, str, str] | None]:
+        """A page of instances ordered by namespace, name, version, instance; and the key to continue after."""
+        keys = self._ordered_keys()
+        start = bisect.bisect_right(keys, after) if after else 0
+        if namespace and (after is None or after[0] < namespace):
+            start = max(start, bisect.bisect_left(keys, (namespace, name_prefix, "", "")))
+        page: list[tuple[InstanceRecord, VersionRecord]] = []
+        last: tuple[str, str, str, str] | None = None
+        for position in range(start, len(keys)):
+            key = keys[position]
+            if namespace and key[0] != namespace:
+                if key[0] > namespace:
+                    break
+                continue
+            if name_prefix and not key[1].startswith(name_prefix):
+                if namespace and key[1] > name_prefix:
+                    break
+                continue
+            instance = self.index.instances.get(key[3])
+            if instance is None or (not include_not_serving and instance.state != agent_pb2.SERVING_STATE_SERVING):
+                continue
+            if len(page) == page_size:
+                return page, last
+            page.append((instance, self.index.versions[instance.version_id]))
+            last = key
+        return page, None
+
+    def discover(self, query: DiscoveryQuery) -> DiscoveryResult:
+        """Which live agents should do this, best first, with reasons."""
+        return self.index.discover(query, self.policies)
+
+    # ------------------------------------------------------------------ routing
+
+    def get_routing(self, namespace: str, name: str) -> RoutePolicy:
+        """The routing policy of ``namespace/name``."""
+        policy = self.policies.get(f"{namespace}/{name}")
+        if policy is None:
+            raise NotFoundError(f"agent {namespace}/{name} has no routing policy", metadata={"agent": f"{namespace}/{name}"})
+        return policy
+
+    async def set_routing(
+        self, namespace: str, name: str, weights: dict[str, int], canary: CanaryRule | None, reason: str, caller: str | None
+    ) -> RoutePolicy:
+        """Replace the version weights (and canary rule) of ``namespace/name``."""
+        values = {
+            "weights": weights,
+            "canary": canary.to_json() if canary else {},
+            "reason": reason,
+            "updated_by": caller or "",
+        }
+        revision = await self.store.set_routing(namespace, name, values, from_epoch(self._clock()))
+        await self.sync(revision)
+        return self.policies[f"{namespace}/{name}"]
+
+    async def report_outcome(self, namespace: str, name: str, version: str, success: bool) -> bool:
+        """Count one call outcome; returns True when it rolled a canary back."""
+        policy = self.policies.get(f"{namespace}/{name}")
+        if policy is None or policy.canary is None or version not in policy.canaries():
+            return False
+        key = (namespace, name, version)
+        failures, total = self._outcomes.record(key, success, policy.canary.window)
+        reason = rollback_reason(policy, version, failures, total)
+        if reason is None:
+            return False
+        logger.warning("%s/%s: %s", namespace, name, reason)
+        revision = await self.store.rollback_version(namespace, name, version, reason, from_epoch(self._clock()))
+        self._outcomes.reset(key)
+        if revision is None:
+            return False  # another replica rolled it back first
+        await self.sync(revision)
+        return True
+
+    # ------------------------------------------------------------------ watch
+
+    async def watch(self, since_revision: int, namespace: str) -> AsyncIterator[WatchEvent]:
+        """A snapshot (when ``since_revision`` is 0) or the changes after it, then every change as it happens."""
+        subscription = self.hub.subscribe()
+        try:
+            if since_revision <= 0:
+                revision = self.revision
+                snapshot = [
+                    WatchEvent(revision, "SNAPSHOT", record.card.namespace, dataclasses.replace(instance), record)
+                    for instance, record in self.index.iter_instances()
+                    if not namespace or record.card.namespace == namespace
+                ]
+                snapshot += [
+                    WatchEvent(revision, "ROUTING_CHANGED", p.namespace, policy=p, reason=p.reason)
+                    for p in self.policies.values()
+                    if not namespace or p.namespace == namespace
+                ]
+                for event in snapshot:
+                    yield event
+                yield WatchEvent(revision, "SNAPSHOT_END", namespace, event_time=self._clock())
+                last = revision
+            else:
+                oldest = await self.store.oldest_revision()
+                if oldest and since_revision < oldest - 1:
+                    raise FailedPreconditionError(
+                        f"revision {since_revision} is no longer in the change log (oldest {oldest}); "
+                        "watch again with since_revision=0 for a fresh snapshot"
+                    )
+                last = since_revision
+                while last < self.revision:
+                    rows = await self.store.events_since(last, _EVENT_BATCH)
+                    for row in rows:
+                        if row.revision > self.revision:
+                            break
+                        last = row.revision
+                        event = self._replayed(row)
+                        if not namespace or event.namespace == namespace:
+                            yield event
+                    if not rows:
+                        break
+            while True:
+                event = await subscription.get()
+                if event.revision <= last:
+                    continue
+                last = event.revision
+                if not namespace or event.namespace == namespace:
+                    yield event
+        finally:
+            self.hub.unsubscribe(subscription)
+
+    def _replayed(self, row: EventRow) -> WatchEvent:
+        """A past change read back from the log, described with what this replica still knows."""
+        when = epoch(row.created_at)
+        reason = row.payload.get("reason", "")
+        if row.event_type == "ROUTING_CHANGED":
+            policy = _policy(row.payload)
+            return WatchEvent(row.revision, row.event_type, row.namespace, policy=policy, reason=policy.reason, event_time=when)
+        instance = self.index.instances.get(row.instance_id)
+        if instance is None and row.event_type == "REGISTERED":
+            instance = _instance_record(row.payload)
+        record = self.index.versions.get(instance.version_id) if instance is not None else None
+        if record is None:
+            # The version is gone from memory: describe the instance by name only.
+            card = agent_pb2.AgentCard(namespace=row.namespace, name=row.name)
+            record = VersionRecord(0, card, parse_version("0"), "")
+        if instance is None:
+            instance = InstanceRecord(row.instance_id, "", record.version_id, "", agent_pb2.SERVING_STATE_NOT_SERVING, 0.0, 0.0, "", when, when)
+        return WatchEvent(row.revision, row.event_type, row.namespace, dataclasses.replace(instance), record, None, reason, when)

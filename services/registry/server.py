@@ -1,0 +1,112 @@
+"""Builds the registry server: ``RegistryService`` on a MeshServer, ready once its index is loaded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from agentmesh._server import MeshServer, bind
+from agentmesh._settings import Settings
+from agentmesh.services.registry.registry import Registry
+from agentmesh.services.registry.servicer import RegistryServicer
+from agentmesh.services.registry.store import RegistryStore
+from agentmesh.v1 import registry_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "RegistryServer", "build_server", "serve"]
+
+SERVICE_NAME = "registry"
+logger = logging.getLogger(__name__)
+
+
+class RegistryServer:
+    """A registry replica: the domain (:attr:`registry`) and its gRPC server (:attr:`server`)."""
+
+    def __init__(self, settings: Settings, *, port: int | None = None, database_url: str | None = None) -> None:
+        from agentmesh.storage import create_async_engine
+
+        self.settings = settings
+        self.engine = create_async_engine(database_url or settings.resolved_database_url)
+        self.registry = Registry(RegistryStore(self.engine), settings)
+        self.server = MeshServer(
+            name=SERVICE_NAME,
+            settings=settings,
+            port=settings.registry_port if port is None else port,
+            readiness=self._ready,
+            services=[
+                bind(
+                    RegistryServicer(self.registry),
+                    registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+                    "agentmesh.v1.RegistryService",
+                )
+            ],
+        )
+        self._loader: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on."""
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.server.port
+
+    async def _ready(self) -> bool:
+        from agentmesh.storage import ping
+
+        return await self.registry.ready() and await ping(self.engine)
+
+    async def _load(self) -> None:
+        # The database may come up after the registry; keep trying, health says NOT_SERVING meanwhile.
+        while True:
+            try:
+                await self.registry.start()
+                return
+            except Exception:
+                logger.warning("registry cannot load from its database yet; retrying", exc_info=True)
+                await asyncio.sleep(self.settings.readiness_interval)
+
+    async def start(self) -> None:
+        """Serve at once (NOT_SERVING), load the registry in the background, then report SERVING."""
+        await self.server.start()
+        self._loader = asyncio.create_task(self._load(), name="registry-load")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving, stop the registry loops, flush leases, close the database."""
+        await self.server.stop(grace)
+        if self._loader is not None:
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        await self.registry.stop()
+        await self.engine.dispose()
+
+    async def serve_until_signalled(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+    async def __aenter__(self) -> RegistryServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace=1.0)
+
+
+def build_server(settings: Settings, *, port: int | None = None, database_url: str | None = None) -> RegistryServer:
+    """A registry replica on ``port`` (default: settings.registry_port) over ``database_url`` (default: settings)."""
+    return RegistryServer(settings, port=port, database_url=database_url)
+
+
+async def serve(settings: Settings, *, port: int | None = None) -> None:
+    """Run a registry replica until SIGTERM or SIGINT, then stop gracefully."""
+    await build_server(settings, port=port).serve_until_signalled()

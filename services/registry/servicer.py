@@ -1,0 +1,290 @@
+"""``RegistryService`` over gRPC: translate protos to domain calls and back, nothing else."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from agentmesh import security
+from agentmesh._errors import InvalidArgumentError, UnavailableError
+from agentmesh.services.registry.model import Candidate, DiscoveryQuery, InstanceRecord, VersionRecord
+from agentmesh.services.registry.registry import AgentView, Registry
+from agentmesh.services.registry.routing import CanaryRule, RoutePolicy
+from agentmesh.services.registry.validation import (
+    compile_patterns,
+    parse_specifier,
+    parse_version,
+    validate_agent_name,
+    validate_labels,
+    validate_policies,
+)
+from agentmesh.services.registry.watch import WatchEvent
+from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
+
+__all__ = ["RegistryServicer", "discovery_query"]
+
+_MAX_RESULTS = 100
+_MAX_PAGE = 1000
+_MAX_INTENT = 512
+_MAX_ROUTING_KEY = 256
+_MAX_WEIGHT = 10_000
+
+
+def _caller() -> str | None:
+    identity = security.current_identity()
+    return identity.uri if identity is not None else None
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(int(seconds * 1e9))
+    return duration
+
+
+def instance_proto(instance: InstanceRecord, record: VersionRecord) -> registry_pb2.AgentInstance:
+    """The wire form of a live instance, its card's endpoint filled in."""
+    card = agent_pb2.AgentCard()
+    card.CopyFrom(record.card)
+    card.endpoint = instance.endpoint
+    return registry_pb2.AgentInstance(
+        instance_id=instance.instance_id,
+        card=card,
+        state=instance.state,  # type: ignore[arg-type]
+        load=instance.load,
+        register_time=_timestamp(instance.registered_at),
+        lease_expire_time=_timestamp(instance.expires_at),
+    )
+
+
+def _lease(instance: InstanceRecord) -> registry_pb2.Lease:
+    return registry_pb2.Lease(
+        lease_id=instance.lease_id, ttl=_duration(instance.ttl), expire_time=_timestamp(instance.expires_at)
+    )
+
+
+def policy_proto(policy: RoutePolicy) -> registry_pb2.RoutingPolicy:
+    """The wire form of a routing policy."""
+    message = registry_pb2.RoutingPolicy(
+        namespace=policy.namespace, name=policy.name, weights=policy.weights, reason=policy.reason
+    )
+    if policy.canary is not None:
+        message.canary.CopyFrom(
+            registry_pb2.CanaryPolicy(
+                max_error_rate=policy.canary.max_error_rate,
+                min_requests=policy.canary.min_requests,
+                window=_duration(policy.canary.window),
+            )
+        )
+    message.update_time.CopyFrom(_timestamp(policy.updated_at.timestamp()))
+    return message
+
+
+def _candidate(candidate: Candidate) -> registry_pb2.Candidate:
+    return registry_pb2.Candidate(
+        instance=instance_proto(candidate.instance, candidate.version),
+        score=candidate.score,
+        reasons=candidate.reasons,
+        matched_skill=candidate.matched_skill,
+    )
+
+
+def discovery_query(request: registry_pb2.DiscoverAgentsRequest) -> DiscoveryQuery:
+    """Validate a DiscoverAgents request into a query (INVALID_ARGUMENT naming the field otherwise)."""
+    visibility, traits = request.visibility, request.characteristics
+    for index, name in enumerate(visibility.names):
+        if name.count("/") != 1 or len(name) > 127:
+            raise InvalidArgumentError(f"visibility name {name!r} must be namespace/name", field=f"visibility.names[{index}]")
+    patterns = compile_patterns(visibility.patterns)
+    validate_policies(traits.required_policies, "characteristics.required_policies")
+    validate_labels(traits.labels, "characteristics.labels")
+    if len(traits.intent) > _MAX_INTENT:
+        raise InvalidArgumentError(f"intent longer than {_MAX_INTENT} characters", field="characteristics.intent")
+    if len(request.routing_key) > _MAX_ROUTING_KEY:
+        raise InvalidArgumentError(f"routing_key longer than {_MAX_ROUTING_KEY} characters", field="routing_key")
+    if request.max_results < 0:
+        raise InvalidArgumentError("max_results must not be negative", field="max_results")
+    return DiscoveryQuery(
+        names=frozenset(visibility.names),
+        patterns=patterns,
+        purpose=traits.purpose,
+        required_policies=tuple(traits.required_policies),
+        skill=traits.skill,
+        labels=tuple(sorted(traits.labels.items())),
+        version_constraint=parse_specifier(traits.version_constraint) if traits.version_constraint else None,
+        intent=traits.intent,
+        max_results=min(request.max_results or 10, _MAX_RESULTS),
+        routing_key=request.routing_key,
+    )
+
+
+def _page_token(key: tuple[str, str, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def _parse_page_token(token: str) -> tuple[str, str, str, str] | None:
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if isinstance(key, list) and len(key) == 4 and all(isinstance(part, str) for part in key):
+            return (key[0], key[1], key[2], key[3])
+    except ValueError:
+        pass
+    raise InvalidArgumentError("page_token is not a token this registry issued", field="page_token")
+
+
+def _event_type(name: str) -> int:
+    return registry_pb2.AgentEventType.Value(f"AGENT_EVENT_TYPE_{name}")
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """Thin gRPC face of :class:`Registry`."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def _ready(self) -> None:
+        if not await self.registry.ready():
+            raise UnavailableError("the registry is loading or cannot reach its database; retry shortly")
+
+    async def RegisterAgent(
+        self, request: registry_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RegisterAgentResponse:
+        await self._ready()
+        if not request.HasField("card"):
+            raise InvalidArgumentError("card is required", field="card")
+        ttl = request.lease_ttl.ToNanoseconds() / 1e9 if request.HasField("lease_ttl") else 0.0
+        instance = await self.registry.register(request.card, ttl, _caller())
+        record = self.registry.index.versions[instance.version_id]
+        return registry_pb2.RegisterAgentResponse(instance=instance_proto(instance, record), lease=_lease(instance))
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.HeartbeatResponse:
+        await self._ready()
+        instance = await self.registry.heartbeat(request.lease_id, request.state, request.load, _caller())
+        return registry_pb2.HeartbeatResponse(lease=_lease(instance))
+
+    async def DeregisterAgent(
+        self, request: registry_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeregisterAgentResponse:
+        await self._ready()
+        await self.registry.deregister(request.lease_id, _caller())
+        return registry_pb2.DeregisterAgentResponse()
+
+    async def GetAgent(
+        self, request: registry_pb2.GetAgentRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetAgentResponse:
+        await self._ready()
+        view: AgentView = self.registry.get_agent(request.namespace, request.name, request.version)
+        card = agent_pb2.AgentCard()
+        card.CopyFrom(view.version.card)
+        response = registry_pb2.GetAgentResponse(
+            card=card, instances=[instance_proto(i, view.version) for i in view.instances]
+        )
+        if view.policy is not None:
+            response.routing_policy.CopyFrom(policy_proto(view.policy))
+        return response
+
+    async def ListAgents(
+        self, request: registry_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListAgentsResponse:
+        await self._ready()
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative", field="page_size")
+        page, last = self.registry.list_agents(
+            page_size=min(request.page_size or 50, _MAX_PAGE),
+            after=_parse_page_token(request.page_token),
+            namespace=request.namespace,
+            name_prefix=request.name_prefix,
+            include_not_serving=request.include_not_serving,
+        )
+        return registry_pb2.ListAgentsResponse(
+            instances=[instance_proto(i, r) for i, r in page], next_page_token=_page_token(last) if last else ""
+        )
+
+    async def DiscoverAgents(
+        self, request: registry_pb2.DiscoverAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DiscoverAgentsResponse:
+        await self._ready()
+        result = self.registry.discover(discovery_query(request))
+        return registry_pb2.DiscoverAgentsResponse(
+            candidates=[_candidate(c) for c in result.candidates],
+            visible_count=result.visible_count,
+            matched_count=result.matched_count,
+        )
+
+    async def WatchAgents(
+        self, request: registry_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
+        await self._ready()
+        if request.since_revision < 0:
+            raise InvalidArgumentError("since_revision must not be negative", field="since_revision")
+        async for event in self.registry.watch(request.since_revision, request.namespace):
+            yield _watch_response(event)
+
+    async def SetRoutingPolicy(
+        self, request: registry_pb2.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.SetRoutingPolicyResponse:
+        await self._ready()
+        policy = request.policy
+        validate_agent_name(policy.namespace, policy.name, "policy.")
+        weights: dict[str, int] = {}
+        for version, weight in policy.weights.items():
+            parse_version(version, f"policy.weights[{version}]")
+            if not 0 <= weight <= _MAX_WEIGHT:
+                raise InvalidArgumentError(f"weight {weight} must be within [0, {_MAX_WEIGHT}]", field=f"policy.weights[{version}]")
+            weights[version] = weight
+        if not weights:
+            raise InvalidArgumentError("weights must name at least one version", field="policy.weights")
+        canary = None
+        if policy.HasField("canary"):
+            rule = policy.canary
+            if not 0.0 <= rule.max_error_rate <= 1.0:
+                raise InvalidArgumentError("max_error_rate must be within [0, 1]", field="policy.canary.max_error_rate")
+            if rule.min_requests < 1:
+                raise InvalidArgumentError("min_requests must be at least 1", field="policy.canary.min_requests")
+            window = rule.window.ToNanoseconds() / 1e9
+            if window <= 0:
+                raise InvalidArgumentError("window must be positive", field="policy.canary.window")
+            canary = CanaryRule(rule.max_error_rate, rule.min_requests, window)
+        stored = await self.registry.set_routing(policy.namespace, policy.name, weights, canary, policy.reason, _caller())
+        return registry_pb2.SetRoutingPolicyResponse(policy=policy_proto(stored))
+
+    async def GetRoutingPolicy(
+        self, request: registry_pb2.GetRoutingPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetRoutingPolicyResponse:
+        await self._ready()
+        return registry_pb2.GetRoutingPolicyResponse(policy=policy_proto(self.registry.get_routing(request.namespace, request.name)))
+
+    async def ReportOutcome(
+        self, request: registry_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ReportOutcomeResponse:
+        await self._ready()
+        validate_agent_name(request.namespace, request.name)
+        parse_version(request.version, "version")
+        rolled_back = await self.registry.report_outcome(request.namespace, request.name, request.version, request.success)
+        return registry_pb2.ReportOutcomeResponse(rolled_back=rolled_back)
+
+
+def _watch_response(event: WatchEvent) -> registry_pb2.WatchAgentsResponse:
+    response = registry_pb2.WatchAgentsResponse(
+        revision=event.revision, type=_event_type(event.event_type), reason=event.reason  # type: ignore[arg-type]
+    )
+    if event.instance is not None and event.version is not None:
+        response.instance.CopyFrom(instance_proto(event.instance, event.version))
+    if event.policy is not None:
+        response.routing_policy.CopyFrom(policy_proto(event.policy))
+    if event.event_time:
+        response.event_time.CopyFrom(_timestamp(event.event_time))
+    return response

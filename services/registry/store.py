@@ -1,0 +1,466 @@
+"""The registry's SQL: one transaction per state transition, every change appended to ``registry_events``.
+
+Writers that append events take one lock (``pg_advisory_xact_lock`` on PostgreSQL; SQLite's
+``BEGIN IMMEDIATE`` already serialises writers), so revisions commit in order and a replica that polls
+``revision > last`` never skips a change that commits late. Heartbeats do not come here one by one: a
+replica flushes many lease expiries with one statement (:meth:`RegistryStore.flush_leases`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from agentmesh._errors import AlreadyExistsError
+from agentmesh.storage import (
+    Agent,
+    AgentInstance,
+    AgentLease,
+    AgentSkill,
+    AgentVersion,
+    PolicyBit,
+    RegistryEvent,
+    RoutingPolicy,
+)
+
+__all__ = ["EventRow", "RegistryStore", "epoch", "from_epoch"]
+
+agents = Agent.__table__
+versions = AgentVersion.__table__
+skills = AgentSkill.__table__
+instances = AgentInstance.__table__
+leases = AgentLease.__table__
+policies_table = RoutingPolicy.__table__
+events = RegistryEvent.__table__
+policy_bits = PolicyBit.__table__
+
+# Arbitrary constant naming the registry writers' advisory lock ("agents" in ASCII).
+_WRITER_LOCK = 0x6167656E7473
+# policy_bits: bits 0..62 (63 stays clear so masks fit a signed BIGINT).
+_MAX_POLICY_BIT = 62
+_CHUNK = 1000
+
+
+def epoch(moment: dt.datetime) -> float:
+    """Seconds since the epoch of an aware datetime."""
+    return moment.timestamp()
+
+
+def from_epoch(seconds: float) -> dt.datetime:
+    """An aware UTC datetime from epoch seconds."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One row of the change log."""
+
+    revision: int
+    event_type: str
+    namespace: str
+    name: str
+    instance_id: str
+    payload: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """A stored card version."""
+
+    version_id: int
+    card: dict[str, Any]
+    card_hash: str
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class RegistryStore:
+    """Every SQL statement of the registry."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @asynccontextmanager
+    async def _writer(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            if self.is_postgres:
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITER_LOCK})
+            yield conn
+
+    @staticmethod
+    async def _append(
+        conn: AsyncConnection,
+        event_type: str,
+        namespace: str,
+        name: str,
+        instance_id: str,
+        payload: dict[str, Any],
+        now: dt.datetime,
+    ) -> int:
+        revision = await conn.scalar(
+            sa.insert(events)
+            .values(
+                event_type=event_type,
+                namespace=namespace,
+                name=name,
+                instance_id=instance_id,
+                payload=payload,
+                created_at=now,
+            )
+            .returning(events.c.revision)
+        )
+        return int(revision)  # type: ignore[arg-type]
+
+    async def _policy_mask(self, conn: AsyncConnection, policies: Sequence[str]) -> int:
+        """The bitmask of ``policies`` (bits assigned once in ``policy_bits``; bits beyond 62 are left out)."""
+        if not policies:
+            return 0
+        rows = await conn.execute(sa.select(policy_bits.c.policy, policy_bits.c.bit).where(policy_bits.c.policy.in_(policies)))
+        bits = {row.policy: row.bit for row in rows}
+        missing = [p for p in policies if p not in bits]
+        if missing:
+            highest = await conn.scalar(sa.select(sa.func.max(policy_bits.c.bit)))
+            next_bit = -1 if highest is None else int(highest)
+            for policy in missing:
+                if next_bit >= _MAX_POLICY_BIT:
+                    break
+                next_bit += 1
+                await conn.execute(sa.insert(policy_bits).values(policy=policy, bit=next_bit))
+                bits[policy] = next_bit
+        return sum(1 << bit for bit in bits.values())
+
+    async def _write_version(
+        self,
+        conn: AsyncConnection,
+        version_id: int | None,
+        agent_id: int,
+        card: dict[str, Any],
+        card_hash: str,
+        now: dt.datetime,
+    ) -> int:
+        mask = await self._policy_mask(conn, card.get("policies", []))
+        values = {
+            "agent_id": agent_id,
+            "version": card["version"],
+            "purpose": card.get("purpose", ""),
+            "description": card.get("description", ""),
+            "policies": card.get("policies", []),
+            "policy_mask": mask,
+            "labels": card.get("labels", {}),
+            "owner": card.get("owner", ""),
+            "spiffe_id": card.get("spiffe_id", ""),
+            "card": card,
+            "card_hash": card_hash,
+        }
+        if version_id is None:
+            version_id = int(
+                await conn.scalar(sa.insert(versions).values(**values, created_at=now).returning(versions.c.id))  # type: ignore[arg-type]
+            )
+        else:
+            await conn.execute(sa.update(versions).where(versions.c.id == version_id).values(**values))
+            await conn.execute(sa.delete(skills).where(skills.c.agent_version_id == version_id))
+        skill_rows = [
+            {
+                "agent_version_id": version_id,
+                "skill_name": skill["name"],
+                "description": skill.get("description", ""),
+                "input_schema": skill.get("input_schema", {}),
+                "output_schema": skill.get("output_schema", {}),
+                "tags": skill.get("tags", []),
+            }
+            for skill in card.get("skills", [])
+        ]
+        if skill_rows:
+            await conn.execute(sa.insert(skills), skill_rows)
+        return version_id
+
+    async def register(
+        self,
+        *,
+        card: dict[str, Any],
+        card_hash: str,
+        endpoint: str,
+        instance_id: str,
+        lease_id: str,
+        ttl: float,
+        registered_by: str,
+        now: dt.datetime,
+    ) -> tuple[dict[str, Any], int]:
+        """Store one instance of a card version; returns the instance payload and the event revision.
+
+        Same card, same endpoint: the existing instance (and lease id) is renewed. A different card for a
+        version with unexpired leases: :class:`AlreadyExistsError`; with only expired leases the card is
+        replaced and the stale instances are expired.
+        """
+        namespace, name = card["namespace"], card["name"]
+        expires = now + dt.timedelta(seconds=ttl)
+        async with self._writer() as conn:
+            agent_id = await conn.scalar(
+                sa.select(agents.c.id).where(agents.c.namespace == namespace, agents.c.name == name)
+            )
+            if agent_id is None:
+                agent_id = await conn.scalar(
+                    sa.insert(agents).values(namespace=namespace, name=name, created_at=now).returning(agents.c.id)
+                )
+            row = (
+                await conn.execute(
+                    sa.select(versions.c.id, versions.c.card_hash).where(
+                        versions.c.agent_id == agent_id, versions.c.version == card["version"]
+                    )
+                )
+            ).first()
+            if row is None:
+                version_id = await self._write_version(conn, None, agent_id, card, card_hash, now)  # type: ignore[arg-type]
+            else:
+                version_id = int(row.id)
+                if row.card_hash != card_hash:
+                    live = await conn.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(instances.join(leases, leases.c.instance_id == instances.c.instance_id))
+                        .where(instances.c.agent_version_id == version_id, leases.c.expires_at > now)
+                    )
+                    if live:
+                        raise AlreadyExistsError(
+                            f"{namespace}/{name} version {card['version']} is registered with a different card "
+                            f"and {live} live instance(s); bump the version or wait for their leases to expire",
+                            metadata={"namespace": namespace, "name": name, "version": card["version"]},
+                        )
+                    stale = (
+                        await conn.execute(
+                            sa.delete(instances)
+                            .where(instances.c.agent_version_id == version_id)
+                            .returning(instances.c.instance_id)
+                        )
+                    ).scalars().all()
+                    for stale_id in stale:
+                        payload = {"instance_id": stale_id, "reason": "lease expired; card replaced"}
+                        await self._append(conn, "EXPIRED", namespace, name, stale_id, payload, now)
+                    await self._write_version(conn, version_id, agent_id, card, card_hash, now)  # type: ignore[arg-type]
+            existing = (
+                await conn.execute(
+                    sa.select(instances.c.instance_id, instances.c.lease_id, instances.c.registered_at).where(
+                        instances.c.agent_version_id == version_id, instances.c.endpoint == endpoint
+                    )
+                )
+            ).first()
+            registered_at = now
+            if existing is not None:
+                instance_id, lease_id, registered_at = existing.instance_id, existing.lease_id, existing.registered_at
+                await conn.execute(
+                    sa.update(instances)
+                    .where(instances.c.instance_id == instance_id)
+                    .values(state="SERVING", load=0.0, lease_ttl_seconds=ttl, registered_by=registered_by, updated_at=now)
+                )
+                updated = await conn.execute(
+                    sa.update(leases).where(leases.c.instance_id == instance_id).values(expires_at=expires)
+                )
+                if updated.rowcount == 0:  # type: ignore[attr-defined]
+                    await conn.execute(sa.insert(leases).values(instance_id=instance_id, expires_at=expires))
+            else:
+                await conn.execute(
+                    sa.insert(instances).values(
+                        instance_id=instance_id,
+                        lease_id=lease_id,
+                        agent_version_id=version_id,
+                        endpoint=endpoint,
+                        state="SERVING",
+                        load=0.0,
+                        lease_ttl_seconds=ttl,
+                        registered_by=registered_by,
+                        registered_at=now,
+                        updated_at=now,
+                    )
+                )
+                await conn.execute(sa.insert(leases).values(instance_id=instance_id, expires_at=expires))
+            payload = {
+                "instance_id": instance_id,
+                "lease_id": lease_id,
+                "version_id": version_id,
+                "card_hash": card_hash,
+                "endpoint": endpoint,
+                "state": "SERVING",
+                "load": 0.0,
+                "ttl": ttl,
+                "registered_by": registered_by,
+                "registered_at": epoch(registered_at),
+                "expires_at": epoch(expires),
+            }
+            revision = await self._append(conn, "REGISTERED", namespace, name, instance_id, payload, now)
+        return payload, revision
+
+    async def deregister(self, instance_id: str, namespace: str, name: str, now: dt.datetime, reason: str) -> int | None:
+        """Delete an instance at once; returns the event revision, or ``None`` when it was already gone."""
+        async with self._writer() as conn:
+            deleted = await conn.execute(sa.delete(instances).where(instances.c.instance_id == instance_id))
+            if deleted.rowcount == 0:  # type: ignore[attr-defined]
+                return None
+            payload = {"instance_id": instance_id, "reason": reason}
+            return await self._append(conn, "DEREGISTERED", namespace, name, instance_id, payload, now)
+
+    async def set_state(self, instance_id: str, namespace: str, name: str, state: str, now: dt.datetime) -> int | None:
+        """Record a state change (SERVING, DRAINING, NOT_SERVING); ``None`` when the instance is gone."""
+        async with self._writer() as conn:
+            updated = await conn.execute(
+                sa.update(instances).where(instances.c.instance_id == instance_id).values(state=state, updated_at=now)
+            )
+            if updated.rowcount == 0:  # type: ignore[attr-defined]
+                return None
+            payload = {"instance_id": instance_id, "state": state}
+            return await self._append(conn, "STATE_CHANGED", namespace, name, instance_id, payload, now)
+
+    async def flush_leases(self, expiries: dict[str, dt.datetime]) -> None:
+        """Move many lease expiries forward with one statement (never backwards)."""
+        if not expiries:
+            return
+        async with self.engine.begin() as conn:
+            if self.is_postgres:
+                await conn.execute(
+                    sa.text(
+                        "UPDATE agent_leases AS l SET expires_at = v.expires_at "
+                        "FROM unnest(CAST(:ids AS varchar[]), CAST(:expiries AS timestamptz[])) AS v(instance_id, expires_at) "
+                        "WHERE l.instance_id = v.instance_id AND l.expires_at < v.expires_at"
+                    ),
+                    {"ids": list(expiries), "expiries": list(expiries.values())},
+                )
+            else:
+                statement = (
+                    sa.update(leases)
+                    .where(leases.c.instance_id == sa.bindparam("b_id"), leases.c.expires_at < sa.bindparam("b_exp"))
+                    .values(expires_at=sa.bindparam("b_exp"))
+                )
+                await conn.execute(statement, [{"b_id": k, "b_exp": v} for k, v in expiries.items()])
+
+    async def expire_due(self, cutoff: dt.datetime, now: dt.datetime) -> int:
+        """Delete leases that expired before ``cutoff`` and their instances; one EXPIRED event each.
+
+        The DELETE decides: a lease row is deleted by exactly one replica, which alone emits its event.
+        """
+        async with self._writer() as conn:
+            due = (
+                await conn.execute(sa.delete(leases).where(leases.c.expires_at < cutoff).returning(leases.c.instance_id))
+            ).scalars().all()
+            for chunk in _chunks(due):
+                rows = (
+                    await conn.execute(
+                        sa.select(instances.c.instance_id, agents.c.namespace, agents.c.name)
+                        .select_from(instances.join(versions).join(agents))
+                        .where(instances.c.instance_id.in_(chunk))
+                    )
+                ).all()
+                await conn.execute(sa.delete(instances).where(instances.c.instance_id.in_(chunk)))
+                if rows:
+                    await conn.execute(
+                        sa.insert(events),
+                        [
+                            {
+                                "event_type": "EXPIRED",
+                                "namespace": row.namespace,
+                                "name": row.name,
+                                "instance_id": row.instance_id,
+                                "payload": {"instance_id": row.instance_id, "reason": "lease expired"},
+                                "created_at": now,
+                            }
+                            for row in rows
+                        ],
+                    )
+            return len(due)
+
+    async def set_routing(self, namespace: str, name: str, values: dict[str, Any], now: dt.datetime) -> int:
+        """Replace the routing policy of ``namespace/name``; returns the event revision."""
+        async with self._writer() as conn:
+            return await self._put_routing(conn, namespace, name, values, now)
+
+    async def _put_routing(self, conn: AsyncConnection, namespace: str, name: str, values: dict[str, Any], now: dt.datetime) -> int:
+        key = (policies_table.c.namespace == namespace, policies_table.c.name == name)
+        updated = await conn.execute(sa.update(policies_table).where(*key).values(**values, updated_at=now))
+        if updated.rowcount == 0:  # type: ignore[attr-defined]
+            await conn.execute(sa.insert(policies_table).values(namespace=namespace, name=name, **values, updated_at=now))
+        payload = {"namespace": namespace, "name": name, **values, "updated_at": epoch(now)}
+        return await self._append(conn, "ROUTING_CHANGED", namespace, name, "", payload, now)
+
+    async def rollback_version(self, namespace: str, name: str, version: str, reason: str, now: dt.datetime) -> int | None:
+        """Set ``version``'s weight to 0 with ``reason``, unless it already is 0; returns the revision or ``None``."""
+        async with self._writer() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(policies_table).where(policies_table.c.namespace == namespace, policies_table.c.name == name)
+                )
+            ).first()
+            if row is None or int(row.weights.get(version, 0)) <= 0:
+                return None
+            weights = {**row.weights, version: 0}
+            values = {"weights": weights, "canary": row.canary, "reason": reason, "updated_by": "registry"}
+            return await self._put_routing(conn, namespace, name, values, now)
+
+    async def events_since(self, revision: int, limit: int = 1000) -> list[EventRow]:
+        """Events after ``revision``, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(events).where(events.c.revision > revision).order_by(events.c.revision).limit(limit)
+            )
+            return [EventRow(**row._mapping) for row in rows]
+
+    async def oldest_revision(self) -> int:
+        """The lowest revision still in the log (0 when the log is empty)."""
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(sa.select(sa.func.coalesce(sa.func.min(events.c.revision), 0))) or 0)
+
+    async def load_versions(self, version_ids: Iterable[int]) -> list[VersionRow]:
+        """Cards of the given versions."""
+        ids = list(version_ids)
+        found: list[VersionRow] = []
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                rows = await conn.execute(
+                    sa.select(versions.c.id, versions.c.card, versions.c.card_hash).where(versions.c.id.in_(chunk))
+                )
+                found += [VersionRow(row.id, row.card, row.card_hash) for row in rows]
+        return found
+
+    async def load_snapshot(self) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]]]:
+        """A consistent copy of the registry: (revision, versions, instances with expiry, routing policies)."""
+        async with self.engine.connect() as conn:
+            if self.is_postgres:
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                revision = int(await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(events.c.revision), 0))) or 0)
+                version_rows = [
+                    VersionRow(row.id, row.card, row.card_hash)
+                    for row in await conn.execute(sa.select(versions.c.id, versions.c.card, versions.c.card_hash))
+                ]
+                instance_rows = [
+                    dict(row._mapping)
+                    for row in await conn.execute(
+                        sa.select(instances, leases.c.expires_at).select_from(
+                            instances.join(leases, leases.c.instance_id == instances.c.instance_id)
+                        )
+                    )
+                ]
+                policy_rows = [dict(row._mapping) for row in await conn.execute(sa.select(policies_table))]
+        return revision, version_rows, instance_rows, policy_rows
+
+    async def prune_events(self, before: dt.datetime) -> int:
+        """Delete change-log rows older than ``before`` (watchers resuming from earlier must re-snapshot)."""
+        async with self.engine.begin() as conn:
+            deleted = await conn.execute(sa.delete(events).where(events.c.created_at < before))
+            return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def ping(self) -> bool:
+        """Whether the database answers."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
