@@ -74,13 +74,12 @@ def _registry() -> Any:
     from agentmesh.v1 import registry_pb2_grpc
 
     class Registry(registry_pb2_grpc.RegistryServiceServicer):
-        async def GetAgent(self, request: Any, context: Any) -> Any:  # type: ignore[override]  # noqa: N802
+        async def GetAgent(self, request: Any, context: Any) -> Any:  # type: ignore[override]
             from agentmesh.v1 import registry_pb2
 
             return registry_pb2.GetAgentResponse()
 
     return Registry()
-
 
 
 async def _serve_bare(home: Path, ready: Any) -> None:
@@ -91,7 +90,7 @@ async def _serve_bare(home: Path, ready: Any) -> None:
 
     cert, key, ca = credential_paths(_settings(home), *SERVER).read()
     server = grpc.aio.server()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_registry(), server)  
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_registry(), server)
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
@@ -113,7 +112,11 @@ async def _serve_full(variant: str, home: Path, ready: Any) -> None:
         settings=_settings(home, metrics_port=_free_port()),
         port=0,
         services=[
-            bind(_registry(), registry_pb2_grpc.add_RegistryServiceServicer_to_server, "agentmesh.v1.RegistryService")
+            bind(
+                _registry(),
+                registry_pb2_grpc.add_RegistryServiceServicer_to_server,
+                "agentmesh.v1.RegistryService",
+            )
         ],
     )
     await server.start()
@@ -147,7 +150,9 @@ def _channel(variant: str, home: Path, port: int) -> Any:
     settings = _settings(home)
     if variant.startswith("bare"):
         cert, key, ca = security.credential_paths(settings, *CLIENT).read()
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca, private_key=key, certificate_chain=cert
+        )
         return grpc.aio.secure_channel(target, credentials)
     if variant == "full-always-on":
         from agentmesh.resilience import MeshClientInterceptor, RetryPolicy, breaker_for
@@ -160,7 +165,7 @@ def _channel(variant: str, home: Path, port: int) -> Any:
             default_deadline=settings.default_deadline,
         )
         credentials = security.channel_credentials(settings, *CLIENT)
-        return grpc.aio.secure_channel(target, credentials, interceptors=[interceptor])
+        return grpc.aio.secure_channel(target, credentials, interceptors=interceptor.interceptors())
     return create_channel(target, settings, kind=CLIENT[0], name=CLIENT[1])
 
 
@@ -242,7 +247,9 @@ def _issue_certificates(home: Path) -> None:
     ca.issue(*CLIENT)
 
 
-def _report(results: list[tuple[int, str, dict[str, float]]], variants: Sequence[str], args: argparse.Namespace) -> str:
+def _report(
+    results: list[tuple[int, str, dict[str, float]]], variants: Sequence[str], args: argparse.Namespace
+) -> str:
     by_round: dict[int, dict[str, dict[str, float]]] = {}
     for round_number, variant, figures in results:
         by_round.setdefault(round_number, {})[variant] = figures
@@ -274,7 +281,9 @@ def _report(results: list[tuple[int, str, dict[str, float]]], variants: Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print a Markdown table for bench/RESULTS.md."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=1500, help="sequential calls per round for p50")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per round at --inflight")

@@ -50,14 +50,19 @@ async def _run(calls: int, repeat: int) -> dict[str, float]:
         return request
 
     server = grpc.aio.server()
-    handlers = {"Echo": grpc.unary_unary_rpc_method_handler(echo), "Measure": grpc.unary_unary_rpc_method_handler(measure)}
+    handlers = {
+        "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "Measure": grpc.unary_unary_rpc_method_handler(measure),
+    }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Security", handlers)])
     port = add_port(server, "127.0.0.1:0", settings, "service", "bench-server")
     await server.start()
     try:
         credentials = channel_credentials(settings, "service", "planner")
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            echo_call = channel.unary_unary("/bench.Security/Echo", request_serializer=None, response_deserializer=None)
+            echo_call = channel.unary_unary(
+                "/bench.Security/Echo", request_serializer=None, response_deserializer=None
+            )
             for _ in range(200):  # warm up the connection and the code paths
                 await echo_call(b"x", timeout=5)
             latencies = []
@@ -65,7 +70,9 @@ async def _run(calls: int, repeat: int) -> dict[str, float]:
                 start = time.perf_counter()
                 await echo_call(b"x", timeout=5)
                 latencies.append(time.perf_counter() - start)
-            measure_call = channel.unary_unary("/bench.Security/Measure", request_serializer=None, response_deserializer=None)
+            measure_call = channel.unary_unary(
+                "/bench.Security/Measure", request_serializer=None, response_deserializer=None
+            )
             await measure_call(b"x", timeout=60)
     finally:
         await server.stop(0)

@@ -184,7 +184,8 @@ def from_rpc_error(error: grpc.RpcError) -> MeshError:
     metadata: dict[str, str] = {}
     field = ""
     retry_after: float | None = None
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None  # type: ignore[arg-type]
+    # grpc.aio errors are not grpc.Call instances but carry the same trailing metadata (with the details).
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None  # type: ignore[arg-type]
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()

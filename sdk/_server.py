@@ -169,7 +169,14 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
                 self._wrap_stream(handler.unary_stream, method, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        return handler  # client/bidi streaming: none in the contract
+        if handler.stream_stream:
+            # Server reflection is bidi streaming: it gets the same identity check as every other call.
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_bidi(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler  # client streaming: none in the contract
 
     def _wrap_unary(
         self, behavior: Callable[..., Any], method: str, deserializer: Callable[[bytes], Any] | None
@@ -202,6 +209,20 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
             observation.end(grpc.StatusCode.OK)
 
         return stream
+
+    def _wrap_bidi(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            observation = self._telemetry.start(method, context)
+            try:
+                self._security.check(method, context)
+                async for response in behavior(requests, context):
+                    yield response
+            except BaseException as exc:
+                await self._fail(exc, method, context, observation)
+                raise
+            observation.end(grpc.StatusCode.OK)
+
+        return bidi
 
     async def _fail(self, exc: BaseException, method: str, context: grpc.aio.ServicerContext, observation: Any) -> None:
         """Record the failure and, for mesh errors and bugs, abort with a precise status (never a traceback)."""

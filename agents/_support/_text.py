@@ -11,7 +11,11 @@ _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 # 13-19 digits, optionally grouped by spaces or dashes (payment card numbers); confirmed by the Luhn check.
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 # International or national phone numbers: 7+ digits with the usual separators, optional +country code.
-_PHONE = re.compile(r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w/])")
+_PHONE = re.compile(
+    r"(?<![\w/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w/])"
+)
+# ISO dates and times look like grouped digits but are not personal data.
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
@@ -51,7 +55,7 @@ def find_pii(text: str) -> list[PiiMatch]:
     for match in _PHONE.finditer(text):
         digits = re.sub(r"\D", "", match.group())
         # Order numbers and dates are shorter or carry letters; 7-15 digits is the E.164 range.
-        if 7 <= len(digits) <= 15 and free(match.start(), match.end()):
+        if 7 <= len(digits) <= 15 and not _DATE.match(match.group()) and free(match.start(), match.end()):
             found.append(PiiMatch("phone", match.start(), match.end(), match.group()))
             taken.append((match.start(), match.end()))
     return sorted(found, key=lambda m: m.start)
@@ -91,7 +95,7 @@ def first_name(name: str) -> str:
     """The first word of a full name, stripped of anything that is not part of a name."""
     for word in name.split():
         cleaned = re.sub(r"[^\w'-]", "", word)
-        if cleaned and not cleaned.rstrip(".").lower() in {"mr", "mrs", "ms", "dr", "mx"}:
+        if cleaned and cleaned.rstrip(".").lower() not in {"mr", "mrs", "ms", "dr", "mx"}:
             return cleaned
     return ""
 

@@ -10,11 +10,16 @@ from collections.abc import Mapping, Sequence
 from agentmesh._errors import MeshError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, ModelUsage, SkillContext
+from agentmesh.agents._support._sentiment import blend_sentiment
+from agentmesh.agents._support._text import split_sentences
 from agentmesh.inference import ClassificationResult, EmbeddingResult, InferenceClient, SentimentResult
 
-__all__ = ["TritonAgent"]
+__all__ = ["MAX_SENTENCES", "TritonAgent"]
 
 logger = logging.getLogger(__name__)
+
+# Sentences of one message scored or embedded at most (the request is usually up front; bounds the cost).
+MAX_SENTENCES = 12
 
 
 class TritonAgent(Agent):
@@ -81,6 +86,14 @@ class TritonAgent(Agent):
         result = await self.inference.sentiment(list(texts), deadline=_deadline(ctx))
         _record(ctx, result.model, result.version, started)
         return result
+
+    async def message_sentiment(self, text: str, ctx: SkillContext | None) -> float:
+        """A message's sentiment in [-1, 1]: the model's score of the whole, blended with its most polar
+        sentence (one Triton call for all of them).
+        """
+        sentences = split_sentences(text)[:MAX_SENTENCES]
+        result = await self.sentiment([text, *sentences] if len(sentences) > 1 else [text], ctx)
+        return blend_sentiment(result.scores[0], result.scores[1:])
 
     async def classify(
         self, texts: Sequence[str], labels: Mapping[str, Sequence[str]], ctx: SkillContext | None

@@ -18,7 +18,9 @@ def planner_identity(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/service/planner"
 
 
-def may_see_pii(*, requested: bool, caller: str, delegation_token: str, allowed_callers: frozenset[str]) -> bool:
+def may_see_pii(
+    *, requested: bool, caller: str, delegation_token: str, allowed_callers: frozenset[str]
+) -> bool:
     """Whether this call may see unmasked personal data (see the module docstring for the rule)."""
     return requested and bool(caller) and caller in allowed_callers and bool(delegation_token)
 
@@ -31,4 +33,3 @@ def masked_address(street: str, city: str, postal_code: str, country: str) -> st
 def full_address(street: str, city: str, postal_code: str, country: str) -> str:
     """The address on one line."""
     return ", ".join(part for part in (street, f"{postal_code} {city}".strip(), country) if part)
-

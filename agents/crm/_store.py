@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import date
 from pathlib import Path
@@ -35,7 +36,9 @@ class CustomerRow(_Base):
     country: Mapped[str] = mapped_column(String(2), default="")
     plan: Mapped[str] = mapped_column(String(40), default="none")
     member_since: Mapped[date] = mapped_column(Date)
-    orders: Mapped[list[OrderRow]] = relationship(back_populates="customer", order_by="OrderRow.ordered_at.desc()")
+    orders: Mapped[list[OrderRow]] = relationship(
+        back_populates="customer", order_by="OrderRow.ordered_at.desc()"
+    )
 
 
 class OrderRow(_Base):
@@ -73,7 +76,7 @@ class CrmStore:
             await connection.run_sync(_Base.metadata.create_all)
         if seed is None:
             return 0
-        records: list[dict[str, Any]] = json.loads(seed.read_text(encoding="utf-8"))
+        records: list[dict[str, Any]] = json.loads(await asyncio.to_thread(seed.read_text, encoding="utf-8"))
         added = 0
         async with self._sessions.begin() as session:
             existing = set((await session.scalars(select(CustomerRow.customer_id))).all())

@@ -22,7 +22,8 @@ class LookupInput(BaseModel):
     email: str = Field(default="", max_length=320)
     customer_id: str = Field(default="", max_length=32)
     include_pii: bool = Field(
-        default=False, description="Ask for unmasked email, phone and address (granted only to allowed callers)."
+        default=False,
+        description="Ask for unmasked email, phone and address (granted only to allowed callers).",
     )
 
     @model_validator(mode="after")
@@ -95,8 +96,10 @@ class CrmAgent(Agent):
         self.database_url = database_url
         self.seed = seed
         # Only the planner, by default; a deployment may name others (e.g. a back-office service).
-        self.pii_callers = pii_callers if pii_callers is not None else frozenset(
-            {planner_identity(self.settings.trust_domain)}
+        self.pii_callers = (
+            pii_callers
+            if pii_callers is not None
+            else frozenset({planner_identity(self.settings.trust_domain)})
         )
         self.store: CrmStore | None = None
 
@@ -118,7 +121,9 @@ class CrmAgent(Agent):
         """Serving while the database answers."""
         return self.store is not None and await self.store.ping()
 
-    @skill(description="Look up a customer by email or customer_id; PII is masked unless the caller may see it.")
+    @skill(
+        description="Look up a customer by email or customer_id; PII is masked unless the caller may see it."
+    )
     async def lookup_customer(self, request: LookupInput, ctx: SkillContext) -> LookupOutput:
         """Find the customer and mask personal fields for callers that may not see them."""
         if self.store is None:
@@ -137,7 +142,9 @@ class CrmAgent(Agent):
 
 def customer_view(row: CustomerRow, *, reveal_pii: bool) -> Customer:
     """The record as returned to a caller, personal fields masked unless ``reveal_pii``."""
-    address = (full_address if reveal_pii else masked_address)(row.street, row.city, row.postal_code, row.country)
+    address = (full_address if reveal_pii else masked_address)(
+        row.street, row.city, row.postal_code, row.country
+    )
     return Customer(
         customer_id=row.customer_id,
         name=row.name,

@@ -5,6 +5,10 @@ Used by the tests, the demo and anyone trying the agents: ``load_tickets()``.
 
 from __future__ import annotations
 
-from agentmesh.agents.examples._tickets import TICKETS_FILE, ExampleTicket, Expected, load_tickets
+from agentmesh.agents.examples._tickets import ExampleTicket, Expected, load_tickets
 
-__all__ = ["TICKETS_FILE", "ExampleTicket", "Expected", "load_tickets"]
+__all__ = [
+    "ExampleTicket",
+    "Expected",
+    "load_tickets",
+]

@@ -26,7 +26,7 @@ class ExampleTicket(BaseModel):
     """One example ticket."""
 
     id: str
-    customer_email: str
+    email: str
     subject: str
     text: str
     expected: Expected

@@ -15,7 +15,9 @@ __all__ = ["KbSearchAgent", "SearchInput", "SearchOutput"]
 class SearchInput(BaseModel):
     """A free-text question or ticket."""
 
-    query: str = Field(min_length=1, max_length=20_000, description="What to search for, e.g. the ticket text.")
+    query: str = Field(
+        min_length=1, max_length=20_000, description="What to search for, e.g. the ticket text."
+    )
     top_k: int = Field(default=3, ge=1, le=20, description="How many articles to return.")
 
 
@@ -53,7 +55,9 @@ class KbSearchAgent(TritonAgent):
         embedded = await self.embed([p.text for p in passages], ctx)
         self.articles, self.passages, self._vectors = articles, passages, embedded.embeddings
 
-    @skill(description="Semantic search of the support knowledge base; returns the top_k articles with scores.")
+    @skill(
+        description="Semantic search of the support knowledge base; returns the top_k articles with scores."
+    )
     async def search_articles(self, request: SearchInput, ctx: SkillContext) -> SearchOutput:
         """Rank articles by their best passage's similarity to the query."""
         await self.ensure_prepared(ctx)

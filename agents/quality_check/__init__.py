@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from agentmesh.agents.quality_check._checks import RELEVANCE_THRESHOLD, Verdict, verdict
+from agentmesh.agents.quality_check._checks import Verdict, verdict
 from agentmesh.agents.quality_check.agent import CheckInput, CheckOutput, QualityCheckAgent
 
-__all__ = ["RELEVANCE_THRESHOLD", "CheckInput", "CheckOutput", "QualityCheckAgent", "Verdict", "verdict"]
+__all__ = [
+    "CheckInput",
+    "CheckOutput",
+    "QualityCheckAgent",
+    "Verdict",
+    "verdict",
+]

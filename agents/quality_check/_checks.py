@@ -20,10 +20,12 @@ __all__ = [
 ]
 
 # Cosine similarity (MiniLM) of reply and ticket below which a reply is considered off-topic. Replies built
-# from the right articles score ~0.5-0.8 on the example tickets; a reply about another topic ~0.1-0.3.
-RELEVANCE_THRESHOLD = 0.4
+# from the right articles score ~0.45-0.85 on the example tickets; a reply about another topic ~0.1-0.25.
+RELEVANCE_THRESHOLD = 0.35
 _GREETING = re.compile(r"^\s*(hi|hello|dear|good (morning|afternoon|evening)|hey)\b", re.I)
-_CLOSING = re.compile(r"\b(regards|sincerely|best wishes|thank you|thanks|happy to help|kind regards)\b", re.I)
+_CLOSING = re.compile(
+    r"\b(regards|sincerely|best wishes|thank you|thanks|happy to help|kind regards)\b", re.I
+)
 _RUDE = re.compile(
     r"\b(stupid|idiot\w*|dumb|shut up|calm down|your (own )?fault|obviously|as i already (said|told you)|"
     r"read the (manual|faq)|not our problem|whatever|deal with it)\b",
@@ -45,7 +47,10 @@ def pii_problems(reply: str) -> list[str]:
     """A reason per kind of personal data the reply contains (emails, phone numbers, card numbers)."""
     kinds = sorted({match.kind for match in find_pii(reply)})
     names = {"email": "an email address", "phone": "a phone number", "card": "a payment card number"}
-    return [f"pii: the reply contains {names[kind]}; remove it (greet the customer by first name only)" for kind in kinds]
+    return [
+        f"pii: the reply contains {names[kind]}; remove it (greet the customer by first name only)"
+        for kind in kinds
+    ]
 
 
 def citation_problems(reply: str, citations: Sequence[str], retrieved: Sequence[str]) -> list[str]:
@@ -53,12 +58,16 @@ def citation_problems(reply: str, citations: Sequence[str], retrieved: Sequence[
     problems = []
     unknown = [c for c in citations if c not in retrieved]
     if unknown:
-        problems.append(f"citation: {', '.join(unknown)} were not among the retrieved articles; cite only those")
+        problems.append(
+            f"citation: {', '.join(unknown)} were not among the retrieved articles; cite only those"
+        )
     if not any(c in retrieved for c in citations):
         available = ", ".join(retrieved) or "none were retrieved"
         problems.append(f"citation: the reply cites no retrieved article; quote and cite one of: {available}")
     elif not any(f"[{c}]" in reply or c in reply for c in citations):
-        problems.append("citation: the cited article ids do not appear in the reply text; mark them, e.g. [kb-...]")
+        problems.append(
+            "citation: the cited article ids do not appear in the reply text; mark them, e.g. [kb-...]"
+        )
     return problems
 
 

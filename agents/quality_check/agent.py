@@ -53,7 +53,9 @@ class QualityCheckAgent(TritonAgent):
         owner="support-platform",
     )
 
-    @skill(description="Check a draft reply (relevance, citations, no PII, politeness); reasons when it fails.")
+    @skill(
+        description="Check a draft reply (relevance, citations, no PII, politeness); reasons when it fails."
+    )
     async def check_reply(self, request: CheckInput, ctx: SkillContext) -> CheckOutput:
         """Rules first, then the reply-to-ticket similarity through Triton."""
         reply = request.reply.strip()
@@ -69,4 +71,6 @@ class QualityCheckAgent(TritonAgent):
             similarity = float(embedded.embeddings[0] @ embedded.embeddings[1])
         problems = relevance_problems(similarity) + problems
         result = verdict(similarity, problems)
-        return CheckOutput(passed=result.passed, score=result.score, reasons=result.reasons, relevance=round(similarity, 4))
+        return CheckOutput(
+            passed=result.passed, score=result.score, reasons=result.reasons, relevance=round(similarity, 4)
+        )

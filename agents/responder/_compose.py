@@ -69,7 +69,9 @@ def plan_from_feedback(feedback: Sequence[str]) -> ReplyPlan:
     if "relevan" in text or "off-topic" in text:
         plan = ReplyPlan(sentences=5, min_similarity=0.15, restate_subject=True)
     if "too long" in text:
-        plan = ReplyPlan(sentences=2, min_similarity=plan.min_similarity, restate_subject=plan.restate_subject)
+        plan = ReplyPlan(
+            sentences=2, min_similarity=plan.min_similarity, restate_subject=plan.restate_subject
+        )
     return plan
 
 
@@ -87,7 +89,10 @@ def candidate_sentences(articles: Sequence[Article]) -> list[Candidate]:
 
 
 def select_sentences(
-    ticket_similarity: np.ndarray, sentence_vectors: np.ndarray, candidates: Sequence[Candidate], plan: ReplyPlan
+    ticket_similarity: np.ndarray,
+    sentence_vectors: np.ndarray,
+    candidates: Sequence[Candidate],
+    plan: ReplyPlan,
 ) -> list[int]:
     """Indices of the sentences to quote: most similar to the ticket first, skipping near-duplicates of a
     chosen sentence; the best article contributes at least one when ``plan.cite_top_article``.

@@ -7,7 +7,7 @@ articles' sentences closest to the ticket (MiniLM through Triton), each group ci
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import re
 import time
 from typing import Any
@@ -28,7 +28,6 @@ from agentmesh.agents.responder._compose import (
 
 __all__ = ["DraftInput", "DraftOutput", "ResponderAgent"]
 
-logger = logging.getLogger(__name__)
 
 _GENERATION_TASK = "generation"
 
@@ -39,8 +38,12 @@ class DraftInput(BaseModel):
     ticket: Ticket
     intent: str = Field(default="other", max_length=40)
     articles: list[Article] = Field(default_factory=list, max_length=20)
-    customer: dict[str, Any] | None = Field(default=None, description="crm's customer record (only the name is used).")
-    feedback: list[str] = Field(default_factory=list, description="quality_check reasons from a rejected draft.")
+    customer: dict[str, Any] | None = Field(
+        default=None, description="crm's customer record (only the name is used)."
+    )
+    feedback: list[str] = Field(
+        default_factory=list, description="quality_check reasons from a rejected draft."
+    )
 
 
 class DraftOutput(BaseModel):
@@ -48,7 +51,9 @@ class DraftOutput(BaseModel):
 
     reply: str
     citations: list[str] = Field(description="Ids of the articles the reply cites.")
-    model: str = Field(description="What wrote it: a generative model, or 'extractive/<embedding model>:<version>'.")
+    model: str = Field(
+        description="What wrote it: a generative model, or 'extractive/<embedding model>:<version>'."
+    )
 
 
 class ResponderAgent(TritonAgent):
@@ -68,7 +73,9 @@ class ResponderAgent(TritonAgent):
         owner="support-platform",
     )
 
-    @skill(description="Draft a cited reply to a ticket from retrieved articles; honours quality-check feedback.")
+    @skill(
+        description="Draft a cited reply to a ticket from retrieved articles; honours quality-check feedback."
+    )
     async def draft_reply(self, request: DraftInput, ctx: SkillContext) -> DraftOutput:
         """Generative when a generation model is served, extractive otherwise."""
         name = first_name(str((request.customer or {}).get("name", "")))
@@ -85,11 +92,19 @@ class ResponderAgent(TritonAgent):
 
     async def _extract(self, request: DraftInput, name: str, ctx: SkillContext) -> DraftOutput:
         plan = plan_from_feedback(request.feedback)
+        if request.intent == "other":
+            # Praise and general questions get a short answer from the best article, not a policy digest.
+            plan = dataclasses.replace(plan, sentences=1)
         candidates = candidate_sentences(request.articles)
         titles = {a.article_id: a.title for a in request.articles}
         if not candidates:
             reply, citations = compose_reply(
-                first_name=name, intent=request.intent, subject=request.ticket.subject, quoted=[], titles=titles, plan=plan
+                first_name=name,
+                intent=request.intent,
+                subject=request.ticket.subject,
+                quoted=[],
+                titles=titles,
+                plan=plan,
             )
             return DraftOutput(reply=reply, citations=citations, model="extractive")
         embedded = await self.embed([request.ticket.as_text(), *(c.text for c in candidates)], ctx)
@@ -103,7 +118,9 @@ class ResponderAgent(TritonAgent):
             titles=titles,
             plan=plan,
         )
-        return DraftOutput(reply=reply, citations=citations, model=f"extractive/{embedded.model}:{embedded.version}")
+        return DraftOutput(
+            reply=reply, citations=citations, model=f"extractive/{embedded.model}:{embedded.version}"
+        )
 
     async def _generate(self, model: str, request: DraftInput, name: str, ctx: SkillContext) -> DraftOutput:
         # Contract of a generation model here: input PROMPT (BYTES [1]), output TEXT (BYTES [1]).
@@ -134,7 +151,11 @@ def build_prompt(request: DraftInput, name: str) -> str:
         f"{name or 'the customer'} (first name only); never include email addresses, phone numbers or card numbers.\n"
         f"Intent: {request.intent}\nSubject: {redact_pii(request.ticket.subject)}\n"
         f"Ticket: {redact_pii(request.ticket.text)}\nSources:\n{sources}\n"
-        + (f"A reviewer rejected the previous draft for these reasons; fix them:\n{feedback}\n" if feedback else "")
+        + (
+            f"A reviewer rejected the previous draft for these reasons; fix them:\n{feedback}\n"
+            if feedback
+            else ""
+        )
         + "Reply:"
     )
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
-from agentmesh.agents._support import TritonAgent
+from agentmesh.agents._support import TritonAgent, sentiment_label
 
 __all__ = ["SentimentAgent", "SentimentInput", "SentimentOutput"]
 
@@ -44,7 +44,6 @@ class SentimentAgent(TritonAgent):
 
     @skill(description="Score a message's sentiment: label negative/neutral/positive and a score in [-1, 1].")
     async def score_sentiment(self, message: SentimentInput, ctx: SkillContext) -> SentimentOutput:
-        """One call to the sentiment model."""
-        result = await self.sentiment([message.text], ctx)
-        # An unexpected label or score from the model breaks the output schema: an error, never a guess.
-        return SentimentOutput.model_validate({"label": result.labels[0], "score": round(result.scores[0], 4)})
+        """The model's score of the whole message blended with its most polar sentence."""
+        score = await self.message_sentiment(message.text, ctx)
+        return SentimentOutput(label=sentiment_label(score), score=round(score, 4))  # type: ignore[arg-type]

@@ -60,7 +60,9 @@ def load_prototypes(path: Path = PROTOTYPES_FILE) -> dict[str, list[str]]:
     return {intent: [str(s) for s in raw[intent]] for intent in INTENTS}
 
 
-def intent_scores(similarities: np.ndarray, owners: np.ndarray, intents: tuple[str, ...] = INTENTS) -> IntentScores:
+def intent_scores(
+    similarities: np.ndarray, owners: np.ndarray, intents: tuple[str, ...] = INTENTS
+) -> IntentScores:
     """Intent probabilities from cosine similarities of the ticket's segments to the prototypes.
 
     ``similarities`` has one row per segment: row 0 is the whole ticket, the others its subject and

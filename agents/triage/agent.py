@@ -10,14 +10,13 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
+from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.triage._rules import INTENTS, assess_priority, intent_scores, load_prototypes
 
 __all__ = ["TriageAgent", "TriageOutput"]
 
 Intent = Literal["refund", "billing", "shipping", "technical", "account", "cancellation", "other"]
 Priority = Literal["low", "normal", "high", "urgent"]
-# Embedding only the first sentences keeps a long ticket's cost bounded (the request is usually up front).
-_MAX_SENTENCES = 12
 
 
 class TriageOutput(BaseModel):
@@ -63,10 +62,11 @@ class TriageAgent(TritonAgent):
         await self.ensure_prepared(ctx)
         whole = ticket.as_text()
         segments = [whole, *([ticket.subject.strip()] if ticket.subject.strip() else [])]
-        segments += split_sentences(ticket.text)[:_MAX_SENTENCES]
-        embedded, sentiment = await asyncio.gather(self.embed(segments, ctx), self.sentiment([whole], ctx))
+        segments += split_sentences(ticket.text)[:MAX_SENTENCES]
+        embedded, score = await asyncio.gather(
+            self.embed(segments, ctx), self.message_sentiment(ticket.text, ctx)
+        )
         result = intent_scores(embedded.embeddings @ self._prototypes.T, self._owners)
-        score = sentiment.scores[0]
         priority, reasons = assess_priority(result.intent, score, whole)
         runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]
         reasons.insert(

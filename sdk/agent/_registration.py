@@ -11,25 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 
-import grpc
-from google.protobuf import duration_pb2
-
-from agentmesh._channel import create_channel
+from agentmesh._errors import (
+    AbortedError,
+    DeadlineExceededError,
+    MeshError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
-from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
+from agentmesh.resilience import RetryPolicy
+from agentmesh.v1 import agent_pb2, registry_pb2
 
 __all__ = ["Registration"]
 
 logger = logging.getLogger(__name__)
 
-_INITIAL_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
-_TRANSIENT = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
-)
+# Registration never gives up; the policy only shapes the jittered wait between attempts.
+_BACKOFF = RetryPolicy(initial_backoff=0.1, max_backoff=5.0)
+_TRANSIENT = (UnavailableError, DeadlineExceededError, ResourceExhaustedError, AbortedError)
 
 
 class Registration:
@@ -50,13 +53,13 @@ class Registration:
         self._state = state
         self._load = load
         self._lease_ttl = settings.lease_ttl
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: registry_pb2_grpc.RegistryServiceStub | None = None
+        self._client: RegistryClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.lease_id = ""
         self.instance_id = ""
         self.registrations = 0  # how many times a lease was obtained (re-registrations included)
+        self.failures = 0  # consecutive failed calls to the registry
 
     @property
     def registered(self) -> bool:
@@ -70,33 +73,33 @@ class Registration:
     def start(self) -> None:
         """Start registering and heartbeating in the background."""
         name = self._card().name
-        self._channel = create_channel(self._address, self._settings, kind="agent", name=name)
-        self._stub = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._client = RegistryClient(self._settings, kind="agent", name=name, address=self._address)
         self._task = asyncio.create_task(self._keep_registered(), name=f"{name}-registration")
 
     async def drain(self) -> None:
         """Tell the registry this instance is ``DRAINING`` so discovery stops sending it work."""
         await self._stop_loop()
         if self.lease_id:
-            with contextlib.suppress(grpc.RpcError):
+            try:
                 await self._heartbeat(agent_pb2.SERVING_STATE_DRAINING)
+            except MeshError as exc:
+                logger.warning("could not report DRAINING (%s); deregistering anyway", exc.code.name)
 
     async def stop(self) -> None:
         """Deregister (best effort: an unreachable registry lets the lease expire) and close the channel."""
         await self._stop_loop()
-        if self.lease_id and self._stub is not None:
+        if self._client is None:
+            return
+        if self.lease_id:
             try:
-                await self._stub.DeregisterAgent(
-                    registry_pb2.DeregisterAgentRequest(lease_id=self.lease_id), timeout=self._deadline()
-                )
+                await self._client.deregister(self.lease_id, timeout=self._deadline())
                 logger.info("deregistered lease %s", self.lease_id)
-            except grpc.RpcError as exc:
-                logger.warning("deregistration failed (%s); the lease will expire", exc.code())
+            except MeshError as exc:
+                logger.warning("deregistration failed (%s); the lease will expire", exc.code.name)
             self.lease_id = ""
             self._registered.clear()
-        if self._channel is not None:
-            await self._channel.close(grace=None)
-            self._channel = None
+        await self._client.close()
+        self._client = None
 
     async def _stop_loop(self) -> None:
         if self._task is not None:
@@ -106,36 +109,31 @@ class Registration:
             self._task = None
 
     async def _keep_registered(self) -> None:
-        backoff = _INITIAL_BACKOFF
         while True:
             try:
                 if not self.lease_id:
                     await self._register()
                 else:
                     await self._heartbeat(self._state())
-                backoff = _INITIAL_BACKOFF
-                await asyncio.sleep(self._lease_ttl / 3)
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
-                if code == grpc.StatusCode.NOT_FOUND and self.lease_id:
-                    logger.warning("registry lost lease %s; registering again", self.lease_id)
+            except MeshError as exc:
+                if isinstance(exc, NotFoundError) and self.lease_id:  # the lease expired or the registry lost it
+                    logger.warning("registry no longer knows lease %s; registering again", self.lease_id)
                     self.lease_id = ""
                     self._registered.clear()
                     continue
+                self.failures += 1
+                wait = min(_BACKOFF.backoff(self.failures), self._lease_ttl / 3)
                 # A refusal (bad card, wrong identity) will not heal by itself: say so loudly, keep trying.
-                level = logging.WARNING if code in _TRANSIENT else logging.ERROR
-                logger.log(level, "registry at %s: %s %s; retrying in %.1fs", self._address, code.name, _details(exc), backoff)
-                # Full jitter: many agents restarting together must not hammer the registry in step.
-                await asyncio.sleep(random.uniform(0, backoff))
-                backoff = min(_MAX_BACKOFF, backoff * 2, self._lease_ttl / 3)
+                level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
+                logger.log(level, "registry at %s: %s %s; retrying in %.2fs", self._address, exc.code.name, exc.message, wait)
+                await asyncio.sleep(wait)
+                continue
+            self.failures = 0
+            await asyncio.sleep(self._lease_ttl / 3)
 
     async def _register(self) -> None:
-        assert self._stub is not None
-        ttl = duration_pb2.Duration()
-        ttl.FromNanoseconds(int(self._settings.lease_ttl * 1e9))
-        response = await self._stub.RegisterAgent(
-            registry_pb2.RegisterAgentRequest(card=self._card(), lease_ttl=ttl), timeout=self._deadline()
-        )
+        assert self._client is not None
+        response = await self._client.register(self._card(), lease_ttl=self._settings.lease_ttl, timeout=self._deadline())
         self.lease_id = response.lease.lease_id
         self.instance_id = response.instance.instance_id
         self._adopt_ttl(response.lease)
@@ -147,12 +145,9 @@ class Registration:
             await self._heartbeat(state)  # registration says nothing about readiness; report it at once
 
     async def _heartbeat(self, state: int) -> None:
-        assert self._stub is not None
-        response = await self._stub.Heartbeat(
-            registry_pb2.HeartbeatRequest(lease_id=self.lease_id, state=state, load=self._load()),  # type: ignore[arg-type]
-            timeout=self._deadline(),
-        )
-        self._adopt_ttl(response.lease)
+        assert self._client is not None
+        lease = await self._client.heartbeat(self.lease_id, state=state, load=self._load(), timeout=self._deadline())
+        self._adopt_ttl(lease)
 
     def _adopt_ttl(self, lease: registry_pb2.Lease) -> None:
         # The registry may clamp the requested TTL; heartbeat at a third of what it granted.
@@ -161,7 +156,3 @@ class Registration:
 
     def _deadline(self) -> float:
         return min(self._settings.default_deadline, max(1.0, self._lease_ttl / 3))
-
-
-def _details(exc: grpc.RpcError) -> str:
-    return (exc.details() or "") if isinstance(exc, grpc.aio.AioRpcError) else str(exc)

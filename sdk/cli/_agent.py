@@ -76,7 +76,7 @@ def resolve_agent_class(spec: str) -> Any:
     if not module_name:
         raise LookupError(f"{spec!r} names no module")
     if "." not in module_name and not class_name:
-        module_name = f"{SHIPPED_AGENTS}.{module_name}"
+        module_name = f"{SHIPPED_AGENTS}.{module_name.replace('-', '_')}"  # the card name works too: kb-search
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

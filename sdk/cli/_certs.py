@@ -25,16 +25,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--home", type=Path, help="mesh home folder (default: AGENTMESH_HOME or .agentmesh)")
     actions = parser.add_subparsers(dest="certs_action", metavar="ACTION", required=True)
 
-    init = actions.add_parser("init", parents=[common], help="create the mesh CA (ECDSA P-256) under HOME/ca/")
-    init.add_argument("--trust-domain", help="SPIFFE trust domain (default: AGENTMESH_TRUST_DOMAIN or agentmesh.local)")
-    init.add_argument("--force", action="store_true", help="replace an existing CA (every certificate must be reissued)")
+    init = actions.add_parser(
+        "init", parents=[common], help="create the mesh CA (ECDSA P-256) under HOME/ca/"
+    )
+    init.add_argument(
+        "--trust-domain", help="SPIFFE trust domain (default: AGENTMESH_TRUST_DOMAIN or agentmesh.local)"
+    )
+    replace = init.add_mutually_exclusive_group()
+    replace.add_argument(
+        "--force", action="store_true", help="replace an existing CA (every certificate must be reissued)"
+    )
+    replace.add_argument(
+        "--if-missing", action="store_true", help="keep an existing CA and succeed (for deploy jobs)"
+    )
 
-    issue = actions.add_parser("issue", parents=[common], help="issue a workload certificate with one SPIFFE URI SAN")
+    issue = actions.add_parser(
+        "issue", parents=[common], help="issue a workload certificate with one SPIFFE URI SAN"
+    )
     issue.add_argument("--kind", required=True, choices=["service", "agent", "client"], help="workload kind")
     issue.add_argument("--name", required=True, help="workload name, e.g. registry, summarizer, ops")
-    issue.add_argument("--ttl", type=parse_ttl, default=timedelta(hours=24), help="lifetime, e.g. 24h (default), 7d")
+    issue.add_argument(
+        "--ttl", type=parse_ttl, default=timedelta(hours=24), help="lifetime, e.g. 24h (default), 7d"
+    )
     issue.add_argument("--dns", action="append", help="DNS name SAN, repeatable (default: localhost)")
-    issue.add_argument("--ip", action="append", help="IP address SAN, repeatable (default: 127.0.0.1 and ::1)")
+    issue.add_argument(
+        "--ip", action="append", help="IP address SAN, repeatable (default: 127.0.0.1 and ::1)"
+    )
     issue.add_argument("--out-dir", type=Path, help="where to write the files (default: HOME/certs/)")
 
     show = actions.add_parser("show", help="print a certificate's identity, issuer and validity")
@@ -50,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     home: Path = getattr(args, "home", None) or settings.home
     try:
         if args.certs_action == "init":
-            return _init(home, args.trust_domain or settings.trust_domain, force=args.force)
+            return _init(
+                home, args.trust_domain or settings.trust_domain, force=args.force, if_missing=args.if_missing
+            )
         if args.certs_action == "issue":
             return _issue(home, args)
         return _show(args.file)
@@ -59,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _init(home: Path, trust_domain: str, *, force: bool) -> int:
-    from agentmesh.security import CertificateAuthority
+def _init(home: Path, trust_domain: str, *, force: bool, if_missing: bool) -> int:
+    from agentmesh.security import CertificateAuthority, ca_paths
 
+    if if_missing and ca_paths(home)[0].exists():
+        ca = CertificateAuthority.load_or_init(home, trust_domain)  # refuses a CA of another trust domain
+        print(f"mesh CA for trust domain {ca.trust_domain} already exists: {ca.ca_path}")
+        return 0
     ca = CertificateAuthority.init(home, trust_domain, force=force)
     print(f"created mesh CA for trust domain {ca.trust_domain}")
     print(f"  trust bundle: {ca.ca_path}")
@@ -117,7 +139,9 @@ def _show(path: Path) -> int:
             san = x509.SubjectAlternativeName([])
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
         start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-        state = "expired" if end < now else "not yet valid" if start > now else f"valid, {_left(end - now)} left"
+        state = (
+            "expired" if end < now else "not yet valid" if start > now else f"valid, {_left(end - now)} left"
+        )
         print(f"identity:    {', '.join(uris) or '(no URI SAN: not a mesh identity)'}")
         print(f"subject:     {cert.subject.rfc4514_string()}")
         print(f"issuer:      {cert.issuer.rfc4514_string()}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from agentmesh.inference._client import InferenceClient
 from agentmesh.inference._export import MinilmArtifacts, ensure_minilm_onnx
 from agentmesh.inference._local import LocalTriton, free_port, triton_environment
-from agentmesh.inference._repository import SOURCE_MODEL_REPOSITORY, prepare_model_repository
+from agentmesh.inference._repository import prepare_model_repository
 from agentmesh.inference._results import (
     Classification,
     ClassificationResult,
@@ -17,11 +17,9 @@ from agentmesh.inference._results import (
     InferenceResult,
     SentimentResult,
 )
-from agentmesh.inference._selection import DEFAULT_MODELS, ModelCatalog, ModelSpec, Tier
+from agentmesh.inference._selection import ModelCatalog, ModelSpec, Tier, default_catalog
 
 __all__ = [
-    "DEFAULT_MODELS",
-    "SOURCE_MODEL_REPOSITORY",
     "Classification",
     "ClassificationResult",
     "EmbeddingResult",
@@ -33,6 +31,7 @@ __all__ = [
     "ModelSpec",
     "SentimentResult",
     "Tier",
+    "default_catalog",
     "ensure_minilm_onnx",
     "free_port",
     "prepare_model_repository",

@@ -36,7 +36,7 @@ from agentmesh.inference._results import (
     InferenceResult,
     SentimentResult,
 )
-from agentmesh.inference._selection import DEFAULT_MODELS, ModelCatalog, ModelSpec, Tier
+from agentmesh.inference._selection import ModelCatalog, ModelSpec, Tier, default_catalog
 from agentmesh.resilience import CircuitBreaker, RetryPolicy, breaker_for
 
 __all__ = ["InferenceClient"]
@@ -100,7 +100,7 @@ class InferenceClient:
         self.retry = retry or RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=1.0)
         self.breaker_failure_threshold = breaker_failure_threshold
         self.breaker_reset_timeout = breaker_reset_timeout
-        self.catalog = catalog if catalog is not None else ModelCatalog(DEFAULT_MODELS)
+        self.catalog = catalog if catalog is not None else default_catalog()
         self._connection_key: tuple[str, int] | None = None
         self._prototypes: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
 

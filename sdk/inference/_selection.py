@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from agentmesh._errors import FailedPreconditionError
 
-__all__ = ["DEFAULT_MODELS", "ModelCatalog", "ModelSpec", "Tier"]
+__all__ = ["DEFAULT_MODELS", "ModelCatalog", "ModelSpec", "Tier", "default_catalog"]
 
 
 class Tier(enum.IntEnum):
@@ -121,3 +121,8 @@ DEFAULT_MODELS = (
         description="lexicon + MiniLM prototype sentiment in [-1, 1]",
     ),
 )
+
+
+def default_catalog() -> ModelCatalog:
+    """A fresh catalog of the models the shipped repository serves (each client observes its own latency)."""
+    return ModelCatalog(DEFAULT_MODELS)

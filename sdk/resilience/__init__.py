@@ -17,7 +17,7 @@ from agentmesh.resilience._breaker import (
     is_failure,
 )
 from agentmesh.resilience._deadline import remaining_budget, with_deadline
-from agentmesh.resilience._interceptor import MeshClientInterceptor, client_interceptor
+from agentmesh.resilience._interceptor import MeshClientInterceptor, client_interceptors
 from agentmesh.resilience._retry import RetryPolicy, is_idempotent_method
 
 __all__ = [
@@ -27,7 +27,7 @@ __all__ = [
     "MeshClientInterceptor",
     "RetryPolicy",
     "breaker_for",
-    "client_interceptor",
+    "client_interceptors",
     "is_failure",
     "is_idempotent_method",
     "remaining_budget",

@@ -43,11 +43,12 @@ class _Method:
         }
 
 
-class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Deadline (default, ``with_deadline`` block or inbound budget), breaker, retries, tracing.
 
     Unary calls get ``default_deadline`` when the caller set none; server streams (watches) are long-lived
-    and only get a deadline from an enclosing budget. Retries apply to unary calls only.
+    and only get a deadline from an enclosing budget. Retries apply to unary calls only. Pass
+    :meth:`interceptors` to a channel: grpc.aio files an interceptor under its first matching arity only.
     """
 
     def __init__(
@@ -65,6 +66,10 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unary
         self._default_deadline = default_deadline
         self._is_idempotent = is_idempotent
         self._methods: dict[Any, _Method] = {}
+
+    def interceptors(self) -> list[Any]:  # grpc-stubs has no usable aio ClientInterceptor type
+        """This interceptor for unary calls and its server-stream twin, for ``grpc.aio`` channels."""
+        return [self, _UnaryStreamInterceptor(self)]
 
     def _method(self, raw: str | bytes) -> _Method:
         info = self._methods.get(raw)
@@ -203,6 +208,19 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.Unary
         span.end()
 
 
+class _UnaryStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
+    """Files :meth:`MeshClientInterceptor.intercept_unary_stream` under server-streaming calls."""
+
+    def __init__(self, core: MeshClientInterceptor) -> None:
+        self._core = core
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: ClientCallDetails, request: Any
+    ) -> Any:
+        """Delegate to the shared interceptor."""
+        return await self._core.intercept_unary_stream(continuation, client_call_details, request)
+
+
 def _end_span_error(span: trace.Span, exc: BaseException) -> None:
     # As the stock aio client instrumentation: a failed status is the code and details, not an exception event.
     if span.is_recording():
@@ -227,9 +245,11 @@ def _as_rpc_error(exc: CircuitOpenError) -> AioRpcError:
     )
 
 
-def client_interceptor(target: str, settings: Settings, service_name: str) -> MeshClientInterceptor:
-    """The interceptor ``create_channel`` puts on a channel to ``target`` (breaker shared per endpoint)."""
-    return MeshClientInterceptor(
+def client_interceptors(
+    target: str, settings: Settings, service_name: str
+) -> list[Any]:
+    """The interceptors ``create_channel`` puts on a channel to ``target`` (breaker shared per endpoint)."""
+    interceptor = MeshClientInterceptor(
         tracer=get_tracer(configure_tracing(settings, service_name)),
         breaker=breaker_for(
             target,
@@ -243,3 +263,4 @@ def client_interceptor(target: str, settings: Settings, service_name: str) -> Me
         ),
         default_deadline=settings.default_deadline or None,
     )
+    return interceptor.interceptors()

@@ -91,7 +91,9 @@ class IssuedCertificate:
 class CertificateAuthority:
     """The mesh CA. Build it with :meth:`init` (new) or :meth:`load` (existing)."""
 
-    def __init__(self, home: Path, trust_domain: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(
+        self, home: Path, trust_domain: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
+    ) -> None:
         self.home = home
         self.trust_domain = trust_domain
         self.certificate = cert
@@ -113,8 +115,10 @@ class CertificateAuthority:
         SpiffeId.check_trust_domain(trust_domain)
         bundle, key_path = ca_paths(directory)
         if not force and (bundle.exists() or key_path.exists()):
-            raise AlreadyExistsError(f"a mesh CA already exists in {bundle.parent}; replacing it (force=True, `agentmesh certs init --force`) "
-                "invalidates every certificate it issued")
+            raise AlreadyExistsError(
+                f"a mesh CA already exists in {bundle.parent}; replacing it (force=True, `agentmesh certs init --force`) "
+                "invalidates every certificate it issued"
+            )
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -169,9 +173,13 @@ class CertificateAuthority:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FailedPreconditionError(f"{key_path} is not an ECDSA key")
         # During a CA rotation the bundle holds several certificates; the signing one matches the key.
-        public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         for cert in x509.load_pem_x509_certificates(bundle.read_bytes()):
-            der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            der = cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
             if der == public:
                 return cls(directory, _trust_domain_of(cert), cert, key)
         raise FailedPreconditionError(f"no certificate in {bundle} matches {key_path}")
@@ -203,7 +211,9 @@ class CertificateAuthority:
             except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
                 current = False  # damaged, from another CA, or another identity: reissue
             if current and cert.not_valid_after_utc - datetime.now(UTC) > renew_before:
-                return IssuedCertificate(cert_path, key_path, self.ca_path, spiffe_id, cert.not_valid_after_utc)
+                return IssuedCertificate(
+                    cert_path, key_path, self.ca_path, spiffe_id, cert.not_valid_after_utc
+                )
         return self.issue(kind, name, **issue_options)
 
     def issue(
@@ -313,14 +323,18 @@ class CertificateAuthority:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _trust_domain_of(cert: x509.Certificate) -> str:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise FailedPreconditionError("the mesh CA certificate names no trust domain (no spiffe:// URI SAN)") from None
+        raise FailedPreconditionError(
+            "the mesh CA certificate names no trust domain (no spiffe:// URI SAN)"
+        ) from None
     for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
         if uri.startswith("spiffe://"):
             return uri.removeprefix("spiffe://").rstrip("/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -53,9 +54,9 @@ class CredentialFiles:
         leaf = x509.load_pem_x509_certificate(cert)
         private = serialization.load_pem_private_key(key, password=None)
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        if leaf.public_key().public_bytes(serialization.Encoding.DER, spki) != private.public_key().public_bytes(
+        if leaf.public_key().public_bytes(
             serialization.Encoding.DER, spki
-        ):
+        ) != private.public_key().public_bytes(serialization.Encoding.DER, spki):
             raise ValueError(f"{self.key} does not match {self.cert}")
         x509.load_pem_x509_certificates(ca)  # raises on a damaged bundle
         return cert, key, ca
@@ -78,7 +79,9 @@ class CredentialFiles:
                 if Path(exc.filename) == self.ca
                 else f"run `agentmesh certs issue --kind {kind} --name {name}`"
             )
-            raise FailedPreconditionError(f"no {Path(exc.filename).name} for {kind}/{name} at {exc.filename}; {hint}") from None
+            raise FailedPreconditionError(
+                f"no {Path(exc.filename).name} for {kind}/{name} at {exc.filename}; {hint}"
+            ) from None
         except ValueError as exc:
             raise FailedPreconditionError(f"credentials of {kind}/{name} are unusable: {exc}") from None
 
@@ -100,8 +103,10 @@ class _ServerCertificateReloader:
         self._files = files
         self._label = f"{kind}/{name}"
         self._stamp = files.stamp_or_explain(kind, name)
-        self.initial = self._configuration(*files.read_or_explain(kind, name))
+        material = files.read_or_explain(kind, name)
+        self.initial = self._configuration(*material)
         self._last_problem = ""
+        self._log_loaded("loaded", material[0])
 
     @staticmethod
     def _configuration(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCertificateConfiguration:
@@ -122,8 +127,28 @@ class _ServerCertificateReloader:
             return None
         self._stamp = stamp
         self._last_problem = ""
-        logger.info("%s reloaded its certificate and trust bundle from %s", self._label, self._files.cert.parent)
+        self._log_loaded("reloaded", material[0])
         return self._configuration(*material)
+
+    def _log_loaded(self, verb: str, cert_pem: bytes) -> None:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            identity = ", ".join(san.get_values_for_type(x509.UniformResourceIdentifier)) or "no URI SAN"
+        except x509.ExtensionNotFound:
+            identity = "no URI SAN"
+        expires = cert.not_valid_after_utc
+        expired = expires <= datetime.now(UTC)
+        logger.log(
+            logging.WARNING if expired else logging.INFO,
+            "%s %s its certificate from %s: %s, %s %s",
+            self._label,
+            verb,
+            self._files.cert,
+            identity,
+            "EXPIRED on" if expired else "valid until",
+            f"{expires:%Y-%m-%d %H:%M:%S} UTC",
+        )
 
 
 def add_port(
@@ -138,6 +163,9 @@ def add_port(
     """Bind ``server`` to ``target`` with mTLS (or plaintext under --insecure-dev) and return the port.
 
     The certificate and trust bundle are reread from disk when they change, for new connections.
+    ``require_client_auth=False`` is for a public TLS port only (the gateway's, where callers bring an
+    OAuth2 token instead): clients are then not asked for a certificate, so pair it with
+    ``server_security(..., allow_anonymous=True)``.
     """
     if settings.insecure_dev:
         logger.warning(

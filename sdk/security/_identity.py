@@ -28,7 +28,9 @@ class SpiffeId:
     def __post_init__(self) -> None:
         self.check_trust_domain(self.trust_domain)
         if self.kind not in KINDS:
-            raise InvalidArgumentError(f"identity kind must be one of {', '.join(KINDS)}, not {self.kind!r}", field="kind")
+            raise InvalidArgumentError(
+                f"identity kind must be one of {', '.join(KINDS)}, not {self.kind!r}", field="kind"
+            )
         if not _NAME.fullmatch(self.name):
             raise InvalidArgumentError(
                 f"workload name {self.name!r} must be 1-128 letters, digits, '.', '_' or '-'", field="name"
@@ -41,7 +43,8 @@ class SpiffeId:
         """Raise InvalidArgumentError unless ``trust_domain`` is a valid SPIFFE trust domain name."""
         if not _TRUST_DOMAIN.fullmatch(trust_domain):
             raise InvalidArgumentError(
-                f"trust domain {trust_domain!r} must be lowercase letters, digits, '.', '_' or '-'", field="trust_domain"
+                f"trust domain {trust_domain!r} must be lowercase letters, digits, '.', '_' or '-'",
+                field="trust_domain",
             )
 
     @classmethod
@@ -65,7 +68,9 @@ class SpiffeId:
 
 
 # Set by the server's security check for the duration of one call (each aio call runs in its own task).
-_CURRENT: contextvars.ContextVar[SpiffeId | None] = contextvars.ContextVar("agentmesh_peer_identity", default=None)
+_CURRENT: contextvars.ContextVar[SpiffeId | None] = contextvars.ContextVar(
+    "agentmesh_peer_identity", default=None
+)
 # True while handling a call of a server running under --insecure-dev (no identities exist there).
 _INSECURE: contextvars.ContextVar[bool] = contextvars.ContextVar("agentmesh_insecure_dev", default=False)
 

@@ -91,13 +91,21 @@ class AuthzPolicy:
             patterns = {}
             for key in ("identities", "methods"):
                 value = raw.get(key)
-                if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+                if (
+                    not isinstance(value, list)
+                    or not value
+                    or not all(isinstance(v, str) and v for v in value)
+                ):
                     raise InvalidArgumentError(f"{where}: `{key}` must be a non-empty list of glob strings")
                 patterns[key] = tuple(v.replace("{trust_domain}", trust_domain) for v in value)
             for method in patterns["methods"]:
                 if not method.startswith("/"):
-                    raise InvalidArgumentError(f"{where}: method {method!r} must be a full name like /pkg.Service/Method")
-            rules.append(AuthzRule(str(raw.get("name", f"rule {index}")), patterns["identities"], patterns["methods"]))
+                    raise InvalidArgumentError(
+                        f"{where}: method {method!r} must be a full name like /pkg.Service/Method"
+                    )
+            rules.append(
+                AuthzRule(str(raw.get("name", f"rule {index}")), patterns["identities"], patterns["methods"])
+            )
         return cls(rules, source=source)
 
     def allows(self, identity: str, method: str) -> bool:

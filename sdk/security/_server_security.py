@@ -106,7 +106,9 @@ class ServerSecurity:
         return UnauthenticatedError(f"the peer identity {uris[0]!r} was not accepted by the TLS layer")
 
 
-def server_security(settings: Settings, kind: str, name: str, *, allow_anonymous: bool = False) -> ServerSecurity:
+def server_security(
+    settings: Settings, kind: str, name: str, *, allow_anonymous: bool = False
+) -> ServerSecurity:
     """The identity/authorization checker for a server of ``kind``/``name``.
 
     ``allow_anonymous`` is for a public port only (see :class:`ServerSecurity`); mesh ports never set it.

@@ -12,8 +12,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 __all__ = ["BigIntPK", "JSONDoc", "UTCDateTime", "utcnow"]
 
-# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
-JSONDoc: TypeEngine[Any] = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere. Python None is stored as
+# SQL NULL (not JSON 'null'), so "IS NULL" finds every missing document.
+JSONDoc: TypeEngine[Any] = JSON(none_as_null=True).with_variant(
+    postgresql.JSONB(none_as_null=True), "postgresql"
+)
 
 # Autoincrement 64-bit keys: SQLite only autoincrements an INTEGER PRIMARY KEY (its rowid alias).
 BigIntPK: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")

@@ -10,10 +10,10 @@ import jsonschema
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from agentmesh._channel import create_channel
+from agentmesh._health import check_health
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
@@ -116,7 +116,9 @@ async def test_invalid_input_is_invalid_argument_naming_the_field_and_runs_nothi
     runtime: AgentRuntime, planner: agent_pb2_grpc.AgentServiceStub, data: dict[str, object], field: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await planner.Invoke(invoke("echo", **data))
+        request = invoke("echo")
+        request.input.update(data)
+        await planner.Invoke(request)
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_of(failure.value) == field
     assert field in (failure.value.details() or "")
@@ -202,12 +204,11 @@ async def test_stop_drains_an_in_flight_call_before_the_server_goes(agent_settin
     await runtime.start()
     async with create_channel(runtime.address, agent_settings, kind="service", name="planner") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        await wait_for_health(health, health_pb2.HealthCheckResponse.SERVING)
+        await wait_for_health(channel, "SERVING")
         in_flight = asyncio.ensure_future(stub.Invoke(invoke("hold", label="late")))
         await agent.entered.wait()
         stopping = asyncio.create_task(runtime.stop())
-        await wait_for_health(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await wait_for_health(channel, "NOT_SERVING")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.Invoke(invoke("echo", text="too late"))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -220,9 +221,8 @@ async def test_stop_drains_an_in_flight_call_before_the_server_goes(agent_settin
     assert agent.runs == {"hold": 1}
 
 
-async def wait_for_health(health: health_pb2_grpc.HealthStub, status: int) -> None:
+async def wait_for_health(channel: grpc.aio.Channel, status: str) -> None:
     """Poll the agent's health until it reports ``status`` (at most 5 s)."""
     async with asyncio.timeout(5):
-        request = health_pb2.HealthCheckRequest(service="agentmesh.v1.AgentService")
-        while (await health.Check(request)).status != status:  # noqa: ASYNC110 - health is only observable by polling
+        while await check_health(channel, "agentmesh.v1.AgentService") != status:  # noqa: ASYNC110 - polled by design
             await asyncio.sleep(0.02)

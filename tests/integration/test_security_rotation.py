@@ -45,7 +45,9 @@ class _Caller:
                 async with self._channel() as fresh:
                     for channel in (fresh, steady):
                         try:
-                            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                            await health_pb2_grpc.HealthStub(channel).Check(
+                                health_pb2.HealthCheckRequest(), timeout=5
+                            )
                         except grpc.aio.AioRpcError as exc:
                             self.failures.append(f"{exc.code().name}: {exc.details()}")
                         self.calls += 1

@@ -356,3 +356,12 @@ async def test_read_only_work_can_opt_out_of_taking_the_sqlite_write_lock(engine
         with pytest.raises(ValueError, match="sqlite_begin"):
             async with engine.execution_options(sqlite_begin="LATER").connect() as connection:
                 await connection.scalar(sa.select(1))
+
+
+async def test_a_missing_json_document_is_sql_null(sessions: Sessions) -> None:
+    task_id = _id()
+    async with sessions.begin() as session:
+        session.add(Task(task_id=task_id, output=None))
+    async with sessions() as session:
+        found = await session.scalar(sa.select(Task.task_id).where(Task.output.is_(None)))
+    assert found == task_id

@@ -1,13 +1,14 @@
 """A trace spans client → server A → downstream server B; the lean spans match the stock instrumentation's.
 
-The servers run with ``insecure_dev`` (plaintext, no authorization): these tests are about trace context and
-span shape, and the test services (``t.A``/``t.B``) are not in the authorization policy. mTLS with the full
-stack is exercised by bench/bench_interceptors.py and the security tests.
+The mesh servers run with mTLS from the session CA (tests/fixtures/certs.py) and a policy that lets every mesh
+identity call the test services ``t.*``. The span-shape comparison runs bare ``grpc.aio`` servers in
+plaintext: it compares two interceptor stacks, not transports.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from agentmesh._server import MeshServer, ServiceBinding, _MeshInterceptor
 from agentmesh._settings import Settings
 from agentmesh.resilience import MeshClientInterceptor
 from agentmesh.telemetry import current_trace_id, get_tracer, server_telemetry
+from tests.fixtures.certs import IssueIdentity
 
 Handler = Callable[[bytes, Any], Awaitable[bytes]]
 
@@ -43,9 +45,38 @@ def binding(service: str, handler: Handler) -> ServiceBinding:
     return ServiceBinding(full_name=service, add_to_server=add)
 
 
-@pytest.fixture
-def settings() -> Settings:
-    return Settings(insecure_dev=True)
+POLICY = """
+version: 1
+rules:
+  - name: every mesh workload may call the test services
+    identities: ["spiffe://{trust_domain}/*"]
+    methods: ["/t.*/*"]
+"""
+TEST_IDENTITIES = [
+    ("service", "a"),
+    ("service", "b"),
+    ("service", "backend"),
+    ("service", "front"),
+    ("service", "limited"),
+    ("client", "tester"),
+    ("client", "caller"),
+]
+
+
+def policy_settings(mesh_settings: Settings, issue_identity: IssueIdentity, directory: Path) -> Settings:
+    """mTLS settings from the session CA, identities for the test servers and clients, a policy for t.*."""
+    for kind, name in TEST_IDENTITIES:
+        issue_identity(kind, name)
+    policy = directory / "policy.yaml"
+    policy.write_text(POLICY)
+    return mesh_settings.replace(authz_policy_file=str(policy))
+
+
+@pytest.fixture(scope="session")
+def settings(
+    mesh_settings: Settings, issue_identity: IssueIdentity, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    return policy_settings(mesh_settings, issue_identity, tmp_path_factory.mktemp("telemetry"))
 
 
 @pytest.fixture
@@ -110,7 +141,7 @@ class _AllowAll:
 
 async def _run_chain(
     server_interceptor: Callable[[str], grpc.aio.ServerInterceptor],
-    client_interceptors: Callable[[], list[grpc.aio.ClientInterceptor]],
+    make_client_interceptors: Callable[[], list[grpc.aio.ClientInterceptor]],
 ) -> None:
     """client → A → B on bare grpc.aio servers with the given interceptors; B fails for b"fail"."""
 
@@ -125,7 +156,7 @@ async def _run_chain(
     )
     port_b = server_b.add_insecure_port("127.0.0.1:0")
     await server_b.start()
-    to_b = grpc.aio.insecure_channel(f"127.0.0.1:{port_b}", interceptors=client_interceptors())
+    to_b = grpc.aio.insecure_channel(f"127.0.0.1:{port_b}", interceptors=make_client_interceptors())
 
     async def a_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -140,7 +171,9 @@ async def _run_chain(
     )
     port_a = server_a.add_insecure_port("127.0.0.1:0")
     await server_a.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port_a}", interceptors=client_interceptors()) as to_a:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port_a}", interceptors=make_client_interceptors()
+    ) as to_a:
         assert await raw_method(to_a, "/t.A/Call")(b"ok") == b"ok"
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await raw_method(to_a, "/t.A/Call")(b"fail")
@@ -183,14 +216,33 @@ async def test_lean_interceptors_emit_the_same_spans_as_the_stock_instrumentatio
             security=_AllowAll(),
             telemetry=server_telemetry(Settings(), name, tracer_provider=lean_provider),
         ),
-        lambda: [
-            MeshClientInterceptor(
-                tracer=get_tracer(lean_provider), breaker=None, retry=None, default_deadline=None
-            )
-        ],
+        lambda: MeshClientInterceptor(
+            tracer=get_tracer(lean_provider), breaker=None, retry=None, default_deadline=None
+        ).interceptors(),
     )
     stock, lean = stock_spans.get_finished_spans(), lean_spans.get_finished_spans()
     assert len(stock) == len(lean) == 8  # per call: client, A server, A's client, B server
     assert _shape(lean) == _shape(stock)
     kinds = {span.kind for span in lean}
     assert kinds == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
+
+
+async def test_server_streams_carry_the_trace_too(settings: Settings) -> None:
+    async def watch(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield current_trace_id().encode()
+
+    def add(server: grpc.aio.Server) -> None:
+        methods = {"Watch": grpc.unary_stream_rpc_method_handler(watch)}
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.A", methods)])
+
+    server = MeshServer(name="a", settings=settings, port=0, services=[ServiceBinding("t.A", add)])
+    await server.start()
+    try:
+        async with create_channel(server.address, settings, kind="client", name="tester") as channel:
+            caller = TracerProvider(sampler=ALWAYS_ON).get_tracer("test")
+            with caller.start_as_current_span("follow task") as root:
+                events = [event async for event in channel.unary_stream("/t.A/Watch")(b"")]  # type: ignore[call-arg]
+    finally:
+        await server.stop(0)
+    assert events == [format(root.get_span_context().trace_id, "032x").encode()] * 3

@@ -1,6 +1,6 @@
 """What a caller of a flaky or slow mesh server sees through ``create_channel``: retries, deadlines, breaker.
 
-Servers run with ``insecure_dev`` (the test services are not in the authorization policy).
+Servers and clients use mTLS from the session CA and the test policy of test_telemetry.
 """
 
 from __future__ import annotations
@@ -22,16 +22,23 @@ from agentmesh._errors import ResourceExhaustedError, UnavailableError
 from agentmesh._server import MeshServer
 from agentmesh._settings import Settings
 from agentmesh.resilience import with_deadline
-from tests.integration.test_telemetry import binding, raw_method
+from tests.fixtures.certs import IssueIdentity
+from tests.integration.test_telemetry import binding, policy_settings, raw_method
 
-SETTINGS = Settings(
-    insecure_dev=True,
-    retry_initial_backoff=0.001,
-    retry_max_backoff=0.005,
-    default_deadline=5.0,
-    breaker_failure_threshold=3,
-    breaker_reset_timeout=60.0,
-)
+
+@pytest.fixture(scope="session")
+def tuned(
+    mesh_settings: Settings, issue_identity: IssueIdentity, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Fast retries, a 5 s default deadline, a breaker that opens after 3 failures and stays open."""
+    settings = policy_settings(mesh_settings, issue_identity, tmp_path_factory.mktemp("resilience"))
+    return settings.replace(
+        retry_initial_backoff=0.001,
+        retry_max_backoff=0.005,
+        default_deadline=5.0,
+        breaker_failure_threshold=3,
+        breaker_reset_timeout=60.0,
+    )
 
 
 class Backend:
@@ -55,13 +62,11 @@ class Backend:
 
 
 @pytest.fixture
-async def backend() -> AsyncIterator[tuple[Backend, grpc.aio.Channel]]:
+async def backend(tuned: Settings) -> AsyncIterator[tuple[Backend, grpc.aio.Channel]]:
     state = Backend()
-    server = MeshServer(
-        name="backend", settings=SETTINGS, port=0, services=[binding("t.Backend", state.call)]
-    )
+    server = MeshServer(name="backend", settings=tuned, port=0, services=[binding("t.Backend", state.call)])
     await server.start()
-    channel = create_channel(server.address, SETTINGS, kind="client", name="caller")
+    channel = create_channel(server.address, tuned, kind="client", name="caller")
     yield state, channel
     await channel.close()
     await server.stop(0)
@@ -77,21 +82,23 @@ async def test_transient_unavailable_is_retried_transparently(
 
 
 async def test_retries_give_up_after_the_configured_attempts(
-    backend: tuple[Backend, grpc.aio.Channel],
+    backend: tuple[Backend, grpc.aio.Channel], tuned: Settings
 ) -> None:
     state, channel = backend
     state.failures = 10
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await raw_method(channel, "/t.Backend/Call")(b"x")
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert state.calls == SETTINGS.retry_max_attempts
+    assert state.calls == tuned.retry_max_attempts
 
 
-async def test_every_call_gets_the_default_deadline(backend: tuple[Backend, grpc.aio.Channel]) -> None:
+async def test_every_call_gets_the_default_deadline(
+    backend: tuple[Backend, grpc.aio.Channel], tuned: Settings
+) -> None:
     state, channel = backend
     await raw_method(channel, "/t.Backend/Call")(b"x")
     (budget,) = state.budgets
-    assert budget is not None and 4.0 < budget <= SETTINGS.default_deadline
+    assert budget is not None and 4.0 < budget <= tuned.default_deadline
 
 
 async def test_a_slow_non_idempotent_call_times_out_once(backend: tuple[Backend, grpc.aio.Channel]) -> None:
@@ -106,17 +113,17 @@ async def test_a_slow_non_idempotent_call_times_out_once(backend: tuple[Backend,
 
 
 async def test_inbound_budget_is_propagated_to_downstream_calls(
-    backend: tuple[Backend, grpc.aio.Channel],
+    backend: tuple[Backend, grpc.aio.Channel], tuned: Settings
 ) -> None:
     state, to_backend = backend
 
     async def front(request: bytes, context: Any) -> bytes:
         return await raw_method(to_backend, "/t.Backend/Call")(request)  # no timeout given here
 
-    server = MeshServer(name="front", settings=SETTINGS, port=0, services=[binding("t.Front", front)])
+    server = MeshServer(name="front", settings=tuned, port=0, services=[binding("t.Front", front)])
     await server.start()
     try:
-        async with create_channel(server.address, SETTINGS, kind="client", name="caller") as channel:
+        async with create_channel(server.address, tuned, kind="client", name="caller") as channel:
             await raw_method(channel, "/t.Front/Call")(b"x", timeout=1.5)
     finally:
         await server.stop(0)
@@ -130,9 +137,9 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_breaker_opens_on_a_dead_endpoint_and_fails_fast() -> None:
+async def test_breaker_opens_on_a_dead_endpoint_and_fails_fast(tuned: Settings) -> None:
     target = f"127.0.0.1:{_closed_port()}"
-    settings = SETTINGS.replace(retry_max_attempts=1)
+    settings = tuned.replace(retry_max_attempts=1)
     async with create_channel(target, settings, kind="client", name="caller") as channel:
         call = raw_method(channel, "/t.Backend/Call")
         for _ in range(settings.breaker_failure_threshold):
@@ -158,7 +165,7 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     return info.reason
 
 
-async def test_resource_exhausted_with_retry_info_is_retried() -> None:
+async def test_resource_exhausted_with_retry_info_is_retried(tuned: Settings) -> None:
     calls = 0
 
     async def limited(request: bytes, context: Any) -> bytes:
@@ -168,10 +175,10 @@ async def test_resource_exhausted_with_retry_info_is_retried() -> None:
             raise ResourceExhaustedError("rate limited", retry_after=0.02)
         return request
 
-    server = MeshServer(name="limited", settings=SETTINGS, port=0, services=[binding("t.Limited", limited)])
+    server = MeshServer(name="limited", settings=tuned, port=0, services=[binding("t.Limited", limited)])
     await server.start()
     try:
-        async with create_channel(server.address, SETTINGS, kind="client", name="caller") as limited_channel:
+        async with create_channel(server.address, tuned, kind="client", name="caller") as limited_channel:
             started = time.monotonic()
             assert await raw_method(limited_channel, "/t.Limited/Call")(b"x") == b"x"
     finally:

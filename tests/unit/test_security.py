@@ -194,7 +194,9 @@ def test_policy_file_replaces_the_default_and_denial_names_identity_and_method(t
     assert not policy.allows(f"spiffe://{TD}/service/planner", AGENT + "Invoke")
     with pytest.raises(PermissionDeniedError) as denied:
         policy.check(f"spiffe://{TD}/service/planner", AGENT + "Invoke")
-    assert f"spiffe://{TD}/service/planner" in denied.value.message and AGENT + "Invoke" in denied.value.message
+    assert (
+        f"spiffe://{TD}/service/planner" in denied.value.message and AGENT + "Invoke" in denied.value.message
+    )
 
 
 @pytest.mark.parametrize(
@@ -251,12 +253,19 @@ def test_server_security_reads_the_policy_file_from_settings(tmp_path: Path) -> 
 # --- `agentmesh certs` ---------------------------------------------------------------------------
 
 
-def test_certs_cli_init_issue_show_never_prints_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_certs_cli_init_issue_show_never_prints_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     home = str(tmp_path)
     assert main(["certs", "init", "--home", home, "--trust-domain", TD]) == 0
     assert main(["certs", "init", "--home", home]) == 1  # refuses to replace the CA
     assert "--force" in capsys.readouterr().err
-    assert main(["certs", "issue", "--home", home, "--kind", "agent", "--name", "summarizer", "--ttl", "2h"]) == 0
+    assert main(["certs", "init", "--home", home, "--trust-domain", TD, "--if-missing"]) == 0
+    assert "already exists" in capsys.readouterr().out
+    assert (
+        main(["certs", "issue", "--home", home, "--kind", "agent", "--name", "summarizer", "--ttl", "2h"])
+        == 0
+    )
     cert = tmp_path / "certs" / "agent-summarizer.pem"
     assert main(["certs", "show", str(cert)]) == 0
     assert main(["certs", "show", str(tmp_path / "certs" / "agent-summarizer-key.pem")]) == 1
@@ -313,7 +322,9 @@ def _pem_without_uri() -> bytes:
     with tempfile.TemporaryDirectory() as home:
         ca = CertificateAuthority.init(Path(home), TD)
         now = datetime.now(UTC)
-        return ca.sign("no-uri", uris=[], not_before=now, not_after=now + timedelta(hours=1)).cert_path.read_bytes()
+        return ca.sign(
+            "no-uri", uris=[], not_before=now, not_after=now + timedelta(hours=1)
+        ).cert_path.read_bytes()
 
 
 def test_new_channels_get_new_credentials_only_after_the_files_change(tmp_path: Path) -> None:

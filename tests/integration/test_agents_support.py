@@ -1,0 +1,396 @@
+"""The customer-service agents, each served by the SDK over mTLS, answering the shipped example tickets
+through a real Triton (MiniLM embeddings, sentiment). Assertions are ones a wrong model would fail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import json_format
+from prometheus_client import REGISTRY
+
+from agentmesh._channel import create_channel
+from agentmesh._settings import Settings
+from agentmesh.agent import Agent, AgentRuntime
+from agentmesh.agents._support import find_pii
+from agentmesh.agents.crm import CrmAgent
+from agentmesh.agents.examples import ExampleTicket, load_tickets
+from agentmesh.agents.kb_search import KbSearchAgent
+from agentmesh.agents.quality_check import QualityCheckAgent
+from agentmesh.agents.responder import ResponderAgent
+from agentmesh.agents.sentiment import SentimentAgent
+from agentmesh.agents.triage import TriageAgent
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from tests.fixtures.certs import IssueIdentity
+
+pytestmark = pytest.mark.triton
+
+TICKETS = load_tickets()
+AGENTS: dict[str, type[Agent]] = {
+    "triage": TriageAgent,
+    "sentiment": SentimentAgent,
+    "kb-search": KbSearchAgent,
+    "crm": CrmAgent,
+    "responder": ResponderAgent,
+    "quality-check": QualityCheckAgent,
+}
+
+
+@dataclass
+class Support:
+    """The six agents as the planner reaches them, and as an ops client (not allowed to invoke) does."""
+
+    planner: dict[str, agent_pb2_grpc.AgentServiceStub]
+    ops: dict[str, agent_pb2_grpc.AgentServiceStub]
+    runtimes: dict[str, AgentRuntime]
+
+    async def call(self, agent: str, skill: str, data: dict[str, Any], **request: Any) -> dict[str, Any]:
+        """Invoke ``agent.skill`` as the planner and return the JSON output."""
+        response = await self.invoke(agent, skill, data, **request)
+        return json_format.MessageToDict(response.output)
+
+    async def invoke(
+        self, agent: str, skill: str, data: dict[str, Any], **request: Any
+    ) -> agent_pb2.InvokeResponse:
+        """The full InvokeResponse (model usages, agent version)."""
+        message = agent_pb2.InvokeRequest(skill=skill, task_id="task-support", **request)
+        message.input.update(data)
+        return await self.planner[agent].Invoke(message, timeout=30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def support(
+    mesh_settings: Settings, issue_identity: IssueIdentity, triton_url: str
+) -> AsyncIterator[Support]:
+    """All six agents served at once on free ports (no registry), their Triton the session's."""
+    for name in AGENTS:
+        issue_identity("agent", name)
+    issue_identity("service", "planner")
+    issue_identity("client", "ops")
+    settings = mesh_settings.replace(triton_url=triton_url, readiness_interval=0.05, shutdown_grace=2.0)
+    runtimes: dict[str, AgentRuntime] = {}
+    channels: list[grpc.aio.Channel] = []
+    try:
+        for name, agent_class in AGENTS.items():
+            runtime = AgentRuntime(agent_class(settings), port=0, register=False)
+            await runtime.start()
+            runtimes[name] = runtime
+        planner, ops = {}, {}
+        for name, runtime in runtimes.items():
+            for stubs, kind, who in ((planner, "service", "planner"), (ops, "client", "ops")):
+                channel = create_channel(runtime.address, settings, kind=kind, name=who)
+                channels.append(channel)
+                stubs[name] = agent_pb2_grpc.AgentServiceStub(channel)
+        yield Support(planner, ops, runtimes)
+    finally:
+        for channel in channels:
+            await channel.close()
+        for runtime in runtimes.values():
+            await runtime.stop()
+
+
+def ticket_input(ticket: ExampleTicket) -> dict[str, str]:
+    return {"subject": ticket.subject, "text": ticket.text}
+
+
+def by_id(ticket_id: str) -> ExampleTicket:
+    return next(t for t in TICKETS if t.id == ticket_id)
+
+
+# --- cards --------------------------------------------------------------------------------------------------
+
+
+async def test_every_agent_describes_itself_on_the_mesh(support: Support) -> None:
+    skills = {}
+    for name, stub in support.planner.items():
+        card = (await stub.Describe(agent_pb2.DescribeRequest())).card
+        assert (card.name, card.namespace) == (name, "support")
+        assert card.purpose and card.description and card.owner
+        assert card.spiffe_id == f"spiffe://agentmesh.test/agent/{name}"
+        skills[name] = [s.name for s in card.skills]
+        assert all(json_format.MessageToDict(s.input_schema)["type"] == "object" for s in card.skills)
+    assert skills == {
+        "triage": ["classify_ticket"],
+        "sentiment": ["score_sentiment"],
+        "kb-search": ["search_articles"],
+        "crm": ["lookup_customer"],
+        "responder": ["draft_reply"],
+        "quality-check": ["check_reply"],
+    }
+    crm = (await support.planner["crm"].Describe(agent_pb2.DescribeRequest())).card
+    assert "pii:restricted" in crm.policies
+
+
+async def test_agents_export_skill_and_triton_metrics(support: Support) -> None:
+    def count(metric: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+    skills_before = count(
+        "agentmesh_agent_skill_duration_seconds_count",
+        agent="kb-search",
+        skill="search_articles",
+        outcome="OK",
+    )
+    triton_before = count(
+        "agentmesh_triton_request_duration_seconds_count", model="minilm_embedding", code="OK"
+    )
+    await support.call("kb-search", "search_articles", {"query": "my parcel is late"})
+    assert (
+        count(
+            "agentmesh_agent_skill_duration_seconds_count",
+            agent="kb-search",
+            skill="search_articles",
+            outcome="OK",
+        )
+        == skills_before + 1
+    )
+    assert (
+        count("agentmesh_triton_request_duration_seconds_count", model="minilm_embedding", code="OK")
+        >= triton_before + 1
+    )
+    assert count("agentmesh_triton_request_batch_size_count", model="minilm_embedding") > 0
+
+
+# --- triage -------------------------------------------------------------------------------------------------
+
+
+async def test_triage_gets_the_intent_of_the_example_tickets_right(support: Support) -> None:
+    results = {t.id: await support.call("triage", "classify_ticket", ticket_input(t)) for t in TICKETS}
+    correct = [t.id for t in TICKETS if results[t.id]["intent"] == t.expected.intent]
+    assert len(correct) / len(TICKETS) >= 0.8, {t.id: results[t.id]["intent"] for t in TICKETS}
+    for ticket in TICKETS:
+        result = results[ticket.id]
+        assert set(result["scores"]) == {
+            "refund",
+            "billing",
+            "shipping",
+            "technical",
+            "account",
+            "cancellation",
+            "other",
+        }
+        assert result["confidence"] == pytest.approx(max(result["scores"].values()), abs=1e-3)
+        assert result["reasons"]
+    with_priority = [t for t in TICKETS if t.expected.priority]
+    assert [results[t.id]["priority"] for t in with_priority] == [t.expected.priority for t in with_priority]
+
+
+async def test_triage_reports_the_models_it_used(support: Support) -> None:
+    response = await support.invoke("triage", "classify_ticket", ticket_input(TICKETS[0]))
+    assert {(u.model_name, u.model_version) for u in response.model_usages} == {
+        ("minilm_embedding", "1"),
+        ("sentiment", "1"),
+    }
+
+
+async def test_a_ticket_without_text_is_invalid_argument(support: Support) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await support.call("triage", "classify_ticket", {"subject": "Help"})
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input.text" in (failure.value.details() or "")
+
+
+# --- sentiment ----------------------------------------------------------------------------------------------
+
+
+async def test_angry_tickets_score_negative_and_thankful_ones_positive(support: Support) -> None:
+    scores = {t.id: await support.call("sentiment", "score_sentiment", {"text": t.text}) for t in TICKETS}
+    negative = [t.id for t in TICKETS if t.expected.sentiment == "negative"]
+    positive = [t.id for t in TICKETS if t.expected.sentiment == "positive"]
+    assert negative and positive
+    for ticket_id in negative:
+        assert scores[ticket_id]["label"] == "negative" and scores[ticket_id]["score"] <= -0.2, scores[
+            ticket_id
+        ]
+    for ticket_id in positive:
+        assert scores[ticket_id]["label"] == "positive" and scores[ticket_id]["score"] >= 0.4, scores[
+            ticket_id
+        ]
+    # The angriest ticket is the furious late delivery, the happiest the thank-you note.
+    ranked = sorted(scores, key=lambda ticket_id: scores[ticket_id]["score"])
+    assert ranked[0] == "t02-angry-late-delivery" and ranked[-1] == "t06-thank-you"
+
+
+# --- knowledge base -----------------------------------------------------------------------------------------
+
+
+async def test_kb_search_retrieves_the_right_article_for_every_ticket(support: Support) -> None:
+    top_hits = 0
+    for ticket in TICKETS:
+        query = f"{ticket.subject} {ticket.text}"
+        articles = (await support.call("kb-search", "search_articles", {"query": query, "top_k": 3}))[
+            "articles"
+        ]
+        ids = [a["article_id"] for a in articles]
+        assert len(ids) == 3 and set(ids) & set(ticket.expected.articles), (ticket.id, ids)
+        top_hits += ids[0] in ticket.expected.articles
+        scores = [a["score"] for a in articles]
+        assert scores == sorted(scores, reverse=True)
+        assert all(a["title"] and a["snippet"] for a in articles)
+    assert top_hits / len(TICKETS) >= 0.75
+
+
+async def test_refund_questions_find_the_refund_policy_and_nonsense_scores_low(support: Support) -> None:
+    refund = await support.call(
+        "kb-search", "search_articles", {"query": "How do I get my money back?", "top_k": 1}
+    )
+    assert [a["article_id"] for a in refund["articles"]] == ["kb-refund-policy"]
+    weather = await support.call(
+        "kb-search", "search_articles", {"query": "Lovely sunny weather on the beach", "top_k": 1}
+    )
+    assert weather["articles"][0]["score"] < refund["articles"][0]["score"] - 0.2
+
+
+# --- crm ------------------------------------------------------------------------------------------------------
+
+
+async def test_crm_masks_pii_for_a_caller_that_may_not_see_it(support: Support) -> None:
+    result = await support.call(
+        "crm", "lookup_customer", {"email": "maria.lopez@example.com", "include_pii": True}
+    )
+    assert result["found"] and result["masked"]
+    customer = result["customer"]
+    assert (customer["customer_id"], customer["name"]) == ("C-1001", "Maria Lopez")
+    assert (
+        customer["email"] == "m***@e***.com"
+        and "612" not in customer["phone"]
+        and "Calle" not in customer["address"]
+    )
+    assert customer["orders"][0]["order_id"] == "NW-10482"
+    assert find_pii(str(result)) == []
+
+
+async def test_crm_shows_pii_to_the_planner_acting_for_a_user_who_asks(support: Support) -> None:
+    result = await support.call(
+        "crm",
+        "lookup_customer",
+        {"customer_id": "C-1002", "include_pii": True},
+        delegation_token="user-token",
+    )
+    assert result["found"] and not result["masked"]
+    assert (result["customer"]["email"], result["customer"]["phone"]) == (
+        "tom.becker@example.com",
+        "+49 151 2345 6789",
+    )
+    unasked = await support.call(
+        "crm", "lookup_customer", {"customer_id": "C-1002"}, delegation_token="user-token"
+    )
+    assert unasked["masked"] and unasked["customer"]["email"] == "t***@e***.com"
+
+
+async def test_crm_unknown_customers_and_missing_keys(support: Support) -> None:
+    assert (await support.call("crm", "lookup_customer", {"email": "nobody@example.com"}))["found"] is False
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await support.call("crm", "lookup_customer", {})
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_only_the_planner_may_invoke_the_crm(support: Support) -> None:
+    request = agent_pb2.InvokeRequest(skill="lookup_customer")
+    request.input.update({"email": "maria.lopez@example.com"})
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await support.ops["crm"].Invoke(request, timeout=10)
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# --- responder and quality check -------------------------------------------------------------------------------
+
+
+async def draft_for(
+    support: Support, ticket: ExampleTicket, feedback: list[str] | None = None
+) -> dict[str, Any]:
+    intent = (await support.call("triage", "classify_ticket", ticket_input(ticket)))["intent"]
+    query = f"{ticket.subject} {ticket.text}"
+    articles = (await support.call("kb-search", "search_articles", {"query": query, "top_k": 3}))["articles"]
+    customer = (await support.call("crm", "lookup_customer", {"email": ticket.email}))["customer"]
+    draft = await support.call(
+        "responder",
+        "draft_reply",
+        {
+            "ticket": ticket_input(ticket),
+            "intent": intent,
+            "articles": articles,
+            "customer": customer,
+            "feedback": feedback or [],
+        },
+    )
+    return {"draft": draft, "articles": articles, "customer": customer}
+
+
+async def review(
+    support: Support, ticket: ExampleTicket, reply: str, citations: list[str], articles: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return await support.call(
+        "quality-check",
+        "check_reply",
+        {"ticket": ticket_input(ticket), "reply": reply, "citations": citations, "articles": articles},
+    )
+
+
+async def test_every_draft_is_grounded_personal_and_passes_review(support: Support) -> None:
+    for ticket in TICKETS:
+        case = await draft_for(support, ticket)
+        draft, articles = case["draft"], case["articles"]
+        reply = draft["reply"]
+        first = case["customer"]["name"].split()[0]
+        assert reply.startswith(f"Hi {first},"), reply
+        assert draft["citations"] and set(draft["citations"]) <= {a["article_id"] for a in articles}
+        assert all(f"[{c}]" in reply for c in draft["citations"])
+        assert draft["model"] == "extractive/minilm_embedding:1"
+        assert find_pii(reply) == [] and case["customer"]["name"].split()[-1] not in reply
+        verdict = await review(support, ticket, reply, draft["citations"], articles)
+        assert verdict["passed"], (ticket.id, verdict)
+
+
+async def test_a_refund_reply_quotes_the_refund_rules(support: Support) -> None:
+    case = await draft_for(support, by_id("t10-refund-unwanted"))
+    draft = case["draft"]
+    assert draft["citations"][0] == "kb-refund-policy"
+    assert re.search(r"refund .*within 30 days|within 30 days", draft["reply"])
+    verdict = await review(
+        support, by_id("t10-refund-unwanted"), draft["reply"], draft["citations"], case["articles"]
+    )
+    assert verdict["passed"] and verdict["score"] >= 0.9 and verdict["relevance"] >= 0.5
+
+
+async def test_review_fails_a_draft_that_leaks_a_phone_number_or_cites_nothing(support: Support) -> None:
+    ticket = by_id("t01-damaged-blender")
+    case = await draft_for(support, ticket)
+    draft, articles = case["draft"], case["articles"]
+    leaked = draft["reply"].replace(
+        "Kind regards", "You can call Maria back on +34 612 345 678.\n\nKind regards"
+    )
+    verdict = await review(support, ticket, leaked, draft["citations"], articles)
+    assert not verdict["passed"] and any(r.startswith("pii:") for r in verdict["reasons"])
+    uncited = await review(support, ticket, draft["reply"], [], articles)
+    assert not uncited["passed"] and any("cites no retrieved article" in r for r in uncited["reasons"])
+    assert uncited["score"] < 1.0
+
+
+async def test_an_off_topic_draft_fails_and_the_regenerated_one_passes(support: Support) -> None:
+    ticket = by_id("t04-double-charge")
+    password_articles = (
+        await support.call("kb-search", "search_articles", {"query": "reset my password", "top_k": 2})
+    )["articles"]
+    wrong = await support.call(
+        "responder",
+        "draft_reply",
+        {"ticket": {"text": "I forgot my password"}, "intent": "account", "articles": password_articles},
+    )
+    case = await draft_for(support, ticket)
+    verdict = await review(
+        support, ticket, wrong["reply"], wrong["citations"], case["articles"] + password_articles
+    )
+    assert not verdict["passed"] and verdict["reasons"][0].startswith("relevance:")
+    redraft = await draft_for(support, ticket, feedback=verdict["reasons"])
+    assert redraft["draft"]["reply"] != case["draft"]["reply"]  # the feedback changed the draft
+    again = await review(
+        support, ticket, redraft["draft"]["reply"], redraft["draft"]["citations"], redraft["articles"]
+    )
+    assert again["passed"], again

