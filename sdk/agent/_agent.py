@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import ClassVar
@@ -36,6 +37,13 @@ class Agent:
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        # The frame defining the class: its locals let skills use models defined inside a function.
+        caller = sys._getframe(1)
+        localns = dict(caller.f_locals) if caller.f_code.co_name != "<module>" else None
+        for member in vars(cls).values():
+            spec = skill_spec(member)
+            if spec is not None and spec.localns is None:
+                spec.localns = localns
         found: dict[str, SkillSpec] = {}
         for klass in reversed(cls.__mro__):
             for attr, member in vars(klass).items():

@@ -39,11 +39,13 @@ class SkillSpec:
     description: str
     tags: tuple[str, ...]
     method: Callable[..., Awaitable[Any]]
+    # Names visible where the agent class was defined (models local to a function resolve too).
+    localns: dict[str, Any] | None = field(default=None, repr=False)
     _resolved: tuple[type[BaseModel], type[BaseModel], bool] | None = field(default=None, repr=False)
 
     def _resolve(self) -> tuple[type[BaseModel], type[BaseModel], bool]:
         if self._resolved is None:
-            self._resolved = _signature(self.method)
+            self._resolved = _signature(self.method, self.localns)
         return self._resolved
 
     @property
@@ -161,12 +163,14 @@ def skill_spec(member: object) -> SkillSpec | None:
     return spec if isinstance(spec, SkillSpec) else None
 
 
-def _signature(method: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel], bool]:
+def _signature(
+    method: Callable[..., Any], localns: dict[str, Any] | None = None
+) -> tuple[type[BaseModel], type[BaseModel], bool]:
     where = method.__qualname__
     try:
-        hints = typing.get_type_hints(method)
+        hints = typing.get_type_hints(method, localns=localns)
     except NameError as exc:
-        raise TypeError(f"skill {where}: cannot resolve its type hints ({exc}); define models at module level") from None
+        raise TypeError(f"skill {where}: cannot resolve its type hints ({exc})") from None
     params = list(inspect.signature(method).parameters.values())[1:]  # drop self
     if len(params) not in (1, 2):
         raise TypeError(f"skill {where} must take (self, input: Model) or (self, input: Model, ctx: SkillContext)")

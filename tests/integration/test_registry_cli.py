@@ -42,7 +42,8 @@ async def test_operator_lists_inspects_discovers_and_routes(populated: RegistryR
 
     assert await agentmesh("agents", "discover", "--skill", "classify_ticket", "--policy", "pii:allowed", "--routing-key", "t1") == 0
     discovered = capsys.readouterr().out
-    assert "1 matched" not in discovered and "support/triage" in discovered and "policies hold: pii:allowed" in discovered
+    print(discovered, file=__import__("sys").stderr)
+    assert "2 matched of 2 visible" in discovered and "support/triage" in discovered and "policies hold: pii:allowed" in discovered
 
 
 async def test_operator_sees_a_readable_refusal(populated: RegistryReplica, capsys: pytest.CaptureFixture[str]) -> None:

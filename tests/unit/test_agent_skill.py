@@ -155,3 +155,22 @@ def test_agent_info_checks_names_versions_and_policies() -> None:
     for bad in ({"name": "Triage"}, {"name": "ok", "version": "one"}, {"name": "ok", "policies": ("nocolon",)}):
         with pytest.raises(ValidationError):
             AgentInfo(**bad)  # type: ignore[arg-type]
+
+
+def test_models_defined_inside_a_function_resolve() -> None:
+    class LocalIn(BaseModel):
+        name: str
+
+    class LocalOut(BaseModel):
+        greeting: str
+
+    class Local(Agent):
+        card = AgentInfo(name="local")
+
+        @skill
+        async def greet(self, request: LocalIn) -> LocalOut:
+            return LocalOut(greeting=f"hi {request.name}")
+
+    Local.check()
+    assert Local.skills["greet"].input_model is LocalIn
+    assert Local.skills["greet"].output_schema["required"] == ["greeting"]
