@@ -1,8 +1,8 @@
 """``RegistryClient``: the registry's RPCs for other processes (planner, gateway, CLI), errors as MeshError.
 
-    async with RegistryClient(settings, kind="service", name="planner") as registry:
-        answer = await registry.discover(skill="classify_ticket", intent="triage a refund", routing_key=task_id)
-        best = answer.candidates[0]
+async with RegistryClient(settings, kind="service", name="planner") as registry:
+    answer = await registry.discover(skill="classify_ticket", intent="triage a refund", routing_key=task_id)
+    best = answer.candidates[0]
 """
 
 from __future__ import annotations
@@ -56,32 +56,45 @@ class RegistryClient:
         if self._own_channel:
             await self.channel.close(grace=None)
 
-    async def _call(self, method: str, request: Any, timeout: float | None) -> Any:
+    async def _call(self, method: str, request: Any, deadline: float | None) -> Any:
         try:
-            return await getattr(self.stub, method)(request, timeout=timeout or self._settings.default_deadline)
+            return await getattr(self.stub, method)(
+                request, timeout=deadline or self._settings.default_deadline
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
-    async def register(self, card: agent_pb2.AgentCard, *, lease_ttl: float = 0.0, timeout: float | None = None) -> registry_pb2.RegisterAgentResponse:
+    async def register(
+        self, card: agent_pb2.AgentCard, *, lease_ttl: float = 0.0, deadline: float | None = None
+    ) -> registry_pb2.RegisterAgentResponse:
         """Register one instance of ``card``; the reply carries the instance and its lease."""
         request = registry_pb2.RegisterAgentRequest(card=card)
         if lease_ttl:
             request.lease_ttl.CopyFrom(_duration(lease_ttl))
-        return await self._call("RegisterAgent", request, timeout)  # type: ignore[no-any-return]
+        return await self._call("RegisterAgent", request, deadline)  # type: ignore[no-any-return]
 
-    async def heartbeat(self, lease_id: str, *, state: int = agent_pb2.SERVING_STATE_SERVING, load: float = 0.0, timeout: float | None = None) -> registry_pb2.Lease:
+    async def heartbeat(
+        self,
+        lease_id: str,
+        *,
+        state: int = agent_pb2.SERVING_STATE_SERVING,
+        load: float = 0.0,
+        deadline: float | None = None,
+    ) -> registry_pb2.Lease:
         """Renew a lease, reporting state and load."""
         request = registry_pb2.HeartbeatRequest(lease_id=lease_id, state=state, load=load)  # type: ignore[arg-type]
-        return (await self._call("Heartbeat", request, timeout)).lease  # type: ignore[no-any-return]
+        return (await self._call("Heartbeat", request, deadline)).lease  # type: ignore[no-any-return]
 
-    async def deregister(self, lease_id: str, *, timeout: float | None = None) -> None:
+    async def deregister(self, lease_id: str, *, deadline: float | None = None) -> None:
         """Remove an instance at once."""
-        await self._call("DeregisterAgent", registry_pb2.DeregisterAgentRequest(lease_id=lease_id), timeout)
+        await self._call("DeregisterAgent", registry_pb2.DeregisterAgentRequest(lease_id=lease_id), deadline)
 
-    async def get_agent(self, namespace: str, name: str, version: str = "", *, timeout: float | None = None) -> registry_pb2.GetAgentResponse:
+    async def get_agent(
+        self, namespace: str, name: str, version: str = "", *, deadline: float | None = None
+    ) -> registry_pb2.GetAgentResponse:
         """One agent (the highest live version unless ``version`` is given) and its live instances."""
         request = registry_pb2.GetAgentRequest(namespace=namespace, name=name, version=version)
-        return await self._call("GetAgent", request, timeout)  # type: ignore[no-any-return]
+        return await self._call("GetAgent", request, deadline)  # type: ignore[no-any-return]
 
     async def list_agents(
         self,
@@ -91,7 +104,7 @@ class RegistryClient:
         include_not_serving: bool = False,
         page_size: int = 0,
         page_token: str = "",
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> registry_pb2.ListAgentsResponse:
         """One page of live instances."""
         request = registry_pb2.ListAgentsRequest(
@@ -101,7 +114,7 @@ class RegistryClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call("ListAgents", request, timeout)  # type: ignore[no-any-return]
+        return await self._call("ListAgents", request, deadline)  # type: ignore[no-any-return]
 
     async def iter_agents(self, **filters: Any) -> AsyncIterator[registry_pb2.AgentInstance]:
         """Every instance matching ``filters`` (as :meth:`list_agents`), page after page."""
@@ -127,7 +140,7 @@ class RegistryClient:
         intent: str = "",
         max_results: int = 0,
         routing_key: str = "",
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> registry_pb2.DiscoverAgentsResponse:
         """Ranked candidates, best first, each with a score and reasons."""
         request = registry_pb2.DiscoverAgentsRequest(
@@ -143,11 +156,15 @@ class RegistryClient:
             max_results=max_results,
             routing_key=routing_key,
         )
-        return await self._call("DiscoverAgents", request, timeout)  # type: ignore[no-any-return]
+        return await self._call("DiscoverAgents", request, deadline)  # type: ignore[no-any-return]
 
-    async def watch(self, *, since_revision: int = 0, namespace: str = "") -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
+    async def watch(
+        self, *, since_revision: int = 0, namespace: str = ""
+    ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
         """A snapshot (``since_revision=0``) or the changes after a revision, then every change as it happens."""
-        call = self.stub.WatchAgents(registry_pb2.WatchAgentsRequest(since_revision=since_revision, namespace=namespace))
+        call = self.stub.WatchAgents(
+            registry_pb2.WatchAgentsRequest(since_revision=since_revision, namespace=namespace)
+        )
         try:
             async for event in call:
                 yield event
@@ -166,21 +183,29 @@ class RegistryClient:
         min_requests: int = 20,
         window: float = 60.0,
         reason: str = "",
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> registry_pb2.RoutingPolicy:
         """Set the version weights of an agent; with ``max_error_rate`` canaries roll back automatically."""
-        policy = registry_pb2.RoutingPolicy(namespace=namespace, name=name, weights=dict(weights), reason=reason)
+        policy = registry_pb2.RoutingPolicy(
+            namespace=namespace, name=name, weights=dict(weights), reason=reason
+        )
         if max_error_rate is not None:
             policy.canary.CopyFrom(
-                registry_pb2.CanaryPolicy(max_error_rate=max_error_rate, min_requests=min_requests, window=_duration(window))
+                registry_pb2.CanaryPolicy(
+                    max_error_rate=max_error_rate, min_requests=min_requests, window=_duration(window)
+                )
             )
-        reply = await self._call("SetRoutingPolicy", registry_pb2.SetRoutingPolicyRequest(policy=policy), timeout)
+        reply = await self._call(
+            "SetRoutingPolicy", registry_pb2.SetRoutingPolicyRequest(policy=policy), deadline
+        )
         return reply.policy  # type: ignore[no-any-return]
 
-    async def get_routing(self, namespace: str, name: str, *, timeout: float | None = None) -> registry_pb2.RoutingPolicy:
+    async def get_routing(
+        self, namespace: str, name: str, *, deadline: float | None = None
+    ) -> registry_pb2.RoutingPolicy:
         """The version weights of an agent."""
         request = registry_pb2.GetRoutingPolicyRequest(namespace=namespace, name=name)
-        return (await self._call("GetRoutingPolicy", request, timeout)).policy  # type: ignore[no-any-return]
+        return (await self._call("GetRoutingPolicy", request, deadline)).policy  # type: ignore[no-any-return]
 
     async def report_outcome(
         self,
@@ -192,7 +217,7 @@ class RegistryClient:
         instance_id: str = "",
         error_code: str = "",
         latency: float = 0.0,
-        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> bool:
         """Tell the registry how a call went; returns True when it rolled a canary back."""
         request = registry_pb2.ReportOutcomeRequest(
@@ -204,4 +229,4 @@ class RegistryClient:
             error_code=error_code,
             latency=_duration(latency),
         )
-        return bool((await self._call("ReportOutcome", request, timeout)).rolled_back)
+        return bool((await self._call("ReportOutcome", request, deadline)).rolled_back)

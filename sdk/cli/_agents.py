@@ -1,9 +1,9 @@
 """``agentmesh agents list|get|discover|route``: what the registry knows, as readable tables.
 
-    agentmesh agents list --namespace support
-    agentmesh agents get support/triage
-    agentmesh agents discover --skill classify_ticket --policy pii:allowed --intent "refund a damaged order"
-    agentmesh agents route support/triage --weights 1.0.0=90,1.1.0=10 --max-error-rate 0.2
+agentmesh agents list --namespace support
+agentmesh agents get support/triage
+agentmesh agents discover --skill classify_ticket --policy pii:allowed --intent "refund a damaged order"
+agentmesh agents route support/triage --weights 1.0.0=90,1.1.0=10 --max-error-rate 0.2
 """
 
 from __future__ import annotations
@@ -55,9 +55,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     discover = actions.add_parser("discover", help="ask which agents should do something, with reasons")
     discover.add_argument("--name", action="append", default=[], help="visible NAMESPACE/NAME (repeatable)")
-    discover.add_argument("--pattern", action="append", default=[], help="visible regex over NAMESPACE/NAME (repeatable)")
+    discover.add_argument(
+        "--pattern", action="append", default=[], help="visible regex over NAMESPACE/NAME (repeatable)"
+    )
     discover.add_argument("--purpose", default="")
-    discover.add_argument("--policy", action="append", default=[], help="required policy key:value (repeatable)")
+    discover.add_argument(
+        "--policy", action="append", default=[], help="required policy key:value (repeatable)"
+    )
     discover.add_argument("--skill", default="")
     discover.add_argument("--label", action="append", type=_label, default=[], help="KEY=VALUE (repeatable)")
     discover.add_argument("--version-constraint", default="", help="PEP 440 specifier, e.g. '>=1.0,<2'")
@@ -67,11 +71,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     route = actions.add_parser("route", help="show or set the version weights (canary) of an agent")
     route.add_argument("agent", type=_agent_name, metavar="NAMESPACE/NAME")
-    route.add_argument("--weights", type=_weights, default=None, help="VERSION=WEIGHT,... e.g. 1.0.0=90,1.1.0=10")
     route.add_argument(
-        "--max-error-rate", type=float, default=None, help="roll a canary back above this error rate (e.g. 0.2)"
+        "--weights", type=_weights, default=None, help="VERSION=WEIGHT,... e.g. 1.0.0=90,1.1.0=10"
     )
-    route.add_argument("--min-requests", type=int, default=20, help="outcomes needed before judging (default 20)")
+    route.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=None,
+        help="roll a canary back above this error rate (e.g. 0.2)",
+    )
+    route.add_argument(
+        "--min-requests", type=int, default=20, help="outcomes needed before judging (default 20)"
+    )
     route.add_argument("--window", type=float, default=60.0, help="seconds of outcomes judged (default 60)")
     route.add_argument("--reason", default="", help="why (kept with the policy)")
 
@@ -184,7 +195,9 @@ def _print(console: Any, action: str, reply: Any) -> None:
         for column in ("instance", "endpoint", "state", "load"):
             instances.add_column(column)
         for instance in reply.instances:
-            instances.add_row(instance.instance_id, instance.card.endpoint, _state(instance.state), f"{instance.load:.2f}")
+            instances.add_row(
+                instance.instance_id, instance.card.endpoint, _state(instance.state), f"{instance.load:.2f}"
+            )
         console.print(instances)
         if reply.HasField("routing_policy"):
             _print_policy(console, reply.routing_policy)

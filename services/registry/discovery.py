@@ -169,7 +169,9 @@ class AgentIndex:
             self._labels.add(item, slot)
         tokens = tokenize(f"{card.name} {card.purpose}") * _NAME_WEIGHT + tokenize(card.description)
         for skill in card.skills:
-            tokens += tokenize(skill.name) * _NAME_WEIGHT + tokenize(f"{skill.description} {' '.join(skill.tags)}")
+            tokens += tokenize(skill.name) * _NAME_WEIGHT + tokenize(
+                f"{skill.description} {' '.join(skill.tags)}"
+            )
         self._text.set(slot, tokens)
         return record
 
@@ -294,7 +296,9 @@ class AgentIndex:
         ):
             if key:
                 found = sets.array(key)
-                candidates = found if candidates is None else np.intersect1d(candidates, found, assume_unique=True)
+                candidates = (
+                    found if candidates is None else np.intersect1d(candidates, found, assume_unique=True)
+                )
         relevance: npt.NDArray[np.float32] | None = None
         terms = tokenize(query.intent) if query.intent else []
         if terms:
@@ -302,7 +306,9 @@ class AgentIndex:
             if relevance is None:
                 return DiscoveryResult([], visible_count, 0)
             matches = np.flatnonzero(relevance)
-            candidates = matches if candidates is None else np.intersect1d(candidates, matches, assume_unique=True)
+            candidates = (
+                matches if candidates is None else np.intersect1d(candidates, matches, assume_unique=True)
+            )
         if candidates is None:
             candidates = np.flatnonzero(live)
         else:
@@ -370,7 +376,9 @@ class AgentIndex:
                     continue
                 seen_agents.add(agent)
                 siblings = [
-                    s for s in self._agent_slots[agent] if (s in matched if matched is not None else mask[s])  # type: ignore[index]
+                    s
+                    for s in self._agent_slots[agent]
+                    if (s in matched if matched is not None else mask[s])  # type: ignore[index]
                 ]
                 answer.append(self._candidate(query, slot, siblings, score_of, relevance, terms, policies))
                 if len(answer) == wanted:
@@ -426,7 +434,9 @@ class AgentIndex:
         serving = [i for i in record.instances.values() if i.state == SERVING]
 
         def spread(instance: InstanceRecord) -> bytes:
-            return hashlib.blake2b(f"{routing_key}\x00{instance.instance_id}".encode(), digest_size=4).digest()
+            return hashlib.blake2b(
+                f"{routing_key}\x00{instance.instance_id}".encode(), digest_size=4
+            ).digest()
 
         return min(serving, key=lambda i: (round(i.load, 2), spread(i)))
 

@@ -88,7 +88,9 @@ def _policy(data: dict[str, Any]) -> RoutePolicy:
         weights={str(k): int(v) for k, v in (data.get("weights") or {}).items()},
         canary=CanaryRule.from_json(data.get("canary")),
         reason=data.get("reason", ""),
-        updated_at=from_epoch(updated) if isinstance(updated, int | float) else (updated or dt.datetime.now(dt.UTC)),
+        updated_at=from_epoch(updated)
+        if isinstance(updated, int | float)
+        else (updated or dt.datetime.now(dt.UTC)),
     )
 
 
@@ -104,7 +106,9 @@ class AgentView:
 class Registry:
     """Registration, leases, discovery, routing and watch of one replica."""
 
-    def __init__(self, store: RegistryStore, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: RegistryStore, settings: Settings, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.settings = settings
         self._clock = clock
@@ -253,7 +257,11 @@ class Registry:
                 return None
             return self._instance_event(row.revision, kind, instance, reason, when)
         if kind in ("EXPIRED", "DEREGISTERED"):
-            record = self.index.versions.get(self.index.instances[row.instance_id].version_id) if row.instance_id in self.index.instances else None
+            record = (
+                self.index.versions.get(self.index.instances[row.instance_id].version_id)
+                if row.instance_id in self.index.instances
+                else None
+            )
             instance = self.index.remove_instance(row.instance_id)
             self.leases.forget(row.instance_id)
             self._sorted_keys = None
@@ -279,7 +287,9 @@ class Registry:
     def _outcome_keys(policy: RoutePolicy) -> list[tuple[str, str, str]]:
         return [(policy.namespace, policy.name, version) for version in policy.weights]
 
-    def _instance_event(self, revision: int, kind: str, instance: InstanceRecord, reason: str, when: float) -> WatchEvent:
+    def _instance_event(
+        self, revision: int, kind: str, instance: InstanceRecord, reason: str, when: float
+    ) -> WatchEvent:
         record = self.index.versions[instance.version_id]
         snapshot = dataclasses.replace(instance)
         return WatchEvent(revision, kind, record.card.namespace, snapshot, record, None, reason, when)
@@ -290,7 +300,9 @@ class Registry:
         ttl = requested if requested > 0 else self.settings.lease_ttl
         return min(max(ttl, self.settings.lease_ttl_min), self.settings.lease_ttl_max)
 
-    async def register(self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None) -> InstanceRecord:
+    async def register(
+        self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None
+    ) -> InstanceRecord:
         """Register one instance of ``card``; ``caller`` is the verified SPIFFE id (``None`` under insecure dev)."""
         validate_card(card)
         if caller is not None and caller != card.spiffe_id:
@@ -360,7 +372,9 @@ class Registry:
                 from_epoch(self._clock()),
             )
             if revision is None:
-                raise NotFoundError(f"lease {lease_id!r} expired; register again", metadata={"lease_id": lease_id})
+                raise NotFoundError(
+                    f"lease {lease_id!r} expired; register again", metadata={"lease_id": lease_id}
+                )
             await self.sync(revision)
         return instance
 
@@ -369,7 +383,11 @@ class Registry:
         instance = await self._find_lease(lease_id, caller)
         record = self.index.versions[instance.version_id]
         revision = await self.store.deregister(
-            instance.instance_id, record.card.namespace, record.card.name, from_epoch(self._clock()), "deregistered"
+            instance.instance_id,
+            record.card.namespace,
+            record.card.name,
+            from_epoch(self._clock()),
+            "deregistered",
         )
         self.leases.forget(instance.instance_id)
         await self.sync(revision or 0)
@@ -380,7 +398,9 @@ class Registry:
         """One version of ``namespace/name`` (the highest live one when ``version`` is empty)."""
         records = self.index.version_records(namespace, name)
         if not records:
-            raise NotFoundError(f"agent {namespace}/{name} is not registered", metadata={"agent": f"{namespace}/{name}"})
+            raise NotFoundError(
+                f"agent {namespace}/{name} is not registered", metadata={"agent": f"{namespace}/{name}"}
+            )
         if version:
             parse_version(version, "version")
             chosen = next((r for r in records if r.card.version == version), None)
@@ -406,7 +426,13 @@ class Registry:
         return self._sorted_keys
 
     def list_agents(
-        self, *, page_size: int, after: tuple[str, str, str, str] | None, namespace: str, name_prefix: str, include_not_serving: bool
+        self,
+        *,
+        page_size: int,
+        after: tuple[str, str, str, str] | None,
+        namespace: str,
+        name_prefix: str,
+        include_not_serving: bool,
     ) -> tuple[list[tuple[InstanceRecord, VersionRecord]], tuple[str, str, str, str] | None]:
         """A page of instances ordered by namespace, name, version, instance; and the key to continue after."""
         keys = self._ordered_keys()
@@ -426,7 +452,9 @@ class Registry:
                     break
                 continue
             instance = self.index.instances.get(key[3])
-            if instance is None or (not include_not_serving and instance.state != agent_pb2.SERVING_STATE_SERVING):
+            if instance is None or (
+                not include_not_serving and instance.state != agent_pb2.SERVING_STATE_SERVING
+            ):
                 continue
             if len(page) == page_size:
                 return page, last
@@ -444,11 +472,19 @@ class Registry:
         """The routing policy of ``namespace/name``."""
         policy = self.policies.get(f"{namespace}/{name}")
         if policy is None:
-            raise NotFoundError(f"agent {namespace}/{name} has no routing policy", metadata={"agent": f"{namespace}/{name}"})
+            raise NotFoundError(
+                f"agent {namespace}/{name} has no routing policy", metadata={"agent": f"{namespace}/{name}"}
+            )
         return policy
 
     async def set_routing(
-        self, namespace: str, name: str, weights: dict[str, int], canary: CanaryRule | None, reason: str, caller: str | None
+        self,
+        namespace: str,
+        name: str,
+        weights: dict[str, int],
+        canary: CanaryRule | None,
+        reason: str,
+        caller: str | None,
     ) -> RoutePolicy:
         """Replace the version weights (and canary rule) of ``namespace/name``."""
         values = {
@@ -472,7 +508,9 @@ class Registry:
         if reason is None:
             return False
         logger.warning("%s/%s: %s", namespace, name, reason)
-        revision = await self.store.rollback_version(namespace, name, version, reason, from_epoch(self._clock()))
+        revision = await self.store.rollback_version(
+            namespace, name, version, reason, from_epoch(self._clock())
+        )
         self._outcomes.reset(key)
         if revision is None:
             return False  # another replica rolled it back first
@@ -488,7 +526,9 @@ class Registry:
             if since_revision <= 0:
                 revision = self.revision
                 snapshot = [
-                    WatchEvent(revision, "SNAPSHOT", record.card.namespace, dataclasses.replace(instance), record)
+                    WatchEvent(
+                        revision, "SNAPSHOT", record.card.namespace, dataclasses.replace(instance), record
+                    )
                     for instance, record in self.index.iter_instances()
                     if not namespace or record.card.namespace == namespace
                 ]
@@ -536,7 +576,14 @@ class Registry:
         reason = row.payload.get("reason", "")
         if row.event_type == "ROUTING_CHANGED":
             policy = _policy(row.payload)
-            return WatchEvent(row.revision, row.event_type, row.namespace, policy=policy, reason=policy.reason, event_time=when)
+            return WatchEvent(
+                row.revision,
+                row.event_type,
+                row.namespace,
+                policy=policy,
+                reason=policy.reason,
+                event_time=when,
+            )
         instance = self.index.instances.get(row.instance_id)
         if instance is None and row.event_type == "REGISTERED":
             instance = _instance_record(row.payload)
@@ -546,5 +593,25 @@ class Registry:
             card = agent_pb2.AgentCard(namespace=row.namespace, name=row.name)
             record = VersionRecord(0, card, parse_version("0"), "")
         if instance is None:
-            instance = InstanceRecord(row.instance_id, "", record.version_id, "", agent_pb2.SERVING_STATE_NOT_SERVING, 0.0, 0.0, "", when, when)
-        return WatchEvent(row.revision, row.event_type, row.namespace, dataclasses.replace(instance), record, None, reason, when)
+            instance = InstanceRecord(
+                row.instance_id,
+                "",
+                record.version_id,
+                "",
+                agent_pb2.SERVING_STATE_NOT_SERVING,
+                0.0,
+                0.0,
+                "",
+                when,
+                when,
+            )
+        return WatchEvent(
+            row.revision,
+            row.event_type,
+            row.namespace,
+            dataclasses.replace(instance),
+            record,
+            None,
+            reason,
+            when,
+        )

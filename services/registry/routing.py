@@ -33,7 +33,11 @@ class CanaryRule:
 
     def to_json(self) -> dict[str, float | int]:
         """The stored form (``routing_policies.canary``)."""
-        return {"max_error_rate": self.max_error_rate, "min_requests": self.min_requests, "window_seconds": self.window}
+        return {
+            "max_error_rate": self.max_error_rate,
+            "min_requests": self.min_requests,
+            "window_seconds": self.window,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, float | int] | None) -> CanaryRule | None:
@@ -71,9 +75,7 @@ def _bucket(routing_key: str, agent: str, total: int) -> int:
     return int.from_bytes(digest, "big") % total
 
 
-def choose_version(
-    policy: RoutePolicy | None, versions: Sequence[str], routing_key: str
-) -> tuple[str, str]:
+def choose_version(policy: RoutePolicy | None, versions: Sequence[str], routing_key: str) -> tuple[str, str]:
     """Pick one of the live, matching ``versions`` (PEP 440 strings) and say why.
 
     With a policy, versions are drawn by weight (sticky when ``routing_key`` is set, random otherwise)

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 class RegistryServer:
     """A registry replica: the domain (:attr:`registry`) and its gRPC server (:attr:`server`)."""
 
-    def __init__(self, settings: Settings, *, port: int | None = None, database_url: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, port: int | None = None, database_url: str | None = None
+    ) -> None:
         from agentmesh.storage import create_async_engine
 
         self.settings = settings
@@ -102,7 +104,9 @@ class RegistryServer:
         await self.stop(grace=1.0)
 
 
-def build_server(settings: Settings, *, port: int | None = None, database_url: str | None = None) -> RegistryServer:
+def build_server(
+    settings: Settings, *, port: int | None = None, database_url: str | None = None
+) -> RegistryServer:
     """A registry replica on ``port`` (default: settings.registry_port) over ``database_url`` (default: settings)."""
     return RegistryServer(settings, port=port, database_url=database_url)
 

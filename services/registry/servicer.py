@@ -103,14 +103,20 @@ def discovery_query(request: registry_pb2.DiscoverAgentsRequest) -> DiscoveryQue
     visibility, traits = request.visibility, request.characteristics
     for index, name in enumerate(visibility.names):
         if name.count("/") != 1 or len(name) > 127:
-            raise InvalidArgumentError(f"visibility name {name!r} must be namespace/name", field=f"visibility.names[{index}]")
+            raise InvalidArgumentError(
+                f"visibility name {name!r} must be namespace/name", field=f"visibility.names[{index}]"
+            )
     patterns = compile_patterns(visibility.patterns)
     validate_policies(traits.required_policies, "characteristics.required_policies")
     validate_labels(traits.labels, "characteristics.labels")
     if len(traits.intent) > _MAX_INTENT:
-        raise InvalidArgumentError(f"intent longer than {_MAX_INTENT} characters", field="characteristics.intent")
+        raise InvalidArgumentError(
+            f"intent longer than {_MAX_INTENT} characters", field="characteristics.intent"
+        )
     if len(request.routing_key) > _MAX_ROUTING_KEY:
-        raise InvalidArgumentError(f"routing_key longer than {_MAX_ROUTING_KEY} characters", field="routing_key")
+        raise InvalidArgumentError(
+            f"routing_key longer than {_MAX_ROUTING_KEY} characters", field="routing_key"
+        )
     if request.max_results < 0:
         raise InvalidArgumentError("max_results must not be negative", field="max_results")
     return DiscoveryQuery(
@@ -166,7 +172,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         ttl = request.lease_ttl.ToNanoseconds() / 1e9 if request.HasField("lease_ttl") else 0.0
         instance = await self.registry.register(request.card, ttl, _caller())
         record = self.registry.index.versions[instance.version_id]
-        return registry_pb2.RegisterAgentResponse(instance=instance_proto(instance, record), lease=_lease(instance))
+        return registry_pb2.RegisterAgentResponse(
+            instance=instance_proto(instance, record), lease=_lease(instance)
+        )
 
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
@@ -210,7 +218,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             include_not_serving=request.include_not_serving,
         )
         return registry_pb2.ListAgentsResponse(
-            instances=[instance_proto(i, r) for i, r in page], next_page_token=_page_token(last) if last else ""
+            instances=[instance_proto(i, r) for i, r in page],
+            next_page_token=_page_token(last) if last else "",
         )
 
     async def DiscoverAgents(
@@ -243,7 +252,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         for version, weight in policy.weights.items():
             parse_version(version, f"policy.weights[{version}]")
             if not 0 <= weight <= _MAX_WEIGHT:
-                raise InvalidArgumentError(f"weight {weight} must be within [0, {_MAX_WEIGHT}]", field=f"policy.weights[{version}]")
+                raise InvalidArgumentError(
+                    f"weight {weight} must be within [0, {_MAX_WEIGHT}]", field=f"policy.weights[{version}]"
+                )
             weights[version] = weight
         if not weights:
             raise InvalidArgumentError("weights must name at least one version", field="policy.weights")
@@ -251,21 +262,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if policy.HasField("canary"):
             rule = policy.canary
             if not 0.0 <= rule.max_error_rate <= 1.0:
-                raise InvalidArgumentError("max_error_rate must be within [0, 1]", field="policy.canary.max_error_rate")
+                raise InvalidArgumentError(
+                    "max_error_rate must be within [0, 1]", field="policy.canary.max_error_rate"
+                )
             if rule.min_requests < 1:
-                raise InvalidArgumentError("min_requests must be at least 1", field="policy.canary.min_requests")
+                raise InvalidArgumentError(
+                    "min_requests must be at least 1", field="policy.canary.min_requests"
+                )
             window = rule.window.ToNanoseconds() / 1e9
             if window <= 0:
                 raise InvalidArgumentError("window must be positive", field="policy.canary.window")
             canary = CanaryRule(rule.max_error_rate, rule.min_requests, window)
-        stored = await self.registry.set_routing(policy.namespace, policy.name, weights, canary, policy.reason, _caller())
+        stored = await self.registry.set_routing(
+            policy.namespace, policy.name, weights, canary, policy.reason, _caller()
+        )
         return registry_pb2.SetRoutingPolicyResponse(policy=policy_proto(stored))
 
     async def GetRoutingPolicy(
         self, request: registry_pb2.GetRoutingPolicyRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.GetRoutingPolicyResponse:
         await self._ready()
-        return registry_pb2.GetRoutingPolicyResponse(policy=policy_proto(self.registry.get_routing(request.namespace, request.name)))
+        return registry_pb2.GetRoutingPolicyResponse(
+            policy=policy_proto(self.registry.get_routing(request.namespace, request.name))
+        )
 
     async def ReportOutcome(
         self, request: registry_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
@@ -273,13 +292,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._ready()
         validate_agent_name(request.namespace, request.name)
         parse_version(request.version, "version")
-        rolled_back = await self.registry.report_outcome(request.namespace, request.name, request.version, request.success)
+        rolled_back = await self.registry.report_outcome(
+            request.namespace, request.name, request.version, request.success
+        )
         return registry_pb2.ReportOutcomeResponse(rolled_back=rolled_back)
 
 
 def _watch_response(event: WatchEvent) -> registry_pb2.WatchAgentsResponse:
     response = registry_pb2.WatchAgentsResponse(
-        revision=event.revision, type=_event_type(event.event_type), reason=event.reason  # type: ignore[arg-type]
+        revision=event.revision,
+        type=_event_type(event.event_type),
+        reason=event.reason,  # type: ignore[arg-type]
     )
     if event.instance is not None and event.version is not None:
         response.instance.CopyFrom(instance_proto(event.instance, event.version))

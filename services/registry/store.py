@@ -126,7 +126,9 @@ class RegistryStore:
         """The bitmask of ``policies`` (bits assigned once in ``policy_bits``; bits beyond 62 are left out)."""
         if not policies:
             return 0
-        rows = await conn.execute(sa.select(policy_bits.c.policy, policy_bits.c.bit).where(policy_bits.c.policy.in_(policies)))
+        rows = await conn.execute(
+            sa.select(policy_bits.c.policy, policy_bits.c.bit).where(policy_bits.c.policy.in_(policies))
+        )
         bits = {row.policy: row.bit for row in rows}
         missing = [p for p in policies if p not in bits]
         if missing:
@@ -165,7 +167,9 @@ class RegistryStore:
         }
         if version_id is None:
             version_id = int(
-                await conn.scalar(sa.insert(versions).values(**values, created_at=now).returning(versions.c.id))  # type: ignore[arg-type]
+                await conn.scalar(
+                    sa.insert(versions).values(**values, created_at=now).returning(versions.c.id)
+                )  # type: ignore[arg-type]
             )
         else:
             await conn.execute(sa.update(versions).where(versions.c.id == version_id).values(**values))
@@ -211,7 +215,9 @@ class RegistryStore:
             )
             if agent_id is None:
                 agent_id = await conn.scalar(
-                    sa.insert(agents).values(namespace=namespace, name=name, created_at=now).returning(agents.c.id)
+                    sa.insert(agents)
+                    .values(namespace=namespace, name=name, created_at=now)
+                    .returning(agents.c.id)
                 )
             row = (
                 await conn.execute(
@@ -237,12 +243,16 @@ class RegistryStore:
                             metadata={"namespace": namespace, "name": name, "version": card["version"]},
                         )
                     stale = (
-                        await conn.execute(
-                            sa.delete(instances)
-                            .where(instances.c.agent_version_id == version_id)
-                            .returning(instances.c.instance_id)
+                        (
+                            await conn.execute(
+                                sa.delete(instances)
+                                .where(instances.c.agent_version_id == version_id)
+                                .returning(instances.c.instance_id)
+                            )
                         )
-                    ).scalars().all()
+                        .scalars()
+                        .all()
+                    )
                     for stale_id in stale:
                         payload = {"instance_id": stale_id, "reason": "lease expired; card replaced"}
                         await self._append(conn, "EXPIRED", namespace, name, stale_id, payload, now)
@@ -256,11 +266,21 @@ class RegistryStore:
             ).first()
             registered_at = now
             if existing is not None:
-                instance_id, lease_id, registered_at = existing.instance_id, existing.lease_id, existing.registered_at
+                instance_id, lease_id, registered_at = (
+                    existing.instance_id,
+                    existing.lease_id,
+                    existing.registered_at,
+                )
                 await conn.execute(
                     sa.update(instances)
                     .where(instances.c.instance_id == instance_id)
-                    .values(state="SERVING", load=0.0, lease_ttl_seconds=ttl, registered_by=registered_by, updated_at=now)
+                    .values(
+                        state="SERVING",
+                        load=0.0,
+                        lease_ttl_seconds=ttl,
+                        registered_by=registered_by,
+                        updated_at=now,
+                    )
                 )
                 updated = await conn.execute(
                     sa.update(leases).where(leases.c.instance_id == instance_id).values(expires_at=expires)
@@ -299,7 +319,9 @@ class RegistryStore:
             revision = await self._append(conn, "REGISTERED", namespace, name, instance_id, payload, now)
         return payload, revision
 
-    async def deregister(self, instance_id: str, namespace: str, name: str, now: dt.datetime, reason: str) -> int | None:
+    async def deregister(
+        self, instance_id: str, namespace: str, name: str, now: dt.datetime, reason: str
+    ) -> int | None:
         """Delete an instance at once; returns the event revision, or ``None`` when it was already gone."""
         async with self._writer() as conn:
             deleted = await conn.execute(sa.delete(instances).where(instances.c.instance_id == instance_id))
@@ -308,11 +330,15 @@ class RegistryStore:
             payload = {"instance_id": instance_id, "reason": reason}
             return await self._append(conn, "DEREGISTERED", namespace, name, instance_id, payload, now)
 
-    async def set_state(self, instance_id: str, namespace: str, name: str, state: str, now: dt.datetime) -> int | None:
+    async def set_state(
+        self, instance_id: str, namespace: str, name: str, state: str, now: dt.datetime
+    ) -> int | None:
         """Record a state change (SERVING, DRAINING, NOT_SERVING); ``None`` when the instance is gone."""
         async with self._writer() as conn:
             updated = await conn.execute(
-                sa.update(instances).where(instances.c.instance_id == instance_id).values(state=state, updated_at=now)
+                sa.update(instances)
+                .where(instances.c.instance_id == instance_id)
+                .values(state=state, updated_at=now)
             )
             if updated.rowcount == 0:  # type: ignore[attr-defined]
                 return None
@@ -336,7 +362,10 @@ class RegistryStore:
             else:
                 statement = (
                     sa.update(leases)
-                    .where(leases.c.instance_id == sa.bindparam("b_id"), leases.c.expires_at < sa.bindparam("b_exp"))
+                    .where(
+                        leases.c.instance_id == sa.bindparam("b_id"),
+                        leases.c.expires_at < sa.bindparam("b_exp"),
+                    )
                     .values(expires_at=sa.bindparam("b_exp"))
                 )
                 await conn.execute(statement, [{"b_id": k, "b_exp": v} for k, v in expiries.items()])
@@ -348,8 +377,14 @@ class RegistryStore:
         """
         async with self._writer() as conn:
             due = (
-                await conn.execute(sa.delete(leases).where(leases.c.expires_at < cutoff).returning(leases.c.instance_id))
-            ).scalars().all()
+                (
+                    await conn.execute(
+                        sa.delete(leases).where(leases.c.expires_at < cutoff).returning(leases.c.instance_id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
             for chunk in _chunks(due):
                 rows = (
                     await conn.execute(
@@ -381,20 +416,28 @@ class RegistryStore:
         async with self._writer() as conn:
             return await self._put_routing(conn, namespace, name, values, now)
 
-    async def _put_routing(self, conn: AsyncConnection, namespace: str, name: str, values: dict[str, Any], now: dt.datetime) -> int:
+    async def _put_routing(
+        self, conn: AsyncConnection, namespace: str, name: str, values: dict[str, Any], now: dt.datetime
+    ) -> int:
         key = (policies_table.c.namespace == namespace, policies_table.c.name == name)
         updated = await conn.execute(sa.update(policies_table).where(*key).values(**values, updated_at=now))
         if updated.rowcount == 0:  # type: ignore[attr-defined]
-            await conn.execute(sa.insert(policies_table).values(namespace=namespace, name=name, **values, updated_at=now))
+            await conn.execute(
+                sa.insert(policies_table).values(namespace=namespace, name=name, **values, updated_at=now)
+            )
         payload = {"namespace": namespace, "name": name, **values, "updated_at": epoch(now)}
         return await self._append(conn, "ROUTING_CHANGED", namespace, name, "", payload, now)
 
-    async def rollback_version(self, namespace: str, name: str, version: str, reason: str, now: dt.datetime) -> int | None:
+    async def rollback_version(
+        self, namespace: str, name: str, version: str, reason: str, now: dt.datetime
+    ) -> int | None:
         """Set ``version``'s weight to 0 with ``reason``, unless it already is 0; returns the revision or ``None``."""
         async with self._writer() as conn:
             row = (
                 await conn.execute(
-                    sa.select(policies_table).where(policies_table.c.namespace == namespace, policies_table.c.name == name)
+                    sa.select(policies_table).where(
+                        policies_table.c.namespace == namespace, policies_table.c.name == name
+                    )
                 )
             ).first()
             if row is None or int(row.weights.get(version, 0)) <= 0:
@@ -423,7 +466,9 @@ class RegistryStore:
         async with self.engine.connect() as conn:
             for chunk in _chunks(ids):
                 rows = await conn.execute(
-                    sa.select(versions.c.id, versions.c.card, versions.c.card_hash).where(versions.c.id.in_(chunk))
+                    sa.select(versions.c.id, versions.c.card, versions.c.card_hash).where(
+                        versions.c.id.in_(chunk)
+                    )
                 )
                 found += [VersionRow(row.id, row.card, row.card_hash) for row in rows]
         return found
@@ -434,10 +479,14 @@ class RegistryStore:
             if self.is_postgres:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                revision = int(await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(events.c.revision), 0))) or 0)
+                revision = int(
+                    await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(events.c.revision), 0))) or 0
+                )
                 version_rows = [
                     VersionRow(row.id, row.card, row.card_hash)
-                    for row in await conn.execute(sa.select(versions.c.id, versions.c.card, versions.c.card_hash))
+                    for row in await conn.execute(
+                        sa.select(versions.c.id, versions.c.card, versions.c.card_hash)
+                    )
                 ]
                 instance_rows = [
                     dict(row._mapping)

@@ -93,7 +93,9 @@ class TextIndex:
         tf = np.fromiter(postings.values(), dtype=np.float32, count=len(postings))
         lengths = np.fromiter((self._doc_len[s] for s in postings), dtype=np.float32, count=len(postings))
         average = self._total_len / max(1, len(self._doc_len))
-        weight = tf * (self._k1 + 1) / (tf + self._k1 * (1 - self._b + self._b * lengths / max(average, 1e-9)))
+        weight = (
+            tf * (self._k1 + 1) / (tf + self._k1 * (1 - self._b + self._b * lengths / max(average, 1e-9)))
+        )
         cached = (slots, weight.astype(np.float32))
         self._arrays[term] = cached
         return cached

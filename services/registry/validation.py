@@ -40,7 +40,9 @@ _POLICY = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}:[A-Za-z0-9._*-]{1,64}")
 _LABEL_KEY = re.compile(r"[a-z0-9](?:[a-z0-9._/-]{0,61}[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/@+=-]{0,256}")
 _TAG = re.compile(r"[A-Za-z0-9._ -]{1,64}")
-_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
 _SPIFFE = re.compile(r"spiffe://[a-z0-9.-]{1,255}(?:/[A-Za-z0-9._-]{1,128}){1,8}")
 
 MAX_DESCRIPTION = 4096
@@ -62,7 +64,9 @@ def _require(condition: bool, message: str, field: str) -> None:
 
 
 def _match(pattern: re.Pattern[str], value: str, what: str, field: str) -> None:
-    _require(bool(pattern.fullmatch(value)), f"{what} {value!r} is invalid: must match {pattern.pattern}", field)
+    _require(
+        bool(pattern.fullmatch(value)), f"{what} {value!r} is invalid: must match {pattern.pattern}", field
+    )
 
 
 def parse_version(value: str, field: str = "card.version") -> Version:
@@ -71,7 +75,9 @@ def parse_version(value: str, field: str = "card.version") -> Version:
     try:
         version = Version(value)
     except InvalidVersion:
-        raise InvalidArgumentError(f"version {value!r} is not a PEP 440 version (e.g. 1.2.0)", field=field) from None
+        raise InvalidArgumentError(
+            f"version {value!r} is not a PEP 440 version (e.g. 1.2.0)", field=field
+        ) from None
     _require(str(version) == value, f"version {value!r} is not in PEP 440 normal form; use {version}", field)
     return version
 
@@ -110,19 +116,31 @@ def validate_labels(labels: Mapping[str, str], field: str) -> None:
 def _validate_endpoint(endpoint: str, field: str) -> None:
     _require(bool(endpoint), "endpoint is required (host:port)", field)
     host, sep, port = endpoint.rpartition(":")
-    _require(bool(sep) and port.isdigit() and 0 < int(port) < 65536, f"endpoint {endpoint!r} needs host:port", field)
+    _require(
+        bool(sep) and port.isdigit() and 0 < int(port) < 65536,
+        f"endpoint {endpoint!r} needs host:port",
+        field,
+    )
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise InvalidArgumentError(f"endpoint {endpoint!r} has an invalid IPv6 address", field=field) from None
+            raise InvalidArgumentError(
+                f"endpoint {endpoint!r} has an invalid IPv6 address", field=field
+            ) from None
         return
-    _require(len(host) <= 253 and bool(_HOST.fullmatch(host)), f"endpoint {endpoint!r} has an invalid host", field)
+    _require(
+        len(host) <= 253 and bool(_HOST.fullmatch(host)), f"endpoint {endpoint!r} has an invalid host", field
+    )
 
 
 def _validate_schema(schema: Any, field: str) -> None:
     document = json_format.MessageToDict(schema)
-    _require(len(schema.SerializeToString()) <= MAX_SCHEMA_BYTES, f"schema larger than {MAX_SCHEMA_BYTES} bytes", field)
+    _require(
+        len(schema.SerializeToString()) <= MAX_SCHEMA_BYTES,
+        f"schema larger than {MAX_SCHEMA_BYTES} bytes",
+        field,
+    )
     if not document:
         return  # an empty schema accepts anything
     try:
@@ -137,7 +155,9 @@ def _validate_schema(schema: Any, field: str) -> None:
 
 def _validate_skill(skill: agent_pb2.Skill, field: str) -> None:
     _match(_SKILL_NAME, skill.name, "skill name (lower_snake_case)", f"{field}.name")
-    _require(len(skill.description) <= MAX_SKILL_DESCRIPTION, "skill description too long", f"{field}.description")
+    _require(
+        len(skill.description) <= MAX_SKILL_DESCRIPTION, "skill description too long", f"{field}.description"
+    )
     _require(len(skill.tags) <= MAX_TAGS, f"at most {MAX_TAGS} tags", f"{field}.tags")
     for index, tag in enumerate(skill.tags):
         _match(_TAG, tag, "tag", f"{field}.tags[{index}]")
@@ -166,22 +186,32 @@ def validate_card(card: agent_pb2.AgentCard, field: str = "card") -> Version:
     names: set[str] = set()
     for index, skill in enumerate(card.skills):
         _validate_skill(skill, f"{field}.skills[{index}]")
-        _require(skill.name not in names, f"skill {skill.name!r} appears twice", f"{field}.skills[{index}].name")
+        _require(
+            skill.name not in names, f"skill {skill.name!r} appears twice", f"{field}.skills[{index}].name"
+        )
         names.add(skill.name)
     return version
 
 
-def compile_patterns(patterns: Sequence[str], field: str = "visibility.patterns") -> tuple[re.Pattern[str], ...]:
+def compile_patterns(
+    patterns: Sequence[str], field: str = "visibility.patterns"
+) -> tuple[re.Pattern[str], ...]:
     """Compile visibility regexes (bounded in count and length), or INVALID_ARGUMENT naming the bad one."""
     _require(len(patterns) <= MAX_PATTERNS, f"at most {MAX_PATTERNS} patterns", field)
     compiled = []
     for index, pattern in enumerate(patterns):
         where = f"{field}[{index}]"
-        _require(0 < len(pattern) <= MAX_PATTERN_LENGTH, f"pattern must be 1 to {MAX_PATTERN_LENGTH} characters", where)
+        _require(
+            0 < len(pattern) <= MAX_PATTERN_LENGTH,
+            f"pattern must be 1 to {MAX_PATTERN_LENGTH} characters",
+            where,
+        )
         try:
             compiled.append(_compile(pattern))
         except re.error as exc:
-            raise InvalidArgumentError(f"pattern {pattern!r} is not a valid regular expression: {exc}", field=where) from None
+            raise InvalidArgumentError(
+                f"pattern {pattern!r} is not a valid regular expression: {exc}", field=where
+            ) from None
     return tuple(compiled)
 
 

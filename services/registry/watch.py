@@ -39,7 +39,9 @@ class Subscription:
     async def get(self) -> WatchEvent:
         """The next change; AbortedError when this watcher fell too far behind."""
         if self.overflowed and self.queue.empty():
-            raise AbortedError("the watch fell too far behind; resume with since_revision set to the last revision seen")
+            raise AbortedError(
+                "the watch fell too far behind; resume with since_revision set to the last revision seen"
+            )
         return await self.queue.get()
 
 

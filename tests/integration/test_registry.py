@@ -121,7 +121,13 @@ async def test_discovery_narrows_by_both_scopes_and_explains(registry: RegistryR
             description="Refunds damaged or lost orders to the customer's card.",
             policies=("pii:allowed", "region:eu"),
         ),
-        make_card("billing", namespace="finance", purpose="refunds", skills=("refund_order",), description="Invoices."),
+        make_card(
+            "billing",
+            namespace="finance",
+            purpose="refunds",
+            skills=("refund_order",),
+            description="Invoices.",
+        ),
     ]
     for card in cards:
         async with registry.client("agent", card.name) as agent:
@@ -141,7 +147,9 @@ async def test_discovery_narrows_by_both_scopes_and_explains(registry: RegistryR
         assert ranked.candidates[0].instance.card.name == "refunds"
         assert ranked.candidates[0].matched_skill == "refund_order"
         assert any("intent matched: refund, damaged, order" in r for r in ranked.candidates[0].reasons)
-        assert [c.score for c in ranked.candidates] == sorted((c.score for c in ranked.candidates), reverse=True)
+        assert [c.score for c in ranked.candidates] == sorted(
+            (c.score for c in ranked.candidates), reverse=True
+        )
 
         named = await ops.discover(names=["finance/billing"], purpose="refunds")
         assert [c.instance.card.name for c in named.candidates] == ["billing"]
@@ -200,7 +208,9 @@ async def test_list_agents_pages_through_every_instance(registry: RegistryReplic
             if not token:
                 break
         assert seen == [f"worker-{i}" for i in range(7)]
-        assert [i.card.name for i in (await ops.list_agents(name_prefix="worker-1")).instances] == ["worker-1"]
+        assert [i.card.name for i in (await ops.list_agents(name_prefix="worker-1")).instances] == [
+            "worker-1"
+        ]
         with pytest.raises(InvalidArgumentError) as refused:
             await ops.list_agents(page_token="garbage")
         assert refused.value.field == "page_token"

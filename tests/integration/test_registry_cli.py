@@ -27,7 +27,9 @@ async def agentmesh(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def test_operator_lists_inspects_discovers_and_routes(populated: RegistryReplica, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_operator_lists_inspects_discovers_and_routes(
+    populated: RegistryReplica, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert await agentmesh("agents", "list") == 0
     listed = capsys.readouterr().out
     assert "2 instance(s)" in listed and "support/triage" in listed and "1.1.0" in listed
@@ -36,17 +38,39 @@ async def test_operator_lists_inspects_discovers_and_routes(populated: RegistryR
     shown = capsys.readouterr().out
     assert "support/triage 1.0.0" in shown and "classify_ticket" in shown and "127.0.0.1:9000" in shown
 
-    assert await agentmesh("agents", "route", "support/triage", "--weights", "1.0.0=90,1.1.0=10", "--max-error-rate", "0.2") == 0
+    assert (
+        await agentmesh(
+            "agents", "route", "support/triage", "--weights", "1.0.0=90,1.1.0=10", "--max-error-rate", "0.2"
+        )
+        == 0
+    )
     routed = capsys.readouterr().out
     assert "90 (90%)" in routed and "canary rollback above 20% errors" in routed
 
-    assert await agentmesh("agents", "discover", "--skill", "classify_ticket", "--policy", "pii:allowed", "--routing-key", "t1") == 0
+    assert (
+        await agentmesh(
+            "agents",
+            "discover",
+            "--skill",
+            "classify_ticket",
+            "--policy",
+            "pii:allowed",
+            "--routing-key",
+            "t1",
+        )
+        == 0
+    )
     discovered = capsys.readouterr().out
-    print(discovered, file=__import__("sys").stderr)
-    assert "2 matched of 2 visible" in discovered and "support/triage" in discovered and "policies hold: pii:allowed" in discovered
+    assert (
+        "2 matched of 2 visible" in discovered
+        and "support/triage" in discovered
+        and "policies hold: pii:allowed" in discovered
+    )
 
 
-async def test_operator_sees_a_readable_refusal(populated: RegistryReplica, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_operator_sees_a_readable_refusal(
+    populated: RegistryReplica, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert await agentmesh("agents", "discover", "--pattern", "support/(") == 1
     assert "INVALID_ARGUMENT" in capsys.readouterr().out
     assert await agentmesh("agents", "get", "support/nobody") == 1

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from agentmesh.storage import create_async_engine
 from agentmesh.v1 import registry_pb2
-from tests.fixtures.registry import StartRegistry, make_card
+from tests.fixtures.registry import RegistryReplica, StartRegistry, make_card
 from tests.integration.test_registry import eventually
 
 pytestmark = pytest.mark.postgres
 
+Replicas = tuple[RegistryReplica, RegistryReplica, str]
+
 
 @pytest.fixture
-async def replicas(start_registry: StartRegistry, postgres_server: object, _postgres_migrated_pool: object) -> tuple:
-    pool = _postgres_migrated_pool
-    with pool.database() as url:  # type: ignore[attr-defined]
+async def replicas(start_registry: StartRegistry, _postgres_migrated_pool: Any) -> AsyncIterator[Replicas]:
+    with _postgres_migrated_pool.database() as url:
         first = await start_registry(url)
         second = await start_registry(url)
         yield first, second, url
@@ -28,18 +30,22 @@ def _answer(response: registry_pb2.DiscoverAgentsResponse) -> list[tuple[str, st
     return [(c.instance.card.name, c.instance.card.version, round(c.score, 4)) for c in response.candidates]
 
 
-async def test_two_replicas_give_the_same_discovery_answers(replicas: tuple) -> None:
+async def test_two_replicas_give_the_same_discovery_answers(replicas: Replicas) -> None:
     first, second, _ = replicas
     for index in range(6):
         name = f"triage-{index}"
         target = first if index % 2 else second
         async with target.client("agent", name) as agent:
             await agent.register(
-                make_card(name, policies=("pii:allowed",) if index % 3 else (), description=f"Triage tickets {index}.")
+                make_card(
+                    name,
+                    policies=("pii:allowed",) if index % 3 else (),
+                    description=f"Triage tickets {index}.",
+                )
             )
     async with first.client("client", "ops") as ops_a, second.client("client", "ops") as ops_b:
         await ops_a.set_routing("support", "triage-1", {"1.0.0": 100}, reason="pin")
-        queries = [
+        queries: list[dict[str, Any]] = [
             {"skill": "classify_ticket", "max_results": 20},
             {"patterns": ["support/triage-[0-3]"], "required_policies": ["pii:allowed"]},
             {"intent": "triage tickets 4"},
@@ -57,7 +63,7 @@ async def test_two_replicas_give_the_same_discovery_answers(replicas: tuple) -> 
         assert (await ops_b.get_routing("support", "triage-1")).reason == "pin"
 
 
-async def test_watch_on_one_replica_sees_registrations_through_the_other(replicas: tuple) -> None:
+async def test_watch_on_one_replica_sees_registrations_through_the_other(replicas: Replicas) -> None:
     first, second, _ = replicas
     types = registry_pb2.AgentEventType
     async with second.client("client", "ops") as ops:
@@ -79,7 +85,9 @@ async def test_watch_on_one_replica_sees_registrations_through_the_other(replica
         await stream.aclose()
 
 
-async def test_a_lease_renewed_through_one_replica_expires_nowhere_and_expiry_is_announced_once(replicas: tuple) -> None:
+async def test_a_lease_renewed_through_one_replica_expires_nowhere_and_expiry_is_announced_once(
+    replicas: Replicas,
+) -> None:
     first, second, url = replicas
     async with first.client("agent", "triage") as agent:
         lease = (await agent.register(make_card("triage"), lease_ttl=1.0)).lease
@@ -91,15 +99,18 @@ async def test_a_lease_renewed_through_one_replica_expires_nowhere_and_expiry_is
     async with first.client("client", "ops") as ops_a, second.client("client", "ops") as ops_b:
 
         async def gone_everywhere() -> bool:
-            return not (await ops_a.discover(skill="classify_ticket")).candidates and not (
-                await ops_b.discover(skill="classify_ticket")
-            ).candidates
+            return (
+                not (await ops_a.discover(skill="classify_ticket")).candidates
+                and not (await ops_b.discover(skill="classify_ticket")).candidates
+            )
 
         await eventually(gone_everywhere, 3.0, "expiry on both replicas")
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            expired = await conn.scalar(sa.text("SELECT count(*) FROM registry_events WHERE event_type = 'EXPIRED'"))
+            expired = await conn.scalar(
+                sa.text("SELECT count(*) FROM registry_events WHERE event_type = 'EXPIRED'")
+            )
     finally:
         await engine.dispose()
     assert expired == 1

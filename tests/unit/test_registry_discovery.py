@@ -15,16 +15,24 @@ from tests.fixtures.registry import make_card
 SERVING = agent_pb2.SERVING_STATE_SERVING
 
 
-def _add(index: AgentIndex, card: agent_pb2.AgentCard, *, load: float = 0.0, state: int = SERVING) -> InstanceRecord:
+def _add(
+    index: AgentIndex, card: agent_pb2.AgentCard, *, load: float = 0.0, state: int = SERVING
+) -> InstanceRecord:
     version_id = len(index.versions) + 1
     index.put_version(VersionRecord(version_id, card, parse_version(card.version), f"hash-{version_id}"))
-    instance = InstanceRecord(f"i{version_id}", f"l{version_id}", version_id, card.endpoint, state, load, 10.0, "", 0.0, 0.0)
+    instance = InstanceRecord(
+        f"i{version_id}", f"l{version_id}", version_id, card.endpoint, state, load, 10.0, "", 0.0, 0.0
+    )
     index.put_instance(instance)
     return instance
 
 
-def _names(index: AgentIndex, query: DiscoveryQuery, policies: dict[str, RoutePolicy] | None = None) -> list[str]:
-    return [f"{c.version.key}@{c.version.card.version}" for c in index.discover(query, policies or {}).candidates]
+def _names(
+    index: AgentIndex, query: DiscoveryQuery, policies: dict[str, RoutePolicy] | None = None
+) -> list[str]:
+    return [
+        f"{c.version.key}@{c.version.card.version}" for c in index.discover(query, policies or {}).candidates
+    ]
 
 
 def test_tokenize_splits_snake_case_drops_stopwords_and_folds_plurals() -> None:
@@ -52,7 +60,9 @@ def test_filters_combine_and_counts_are_reported() -> None:
     result = index.discover(query, {})
     assert sorted(c.version.card.name for c in result.candidates) == ["triage", "triage-us"]
     assert (result.visible_count, result.matched_count) == (2, 2)  # the DRAINING one is not live
-    assert _names(index, DiscoveryQuery(required_policies=("pii:allowed", "region:eu"))) == ["support/triage@1.0.0"]
+    assert _names(index, DiscoveryQuery(required_policies=("pii:allowed", "region:eu"))) == [
+        "support/triage@1.0.0"
+    ]
     assert _names(index, DiscoveryQuery(required_policies=("nobody:has-this",))) == []
     assert _names(index, DiscoveryQuery(purpose="billing")) == ["finance/billing@1.0.0"]
     assert _names(index, DiscoveryQuery(labels=(("team", "a"),))) == ["support/triage@1.0.0"]
@@ -62,11 +72,27 @@ def test_filters_combine_and_counts_are_reported() -> None:
 
 def test_intent_ranks_by_relevance_and_explains_what_matched() -> None:
     index = AgentIndex()
-    _add(index, make_card("refunds", purpose="refunds", skills=("refund_order",), description="Refund damaged orders."))
-    _add(index, make_card("shipping", purpose="shipping", skills=("track_order",), description="Track where an order is."))
-    _add(index, make_card("weather", purpose="weather", skills=("forecast",), description="Tomorrow's weather."))
+    _add(
+        index,
+        make_card(
+            "refunds", purpose="refunds", skills=("refund_order",), description="Refund damaged orders."
+        ),
+    )
+    _add(
+        index,
+        make_card(
+            "shipping", purpose="shipping", skills=("track_order",), description="Track where an order is."
+        ),
+    )
+    _add(
+        index,
+        make_card("weather", purpose="weather", skills=("forecast",), description="Tomorrow's weather."),
+    )
     result = index.discover(DiscoveryQuery(intent="refund my damaged order"), {})
-    assert [c.version.card.name for c in result.candidates] == ["refunds", "shipping"]  # weather matches nothing
+    assert [c.version.card.name for c in result.candidates] == [
+        "refunds",
+        "shipping",
+    ]  # weather matches nothing
     best = result.candidates[0]
     assert best.matched_skill == "refund_order"
     assert any(r.startswith("intent matched: refund, damaged, order") for r in best.reasons)
@@ -77,7 +103,10 @@ def test_less_loaded_agents_rank_first_when_equally_relevant() -> None:
     index = AgentIndex()
     _add(index, make_card("busy"), load=0.9)
     _add(index, make_card("idle"), load=0.1)
-    assert _names(index, DiscoveryQuery(skill="classify_ticket")) == ["support/idle@1.0.0", "support/busy@1.0.0"]
+    assert _names(index, DiscoveryQuery(skill="classify_ticket")) == [
+        "support/idle@1.0.0",
+        "support/busy@1.0.0",
+    ]
 
 
 def test_one_candidate_per_agent_routed_by_weight_and_sticky_per_key() -> None:
@@ -88,11 +117,16 @@ def test_one_candidate_per_agent_routed_by_weight_and_sticky_per_key() -> None:
     assert _names(index, query) == ["support/triage@1.1.0"]  # no policy: highest version
     policy = RoutePolicy("support", "triage", {"1.0.0": 50, "1.1.0": 50})
     policies = {"support/triage": policy}
-    picks = {key: _names(index, DiscoveryQuery(skill="classify_ticket", routing_key=key), policies)[0] for key in map(str, range(100))}
+    picks = {
+        key: _names(index, DiscoveryQuery(skill="classify_ticket", routing_key=key), policies)[0]
+        for key in map(str, range(100))
+    }
     assert 20 < sum(v.endswith("1.1.0") for v in picks.values()) < 80
     for key, pick in picks.items():
         assert _names(index, DiscoveryQuery(skill="classify_ticket", routing_key=key), policies) == [pick]
-    constrained = DiscoveryQuery(skill="classify_ticket", version_constraint=parse_specifier("<1.1"), routing_key="x")
+    constrained = DiscoveryQuery(
+        skill="classify_ticket", version_constraint=parse_specifier("<1.1"), routing_key="x"
+    )
     assert _names(index, constrained, policies) == ["support/triage@1.0.0"]
 
 

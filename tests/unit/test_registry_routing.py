@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from agentmesh.services.registry.routing import CanaryRule, OutcomeWindows, RoutePolicy, choose_version, rollback_reason
+from agentmesh.services.registry.routing import (
+    CanaryRule,
+    OutcomeWindows,
+    RoutePolicy,
+    choose_version,
+    rollback_reason,
+)
 
 
 def test_without_a_policy_the_highest_version_wins() -> None:

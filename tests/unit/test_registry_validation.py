@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from agentmesh._errors import InvalidArgumentError
-from agentmesh.services.registry.validation import compile_patterns, parse_specifier, parse_version, validate_card
+from agentmesh.services.registry.validation import (
+    compile_patterns,
+    parse_specifier,
+    parse_version,
+    validate_card,
+)
 from tests.fixtures.registry import make_card
 
 
