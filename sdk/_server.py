@@ -60,7 +60,7 @@ class MeshServer:
         self._requested_port = port
         self._services = list(services)
         self._readiness = readiness
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # no stubs for health.aio
         self._server: grpc.aio.Server | None = None
         self._readiness_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -229,14 +229,17 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError) or isinstance(exc, asyncio.CancelledError):
             observation.end(context.code() or grpc.StatusCode.CANCELLED)
             return
-        if isinstance(exc, NotImplementedError):
+        error: MeshError
+        if isinstance(exc, MeshError):
+            error = exc
+        elif isinstance(exc, NotImplementedError):
             # Generated base servicers raise it for RPCs a server does not serve (yet).
-            exc = UnimplementedError(f"{method} is not served by this server yet")
-        elif not isinstance(exc, MeshError):
+            error = UnimplementedError(f"{method} is not served by this server yet")
+        else:
             logger.exception("unhandled error in %s", method)
-            exc = InternalError(f"internal error in {method}; see the server log")
-        observation.end(exc.code, exc)
-        await context.abort_with_status(exc.to_status())
+            error = InternalError(f"internal error in {method}; see the server log")
+        observation.end(error.code, error)
+        await context.abort_with_status(error.to_status())  # type: ignore[attr-defined]  # grpc-stubs lag aio
 
 
 def _parse_request(deserializer: Callable[[bytes], Any] | None, raw: bytes, method: str) -> Any:

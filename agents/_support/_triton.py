@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
 
 from agentmesh._errors import MeshError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, ModelUsage, SkillContext
 from agentmesh.agents._support._sentiment import blend_sentiment
 from agentmesh.agents._support._text import split_sentences
-from agentmesh.inference import ClassificationResult, EmbeddingResult, InferenceClient, SentimentResult
+from agentmesh.inference import EmbeddingResult, InferenceClient, SentimentResult
 
 __all__ = ["MAX_SENTENCES", "TritonAgent"]
 
@@ -20,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Sentences of one message scored or embedded at most (the request is usually up front; bounds the cost).
 MAX_SENTENCES = 12
+# Reusable embeddings kept per agent (384 float32 each: 4096 is ~6 MiB).
+_VECTOR_CACHE_SIZE = 4096
 
 
 class TritonAgent(Agent):
@@ -37,6 +42,8 @@ class TritonAgent(Agent):
         self._given_inference = inference
         self._prepared = False
         self._prepare_lock = asyncio.Lock()
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors_model: tuple[str, str] | None = None
 
     async def startup(self) -> None:
         """Open the Triton client and prepare, tolerating a Triton that is not up yet."""
@@ -95,14 +102,30 @@ class TritonAgent(Agent):
         result = await self.sentiment([text, *sentences] if len(sentences) > 1 else [text], ctx)
         return blend_sentiment(result.scores[0], result.scores[1:])
 
-    async def classify(
-        self, texts: Sequence[str], labels: Mapping[str, Sequence[str]], ctx: SkillContext | None
-    ) -> ClassificationResult:
-        """Zero-shot labels of ``texts`` by similarity to each label's prototype sentences (cached)."""
-        started = time.perf_counter()
-        result = await self.inference.classify(list(texts), labels, deadline=_deadline(ctx))
-        _record(ctx, result.model, result.version, started)
-        return result
+    async def embed_reusing(
+        self, fresh: Sequence[str], reusable: Sequence[str], ctx: SkillContext | None
+    ) -> EmbeddingResult:
+        """Embeddings of ``fresh`` then ``reusable`` texts, in that order. Reusable texts (article sentences,
+        seen again and again) come from an in-memory LRU cache when seen before, so the one Triton call
+        carries only new texts; the cache is dropped when Triton answers with another model or version.
+        """
+        if not fresh:
+            raise ValueError("embed_reusing needs at least one fresh text (it names the model used)")
+        missing = [t for t in dict.fromkeys(reusable) if t not in self._vectors]
+        result = await self.embed([*fresh, *missing], ctx)
+        if (result.model, result.version) != self._vectors_model:
+            self._vectors.clear()
+            self._vectors_model = (result.model, result.version)
+            if len(missing) != len(set(reusable)):  # cached vectors came from the previous model
+                return await self.embed([*fresh, *reusable], ctx)
+        for text, vector in zip(missing, result.embeddings[len(fresh) :], strict=True):
+            self._vectors[text] = vector
+        for text in reusable:
+            self._vectors.move_to_end(text)
+        while len(self._vectors) > _VECTOR_CACHE_SIZE:
+            self._vectors.popitem(last=False)
+        rows = [result.embeddings[: len(fresh)], *(self._vectors[t][None, :] for t in reusable)]
+        return EmbeddingResult(model=result.model, version=result.version, embeddings=np.vstack(rows))
 
 
 def _deadline(ctx: SkillContext | None) -> float | None:

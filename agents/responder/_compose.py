@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,7 @@ __all__ = [
     "ReplyPlan",
     "candidate_sentences",
     "compose_reply",
+    "customer_context",
     "plan_from_feedback",
     "select_sentences",
 ]
@@ -34,6 +36,12 @@ _SORRY = {
     "shipping": "I'm sorry for the trouble with your delivery.",
     "technical": "I'm sorry for the trouble this is causing.",
     "account": "I'm sorry for the trouble accessing your account.",
+}
+_ORDER_STATUS = {
+    "delivered": ", which our records show as delivered",
+    "in_transit": ", which is on its way with the carrier",
+    "processing": ", which has not been dispatched yet",
+    "cancelled": ", which was cancelled",
 }
 # Sentences shorter than this say too little to answer anything on their own.
 _MIN_WORDS = 6
@@ -114,6 +122,27 @@ def select_sentences(
     return chosen
 
 
+def customer_context(customer: Mapping[str, Any] | None, ticket_text: str, intent: str) -> str:
+    """One sentence from the customer's record that shows we looked: the order the ticket names (or, for
+    refund and shipping questions, the latest order) and its status, or the plan for a cancellation.
+    Order ids, items and plans are not personal data; contact fields are never used.
+    """
+    if not customer:
+        return ""
+    orders = [o for o in customer.get("orders") or [] if isinstance(o, Mapping) and o.get("order_id")]
+    named = [o for o in orders if str(o["order_id"]).lower() in ticket_text.lower()]
+    order = named[0] if named else (orders[0] if orders and intent in ("refund", "shipping") else None)
+    if order is not None:
+        status = _ORDER_STATUS.get(str(order.get("status", "")), "")
+        item = f" ({order['item']})" if order.get("item") else ""
+        return f"I can see your order {order['order_id']}{item}{status}."
+    plan = str(customer.get("plan", ""))
+    if intent == "cancellation" and plan.startswith("plus"):
+        period = plan.removeprefix("plus").strip("-")
+        return f"I can see you are on the Northwind Plus{' ' + period if period else ''} plan."
+    return ""
+
+
 def compose_reply(
     *,
     first_name: str,
@@ -122,6 +151,7 @@ def compose_reply(
     quoted: Sequence[Candidate],
     titles: dict[str, str],
     plan: ReplyPlan,
+    context: str = "",
 ) -> tuple[str, list[str]]:
     """The reply text and the ids of the articles it cites (in order of first use)."""
     greeting = f"Hi {first_name}," if first_name else "Hello,"
@@ -132,6 +162,8 @@ def compose_reply(
     lines = [opening]
     if plan.apologise and intent in _SORRY:
         lines.append(_SORRY[intent])
+    if context:
+        lines.append(context)
     if plan.restate_subject and subject.strip():
         lines.append(f'You asked about "{_clean(subject)}", so here is what applies to your case.')
     body: list[str] = []

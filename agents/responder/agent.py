@@ -22,6 +22,7 @@ from agentmesh.agents.responder._compose import (
     SIGNATURE,
     candidate_sentences,
     compose_reply,
+    customer_context,
     plan_from_feedback,
     select_sentences,
 )
@@ -97,6 +98,7 @@ class ResponderAgent(TritonAgent):
             plan = dataclasses.replace(plan, sentences=1)
         candidates = candidate_sentences(request.articles)
         titles = {a.article_id: a.title for a in request.articles}
+        context = customer_context(request.customer, request.ticket.as_text(), request.intent)
         if not candidates:
             reply, citations = compose_reply(
                 first_name=name,
@@ -105,9 +107,10 @@ class ResponderAgent(TritonAgent):
                 quoted=[],
                 titles=titles,
                 plan=plan,
+                context=context,
             )
             return DraftOutput(reply=reply, citations=citations, model="extractive")
-        embedded = await self.embed([request.ticket.as_text(), *(c.text for c in candidates)], ctx)
+        embedded = await self.embed_reusing([request.ticket.as_text()], [c.text for c in candidates], ctx)
         vectors = embedded.embeddings[1:]
         chosen = select_sentences(vectors @ embedded.embeddings[0], vectors, candidates, plan)
         reply, citations = compose_reply(
@@ -117,6 +120,7 @@ class ResponderAgent(TritonAgent):
             quoted=[candidates[i] for i in chosen],
             titles=titles,
             plan=plan,
+            context=context,
         )
         return DraftOutput(
             reply=reply, citations=citations, model=f"extractive/{embedded.model}:{embedded.version}"

@@ -66,6 +66,7 @@ class SkillRunner:
         self._idle.set()
         self._draining = False
         self._in_flight_gauge = SKILL_IN_FLIGHT.labels(self.name)
+        self._latencies: dict[tuple[str, str], Any] = {}
 
     @property
     def in_flight(self) -> int:
@@ -158,8 +159,15 @@ class SkillRunner:
             raise
         finally:
             duration = time.perf_counter() - started
-            SKILL_LATENCY.labels(self.name, spec.name, outcome).observe(duration)
+            self._latency(spec.name, outcome).observe(duration)
         return InvocationResult(output=output, model_usages=tuple(ctx.model_usages), duration=duration)
+
+    def _latency(self, skill: str, outcome: str) -> Any:
+        # labels() takes a lock and builds a key on every call; resolve each child once.
+        child = self._latencies.get((skill, outcome))
+        if child is None:
+            child = self._latencies[skill, outcome] = SKILL_LATENCY.labels(self.name, skill, outcome)
+        return child
 
     def _enter(self) -> None:
         self._in_flight += 1

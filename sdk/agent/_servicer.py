@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from agentmesh import security, telemetry
 from agentmesh.agent._agent import Agent
@@ -114,7 +114,7 @@ def _invocation(request: agent_pb2.InvokeRequest, context: grpc.aio.ServicerCont
     remaining = context.time_remaining()
     return Invocation(
         skill=request.skill,
-        input=json_format.MessageToDict(request.input) if request.HasField("input") else {},
+        input=struct_to_dict(request.input),
         task_id=request.task_id,
         step_id=request.step_id,
         conversation_id=request.conversation_id,
@@ -131,6 +131,28 @@ def _caller() -> str:
     return identity.uri if identity is not None else ""
 
 
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A ``Struct`` as plain JSON values (several times faster than ``json_format.MessageToDict``)."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        # JSON has one number type; integral values arrive as int (2, not 2.0) for fields typed Any or dict.
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    return None
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:

@@ -117,20 +117,13 @@ class LocalMesh:
         return triton_url
 
     def _ensure_certificates(self) -> None:
-        from agentmesh.security import CertificateAuthority, ca_paths, workload_paths
+        from agentmesh.security import CertificateAuthority
 
-        home = self.settings.home
-        ca_cert, _ = ca_paths(home)
-        if ca_cert.exists():
-            authority = CertificateAuthority.load(home)
-        else:
-            authority = CertificateAuthority.init(home, self.settings.trust_domain)
+        authority = CertificateAuthority.load_or_init(self.settings.home, self.settings.trust_domain)
         workloads = [("service", s) for s in _SERVICES] + [_OPS]
         workloads += [("agent", agent_identity(m)) for m in self.agents]
         for kind, name in workloads:
-            cert, _ = workload_paths(home / "certs", kind, name)
-            if not cert.exists() or _expires_within(cert, seconds=3600):
-                authority.issue(kind, name)
+            authority.ensure(kind, name)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -239,11 +232,3 @@ class LocalMesh:
                 await asyncio.to_thread(child.process.wait)
             child.log.close()
 
-
-def _expires_within(cert_path: Path, *, seconds: float) -> bool:
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    return cert.not_valid_after_utc - datetime.now(UTC) < timedelta(seconds=seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from agentmesh.inference._export import ensure_minilm_onnx
@@ -43,6 +44,11 @@ def copy_if_changed(source: Path, target: Path) -> None:
         if have.st_size == want.st_size and have.st_mtime_ns == want.st_mtime_ns:
             return
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    shutil.copy2(source, partial)
-    partial.replace(target)
+    # A unique temporary name: several processes may prepare the same repository at once.
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as handle:
+        partial = Path(handle.name)
+    try:
+        shutil.copy2(source, partial)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)

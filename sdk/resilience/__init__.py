@@ -13,6 +13,7 @@ from agentmesh.resilience._breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
+    CircuitOpenRpcError,
     breaker_for,
     is_failure,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "BreakerState",
     "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitOpenRpcError",
     "MeshClientInterceptor",
     "RetryPolicy",
     "breaker_for",

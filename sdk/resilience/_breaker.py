@@ -54,6 +54,21 @@ class CircuitOpenError(UnavailableError):
         self.retry_after = retry_after
 
 
+class CircuitOpenRpcError(grpc.aio.AioRpcError):
+    """:class:`CircuitOpenError` as the ``AioRpcError`` stub callers handle (UNAVAILABLE, reason CIRCUIT_OPEN)."""
+
+    def __init__(self, error: CircuitOpenError) -> None:
+        status = error.to_status()
+        super().__init__(
+            code=grpc.StatusCode.UNAVAILABLE,
+            initial_metadata=grpc.aio.Metadata(),
+            trailing_metadata=grpc.aio.Metadata(*status.trailing_metadata),
+            details=error.message,
+            debug_error_string=None,
+        )
+        self.retry_after = error.retry_after
+
+
 def error_code(exc: BaseException) -> grpc.StatusCode | None:
     """The gRPC status code an exception stands for (AioRpcError or MeshError), else None."""
     if isinstance(exc, MeshError):

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AnyValue
 
 from agentmesh._settings import Settings
-from agentmesh.resilience._breaker import CircuitBreaker, CircuitOpenError, breaker_for
+from agentmesh.resilience._breaker import CircuitBreaker, CircuitOpenError, CircuitOpenRpcError, breaker_for
 from agentmesh.resilience._deadline import remaining_budget
 from agentmesh.resilience._retry import RetryPolicy, is_idempotent_method
 from agentmesh.telemetry._tracing import configure_tracing, get_tracer, traceparent_of
@@ -131,7 +131,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             try:
                 breaker.before_call()
             except CircuitOpenError as exc:
-                raise _as_rpc_error(exc) from None
+                raise CircuitOpenRpcError(exc) from None
         try:
             call = await continuation(details, request)
             await call  # the outcome decides breaker and retries
@@ -186,7 +186,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 try:
                     breaker.before_call()
                 except CircuitOpenError as exc:
-                    raise _as_rpc_error(exc) from None
+                    raise CircuitOpenRpcError(exc) from None
             call = await continuation(details, request)
         except BaseException as exc:
             _end_span_error(span, exc)
@@ -233,21 +233,7 @@ def _end_span_error(span: trace.Span, exc: BaseException) -> None:
     span.end()
 
 
-def _as_rpc_error(exc: CircuitOpenError) -> AioRpcError:
-    """The breaker's refusal as the RpcError stub callers already handle (``from_rpc_error`` → Unavailable)."""
-    status = exc.to_status()
-    return AioRpcError(
-        code=grpc.StatusCode.UNAVAILABLE,
-        initial_metadata=Metadata(),
-        trailing_metadata=Metadata(*status.trailing_metadata),
-        details=exc.message,
-        debug_error_string=None,
-    )
-
-
-def client_interceptors(
-    target: str, settings: Settings, service_name: str
-) -> list[Any]:
+def client_interceptors(target: str, settings: Settings, service_name: str) -> list[Any]:
     """The interceptors ``create_channel`` puts on a channel to ``target`` (breaker shared per endpoint)."""
     interceptor = MeshClientInterceptor(
         tracer=get_tracer(configure_tracing(settings, service_name)),

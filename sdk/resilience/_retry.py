@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from tenacity.wait import wait_random_exponential
 
 from agentmesh._errors import ResourceExhaustedError
-from agentmesh.resilience._breaker import CircuitOpenError, error_code
+from agentmesh.resilience._breaker import CircuitOpenError, CircuitOpenRpcError, error_code
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ class RetryPolicy:
 
     def is_retryable(self, exc: BaseException, *, idempotent: bool = False) -> bool:
         """Whether ``exc`` is a transient failure worth another attempt."""
-        if isinstance(exc, CircuitOpenError):  # the breaker already knows: fail fast
+        if isinstance(exc, (CircuitOpenError, CircuitOpenRpcError)):  # the breaker already knows: fail fast
             return False
         code = error_code(exc)
         if code is grpc.StatusCode.UNAVAILABLE:

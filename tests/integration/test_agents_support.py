@@ -4,6 +4,7 @@ through a real Triton (MiniLM embeddings, sentiment). Assertions are ones a wron
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -78,10 +79,10 @@ async def support(
     channels: list[grpc.aio.Channel] = []
     try:
         for name, agent_class in AGENTS.items():
-            runtime = AgentRuntime(agent_class(settings), port=0, register=False)
-            await runtime.start()
-            runtimes[name] = runtime
-        planner, ops = {}, {}
+            runtimes[name] = AgentRuntime(agent_class(settings), port=0, register=False)
+        await asyncio.gather(*(runtime.start() for runtime in runtimes.values()))
+        planner: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
+        ops: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
         for name, runtime in runtimes.items():
             for stubs, kind, who in ((planner, "service", "planner"), (ops, "client", "ops")):
                 channel = create_channel(runtime.address, settings, kind=kind, name=who)
@@ -90,9 +91,8 @@ async def support(
         yield Support(planner, ops, runtimes)
     finally:
         for channel in channels:
-            await channel.close()
-        for runtime in runtimes.values():
-            await runtime.stop()
+            await channel.close(None)
+        await asyncio.gather(*(runtime.stop() for runtime in runtimes.values()))
 
 
 def ticket_input(ticket: ExampleTicket) -> dict[str, str]:
@@ -161,7 +161,10 @@ async def test_agents_export_skill_and_triton_metrics(support: Support) -> None:
 
 
 async def test_triage_gets_the_intent_of_the_example_tickets_right(support: Support) -> None:
-    results = {t.id: await support.call("triage", "classify_ticket", ticket_input(t)) for t in TICKETS}
+    answers = await asyncio.gather(
+        *(support.call("triage", "classify_ticket", ticket_input(t)) for t in TICKETS)
+    )
+    results = {t.id: answer for t, answer in zip(TICKETS, answers, strict=True)}
     correct = [t.id for t in TICKETS if results[t.id]["intent"] == t.expected.intent]
     assert len(correct) / len(TICKETS) >= 0.8, {t.id: results[t.id]["intent"] for t in TICKETS}
     for ticket in TICKETS:
@@ -200,7 +203,10 @@ async def test_a_ticket_without_text_is_invalid_argument(support: Support) -> No
 
 
 async def test_angry_tickets_score_negative_and_thankful_ones_positive(support: Support) -> None:
-    scores = {t.id: await support.call("sentiment", "score_sentiment", {"text": t.text}) for t in TICKETS}
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t.text}) for t in TICKETS)
+    )
+    scores = {t.id: answer for t, answer in zip(TICKETS, answers, strict=True)}
     negative = [t.id for t in TICKETS if t.expected.sentiment == "negative"]
     positive = [t.id for t in TICKETS if t.expected.sentiment == "positive"]
     assert negative and positive
@@ -305,16 +311,20 @@ async def test_only_the_planner_may_invoke_the_crm(support: Support) -> None:
 async def draft_for(
     support: Support, ticket: ExampleTicket, feedback: list[str] | None = None
 ) -> dict[str, Any]:
-    intent = (await support.call("triage", "classify_ticket", ticket_input(ticket)))["intent"]
+    """Triage, retrieval and lookup (concurrently, as the planner's DAG runs them), then the draft."""
     query = f"{ticket.subject} {ticket.text}"
-    articles = (await support.call("kb-search", "search_articles", {"query": query, "top_k": 3}))["articles"]
-    customer = (await support.call("crm", "lookup_customer", {"email": ticket.email}))["customer"]
+    triage, retrieved, found = await asyncio.gather(
+        support.call("triage", "classify_ticket", ticket_input(ticket)),
+        support.call("kb-search", "search_articles", {"query": query, "top_k": 3}),
+        support.call("crm", "lookup_customer", {"email": ticket.email}),
+    )
+    articles, customer = retrieved["articles"], found["customer"]
     draft = await support.call(
         "responder",
         "draft_reply",
         {
             "ticket": ticket_input(ticket),
-            "intent": intent,
+            "intent": triage["intent"],
             "articles": articles,
             "customer": customer,
             "feedback": feedback or [],
@@ -334,8 +344,8 @@ async def review(
 
 
 async def test_every_draft_is_grounded_personal_and_passes_review(support: Support) -> None:
-    for ticket in TICKETS:
-        case = await draft_for(support, ticket)
+    cases = await asyncio.gather(*(draft_for(support, ticket) for ticket in TICKETS))
+    for ticket, case in zip(TICKETS, cases, strict=True):
         draft, articles = case["draft"], case["articles"]
         reply = draft["reply"]
         first = case["customer"]["name"].split()[0]
@@ -344,8 +354,37 @@ async def test_every_draft_is_grounded_personal_and_passes_review(support: Suppo
         assert all(f"[{c}]" in reply for c in draft["citations"])
         assert draft["model"] == "extractive/minilm_embedding:1"
         assert find_pii(reply) == [] and case["customer"]["name"].split()[-1] not in reply
+        named = [o["order_id"] for o in case["customer"]["orders"] if o["order_id"] in ticket.text]
+        assert all(order_id in reply for order_id in named), (ticket.id, named)
         verdict = await review(support, ticket, reply, draft["citations"], articles)
         assert verdict["passed"], (ticket.id, verdict)
+
+
+async def test_a_second_draft_embeds_only_the_new_ticket(support: Support) -> None:
+    def rows_embedded() -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "agentmesh_triton_request_batch_size_sum", {"model": "minilm_embedding"}
+            )
+            or 0.0
+        )
+
+    ticket = by_id("t05-cancel-subscription")
+    case = await draft_for(support, ticket)
+    data = {
+        "ticket": {"text": "Please cancel my Plus membership."},
+        "intent": "cancellation",
+        "articles": case["articles"],
+    }
+    before = rows_embedded()
+    first = await support.invoke("responder", "draft_reply", data)
+    after_first = rows_embedded()
+    data["ticket"] = {"text": "How do I stop Northwind Plus from renewing?"}
+    second = await support.invoke("responder", "draft_reply", data)
+    assert rows_embedded() - after_first == 1  # the article sentences came from the cache
+    assert after_first - before == 1  # draft_for already embedded them through this responder
+    assert [(u.model_name, u.model_version) for u in second.model_usages] == [("minilm_embedding", "1")]
+    assert json_format.MessageToDict(first.output)["citations"] == ["kb-cancel-subscription"]
 
 
 async def test_a_refund_reply_quotes_the_refund_rules(support: Support) -> None:

@@ -141,19 +141,18 @@ async def test_planner_process_stops_cleanly_on_sigterm(mesh_settings: Settings,
     port = free_port()
     env = {**os.environ, "AGENTMESH_HOME": str(mesh_settings.home), "AGENTMESH_DATABASE_URL": url,
            "AGENTMESH_TRUST_DOMAIN": mesh_settings.trust_domain}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh.cli", "planner", "--port", str(port)],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentmesh.cli", "planner", "--port", str(port),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     channel = create_channel(f"127.0.0.1:{port}", mesh_settings, kind="client", name="ops")
     try:
         await wait_until_serving(channel, within=30)
         process.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(process.wait, 20)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
     finally:
         await channel.close()
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-    output = process.stdout.read().decode() if process.stdout else ""
-    assert code == 0, output
-    assert "Traceback" not in output
+    assert process.returncode == 0, output.decode()
+    assert "Traceback" not in output.decode()

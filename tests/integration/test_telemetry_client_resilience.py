@@ -157,6 +157,22 @@ async def test_breaker_opens_on_a_dead_endpoint_and_fails_fast(tuned: Settings) 
     assert _reason(fast.value) == "CIRCUIT_OPEN"
 
 
+async def test_retries_stop_at_an_open_circuit(tuned: Settings) -> None:
+    target = f"127.0.0.1:{_closed_port()}"
+    settings = tuned.replace(breaker_failure_threshold=2, retry_max_attempts=5)
+    async with create_channel(target, settings, kind="client", name="caller") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await raw_method(channel, "/t.Backend/Call")(b"x")
+    # Two refused attempts opened the circuit; the third attempt met it and did not retry on.
+    assert (failed.value.details() or "").startswith(f"circuit open for {target}")
+    assert (
+        REGISTRY.get_sample_value(
+            "agentmesh_circuit_breaker_transitions_total", {"endpoint": target, "state": "open"}
+        )
+        == 1
+    )
+
+
 def _reason(error: grpc.aio.AioRpcError) -> str:
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None

@@ -174,3 +174,16 @@ def test_models_defined_inside_a_function_resolve() -> None:
     Local.check()
     assert Local.skills["greet"].input_model is LocalIn
     assert Local.skills["greet"].output_schema["required"] == ["greeting"]
+
+
+def test_struct_inputs_become_plain_json_with_integral_numbers_as_int() -> None:
+    from google.protobuf import json_format, struct_pb2
+
+    from agentmesh.agent._servicer import struct_to_dict
+
+    data = {"s": "x", "i": 2, "f": 2.5, "b": True, "n": None, "l": [1, "a", {"k": [False]}], "o": {"deep": {"x": -3}}}
+    struct = struct_pb2.Struct()
+    struct.update(data)
+    assert struct_to_dict(struct) == json_format.MessageToDict(struct) == data
+    assert type(struct_to_dict(struct)["i"]) is int and type(struct_to_dict(struct)["o"]["deep"]["x"]) is int
+    assert struct_to_dict(struct_pb2.Struct()) == {}

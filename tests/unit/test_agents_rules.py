@@ -37,7 +37,7 @@ from agentmesh.agents.responder import (
     plan_from_feedback,
     select_sentences,
 )
-from agentmesh.agents.responder._compose import Candidate, candidate_sentences
+from agentmesh.agents.responder._compose import Candidate, candidate_sentences, customer_context
 from agentmesh.agents.triage import INTENTS, assess_priority, intent_scores
 from agentmesh.agents.triage._rules import load_prototypes
 from agentmesh.cli._agent import resolve_agent_class
@@ -312,6 +312,39 @@ def test_reply_greets_by_first_name_cites_and_never_leaks_pii() -> None:
     assert '(see "Refund policy" [kb-refund-policy])' in reply and "[kb-returns]" in reply
     assert find_pii(reply) == [] and "[redacted email]" in reply
     assert reply.rstrip().endswith("Northwind Support")
+
+
+CUSTOMER = {
+    "name": "Tom Becker",
+    "email": "t***@e***.com",
+    "plan": "plus-monthly",
+    "orders": [
+        {"order_id": "NW-2", "item": "Kettle", "status": "in_transit"},
+        {"order_id": "NW-1", "item": "Toaster", "status": "delivered"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "intent", "expected"),
+    [
+        (
+            "Where is order NW-1?",
+            "shipping",
+            "I can see your order NW-1 (Toaster), which our records show as delivered.",
+        ),
+        (
+            "My parcel is late",
+            "shipping",
+            "I can see your order NW-2 (Kettle), which is on its way with the carrier.",
+        ),
+        ("Cancel my membership", "cancellation", "I can see you are on the Northwind Plus monthly plan."),
+        ("I forgot my password", "account", ""),
+    ],
+)
+def test_replies_mention_the_order_or_plan_the_ticket_is_about(text: str, intent: str, expected: str) -> None:
+    assert customer_context(CUSTOMER, text, intent) == expected
+    assert customer_context(None, text, intent) == ""
 
 
 def test_feedback_changes_the_plan() -> None:
