@@ -108,7 +108,7 @@ async def _measure(variant: str, port: int, home: Path, calls: int) -> list[floa
     from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
     settings = _settings(home)
-    payload = {"text": "My order never arrived and I want a refund", "priority": 2}
+    payload: dict[str, Any] = {"text": "My order never arrived and I want a refund", "priority": 2}
     latencies: list[float] = []
     async with create_channel(f"127.0.0.1:{port}", settings, kind="service", name="planner") as channel:
         if variant == "bare":

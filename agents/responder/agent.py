@@ -20,6 +20,7 @@ from agentmesh.agent import AgentInfo, ModelUsage, SkillContext, skill
 from agentmesh.agents._support import Article, Ticket, TritonAgent, first_name, redact_pii
 from agentmesh.agents.responder._compose import (
     SIGNATURE,
+    Candidate,
     candidate_sentences,
     compose_reply,
     customer_context,
@@ -97,34 +98,26 @@ class ResponderAgent(TritonAgent):
             # Praise and general questions get a short answer from the best article, not a policy digest.
             plan = dataclasses.replace(plan, sentences=1)
         candidates = candidate_sentences(request.articles)
-        titles = {a.article_id: a.title for a in request.articles}
-        context = customer_context(request.customer, request.ticket.as_text(), request.intent)
-        if not candidates:
-            reply, citations = compose_reply(
-                first_name=name,
-                intent=request.intent,
-                subject=request.ticket.subject,
-                quoted=[],
-                titles=titles,
-                plan=plan,
-                context=context,
-            )
-            return DraftOutput(reply=reply, citations=citations, model="extractive")
-        embedded = await self.embed_reusing([request.ticket.as_text()], [c.text for c in candidates], ctx)
-        vectors = embedded.embeddings[1:]
-        chosen = select_sentences(vectors @ embedded.embeddings[0], vectors, candidates, plan)
+        quoted: list[Candidate] = []
+        model = "extractive"
+        if candidates:
+            embedded = await self.embed_reusing([request.ticket.as_text()], [c.text for c in candidates], ctx)
+            vectors = embedded.embeddings[1:]
+            quoted = [
+                candidates[i]
+                for i in select_sentences(vectors @ embedded.embeddings[0], vectors, candidates, plan)
+            ]
+            model = f"extractive/{embedded.model}:{embedded.version}"
         reply, citations = compose_reply(
             first_name=name,
             intent=request.intent,
             subject=request.ticket.subject,
-            quoted=[candidates[i] for i in chosen],
-            titles=titles,
+            quoted=quoted,
+            titles={a.article_id: a.title for a in request.articles},
             plan=plan,
-            context=context,
+            context=customer_context(request.customer, request.ticket.as_text(), request.intent),
         )
-        return DraftOutput(
-            reply=reply, citations=citations, model=f"extractive/{embedded.model}:{embedded.version}"
-        )
+        return DraftOutput(reply=reply, citations=citations, model=model)
 
     async def _generate(self, model: str, request: DraftInput, name: str, ctx: SkillContext) -> DraftOutput:
         # Contract of a generation model here: input PROMPT (BYTES [1]), output TEXT (BYTES [1]).

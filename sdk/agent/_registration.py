@@ -92,7 +92,7 @@ class Registration:
             return
         if self.lease_id:
             try:
-                await self._client.deregister(self.lease_id, timeout=self._deadline())
+                await self._client.deregister(self.lease_id, deadline=self._deadline())
                 logger.info("deregistered lease %s", self.lease_id)
             except MeshError as exc:
                 logger.warning("deregistration failed (%s); the lease will expire", exc.code.name)
@@ -121,19 +121,26 @@ class Registration:
                     self.lease_id = ""
                     self._registered.clear()
                     continue
-                self.failures += 1
-                wait = min(_BACKOFF.backoff(self.failures), self._lease_ttl / 3)
                 # A refusal (bad card, wrong identity) will not heal by itself: say so loudly, keep trying.
                 level = logging.WARNING if isinstance(exc, _TRANSIENT) else logging.ERROR
-                logger.log(level, "registry at %s: %s %s; retrying in %.2fs", self._address, exc.code.name, exc.message, wait)
-                await asyncio.sleep(wait)
+                await self._back_off(level, f"{exc.code.name} {exc.message}")
+                continue
+            except Exception as exc:  # a bug must not silently end registration: log it and keep trying
+                logger.exception("registration with %s failed unexpectedly", self._address)
+                await self._back_off(logging.ERROR, type(exc).__name__)
                 continue
             self.failures = 0
             await asyncio.sleep(self._lease_ttl / 3)
 
+    async def _back_off(self, level: int, problem: str) -> None:
+        self.failures += 1
+        wait = min(_BACKOFF.backoff(self.failures), self._lease_ttl / 3)
+        logger.log(level, "registry at %s: %s; retrying in %.2fs", self._address, problem, wait)
+        await asyncio.sleep(wait)
+
     async def _register(self) -> None:
         assert self._client is not None
-        response = await self._client.register(self._card(), lease_ttl=self._settings.lease_ttl, timeout=self._deadline())
+        response = await self._client.register(self._card(), lease_ttl=self._settings.lease_ttl, deadline=self._deadline())
         self.lease_id = response.lease.lease_id
         self.instance_id = response.instance.instance_id
         self._adopt_ttl(response.lease)
@@ -146,7 +153,7 @@ class Registration:
 
     async def _heartbeat(self, state: int) -> None:
         assert self._client is not None
-        lease = await self._client.heartbeat(self.lease_id, state=state, load=self._load(), timeout=self._deadline())
+        lease = await self._client.heartbeat(self.lease_id, state=state, load=self._load(), deadline=self._deadline())
         self._adopt_ttl(lease)
 
     def _adopt_ttl(self, lease: registry_pb2.Lease) -> None:

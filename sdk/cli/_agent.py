@@ -6,9 +6,12 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agentmesh.cli._serve import add_server_arguments, settings_from_args
+
+if TYPE_CHECKING:
+    from agentmesh.agent import Agent
 
 SHIPPED_AGENTS = "agentmesh.agents"
 
@@ -48,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the agent class, build it with the settings, and serve it until SIGTERM."""
+    from pydantic import ValidationError
+
     from agentmesh._settings import Settings
     from agentmesh.agent import AgentInfo, run_agent
 
@@ -63,12 +68,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     agent = agent_class(settings)
     if args.namespace:
-        agent.card = AgentInfo.model_validate({**agent.card.model_dump(), "namespace": args.namespace})
+        try:
+            agent.card = AgentInfo.model_validate({**agent.card.model_dump(), "namespace": args.namespace})
+        except ValidationError as exc:
+            print(f"agentmesh agent run: --namespace {args.namespace!r}: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
     run_agent(agent, settings=settings, port=args.port, registry_address=args.registry, register=not args.no_register)
     return 0
 
 
-def resolve_agent_class(spec: str) -> Any:
+def resolve_agent_class(spec: str) -> type[Agent]:
     """The Agent subclass named by ``NAME``, ``MODULE:CLASS`` or ``MODULE``."""
     from agentmesh.agent import Agent
 

@@ -62,6 +62,8 @@ class _Connection:
 
     url: str
     client: Any  # tritonclient.grpc.aio.InferenceServerClient
+    # Held so the loop's id (the cache key) cannot be reused by a new loop while this entry exists.
+    loop: asyncio.AbstractEventLoop
     users: int = 0
     configs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     metadata: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -79,8 +81,9 @@ def _status_name(exc: Exception) -> str:
 class InferenceClient:
     """Calls Triton models; every result names the model and version that produced it.
 
-    Clients of the same URL in the same event loop share one gRPC channel, the per-model breakers and the
-    metadata cache. Create one per process (or per agent) and ``await client.close()`` at the end.
+    Clients of the same URL in the same event loop share one gRPC channel and the metadata cache; the
+    per-model circuit breakers (``agentmesh.resilience``, endpoint ``triton:<url>/<model>``) are
+    process-wide. Create one per process (or per agent) and ``await client.close()`` at the end.
     """
 
     def __init__(
@@ -112,7 +115,8 @@ class InferenceClient:
         import tritonclient.grpc as triton_grpc
         import tritonclient.grpc.aio as triton_aio
 
-        key = (self.url, id(asyncio.get_running_loop()))
+        loop = asyncio.get_running_loop()
+        key = (self.url, id(loop))
         connection = _CONNECTIONS.get(key)
         if connection is None:
             options = [
@@ -121,7 +125,7 @@ class InferenceClient:
                 *RECONNECT_CHANNEL_ARGS,
             ]
             client = triton_aio.InferenceServerClient(self.url, channel_args=options)
-            connection = _CONNECTIONS[key] = _Connection(self.url, client)
+            connection = _CONNECTIONS[key] = _Connection(self.url, client, loop)
         connection.users += 1
         self._connection_key = key
         return connection

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -14,7 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -39,9 +41,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _pytriton_dir() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+    # Located without importing pytriton (its import pulls in much of its own runtime).
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("nvidia-pytriton is not installed (pip install 'agentic-mesh[inference]')")
+    return Path(spec.origin).resolve().parent / "tritonserver"
 
 
 def _prepare_backends(home: Path) -> Path:
@@ -56,6 +60,19 @@ def _prepare_backends(home: Path) -> Path:
         copy_if_changed(bundled / "backends" / "python" / name, target / "python" / name)
     copy_if_changed(stub, target / "python" / "triton_python_backend_stub")
     return target
+
+
+def _terminate_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the server when its parent dies (no orphaned servers)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, set_death_signal = libc.prctl, 1  # PR_SET_PDEATHSIG
+
+    def hook() -> None:
+        prctl(set_death_signal, int(signal.SIGTERM), 0, 0, 0)
+
+    return hook
 
 
 def triton_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -153,13 +170,14 @@ class LocalTriton:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             self._log_handle = output = self.log_file.open("ab")
         # A session of its own: the python-backend stubs are its children and are reaped with the group.
-        self._process = await asyncio.to_thread(
-            subprocess.Popen,
+        # Spawned from the loop's thread, which lives as long as we do (the death signal follows the thread).
+        self._process = subprocess.Popen(  # noqa: ASYNC220 - fork+exec takes milliseconds
             command,
             env=triton_environment(),
             stdout=output,
             stderr=output,
             start_new_session=True,
+            preexec_fn=_terminate_with_parent(),
         )
         try:
             await self.wait_ready(within=self.startup_timeout)

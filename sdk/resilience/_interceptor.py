@@ -78,6 +78,16 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             info = self._methods[raw] = _Method(method, self._is_idempotent(method))
         return info
 
+    def _start_span(self, info: _Method) -> trace.Span:
+        # A child of the current span (the inbound call's, when serving one); non-recording when unsampled.
+        return self._tracer.start_span(
+            info.name,
+            kind=SpanKind.CLIENT,
+            attributes=info.attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+
     def _details(
         self, details: ClientCallDetails, timeout: float | None, span: trace.Span
     ) -> ClientCallDetails:
@@ -98,13 +108,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         explicit = client_call_details.timeout
         timeout = remaining_budget(self._default_deadline if explicit is None else explicit)
         deadline = None if timeout is None else time.monotonic() + timeout
-        span = self._tracer.start_span(
-            info.name,
-            kind=SpanKind.CLIENT,
-            attributes=info.attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        span = self._start_span(info)
         details = self._details(client_call_details, timeout, span)
         try:
             call = await self._attempt(continuation, details, request)
@@ -172,13 +176,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         """Start a server stream with an inherited deadline, the breaker and a CLIENT span that ends with it."""
         info = self._method(client_call_details.method)
         timeout = remaining_budget(client_call_details.timeout)
-        span = self._tracer.start_span(
-            info.name,
-            kind=SpanKind.CLIENT,
-            attributes=info.attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        )
+        span = self._start_span(info)
         details = self._details(client_call_details, timeout, span)
         breaker = self._breaker
         try:

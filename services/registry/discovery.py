@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +31,6 @@ from agentmesh.services.registry.text import TextIndex, tokenize
 __all__ = ["AgentIndex"]
 
 _VISIBILITY_MEMO_SIZE = 256
-_UNKNOWN, _VISIBLE, _HIDDEN = 0, 1, 2
 # Field weights for BM25: names, purposes and skill names say more than prose.
 _NAME_WEIGHT = 2
 
@@ -80,6 +79,11 @@ class AgentIndex:
         capacity = 1024
         self._serving = np.zeros(capacity, dtype=np.int32)
         self._min_load = np.zeros(capacity, dtype=np.float32)
+        # Ranking factor per slot: 0 when no instance is SERVING, else 1 - 0.2 * lowest load.
+        self._boost = np.zeros(capacity, dtype=np.float32)
+        # Bumped whenever liveness changes, so per-scope visible counts can be cached.
+        self._epoch = 0
+        self._visible_counts: dict[object, tuple[int, int]] = {}
         self._agent_of = np.zeros(capacity, dtype=np.int32)
         self._version_of = np.zeros(capacity, dtype=np.int32)
         self._masks: list[npt.NDArray[np.uint64]] = []
@@ -87,7 +91,7 @@ class AgentIndex:
         self._purposes = _SlotSets()
         self._labels = _SlotSets()
         self._text = TextIndex()
-        self._visibility: OrderedDict[object, npt.NDArray[np.int8]] = OrderedDict()
+        self._visibility: OrderedDict[object, npt.NDArray[np.bool_]] = OrderedDict()
         self.serving_instances = 0
 
     # ------------------------------------------------------------------ changes
@@ -106,6 +110,7 @@ class AgentIndex:
 
         self._serving = grown(self._serving)  # type: ignore[assignment]
         self._min_load = grown(self._min_load)  # type: ignore[assignment]
+        self._boost = grown(self._boost)  # type: ignore[assignment]
         self._agent_of = grown(self._agent_of)  # type: ignore[assignment]
         self._version_of = grown(self._version_of)  # type: ignore[assignment]
         self._masks = [grown(mask) for mask in self._masks]  # type: ignore[misc]
@@ -177,8 +182,13 @@ class AgentIndex:
 
     def _refresh_slot(self, record: VersionRecord) -> None:
         serving = [i.load for i in record.instances.values() if i.state == SERVING]
-        self._serving[record.slot] = len(serving)
-        self._min_load[record.slot] = min(serving) if serving else 0.0
+        slot = record.slot
+        if self._serving[slot] != len(serving):
+            self._serving[slot] = len(serving)
+            self._epoch += 1
+        lowest = min(serving) if serving else 0.0
+        self._min_load[slot] = lowest
+        self._boost[slot] = 1.0 - 0.2 * lowest if serving else 0.0
 
     def put_instance(self, instance: InstanceRecord) -> InstanceRecord | None:
         """Add or replace a live instance; returns it, or ``None`` when its version is unknown."""
@@ -238,30 +248,37 @@ class AgentIndex:
 
     # ------------------------------------------------------------------ discovery
 
-    def _visibility_memo(self, query: DiscoveryQuery) -> npt.NDArray[np.int8]:
+    def _visible_agents(self, query: DiscoveryQuery) -> npt.NDArray[np.bool_]:
+        """Per agent, whether it passes the visibility scope; memoised per scope, extended as agents arrive."""
         key = (query.names, tuple(p.pattern for p in query.patterns))
         memo = self._visibility.get(key)
-        if memo is None:
-            memo = np.zeros(len(self._agent_keys), dtype=np.int8)
+        done = 0 if memo is None else len(memo)
+        if done < len(self._agent_keys):
+            fresh = self._agent_keys[done:]
+            seen = np.fromiter((k in query.names for k in fresh), dtype=np.bool_, count=len(fresh))
+            for pattern in query.patterns:
+                seen |= np.fromiter(
+                    map(bool, map(pattern.fullmatch, fresh)), dtype=np.bool_, count=len(fresh)
+                )
+            memo = seen if memo is None else np.concatenate([memo, seen])
             self._visibility[key] = memo
             while len(self._visibility) > _VISIBILITY_MEMO_SIZE:
                 self._visibility.popitem(last=False)
         else:
             self._visibility.move_to_end(key)
-        if len(memo) < len(self._agent_keys):
-            memo = np.concatenate([memo, np.zeros(len(self._agent_keys) - len(memo), dtype=np.int8)])
-            self._visibility[key] = memo
-        return memo
+        return memo  # type: ignore[return-value]
 
-    def _visible(self, query: DiscoveryQuery, agents: npt.NDArray[np.int32]) -> npt.NDArray[np.bool_]:
-        """Whether each agent in ``agents`` passes the visibility scope (memoised per scope)."""
-        memo = self._visibility_memo(query)
-        unknown = np.unique(agents[memo[agents] == _UNKNOWN])
-        for ix in unknown.tolist():
-            key = self._agent_keys[ix]
-            seen = key in query.names or any(p.fullmatch(key) for p in query.patterns)
-            memo[ix] = _VISIBLE if seen else _HIDDEN
-        return memo[agents] == _VISIBLE
+    def _visible_count(self, query: DiscoveryQuery, visible: npt.NDArray[np.bool_]) -> int:
+        key = (query.names, tuple(p.pattern for p in query.patterns))
+        cached = self._visible_counts.get(key)
+        if cached is not None and cached[0] == self._epoch:
+            return cached[1]
+        size = len(self._slots)
+        count = int(self._serving[:size][visible[self._agent_of[:size]]].sum())
+        if len(self._visible_counts) > _VISIBILITY_MEMO_SIZE:
+            self._visible_counts.clear()
+        self._visible_counts[key] = (self._epoch, count)
+        return count
 
     def _visibility_reason(self, query: DiscoveryQuery, key: str) -> str:
         if not query.has_visibility_scope:
@@ -280,11 +297,10 @@ class AgentIndex:
     def discover(self, query: DiscoveryQuery, policies: Mapping[str, RoutePolicy]) -> DiscoveryResult:
         """Filter by visibility then characteristics, rank, route to one version per agent, best first."""
         size = len(self._slots)
-        live = self._serving[:size] > 0
+        visible: npt.NDArray[np.bool_] | None = None
         if query.has_visibility_scope:
-            visible_live = np.flatnonzero(live)
-            visible_live = visible_live[self._visible(query, self._agent_of[visible_live])]
-            visible_count = int(self._serving[visible_live].sum())
+            visible = self._visible_agents(query)
+            visible_count = self._visible_count(query, visible)
         else:
             visible_count = self.serving_instances
 
@@ -299,20 +315,26 @@ class AgentIndex:
                 candidates = (
                     found if candidates is None else np.intersect1d(candidates, found, assume_unique=True)
                 )
-        relevance: npt.NDArray[np.float32] | None = None
         terms = tokenize(query.intent) if query.intent else []
-        if terms:
-            relevance = self._text.scores(terms, size)
-            if relevance is None:
-                return DiscoveryResult([], visible_count, 0)
-            matches = np.flatnonzero(relevance)
-            candidates = (
-                matches if candidates is None else np.intersect1d(candidates, matches, assume_unique=True)
-            )
+        relevance = self._text.scores(terms, size) if terms else None
+        if terms and relevance is None:
+            return DiscoveryResult([], visible_count, 0)
+        narrowed = (
+            candidates is not None
+            or query.required_policies
+            or query.version_constraint is not None
+            or visible is not None
+        )
+        if relevance is not None and not narrowed:
+            return self._rank_intent_only(query, relevance, terms, visible_count, policies)
+
         if candidates is None:
-            candidates = np.flatnonzero(live)
-        else:
-            candidates = candidates[live[candidates]]
+            candidates = (
+                np.flatnonzero(self._serving[:size]) if relevance is None else np.flatnonzero(relevance)
+            )
+        if relevance is not None:
+            candidates = candidates[relevance[candidates] > 0]
+        candidates = candidates[self._serving[candidates] > 0]
         if query.required_policies:
             for word, bits in self._required_masks(query.required_policies).items():
                 if bits is None:
@@ -321,15 +343,46 @@ class AgentIndex:
         if query.version_constraint is not None:
             allowed = self._allowed_versions(query.version_constraint)
             candidates = candidates[np.isin(self._version_of[candidates], allowed)]
-        if query.has_visibility_scope and len(candidates):
-            candidates = candidates[self._visible(query, self._agent_of[candidates])]
-        matched_count = int(self._serving[candidates].sum())
+        if visible is not None and len(candidates):
+            candidates = candidates[visible[self._agent_of[candidates]]]
         if not len(candidates):
             return DiscoveryResult([], visible_count, 0)
-
-        base = relevance[candidates] if relevance is not None else np.ones(len(candidates), dtype=np.float32)
-        scores = base * (1.0 - 0.2 * self._min_load[candidates])
+        matched_count = int(self._serving[candidates].sum())
+        scores = self._boost[candidates]
+        if relevance is not None:
+            scores = scores * relevance[candidates]
         answer = self._route(query, candidates, scores, relevance, terms, policies)
+        return DiscoveryResult(answer, visible_count, matched_count)
+
+    def _rank_intent_only(
+        self,
+        query: DiscoveryQuery,
+        relevance: npt.NDArray[np.float32],
+        terms: list[str],
+        visible_count: int,
+        policies: Mapping[str, RoutePolicy],
+    ) -> DiscoveryResult:
+        """Free text and nothing else: rank every live card without materialising every match.
+
+        A strided sample of the scores gives a threshold that at least ``4 * max_results`` cards reach, so only
+        cards at or above it are sorted; exact, because a card below it cannot be in the top.
+        """
+        size = len(relevance)
+        ranked = relevance * self._boost[:size]
+        positive = ranked > 0
+        matched_count = int(self._serving[:size][positive].sum())
+        if not matched_count:
+            return DiscoveryResult([], visible_count, 0)
+        wanted = query.max_results * 4
+        sample = ranked[:: max(1, size // 4096)]
+        sample = sample[sample > 0]
+        candidates: npt.NDArray[np.int64] | None = None
+        if len(sample) >= wanted:
+            threshold = np.partition(sample, len(sample) - wanted)[len(sample) - wanted]
+            candidates = np.flatnonzero(ranked >= threshold)
+        if candidates is None or len(candidates) < wanted:
+            candidates = np.flatnonzero(positive)
+        answer = self._route(query, candidates, ranked[candidates], relevance, terms, policies)
         return DiscoveryResult(answer, visible_count, matched_count)
 
     def _required_masks(self, policies: Iterable[str]) -> dict[int, np.uint64 | None]:
@@ -354,38 +407,41 @@ class AgentIndex:
     ) -> list[Candidate]:
         """One candidate per agent: best slots first, each agent routed among its matching versions."""
         wanted = query.max_results
-        score_of = dict(zip(candidates.tolist(), scores.tolist(), strict=True))
-        matched = set(score_of) if len(candidates) < 4096 else None
-        mask = None
-        if matched is None:
-            mask = np.zeros(len(self._slots), dtype=np.bool_)
-            mask[candidates] = True
-        take = min(len(candidates), wanted * 4)
+        total = len(candidates)
+        dense: npt.NDArray[np.float32] | None = None  # score per slot, NaN when not matched; built on demand
+
+        def score_of(slot: int) -> float:
+            return float(dense[slot])  # type: ignore[index]
+
+        take = min(total, wanted * 4)
         answer: list[Candidate] = []
         seen_agents: set[int] = set()
         while True:
-            if take < len(candidates):
-                top = np.argpartition(-scores, take - 1)[:take]
-            else:
-                top = np.arange(len(candidates))
+            top = np.argpartition(-scores, take - 1)[:take] if take < total else np.arange(total)
             top = top[np.argsort(-scores[top], kind="stable")]
-            for position in top.tolist():
-                slot = int(candidates[position])
+            for slot, score in zip(candidates[top].tolist(), scores[top].tolist(), strict=True):
                 agent = int(self._agent_of[slot])
                 if agent in seen_agents:
                     continue
                 seen_agents.add(agent)
-                siblings = [
-                    s
-                    for s in self._agent_slots[agent]
-                    if (s in matched if matched is not None else mask[s])  # type: ignore[index]
-                ]
-                answer.append(self._candidate(query, slot, siblings, score_of, relevance, terms, policies))
+                family = self._agent_slots[agent]
+                if len(family) == 1 and self._slots[slot].key not in policies:
+                    answer.append(
+                        self._candidate(query, slot, score, [slot], None, relevance, terms, policies)
+                    )
+                else:
+                    if dense is None:
+                        dense = np.full(len(self._slots), np.nan, dtype=np.float32)
+                        dense[candidates] = scores
+                    siblings = [s for s in family if not np.isnan(dense[s])]
+                    answer.append(
+                        self._candidate(query, slot, score, siblings, score_of, relevance, terms, policies)
+                    )
                 if len(answer) == wanted:
                     break
-            if len(answer) == wanted or take >= len(candidates):
+            if len(answer) == wanted or take >= total:
                 break
-            take = min(len(candidates), take * 4)
+            take = min(total, take * 4)
         answer.sort(key=lambda c: -c.score)
         return answer
 
@@ -393,19 +449,21 @@ class AgentIndex:
         self,
         query: DiscoveryQuery,
         best_slot: int,
+        best_score: float,
         siblings: list[int],
-        score_of: dict[int, float],
+        score_of: Callable[[int], float] | None,
         relevance: npt.NDArray[np.float32] | None,
         terms: list[str],
         policies: Mapping[str, RoutePolicy],
     ) -> Candidate:
         record = self._slots[best_slot]
         reasons = [self._visibility_reason(query, record.key)]
-        slot = best_slot
-        if len(siblings) > 1 or record.key in policies:
+        slot, score = best_slot, best_score
+        if score_of is not None:
             by_version = {self._slots[s].card.version: s for s in siblings}
             version, why = choose_version(policies.get(record.key), list(by_version), query.routing_key)
             slot = by_version[version]
+            score = score_of(slot)
             record = self._slots[slot]
             reasons.append(why)
         card = record.card
@@ -427,7 +485,7 @@ class AgentIndex:
                 matched_skill = _best_skill(record, hit)
         instance = self._pick_instance(record, query.routing_key)
         reasons.append(f"instance {instance.endpoint} SERVING, load {instance.load:.2f}")
-        return Candidate(instance, record, round(score_of[slot], 6), tuple(reasons), matched_skill)
+        return Candidate(instance, record, round(score, 6), tuple(reasons), matched_skill)
 
     @staticmethod
     def _pick_instance(record: VersionRecord, routing_key: str) -> InstanceRecord:

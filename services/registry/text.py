@@ -3,7 +3,10 @@
 Why not PostgreSQL full-text search: ``ts_rank_cd`` has no IDF and took ~94 ms at 100k cards (RECIPES.md);
 why not a static BM25 library: cards change one at a time and every replica must apply changes in
 milliseconds. Postings live in dicts (cheap to change) and are materialised lazily into numpy arrays of
-precomputed term-frequency weights, so a query costs one vectorised add per query term.
+precomputed term-frequency weights, so a query costs one vectorised add per query term. Terms found in
+more than ``1/DENSE_FRACTION`` of the documents keep a dense weight array instead (one float per slot,
+updated in place), because adding a dense array is ~50x cheaper than scattering tens of thousands of
+postings.
 """
 
 from __future__ import annotations
@@ -25,16 +28,33 @@ _STOPWORDS = frozenset(
 )
 
 
-def _normalise(word: str) -> str:
-    # A light plural fold ("orders" -> "order"); the same on documents and queries, so it only has to agree.
-    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
-        return word[:-1]
-    return word
+# word -> its index form, or "" for a dropped word; names and descriptions repeat words a lot.
+_FORMS: dict[str, str] = {}
+_MAX_FORMS = 200_000
+
+
+def _form(word: str) -> str:
+    form = _FORMS.get(word)
+    if form is None:
+        if len(word) < 2 or word in _STOPWORDS:
+            form = ""
+        elif len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+            form = word[:-1]  # a light plural fold ("orders" -> "order"), the same on documents and queries
+        else:
+            form = word
+        if len(_FORMS) < _MAX_FORMS:
+            _FORMS[word] = form
+    return form
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens without stop words; ``snake_case`` and ``kebab-case`` split into words."""
-    return [_normalise(w) for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in _STOPWORDS]
+    return [form for form in map(_form, _WORD.findall(text.lower())) if form]
+
+
+# A term in more than 1/DENSE_FRACTION of the documents (and at least DENSE_MIN) gets a dense weight array.
+DENSE_FRACTION = 50
+DENSE_MIN = 512
 
 
 class TextIndex:
@@ -45,12 +65,20 @@ class TextIndex:
         self._b = b
         self._postings: dict[str, dict[int, int]] = {}
         self._arrays: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = {}
+        self._dense: dict[str, npt.NDArray[np.float32]] = {}
         self._doc_terms: dict[int, tuple[str, ...]] = {}
         self._doc_len: dict[int, int] = {}
         self._total_len = 0
 
     def __len__(self) -> int:
         return len(self._doc_len)
+
+    def _weight(self, tf: float, length: float) -> float:
+        average = self._total_len / max(1, len(self._doc_len))
+        return tf * (self._k1 + 1) / (tf + self._k1 * (1 - self._b + self._b * length / max(average, 1e-9)))
+
+    def _dense_threshold(self) -> int:
+        return max(DENSE_MIN, len(self._doc_len) // DENSE_FRACTION)
 
     def set(self, slot: int, tokens: Iterable[str]) -> None:
         """Index (or re-index) document ``slot`` with ``tokens``."""
@@ -62,7 +90,15 @@ class TextIndex:
         self._doc_terms[slot] = tuple(counts)
         for term, tf in counts.items():
             self._postings.setdefault(term, {})[slot] = tf
-            self._arrays.pop(term, None)
+            dense = self._dense.get(term)
+            if dense is None:
+                self._arrays.pop(term, None)
+                continue
+            if slot >= len(dense):
+                dense = self._dense[term] = np.concatenate(
+                    [dense, np.zeros(max(slot + 1, 2 * len(dense)) - len(dense), dtype=np.float32)]
+                )
+            dense[slot] = self._weight(tf, length)
 
     def remove(self, slot: int) -> None:
         """Forget document ``slot`` (no-op when absent)."""
@@ -76,19 +112,20 @@ class TextIndex:
             if not postings:
                 del self._postings[term]
             self._arrays.pop(term, None)
+            dense = self._dense.get(term)
+            if dense is not None:
+                dense[slot] = 0.0
 
     def contains(self, slot: int, term: str) -> bool:
         """Whether document ``slot`` has ``term``."""
         postings = self._postings.get(term)
         return postings is not None and slot in postings
 
-    def _array(self, term: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
+    def _array(self, term: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         cached = self._arrays.get(term)
         if cached is not None:
             return cached
-        postings = self._postings.get(term)
-        if not postings:
-            return None
+        postings = self._postings[term]
         slots = np.fromiter(postings.keys(), dtype=np.int32, count=len(postings))
         tf = np.fromiter(postings.values(), dtype=np.float32, count=len(postings))
         lengths = np.fromiter((self._doc_len[s] for s in postings), dtype=np.float32, count=len(postings))
@@ -100,18 +137,38 @@ class TextIndex:
         self._arrays[term] = cached
         return cached
 
+    def _dense_array(self, term: str, size: int) -> npt.NDArray[np.float32]:
+        dense = self._dense.get(term)
+        if dense is None:
+            slots, weight = self._array(term)
+            dense = np.zeros(max(size, int(slots.max()) + 1), dtype=np.float32)
+            dense[slots] = weight
+            self._dense[term] = dense
+            self._arrays.pop(term, None)
+        elif len(dense) < size:
+            dense = self._dense[term] = np.concatenate([dense, np.zeros(size - len(dense), dtype=np.float32)])
+        return dense
+
     def scores(self, terms: Iterable[str], size: int) -> npt.NDArray[np.float32] | None:
         """BM25 score per slot (dense, length ``size``) for the query ``terms``; ``None`` when nothing matches."""
         total = max(1, len(self._doc_len))
+        dense_from = self._dense_threshold()
         result: npt.NDArray[np.float32] | None = None
         for term in dict.fromkeys(terms):
-            array = self._array(term)
-            if array is None:
+            postings = self._postings.get(term)
+            if not postings:
                 continue
-            slots, weight = array
-            df = len(slots)
-            idf = math.log(1.0 + (total - df + 0.5) / (df + 0.5))
+            df = len(postings)
+            idf = np.float32(math.log(1.0 + (total - df + 0.5) / (df + 0.5)))
+            if df >= dense_from or term in self._dense:
+                part = self._dense_array(term, size)[:size] * idf
+                if result is None:
+                    result = part
+                else:
+                    result += part
+                continue
+            slots, weight = self._array(term)
             if result is None:
                 result = np.zeros(size, dtype=np.float32)
-            result[slots] += weight * np.float32(idf)  # slots are unique within one term
+            result[slots] += weight * idf  # slots are unique within one term
         return result

@@ -55,6 +55,7 @@ class EchoAgent(Agent):
         self.runs: Counter[str] = Counter()
         self.entered = asyncio.Event()  # set when `hold` starts
         self.release = asyncio.Event()  # `hold` finishes once this is set
+        self.cancelled = asyncio.Event()  # set when a `hold` run was cancelled (its caller went away)
         self.stopped = False
 
     @skill(tags=("text",))
@@ -73,7 +74,11 @@ class EchoAgent(Agent):
         self.runs["hold"] += 1
         await ctx.progress("started", 0.1, label=request.label)
         self.entered.set()
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
         await ctx.progress("released", 0.9)
         return HoldOut(label=request.label, steps=2)
 

@@ -45,10 +45,11 @@ def test_agent_classes_resolve_from_a_shipped_name_a_module_or_module_class(monk
         ("no_such_agent", "no agent module 'agentmesh.agents.no_such_agent'"),
         ("tests.integration.echo_agent:EchoIn", "is not an Agent class"),
         ("tests.integration.test_agent_cli", "exactly one Agent class (found: none)"),
+        ("tests.integration.echo_agent --namespace Bad/NS", "--namespace 'Bad/NS': Value error, 'Bad/NS' is not"),
     ],
 )
 def test_a_wrong_name_is_a_clear_error(spec: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["agent", "run", spec, "--no-register"]) == 2
+    assert main(["agent", "run", *spec.split(), "--no-register"]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -99,6 +99,37 @@ async def test_an_agent_registers_heartbeats_drains_and_deregisters(
             await runtime.stop(grace=0)
 
 
+class MoodyEcho(EchoAgent):
+    """An echo agent whose dependencies come and go (as Triton might)."""
+
+    healthy = True
+
+    async def ready(self) -> bool:
+        return self.healthy
+
+
+async def test_the_registry_hears_when_dependencies_go_and_come_back(
+    registry: RegistryReplica, agent_settings: Settings
+) -> None:
+    agent = MoodyEcho(agent_settings)
+    async with AgentRuntime(agent, port=0, registry_address=registry.address) as runtime, registry.client("client", "ops") as ops:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+
+        def in_state(state: int) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                current = await instance_of(ops)
+                return current is not None and current.state == state
+
+            return check
+
+        await eventually(in_state(agent_pb2.SERVING_STATE_SERVING))
+        agent.healthy = False
+        await eventually(in_state(agent_pb2.SERVING_STATE_NOT_SERVING))
+        agent.healthy = True
+        await eventually(in_state(agent_pb2.SERVING_STATE_SERVING))
+
+
 async def test_a_lost_lease_is_registered_again(registry: RegistryReplica, agent_settings: Settings) -> None:
     async with AgentRuntime(EchoAgent(agent_settings), port=0, registry_address=registry.address) as runtime:
         registration = runtime.registration

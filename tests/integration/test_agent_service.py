@@ -9,10 +9,10 @@ import grpc
 import jsonschema
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from prometheus_client import REGISTRY
 
 from agentmesh._channel import create_channel
+from agentmesh._errors import InvalidArgumentError, from_rpc_error
 from agentmesh._health import check_health
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
@@ -51,14 +51,9 @@ def agent_of(runtime: AgentRuntime) -> EchoAgent:
 
 def field_of(error: grpc.aio.AioRpcError) -> str:
     """The field a failed call's ``google.rpc.BadRequest`` detail names."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return str(bad.field_violations[0].field)
-    return ""
+    mesh_error = from_rpc_error(error)
+    assert isinstance(mesh_error, InvalidArgumentError)
+    return mesh_error.field
 
 
 def invoke(skill: str, key: str = "", **data: object) -> agent_pb2.InvokeRequest:
@@ -184,6 +179,36 @@ async def test_unknown_skill_is_not_found_and_a_missing_one_invalid(
         await planner.Invoke(invoke("", text="x"))
     assert missing.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_of(missing.value) == "skill"
+
+
+async def test_a_caller_that_leaves_a_stream_cancels_the_skill(
+    runtime: AgentRuntime, planner: agent_pb2_grpc.AgentServiceStub
+) -> None:
+    call = planner.InvokeStream(agent_pb2.InvokeStreamRequest(invocation=invoke("hold", label="gone")))
+    first = await call.read()
+    assert first.progress.message == "started"
+    call.cancel()
+    async with asyncio.timeout(5):
+        await agent_of(runtime).cancelled.wait()
+    assert runtime.runner.in_flight == 0
+
+
+async def test_skill_latency_and_replays_are_measured_per_agent_skill_and_outcome(
+    runtime: AgentRuntime, planner: agent_pb2_grpc.AgentServiceStub
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"agent": "echo", **labels}) or 0.0
+
+    ok_before = sample("agentmesh_agent_skill_duration_seconds_count", skill="echo", outcome="OK")
+    bad_before = sample("agentmesh_agent_skill_duration_seconds_count", skill="broken", outcome="INTERNAL")
+    replays_before = sample("agentmesh_agent_skill_replays_total", skill="echo")
+    for _ in range(3):
+        await planner.Invoke(invoke("echo", key="metrics", text="m"))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await planner.Invoke(invoke("broken", text="m"))
+    assert sample("agentmesh_agent_skill_duration_seconds_count", skill="echo", outcome="OK") == ok_before + 1
+    assert sample("agentmesh_agent_skill_duration_seconds_count", skill="broken", outcome="INTERNAL") == bad_before + 1
+    assert sample("agentmesh_agent_skill_replays_total", skill="echo") == replays_before + 2
 
 
 async def test_only_the_planner_may_invoke_but_anyone_may_describe(

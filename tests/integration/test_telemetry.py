@@ -7,6 +7,9 @@ plaintext: it compares two interceptor stacks, not transports.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from agentmesh._channel import create_channel
 from agentmesh._server import MeshServer, ServiceBinding, _MeshInterceptor
 from agentmesh._settings import Settings
 from agentmesh.resilience import MeshClientInterceptor
-from agentmesh.telemetry import current_trace_id, get_tracer, server_telemetry
+from agentmesh.telemetry import current_trace_id, get_tracer, server_telemetry, start_metrics_server
 from tests.fixtures.certs import IssueIdentity
 
 Handler = Callable[[bytes, Any], Awaitable[bytes]]
@@ -246,3 +249,24 @@ async def test_server_streams_carry_the_trace_too(settings: Settings) -> None:
     finally:
         await server.stop(0)
     assert events == [format(root.get_span_context().trace_id, "032x").encode()] * 3
+
+
+async def test_metrics_endpoint_serves_rpc_and_breaker_metrics(
+    relay: tuple[grpc.aio.Channel, dict[str, list[str]]], settings: Settings
+) -> None:
+    to_a, _ = relay
+    await raw_method(to_a, "/t.A/Call")(b"counted")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    port = start_metrics_server(settings.replace(metrics_port=free))
+    assert port is not None
+    body = await asyncio.to_thread(_http_get, f"http://127.0.0.1:{port}/metrics")
+    assert 'agentmesh_rpc_server_duration_seconds_count{code="OK",method="Call",service="t.A"}' in body
+    assert 'agentmesh_rpc_server_in_flight{method="Call",service="t.B"} 0.0' in body
+    assert "agentmesh_circuit_breaker_state{endpoint=" in body
+
+
+def _http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())

@@ -12,7 +12,13 @@ import pytest
 import tritonclient.grpc.aio as triton_aio
 
 from agentmesh._errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from agentmesh.inference import InferenceClient, LocalTriton, Tier, ensure_minilm_onnx
+from agentmesh.inference import (
+    InferenceClient,
+    LocalTriton,
+    Tier,
+    ensure_minilm_onnx,
+    prepare_model_repository,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -170,3 +176,14 @@ async def test_onnx_export_is_cached(triton: LocalTriton) -> None:
     assert time.perf_counter() - started < 0.5
     assert artifacts.onnx.stat().st_size > 80_000_000
     assert Path(artifacts.tokenizer).name == "tokenizer.json"
+
+
+async def test_prepared_repository_is_self_contained_and_reused(triton: LocalTriton, tmp_path: Path) -> None:
+    target = prepare_model_repository(triton.home, target=tmp_path / "repository")
+    onnx = target / "minilm_embedding" / "1" / "model.onnx"
+    assert onnx.is_file() and not onnx.is_symlink()
+    assert (target / "minilm_embedding" / "1" / "tokenizer.json").is_file()
+    assert (target / "sentiment" / "1" / "lexicon.tsv").is_file()
+    inode = onnx.stat().st_ino
+    prepare_model_repository(triton.home, target=target)
+    assert onnx.stat().st_ino == inode  # unchanged files are not copied again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -181,7 +183,7 @@ def test_struct_inputs_become_plain_json_with_integral_numbers_as_int() -> None:
 
     from agentmesh.agent._servicer import struct_to_dict
 
-    data = {"s": "x", "i": 2, "f": 2.5, "b": True, "n": None, "l": [1, "a", {"k": [False]}], "o": {"deep": {"x": -3}}}
+    data: dict[str, Any] = {"s": "x", "i": 2, "f": 2.5, "b": True, "n": None, "l": [1, "a", {"k": [False]}], "o": {"deep": {"x": -3}}}
     struct = struct_pb2.Struct()
     struct.update(data)
     assert struct_to_dict(struct) == json_format.MessageToDict(struct) == data

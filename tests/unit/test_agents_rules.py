@@ -31,7 +31,9 @@ from agentmesh.agents.quality_check._checks import (
     politeness_problems,
 )
 from agentmesh.agents.responder import (
+    DraftInput,
     ReplyPlan,
+    build_prompt,
     compose_reply,
     finish_generated,
     plan_from_feedback,
@@ -352,6 +354,19 @@ def test_feedback_changes_the_plan() -> None:
     off_topic = plan_from_feedback(["relevance: the reply is off-topic for this ticket"])
     assert off_topic.sentences > ReplyPlan().sentences and off_topic.restate_subject
     assert plan_from_feedback(["length: the reply is too long (500 words)"]).sentences < ReplyPlan().sentences
+
+
+def test_the_generation_prompt_grounds_the_model_and_carries_no_contact_details() -> None:
+    request = DraftInput(
+        ticket=Ticket(subject="Refund", text="Call me on +34 612 345 678, the kettle is broken."),
+        intent="refund",
+        articles=ARTICLES,
+        feedback=["citation: the reply cites no retrieved article"],
+    )
+    prompt = build_prompt(request, "Maria")
+    assert "[kb-refund-policy] Refund policy:" in prompt and "[kb-returns] Returns:" in prompt
+    assert "Greet the customer as Maria" in prompt and "cites no retrieved article" in prompt
+    assert "612 345" not in prompt.split("Sources:")[0]
 
 
 def test_generated_replies_are_made_safe_and_cited() -> None:

@@ -7,6 +7,7 @@ import json
 import logging
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -127,3 +128,18 @@ def test_redaction_keeps_ordinary_text() -> None:
         redact("agent billing registered at 127.0.0.1:7400") == "agent billing registered at 127.0.0.1:7400"
     )
     assert redact("password=hunter2 ok") == "[REDACTED] ok"
+
+
+def test_span_exporter_is_chosen_by_settings() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from agentmesh.telemetry._tracing import _exporter
+
+    assert _exporter(Settings(trace_exporter="none")) is None
+    assert isinstance(_exporter(Settings(trace_exporter="console")), ConsoleSpanExporter)
+    assert isinstance(
+        _exporter(Settings(trace_exporter="otlp", otlp_endpoint="http://127.0.0.1:4317")), OTLPSpanExporter
+    )
+    with pytest.raises(ValueError, match="AGENTMESH_TRACE_EXPORTER"):
+        _exporter(Settings(trace_exporter="jaeger"))
