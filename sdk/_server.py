@@ -111,16 +111,21 @@ class MeshServer:
                 logger.info("%s is %s", self.name, "SERVING" if ready else "NOT_SERVING")
             await asyncio.sleep(self.settings.readiness_interval)
 
+    async def drain(self) -> None:
+        """Report NOT_SERVING at once and for good (load balancers stop sending), still serving calls."""
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+            self._readiness_task = None
+        await self._health.enter_graceful_shutdown()
+
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, refuse new calls and let in-flight calls finish within ``grace`` seconds."""
         if self._server is None or self._stopping:
             return
         self._stopping = True
-        await self._health.enter_graceful_shutdown()
-        if self._readiness_task is not None:
-            self._readiness_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._readiness_task
+        await self.drain()
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         logger.info("%s stopped", self.name)
 

@@ -123,6 +123,7 @@ class AgentRuntime:
         deadline = time.monotonic() + grace
         self.runner.start_draining()
         self._ready = False
+        await self.server.drain()
         if self.registration is not None:
             await self.registration.drain()
         try:
