@@ -7,6 +7,7 @@ tens of thousands of cards, as in a real mesh. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import random
@@ -30,12 +31,19 @@ _COMMON = (
 ).split()
 
 
-def _zipf_index(rng: random.Random, n: int, s: float = 1.1) -> int:
-    # Inverse-CDF sampling of a truncated power law over ranks 0..n-1 (rank 0 most common).
-    while True:
-        value = int(rng.paretovariate(s - 0.0) - 1)
-        if value < n:
-            return value
+_CUMULATIVE: dict[tuple[int, float], list[float]] = {}
+
+
+def _zipf_index(rng: random.Random, n: int, s: float = 1.0) -> int:
+    """A rank in 0..n-1 with probability proportional to 1 / (rank + 1) ** s (rank 0 most common)."""
+    cumulative = _CUMULATIVE.get((n, s))
+    if cumulative is None:
+        total, cumulative = 0.0, []
+        for rank in range(1, n + 1):
+            total += 1.0 / rank**s
+            cumulative.append(total)
+        _CUMULATIVE[n, s] = cumulative
+    return bisect.bisect_left(cumulative, rng.random() * cumulative[-1])
 
 
 def _syllables(rng: random.Random, count: int) -> str:
@@ -63,10 +71,14 @@ class Vocabulary:
                 seen.add(word)
                 words.append(word)
         purposes = [f"{words[i]}-{words[(i * 7 + 3) % 300]}" for i in range(200)]
-        skills = list(dict.fromkeys(f"{words[i % 400]}_{words[(i * 13 + 5) % 900]}" for i in range(2400)))[:2000]
+        skills = list(dict.fromkeys(f"{words[i % 400]}_{words[(i * 13 + 5) % 900]}" for i in range(2400)))[
+            :2000
+        ]
         keys = ["pii", "region", "tier", "data", "model", "cost", "sla", "audit"]
         values = ["allowed", "eu", "us", "gold", "restricted", "local", "low", "high", "strict", "none"]
-        policies = list(dict.fromkeys(f"{keys[i % len(keys)]}:{values[(i * 3) % len(values)]}" for i in range(60)))[:30]
+        policies = list(
+            dict.fromkeys(f"{keys[i % len(keys)]}:{values[(i * 3) % len(values)]}" for i in range(60))
+        )[:30]
         return cls(words, purposes, skills, policies)
 
     def sentence(self, rng: random.Random, low: int, high: int) -> str:
@@ -82,7 +94,9 @@ def cards(count: int, seed: int = 11, vocabulary: Vocabulary | None = None) -> I
         namespace = f"ns-{_zipf_index(rng, 50):02d}"
         purpose = vocab.purposes[_zipf_index(rng, len(vocab.purposes))]
         name = f"{purpose.split('-')[0]}-{index:06d}"
-        policies = sorted({vocab.policies[_zipf_index(rng, len(vocab.policies))] for _ in range(rng.randint(0, 4))})
+        policies = sorted(
+            {vocab.policies[_zipf_index(rng, len(vocab.policies))] for _ in range(rng.randint(0, 4))}
+        )
         card = agent_pb2.AgentCard(
             name=name,
             namespace=namespace,
@@ -95,14 +109,18 @@ def cards(count: int, seed: int = 11, vocabulary: Vocabulary | None = None) -> I
             owner=f"team-{rng.randint(0, 99)}",
             spiffe_id=f"spiffe://{TRUST_DOMAIN}/agent/{name}",
         )
-        for skill_name in dict.fromkeys(vocab.skills[_zipf_index(rng, len(vocab.skills))] for _ in range(rng.randint(1, 3))):
+        for skill_name in dict.fromkeys(
+            vocab.skills[_zipf_index(rng, len(vocab.skills))] for _ in range(rng.randint(1, 3))
+        ):
             skill = card.skills.add(name=skill_name, description=vocab.sentence(rng, 5, 12))
             skill.input_schema.update({"type": "object", "properties": {"text": {"type": "string"}}})
             skill.output_schema.update({"type": "object"})
         yield card
 
 
-def bulk_load(url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: float, ttl: float) -> list[str]:
+def bulk_load(
+    url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: float, ttl: float
+) -> list[str]:
     """COPY ``all_cards`` as registered, live instances into the PostgreSQL database at ``url``.
 
     Benchmark set-up only (100,000 RegisterAgent calls would take minutes): the rows are exactly what
@@ -130,7 +148,7 @@ def bulk_load(url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: 
                     key = (card.namespace, card.name)
                     agent_ids[key] = len(agent_ids) + 1
                     copy_in.write_row((agent_ids[key], card.namespace, card.name, now))
-            columns = "id, agent_id, version, purpose, description, policies, policy_mask, labels, owner, spiffe_id, card, card_hash, created_at"
+            columns = "id, agent_id, version, purpose, description, policies, policy_mask, labels, owner, spiffe_id, card, card_hash, card_proto, created_at"
             with cur.copy(f"COPY agent_versions ({columns}) FROM STDIN") as copy_in:
                 for version_id, card in enumerate(all_cards, start=1):
                     stored = copy.deepcopy(card)
@@ -152,6 +170,7 @@ def bulk_load(url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: 
                             card.spiffe_id,
                             json.dumps(json_format.MessageToDict(stored, preserving_proto_field_name=True)),
                             card_hash(stored),
+                            stored.SerializeToString(deterministic=True),
                             now,
                         )
                     )
@@ -170,7 +189,18 @@ def bulk_load(url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: 
                     instance_ids.append(instance_id)
                     lease_ids.append(lease_id)
                     copy_in.write_row(
-                        (instance_id, lease_id, version_id, card.endpoint, "SERVING", 0.0, ttl, card.spiffe_id, now, now)
+                        (
+                            instance_id,
+                            lease_id,
+                            version_id,
+                            card.endpoint,
+                            "SERVING",
+                            0.0,
+                            ttl,
+                            card.spiffe_id,
+                            now,
+                            now,
+                        )
                     )
             with cur.copy("COPY agent_leases (instance_id, expires_at) FROM STDIN") as copy_in:
                 for instance_id in instance_ids:
@@ -179,7 +209,9 @@ def bulk_load(url: str, all_cards: list[agent_pb2.AgentCard], *, lease_seconds: 
                 for policy, bit in bits.items():
                     copy_in.write_row((policy, bit))
             for table in ("agents", "agent_versions", "agent_skills"):
-                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+                cur.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                )
             cur.execute("ANALYZE")
         conn.commit()
     return lease_ids

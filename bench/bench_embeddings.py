@@ -54,6 +54,13 @@ class Run:
     p99_ms: float
     # CPU time of tritonserver + this model's python-backend stubs per sentence: robust to other load.
     server_cpu_ms: float
+    # CPU time of this (client) process per sentence.
+    client_cpu_ms: float
+
+    @property
+    def cpu_bound_sentences_per_s(self) -> float:
+        """Throughput if server and client had the machine's cores to themselves (CPU-bound estimate)."""
+        return (os.cpu_count() or 1) * 1000.0 / (self.server_cpu_ms + self.client_cpu_ms)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -125,11 +132,13 @@ async def measure(
     latencies: dict[str, list[float]] = {model: [] for model in MODELS}
     elapsed = dict.fromkeys(MODELS, 0.0)
     cpu = dict.fromkeys(MODELS, 0.0)
+    client_cpu = dict.fromkeys(MODELS, 0.0)
     for _ in range(rounds):
         for model in MODELS:
-            before = server_cpu_seconds(triton, model)
+            before, client_before = server_cpu_seconds(triton, model), time.process_time()
             measured, wall = await drive(client, model, concurrency, seconds / rounds)
             cpu[model] += server_cpu_seconds(triton, model) - before
+            client_cpu[model] += time.process_time() - client_before
             latencies[model] += measured
             elapsed[model] += wall
     runs = []
@@ -144,44 +153,55 @@ async def measure(
                 p99_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
                 # The warm-up's sentences are not counted, so this slightly overstates the cost of both.
                 server_cpu_ms=cpu[model] / len(ordered) * 1000,
+                client_cpu_ms=client_cpu[model] / len(ordered) * 1000,
             )
         )
     return runs
 
 
 def report(runs: list[Run], command: str) -> tuple[str, bool]:
+    """The Markdown section for RESULTS.md and whether the targets were met."""
     by = {(r.model, r.concurrency): r for r in runs}
     lines = [
         "| concurrency | batch-1 sent/s | batch-1 p50 ms | batch-1 p99 ms | dynamic sent/s | dynamic p50 ms "
-        "| dynamic p99 ms | throughput ratio | server CPU ms/sentence (batch-1 / dynamic) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dynamic p99 ms | throughput ratio | server+client CPU ms/sentence (batch-1 / dynamic) "
+        "| CPU-bound sent/s (batch-1 / dynamic, ratio) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    best_ratio, best_c = 0.0, 0
+    ratios: dict[int, float] = {}
     for c in CONCURRENCY:
-        one, dyn = by[("minilm_embedding_b1", c)], by[("minilm_embedding", c)]
-        ratio = dyn.sentences_per_s / one.sentences_per_s
-        if ratio > best_ratio and dyn.p99_ms <= 350:
-            best_ratio, best_c = ratio, c
+        one, dyn = by[(MODELS[0], c)], by[(MODELS[1], c)]
+        ratios[c] = dyn.sentences_per_s / one.sentences_per_s
+        cpu_ratio = dyn.cpu_bound_sentences_per_s / one.cpu_bound_sentences_per_s
         lines.append(
             f"| {c} | {one.sentences_per_s:.0f} | {one.p50_ms:.1f} | {one.p99_ms:.1f} | {dyn.sentences_per_s:.0f} "
-            f"| {dyn.p50_ms:.1f} | {dyn.p99_ms:.1f} | {ratio:.2f}x "
-            f"| {one.server_cpu_ms:.2f} / {dyn.server_cpu_ms:.2f} |"
+            f"| {dyn.p50_ms:.1f} | {dyn.p99_ms:.1f} | {ratios[c]:.2f}x "
+            f"| {one.server_cpu_ms:.2f}+{one.client_cpu_ms:.2f} / {dyn.server_cpu_ms:.2f}+{dyn.client_cpu_ms:.2f} "
+            f"| {one.cpu_bound_sentences_per_s:.0f} / {dyn.cpu_bound_sentences_per_s:.0f}, {cpu_ratio:.2f}x |"
         )
-    c1 = by[("minilm_embedding", 1)].p50_ms / by[("minilm_embedding_b1", 1)].p50_ms
-    passed = best_ratio >= 1.6 and c1 <= 1.25
+    best = max(CONCURRENCY, key=lambda c: ratios[c])
+    best_p99 = by[(MODELS[1], best)].p99_ms
+    c1 = by[(MODELS[1], 1)].p50_ms / by[(MODELS[0], 1)].p50_ms
+    passed = ratios[best] >= 1.6 and best_p99 <= 350 and c1 <= 1.25
     lines += [
         "",
-        f"- Best throughput ratio with dynamic p99 <= 350 ms: **{best_ratio:.2f}x** at concurrency {best_c} "
-        "(target >= 1.6x).",
+        f"- Best measured throughput ratio: **{ratios[best]:.2f}x** at concurrency {best}, dynamic p99 "
+        f"{best_p99:.0f} ms (target >= 1.6x with p99 <= 350 ms).",
         f"- Concurrency 1 latency, dynamic / batch-1 p50: **{c1:.2f}x** (target <= 1.25x).",
-        f"- Targets {'met' if passed else 'NOT met'} in this run.",
+        f"- Targets {'met' if passed else 'NOT met'} in this run; load average during the run "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
     ]
     body = "\n".join(lines)
     text = (
         f"{SECTION} (Triton embeddings: dynamic batching vs batch size 1)\n\n"
         "MiniLM (all-MiniLM-L6-v2, ONNX on onnxruntime in the python backend, two single-thread CPU instances "
-        "per model) on the bundled tritonserver, 2-core CPU; one sentence per request, through "
-        "`agentmesh.inference.InferenceClient` (client in the same machine, so it competes for the 2 cores).\n\n"
+        "per model) on the bundled tritonserver; one sentence per request through "
+        "`agentmesh.inference.InferenceClient` in the same machine. `minilm_embedding_b1` is the same model "
+        "and instances with dynamic batching removed. CPU columns come from /proc (tritonserver + the model's "
+        "stubs, and the client process); the CPU-bound column is cores x 1000 / CPU ms per sentence, i.e. the "
+        "throughput with the machine to ourselves. When other work shares the cores, measured throughput follows "
+        "the CPU share the scheduler grants (per thread: the batch-1 path spreads over more threads), so read "
+        "the CPU-bound ratio as the batching gain and the measured one as this run's.\n\n"
         f"Command: `{command}`\n\n{body}\n"
     )
     return text, passed
@@ -223,7 +243,8 @@ async def main() -> int:
                 for run in await measure(triton, client, c, args.seconds, args.rounds):
                     print(
                         f"{run.model:22s} c={c:<3d} {run.sentences_per_s:7.1f} sent/s  "
-                        f"p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  server CPU {run.server_cpu_ms:5.2f} ms/sentence",
+                        f"p50 {run.p50_ms:7.1f} ms  p99 {run.p99_ms:7.1f} ms  CPU ms/sentence server {run.server_cpu_ms:5.2f} "
+                        f"client {run.client_cpu_ms:4.2f}",
                         flush=True,
                     )
                     runs.append(run)

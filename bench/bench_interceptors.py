@@ -260,19 +260,27 @@ def _report(
     def ratio(variant: str, key: str) -> float:
         return statistics.median(r[variant][key] / r["bare"][key] for r in by_round.values())
 
+    def cpu_bound_ratio(variant: str) -> float:
+        # The throughput ratio if server and client had a core each: bare's CPU per call over the variant's.
+        def cpu(figures: dict[str, float]) -> float:
+            return figures["server_cpu_us_n"] + figures["client_cpu_us_n"]
+
+        return statistics.median(cpu(r["bare"]) / cpu(r[variant]) for r in by_round.values())
+
     lines = [
         f"{args.rounds} rounds, {args.calls} sequential calls for p50, {args.seconds:g} s at {args.inflight} in"
-        f" flight; medians over rounds; ratios vs `bare` paired per round. CPU = µs per call (server / client).",
+        f" flight; medians over rounds; ratios vs `bare` paired per round. CPU = µs per call (server / client);"
+        " CPU-bound ratio = bare's (server + client) CPU per call at 64 in flight over the variant's.",
         "",
         "| variant | p50 @1 (ms) | p99 @1 (ms) | p50 ratio | calls/s @64 | throughput ratio "
-        "| CPU/call @1 | CPU/call @64 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU-bound ratio | CPU/call @1 | CPU/call @64 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant in variants:
         lines.append(
             f"| {variant} | {median(variant, 'p50_ms'):.3f} | {median(variant, 'p99_ms'):.3f}"
             f" | {ratio(variant, 'p50_ms'):.2f} | {median(variant, 'throughput'):,.0f}"
-            f" | {ratio(variant, 'throughput'):.2f}"
+            f" | {ratio(variant, 'throughput'):.2f} | {cpu_bound_ratio(variant):.2f}"
             f" | {median(variant, 'server_cpu_us_1'):.0f} / {median(variant, 'client_cpu_us_1'):.0f}"
             f" | {median(variant, 'server_cpu_us_n'):.0f} / {median(variant, 'client_cpu_us_n'):.0f} |"
         )

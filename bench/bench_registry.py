@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._registry_cards import TRUST_DOMAIN, Vocabulary, bulk_load, cards, query_mix  # noqa: E402
+from bench._registry_cards import TRUST_DOMAIN, Vocabulary, bulk_load, cards, query_mix
 
 KINDS = ("Q1", "Q2", "Q3")
 
@@ -88,7 +88,14 @@ async def _timed(call: Callable[[Any], Awaitable[Any]], requests: list[Any]) -> 
 # ---------------------------------------------------------------- stage 1 and 2: in-service
 
 
-async def in_service(url: str, settings: Any, requests: dict[str, list[Any]], lease_ids: list[str], args: argparse.Namespace, report: list[str]) -> None:
+async def in_service(
+    url: str,
+    settings: Any,
+    requests: dict[str, list[Any]],
+    lease_ids: list[str],
+    args: argparse.Namespace,
+    report: list[str],
+) -> None:
     from agentmesh.services.registry.registry import Registry
     from agentmesh.services.registry.servicer import RegistryServicer
     from agentmesh.services.registry.store import RegistryStore
@@ -101,7 +108,9 @@ async def in_service(url: str, settings: Any, requests: dict[str, list[Any]], le
     await registry.start()
     load_seconds = time.perf_counter() - started
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report.append(f"snapshot load of {len(registry.index.instances):,} instances: {load_seconds:.1f} s, max RSS {rss_mb:.0f} MiB")
+    report.append(
+        f"snapshot load of {len(registry.index.instances):,} instances: {load_seconds:.1f} s, max RSS {rss_mb:.0f} MiB"
+    )
     servicer = RegistryServicer(registry)
 
     async def discover(request: Any) -> Any:
@@ -129,7 +138,9 @@ async def in_service(url: str, settings: Any, requests: dict[str, list[Any]], le
         started = time.perf_counter()
         await discover(request)
         cold.append(time.perf_counter() - started)
-    report.append(f"| Q2 with a never-seen pattern (first use; memoised after) | {_ms(statistics.median(cold))} | {_ms(max(cold))} | |")
+    report.append(
+        f"| Q2 with a never-seen pattern (first use; memoised after) | {_ms(statistics.median(cold))} | {_ms(max(cold))} | |"
+    )
 
     # Heartbeats: every agent every 10 s (TTL 15 s), paced, while the replica flushes and sweeps. The loaded
     # leases are set to expire 20 s from now: without working renewals they would all expire mid-run.
@@ -160,7 +171,9 @@ async def in_service(url: str, settings: Any, requests: dict[str, list[Any]], le
     await registry.sync()
     expired = len(lease_ids) - len(registry.index.instances)
     async with engine.connect() as conn:
-        expired_events = await conn.scalar(sa.text("SELECT count(*) FROM registry_events WHERE event_type = 'EXPIRED'"))
+        expired_events = await conn.scalar(
+            sa.text("SELECT count(*) FROM registry_events WHERE event_type = 'EXPIRED'")
+        )
         stale = await conn.scalar(sa.text("SELECT count(*) FROM agent_leases WHERE expires_at < now()"))
     # Cost of one flush of 10,000 renewals (one UPDATE ... FROM unnest).
     for lease in lease_ids[:10_000]:
@@ -183,6 +196,19 @@ async def in_service(url: str, settings: Any, requests: dict[str, list[Any]], le
 # ---------------------------------------------------------------- stage 3 and 4: over mTLS, two replicas
 
 
+async def _negate(check: Awaitable[bool]) -> bool:
+    return not await check
+
+
+async def _until(check: Callable[[], Awaitable[bool]], since: float, within: float = 30.0) -> float:
+    """Poll ``check`` every 5 ms; seconds from ``since`` until it held."""
+    while time.perf_counter() - since < within:
+        if await check():
+            return time.perf_counter() - since
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"not seen within {within} s")
+
+
 def _start_replica(home: Path, url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -195,7 +221,10 @@ def _start_replica(home: Path, url: str, port: int, log: Path) -> subprocess.Pop
     }
     with log.open("wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "agentmesh.cli", "registry", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "agentmesh.cli", "registry", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -207,14 +236,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, list[Any]], report: list[str], args: argparse.Namespace) -> None:
+async def over_mtls(
+    home: Path,
+    url: str,
+    settings: Any,
+    requests: dict[str, list[Any]],
+    report: list[str],
+    args: argparse.Namespace,
+) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from agentmesh._channel import create_channel
     from agentmesh._health import wait_until_serving
     from agentmesh._registry_client import RegistryClient
     from agentmesh.security import CertificateAuthority
-    from agentmesh.v1 import agent_pb2, registry_pb2_grpc
+    from agentmesh.v1 import registry_pb2_grpc
 
     ca = CertificateAuthority.load(home)
     for kind, name in (("service", "registry"), ("client", "ops"), ("agent", "bench-agent")):
@@ -222,12 +258,16 @@ async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, lis
     ports = [_free_port(), _free_port()]
     processes = [_start_replica(home, url, port, home / f"replica-{i}.log") for i, port in enumerate(ports)]
     try:
-        channels = [create_channel(f"127.0.0.1:{port}", settings, kind="client", name="ops") for port in ports]
+        channels = [
+            create_channel(f"127.0.0.1:{port}", settings, kind="client", name="ops") for port in ports
+        ]
         started = time.perf_counter()
         for channel in channels:
             await wait_until_serving(channel, within=300)
         report.append("")
-        report.append(f"two replica processes SERVING (snapshot loaded) {time.perf_counter() - started:.1f} s after start")
+        report.append(
+            f"two replica processes SERVING (snapshot loaded) {time.perf_counter() - started:.1f} s after start"
+        )
         stub = registry_pb2_grpc.RegistryServiceStub(channels[0])
         health = health_pb2_grpc.HealthStub(channels[0])
 
@@ -243,7 +283,9 @@ async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, lis
         report.append("")
         report.append("| over mTLS, 1 in flight | p50 ms | p99 ms | p50 minus Health/Check p50 |")
         report.append("|---|---|---|---|")
-        report.append(f"| Health/Check (bare mTLS unary baseline, same server) | {_ms(base50)} | {_ms(base99)} | - |")
+        report.append(
+            f"| Health/Check (bare mTLS unary baseline, same server) | {_ms(base50)} | {_ms(base99)} | - |"
+        )
         for kind in KINDS:
             await _timed(discover, requests[kind][:200])
             samples, _ = await _timed(discover, requests[kind])
@@ -286,34 +328,29 @@ async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, lis
         client_a = RegistryClient(settings, kind="client", name="ops", address=f"127.0.0.1:{ports[0]}")
         appear, appear_a, vanish = [], [], []
         for round_ in range(args.propagation_rounds):
-            agent_card.endpoint = f"127.0.0.1:{8000 + round_}"
+            # A new version each round: discovery answers one candidate per agent, so the version tells them apart.
+            agent_card.version = f"2.0.{round_}"
+            pinned = f"=={agent_card.version}"
+
+            async def found(client: RegistryClient, pinned: str = pinned) -> bool:
+                answer = await client.discover(names=["bench/bench-agent"], version_constraint=pinned)
+                return bool(answer.candidates)
+
             t0 = time.perf_counter()
             response = await agent.register(agent_card, lease_ttl=30)
-            instance = response.instance.instance_id
-
-            async def visible(client: RegistryClient) -> bool:
-                answer = await client.discover(names=["bench/bench-agent"], max_results=100)
-                return any(c.instance.instance_id == instance for c in answer.candidates) or any(
-                    True for _ in ()
-                )
-
-            if await visible(client_a):
+            if await found(client_a):  # the writer catches up to its own revision before answering
                 appear_a.append(time.perf_counter() - t0)
-            # A candidate per agent: instances of the same version compete; ask GetAgent for the instance list.
-            while instance not in {i.instance_id for i in (await client_b.get_agent("bench", "bench-agent")).instances}:
-                await asyncio.sleep(0.005)
-            appear.append(time.perf_counter() - t0)
+            appear.append(await _until(lambda: found(client_b), t0))
             t0 = time.perf_counter()
             await agent.deregister(response.lease.lease_id)
-            while instance in {i.instance_id for i in (await client_b.get_agent("bench", "bench-agent")).instances}:
-                await asyncio.sleep(0.005)
-            vanish.append(time.perf_counter() - t0)
-        a50, a99 = _percentiles(appear)
-        v50, v99 = _percentiles(vanish)
+            vanish.append(await _until(lambda: _negate(found(client_b)), t0))
+        a50, _ = _percentiles(appear)
+        v50, _ = _percentiles(vanish)
         report.append(
             f"change propagation A→B ({args.propagation_rounds} rounds, poll interval "
-            f"{settings.registry_poll_interval * 1000:.0f} ms): register visible on B p50 {_ms(a50)} ms, max {_ms(max(appear))} ms; "
-            f"deregister gone on B p50 {_ms(v50)} ms, max {_ms(max(vanish))} ms; on A (the writer) at once in "
+            f"{settings.registry_poll_interval * 1000:.0f} ms): registration discoverable on B p50 {_ms(a50)} ms, "
+            f"max {_ms(max(appear))} ms; deregistration gone from B's discovery p50 {_ms(v50)} ms, max "
+            f"{_ms(max(vanish))} ms; discoverable on A (the writer) in its RegisterAgent reply's wake in "
             f"{len(appear_a)}/{len(appear)} rounds"
         )
         await agent.deregister(lease)
@@ -321,7 +358,6 @@ async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, lis
             await client.close()
         for channel in channels:
             await channel.close()
-        del agent_pb2
     finally:
         for process in processes:
             process.terminate()
@@ -336,7 +372,9 @@ async def over_mtls(home: Path, url: str, settings: Any, requests: dict[str, lis
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--agents", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000, help="queries per kind")
     parser.add_argument("--heartbeat-seconds", type=float, default=40.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field, model_validator
@@ -91,6 +92,7 @@ class CrmAgent(Agent):
         database_url: str = "",
         seed: Path | None = SEED_FILE,
         pii_callers: frozenset[str] | None = None,
+        verify_delegation: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(settings)
         self.database_url = database_url
@@ -101,6 +103,9 @@ class CrmAgent(Agent):
             if pii_callers is not None
             else frozenset({planner_identity(self.settings.trust_domain)})
         )
+        # Checks a delegation token's signature and expiry; without one, the planner's mTLS identity is the
+        # trust anchor and any non-empty token counts (the planner only forwards tokens the gateway signed).
+        self.verify_delegation = verify_delegation
         self.store: CrmStore | None = None
 
     async def startup(self) -> None:
@@ -129,10 +134,13 @@ class CrmAgent(Agent):
         if self.store is None:
             raise FailedPreconditionError("the CRM database is not open yet")
         row = await self.store.find(email=request.email, customer_id=request.customer_id)
+        token = ctx.delegation_token
+        if token and self.verify_delegation is not None and not self.verify_delegation(token):
+            token = ""  # an invalid token grants nothing (the lookup itself is still allowed, masked)
         visible = may_see_pii(
             requested=request.include_pii,
             caller=ctx.caller,
-            delegation_token=ctx.delegation_token,
+            delegation_token=token,
             allowed_callers=self.pii_callers,
         )
         if row is None:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from agentmesh.agents._support import find_pii
 
 __all__ = [
+    "PARAGRAPH_THRESHOLD",
     "RELEVANCE_THRESHOLD",
     "Verdict",
     "citation_problems",
+    "cited_paragraphs",
     "length_problems",
     "pii_problems",
     "politeness_problems",
@@ -22,6 +24,9 @@ __all__ = [
 # Cosine similarity (MiniLM) of reply and ticket below which a reply is considered off-topic. Replies built
 # from the right articles score ~0.45-0.85 on the example tickets; a reply about another topic ~0.1-0.25.
 RELEVANCE_THRESHOLD = 0.35
+# A cited paragraph below this is about something else: on the example tickets the responder's cited
+# paragraphs score 0.46-0.82, a paragraph quoted from an unrelated article 0.0-0.3.
+PARAGRAPH_THRESHOLD = 0.3
 _GREETING = re.compile(r"^\s*(hi|hello|dear|good (morning|afternoon|evening)|hey)\b", re.I)
 _CLOSING = re.compile(
     r"\b(regards|sincerely|best wishes|thank you|thanks|happy to help|kind regards)\b", re.I
@@ -93,14 +98,36 @@ def length_problems(reply: str) -> list[str]:
     return []
 
 
-def relevance_problems(similarity: float, threshold: float = RELEVANCE_THRESHOLD) -> list[str]:
-    """A reason when the reply's similarity to the ticket is below ``threshold``."""
-    if similarity >= threshold:
-        return []
-    return [
-        f"relevance: the reply is off-topic for this ticket (similarity {similarity:.2f} < {threshold:.2f}); "
-        "answer the customer's actual question using the retrieved articles"
-    ]
+def cited_paragraphs(reply: str, citations: Sequence[str]) -> list[str]:
+    """The reply's paragraphs that carry a citation: the grounded content, checked one by one because the
+    embedding model reads only the first ~128 tokens of the whole reply.
+    """
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n\s*\n", reply) if p.strip()]
+    return [p for p in paragraphs if any(c and c in p for c in citations)]
+
+
+def relevance_problems(
+    similarity: float,
+    paragraph_similarities: Sequence[float] = (),
+    threshold: float = RELEVANCE_THRESHOLD,
+    paragraph_threshold: float = PARAGRAPH_THRESHOLD,
+) -> list[str]:
+    """A reason when the reply's similarity to the ticket is below ``threshold``, and one per cited
+    paragraph (numbered from 1) below ``paragraph_threshold``.
+    """
+    problems = []
+    if similarity < threshold:
+        problems.append(
+            f"relevance: the reply is off-topic for this ticket (similarity {similarity:.2f} < {threshold:.2f}); "
+            "answer the customer's actual question using the retrieved articles"
+        )
+    for number, value in enumerate(paragraph_similarities, 1):
+        if value < paragraph_threshold:
+            problems.append(
+                f"relevance: cited paragraph {number} is off-topic for this ticket (similarity {value:.2f} < "
+                f"{paragraph_threshold:.2f}); drop it or quote an article that answers the question"
+            )
+    return problems
 
 
 def verdict(similarity: float, problems: Sequence[str], threshold: float = RELEVANCE_THRESHOLD) -> Verdict:

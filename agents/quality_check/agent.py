@@ -8,6 +8,7 @@ from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Article, Ticket, TritonAgent
 from agentmesh.agents.quality_check._checks import (
     citation_problems,
+    cited_paragraphs,
     length_problems,
     pii_problems,
     politeness_problems,
@@ -65,11 +66,13 @@ class QualityCheckAgent(TritonAgent):
             *politeness_problems(reply),
             *length_problems(reply),
         ]
-        similarity = 0.0
+        similarity, paragraph_similarities = 0.0, []
         if reply:
-            embedded = await self.embed([request.ticket.as_text(), reply], ctx)
-            similarity = float(embedded.embeddings[0] @ embedded.embeddings[1])
-        problems = relevance_problems(similarity) + problems
+            paragraphs = cited_paragraphs(reply, request.citations)
+            embedded = await self.embed([request.ticket.as_text(), reply, *paragraphs], ctx)
+            similarities = embedded.embeddings[1:] @ embedded.embeddings[0]
+            similarity, paragraph_similarities = float(similarities[0]), [float(s) for s in similarities[1:]]
+        problems = relevance_problems(similarity, paragraph_similarities) + problems
         result = verdict(similarity, problems)
         return CheckOutput(
             passed=result.passed, score=result.score, reasons=result.reasons, relevance=round(similarity, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,18 +69,19 @@ class ReplyPlan:
 
 
 def plan_from_feedback(feedback: Sequence[str]) -> ReplyPlan:
-    """A plan that answers quality_check's reasons: off-topic → more and closer sentences and the subject
-    restated; impolite → explicit apology and thanks; too long → fewer sentences; no citation → the best
-    article is always quoted. (PII is always redacted, whatever the feedback.)
+    """A plan that answers quality_check's reasons: the whole reply off-topic → more sentences, a lower
+    similarity bar and the subject restated; one cited paragraph off-topic → only sentences close to the
+    ticket; too long → fewer sentences. A citation is always made and PII always redacted, whatever the
+    feedback, and the greeting and closing are always there.
     """
     plan = ReplyPlan()
     text = " ".join(feedback).lower()
-    if "relevan" in text or "off-topic" in text:
-        plan = ReplyPlan(sentences=5, min_similarity=0.15, restate_subject=True)
+    if "cited paragraph" in text:
+        plan = dataclasses.replace(plan, min_similarity=0.45)
+    if "the reply is off-topic" in text:
+        plan = dataclasses.replace(plan, sentences=5, min_similarity=0.15, restate_subject=True)
     if "too long" in text:
-        plan = ReplyPlan(
-            sentences=2, min_similarity=plan.min_similarity, restate_subject=plan.restate_subject
-        )
+        plan = dataclasses.replace(plan, sentences=2)
     return plan
 
 

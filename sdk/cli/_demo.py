@@ -162,8 +162,8 @@ async def _run_step(
     record = StepRecord(step_id, agent, skill, attempt, start=time.monotonic())
     records.append(record)
     query = registry_pb2.DiscoverAgentsRequest(
-        visibility=registry_pb2.VisibilityScope(patterns=[f"support/{agent}"]),
-        characteristics=registry_pb2.CharacteristicsScope(skill=skill),
+        visibility=registry_pb2.VisibilityScope(patterns=["support/.*"]),
+        characteristics=registry_pb2.CharacteristicsScope(skill=skill, intent=skill.replace("_", " ")),
         max_results=3,
         routing_key=task_id,
     )
@@ -241,7 +241,7 @@ def _print_explanation(
     total = max(r.end for r in records) - started if records else 0.0
     for record in records:
         offset, took = (record.start - started) * 1000, (record.end - record.start) * 1000
-        width = 40
+        width = 24
         begin = int(width * (record.start - started) / total) if total else 0
         length = max(1, int(width * (record.end - record.start) / total)) if total else 1
         timeline.add_row(

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log = logging.getLogger("agentmesh.triton")
     if args.prepare_only:
-        print(prepare_model_repository(settings.home))
+        print(prepare_model_repository(settings.home).resolve())
         return 0
 
     async def serve() -> int:
@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await triton.start()
+        try:
+            await triton.start()
+        except (RuntimeError, TimeoutError) as error:  # its own output above says why
+            log.error("triton did not start: %s", error)
+            return 1
         log.info(
             "triton ready: grpc %s, http %s:%d, metrics http://%s:%d/metrics (pid %s)",
             triton.grpc_url,

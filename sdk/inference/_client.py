@@ -269,37 +269,37 @@ class InferenceClient:
         self, model: str, version: str = "", *, deadline: float | None = None
     ) -> dict[str, Any]:
         """The model's configuration as JSON (cached per URL until the model disappears)."""
-        connection = self._connection()
-        key = (model, version)
-        if key not in connection.configs:
-            client = connection.client
-
-            async def attempt(seconds_left: float) -> Any:
-                return await client.get_model_config(
-                    model, version, as_json=True, client_timeout=seconds_left
-                )
-
-            response, _ = await self._call(model, attempt, deadline)
-            connection.configs[key] = dict(response.get("config", response))
-        return connection.configs[key]
+        response = await self._cached(
+            "get_model_config", self._connection().configs, model, version, deadline
+        )
+        return dict(response.get("config", response))
 
     async def model_metadata(
         self, model: str, version: str = "", *, deadline: float | None = None
     ) -> dict[str, Any]:
         """The model's metadata (versions, inputs, outputs) as JSON (cached like :meth:`model_config`)."""
-        connection = self._connection()
+        return await self._cached("get_model_metadata", self._connection().metadata, model, version, deadline)
+
+    async def _cached(
+        self,
+        method: str,
+        cache: dict[tuple[str, str], dict[str, Any]],
+        model: str,
+        version: str,
+        deadline: float | None,
+        part: str | None = None,
+    ) -> dict[str, Any]:
+        """``client.<method>(model, version)`` as JSON (its ``part`` if given), fetched once per URL."""
         key = (model, version)
-        if key not in connection.metadata:
-            client = connection.client
+        if key not in cache:
+            fetch = getattr(self._connection().client, method)
 
             async def attempt(seconds_left: float) -> Any:
-                return await client.get_model_metadata(
-                    model, version, as_json=True, client_timeout=seconds_left
-                )
+                return await fetch(model, version, as_json=True, client_timeout=seconds_left)
 
             response, _ = await self._call(model, attempt, deadline)
-            connection.metadata[key] = dict(response)
-        return connection.metadata[key]
+            cache[key] = dict(response.get(part, response) if part else response)
+        return cache[key]
 
     async def is_ready(self, *, deadline: float = 1.0) -> bool:
         """Whether the server answers and reports ready (never raises)."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    LargeBinary,
     SmallInteger,
     String,
     Text,
@@ -72,7 +73,8 @@ class AgentVersion(Base):
     indexes from ``policy_bits``, so "all required policies hold" is ``policy_mask & :req = :req``);
     ``labels`` (JSON object str -> str); ``owner``; ``spiffe_id``; ``card`` (the whole AgentCard as JSON,
     endpoint excluded since that belongs to an instance); ``card_hash`` (SHA-256 hex of the canonical card,
-    to tell an idempotent re-registration from a conflicting one); ``created_at``.
+    to tell an idempotent re-registration from a conflicting one); ``card_proto`` (the card as serialized
+    protobuf, for fast loading); ``created_at``.
     """
 
     __tablename__ = "agent_versions"
@@ -93,6 +95,9 @@ class AgentVersion(Base):
     spiffe_id: Mapped[str] = mapped_column(String(512), default="", server_default="")
     card: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict, server_default=text("'{}'"))
     card_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # The same card as serialized protobuf (migration 0002): a registry replica loads 100k cards from it in
+    # about a second, where parsing the JSON form takes tens of seconds. NULL for rows written before 0002.
+    card_proto: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
     agent: Mapped[Agent] = relationship(back_populates="versions")

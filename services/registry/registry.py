@@ -15,6 +15,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
 import logging
 import time
@@ -61,7 +62,10 @@ def card_hash(card: agent_pb2.AgentCard) -> str:
 
 
 def _version_record(row: VersionRow) -> VersionRecord:
-    card = json_format.ParseDict(row.card, agent_pb2.AgentCard(), ignore_unknown_fields=True)
+    if row.card_proto is not None:
+        card = agent_pb2.AgentCard.FromString(row.card_proto)
+    else:
+        card = json_format.ParseDict(row.card or {}, agent_pb2.AgentCard(), ignore_unknown_fields=True)
     return VersionRecord(row.version_id, card, parse_version(card.version), row.card_hash)
 
 
@@ -175,6 +179,9 @@ class Registry:
         self.revision = revision
         self._sorted_keys = None
         self._loaded = self._healthy = True
+        # The index is long-lived: move it out of the collector's generations so full collections stay short.
+        gc.collect()
+        gc.freeze()
         logger.info(
             "registry loaded %d versions, %d instances at revision %d in %.2fs",
             len(version_rows),
@@ -317,6 +324,7 @@ class Registry:
         payload, revision = await self.store.register(
             card=json_format.MessageToDict(stored, preserving_proto_field_name=True),
             card_hash=digest,
+            card_proto=stored.SerializeToString(deterministic=True),
             endpoint=card.endpoint,
             instance_id=uuid.uuid4().hex,
             lease_id=uuid.uuid4().hex,

@@ -75,8 +75,9 @@ class VersionRow:
     """A stored card version."""
 
     version_id: int
-    card: dict[str, Any]
+    card: dict[str, Any] | None  # JSON form; only loaded when card_proto is missing (rows older than 0002)
     card_hash: str
+    card_proto: bytes | None
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -149,6 +150,7 @@ class RegistryStore:
         agent_id: int,
         card: dict[str, Any],
         card_hash: str,
+        card_proto: bytes,
         now: dt.datetime,
     ) -> int:
         mask = await self._policy_mask(conn, card.get("policies", []))
@@ -164,6 +166,7 @@ class RegistryStore:
             "spiffe_id": card.get("spiffe_id", ""),
             "card": card,
             "card_hash": card_hash,
+            "card_proto": card_proto,
         }
         if version_id is None:
             version_id = int(
@@ -194,6 +197,7 @@ class RegistryStore:
         *,
         card: dict[str, Any],
         card_hash: str,
+        card_proto: bytes,
         endpoint: str,
         instance_id: str,
         lease_id: str,
@@ -227,7 +231,7 @@ class RegistryStore:
                 )
             ).first()
             if row is None:
-                version_id = await self._write_version(conn, None, agent_id, card, card_hash, now)  # type: ignore[arg-type]
+                version_id = await self._write_version(conn, None, agent_id, card, card_hash, card_proto, now)  # type: ignore[arg-type]
             else:
                 version_id = int(row.id)
                 if row.card_hash != card_hash:
@@ -256,7 +260,7 @@ class RegistryStore:
                     for stale_id in stale:
                         payload = {"instance_id": stale_id, "reason": "lease expired; card replaced"}
                         await self._append(conn, "EXPIRED", namespace, name, stale_id, payload, now)
-                    await self._write_version(conn, version_id, agent_id, card, card_hash, now)  # type: ignore[arg-type]
+                    await self._write_version(conn, version_id, agent_id, card, card_hash, card_proto, now)  # type: ignore[arg-type]
             existing = (
                 await conn.execute(
                     sa.select(instances.c.instance_id, instances.c.lease_id, instances.c.registered_at).where(
@@ -465,13 +469,17 @@ class RegistryStore:
         found: list[VersionRow] = []
         async with self.engine.connect() as conn:
             for chunk in _chunks(ids):
-                rows = await conn.execute(
-                    sa.select(versions.c.id, versions.c.card, versions.c.card_hash).where(
-                        versions.c.id.in_(chunk)
-                    )
-                )
-                found += [VersionRow(row.id, row.card, row.card_hash) for row in rows]
+                found += await self._version_rows(conn, versions.c.id.in_(chunk))
         return found
+
+    @staticmethod
+    async def _version_rows(conn: AsyncConnection, where: Any) -> list[VersionRow]:
+        # The JSON card is read only for rows without card_proto: parsing JSON cards is ~100x slower.
+        card_json = sa.case((versions.c.card_proto.is_(None), versions.c.card), else_=sa.null())
+        rows = await conn.execute(
+            sa.select(versions.c.id, card_json.label("card"), versions.c.card_hash, versions.c.card_proto).where(where)
+        )
+        return [VersionRow(row.id, row.card, row.card_hash, row.card_proto) for row in rows]
 
     async def load_snapshot(self) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]]]:
         """A consistent copy of the registry: (revision, versions, instances with expiry, routing policies)."""
@@ -482,12 +490,7 @@ class RegistryStore:
                 revision = int(
                     await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(events.c.revision), 0))) or 0
                 )
-                version_rows = [
-                    VersionRow(row.id, row.card, row.card_hash)
-                    for row in await conn.execute(
-                        sa.select(versions.c.id, versions.c.card, versions.c.card_hash)
-                    )
-                ]
+                version_rows = await self._version_rows(conn, sa.true())
                 instance_rows = [
                     dict(row._mapping)
                     for row in await conn.execute(

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ from agentmesh._errors import UnavailableError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentRuntime, Invocation, SkillRunner
 from agentmesh.agents._support import find_pii
-from agentmesh.agents.crm import CrmAgent
+from agentmesh.agents.crm import CrmAgent, planner_identity
 from agentmesh.agents.examples import ExampleTicket, load_tickets
 from agentmesh.agents.kb_search import KbSearchAgent
 from agentmesh.agents.quality_check import QualityCheckAgent
@@ -139,7 +140,7 @@ async def test_every_agent_describes_itself_on_the_mesh(support: Support) -> Non
     assert "pii:restricted" in crm.policies
 
 
-async def test_agents_export_skill_and_triton_metrics(support: Support) -> None:
+async def test_agents_export_skill_triton_batch_and_breaker_metrics(support: Support) -> None:
     def count(metric: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(metric, labels) or 0.0
 
@@ -167,6 +168,11 @@ async def test_agents_export_skill_and_triton_metrics(support: Support) -> None:
         >= triton_before + 1
     )
     assert count("agentmesh_triton_request_batch_size_count", model="minilm_embedding") > 0
+    triton = support.runtimes["kb-search"].agent.settings.triton_url
+    breaker = REGISTRY.get_sample_value(
+        "agentmesh_circuit_breaker_state", {"endpoint": f"triton:{triton}/minilm_embedding"}
+    )
+    assert breaker == 0  # closed
 
 
 async def test_an_agent_without_triton_starts_reports_not_ready_and_fails_fast(
@@ -352,6 +358,34 @@ async def test_crm_shows_pii_to_the_planner_acting_for_a_user_who_asks(support: 
     assert unasked["masked"] and unasked["customer"]["email"] == "t***@e***.com"
 
 
+async def test_crm_with_a_token_verifier_masks_for_a_forged_token(
+    mesh_settings: Settings, tmp_path: Path
+) -> None:
+    agent = CrmAgent(
+        mesh_settings,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}",
+        verify_delegation=lambda t: t == "good",
+    )
+    await agent.startup()
+    try:
+        runner = SkillRunner(agent)
+
+        async def lookup(token: str) -> dict[str, Any]:
+            invocation = Invocation(
+                skill="lookup_customer",
+                input={"customer_id": "C-1003", "include_pii": True},
+                caller=planner_identity("agentmesh.test"),
+                delegation_token=token,
+            )
+            return (await runner.invoke(invocation)).output
+
+        assert (await lookup("good"))["customer"]["phone"] == "+44 7700 900123"
+        forged = await lookup("forged")
+        assert forged["masked"] and forged["customer"]["phone"] == "+** **** ****23"
+    finally:
+        await agent.shutdown()
+
+
 async def test_crm_unknown_customers_and_missing_keys(support: Support) -> None:
     assert (await support.call("crm", "lookup_customer", {"email": "nobody@example.com"}))["found"] is False
     with pytest.raises(grpc.aio.AioRpcError) as failure:
@@ -472,6 +506,28 @@ async def test_review_fails_a_draft_that_leaks_a_phone_number_or_cites_nothing(s
     uncited = await review(support, ticket, draft["reply"], [], articles)
     assert not uncited["passed"] and any("cites no retrieved article" in r for r in uncited["reasons"])
     assert uncited["score"] < 1.0
+
+
+async def test_review_fails_an_off_topic_paragraph_hidden_after_a_good_start(support: Support) -> None:
+    ticket = by_id("t10-refund-unwanted")
+    case = await draft_for(support, ticket)
+    wifi = (
+        await support.call("kb-search", "search_articles", {"query": "connect my device to wifi", "top_k": 1})
+    )["articles"]
+    assert wifi[0]["article_id"] == "kb-device-setup"
+    tail = (
+        'The device must be within range of a 2.4 GHz Wi-Fi network. (see "Device setup" [kb-device-setup])'
+    )
+    reply = case["draft"]["reply"].replace(
+        "If anything is still unclear", f"{tail}\n\nIf anything is still unclear"
+    )
+    verdict = await review(
+        support, ticket, reply, [*case["draft"]["citations"], "kb-device-setup"], case["articles"] + wifi
+    )
+    assert verdict["relevance"] >= 0.5  # the reply as a whole still reads as on-topic
+    assert not verdict["passed"] and verdict["reasons"][0].startswith(
+        "relevance: cited paragraph 2 is off-topic"
+    )
 
 
 async def test_an_off_topic_draft_fails_and_the_regenerated_one_passes(support: Support) -> None:

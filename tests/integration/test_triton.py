@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client import REGISTRY
 
 from agentmesh._errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from agentmesh.inference import (
@@ -187,3 +188,19 @@ async def test_prepared_repository_is_self_contained_and_reused(triton: LocalTri
     inode = onnx.stat().st_ino
     prepare_model_repository(triton.home, target=target)
     assert onnx.stat().st_ino == inode  # unchanged files are not copied again
+
+
+async def test_calls_are_measured_by_model(inference: InferenceClient) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    calls = sample("agentmesh_triton_request_duration_seconds_count", model="minilm_embedding", code="OK")
+    rows = sample("agentmesh_triton_request_batch_size_sum", model="minilm_embedding")
+    await inference.embed([REFUND, MONEY_BACK, WEATHER])
+    assert (
+        sample("agentmesh_triton_request_duration_seconds_count", model="minilm_embedding", code="OK")
+        == calls + 1
+    )
+    assert sample("agentmesh_triton_request_batch_size_sum", model="minilm_embedding") == rows + 3
+    endpoint = f"triton:{inference.url}/minilm_embedding"
+    assert REGISTRY.get_sample_value("agentmesh_circuit_breaker_state", {"endpoint": endpoint}) == 0

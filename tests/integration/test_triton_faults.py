@@ -60,7 +60,7 @@ async def test_killed_triton_fails_fast_opens_breaker_and_restart_is_used_again(
         started = time.perf_counter()
         with pytest.raises(CircuitOpenError):
             await client.embed([TEXT])
-        assert time.perf_counter() - started < 0.05  # not even attempted
+        assert time.perf_counter() - started < 0.2  # refused without touching the network
 
         await triton.start()  # same ports, new process
         # Back once the breaker's reset timeout lets a probe through (or at once if it already passed).

@@ -27,8 +27,10 @@ from agentmesh.agents.quality_check import verdict
 from agentmesh.agents.quality_check._checks import (
     RELEVANCE_THRESHOLD,
     citation_problems,
+    cited_paragraphs,
     pii_problems,
     politeness_problems,
+    relevance_problems,
 )
 from agentmesh.agents.responder import (
     DraftInput,
@@ -354,6 +356,10 @@ def test_feedback_changes_the_plan() -> None:
     off_topic = plan_from_feedback(["relevance: the reply is off-topic for this ticket"])
     assert off_topic.sentences > ReplyPlan().sentences and off_topic.restate_subject
     assert plan_from_feedback(["length: the reply is too long (500 words)"]).sentences < ReplyPlan().sentences
+    narrow = plan_from_feedback(
+        ["relevance: cited paragraph 2 is off-topic for this ticket (similarity 0.05 < 0.30)"]
+    )
+    assert narrow.min_similarity > ReplyPlan().min_similarity and not narrow.restate_subject
 
 
 def test_the_generation_prompt_grounds_the_model_and_carries_no_contact_details() -> None:
@@ -389,6 +395,18 @@ def test_a_good_reply_has_no_problems() -> None:
     assert citation_problems(GOOD, ["kb-refund-policy"], ["kb-refund-policy", "kb-returns"]) == []
     result = verdict(0.7, [])
     assert result.passed and result.score == 1.0
+
+
+def test_relevance_checks_the_whole_reply_and_each_cited_paragraph() -> None:
+    reply = "Hi Maria,\n\nRefunds take 5 days [kb-refund-policy].\n\nUse 2.4 GHz Wi-Fi [kb-device-setup].\n\nThanks"
+    assert cited_paragraphs(reply, ["kb-refund-policy", "kb-device-setup"]) == [
+        "Refunds take 5 days [kb-refund-policy].",
+        "Use 2.4 GHz Wi-Fi [kb-device-setup].",
+    ]
+    assert relevance_problems(0.7, [0.6, 0.5]) == []
+    problems = relevance_problems(0.7, [0.6, 0.1])
+    assert len(problems) == 1 and problems[0].startswith("relevance: cited paragraph 2 is off-topic")
+    assert relevance_problems(0.2)[0].startswith("relevance: the reply is off-topic")
 
 
 def test_each_problem_is_named_with_what_to_do() -> None:

@@ -1,0 +1,106 @@
+"""The support agents on a real mesh: they register with a registry replica, are discovered by skill, and
+the support playbook (the demo's, run with the planner's identity) answers a shipped ticket end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from agentmesh._channel import create_channel
+from agentmesh._settings import Settings
+from agentmesh.agent import AgentRuntime
+from agentmesh.agents.crm import CrmAgent
+from agentmesh.agents.kb_search import KbSearchAgent
+from agentmesh.agents.quality_check import QualityCheckAgent
+from agentmesh.agents.responder import ResponderAgent
+from agentmesh.agents.sentiment import SentimentAgent
+from agentmesh.agents.triage import TriageAgent
+from agentmesh.cli._demo import run_demo
+from agentmesh.v1 import registry_pb2, registry_pb2_grpc
+from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.registry import RegistryReplica, StartRegistry
+
+pytestmark = pytest.mark.triton
+
+SKILLS = {
+    "triage": (TriageAgent, "classify_ticket"),
+    "sentiment": (SentimentAgent, "score_sentiment"),
+    "kb-search": (KbSearchAgent, "search_articles"),
+    "crm": (CrmAgent, "lookup_customer"),
+    "responder": (ResponderAgent, "draft_reply"),
+    "quality-check": (QualityCheckAgent, "check_reply"),
+}
+
+
+@pytest.fixture
+async def mesh(
+    start_registry: StartRegistry,
+    sqlite_template: Path,
+    tmp_path: Path,
+    issue_identity: IssueIdentity,
+    triton_url: str,
+) -> AsyncIterator[tuple[RegistryReplica, Settings]]:
+    """A registry replica (SQLite) with the six support agents registered and serving."""
+    shutil.copyfile(sqlite_template, tmp_path / "registry.db")
+    replica = await start_registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    for name in SKILLS:
+        issue_identity("agent", name)
+    issue_identity("service", "planner")
+    settings = replica.settings.replace(
+        triton_url=triton_url, registry_address=replica.address, shutdown_grace=2.0
+    )
+    runtimes = [AgentRuntime(agent(settings), port=0) for agent, _ in SKILLS.values()]
+    try:
+        await asyncio.gather(*(runtime.start() for runtime in runtimes))
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(runtime.wait_registered() for runtime in runtimes))
+        yield replica, settings
+    finally:
+        await asyncio.gather(*(runtime.stop() for runtime in runtimes))
+
+
+async def test_each_agent_is_discovered_by_its_skill_in_the_support_namespace(
+    mesh: tuple[RegistryReplica, Settings],
+) -> None:
+    replica, settings = mesh
+    async with create_channel(replica.address, settings, kind="service", name="planner") as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        for name, (_, skill) in SKILLS.items():
+            answer = await registry.DiscoverAgents(
+                registry_pb2.DiscoverAgentsRequest(
+                    visibility=registry_pb2.VisibilityScope(patterns=["support/.*"]),
+                    characteristics=registry_pb2.CharacteristicsScope(skill=skill),
+                ),
+                timeout=10,
+            )
+            assert [c.instance.card.name for c in answer.candidates][:1] == [name]
+        private = await registry.DiscoverAgents(
+            registry_pb2.DiscoverAgentsRequest(
+                visibility=registry_pb2.VisibilityScope(patterns=["support/.*"]),
+                characteristics=registry_pb2.CharacteristicsScope(required_policies=["pii:restricted"]),
+            ),
+            timeout=10,
+        )
+        assert [c.instance.card.name for c in private.candidates] == ["crm"]
+
+
+async def test_the_support_playbook_answers_a_damaged_item_ticket_end_to_end(
+    mesh: tuple[RegistryReplica, Settings],
+) -> None:
+    _, settings = mesh
+    output = io.StringIO()
+    status = await run_demo(
+        settings, ticket_id="t01-damaged-blender", console=Console(file=output, width=160)
+    )
+    text = output.getvalue()
+    assert status == 0, text
+    reply = text[text.index("Hi Maria,") :]
+    assert "NW-10482" in reply and 'see "My item arrived damaged or broken"' in reply
+    assert "maria.lopez@example.com" not in reply and "612 345" not in reply
