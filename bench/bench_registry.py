@@ -42,6 +42,14 @@ from bench._registry_cards import TRUST_DOMAIN, Vocabulary, bulk_load, cards, qu
 KINDS = ("Q1", "Q2", "Q3")
 
 
+class _Report(list[str]):
+    """Lines of the result, printed as they come (a long run shows progress)."""
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        print(line, flush=True)
+
+
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
@@ -387,7 +395,7 @@ def main() -> int:
     from agentmesh.storage import upgrade
     from tests.fixtures.postgres import _throwaway_server
 
-    report: list[str] = []
+    report = _Report()
     vocab = Vocabulary.build()
     started = time.perf_counter()
     all_cards = list(cards(args.agents, vocabulary=vocab))
@@ -406,7 +414,6 @@ def main() -> int:
         asyncio.run(in_service(url, settings, requests, lease_ids, args, report))
         if not args.skip_mtls:
             asyncio.run(over_mtls(home, url, settings, requests, report, args))
-    print("\n".join(report))
     return 0
 
 

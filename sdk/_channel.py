@@ -11,7 +11,7 @@ import grpc
 
 from agentmesh import security
 from agentmesh._settings import Settings
-from agentmesh.resilience import client_interceptors
+from agentmesh.resilience import mesh_channel
 
 __all__ = ["create_channel"]
 
@@ -27,9 +27,8 @@ _CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 def create_channel(target: str, settings: Settings, *, kind: str, name: str) -> grpc.aio.Channel:
     """A channel to ``target`` presenting the ``kind``/``name`` workload identity."""
-    interceptors = client_interceptors(target, settings, name)
     if settings.insecure_dev:
         logger.warning("INSECURE: %s/%s connects to %s in plaintext", kind, name, target)
-        return grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+        return mesh_channel(target, settings, name, None, _CHANNEL_OPTIONS)
     credentials = security.channel_credentials(settings, kind, name)
-    return grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return mesh_channel(target, settings, name, credentials, _CHANNEL_OPTIONS)

@@ -100,6 +100,7 @@ class ResponderAgent(TritonAgent):
         candidates = candidate_sentences(request.articles)
         quoted: list[Candidate] = []
         model = "extractive"
+        await ctx.progress(f"ranking {len(candidates)} article sentences against the ticket", 0.2)
         if candidates:
             embedded = await self.embed_reusing([request.ticket.as_text()], [c.text for c in candidates], ctx)
             vectors = embedded.embeddings[1:]
@@ -108,6 +109,7 @@ class ResponderAgent(TritonAgent):
                 for i in select_sentences(vectors @ embedded.embeddings[0], vectors, candidates, plan)
             ]
             model = f"extractive/{embedded.model}:{embedded.version}"
+        await ctx.progress(f"composing the reply from {len(quoted)} sentences", 0.8)
         reply, citations = compose_reply(
             first_name=name,
             intent=request.intent,

@@ -18,7 +18,7 @@ from agentmesh.resilience._breaker import (
     is_failure,
 )
 from agentmesh.resilience._deadline import remaining_budget, with_deadline
-from agentmesh.resilience._interceptor import MeshClientInterceptor, client_interceptors
+from agentmesh.resilience._interceptor import MeshChannel, MeshClientInterceptor, client_policy, mesh_channel
 from agentmesh.resilience._retry import RetryPolicy, is_idempotent_method
 
 __all__ = [
@@ -26,12 +26,14 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "CircuitOpenRpcError",
+    "MeshChannel",
     "MeshClientInterceptor",
     "RetryPolicy",
     "breaker_for",
-    "client_interceptors",
+    "client_policy",
     "is_failure",
     "is_idempotent_method",
+    "mesh_channel",
     "remaining_budget",
     "with_deadline",
 ]

@@ -18,16 +18,17 @@ from urllib.parse import unquote
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from agentmesh._settings import Settings
 from agentmesh.telemetry._metrics import MethodMetrics, start_metrics_server
 from agentmesh.telemetry._tracing import (
     TRACEPARENT,
     TRACESTATE,
+    UnsampledChildren,
     configure_tracing,
     get_tracer,
-    parse_traceparent,
+    parse_traceparent_ids,
     remote_parent,
 )
 
@@ -97,6 +98,7 @@ class ServerTelemetry:
     def __init__(self, service_name: str, tracer: trace.Tracer) -> None:
         self.service_name = service_name
         self._tracer = tracer
+        self._unsampled = UnsampledChildren.for_tracer(tracer)
         self._methods: dict[str, tuple[MethodMetrics, dict[str, Any]]] = {}
 
     def _method(self, method: str) -> tuple[MethodMetrics, dict[str, Any]]:
@@ -124,10 +126,18 @@ class ServerTelemetry:
             elif key == "user-agent":
                 user_agent = value
         parent_context = None
-        if traceparent is not None:
-            remote = parse_traceparent(traceparent, tracestate)
-            if remote is not None:
-                parent_context = trace.set_span_in_context(remote_parent(remote))
+        ids = None if traceparent is None else parse_traceparent_ids(traceparent)
+        if ids is not None:
+            trace_id, parent_id, flags = ids
+            state = TraceState.from_header([tracestate]) if tracestate else None
+            if self._unsampled is not None and not flags & TraceFlags.SAMPLED:  # the 99% path at 1% sampling
+                child = self._unsampled.child(trace_id, flags, state)
+                otel_token = otel_context.attach(trace.set_span_in_context(child))
+                return CallObservation(child, otel_token, inbound_call.set(context), metrics)
+            remote = SpanContext(
+                trace_id, parent_id, is_remote=True, trace_flags=TraceFlags(flags), trace_state=state
+            )
+            parent_context = trace.set_span_in_context(remote_parent(remote))
         span = self._tracer.start_span(
             method,
             parent_context,

@@ -9,9 +9,12 @@ name and scope, and remembered (names never change, so the memo only grows with 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +75,9 @@ class AgentIndex:
         self._slots: list[VersionRecord] = []
         self._agent_ix: dict[str, int] = {}
         self._agent_keys: list[str] = []
+        # Agent keys in sorted order (and their indexes), so a regex with a literal prefix checks a range only.
+        self._sorted_keys: list[str] = []
+        self._sorted_ix: list[int] = []
         self._agent_slots: list[list[int]] = []
         self._version_ids: dict[str, int] = {}
         self._version_strings: list[str] = []
@@ -83,6 +89,7 @@ class AgentIndex:
         self._boost = np.zeros(capacity, dtype=np.float32)
         # Bumped whenever liveness changes, so per-scope visible counts can be cached.
         self._epoch = 0
+        self._multi_instance_slots = 0  # slots with more than one SERVING instance
         self._visible_counts: dict[object, tuple[int, int]] = {}
         self._agent_of = np.zeros(capacity, dtype=np.int32)
         self._version_of = np.zeros(capacity, dtype=np.int32)
@@ -122,6 +129,9 @@ class AgentIndex:
             self._agent_ix[key] = ix
             self._agent_keys.append(key)
             self._agent_slots.append([])
+            position = bisect.bisect_left(self._sorted_keys, key)
+            self._sorted_keys.insert(position, key)
+            self._sorted_ix.insert(position, ix)
         return ix
 
     def _bit(self, policy: str) -> int:
@@ -183,8 +193,10 @@ class AgentIndex:
     def _refresh_slot(self, record: VersionRecord) -> None:
         serving = [i.load for i in record.instances.values() if i.state == SERVING]
         slot = record.slot
-        if self._serving[slot] != len(serving):
+        before = int(self._serving[slot])
+        if before != len(serving):
             self._serving[slot] = len(serving)
+            self._multi_instance_slots += (len(serving) > 1) - (before > 1)
             self._epoch += 1
         lowest = min(serving) if serving else 0.0
         self._min_load[slot] = lowest
@@ -249,24 +261,39 @@ class AgentIndex:
     # ------------------------------------------------------------------ discovery
 
     def _visible_agents(self, query: DiscoveryQuery) -> npt.NDArray[np.bool_]:
-        """Per agent, whether it passes the visibility scope; memoised per scope, extended as agents arrive."""
+        """Per agent, whether it passes the visibility scope; memoised per scope, extended as agents arrive.
+
+        A new scope tests each pattern only against the agents whose sorted keys start with the pattern's
+        literal prefix (``ns-07/.*`` looks at one namespace, not at every agent).
+        """
         key = (query.names, tuple(p.pattern for p in query.patterns))
         memo = self._visibility.get(key)
-        done = 0 if memo is None else len(memo)
-        if done < len(self._agent_keys):
-            fresh = self._agent_keys[done:]
+        if memo is None:
+            memo = np.zeros(len(self._agent_keys), dtype=np.bool_)
+            for name in query.names:
+                if name in self._agent_ix:
+                    memo[self._agent_ix[name]] = True
+            for pattern in query.patterns:
+                for prefix in _literal_prefixes(pattern):
+                    low = bisect.bisect_left(self._sorted_keys, prefix)
+                    high = (
+                        bisect.bisect_left(self._sorted_keys, prefix + "\U0010ffff")
+                        if prefix
+                        else len(self._sorted_keys)
+                    )
+                    hits = _fullmatch_each(pattern, self._sorted_keys[low:high])
+                    memo[np.asarray(self._sorted_ix[low:high], dtype=np.int64)[hits]] = True
+        elif len(memo) < len(self._agent_keys):
+            fresh = self._agent_keys[len(memo) :]
             seen = np.fromiter((k in query.names for k in fresh), dtype=np.bool_, count=len(fresh))
             for pattern in query.patterns:
-                seen |= np.fromiter(
-                    map(bool, map(pattern.fullmatch, fresh)), dtype=np.bool_, count=len(fresh)
-                )
-            memo = seen if memo is None else np.concatenate([memo, seen])
-            self._visibility[key] = memo
-            while len(self._visibility) > _VISIBILITY_MEMO_SIZE:
-                self._visibility.popitem(last=False)
-        else:
-            self._visibility.move_to_end(key)
-        return memo  # type: ignore[return-value]
+                seen |= _fullmatch_each(pattern, fresh)
+            memo = np.concatenate([memo, seen])
+        self._visibility[key] = memo
+        self._visibility.move_to_end(key)
+        while len(self._visibility) > _VISIBILITY_MEMO_SIZE:
+            self._visibility.popitem(last=False)
+        return memo
 
     def _visible_count(self, query: DiscoveryQuery, visible: npt.NDArray[np.bool_]) -> int:
         key = (query.names, tuple(p.pattern for p in query.patterns))
@@ -370,7 +397,10 @@ class AgentIndex:
         size = len(relevance)
         ranked = relevance * self._boost[:size]
         positive = ranked > 0
-        matched_count = int(self._serving[:size][positive].sum())
+        if self._multi_instance_slots:
+            matched_count = int(self._serving[:size][positive].sum())
+        else:  # one SERVING instance per live slot: counting slots is counting instances
+            matched_count = int(np.count_nonzero(positive))
         if not matched_count:
             return DiscoveryResult([], visible_count, 0)
         wanted = query.max_results * 4
@@ -499,13 +529,67 @@ class AgentIndex:
         return min(serving, key=lambda i: (round(i.load, 2), spread(i)))
 
 
+_MAX_PREFIXES = 64
+
+
+def _prefixes(items: list[Any], parser: Any) -> list[tuple[str, bool]]:
+    """Literal prefixes of a parsed regex as (prefix, whether the whole regex is that literal)."""
+    out = [("", True)]
+    for op, value in items:
+        if op is parser.LITERAL:
+            alternatives = [(chr(value), True)]
+        elif op is parser.IN and value and all(o is parser.LITERAL or o is parser.RANGE for o, _ in value):
+            chars: list[str] = []
+            for o, v in value:
+                chars += [chr(v)] if o is parser.LITERAL else [chr(c) for c in range(v[0], v[1] + 1)]
+            alternatives = [(c, True) for c in chars]
+        elif op is parser.SUBPATTERN and not value[1] and not value[2]:
+            alternatives = _prefixes(list(value[3]), parser)
+        elif op is parser.BRANCH:
+            alternatives = [a for branch in value[1] for a in _prefixes(list(branch), parser)]
+        else:
+            return [(prefix, False) for prefix, _ in out]
+        out = [
+            (prefix + extra, done) if complete else (prefix, False)
+            for prefix, complete in out
+            for extra, done in (alternatives if complete else [("", False)])
+        ]
+        if len(out) > _MAX_PREFIXES:
+            return [("", False)]
+    return out
+
+
+def _literal_prefixes(pattern: re.Pattern[str]) -> list[str]:
+    """Literal texts one of which every match of ``pattern`` starts with (["ns-03/", "ns-07/"] for
+    ``ns-0(3|7)/.*``); [""] when nothing useful is known."""
+    if pattern.flags & re.IGNORECASE:
+        return [""]
+    try:
+        from re import _parser  # type: ignore[attr-defined]  # the stdlib's regex parser; any surprise means [""]
+
+        found = _prefixes(list(_parser.parse(pattern.pattern, pattern.flags)), _parser)
+    except Exception:
+        return [""]
+    prefixes = sorted({prefix for prefix, _ in found})
+    # "ab" and "abc": the shorter range already holds the longer one.
+    return [p for i, p in enumerate(prefixes) if not any(p.startswith(q) for q in prefixes[:i])]
+
+
+def _fullmatch_each(pattern: re.Pattern[str], keys: list[str]) -> npt.NDArray[np.bool_]:
+    return np.fromiter(map(bool, map(pattern.fullmatch, keys)), dtype=np.bool_, count=len(keys))
+
+
 def _best_skill(record: VersionRecord, terms: list[str]) -> str:
     """The skill whose text shares most words with the intent."""
+    if record.skill_words is None:
+        record.skill_words = tuple(
+            (skill.name, frozenset(tokenize(f"{skill.name} {skill.description} {' '.join(skill.tags)}")))
+            for skill in record.card.skills
+        )
     wanted = set(terms)
     best, best_hits = "", 0
-    for skill in record.card.skills:
-        words = set(tokenize(f"{skill.name} {skill.description} {' '.join(skill.tags)}"))
+    for name, words in record.skill_words:
         hits = len(words & wanted)
         if hits > best_hits:
-            best, best_hits = skill.name, hits
+            best, best_hits = name, hits
     return best

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf import json_format
+from packaging.version import Version
 
 from agentmesh._errors import (
     FailedPreconditionError,
@@ -66,7 +67,8 @@ def _version_record(row: VersionRow) -> VersionRecord:
         card = agent_pb2.AgentCard.FromString(row.card_proto)
     else:
         card = json_format.ParseDict(row.card or {}, agent_pb2.AgentCard(), ignore_unknown_fields=True)
-    return VersionRecord(row.version_id, card, parse_version(card.version), row.card_hash)
+    # Stored cards were validated on registration; Version() alone skips the normal-form check.
+    return VersionRecord(row.version_id, card, Version(card.version), row.card_hash)
 
 
 def _instance_record(data: dict[str, Any]) -> InstanceRecord:

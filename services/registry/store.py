@@ -477,7 +477,9 @@ class RegistryStore:
         # The JSON card is read only for rows without card_proto: parsing JSON cards is ~100x slower.
         card_json = sa.case((versions.c.card_proto.is_(None), versions.c.card), else_=sa.null())
         rows = await conn.execute(
-            sa.select(versions.c.id, card_json.label("card"), versions.c.card_hash, versions.c.card_proto).where(where)
+            sa.select(
+                versions.c.id, card_json.label("card"), versions.c.card_hash, versions.c.card_proto
+            ).where(where)
         )
         return [VersionRow(row.id, row.card, row.card_hash, row.card_proto) for row in rows]
 

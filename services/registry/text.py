@@ -49,7 +49,15 @@ def _form(word: str) -> str:
 
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens without stop words; ``snake_case`` and ``kebab-case`` split into words."""
-    return [form for form in map(_form, _WORD.findall(text.lower())) if form]
+    known = _FORMS.get
+    out = []
+    for word in _WORD.findall(text.lower()):
+        form = known(word)
+        if form is None:
+            form = _form(word)
+        if form:
+            out.append(form)
+    return out
 
 
 # A term in more than 1/DENSE_FRACTION of the documents (and at least DENSE_MIN) gets a dense weight array.
@@ -88,11 +96,17 @@ class TextIndex:
         self._doc_len[slot] = length
         self._total_len += length
         self._doc_terms[slot] = tuple(counts)
+        postings_of, arrays, dense_of = self._postings, self._arrays, self._dense
         for term, tf in counts.items():
-            self._postings.setdefault(term, {})[slot] = tf
-            dense = self._dense.get(term)
+            postings = postings_of.get(term)
+            if postings is None:
+                postings_of[term] = {slot: tf}
+            else:
+                postings[slot] = tf
+            dense = dense_of.get(term) if dense_of else None
             if dense is None:
-                self._arrays.pop(term, None)
+                if arrays:
+                    arrays.pop(term, None)
                 continue
             if slot >= len(dense):
                 dense = self._dense[term] = np.concatenate(

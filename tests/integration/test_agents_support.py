@@ -483,6 +483,22 @@ async def test_a_second_draft_embeds_only_the_new_ticket(support: Support) -> No
     assert json_format.MessageToDict(first.output)["citations"] == ["kb-cancel-subscription"]
 
 
+async def test_the_responder_streams_its_progress_then_the_draft(support: Support) -> None:
+    ticket = by_id("t08-change-address")
+    case = await draft_for(support, ticket)
+    request = agent_pb2.InvokeRequest(skill="draft_reply")
+    request.input.update({"ticket": ticket_input(ticket), "intent": "shipping", "articles": case["articles"]})
+    stream = support.planner["responder"].InvokeStream(
+        agent_pb2.InvokeStreamRequest(invocation=request), timeout=30
+    )
+    events = [event async for event in stream]
+    assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
+    assert events[0].progress.message.startswith("ranking") and events[1].progress.fraction == pytest.approx(
+        0.8
+    )
+    assert json_format.MessageToDict(events[2].result.output)["citations"][0] == "kb-change-address"
+
+
 async def test_a_refund_reply_quotes_the_refund_rules(support: Support) -> None:
     case = await draft_for(support, by_id("t10-refund-unwanted"))
     draft = case["draft"]

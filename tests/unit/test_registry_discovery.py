@@ -140,3 +140,22 @@ def test_instances_come_and_go() -> None:
     index.remove_instance(instance.instance_id)
     assert _names(index, DiscoveryQuery()) == []
     assert index.serving_instances == 0
+
+
+def test_visibility_regexes_agree_with_fullmatch_on_every_agent() -> None:
+    index = AgentIndex()
+    names = [("ns-01", "triage"), ("ns-01", "refunds"), ("ns-07", "triage"), ("ns-10", "billing"), ("other", "ns-01")]
+    for namespace, name in names:
+        _add(index, make_card(name, namespace=namespace))
+    patterns = ["ns-0(1|7)/.*", "ns-01/.*", "(?i)NS-.*", ".*/ns-01", "ns-1./b.*", "other/ns-01|ns-07/.*"]
+    patterns += ["ns-0[0-3]/.*", "(ns-01|other)/.*", "ns-01/tri(age|x)", "ns-(01|1)0?/.*", "ns-0[^7]/.*", "n?s.*"]
+    for pattern in patterns:
+        compiled = re.compile(pattern)
+        expected = sorted(f"{ns}/{n}" for ns, n in names if compiled.fullmatch(f"{ns}/{n}"))
+        found = index.discover(DiscoveryQuery(patterns=(compiled,), max_results=100), {})
+        assert sorted(c.version.key for c in found.candidates) == expected, pattern
+        assert found.visible_count == len(expected)
+    # A scope memoised before an agent arrived still sees it.
+    scope = DiscoveryQuery(patterns=(re.compile("ns-0(1|7)/.*"),), max_results=100)
+    _add(index, make_card("late", namespace="ns-07"))
+    assert "ns-07/late" in {c.version.key for c in index.discover(scope, {}).candidates}

@@ -143,3 +143,29 @@ def test_span_exporter_is_chosen_by_settings() -> None:
     )
     with pytest.raises(ValueError, match="AGENTMESH_TRACE_EXPORTER"):
         _exporter(Settings(trace_exporter="jaeger"))
+
+
+def test_fast_unsampled_children_match_what_the_sdk_would_make() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from agentmesh.telemetry._tracing import UnsampledChildren
+
+    mesh = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))).get_tracer("t")
+    assert UnsampledChildren.for_tracer(TracerProvider(sampler=ALWAYS_ON).get_tracer("t")) is None
+    fast = UnsampledChildren.for_tracer(mesh)
+    assert fast is not None
+    state = TraceState([("vendor", "x")])
+    for flags in (0x00, 0x02):  # not sampled, with and without the W3C random-trace-id bit
+        parent = SpanContext(int(TRACE, 16), int(PARENT, 16), True, TraceFlags(flags), state)
+        by_sdk = mesh.start_span("x", trace.set_span_in_context(NonRecordingSpan(parent)))
+        by_fast = fast.child(parent.trace_id, parent.trace_flags, parent.trace_state)
+        for span in (by_sdk, by_fast):
+            context = span.get_span_context()
+            assert not span.is_recording() and not context.is_remote
+            assert (context.trace_id, context.trace_flags, context.trace_state) == (
+                int(TRACE, 16),
+                flags,
+                state,
+            )
+            assert context.span_id not in (0, int(PARENT, 16))
