@@ -155,17 +155,16 @@ def _channel(variant: str, home: Path, port: int) -> Any:
         )
         return grpc.aio.secure_channel(target, credentials)
     if variant == "full-always-on":
-        from agentmesh.resilience import MeshClientInterceptor, RetryPolicy, breaker_for
+        from agentmesh.resilience import MeshChannel, MeshClientInterceptor, RetryPolicy, breaker_for
         from agentmesh.telemetry import get_tracer
 
-        interceptor = MeshClientInterceptor(
+        policy = MeshClientInterceptor(
             tracer=get_tracer(_always_on_provider()),
             breaker=breaker_for(target),
             retry=RetryPolicy(),
             default_deadline=settings.default_deadline,
         )
-        credentials = security.channel_credentials(settings, *CLIENT)
-        return grpc.aio.secure_channel(target, credentials, interceptors=interceptor.interceptors())
+        return MeshChannel(target, (), security.channel_credentials(settings, *CLIENT), policy)
     return create_channel(target, settings, kind=CLIENT[0], name=CLIENT[1])
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -223,7 +224,7 @@ def _print_explanation(
     tree = Tree(f"[bold]task {task_id}[/] — ticket {ticket.get('id')}: {_short(ticket.get('subject', ''), 60)}")
     for record in records:
         label = f"[bold]{record.step_id}[/] attempt {record.attempt}: {record.agent}.{record.skill}"
-        node = tree.add(label + (f" [red]{record.error}[/]" if record.error else ""))
+        node = tree.add(label + (f" [red]{escape(record.error)}[/]" if record.error else ""))
         chosen = node.add(f"chosen: {record.chosen}")
         for rank, (who, score, reasons) in enumerate(record.candidates, 1):
             chosen.add(f"#{rank} {who} score={score:.3f} — {'; '.join(reasons)}")
@@ -250,7 +251,8 @@ def _print_explanation(
         )
     console.print(timeline)
     draft = scope["steps"].get("draft", {}).get("output", {})
-    console.print(f"[bold]reply[/] ({'passed' if passed else 'FAILED'} quality check):\n{draft.get('reply', '')}")
+    console.print(f"[bold]reply[/] ({'passed' if passed else 'FAILED'} quality check):")
+    console.print(draft.get("reply", ""), markup=False, highlight=False)
     console.print(
         "[dim]The planner service is not built yet: this demo ran the support playbook from the client with "
         "the planner's identity, through registry discovery and AgentService.Invoke over mTLS.[/]"

@@ -110,7 +110,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         self,
         start: Callable[[float | None], Awaitable[Any]],
         info: _Method,
-        timeout: float | None,
+        call_timeout: float | None,
         span: trace.Span,
     ) -> Any:
         """Await ``start(timeout)`` through the breaker, retrying transient failures within the deadline."""

@@ -266,14 +266,10 @@ class Registry:
                 return None
             return self._instance_event(row.revision, kind, instance, reason, when)
         if kind in ("EXPIRED", "DEREGISTERED"):
-            record = (
-                self.index.versions.get(self.index.instances[row.instance_id].version_id)
-                if row.instance_id in self.index.instances
-                else None
-            )
             instance = self.index.remove_instance(row.instance_id)
             self.leases.forget(row.instance_id)
             self._sorted_keys = None
+            record = self.index.versions.get(instance.version_id) if instance is not None else None
             if instance is None or record is None:
                 return None
             return WatchEvent(row.revision, kind, record.card.namespace, instance, record, None, reason, when)

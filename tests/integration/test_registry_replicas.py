@@ -27,8 +27,12 @@ async def replicas(start_registry: StartRegistry, _postgres_migrated_pool: Any) 
         yield first, second, url
 
 
-def _answer(response: registry_pb2.DiscoverAgentsResponse) -> list[tuple[str, str, float]]:
-    return [(c.instance.card.name, c.instance.card.version, round(c.score, 4)) for c in response.candidates]
+def _answer(response: registry_pb2.DiscoverAgentsResponse) -> list[tuple[str, str, float, tuple[str, ...]]]:
+    # Reasons included: they name the routing decision, so a policy one replica has not applied yet shows.
+    return [
+        (c.instance.card.name, c.instance.card.version, round(c.score, 4), tuple(c.reasons))
+        for c in response.candidates
+    ]
 
 
 async def test_two_replicas_give_the_same_discovery_answers(replicas: Replicas) -> None:

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from agentmesh._channel import create_channel
 from agentmesh._server import MeshServer, ServiceBinding, _MeshInterceptor
 from agentmesh._settings import Settings
-from agentmesh.resilience import MeshClientInterceptor
+from agentmesh.resilience import MeshChannel, MeshClientInterceptor
 from agentmesh.telemetry import current_trace_id, get_tracer, server_telemetry, start_metrics_server
 from tests.fixtures.certs import IssueIdentity
 
@@ -144,7 +144,7 @@ class _AllowAll:
 
 async def _run_chain(
     server_interceptor: Callable[[str], grpc.aio.ServerInterceptor],
-    make_client_interceptors: Callable[[], list[grpc.aio.ClientInterceptor]],
+    make_channel: Callable[[str], grpc.aio.Channel],
 ) -> None:
     """client → A → B on bare grpc.aio servers with the given interceptors; B fails for b"fail"."""
 
@@ -159,7 +159,7 @@ async def _run_chain(
     )
     port_b = server_b.add_insecure_port("127.0.0.1:0")
     await server_b.start()
-    to_b = grpc.aio.insecure_channel(f"127.0.0.1:{port_b}", interceptors=make_client_interceptors())
+    to_b = make_channel(f"127.0.0.1:{port_b}")
 
     async def a_call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -174,9 +174,7 @@ async def _run_chain(
     )
     port_a = server_a.add_insecure_port("127.0.0.1:0")
     await server_a.start()
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{port_a}", interceptors=make_client_interceptors()
-    ) as to_a:
+    async with make_channel(f"127.0.0.1:{port_a}") as to_a:
         assert await raw_method(to_a, "/t.A/Call")(b"ok") == b"ok"
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await raw_method(to_a, "/t.A/Call")(b"fail")
@@ -207,21 +205,31 @@ def _shape(spans: tuple[ReadableSpan, ...]) -> list[tuple[Any, ...]]:
     return sorted(shapes, key=repr)
 
 
-async def test_lean_interceptors_emit_the_same_spans_as_the_stock_instrumentation() -> None:
+@pytest.mark.parametrize("client_form", ["MeshChannel", "interceptor"])
+async def test_lean_interceptors_emit_the_same_spans_as_the_stock_instrumentation(client_form: str) -> None:
     stock_provider, stock_spans = _recording_provider()
     await _run_chain(
         lambda name: aio_server_interceptor(tracer_provider=stock_provider),
-        lambda: aio_client_interceptors(tracer_provider=stock_provider),
+        lambda target: grpc.aio.insecure_channel(
+            target, interceptors=aio_client_interceptors(tracer_provider=stock_provider)
+        ),
     )
     lean_provider, lean_spans = _recording_provider()
+
+    def lean_channel(target: str) -> grpc.aio.Channel:
+        policy = MeshClientInterceptor(
+            tracer=get_tracer(lean_provider), breaker=None, retry=None, default_deadline=None
+        )
+        if client_form == "MeshChannel":  # what create_channel returns
+            return MeshChannel(target, (), None, policy)
+        return grpc.aio.insecure_channel(target, interceptors=policy.interceptors())
+
     await _run_chain(
         lambda name: _MeshInterceptor(
             security=_AllowAll(),
             telemetry=server_telemetry(Settings(), name, tracer_provider=lean_provider),
         ),
-        lambda: MeshClientInterceptor(
-            tracer=get_tracer(lean_provider), breaker=None, retry=None, default_deadline=None
-        ).interceptors(),
+        lean_channel,
     )
     stock, lean = stock_spans.get_finished_spans(), lean_spans.get_finished_spans()
     assert len(stock) == len(lean) == 8  # per call: client, A server, A's client, B server
