@@ -209,7 +209,7 @@ async def _run_step(
 
 def _short(value: Any, width: int = 90) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return escape(text if len(text) <= width else text[: width - 1] + "…")  # shown through rich markup
 
 
 def _print_explanation(
@@ -225,13 +225,13 @@ def _print_explanation(
     for record in records:
         label = f"[bold]{record.step_id}[/] attempt {record.attempt}: {record.agent}.{record.skill}"
         node = tree.add(label + (f" [red]{escape(record.error)}[/]" if record.error else ""))
-        chosen = node.add(f"chosen: {record.chosen}")
+        chosen = node.add(f"chosen: {escape(record.chosen)}")
         for rank, (who, score, reasons) in enumerate(record.candidates, 1):
-            chosen.add(f"#{rank} {who} score={score:.3f} — {'; '.join(reasons)}")
+            chosen.add(f"#{rank} {escape(who)} score={score:.3f} — {escape('; '.join(reasons))}")
         if record.substitutions:
             subs = node.add("parameters")
             for path, template, value in record.substitutions:
-                subs.add(f"{path} = {template} → {_short(value, 70)}")
+                subs.add(f"{escape(path)} = {escape(template)} → {_short(value, 70)}")
         if record.models:
             node.add(f"models: {', '.join(record.models)}")
         node.add(f"output: {_short(record.output)}")
