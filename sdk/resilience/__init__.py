@@ -1,7 +1,8 @@
 """Client-side resilience: deadlines, retries with jittered backoff, circuit breakers.
 
-``create_channel`` wires all of them into every mesh channel (:class:`MeshClientInterceptor`); other clients
-(Triton, HTTP) use :class:`CircuitBreaker` and :class:`RetryPolicy` directly around any awaitable::
+``create_channel`` returns a :class:`MeshChannel`, which applies all of them to every call (the same policy
+is available as grpc.aio interceptors for plain channels: ``MeshClientInterceptor.interceptors()``); other
+clients (Triton, HTTP) use :class:`CircuitBreaker` and :class:`RetryPolicy` directly around any awaitable::
 
     breaker = breaker_for(url)
     result = await RetryPolicy().call(lambda: breaker.call(infer, request), idempotent=True)

@@ -78,6 +78,7 @@ class AgentIndex:
         # Agent keys in sorted order (and their indexes), so a regex with a literal prefix checks a range only.
         self._sorted_keys: list[str] = []
         self._sorted_ix: list[int] = []
+        self._sorted_ix_array: npt.NDArray[np.int64] | None = None
         self._agent_slots: list[list[int]] = []
         self._version_ids: dict[str, int] = {}
         self._version_strings: list[str] = []
@@ -99,6 +100,8 @@ class AgentIndex:
         self._labels = _SlotSets()
         self._text = TextIndex()
         self._visibility: OrderedDict[object, npt.NDArray[np.bool_]] = OrderedDict()
+        # SERVING instances per agent (all its versions), for counting what a visibility scope lets through.
+        self._agent_serving = np.zeros(1024, dtype=np.int32)
         self.serving_instances = 0
 
     # ------------------------------------------------------------------ changes
@@ -129,9 +132,14 @@ class AgentIndex:
             self._agent_ix[key] = ix
             self._agent_keys.append(key)
             self._agent_slots.append([])
+            if ix >= len(self._agent_serving):
+                grown = np.zeros(2 * len(self._agent_serving), dtype=np.int32)
+                grown[: len(self._agent_serving)] = self._agent_serving
+                self._agent_serving = grown
             position = bisect.bisect_left(self._sorted_keys, key)
             self._sorted_keys.insert(position, key)
             self._sorted_ix.insert(position, ix)
+            self._sorted_ix_array = None
         return ix
 
     def _bit(self, policy: str) -> int:
@@ -197,6 +205,7 @@ class AgentIndex:
         if before != len(serving):
             self._serving[slot] = len(serving)
             self._multi_instance_slots += (len(serving) > 1) - (before > 1)
+            self._agent_serving[self._agent_of[slot]] += len(serving) - before
             self._epoch += 1
         lowest = min(serving) if serving else 0.0
         self._min_load[slot] = lowest
@@ -246,6 +255,10 @@ class AgentIndex:
 
     # ------------------------------------------------------------------ reads
 
+    def prepare(self) -> None:
+        """Finish a bulk load: build the structures queries would otherwise build on first use."""
+        self._text.prepare(len(self._slots))
+
     def version_records(self, namespace: str, name: str) -> list[VersionRecord]:
         """Every known version of ``namespace/name``, lowest first."""
         ix = self._agent_ix.get(f"{namespace}/{name}")
@@ -274,15 +287,8 @@ class AgentIndex:
                 if name in self._agent_ix:
                     memo[self._agent_ix[name]] = True
             for pattern in query.patterns:
-                for prefix in _literal_prefixes(pattern):
-                    low = bisect.bisect_left(self._sorted_keys, prefix)
-                    high = (
-                        bisect.bisect_left(self._sorted_keys, prefix + "\U0010ffff")
-                        if prefix
-                        else len(self._sorted_keys)
-                    )
-                    hits = _fullmatch_each(pattern, self._sorted_keys[low:high])
-                    memo[np.asarray(self._sorted_ix[low:high], dtype=np.int64)[hits]] = True
+                for prefix, known in _literal_prefixes(pattern):
+                    memo[self._matching_agents(pattern, prefix, known)] = True
         elif len(memo) < len(self._agent_keys):
             fresh = self._agent_keys[len(memo) :]
             seen = np.fromiter((k in query.names for k in fresh), dtype=np.bool_, count=len(fresh))
@@ -295,13 +301,26 @@ class AgentIndex:
             self._visibility.popitem(last=False)
         return memo
 
+    def _matching_agents(self, pattern: re.Pattern[str], prefix: str, known: int) -> npt.NDArray[np.int64]:
+        """Indexes of the agents whose key starts with ``prefix`` and fully matches ``pattern``."""
+        keys = self._sorted_keys
+        low = bisect.bisect_left(keys, prefix)
+        if known == _EXACT:
+            return np.array(
+                [self._sorted_ix[low]] if low < len(keys) and keys[low] == prefix else [], dtype=np.int64
+            )
+        high = bisect.bisect_left(keys, prefix + "\U0010ffff") if prefix else len(keys)
+        if self._sorted_ix_array is None or len(self._sorted_ix_array) != len(self._sorted_ix):
+            self._sorted_ix_array = np.array(self._sorted_ix, dtype=np.int64)
+        found = self._sorted_ix_array[low:high]
+        return found if known == _ANY else found[_fullmatch_each(pattern, keys[low:high])]
+
     def _visible_count(self, query: DiscoveryQuery, visible: npt.NDArray[np.bool_]) -> int:
         key = (query.names, tuple(p.pattern for p in query.patterns))
         cached = self._visible_counts.get(key)
         if cached is not None and cached[0] == self._epoch:
             return cached[1]
-        size = len(self._slots)
-        count = int(self._serving[:size][visible[self._agent_of[:size]]].sum())
+        count = int(self._agent_serving[: len(visible)][visible].sum())
         if len(self._visible_counts) > _VISIBILITY_MEMO_SIZE:
             self._visible_counts.clear()
         self._visible_counts[key] = (self._epoch, count)
@@ -395,23 +414,30 @@ class AgentIndex:
         cards at or above it are sorted; exact, because a card below it cannot be in the top.
         """
         size = len(relevance)
-        ranked = relevance * self._boost[:size]
-        positive = ranked > 0
+        ranked = np.multiply(
+            relevance, self._boost[:size], out=relevance
+        )  # in place: relevance is a scratch buffer
         if self._multi_instance_slots:
-            matched_count = int(self._serving[:size][positive].sum())
+            matched_count = int(self._serving[:size][ranked > 0].sum())
         else:  # one SERVING instance per live slot: counting slots is counting instances
-            matched_count = int(np.count_nonzero(positive))
+            matched_count = int(np.count_nonzero(ranked))
         if not matched_count:
             return DiscoveryResult([], visible_count, 0)
         wanted = query.max_results * 4
-        sample = ranked[:: max(1, size // 4096)]
+        stride = max(1, size // 4096)
+        sample = ranked[::stride]
         sample = sample[sample > 0]
         candidates: npt.NDArray[np.int64] | None = None
-        if len(sample) >= wanted:
-            threshold = np.partition(sample, len(sample) - wanted)[len(sample) - wanted]
-            candidates = np.flatnonzero(ranked >= threshold)
+        # First try a threshold expected to let ~4 * wanted cards through; if fewer pass, the sample's own
+        # wanted-th best, which at least `wanted` cards (those in the sample) are known to reach.
+        for take in (min(len(sample), max(1, 4 * wanted // stride)), wanted):
+            if len(sample) >= take:
+                threshold = np.partition(sample, len(sample) - take)[len(sample) - take]
+                candidates = np.flatnonzero(ranked >= threshold)
+                if len(candidates) >= wanted:
+                    break
         if candidates is None or len(candidates) < wanted:
-            candidates = np.flatnonzero(positive)
+            candidates = np.flatnonzero(ranked)
         answer = self._route(query, candidates, ranked[candidates], relevance, terms, policies)
         return DiscoveryResult(answer, visible_count, matched_count)
 
@@ -510,7 +536,7 @@ class AgentIndex:
         matched_skill = query.skill
         if terms and relevance is not None:
             hit = [t for t in dict.fromkeys(terms) if self._text.contains(slot, t)]
-            reasons.append(f"intent matched: {', '.join(hit)} (bm25 {float(relevance[slot]):.2f})")
+            reasons.append(f"intent matched: {', '.join(hit)} (relevance {float(relevance[slot]):.2f})")
             if not matched_skill:
                 matched_skill = _best_skill(record, hit)
         instance = self._pick_instance(record, query.routing_key)
@@ -520,6 +546,8 @@ class AgentIndex:
     @staticmethod
     def _pick_instance(record: VersionRecord, routing_key: str) -> InstanceRecord:
         serving = [i for i in record.instances.values() if i.state == SERVING]
+        if len(serving) == 1:
+            return serving[0]
 
         def spread(instance: InstanceRecord) -> bytes:
             return hashlib.blake2b(
@@ -530,49 +558,57 @@ class AgentIndex:
 
 
 _MAX_PREFIXES = 64
+# What is known of the keys a literal prefix stands for: they must equal it, they all match, or they must be
+# checked one by one.
+_EXACT, _ANY, _CHECK = 0, 1, 2
 
 
-def _prefixes(items: list[Any], parser: Any) -> list[tuple[str, bool]]:
-    """Literal prefixes of a parsed regex as (prefix, whether the whole regex is that literal)."""
-    out = [("", True)]
-    for op, value in items:
+def _prefixes(items: list[Any], parser: Any) -> list[tuple[str, int]]:
+    """Literal prefixes of a parsed regex, each with what is known of the keys that start with it."""
+    out = [("", _EXACT)]
+    for position, (op, value) in enumerate(items):
         if op is parser.LITERAL:
-            alternatives = [(chr(value), True)]
+            alternatives = [(chr(value), _EXACT)]
         elif op is parser.IN and value and all(o is parser.LITERAL or o is parser.RANGE for o, _ in value):
             chars: list[str] = []
             for o, v in value:
                 chars += [chr(v)] if o is parser.LITERAL else [chr(c) for c in range(v[0], v[1] + 1)]
-            alternatives = [(c, True) for c in chars]
+            alternatives = [(c, _EXACT) for c in chars]
         elif op is parser.SUBPATTERN and not value[1] and not value[2]:
             alternatives = _prefixes(list(value[3]), parser)
         elif op is parser.BRANCH:
             alternatives = [a for branch in value[1] for a in _prefixes(list(branch), parser)]
+        elif (
+            op in (parser.MAX_REPEAT, parser.MIN_REPEAT)
+            and value[0] == 0
+            and value[1] is parser.MAXREPEAT
+            and list(value[2]) == [(parser.ANY, None)]
+        ):
+            # A trailing ".*": keys hold no newline, so every key with the prefix matches.
+            alternatives = [("", _ANY if position == len(items) - 1 else _CHECK)]
         else:
-            return [(prefix, False) for prefix, _ in out]
+            return [(prefix, _CHECK) for prefix, _ in out]
         out = [
-            (prefix + extra, done) if complete else (prefix, False)
-            for prefix, complete in out
-            for extra, done in (alternatives if complete else [("", False)])
+            (prefix + extra, known) if state == _EXACT else (prefix, _CHECK)
+            for prefix, state in out
+            for extra, known in (alternatives if state == _EXACT else [("", _CHECK)])
         ]
         if len(out) > _MAX_PREFIXES:
-            return [("", False)]
+            return [("", _CHECK)]
     return out
 
 
-def _literal_prefixes(pattern: re.Pattern[str]) -> list[str]:
-    """Literal texts one of which every match of ``pattern`` starts with (["ns-03/", "ns-07/"] for
-    ``ns-0(3|7)/.*``); [""] when nothing useful is known."""
-    if pattern.flags & re.IGNORECASE:
-        return [""]
+def _literal_prefixes(pattern: re.Pattern[str]) -> list[tuple[str, int]]:
+    """Literal texts one of which every match of ``pattern`` starts with, each with what is known of its keys
+    ([("ns-03/", ANY), ("ns-07/", ANY)] for ``ns-0(3|7)/.*``); [("", CHECK)] when nothing useful is known."""
+    if pattern.flags & (re.IGNORECASE | re.DOTALL):
+        return [("", _CHECK)]
     try:
-        from re import _parser  # type: ignore[attr-defined]  # the stdlib's regex parser; any surprise means [""]
+        from re import _parser  # type: ignore[attr-defined]  # the stdlib's regex parser; any surprise: check all
 
-        found = _prefixes(list(_parser.parse(pattern.pattern, pattern.flags)), _parser)
+        return _prefixes(list(_parser.parse(pattern.pattern, pattern.flags)), _parser)
     except Exception:
-        return [""]
-    prefixes = sorted({prefix for prefix, _ in found})
-    # "ab" and "abc": the shorter range already holds the longer one.
-    return [p for i, p in enumerate(prefixes) if not any(p.startswith(q) for q in prefixes[:i])]
+        return [("", _CHECK)]
 
 
 def _fullmatch_each(pattern: re.Pattern[str], keys: list[str]) -> npt.NDArray[np.bool_]:

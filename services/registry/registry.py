@@ -176,6 +176,7 @@ class Registry:
                     expires_at=epoch(row["expires_at"]),
                 )
             )
+        index.prepare()
         self.index = index
         self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}
         self.revision = revision
