@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# Skills span a cached lookup (sub-millisecond) to a generative model call (tens of seconds).
-SKILL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+from agentmesh.telemetry._metrics import LATENCY_BUCKETS
+
+# Skills span a cached lookup (sub-millisecond) to a generative model call (up to a minute).
+SKILL_BUCKETS = (*LATENCY_BUCKETS, 60.0)
 
 SKILL_LATENCY = Histogram(
     "agentmesh_agent_skill_duration_seconds",
