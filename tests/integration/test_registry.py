@@ -248,15 +248,26 @@ async def test_canary_is_rolled_back_when_its_error_rate_is_too_high(registry: R
         await ops.set_routing(
             "support", "triage", {"1.0.0": 90, "1.1.0": 10}, max_error_rate=0.2, min_requests=10, window=60
         )
-    async with registry.client("service", "planner") as planner:
-        # The baseline failing does not roll anything back; healthy canary calls neither.
-        for _ in range(20):
-            assert not await planner.report_outcome("support", "triage", "1.0.0", success=False)
-        for _ in range(5):
-            assert not await planner.report_outcome("support", "triage", "1.1.0", success=True)
-        rolled = [await planner.report_outcome("support", "triage", "1.1.0", success=False) for _ in range(5)]
-        assert rolled == [False, False, False, False, True]  # 5/10 failed > 0.2 once 10 outcomes are in
-    async with registry.client("client", "ops") as ops:
+        watch = ops.watch()
+        async for event in watch:
+            if event.type == registry_pb2.AGENT_EVENT_TYPE_SNAPSHOT_END:
+                break
+        async with registry.client("service", "planner") as planner:
+            # The baseline failing does not roll anything back; healthy canary calls neither.
+            for _ in range(20):
+                assert not await planner.report_outcome("support", "triage", "1.0.0", success=False)
+            for _ in range(5):
+                assert not await planner.report_outcome("support", "triage", "1.1.0", success=True)
+            rolled = [
+                await planner.report_outcome("support", "triage", "1.1.0", success=False) for _ in range(5)
+            ]
+            assert rolled == [False, False, False, False, True]  # 5/10 failed > 0.2 once 10 outcomes are in
+        # Watchers are told at once, with the reason.
+        change = await asyncio.wait_for(anext(watch), 5)
+        assert change.type == registry_pb2.AGENT_EVENT_TYPE_ROUTING_CHANGED
+        assert dict(change.routing_policy.weights) == {"1.0.0": 90, "1.1.0": 0}
+        assert "canary 1.1.0 rolled back to weight 0" in change.reason
+        await watch.aclose()  # type: ignore[attr-defined]
         policy = await ops.get_routing("support", "triage")
         assert dict(policy.weights) == {"1.0.0": 90, "1.1.0": 0}
         assert "error rate 0.50 > 0.20" in policy.reason
