@@ -7,13 +7,14 @@ layer costs a measurable share of a unary call (bench/RESULTS.md).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,7 +42,36 @@ def bind(servicer: object, add_fn: Callable[[Any, grpc.aio.Server], None], full_
     return ServiceBinding(full_name=full_name, add_to_server=lambda server: add_fn(servicer, server))
 
 
-class MeshServer:
+class Serving(abc.ABC):
+    """Start/stop lifecycle shared by everything that serves: ``async with`` and run-until-SIGTERM."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start serving."""
+
+    @abc.abstractmethod
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop, letting in-flight work finish within ``grace`` seconds."""
+
+    async def serve_until_signalled(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop(grace=1.0)
+
+
+class MeshServer(Serving):
     """A ``grpc.aio`` server with the mesh's security, telemetry, health, reflection and graceful stop."""
 
     def __init__(
@@ -129,22 +159,6 @@ class MeshServer:
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
         logger.info("%s stopped", self.name)
 
-    async def serve_until_signalled(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
-        await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await self.stop()
-
-    async def __aenter__(self) -> MeshServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop(grace=1.0)
 
 
 class _MeshInterceptor(grpc.aio.ServerInterceptor):

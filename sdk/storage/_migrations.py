@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -13,6 +14,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh.storage._engine import create_engine
+
+# Alembic announces its plugin set-up at INFO on every MigrationContext, i.e. every readiness check.
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 __all__ = ["alembic_config", "current", "downgrade", "heads", "ping", "upgrade"]
 

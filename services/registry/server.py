@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 
-from agentmesh._server import MeshServer, bind
+from agentmesh._server import MeshServer, Serving, bind
 from agentmesh._settings import Settings
 from agentmesh.services.registry.registry import Registry
 from agentmesh.services.registry.servicer import RegistryServicer
@@ -20,7 +19,7 @@ SERVICE_NAME = "registry"
 logger = logging.getLogger(__name__)
 
 
-class RegistryServer:
+class RegistryServer(Serving):
     """A registry replica: the domain (:attr:`registry`) and its gRPC server (:attr:`server`)."""
 
     def __init__(
@@ -86,22 +85,6 @@ class RegistryServer:
         await self.registry.stop()
         await self.engine.dispose()
 
-    async def serve_until_signalled(self) -> None:
-        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
-        await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await self.stop()
-
-    async def __aenter__(self) -> RegistryServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop(grace=1.0)
 
 
 def build_server(

@@ -29,3 +29,19 @@ def test_subcommand_help(command: str, capsys: pytest.CaptureFixture[str]) -> No
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`agentmesh --help` stays instant: gRPC, SQLAlchemy and Triton load only when a command runs."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from agentmesh.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('grpc', 'sqlalchemy', 'tritonclient', 'numpy') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == ""
