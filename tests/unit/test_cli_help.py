@@ -41,7 +41,7 @@ def test_help_imports_no_heavy_library() -> None:
         "from agentmesh.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = sorted(m for m in ('grpc', 'sqlalchemy', 'tritonclient', 'numpy') if m in sys.modules)\n"
-        "print(','.join(heavy))\n"
+        "print('HEAVY=' + ','.join(heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().splitlines()[-1] == ""
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY="
