@@ -1,6 +1,7 @@
 """Registry at 100,000 agent instances in PostgreSQL: discovery latency, heartbeat rate, change propagation.
 
     .venv/bin/python bench/bench_registry.py [--agents 100000] [--queries 2000] [--heartbeat-seconds 40]
+        [--hb-clients 4] [--hb-leases 50] [--hb-inflight 64] [--hb-seconds 10]
 
 Stages, all in one run against one throwaway PostgreSQL 15 (started like the test fixture, by importing
 ``tests.fixtures.postgres``):
@@ -15,7 +16,9 @@ Stages, all in one run against one throwaway PostgreSQL 15 (started like the tes
 3. over mTLS: two registry replicas as separate processes (``agentmesh registry``) on the same database;
    Q1/Q2/Q3 at 1 in flight from this process, against ``grpc.health.v1.Health/Check`` on the same
    connection (the bare mTLS unary baseline through the same server stack); heartbeats over mTLS at 64 in
-   flight against Health/Check at 64 in flight.
+   flight against Health/Check at 64 in flight, first from this process, then from ``--hb-clients`` client
+   processes (each ``--hb-leases`` leases, ``--hb-inflight`` in flight, ``--hb-seconds`` per phase) against one
+   replica, whose CPU per heartbeat and per check is read from ``/proc``.
 4. propagation: register / deregister through replica A, poll discovery on replica B until it shows.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import resource
@@ -189,6 +193,10 @@ async def in_service(
     started = time.perf_counter()
     await registry.leases.flush()
     flush_ms = (time.perf_counter() - started) * 1000
+    # The next stage's replicas must find every agent alive: without this the leases renewed above lapse
+    # while they load, their sweep expires all 100k and the over-mTLS queries run against an emptying index.
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE agent_leases SET expires_at = now() + interval '1 hour'"))
     report.append("")
     report.append(
         f"heartbeats in-service: {sent:,} in {elapsed:.1f} s = {sent / elapsed:,.0f}/s sustained (target pace "
@@ -289,16 +297,20 @@ async def over_mtls(
         base, _ = await _timed(check, [None] * len(requests["Q1"]))
         base50, base99 = _percentiles(base)
         report.append("")
-        report.append("| over mTLS, 1 in flight | p50 ms | p99 ms | p50 minus Health/Check p50 |")
-        report.append("|---|---|---|---|")
         report.append(
-            f"| Health/Check (bare mTLS unary baseline, same server) | {_ms(base50)} | {_ms(base99)} | - |"
+            "| over mTLS, 1 in flight | p50 ms | p99 ms | p50 minus Health/Check p50 | answered with candidates |"
+        )
+        report.append("|---|---|---|---|---|")
+        report.append(
+            f"| Health/Check (bare mTLS unary baseline, same server) | {_ms(base50)} | {_ms(base99)} | - | |"
         )
         for kind in KINDS:
             await _timed(discover, requests[kind][:200])
-            samples, _ = await _timed(discover, requests[kind])
+            samples, hits = await _timed(discover, requests[kind])
             p50, p99 = _percentiles(samples)
-            report.append(f"| {kind} | {_ms(p50)} | {_ms(p99)} | +{_ms(p50 - base50)} |")
+            report.append(
+                f"| {kind} | {_ms(p50)} | {_ms(p99)} | +{_ms(p50 - base50)} | {hits}/{len(samples)} |"
+            )
 
         # Heartbeats over mTLS at 64 in flight vs Health/Check at 64 in flight, same connection.
         agent_card = next(cards(1, seed=99))
@@ -325,11 +337,15 @@ async def over_mtls(
 
         hb_rate = await rate(lambda: agent.heartbeat(lease, load=0.2), 5)
         hc_rate = await rate(lambda: agent_health.Check(health_pb2.HealthCheckRequest(), timeout=10), 5)
+        await agent.deregister(lease)
         report.append("")
         report.append(
             f"heartbeats over mTLS, one client process, 64 in flight: {hb_rate:,.0f}/s vs Health/Check {hc_rate:,.0f}/s "
             f"on the same connection (ratio {hb_rate / hc_rate:.2f})"
         )
+
+        if args.hb_clients:
+            await heartbeat_load(home, ports[0], processes[0].pid, args, report)
 
         # Propagation: register through replica A, discover through replica B.
         client_b = RegistryClient(settings, kind="client", name="ops", address=f"127.0.0.1:{ports[1]}")
@@ -361,7 +377,6 @@ async def over_mtls(
             f"{_ms(max(vanish))} ms; discoverable on A (the writer) in its RegisterAgent reply's wake in "
             f"{len(appear_a)}/{len(appear)} rounds"
         )
-        await agent.deregister(lease)
         for client in (agent, client_a, client_b):
             await client.close()
         for channel in channels:
@@ -376,6 +391,156 @@ async def over_mtls(
                 process.kill()
 
 
+# ---------------------------------------------------------------- stage 3b: heartbeats from several client processes
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _heartbeat_client(home: Path, port: int, index: int, leases: int, inflight: int) -> None:
+    """One load client process: register ``leases`` instances, then run each phase the parent names on stdin.
+
+    Phases: ``hb SECONDS`` (Heartbeat, round robin over the leases) and ``hc SECONDS`` (Health/Check on the
+    same connection), ``inflight`` calls at a time; each prints one JSON line (calls, errors, seconds, client
+    CPU). ``quit`` deregisters every lease (a lease that expired would fail here) and exits.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from agentmesh._registry_client import RegistryClient
+    from agentmesh._settings import Settings
+    from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
+
+    settings = Settings(home=home, trust_domain=TRUST_DOMAIN, log_level="WARNING")
+    client = RegistryClient(settings, kind="agent", name="bench-agent", address=f"127.0.0.1:{port}")
+    card = next(cards(1, seed=99))
+    card.name, card.namespace, card.version = "bench-agent", "bench", "3.0.0"
+    card.spiffe_id = f"spiffe://{TRUST_DOMAIN}/agent/bench-agent"
+    lease_ids = []
+    for k in range(leases):
+        card.endpoint = f"127.0.{index}.{k % 250 + 1}:{7000 + k}"
+        lease_ids.append((await client.register(card, lease_ttl=60)).lease.lease_id)
+    stub = registry_pb2_grpc.RegistryServiceStub(client.channel)  # type: ignore[no-untyped-call]
+    health = health_pb2_grpc.HealthStub(client.channel)
+    beats = [
+        registry_pb2.HeartbeatRequest(lease_id=lease, state=agent_pb2.SERVING_STATE_SERVING, load=0.2)
+        for lease in lease_ids
+    ]
+    check = health_pb2.HealthCheckRequest()
+    for request in beats:  # warm the connection and the handlers
+        await stub.Heartbeat(request, timeout=10)
+    print("ready", flush=True)
+    while True:
+        command = (await asyncio.to_thread(sys.stdin.readline)).split()
+        if not command or command[0] == "quit":
+            break
+        seconds = float(command[1])
+        done, errors, turn = 0, 0, 0
+        stop_at = time.monotonic() + seconds
+
+        async def worker(kind: str = command[0], stop_at: float = stop_at) -> None:
+            nonlocal done, errors, turn
+            while time.monotonic() < stop_at:
+                try:
+                    if kind == "hb":
+                        turn += 1
+                        await stub.Heartbeat(beats[turn % len(beats)], timeout=10)
+                    else:
+                        await health.Check(check, timeout=10)
+                    done += 1
+                except Exception:
+                    errors += 1
+
+        cpu, t0 = time.process_time(), time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+        elapsed = time.monotonic() - t0
+        result = {"calls": done, "errors": errors, "seconds": elapsed, "cpu": time.process_time() - cpu}
+        print(json.dumps(result), flush=True)
+    lost = 0
+    for lease in lease_ids:
+        try:
+            await client.deregister(lease)
+        except Exception:
+            lost += 1
+    await client.close()
+    print(json.dumps({"lost": lost}), flush=True)
+
+
+def _spawn_heartbeat_clients(home: Path, port: int, args: argparse.Namespace) -> list[subprocess.Popen[str]]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--hb-worker", str(home), str(port)]
+    return [
+        subprocess.Popen(
+            [*command, str(index), str(args.hb_leases), str(args.hb_inflight)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(args.hb_clients)
+    ]
+
+
+async def heartbeat_load(
+    home: Path, port: int, server_pid: int, args: argparse.Namespace, report: list[str]
+) -> None:
+    """Several client processes heartbeat one replica over mTLS; its sustained rate and CPU per heartbeat."""
+    clients = _spawn_heartbeat_clients(home, port, args)
+
+    async def each_line() -> list[str]:
+        return list(
+            await asyncio.wait_for(
+                asyncio.gather(*(asyncio.to_thread(c.stdout.readline) for c in clients)),  # type: ignore[union-attr]
+                timeout=args.hb_seconds + 120,
+            )
+        )
+
+    def send(line: str) -> None:
+        for client in clients:
+            client.stdin.write(line + "\n")  # type: ignore[union-attr]
+            client.stdin.flush()  # type: ignore[union-attr]
+
+    try:
+        if any(line.strip() != "ready" for line in await each_line()):
+            raise RuntimeError("a heartbeat client failed to start")
+        rows = {}
+        for phase in ("hb", "hc"):
+            cpu, t0 = _process_cpu(server_pid), time.monotonic()
+            send(f"{phase} {args.hb_seconds}")
+            results = [json.loads(line) for line in await each_line()]
+            rows[phase] = (
+                sum(r["calls"] for r in results),
+                sum(r["errors"] for r in results),
+                time.monotonic() - t0,
+                _process_cpu(server_pid) - cpu,
+                sum(r["cpu"] for r in results),
+            )
+        send("quit")
+        lost = sum(json.loads(line)["lost"] for line in await each_line())
+    finally:
+        for client in clients:
+            client.stdin.close()  # type: ignore[union-attr]  # a client reading EOF deregisters and exits
+        for client in clients:
+            try:
+                client.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                client.kill()
+    (hb, hb_err, hb_s, hb_cpu, hb_client_cpu), (hc, hc_err, hc_s, hc_cpu, hc_client_cpu) = (
+        rows["hb"],
+        rows["hc"],
+    )
+    leases = args.hb_clients * args.hb_leases
+    report.append(
+        f"heartbeats over mTLS, {args.hb_clients} client processes x {args.hb_inflight} in flight, {leases} leases, "
+        f"{args.hb_seconds:.0f} s per phase, one registry replica: Heartbeat {hb / hb_s:,.0f}/s sustained "
+        f"({hb_err} errors), registry CPU {hb_cpu / hb * 1e6:.0f} µs per heartbeat ({hb_cpu / hb_s:.2f} cores busy; "
+        f"capacity of one core ≈ {hb / hb_cpu:,.0f}/s); same run Health/Check {hc / hc_s:,.0f}/s ({hc_err} errors), "
+        f"registry CPU {hc_cpu / hc * 1e6:.0f} µs per check ({hc_cpu / hc_s:.2f} cores); heartbeat/check CPU ratio "
+        f"{(hb_cpu / hb) / (hc_cpu / hc):.2f}; clients used {hb_client_cpu / hb_s:.2f} / {hc_client_cpu / hc_s:.2f} "
+        f"cores; leases lost (expired before deregistration): {lost}"
+    )
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -388,6 +553,10 @@ def main() -> int:
     parser.add_argument("--heartbeat-seconds", type=float, default=40.0)
     parser.add_argument("--propagation-rounds", type=int, default=30)
     parser.add_argument("--skip-mtls", action="store_true")
+    parser.add_argument("--hb-clients", type=int, default=4, help="heartbeat client processes (0: skip)")
+    parser.add_argument("--hb-leases", type=int, default=50, help="leases per heartbeat client")
+    parser.add_argument("--hb-inflight", type=int, default=64, help="heartbeats in flight per client")
+    parser.add_argument("--hb-seconds", type=float, default=10.0, help="seconds per heartbeat-load phase")
     args = parser.parse_args()
 
     from agentmesh._settings import Settings
@@ -418,4 +587,14 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--hb-worker"]:  # a heartbeat load client started by heartbeat_load()
+        from agentmesh.telemetry import run
+
+        home_arg, port_arg, index_arg, leases_arg, inflight_arg = sys.argv[2:7]
+        run(
+            _heartbeat_client(
+                Path(home_arg), int(port_arg), int(index_arg), int(leases_arg), int(inflight_arg)
+            )
+        )
+        raise SystemExit(0)
     raise SystemExit(main())
