@@ -41,8 +41,6 @@ class VersionRecord:
     card_hash: str
     slot: int = -1
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
-    # (skill name, its words) for intent explanations; filled on first use.
-    skill_words: tuple[tuple[str, frozenset[str]], ...] | None = None
 
     @property
     def key(self) -> str:
