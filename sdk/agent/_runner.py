@@ -132,17 +132,7 @@ class SkillRunner:
         self, spec: SkillSpec, value: Any, invocation: Invocation, progress: ProgressSink | None
     ) -> InvocationResult:
         ctx = SkillContext(
-            agent_name=self.name,
-            skill=spec.name,
-            task_id=invocation.task_id,
-            step_id=invocation.step_id,
-            conversation_id=invocation.conversation_id,
-            idempotency_key=invocation.idempotency_key,
-            delegation_token=invocation.delegation_token,
-            caller=invocation.caller,
-            trace_id=invocation.trace_id,
-            deadline=invocation.deadline,
-            _progress_sink=progress,
+            agent_name=self.name, skill=spec.name, _progress_sink=progress, **_call_fields(invocation)
         )
         started = time.perf_counter()
         outcome = "OK"
@@ -179,3 +169,14 @@ class SkillRunner:
         self._in_flight_gauge.dec()
         if self._in_flight == 0:
             self._idle.set()
+
+
+# The invocation fields a skill sees on its context (ids, caller, deadline), derived so the two never drift.
+_CONTEXT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(SkillContext) if f.name in {g.name for g in dataclasses.fields(Invocation)}
+    and f.name != "skill"
+)
+
+
+def _call_fields(invocation: Invocation) -> dict[str, Any]:
+    return {name: getattr(invocation, name) for name in _CONTEXT_FIELDS}
