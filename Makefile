@@ -10,7 +10,7 @@ NODE_STAMP := tests/node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps node-deps gen lint test demo up bench clean
+.PHONY: help install system-deps node-deps gen lint release-contract test demo up bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,13 +44,18 @@ node-deps: $(NODE_STAMP) ## install the Node.js test client's packages (@grpc/gr
 gen: $(STAMP) ## regenerate sdk/v1 stubs (+ .pyi) from protos/
 	$(PY) protos/generate.py
 
-lint: $(STAMP) ## ruff, mypy, buf lint, buf breaking against the last release tag
+lint: $(STAMP) ## ruff, mypy, buf lint, buf breaking against the last released contract
 	$(BIN)/ruff check .
 	$(BIN)/mypy sdk services agents
 	$(BIN)/buf lint
-	@tag=$$(git describe --tags --abbrev=0 --match 'v*' 2>/dev/null); \
-	if [ -n "$$tag" ]; then echo "buf breaking against $$tag"; $(BIN)/buf breaking --against ".git#tag=$$tag"; \
-	else echo "buf breaking: no release tag yet, nothing to compare against"; fi
+	@# Released contracts are committed as buf images, so the check works in clones that carry no tags.
+	@image=$$(ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1); \
+	test -n "$$image" || { echo "buf breaking: no released contract under protos/releases/"; exit 1; }; \
+	echo "buf breaking against $$image"; $(BIN)/buf breaking --against "$$image"
+
+release-contract: $(STAMP) ## freeze the contract for release VERSION (e.g. make release-contract VERSION=v0.2.0)
+	@test -n "$(VERSION)" || { echo "usage: make release-contract VERSION=vX.Y.Z"; exit 2; }
+	$(BIN)/buf build -o protos/releases/$(VERSION).binpb
 
 test: $(STAMP) system-deps node-deps lint ## install what is needed and run the whole test suite
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
