@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--model-repository",
         type=Path,
         default=None,
-        help="serve this prepared repository as is (default: models/ prepared under AGENTMESH_HOME/triton)",
+        help="serve this prepared repository as is (default: the shipped models prepared under AGENTMESH_HOME/triton)",
     )
     parser.add_argument(
         "--model", action="append", dest="models", default=None, help="load only this model (repeatable)"

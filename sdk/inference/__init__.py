@@ -1,7 +1,7 @@
 """Inference on NVIDIA Triton: the async client, model selection, and the local bundled server.
 
 ``InferenceClient`` talks KServe v2 gRPC to any Triton (``AGENTMESH_TRITON_URL``); ``LocalTriton`` runs
-the ``tritonserver`` bundled in nvidia-pytriton on CPU over the repository shipped in ``models/``.
+the ``tritonserver`` bundled in nvidia-pytriton on CPU over the repository shipped in ``agentmesh/inference/models/``.
 """
 
 from __future__ import annotations

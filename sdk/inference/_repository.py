@@ -1,4 +1,4 @@
-"""Build a servable Triton model repository from the one shipped in ``models/`` plus cached artifacts."""
+"""Build a servable Triton model repository from the one shipped in ``models/`` (package data, next to this module) plus cached artifacts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from agentmesh.inference._export import ensure_minilm_onnx
 __all__ = ["SOURCE_MODEL_REPOSITORY", "prepare_model_repository"]
 
 # The repository shipped with the project: configs and python-backend model code, no weights.
-SOURCE_MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "models"
+SOURCE_MODEL_REPOSITORY = Path(__file__).resolve().parent / "models"
 # Models whose version folder needs the MiniLM ONNX graph and tokenizer.
 _MINILM_MODELS = ("minilm_embedding",)
 

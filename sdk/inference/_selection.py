@@ -102,7 +102,7 @@ class ModelCatalog:
         return max(fitting, key=lambda s: (s.tier, -self.expected_latency_ms(s.name)))
 
 
-# What the shipped model repository (models/) serves. Production adds larger tiers served on GPU nodes.
+# What the shipped model repository (inference/models/) serves. Production adds larger tiers served on GPU nodes.
 DEFAULT_MODELS = (
     ModelSpec(
         "minilm_embedding",
