@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -52,3 +53,11 @@ def test_top_level_layout_is_the_architecture() -> None:
                  "deploy/compose", "tests", "bench", "buf.yaml", "pyproject.toml", "Makefile", "README.md",
                  ".ci/run"):
         assert (ROOT / path).exists(), path
+
+
+def test_nothing_else_at_the_top_level() -> None:
+    # Tracked files only: .venv/, .agentmesh/ and caches are local state, ignored by git.
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    top = {line.split("/", 1)[0] for line in tracked.splitlines()}
+    assert top == {".ci", ".gitignore", "Makefile", "README.md", "agents", "bench", "buf.yaml", "deploy", "protos",
+                   "pyproject.toml", "sdk", "services", "tests"}
