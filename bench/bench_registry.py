@@ -1,7 +1,7 @@
 """Registry at 100,000 agent instances in PostgreSQL: discovery latency, heartbeat rate, change propagation.
 
     .venv/bin/python bench/bench_registry.py [--agents 100000] [--queries 2000] [--heartbeat-seconds 40]
-        [--hb-clients 4] [--hb-leases 50] [--hb-inflight 64] [--hb-seconds 10]
+        [--hb-clients 4] [--hb-leases 50] [--hb-inflight 64] [--hb-streams 50] [--hb-seconds 10]
 
 Stages, all in one run against one throwaway PostgreSQL 15 (started like the test fixture, by importing
 ``tests.fixtures.postgres``):
@@ -14,11 +14,14 @@ Stages, all in one run against one throwaway PostgreSQL 15 (started like the tes
    ``--heartbeat-seconds`` while the replica flushes and sweeps against PostgreSQL; then no lease may have
    expired (no EXPIRED event, every instance still discoverable).
 3. over mTLS: two registry replicas as separate processes (``agentmesh registry``) on the same database;
-   Q1/Q2/Q3 at 1 in flight from this process, against ``grpc.health.v1.Health/Check`` on the same
-   connection (the bare mTLS unary baseline through the same server stack); heartbeats over mTLS at 64 in
-   flight against Health/Check at 64 in flight, first from this process, then from ``--hb-clients`` client
-   processes (each ``--hb-leases`` leases, ``--hb-inflight`` in flight, ``--hb-seconds`` per phase) against one
-   replica, whose CPU per heartbeat and per check is read from ``/proc``.
+   Q1/Q2/Q3 at 1 in flight from this process, in the full and the BASIC view (``view`` on the request),
+   against ``grpc.health.v1.Health/Check`` on the same connection (the bare mTLS unary baseline through the
+   same server stack); heartbeats over mTLS at 64 in flight against Health/Check at 64 in flight, first from
+   this process, then from ``--hb-clients`` client processes (each ``--hb-leases`` leases, ``--hb-seconds`` per
+   phase) against one replica, whose CPU per heartbeat and per check is read from ``/proc``: unary Heartbeat
+   (``--hb-inflight`` in flight per client), heartbeats streamed over ``StreamHeartbeats`` (``--hb-streams``
+   open streams per client, one heartbeat in flight on each, as an agent does; first sharing the client's
+   connection, then each stream on its own connection, as separate agents are) and Health/Check.
 4. propagation: register / deregister through replica A, poll discovery on replica B until it shows.
 """
 
@@ -225,9 +228,12 @@ async def _until(check: Callable[[], Awaitable[bool]], since: float, within: flo
     raise TimeoutError(f"not seen within {within} s")
 
 
-def _start_replica(home: Path, url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start_replica(
+    home: Path, url: str, port: int, log: Path, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
+        "AGENTMESH_METRICS_PORT": str(metrics_port),
         "AGENTMESH_HOME": str(home),
         "AGENTMESH_TRUST_DOMAIN": TRUST_DOMAIN,
         "AGENTMESH_DATABASE_URL": url,
@@ -242,6 +248,22 @@ def _start_replica(home: Path, url: str, port: int, log: Path) -> subprocess.Pop
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def _server_seconds(metrics_port: int) -> dict[str, tuple[float, float]]:
+    """Per method, (seconds, calls) of OK calls inside the replica (its interceptor and handler), from /metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    totals: dict[str, list[float]] = {}
+    for kind, labels, value in re.findall(
+        r"^agentmesh_rpc_server_duration_seconds_(sum|count)\{([^}]*)\} (\S+)$", text, re.MULTILINE
+    ):
+        pairs = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if pairs.get("code") == "OK":
+            totals.setdefault(pairs["method"], [0.0, 0.0])[kind == "count"] += float(value)
+    return {method: (pair[0], pair[1]) for method, pair in totals.items()}
 
 
 def _free_port() -> int:
@@ -272,7 +294,11 @@ async def over_mtls(
     for kind, name in (("service", "registry"), ("client", "ops"), ("agent", "bench-agent")):
         ca.issue(kind, name)
     ports = [_free_port(), _free_port()]
-    processes = [_start_replica(home, url, port, home / f"replica-{i}.log") for i, port in enumerate(ports)]
+    metrics_port = _free_port()
+    processes = [
+        _start_replica(home, url, port, home / f"replica-{i}.log", metrics_port if i == 0 else 0)
+        for i, port in enumerate(ports)
+    ]
     try:
         channels = [
             create_channel(f"127.0.0.1:{port}", settings, kind="client", name="ops") for port in ports
@@ -293,24 +319,79 @@ async def over_mtls(
         async def discover(request: Any) -> Any:
             return await stub.DiscoverAgents(request, timeout=10)
 
+        from agentmesh.v1 import registry_pb2
+
+        def with_view(request: Any, view: int) -> Any:
+            copy = registry_pb2.DiscoverAgentsRequest()
+            copy.CopyFrom(request)
+            copy.view = view  # type: ignore[assignment]
+            return copy
+
+        views = {
+            "full card": registry_pb2.INSTANCE_VIEW_UNSPECIFIED,
+            "BASIC view": registry_pb2.INSTANCE_VIEW_BASIC,
+        }
         await _timed(check, [None] * 300)
-        base, _ = await _timed(check, [None] * len(requests["Q1"]))
-        base50, base99 = _percentiles(base)
         report.append("")
         report.append(
-            "| over mTLS, 1 in flight | p50 ms | p99 ms | p50 minus Health/Check p50 | answered with candidates |"
+            "| over mTLS, 1 in flight; check, full, basic in interleaved blocks of 50 | p50 ms | p99 ms | p50 minus Health/Check p50 "
+            "| answered with candidates | median answer |"
         )
-        report.append("|---|---|---|---|---|")
-        report.append(
-            f"| Health/Check (bare mTLS unary baseline, same server) | {_ms(base50)} | {_ms(base99)} | - | |"
-        )
+        report.append("|---|---|---|---|---|---|")
         for kind in KINDS:
-            await _timed(discover, requests[kind][:200])
-            samples, hits = await _timed(discover, requests[kind])
-            p50, p99 = _percentiles(samples)
-            report.append(
-                f"| {kind} | {_ms(p50)} | {_ms(p99)} | +{_ms(p50 - base50)} | {hits}/{len(samples)} |"
-            )
+            batches = {label: [with_view(r, view) for r in requests[kind]] for label, view in views.items()}
+            for batch in batches.values():
+                await _timed(discover, batch[:200])
+            samples: dict[str, list[float]] = {"check": [], **{label: [] for label in batches}}
+            hits = dict.fromkeys(batches, 0)
+            for start in range(0, len(requests[kind]), 50):
+                # Blocks of 50: a call mostly follows one of its own kind (a discovery answer's memory traffic
+                # slows the calls right after it, a bare check included), and load drifts hit all three alike.
+                samples["check"] += (
+                    await _timed(check, [None] * len(batches["full card"][start : start + 50]))
+                )[0]
+                for label, batch in batches.items():
+                    took, hit = await _timed(discover, batch[start : start + 50])
+                    samples[label] += took
+                    hits[label] += hit
+            base50, base99 = _percentiles(samples["check"])
+            report.append(f"| {kind}: Health/Check (baseline) | {_ms(base50)} | {_ms(base99)} | - | | |")
+            for label, batch in batches.items():
+                p50, p99 = _percentiles(samples[label])
+                size = statistics.median([(await discover(r)).ByteSize() for r in batch[:50]])
+                report.append(
+                    f"| {kind}, {label} | {_ms(p50)} | {_ms(p99)} | **+{_ms(p50 - base50)}** | "
+                    f"{hits[label]}/{len(batch)} | {size / 1024:.1f} KiB |"
+                )
+
+        # Where the time goes: the replica's own /metrics give the mean time of each call inside it (mesh
+        # interceptor + handler); the rest of the client's mean is gRPC core, TLS, the wire and the client.
+        report.append("")
+        report.append(
+            "| over mTLS, 500 calls each, means | client mean ms | inside the replica ms | rest (gRPC core, TLS, "
+            "client) ms |"
+        )
+        report.append("|---|---|---|---|")
+        phases: list[tuple[str, str, list[Any], Callable[[Any], Awaitable[Any]]]] = [
+            ("Health/Check", "Check", [None] * 500, check)
+        ]
+        for kind in KINDS:
+            for label, view in views.items():
+                phases.append(
+                    (
+                        f"{kind}, {label}",
+                        "DiscoverAgents",
+                        [with_view(r, view) for r in requests[kind][:500]],
+                        discover,
+                    )
+                )
+        for label, method, batch, call in phases:
+            before = _server_seconds(metrics_port).get(method, (0.0, 0.0))
+            took, _ = await _timed(call, batch)
+            after = _server_seconds(metrics_port).get(method, (0.0, 0.0))
+            inside = (after[0] - before[0]) / max(1.0, after[1] - before[1])
+            mean = statistics.fmean(took)
+            report.append(f"| {label} | {_ms(mean)} | {_ms(inside)} | {_ms(mean - inside)} |")
 
         # Heartbeats over mTLS at 64 in flight vs Health/Check at 64 in flight, same connection.
         agent_card = next(cards(1, seed=99))
@@ -400,12 +481,17 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _heartbeat_client(home: Path, port: int, index: int, leases: int, inflight: int) -> None:
+async def _heartbeat_client(
+    home: Path, port: int, index: int, leases: int, inflight: int, streams: int
+) -> None:
     """One load client process: register ``leases`` instances, then run each phase the parent names on stdin.
 
-    Phases: ``hb SECONDS`` (Heartbeat, round robin over the leases) and ``hc SECONDS`` (Health/Check on the
-    same connection), ``inflight`` calls at a time; each prints one JSON line (calls, errors, seconds, client
-    CPU). ``quit`` deregisters every lease (a lease that expired would fail here) and exits.
+    Phases: ``hb SECONDS`` (unary Heartbeat, round robin over the leases) and ``hc SECONDS`` (Health/Check on
+    the same connection), ``inflight`` calls at a time; ``hs SECONDS`` (heartbeats over ``streams`` open
+    ``StreamHeartbeats`` streams, stream k renewing lease k mod ``leases``, one heartbeat in flight per stream)
+    and ``hx SECONDS`` (the same with each stream on its own connection);
+    each prints one JSON line (calls, errors, seconds, client CPU). ``quit`` deregisters every lease (a lease
+    that expired would fail here) and exits.
     """
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -431,6 +517,19 @@ async def _heartbeat_client(home: Path, port: int, index: int, leases: int, infl
     check = health_pb2.HealthCheckRequest()
     for request in beats:  # warm the connection and the handlers
         await stub.Heartbeat(request, timeout=10)
+    # The streams are opened (one heartbeat each) before timing: an agent opens its stream once. ``hs`` streams
+    # share this process's connection; ``hx`` streams each have their own connection, as separate agents do.
+    own = [
+        RegistryClient(settings, kind="agent", name="bench-agent", address=f"127.0.0.1:{port}")
+        for _ in range(streams)
+    ]
+    opened = {
+        "hs": [client.heartbeat_stream() for _ in range(streams)],
+        "hx": [own[k].heartbeat_stream() for k in range(streams)],
+    }
+    for phase_streams in opened.values():
+        for k, stream in enumerate(phase_streams):
+            await stream.heartbeat(lease_ids[k % len(lease_ids)], load=0.2, deadline=10)
     print("ready", flush=True)
     while True:
         command = (await asyncio.to_thread(sys.stdin.readline)).split()
@@ -453,11 +552,30 @@ async def _heartbeat_client(home: Path, port: int, index: int, leases: int, infl
                 except Exception:
                     errors += 1
 
+        async def streamer(k: int, kind: str = command[0], stop_at: float = stop_at) -> None:
+            nonlocal done, errors
+            lease = lease_ids[k % len(lease_ids)]
+            while time.monotonic() < stop_at:
+                try:
+                    await opened[kind][k].heartbeat(lease, load=0.2, deadline=10)
+                    done += 1
+                except Exception:
+                    errors += 1
+                    opened[kind][k] = (client if kind == "hs" else own[k]).heartbeat_stream()
+
         cpu, t0 = time.process_time(), time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(inflight)))
+        if command[0] in opened:
+            await asyncio.gather(*(streamer(k) for k in range(streams)))
+        else:
+            await asyncio.gather(*(worker() for _ in range(inflight)))
         elapsed = time.monotonic() - t0
         result = {"calls": done, "errors": errors, "seconds": elapsed, "cpu": time.process_time() - cpu}
         print(json.dumps(result), flush=True)
+    for phase_streams in opened.values():
+        for stream in phase_streams:
+            await stream.close()
+    for other in own:
+        await other.close()
     lost = 0
     for lease in lease_ids:
         try:
@@ -472,7 +590,7 @@ def _spawn_heartbeat_clients(home: Path, port: int, args: argparse.Namespace) ->
     command = [sys.executable, str(Path(__file__).resolve()), "--hb-worker", str(home), str(port)]
     return [
         subprocess.Popen(
-            [*command, str(index), str(args.hb_leases), str(args.hb_inflight)],
+            [*command, str(index), str(args.hb_leases), str(args.hb_inflight), str(args.hb_streams)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -504,7 +622,7 @@ async def heartbeat_load(
         if any(line.strip() != "ready" for line in await each_line()):
             raise RuntimeError("a heartbeat client failed to start")
         rows = {}
-        for phase in ("hb", "hc"):
+        for phase in ("hb", "hs", "hx", "hc"):
             cpu, t0 = _process_cpu(server_pid), time.monotonic()
             send(f"{phase} {args.hb_seconds}")
             results = [json.loads(line) for line in await each_line()]
@@ -539,6 +657,19 @@ async def heartbeat_load(
         f"{(hb_cpu / hb) / (hc_cpu / hc):.2f}; clients used {hb_client_cpu / hb_s:.2f} / {hc_client_cpu / hc_s:.2f} "
         f"cores; leases lost (expired before deregistration): {lost}"
     )
+    for phase, how in (
+        ("hs", "sharing one connection per client process"),
+        ("hx", "each on its own connection"),
+    ):
+        hs, hs_err, hs_s, hs_cpu, hs_client_cpu = rows[phase]
+        report.append(
+            f"heartbeats streamed over StreamHeartbeats, {args.hb_clients} client processes x {args.hb_streams} open "
+            f"streams {how} (1 in flight each), same leases and replica, {args.hb_seconds:.0f} s: "
+            f"{hs / hs_s:,.0f}/s sustained ({hs_err} errors), registry CPU {hs_cpu / hs * 1e6:.0f} µs per heartbeat "
+            f"({hs_cpu / hs_s:.2f} cores busy; capacity of one core ≈ {hs / hs_cpu:,.0f}/s); vs unary Heartbeat "
+            f"{(hs_cpu / hs) / (hb_cpu / hb):.2f}x the CPU, vs Health/Check {(hs_cpu / hs) / (hc_cpu / hc):.2f}x; "
+            f"clients used {hs_client_cpu / hs_s:.2f} cores"
+        )
 
 
 # ---------------------------------------------------------------- main
@@ -555,7 +686,8 @@ def main() -> int:
     parser.add_argument("--skip-mtls", action="store_true")
     parser.add_argument("--hb-clients", type=int, default=4, help="heartbeat client processes (0: skip)")
     parser.add_argument("--hb-leases", type=int, default=50, help="leases per heartbeat client")
-    parser.add_argument("--hb-inflight", type=int, default=64, help="heartbeats in flight per client")
+    parser.add_argument("--hb-inflight", type=int, default=64, help="unary heartbeats in flight per client")
+    parser.add_argument("--hb-streams", type=int, default=50, help="open heartbeat streams per client")
     parser.add_argument("--hb-seconds", type=float, default=10.0, help="seconds per heartbeat-load phase")
     args = parser.parse_args()
 
@@ -590,10 +722,15 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--hb-worker"]:  # a heartbeat load client started by heartbeat_load()
         from agentmesh.telemetry import run
 
-        home_arg, port_arg, index_arg, leases_arg, inflight_arg = sys.argv[2:7]
+        home_arg, port_arg, index_arg, leases_arg, inflight_arg, streams_arg = sys.argv[2:8]
         run(
             _heartbeat_client(
-                Path(home_arg), int(port_arg), int(index_arg), int(leases_arg), int(inflight_arg)
+                Path(home_arg),
+                int(port_arg),
+                int(index_arg),
+                int(leases_arg),
+                int(inflight_arg),
+                int(streams_arg),
             )
         )
         raise SystemExit(0)

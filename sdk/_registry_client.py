@@ -3,10 +3,18 @@
 async with RegistryClient(settings, kind="service", name="planner") as registry:
     answer = await registry.discover(skill="classify_ticket", intent="triage a refund", routing_key=task_id)
     best = answer.candidates[0]
+
+An agent heartbeats over one long-lived stream (a message per heartbeat costs the registry a fraction of a call):
+
+    stream = registry.heartbeat_stream()
+    lease = await stream.heartbeat(lease_id, load=0.3)   # raises NotFoundError when the lease is gone
+    await stream.close()
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -14,17 +22,77 @@ import grpc
 from google.protobuf import duration_pb2
 
 from agentmesh._channel import create_channel
-from agentmesh._errors import from_rpc_error
+from agentmesh._errors import DeadlineExceededError, UnavailableError, from_rpc_error
 from agentmesh._settings import Settings
 from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
 
-__all__ = ["RegistryClient"]
+__all__ = ["HeartbeatStream", "RegistryClient"]
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
     duration.FromNanoseconds(int(seconds * 1e9))
     return duration
+
+
+class HeartbeatStream:
+    """Heartbeats on one open ``StreamHeartbeats`` call, answered one at a time, in order.
+
+    The registry checks the caller once per stream and ends the stream at the first heartbeat that fails,
+    with the status the unary ``Heartbeat`` would have returned: :meth:`heartbeat` raises that error (e.g.
+    ``NotFoundError``: register again) and the stream is then :attr:`closed`; open a new one to go on. A
+    registry without the RPC raises ``UnimplementedError`` (use :meth:`RegistryClient.heartbeat` instead).
+    """
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self.closed = False
+
+    async def heartbeat(
+        self,
+        lease_id: str,
+        *,
+        state: int = agent_pb2.SERVING_STATE_SERVING,
+        load: float = 0.0,
+        deadline: float | None = None,
+    ) -> registry_pb2.Lease:
+        """Renew a lease over the stream, reporting state and load; the renewed lease."""
+        if self.closed:
+            raise UnavailableError("this heartbeat stream is closed; open a new one")
+        request = registry_pb2.StreamHeartbeatsRequest(lease_id=lease_id, state=state, load=load)  # type: ignore[arg-type]
+        try:
+            async with asyncio.timeout(deadline):
+                with contextlib.suppress(asyncio.InvalidStateError):  # the registry already ended the stream:
+                    await self._call.write(request)
+                reply = await self._call.read()  # then this raises the status it ended with
+        except grpc.RpcError as exc:
+            self._abandon()
+            raise from_rpc_error(exc) from None
+        except TimeoutError:
+            self._abandon()
+            raise DeadlineExceededError(f"no heartbeat answer on the stream within {deadline}s") from None
+        except BaseException:
+            self._abandon()  # interrupted between a heartbeat and its answer: the stream is out of step
+            raise
+        if reply is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs lag aio
+            self._abandon()
+            raise UnavailableError("the registry ended the heartbeat stream; open a new one")
+        return reply.lease  # type: ignore[no-any-return]
+
+    def _abandon(self) -> None:
+        self.closed = True
+        self._call.cancel()
+
+    async def close(self) -> None:
+        """End the stream cleanly (the registry sees it finish, not fail); a stuck stream is cancelled."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1.0):
+                await self._call.done_writing()
+                await self._call.code()
+        self._call.cancel()
 
 
 class RegistryClient:
@@ -85,6 +153,10 @@ class RegistryClient:
         request = registry_pb2.HeartbeatRequest(lease_id=lease_id, state=state, load=load)  # type: ignore[arg-type]
         return (await self._call("Heartbeat", request, deadline)).lease  # type: ignore[no-any-return]
 
+    def heartbeat_stream(self) -> HeartbeatStream:
+        """Open a long-lived heartbeat stream: one message per heartbeat instead of one call (see :class:`HeartbeatStream`)."""
+        return HeartbeatStream(self.stub.StreamHeartbeats())
+
     async def deregister(self, lease_id: str, *, deadline: float | None = None) -> None:
         """Remove an instance at once."""
         await self._call("DeregisterAgent", registry_pb2.DeregisterAgentRequest(lease_id=lease_id), deadline)
@@ -140,9 +212,14 @@ class RegistryClient:
         intent: str = "",
         max_results: int = 0,
         routing_key: str = "",
+        view: int = registry_pb2.INSTANCE_VIEW_UNSPECIFIED,
         deadline: float | None = None,
     ) -> registry_pb2.DiscoverAgentsResponse:
-        """Ranked candidates, best first, each with a score and reasons."""
+        """Ranked candidates, best first, each with a score and reasons.
+
+        ``view=registry_pb2.INSTANCE_VIEW_BASIC`` returns each card without descriptions and skill schemas
+        (a smaller, faster answer); the default is the whole card.
+        """
         request = registry_pb2.DiscoverAgentsRequest(
             visibility=registry_pb2.VisibilityScope(names=names, patterns=patterns),
             characteristics=registry_pb2.CharacteristicsScope(
@@ -155,6 +232,7 @@ class RegistryClient:
             ),
             max_results=max_results,
             routing_key=routing_key,
+            view=view,  # type: ignore[arg-type]
         )
         return await self._call("DiscoverAgents", request, deadline)  # type: ignore[no-any-return]
 

@@ -4,6 +4,11 @@ Lifecycle: register (retrying with backoff while the registry is unreachable), h
 ``lease_ttl / 3`` with the instance's state and load, register again when the registry no longer knows
 the lease (``NOT_FOUND``: it expired or the registry lost it), and on stop report ``DRAINING`` and
 deregister. Nothing here ever crashes the agent: a registry outage only delays (re)registration.
+
+Heartbeats go over one long-lived ``StreamHeartbeats`` stream (a message on an open stream costs the
+registry a fraction of a unary call); a broken stream is reopened at the next heartbeat, after the same
+backoff as any failure. A registry that does not serve the stream (``UNIMPLEMENTED``, or an authorization
+policy that predates it) gets unary ``Heartbeat`` calls instead.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from agentmesh._errors import (
     DeadlineExceededError,
     MeshError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
+    UnimplementedError,
 )
-from agentmesh._registry_client import RegistryClient
+from agentmesh._registry_client import HeartbeatStream, RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.resilience import RetryPolicy
 from agentmesh.v1 import agent_pb2, registry_pb2
@@ -33,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Registration never gives up; the policy only shapes the jittered wait between attempts.
 _BACKOFF = RetryPolicy(initial_backoff=0.1, max_backoff=5.0)
 _TRANSIENT = (UnavailableError, DeadlineExceededError, ResourceExhaustedError, AbortedError)
+_STREAM_METHOD = "/agentmesh.v1.RegistryService/StreamHeartbeats"
 
 
 class Registration:
@@ -54,6 +62,8 @@ class Registration:
         self._load = load
         self._lease_ttl = settings.lease_ttl
         self._client: RegistryClient | None = None
+        self._stream: HeartbeatStream | None = None
+        self.streaming = True  # heartbeats over StreamHeartbeats; False once the registry turned it down
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.lease_id = ""
@@ -98,6 +108,9 @@ class Registration:
                 logger.warning("deregistration failed (%s); the lease will expire", exc.code.name)
             self.lease_id = ""
             self._registered.clear()
+        if self._stream is not None:
+            await self._stream.close()
+            self._stream = None
         await self._client.close()
         self._client = None
 
@@ -153,6 +166,22 @@ class Registration:
 
     async def _heartbeat(self, state: int) -> None:
         assert self._client is not None
+        if self.streaming:
+            if self._stream is None or self._stream.closed:
+                self._stream = self._client.heartbeat_stream()
+            try:
+                lease = await self._stream.heartbeat(
+                    self.lease_id, state=state, load=self._load(), deadline=self._deadline()
+                )
+            except (UnimplementedError, PermissionDeniedError) as exc:
+                if isinstance(exc, PermissionDeniedError) and exc.metadata.get("method") != _STREAM_METHOD:
+                    raise  # the lease is not ours: the same refusal a unary heartbeat would get
+                logger.info("registry at %s does not serve StreamHeartbeats (%s); heartbeating with unary calls",
+                            self._address, exc.code.name)
+                self.streaming = False
+            else:
+                self._adopt_ttl(lease)
+                return
         lease = await self._client.heartbeat(self.lease_id, state=state, load=self._load(), deadline=self._deadline())
         self._adopt_ttl(lease)
 

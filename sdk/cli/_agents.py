@@ -115,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "get":
             return await client.get_agent(*args.agent, args.version)
         if args.action == "discover":
+            from agentmesh.v1 import registry_pb2
+
+            # The table shows names, endpoints, scores and reasons only: ask for the lighter BASIC cards.
+            view = registry_pb2.INSTANCE_VIEW_FULL if args.json else registry_pb2.INSTANCE_VIEW_BASIC
             return await client.discover(
                 names=args.name,
                 patterns=args.pattern,
@@ -126,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 intent=args.intent,
                 max_results=args.max_results,
                 routing_key=args.routing_key,
+                view=view,
             )
         if args.weights is None:
             return await client.get_routing(*args.agent)

@@ -22,6 +22,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _InstanceView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InstanceViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InstanceView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INSTANCE_VIEW_UNSPECIFIED: _InstanceView.ValueType  # 0
+    """Not set: the whole card, as INSTANCE_VIEW_FULL."""
+    INSTANCE_VIEW_BASIC: _InstanceView.ValueType  # 1
+    """The card without its descriptions and skill input/output schemas: names, version, purpose, endpoint,
+    SPIFFE id, owner, policies, labels, and each skill's name and tags (GetAgent returns the whole card).
+    """
+    INSTANCE_VIEW_FULL: _InstanceView.ValueType  # 2
+    """The whole card."""
+
+class InstanceView(_InstanceView, metaclass=_InstanceViewEnumTypeWrapper):
+    """InstanceView says how much of each instance's card an answer carries (AIP-157)."""
+
+INSTANCE_VIEW_UNSPECIFIED: InstanceView.ValueType  # 0
+"""Not set: the whole card, as INSTANCE_VIEW_FULL."""
+INSTANCE_VIEW_BASIC: InstanceView.ValueType  # 1
+"""The card without its descriptions and skill input/output schemas: names, version, purpose, endpoint,
+SPIFFE id, owner, policies, labels, and each skill's name and tags (GetAgent returns the whole card).
+"""
+INSTANCE_VIEW_FULL: InstanceView.ValueType  # 2
+"""The whole card."""
+Global___InstanceView: _TypeAlias = InstanceView  # noqa: Y015
+
 class _AgentEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -261,6 +289,60 @@ class HeartbeatResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class StreamHeartbeatsRequest(_message.Message):
+    """StreamHeartbeatsRequest is one heartbeat on a heartbeat stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    """Lease to renew; it must be held by the caller of the stream."""
+    state: _agent_pb2.ServingState.ValueType
+    """Current state of the instance."""
+    load: _builtins.float
+    """Current load in [0, 1]."""
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        state: _agent_pb2.ServingState.ValueType = ...,
+        load: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "load", b"load", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamHeartbeatsRequest: _TypeAlias = StreamHeartbeatsRequest  # noqa: Y015
+
+@_typing.final
+class StreamHeartbeatsResponse(_message.Message):
+    """StreamHeartbeatsResponse answers one heartbeat of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> Global___Lease:
+        """The renewed lease."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamHeartbeatsResponse: _TypeAlias = StreamHeartbeatsResponse  # noqa: Y015
 
 @_typing.final
 class DeregisterAgentRequest(_message.Message):
@@ -539,10 +621,13 @@ class DiscoverAgentsRequest(_message.Message):
     CHARACTERISTICS_FIELD_NUMBER: _builtins.int
     MAX_RESULTS_FIELD_NUMBER: _builtins.int
     ROUTING_KEY_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     max_results: _builtins.int
     """Maximum candidates returned (default 10, at most 100)."""
     routing_key: _builtins.str
     """Sticky key for version routing (e.g. the task id); same key, same version."""
+    view: Global___InstanceView.ValueType
+    """How much of each candidate's card to return; unspecified means the whole card."""
     @_builtins.property
     def visibility(self) -> Global___VisibilityScope:
         """Which agents may be considered; empty means all."""
@@ -558,10 +643,11 @@ class DiscoverAgentsRequest(_message.Message):
         characteristics: Global___CharacteristicsScope | None = ...,
         max_results: _builtins.int = ...,
         routing_key: _builtins.str = ...,
+        view: Global___InstanceView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["characteristics", b"characteristics", "visibility", b"visibility"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["characteristics", b"characteristics", "max_results", b"max_results", "routing_key", b"routing_key", "visibility", b"visibility"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characteristics", b"characteristics", "max_results", b"max_results", "routing_key", b"routing_key", "view", b"view", "visibility", b"visibility"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

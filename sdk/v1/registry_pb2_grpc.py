@@ -45,6 +45,11 @@ class RegistryServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.StreamHeartbeats = channel.stream_stream(
+                '/agentmesh.v1.RegistryService/StreamHeartbeats',
+                request_serializer=agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.FromString,
+                _registered_method=True)
         self.DeregisterAgent = channel.unary_unary(
                 '/agentmesh.v1.RegistryService/DeregisterAgent',
                 request_serializer=agentmesh_dot_v1_dot_registry__pb2.DeregisterAgentRequest.SerializeToString,
@@ -100,6 +105,18 @@ class RegistryServiceServicer:
 
     def Heartbeat(self, request, context):
         """Heartbeat renews a lease and reports the instance's state and load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamHeartbeats(self, request_iterator, context):
+        """StreamHeartbeats renews leases over one long-lived stream, one answer per heartbeat in the order sent:
+        the cheap way to heartbeat (a message on an open stream instead of a whole call). The caller's identity
+        is checked once per stream and every lease on it must be held by that identity. A heartbeat that fails
+        ends the stream with the status the unary Heartbeat would have returned (NOT_FOUND: the lease is unknown
+        or expired, register again and open a new stream; PERMISSION_DENIED: the lease is not the caller's);
+        every heartbeat answered before it was applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +190,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=agentmesh_dot_v1_dot_registry__pb2.HeartbeatRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_registry__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'StreamHeartbeats': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamHeartbeats,
+                    request_deserializer=agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.SerializeToString,
             ),
             'DeregisterAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DeregisterAgent,
@@ -270,6 +292,33 @@ class RegistryService:
             '/agentmesh.v1.RegistryService/Heartbeat',
             agentmesh_dot_v1_dot_registry__pb2.HeartbeatRequest.SerializeToString,
             agentmesh_dot_v1_dot_registry__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamHeartbeats(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentmesh.v1.RegistryService/StreamHeartbeats',
+            agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_registry__pb2.StreamHeartbeatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ class RegistryServer(Serving):
         self.settings = settings
         self.engine = create_async_engine(database_url or settings.resolved_database_url)
         self.registry = Registry(RegistryStore(self.engine), settings)
+        self.servicer = RegistryServicer(self.registry)
         self.server = MeshServer(
             name=SERVICE_NAME,
             settings=settings,
@@ -37,7 +38,7 @@ class RegistryServer(Serving):
             readiness=self._ready,
             services=[
                 bind(
-                    RegistryServicer(self.registry),
+                    self.servicer,
                     registry_pb2_grpc.add_RegistryServiceServicer_to_server,
                     "agentmesh.v1.RegistryService",
                 )
@@ -77,6 +78,7 @@ class RegistryServer(Serving):
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving, stop the registry loops, flush leases, close the database."""
+        self.servicer.end_streams()  # agents' heartbeat streams would otherwise hold the stop for the whole grace
         await self.server.stop(grace)
         if self._loader is not None:
             self._loader.cancel()

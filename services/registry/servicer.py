@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ _MAX_PAGE = 1000
 _MAX_INTENT = 512
 _MAX_ROUTING_KEY = 256
 _MAX_WEIGHT = 10_000
+_VIEWS = frozenset(registry_pb2.InstanceView.values())
 
 
 def _caller() -> str | None:
@@ -57,8 +59,10 @@ def _set_time(stamp: timestamp_pb2.Timestamp, seconds: float) -> None:
     stamp.seconds, stamp.nanos = divmod(int(seconds * 1e9), 1_000_000_000)
 
 
-def instance_proto(instance: InstanceRecord, record: VersionRecord) -> registry_pb2.AgentInstance:
-    """The wire form of a live instance, its card's endpoint filled in."""
+def instance_proto(
+    instance: InstanceRecord, record: VersionRecord, *, basic: bool = False
+) -> registry_pb2.AgentInstance:
+    """The wire form of a live instance, its card's endpoint filled in (``basic``: the BASIC view of the card)."""
     proto = registry_pb2.AgentInstance(
         instance_id=instance.instance_id,
         state=instance.state,  # type: ignore[arg-type]
@@ -67,6 +71,13 @@ def instance_proto(instance: InstanceRecord, record: VersionRecord) -> registry_
     card = proto.card  # filled in place: one copy of the card, not two
     card.CopyFrom(record.card)
     card.endpoint = instance.endpoint
+    if basic:
+        # INSTANCE_VIEW_BASIC: what a caller needs to pick and call an agent, not to document it.
+        card.ClearField("description")
+        for skill in card.skills:
+            skill.ClearField("description")
+            skill.ClearField("input_schema")
+            skill.ClearField("output_schema")
     _set_time(proto.register_time, instance.registered_at)
     _set_time(proto.lease_expire_time, instance.expires_at)
     return proto
@@ -107,11 +118,13 @@ class InstanceProtos:
 
     Building an ``AgentInstance`` (card copy, two timestamps) costs ~15 µs; refreshing the fields a heartbeat
     changes and copying the cached message into the response costs ~2 µs. An entry is rebuilt when the
-    instance or its card is replaced; the oldest entries go first once ``capacity`` is reached.
+    instance or its card is replaced; the oldest entries go first once ``capacity`` is reached. ``basic``
+    keeps the BASIC view of each card (no descriptions, no skill schemas) instead of the whole card.
     """
 
-    def __init__(self, capacity: int = 32_768) -> None:
+    def __init__(self, capacity: int = 32_768, *, basic: bool = False) -> None:
         self._capacity = capacity
+        self._basic = basic
         # instance id -> [instance, card, state, load, expires_at, proto]
         self._entries: dict[str, list[Any]] = {}
 
@@ -122,7 +135,7 @@ class InstanceProtos:
         """The current ``AgentInstance`` of ``instance``; the caller copies it, never changes it."""
         entry = self._entries.get(instance.instance_id)
         if entry is None or entry[0] is not instance or entry[1] is not record.card:
-            proto = instance_proto(instance, record)
+            proto = instance_proto(instance, record, basic=self._basic)
             if entry is None and len(self._entries) >= self._capacity:
                 del self._entries[next(iter(self._entries))]
             self._entries[instance.instance_id] = [
@@ -181,6 +194,8 @@ def discovery_query(request: registry_pb2.DiscoverAgentsRequest) -> DiscoveryQue
         )
     if request.max_results < 0:
         raise InvalidArgumentError("max_results must not be negative", field="max_results")
+    if request.view not in _VIEWS:
+        raise InvalidArgumentError(f"unknown view {request.view}", field="view")
     return DiscoveryQuery(
         names=frozenset(visibility.names),
         patterns=patterns,
@@ -221,6 +236,19 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._protos = InstanceProtos()
+        self._basic_protos = InstanceProtos(basic=True)
+        self._streams: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    def end_streams(self) -> None:
+        """End every heartbeat stream with UNAVAILABLE and refuse new ones (the replica is stopping).
+
+        A heartbeat stream never ends by itself: without this a stopping replica would wait for its whole
+        shutdown grace, and its agents would learn only then that they should heartbeat elsewhere.
+        """
+        self._closing = True
+        for task in self._streams:
+            task.cancel()
 
     async def _ready(self) -> None:
         if not await self.registry.ready():
@@ -242,11 +270,45 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.HeartbeatResponse:
-        await self._ready()
-        instance = await self.registry.heartbeat(request.lease_id, request.state, request.load, _caller())
         response = registry_pb2.HeartbeatResponse()
-        _fill_lease(response.lease, instance)
+        await self._renew(request, _caller(), response.lease)
         return response
+
+    async def StreamHeartbeats(
+        self,
+        requests: AsyncIterator[registry_pb2.StreamHeartbeatsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[registry_pb2.StreamHeartbeatsResponse]:
+        await self._ready()
+        caller = _caller()  # verified once for the whole stream by the server's interceptor
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            if self._closing:
+                raise asyncio.CancelledError  # opened while stopping: refused like the streams already ended
+            async for request in requests:
+                # A failed heartbeat raises: the stream ends with the status the unary Heartbeat would return.
+                response = registry_pb2.StreamHeartbeatsResponse()
+                await self._renew(request, caller, response.lease)
+                yield response
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise  # the caller went away
+            raise UnavailableError("this registry replica is stopping; heartbeat to another one") from None
+        finally:
+            self._streams.discard(task)
+
+    async def _renew(
+        self,
+        request: registry_pb2.HeartbeatRequest | registry_pb2.StreamHeartbeatsRequest,
+        caller: str | None,
+        lease: registry_pb2.Lease,
+    ) -> None:
+        # The one heartbeat path of both RPCs: ownership, state, load, in-memory renewal, the renewed lease.
+        await self._ready()
+        instance = await self.registry.heartbeat(request.lease_id, request.state, request.load, caller)
+        _fill_lease(lease, instance)
 
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext
@@ -291,7 +353,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DiscoverAgentsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.DiscoverAgentsResponse:
         await self._ready()
-        return discovery_response(self.registry.discover(discovery_query(request)), self._protos)
+        protos = self._basic_protos if request.view == registry_pb2.INSTANCE_VIEW_BASIC else self._protos
+        return discovery_response(self.registry.discover(discovery_query(request)), protos)
 
     async def WatchAgents(
         self, request: registry_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
@@ -13,7 +14,8 @@ from agentmesh._errors import NotFoundError
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc, registry_pb2
+from agentmesh.security import _policy
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.registry import RegistryReplica, StartRegistry
 from tests.integration.echo_agent import EchoAgent
@@ -77,6 +79,7 @@ async def test_an_agent_registers_heartbeats_drains_and_deregisters(
 
             await eventually(renewed)
             assert runtime.registration is not None and runtime.registration.registrations == 1
+            assert runtime.registration.streaming  # renewed over one StreamHeartbeats stream, not unary calls
 
             # Stop while a call is in flight: the registry hears DRAINING until the call finishes.
             async with create_channel(runtime.address, agent_settings, kind="service", name="planner") as channel:
@@ -180,3 +183,80 @@ def registry_settings(settings: Settings) -> Settings:
 
     return settings.replace(**FAST_REGISTRY)
 
+
+
+async def lease_kept_alive(ops: RegistryClient) -> None:
+    """The echo agent's lease is renewed well past its TTL (its expiry moves on by more than two TTLs)."""
+    first = await instance_of(ops)
+    assert first is not None
+    first_expiry = first.lease_expire_time.ToNanoseconds()
+
+    async def renewed() -> bool:
+        current = await instance_of(ops)
+        return current is not None and current.lease_expire_time.ToNanoseconds() > first_expiry + 2 * LEASE_TTL * 1e9
+
+    await eventually(renewed)
+
+
+@pytest.mark.parametrize("refusal", ["unimplemented", "policy"])
+async def test_an_agent_falls_back_to_unary_heartbeats_when_the_registry_has_no_stream(
+    start_registry: StartRegistry,
+    migrated_database_url: str,
+    agent_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    refusal: str,
+) -> None:
+    overrides = {}
+    if refusal == "unimplemented":  # a registry built before StreamHeartbeats existed
+        from agentmesh.services.registry.servicer import RegistryServicer
+
+        monkeypatch.setattr(
+            RegistryServicer, "StreamHeartbeats", registry_pb2_grpc.RegistryServiceServicer.StreamHeartbeats
+        )
+    else:  # an operator's authorization policy written before StreamHeartbeats existed
+        policy = (Path(_policy.__file__).parent / "default_policy.yaml").read_text()
+        older = tmp_path / "policy.yaml"
+        older.write_text(policy.replace("      - /agentmesh.v1.RegistryService/StreamHeartbeats\n", ""))
+        overrides["authz_policy_file"] = str(older)
+    registry = await start_registry(migrated_database_url, **overrides)
+    async with AgentRuntime(EchoAgent(agent_settings), port=0, registry_address=registry.address) as runtime, registry.client("client", "ops") as ops:
+        registration = runtime.registration
+        assert registration is not None
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        await lease_kept_alive(ops)
+        assert not registration.streaming and registration.registrations == 1
+
+
+async def test_a_broken_heartbeat_stream_is_reopened(
+    start_registry: StartRegistry, migrated_database_url: str, agent_settings: Settings
+) -> None:
+    from agentmesh.services.registry import build_server
+
+    registry = await start_registry(migrated_database_url)
+    port = registry.server.port
+    async with AgentRuntime(EchoAgent(agent_settings), port=0, registry_address=registry.address) as runtime:
+        registration = runtime.registration
+        assert registration is not None
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        await registry.server.stop(grace=0)  # the stream breaks under the agent
+
+        async def failed() -> bool:
+            return registration.failures >= 1
+
+        await eventually(failed)
+        server = build_server(registry.settings, port=port, database_url=migrated_database_url)
+        await server.start()
+        try:
+            async with registry.client("client", "ops") as ops:
+                async def serving_again() -> bool:
+                    return await instance_of(ops) is not None
+
+                await eventually(serving_again, within=15)
+                await lease_kept_alive(ops)
+            assert registration.streaming and registration.failures == 0
+        finally:
+            await runtime.stop(grace=1)
+            await server.stop(grace=0.5)

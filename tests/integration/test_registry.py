@@ -322,3 +322,43 @@ async def test_watch_streams_a_snapshot_then_changes_and_resumes(registry: Regis
         assert [e.revision for e in replay] == [registered.revision, gone.revision]
         assert [e.type for e in replay] == [registered.type, gone.type]
         await resumed.aclose()
+
+
+async def test_the_basic_view_answers_the_same_candidates_with_lighter_cards(
+    registry: RegistryReplica,
+) -> None:
+    async with registry.client("agent", "refunds") as agent:
+        card = make_card("refunds", skills=("refund_order", "track_order"), policies=("pii:allowed",))
+        card.skills[0].tags.append("money")
+        await agent.register(card)
+    async with registry.client("client", "ops") as ops:
+        query = {
+            "intent": "refund a damaged order",
+            "required_policies": ["pii:allowed"],
+            "routing_key": "t-1",
+        }
+        full = await ops.discover(**query)
+        assert full == await ops.discover(**query, view=registry_pb2.INSTANCE_VIEW_FULL)
+        basic = await ops.discover(**query, view=registry_pb2.INSTANCE_VIEW_BASIC)
+        assert [(c.score, list(c.reasons), c.matched_skill) for c in basic.candidates] == [
+            (c.score, list(c.reasons), c.matched_skill) for c in full.candidates
+        ]
+        got, whole = basic.candidates[0].instance, full.candidates[0].instance
+        assert whole.card.description and whole.card.skills[0].input_schema.fields
+        assert got.instance_id == whole.instance_id and got.card.endpoint == whole.card.endpoint
+        assert (got.card.name, got.card.version, got.card.spiffe_id) == (
+            whole.card.name,
+            whole.card.version,
+            whole.card.spiffe_id,
+        )
+        assert [s.name for s in got.card.skills] == ["refund_order", "track_order"]
+        assert list(got.card.skills[0].tags) == ["money"]
+        assert not got.card.description
+        assert not any(
+            s.description or s.HasField("input_schema") or s.HasField("output_schema")
+            for s in got.card.skills
+        )
+        assert got.card.ByteSize() < whole.card.ByteSize() / 2
+        with pytest.raises(InvalidArgumentError) as refused:
+            await ops.discover(view=7)
+        assert refused.value.field == "view"
