@@ -481,6 +481,10 @@ def _process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Stream phase -> (which opened streams, whether every heartbeat waits for its answer).
+_STREAM_PHASES = {"hs": ("hs", True), "hx": ("hx", True), "hu": ("hs", False), "hy": ("hx", False)}
+
+
 async def _heartbeat_client(
     home: Path, port: int, index: int, leases: int, inflight: int, streams: int
 ) -> None:
@@ -489,7 +493,9 @@ async def _heartbeat_client(
     Phases: ``hb SECONDS`` (unary Heartbeat, round robin over the leases) and ``hc SECONDS`` (Health/Check on
     the same connection), ``inflight`` calls at a time; ``hs SECONDS`` (heartbeats over ``streams`` open
     ``StreamHeartbeats`` streams, stream k renewing lease k mod ``leases``, one heartbeat in flight per stream)
-    and ``hx SECONDS`` (the same with each stream on its own connection);
+    and ``hx SECONDS`` (the same with each stream on its own connection); ``hu`` / ``hy`` the same two without
+    waiting for answers (``renew``: a routine heartbeat is one message), each stream closing the phase with one
+    answered heartbeat so that every renewal sent was applied before the phase's clock and CPU stop;
     each prints one JSON line (calls, errors, seconds, client CPU). ``quit`` deregisters every lease (a lease
     that expired would fail here) and exits.
     """
@@ -552,19 +558,26 @@ async def _heartbeat_client(
                 except Exception:
                     errors += 1
 
-        async def streamer(k: int, kind: str = command[0], stop_at: float = stop_at) -> None:
+        async def streamer(k: int, phase: str = command[0], stop_at: float = stop_at) -> None:
             nonlocal done, errors
+            kind, answered = _STREAM_PHASES[phase]
             lease = lease_ids[k % len(lease_ids)]
-            while time.monotonic() < stop_at:
+            while True:
+                last = time.monotonic() >= stop_at
                 try:
-                    await opened[kind][k].heartbeat(lease, load=0.2, deadline=10)
+                    if answered or last:  # the last one is answered: everything sent before it was applied
+                        await opened[kind][k].heartbeat(lease, load=0.2, deadline=10)
+                    else:
+                        await opened[kind][k].renew(lease, load=0.2, deadline=10)
                     done += 1
                 except Exception:
                     errors += 1
                     opened[kind][k] = (client if kind == "hs" else own[k]).heartbeat_stream()
+                if last:
+                    break
 
         cpu, t0 = time.process_time(), time.monotonic()
-        if command[0] in opened:
+        if command[0] in _STREAM_PHASES:
             await asyncio.gather(*(streamer(k) for k in range(streams)))
         else:
             await asyncio.gather(*(worker() for _ in range(inflight)))
@@ -622,7 +635,7 @@ async def heartbeat_load(
         if any(line.strip() != "ready" for line in await each_line()):
             raise RuntimeError("a heartbeat client failed to start")
         rows = {}
-        for phase in ("hb", "hs", "hx", "hc"):
+        for phase in ("hb", "hs", "hx", "hu", "hy", "hc"):
             cpu, t0 = _process_cpu(server_pid), time.monotonic()
             send(f"{phase} {args.hb_seconds}")
             results = [json.loads(line) for line in await each_line()]
@@ -658,8 +671,10 @@ async def heartbeat_load(
         f"cores; leases lost (expired before deregistration): {lost}"
     )
     for phase, how in (
-        ("hs", "sharing one connection per client process"),
-        ("hx", "each on its own connection"),
+        ("hs", "sharing one connection per client process, each heartbeat answered"),
+        ("hx", "each on its own connection, each heartbeat answered"),
+        ("hu", "sharing one connection per client process, routine heartbeats unanswered"),
+        ("hy", "each on its own connection, routine heartbeats unanswered"),
     ):
         hs, hs_err, hs_s, hs_cpu, hs_client_cpu = rows[phase]
         report.append(

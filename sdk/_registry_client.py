@@ -36,16 +36,20 @@ def _duration(seconds: float) -> duration_pb2.Duration:
 
 
 class HeartbeatStream:
-    """Heartbeats on one open ``StreamHeartbeats`` call, answered one at a time, in order.
+    """Heartbeats on one open ``StreamHeartbeats`` call.
 
-    The registry checks the caller once per stream and ends the stream at the first heartbeat that fails,
-    with the status the unary ``Heartbeat`` would have returned: :meth:`heartbeat` raises that error (e.g.
-    ``NotFoundError``: register again) and the stream is then :attr:`closed`; open a new one to go on. A
-    registry without the RPC raises ``UnimplementedError`` (use :meth:`RegistryClient.heartbeat` instead).
+    :meth:`heartbeat` waits for the renewed lease; :meth:`renew` only sends (one message, the routine
+    case). The registry checks the caller once per stream and ends the stream at the first heartbeat that
+    fails, with the status the unary ``Heartbeat`` would have returned: the next :meth:`heartbeat` or
+    :meth:`renew` raises that error (e.g. ``NotFoundError``: register again), :meth:`wait_ended` returns as
+    soon as it happens, and the stream is then :attr:`closed`; open a new one to go on. A registry without
+    the RPC raises ``UnimplementedError`` (use :meth:`RegistryClient.heartbeat` instead).
     """
 
     def __init__(self, call: Any) -> None:
         self._call = call
+        self._ended = asyncio.Event()
+        call.add_done_callback(lambda _: self._ended.set())
         self.closed = False
 
     async def heartbeat(
@@ -56,15 +60,42 @@ class HeartbeatStream:
         load: float = 0.0,
         deadline: float | None = None,
     ) -> registry_pb2.Lease:
-        """Renew a lease over the stream, reporting state and load; the renewed lease."""
+        """Renew a lease over the stream, reporting state and load, and wait for the renewed lease."""
+        reply = await self._send(lease_id, state, load, deadline, acknowledge=True)
+        assert reply is not None
+        return reply.lease  # type: ignore[no-any-return]
+
+    async def renew(
+        self,
+        lease_id: str,
+        *,
+        state: int = agent_pb2.SERVING_STATE_SERVING,
+        load: float = 0.0,
+        deadline: float | None = None,
+    ) -> None:
+        """Renew a lease over the stream without waiting for an answer; a failure ends the stream (see above)."""
+        await self._send(lease_id, state, load, deadline, acknowledge=False)
+
+    async def wait_ended(self) -> None:
+        """Return once the stream has ended (the registry refused a heartbeat, stopped, or the stream broke)."""
+        await self._ended.wait()
+
+    async def _send(
+        self, lease_id: str, state: int, load: float, deadline: float | None, *, acknowledge: bool
+    ) -> registry_pb2.StreamHeartbeatsResponse | None:
         if self.closed:
             raise UnavailableError("this heartbeat stream is closed; open a new one")
-        request = registry_pb2.StreamHeartbeatsRequest(lease_id=lease_id, state=state, load=load)  # type: ignore[arg-type]
+        request = registry_pb2.StreamHeartbeatsRequest(
+            lease_id=lease_id, state=state, load=load, acknowledge=acknowledge  # type: ignore[arg-type]
+        )
         try:
             async with asyncio.timeout(deadline):
-                with contextlib.suppress(asyncio.InvalidStateError):  # the registry already ended the stream:
-                    await self._call.write(request)
-                reply = await self._call.read()  # then this raises the status it ended with
+                if not self._call.done():
+                    with contextlib.suppress(asyncio.InvalidStateError):  # the registry already ended the stream:
+                        await self._call.write(request)
+                    if not acknowledge and not self._call.done():
+                        return None  # sent: if it fails, the stream ends and the next call raises why
+                reply = await self._call.read()  # the answer, or (ended) the status the stream ended with
         except grpc.RpcError as exc:
             self._abandon()
             raise from_rpc_error(exc) from None
@@ -77,7 +108,7 @@ class HeartbeatStream:
         if reply is grpc.aio.EOF:  # type: ignore[attr-defined]  # grpc-stubs lag aio
             self._abandon()
             raise UnavailableError("the registry ended the heartbeat stream; open a new one")
-        return reply.lease  # type: ignore[no-any-return]
+        return reply  # type: ignore[no-any-return]
 
     def _abandon(self) -> None:
         self.closed = True

@@ -6,8 +6,10 @@ the lease (``NOT_FOUND``: it expired or the registry lost it), and on stop repor
 deregister. Nothing here ever crashes the agent: a registry outage only delays (re)registration.
 
 Heartbeats go over one long-lived ``StreamHeartbeats`` stream (a message on an open stream costs the
-registry a fraction of a unary call); a broken stream is reopened at the next heartbeat, after the same
-backoff as any failure. A registry that does not serve the stream (``UNIMPLEMENTED``, or an authorization
+registry a fraction of a unary call). Routine renewals are sent unanswered (one message each); the first
+heartbeat of a stream and every state change wait for the renewed lease. A stream the registry ends (a
+refused heartbeat, a stopping replica) wakes the loop at once, which reacts as to a failed unary call; a
+broken stream is reopened at the next heartbeat, after the same backoff as any failure. A registry that does not serve the stream (``UNIMPLEMENTED``, or an authorization
 policy that predates it) gets unary ``Heartbeat`` calls instead.
 """
 
@@ -64,6 +66,7 @@ class Registration:
         self._client: RegistryClient | None = None
         self._stream: HeartbeatStream | None = None
         self.streaming = True  # heartbeats over StreamHeartbeats; False once the registry turned it down
+        self._reported = agent_pb2.SERVING_STATE_UNSPECIFIED  # state the registry acknowledged on this stream
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.lease_id = ""
@@ -143,7 +146,17 @@ class Registration:
                 await self._back_off(logging.ERROR, type(exc).__name__)
                 continue
             self.failures = 0
-            await asyncio.sleep(self._lease_ttl / 3)
+            await self._pause(self._lease_ttl / 3)
+
+    async def _pause(self, seconds: float) -> None:
+        # Until the next heartbeat, or until the registry ends the stream (the next heartbeat then says why).
+        stream = self._stream
+        if not self.streaming or stream is None or stream.closed:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stream.wait_ended()
 
     async def _back_off(self, level: int, problem: str) -> None:
         self.failures += 1
@@ -169,7 +182,12 @@ class Registration:
         if self.streaming:
             if self._stream is None or self._stream.closed:
                 self._stream = self._client.heartbeat_stream()
+                self._reported = agent_pb2.SERVING_STATE_UNSPECIFIED
+            routine = state == self._reported == agent_pb2.SERVING_STATE_SERVING
             try:
+                if routine:
+                    await self._stream.renew(self.lease_id, state=state, load=self._load(), deadline=self._deadline())
+                    return
                 lease = await self._stream.heartbeat(
                     self.lease_id, state=state, load=self._load(), deadline=self._deadline()
                 )
@@ -180,6 +198,7 @@ class Registration:
                             self._address, exc.code.name)
                 self.streaming = False
             else:
+                self._reported = state
                 self._adopt_ttl(lease)
                 return
         lease = await self._client.heartbeat(self.lease_id, state=state, load=self._load(), deadline=self._deadline())

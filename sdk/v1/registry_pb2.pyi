@@ -299,22 +299,29 @@ class StreamHeartbeatsRequest(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGE_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     """Lease to renew; it must be held by the caller of the stream."""
     state: _agent_pb2.ServingState.ValueType
     """Current state of the instance."""
     load: _builtins.float
     """Current load in [0, 1]."""
+    acknowledge: _builtins.bool
+    """Answer this heartbeat with the renewed lease. Ask on the first heartbeat of a stream (it proves the
+    stream works and returns the granted TTL) and when the answer matters, e.g. before deregistering after
+    DRAINING; a failure ends the stream whether or not it was asked for.
+    """
     def __init__(
         self,
         *,
         lease_id: _builtins.str = ...,
         state: _agent_pb2.ServingState.ValueType = ...,
         load: _builtins.float = ...,
+        acknowledge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "load", b"load", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledge", b"acknowledge", "lease_id", b"lease_id", "load", b"load", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -322,7 +329,7 @@ Global___StreamHeartbeatsRequest: _TypeAlias = StreamHeartbeatsRequest  # noqa: 
 
 @_typing.final
 class StreamHeartbeatsResponse(_message.Message):
-    """StreamHeartbeatsResponse answers one heartbeat of the stream."""
+    """StreamHeartbeatsResponse answers one heartbeat of the stream that asked for it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -111,12 +111,13 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamHeartbeats(self, request_iterator, context):
-        """StreamHeartbeats renews leases over one long-lived stream, one answer per heartbeat in the order sent:
-        the cheap way to heartbeat (a message on an open stream instead of a whole call). The caller's identity
-        is checked once per stream and every lease on it must be held by that identity. A heartbeat that fails
-        ends the stream with the status the unary Heartbeat would have returned (NOT_FOUND: the lease is unknown
-        or expired, register again and open a new stream; PERMISSION_DENIED: the lease is not the caller's);
-        every heartbeat answered before it was applied.
+        """StreamHeartbeats renews leases over one long-lived stream: the cheap way to heartbeat (a message on an
+        open stream instead of a whole call). Heartbeats are applied in the order sent; the ones that ask for
+        it (`acknowledge`) are answered with the renewed lease, in order, and the others get no answer, so a
+        routine renewal is a single message. The caller's identity is checked once per stream and every lease
+        on it must be held by that identity. A heartbeat that fails ends the stream with the status the unary
+        Heartbeat would have returned (NOT_FOUND: the lease is unknown or expired, register again and open a
+        new stream; PERMISSION_DENIED: the lease is not the caller's); every heartbeat before it was applied.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

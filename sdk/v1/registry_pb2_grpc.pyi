@@ -38,12 +38,13 @@ class RegistryServiceStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]
     """Heartbeat renews a lease and reports the instance's state and load."""
     StreamHeartbeats: _grpc.StreamStreamMultiCallable[_registry_pb2.StreamHeartbeatsRequest, _registry_pb2.StreamHeartbeatsResponse]
-    """StreamHeartbeats renews leases over one long-lived stream, one answer per heartbeat in the order sent:
-    the cheap way to heartbeat (a message on an open stream instead of a whole call). The caller's identity
-    is checked once per stream and every lease on it must be held by that identity. A heartbeat that fails
-    ends the stream with the status the unary Heartbeat would have returned (NOT_FOUND: the lease is unknown
-    or expired, register again and open a new stream; PERMISSION_DENIED: the lease is not the caller's);
-    every heartbeat answered before it was applied.
+    """StreamHeartbeats renews leases over one long-lived stream: the cheap way to heartbeat (a message on an
+    open stream instead of a whole call). Heartbeats are applied in the order sent; the ones that ask for
+    it (`acknowledge`) are answered with the renewed lease, in order, and the others get no answer, so a
+    routine renewal is a single message. The caller's identity is checked once per stream and every lease
+    on it must be held by that identity. A heartbeat that fails ends the stream with the status the unary
+    Heartbeat would have returned (NOT_FOUND: the lease is unknown or expired, register again and open a
+    new stream; PERMISSION_DENIED: the lease is not the caller's); every heartbeat before it was applied.
     """
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]
     """DeregisterAgent removes an instance at once."""
@@ -72,12 +73,13 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_registry_pb2.HeartbeatRequest, _registry_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Heartbeat renews a lease and reports the instance's state and load."""
     StreamHeartbeats: _aio.StreamStreamMultiCallable[_registry_pb2.StreamHeartbeatsRequest, _registry_pb2.StreamHeartbeatsResponse]  # type: ignore[assignment]
-    """StreamHeartbeats renews leases over one long-lived stream, one answer per heartbeat in the order sent:
-    the cheap way to heartbeat (a message on an open stream instead of a whole call). The caller's identity
-    is checked once per stream and every lease on it must be held by that identity. A heartbeat that fails
-    ends the stream with the status the unary Heartbeat would have returned (NOT_FOUND: the lease is unknown
-    or expired, register again and open a new stream; PERMISSION_DENIED: the lease is not the caller's);
-    every heartbeat answered before it was applied.
+    """StreamHeartbeats renews leases over one long-lived stream: the cheap way to heartbeat (a message on an
+    open stream instead of a whole call). Heartbeats are applied in the order sent; the ones that ask for
+    it (`acknowledge`) are answered with the renewed lease, in order, and the others get no answer, so a
+    routine renewal is a single message. The caller's identity is checked once per stream and every lease
+    on it must be held by that identity. A heartbeat that fails ends the stream with the status the unary
+    Heartbeat would have returned (NOT_FOUND: the lease is unknown or expired, register again and open a
+    new stream; PERMISSION_DENIED: the lease is not the caller's); every heartbeat before it was applied.
     """
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeregisterAgentRequest, _registry_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
     """DeregisterAgent removes an instance at once."""
@@ -121,12 +123,13 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_registry_pb2.StreamHeartbeatsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.StreamHeartbeatsResponse], _abc.AsyncIterator[_registry_pb2.StreamHeartbeatsResponse]]:
-        """StreamHeartbeats renews leases over one long-lived stream, one answer per heartbeat in the order sent:
-        the cheap way to heartbeat (a message on an open stream instead of a whole call). The caller's identity
-        is checked once per stream and every lease on it must be held by that identity. A heartbeat that fails
-        ends the stream with the status the unary Heartbeat would have returned (NOT_FOUND: the lease is unknown
-        or expired, register again and open a new stream; PERMISSION_DENIED: the lease is not the caller's);
-        every heartbeat answered before it was applied.
+        """StreamHeartbeats renews leases over one long-lived stream: the cheap way to heartbeat (a message on an
+        open stream instead of a whole call). Heartbeats are applied in the order sent; the ones that ask for
+        it (`acknowledge`) are answered with the renewed lease, in order, and the others get no answer, so a
+        routine renewal is a single message. The caller's identity is checked once per stream and every lease
+        on it must be held by that identity. A heartbeat that fails ends the stream with the status the unary
+        Heartbeat would have returned (NOT_FOUND: the lease is unknown or expired, register again and open a
+        new stream; PERMISSION_DENIED: the lease is not the caller's); every heartbeat before it was applied.
         """
 
     @_abc_1.abstractmethod

@@ -289,6 +289,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 raise asyncio.CancelledError  # opened while stopping: refused like the streams already ended
             async for request in requests:
                 # A failed heartbeat raises: the stream ends with the status the unary Heartbeat would return.
+                if not request.acknowledge:  # a routine renewal: no answer, so one message per heartbeat
+                    await self._renew(request, caller, None)
+                    continue
                 response = registry_pb2.StreamHeartbeatsResponse()
                 await self._renew(request, caller, response.lease)
                 yield response
@@ -303,12 +306,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self,
         request: registry_pb2.HeartbeatRequest | registry_pb2.StreamHeartbeatsRequest,
         caller: str | None,
-        lease: registry_pb2.Lease,
+        lease: registry_pb2.Lease | None,
     ) -> None:
         # The one heartbeat path of both RPCs: ownership, state, load, in-memory renewal, the renewed lease.
         await self._ready()
         instance = await self.registry.heartbeat(request.lease_id, request.state, request.load, caller)
-        _fill_lease(lease, instance)
+        if lease is not None:
+            _fill_lease(lease, instance)
 
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext

@@ -45,6 +45,34 @@ async def test_stream_heartbeats_keep_leases_alive_past_their_ttl(registry: Regi
         await eventually(gone, 3.0, "expiry once the stream stopped")
 
 
+async def test_unanswered_renewals_keep_a_lease_alive_and_a_refused_one_ends_the_stream(
+    registry: RegistryReplica,
+) -> None:
+    async with registry.client("agent", "triage") as agent, registry.client("client", "ops") as ops:
+        lease = (await agent.register(make_card("triage"), lease_ttl=0.5)).lease
+        stream = agent.heartbeat_stream()
+        ends = time.monotonic() + 1.5
+        while time.monotonic() < ends:  # three TTLs kept alive by single messages nobody answers
+            await stream.renew(lease.lease_id, load=0.3)
+            await asyncio.sleep(0.1)
+        assert await discoverable(ops, "triage")
+        # An answered heartbeat after them sees the renewals applied in order (the load they carried).
+        renewed = await stream.heartbeat(lease.lease_id, load=0.3)
+        # Its own answer, not a queued answer to an earlier renewal (those would have expired a second ago).
+        assert renewed.expire_time.ToNanoseconds() > time.time_ns() + 300_000_000
+        assert (await ops.get_agent("support", "triage")).instances[0].load == pytest.approx(0.3)
+
+        # A renewal the registry refuses ends the stream at once, though nobody waited for its answer:
+        # the agent wakes up (wait_ended) and its next heartbeat raises why.
+        await agent.deregister(lease.lease_id)
+        await stream.renew(lease.lease_id)
+        async with asyncio.timeout(5):
+            await stream.wait_ended()
+        with pytest.raises(NotFoundError, match="register again"):
+            await stream.renew(lease.lease_id)
+        assert stream.closed
+
+
 async def test_a_stream_carrying_someone_elses_lease_is_refused(registry: RegistryReplica) -> None:
     async with registry.client("agent", "triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
