@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -241,14 +242,31 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self._closing = False
 
     def end_streams(self) -> None:
-        """End every heartbeat stream with UNAVAILABLE and refuse new ones (the replica is stopping).
+        """End every heartbeat and watch stream with UNAVAILABLE and refuse new ones (the replica is stopping).
 
-        A heartbeat stream never ends by itself: without this a stopping replica would wait for its whole
-        shutdown grace, and its agents would learn only then that they should heartbeat elsewhere.
+        These streams never end by themselves: without this a stopping replica would wait for its whole
+        shutdown grace, and its agents and watchers would learn only then that they should go elsewhere.
         """
         self._closing = True
         for task in self._streams:
             task.cancel()
+
+    @contextlib.contextmanager
+    def _open_stream(self, advice: str) -> Iterator[None]:
+        # Tracks a long-lived stream so that end_streams() can end it; its cancellation then reads UNAVAILABLE.
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            if self._closing:
+                raise asyncio.CancelledError  # opened while stopping: refused like the streams already ended
+            yield
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise  # the caller went away
+            raise UnavailableError(f"this registry replica is stopping; {advice}") from None
+        finally:
+            self._streams.discard(task)
 
     async def _ready(self) -> None:
         if not await self.registry.ready():
@@ -281,12 +299,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[registry_pb2.StreamHeartbeatsResponse]:
         await self._ready()
         caller = _caller()  # verified once for the whole stream by the server's interceptor
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        try:
-            if self._closing:
-                raise asyncio.CancelledError  # opened while stopping: refused like the streams already ended
+        with self._open_stream("heartbeat to another one"):
             async for request in requests:
                 # A failed heartbeat raises: the stream ends with the status the unary Heartbeat would return.
                 if not request.acknowledge:  # a routine renewal: no answer, so one message per heartbeat
@@ -295,12 +308,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 response = registry_pb2.StreamHeartbeatsResponse()
                 await self._renew(request, caller, response.lease)
                 yield response
-        except asyncio.CancelledError:
-            if not self._closing:
-                raise  # the caller went away
-            raise UnavailableError("this registry replica is stopping; heartbeat to another one") from None
-        finally:
-            self._streams.discard(task)
 
     async def _renew(
         self,
@@ -366,8 +373,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._ready()
         if request.since_revision < 0:
             raise InvalidArgumentError("since_revision must not be negative", field="since_revision")
-        async for event in self.registry.watch(request.since_revision, request.namespace):
-            yield _watch_response(event)
+        with self._open_stream("watch again from your last revision on another one"):
+            async for event in self.registry.watch(request.since_revision, request.namespace):
+                yield _watch_response(event)
 
     async def SetRoutingPolicy(
         self, request: registry_pb2.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext

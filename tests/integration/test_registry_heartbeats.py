@@ -1,4 +1,4 @@
-"""Heartbeats over one long-lived ``StreamHeartbeats`` stream, over mTLS on SQLite and PostgreSQL."""
+"""Long-lived registry streams (heartbeats, watch) over mTLS on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -136,3 +136,17 @@ async def test_a_stopping_replica_ends_heartbeat_streams_at_once(registry: Regis
         assert time.monotonic() - started < 5  # not held for the whole grace by the open stream
         with pytest.raises(UnavailableError, match="stopping"):
             await stream.heartbeat(lease.lease_id)
+
+
+async def test_a_stopping_replica_ends_watch_streams_at_once(registry: RegistryReplica) -> None:
+    async with registry.client("client", "ops") as ops:
+        events = ops.watch()
+        first = await anext(events)  # the snapshot has begun: the stream is open
+        assert first.revision >= 0
+        started = time.monotonic()
+        await registry.server.stop(grace=10)
+        assert time.monotonic() - started < 5  # not held for the whole grace by the open watch
+        with pytest.raises(UnavailableError, match="watch again from your last revision"):
+            async with asyncio.timeout(5):
+                async for _ in events:
+                    pass
