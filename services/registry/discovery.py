@@ -462,7 +462,8 @@ class AgentIndex:
         """Free text and nothing else: rank every live card without materialising every match.
 
         A strided sample of the scores gives a threshold that at least ``4 * max_results`` cards reach, so only
-        cards at or above it are sorted; exact, because a card below it cannot be in the top.
+        cards at or above it are sorted; exact, because a card below it cannot be in the top. A routed agent's
+        other versions are scored from the whole array, whether or not they reach the threshold.
         """
         size = len(relevance)
         ranked = np.multiply(
@@ -491,7 +492,8 @@ class AgentIndex:
                     break
         if candidates is None or len(candidates) < wanted:
             candidates = np.flatnonzero(positive)
-        answer = self._route(query, candidates, ranked[candidates], relevance, terms, policies)
+        # ranked is relevance times boost (in place): reasons show ranked / boost, siblings are read from it.
+        answer = self._route(query, candidates, ranked[candidates], ranked, terms, policies, self._boost)
         return DiscoveryResult(answer, visible_count, matched_count)
 
     def _required_masks(self, policies: Iterable[str]) -> dict[int, np.uint64 | None]:
@@ -513,8 +515,13 @@ class AgentIndex:
         relevance: npt.NDArray[np.float32] | None,
         terms: list[str],
         policies: Mapping[str, RoutePolicy],
+        boost: npt.NDArray[np.float32] | None = None,
     ) -> list[Candidate]:
-        """One candidate per agent: best slots first, each agent routed among its matching versions."""
+        """One candidate per agent: best slots first, each agent routed among its matching versions.
+
+        With ``boost``, ``relevance`` is every slot's ranked score (BM25 times ``boost``, 0 when not matched):
+        a routed agent's versions are read from it, below the candidates' threshold too.
+        """
         wanted = query.max_results
         total = len(candidates)
         dense: npt.NDArray[np.float32] | None = None  # score per slot, NaN when not matched; built on demand
@@ -542,17 +549,31 @@ class AgentIndex:
                 if len(family) == 1 and key not in policies:
                     answer.append(
                         self._candidate(
-                            query, key, slot, score, None, None, relevance, terms, policies, fixed
+                            query, key, slot, score, None, None, relevance, boost, terms, policies, fixed
                         )
                     )
                 else:
-                    if dense is None:
-                        dense = np.full(len(self._slots), np.nan, dtype=np.float32)
-                        dense[candidates] = scores
-                    siblings = [s for s in family if not np.isnan(dense[s])]
+                    if boost is not None and relevance is not None:
+                        dense = relevance
+                        siblings = [s for s in family if dense[s] > 0]
+                    else:
+                        if dense is None:
+                            dense = np.full(len(self._slots), np.nan, dtype=np.float32)
+                            dense[candidates] = scores
+                        siblings = [s for s in family if not np.isnan(dense[s])]
                     answer.append(
                         self._candidate(
-                            query, key, slot, score, siblings, score_of, relevance, terms, policies, fixed
+                            query,
+                            key,
+                            slot,
+                            score,
+                            siblings,
+                            score_of,
+                            relevance,
+                            boost,
+                            terms,
+                            policies,
+                            fixed,
                         )
                     )
                 if len(answer) == wanted:
@@ -572,6 +593,7 @@ class AgentIndex:
         siblings: list[int] | None,
         score_of: Callable[[int], float] | None,
         relevance: npt.NDArray[np.float32] | None,
+        boost: npt.NDArray[np.float32] | None,
         terms: list[str],
         policies: Mapping[str, RoutePolicy],
         fixed: tuple[str, ...],
@@ -593,7 +615,9 @@ class AgentIndex:
         matched_skill = query.skill
         if terms and relevance is not None:
             hit = self._text.matched(slot, terms)
-            reasons.append(f"intent matched: {', '.join(hit)} (relevance {float(relevance[slot]):.2f})")
+            # BM25 itself: when relevance holds the ranked scores, divided by the boost they were made with.
+            value = relevance[slot] if boost is None else relevance[slot] / boost[slot]
+            reasons.append(f"intent matched: {', '.join(hit)} (relevance {float(value):.2f})")
             if not matched_skill:
                 matched_skill = _best_skill(self._skill_words[slot], hit)
         instance = self._pick_instance(record, query.routing_key)
