@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_registry.py [--agents 100000] [--queries 2000] [--heartbeat-seconds 40]
         [--hb-clients 4] [--hb-leases 50] [--hb-inflight 64] [--hb-streams 50] [--hb-seconds 10]
+        [--discovery-only]
 
 Stages, all in one run against one throwaway PostgreSQL 15 (started like the test fixture, by importing
 ``tests.fixtures.postgres``):
@@ -157,6 +158,10 @@ async def in_service(
         f"| Q2 with a never-seen pattern (first use; memoised after) | {_ms(statistics.median(cold))} | {_ms(max(cold))} | |"
     )
 
+    if args.discovery_only:
+        await registry.stop()
+        await engine.dispose()
+        return None
     # Heartbeats: every agent every 10 s (TTL 15 s), paced, while the replica flushes and sweeps. The loaded
     # leases are set to expire 20 s from now: without working renewals they would all expire mid-run.
     import sqlalchemy as sa
@@ -393,6 +398,10 @@ async def over_mtls(
             mean = statistics.fmean(took)
             report.append(f"| {label} | {_ms(mean)} | {_ms(inside)} | {_ms(mean - inside)} |")
 
+        if args.discovery_only:
+            for channel in channels:
+                await channel.close()
+            return
         # Heartbeats over mTLS at 64 in flight vs Health/Check at 64 in flight, same connection.
         agent_card = next(cards(1, seed=99))
         agent_card.name, agent_card.namespace = "bench-agent", "bench"
@@ -699,6 +708,11 @@ def main() -> int:
     parser.add_argument("--heartbeat-seconds", type=float, default=40.0)
     parser.add_argument("--propagation-rounds", type=int, default=30)
     parser.add_argument("--skip-mtls", action="store_true")
+    parser.add_argument(
+        "--discovery-only",
+        action="store_true",
+        help="discovery stages only: no heartbeat stages, no change propagation",
+    )
     parser.add_argument("--hb-clients", type=int, default=4, help="heartbeat client processes (0: skip)")
     parser.add_argument("--hb-leases", type=int, default=50, help="leases per heartbeat client")
     parser.add_argument("--hb-inflight", type=int, default=64, help="unary heartbeats in flight per client")

@@ -10,7 +10,14 @@ from packaging.version import Version
 
 from agentmesh.v1 import agent_pb2
 
-__all__ = ["Candidate", "DiscoveryQuery", "DiscoveryResult", "InstanceRecord", "VersionRecord"]
+__all__ = [
+    "Candidate",
+    "DiscoveryQuery",
+    "DiscoveryResult",
+    "InstanceRecord",
+    "VersionRecord",
+    "basic_card",
+]
 
 SERVING = agent_pb2.SERVING_STATE_SERVING
 
@@ -41,11 +48,26 @@ class VersionRecord:
     card_hash: str
     slot: int = -1
     instances: dict[str, InstanceRecord] = field(default_factory=dict)
+    # The card's BASIC view (see ``basic_card``), serialized; set when the discovery index takes the version.
+    basic_card: bytes | None = None
 
     @property
     def key(self) -> str:
         """``namespace/name``, what visibility patterns match."""
         return f"{self.card.namespace}/{self.card.name}"
+
+
+def basic_card(card: agent_pb2.AgentCard) -> agent_pb2.AgentCard:
+    """The BASIC view of ``card`` (``INSTANCE_VIEW_BASIC``): what a caller needs to pick and call an agent, not
+    to document it: no description, no skill descriptions or schemas."""
+    basic = agent_pb2.AgentCard()
+    basic.CopyFrom(card)
+    basic.ClearField("description")
+    for skill in basic.skills:
+        skill.ClearField("description")
+        skill.ClearField("input_schema")
+        skill.ClearField("output_schema")
+    return basic
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,7 @@ class DiscoveryQuery:
         return bool(self.names or self.patterns)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
     """One ranked answer: the instance to call, its card, a score and the reasons."""
 

@@ -65,8 +65,11 @@ DENSE_FRACTION = 50
 DENSE_MIN = 512
 # Terms in fewer documents are cheap to materialise on first use (names, ids), so prepare() skips them.
 PREPARED_MIN = 8
-# Dense terms whose idf-scaled weights are kept between queries (one float per slot each: ~51 MB at 100k).
-SCALED_TERMS = 128
+# Dense terms whose idf-scaled weights are kept between queries (one float per slot each: ~0.4 MB per term at
+# 100k slots; the synthetic 100k-card index has 309 dense terms, ~124 MB if all are kept). Each one not kept costs
+# a query a multiply pass over every slot (~30 µs of a free-text query's ~600 at 128 kept, measured 2026-12-03).
+# At least 2: scores() holds the newest product back while it fetches the next (which evicts the oldest).
+SCALED_TERMS = 384
 
 
 class TextIndex:
@@ -151,6 +154,33 @@ class TextIndex:
         postings_of = self._postings
         return [t for t in dict.fromkeys(terms) if slot in postings_of.get(t, ())]
 
+    def matched_each(self, slots: list[int], terms: Iterable[str]) -> list[list[str]]:
+        """``matched`` for each of ``slots``: per slot, the distinct ``terms`` its document has, in query order.
+
+        A common term's dense weights say it at once for every slot (a weight is positive exactly when the
+        document has the term), so its big postings dict is not probed once per slot.
+        """
+        out: list[list[str]] = [[] for _ in slots]
+        if not slots:
+            return out
+        top = max(slots)
+        at: npt.NDArray[np.intp] | None = None
+        for term in dict.fromkeys(terms):
+            dense = self._dense.get(term)
+            if dense is not None and top < len(dense):
+                if at is None:
+                    at = np.array(slots, dtype=np.intp)
+                flags = (dense[at] > 0).tolist()
+            else:
+                postings = self._postings.get(term)
+                if not postings:
+                    continue
+                flags = [slot in postings for slot in slots]
+            for hits, flag in zip(out, flags, strict=True):
+                if flag:
+                    hits.append(term)
+        return out
+
     def _array(self, term: str) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
         cached = self._arrays.get(term)
         if cached is not None:
@@ -229,6 +259,7 @@ class TextIndex:
         dense_from = self._dense_threshold()
         result = self._buffer(size)
         empty = True
+        first: npt.NDArray[np.float32] | None = None  # the first dense term's products, not yet added
         for term in dict.fromkeys(terms):
             postings = self._postings.get(term)
             if not postings:
@@ -237,15 +268,27 @@ class TextIndex:
             idf = np.float32(math.log(1.0 + (total - df + 0.5) / (df + 0.5)))
             if df >= dense_from or term in self._dense:
                 scaled = self._scaled_array(term, idf, size)[:size]
-                if empty:  # 0 + x == x: copying is the same sum, without clearing the buffer first
-                    np.copyto(result, scaled)
+                if empty:
+                    if first is None:  # held back: the next dense term adds it in the same pass
+                        first = scaled
+                        continue
+                    # 0 + x + y == x + y: one pass writes the sum, without copying or clearing the buffer first
+                    np.add(first, scaled, out=result)
+                    first = None
                     empty = False
                 else:
                     result += scaled
                 continue
             if empty:
-                result.fill(0.0)
+                if first is None:
+                    result.fill(0.0)
+                else:  # 0 + x == x
+                    np.copyto(result, first)
+                    first = None
                 empty = False
             slots, weight = self._array(term)
             result[slots] += weight * idf  # slots are unique within one term
+        if first is not None:  # a single dense term (and nothing else)
+            np.copyto(result, first)
+            empty = False
         return None if empty else result
