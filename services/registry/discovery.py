@@ -30,7 +30,7 @@ from agentmesh.services.registry.model import (
     basic_card,
 )
 from agentmesh.services.registry.routing import RoutePolicy, choose_version
-from agentmesh.services.registry.text import TextIndex, tokenize
+from agentmesh.services.registry.text import Bm25Plan, TextIndex, tokenize
 
 __all__ = ["AgentIndex"]
 
@@ -419,13 +419,16 @@ class AgentIndex:
             if key
         ]
         terms = tokenize(query.intent) if query.intent else []
+        if terms and not (
+            keyed or query.required_policies or query.version_constraint is not None or visible is not None
+        ):
+            plan = self._text.plan(terms, size)
+            if plan is None:
+                return DiscoveryResult([], visible_count, 0)
+            return self._rank_intent_only(query, plan, terms, visible_count, policies)
         relevance = self._text.scores(terms, size) if terms else None
         if terms and relevance is None:
             return DiscoveryResult([], visible_count, 0)
-        if relevance is not None and not (
-            keyed or query.required_policies or query.version_constraint is not None or visible is not None
-        ):
-            return self._rank_intent_only(query, relevance, terms, visible_count, policies)
 
         # Live candidates; with one key, its cached live view brings policy-mask word 0 along (no gather).
         mask0: npt.NDArray[np.uint64] | None = None
@@ -471,47 +474,30 @@ class AgentIndex:
     def _rank_intent_only(
         self,
         query: DiscoveryQuery,
-        relevance: npt.NDArray[np.float32],
+        plan: Bm25Plan,
         terms: list[str],
         visible_count: int,
         policies: Mapping[str, RoutePolicy],
     ) -> DiscoveryResult:
-        """Free text and nothing else: rank every live card without materialising every match.
+        """Free text and nothing else: rank every live card in one compiled pass over the slots.
 
-        A strided sample of the scores gives a threshold that at least ``4 * max_results`` cards reach, so only
-        cards at or above it are sorted; exact, because a card below it cannot be in the top. A routed agent's
-        other versions are scored from the whole array, whether or not they reach the threshold.
+        The pass scores each slot (BM25 times boost), counts the matches and keeps the best ``4 * max_results``
+        slots (a small heap), writing nothing of the index's size. A routed agent's other versions are scored on
+        demand. When agents repeat so much that those slots hold fewer than ``max_results`` agents, the pass runs
+        again keeping 4x as many.
         """
-        size = len(relevance)
-        ranked = np.multiply(
-            relevance, self._boost[:size], out=relevance
-        )  # in place: relevance is a scratch buffer
-        # Counting a boolean array is ~15x faster than np.count_nonzero on floats.
-        positive = ranked > 0
-        if self._multi_instance_slots:
-            matched_count = int(self._serving[:size][positive].sum())
-        else:  # one SERVING instance per live slot: counting slots is counting instances
-            matched_count = int(np.count_nonzero(positive))
-        if not matched_count:
-            return DiscoveryResult([], visible_count, 0)
+        size = len(self._slots)
+        boost = self._boost
+        serving = self._serving if self._multi_instance_slots else None
         wanted = query.max_results * 4
-        stride = max(1, size // 4096)
-        sample = ranked[::stride]
-        sample = sample[sample > 0]
-        candidates: npt.NDArray[np.int64] | None = None
-        # First try a threshold expected to let ~4 * wanted cards through; if fewer pass, the sample's own
-        # wanted-th best, which at least `wanted` cards (those in the sample) are known to reach.
-        for take in (min(len(sample), max(1, 4 * wanted // stride)), wanted):
-            if len(sample) >= take:
-                threshold = np.partition(sample, len(sample) - take)[len(sample) - take]
-                candidates = np.flatnonzero(ranked >= threshold)
-                if len(candidates) >= wanted:
-                    break
-        if candidates is None or len(candidates) < wanted:
-            candidates = np.flatnonzero(positive)
-        # ranked is relevance times boost (in place): reasons show ranked / boost, siblings are read from it.
-        answer = self._route(query, candidates, ranked[candidates], ranked, terms, policies, self._boost)
-        return DiscoveryResult(answer, visible_count, matched_count)
+        while True:
+            positive, matched_count, candidates, scores = plan.top(size, boost, serving, wanted)
+            if not matched_count:
+                return DiscoveryResult([], visible_count, 0)
+            answer = self._route(query, candidates, scores, None, terms, policies, plan)
+            if len(answer) >= query.max_results or len(candidates) >= positive:
+                return DiscoveryResult(answer, visible_count, matched_count)
+            wanted *= 4
 
     def _required_masks(self, policies: Iterable[str]) -> dict[int, np.uint64 | None]:
         words: dict[int, np.uint64 | None] = {}
@@ -532,12 +518,13 @@ class AgentIndex:
         relevance: npt.NDArray[np.float32] | None,
         terms: list[str],
         policies: Mapping[str, RoutePolicy],
-        boost: npt.NDArray[np.float32] | None = None,
+        plan: Bm25Plan | None = None,
     ) -> list[Candidate]:
         """One candidate per agent: best slots first, each agent routed among its matching versions.
 
-        With ``boost``, ``relevance`` is every slot's ranked score (BM25 times ``boost``, 0 when not matched):
-        a routed agent's versions are read from it, below the candidates' threshold too.
+        With ``plan`` (intent-only queries; ``relevance`` is then ``None``), ``candidates`` are the best slots of
+        every live one and a routed agent's versions are scored by the plan (BM25 times boost, 0 when not matched),
+        below the candidates too.
 
         The agents are picked first (slot, score and routing reason each); their reasons, matched terms and
         instances are then worked out for all of them at once (one array gather per intent term, not a
@@ -570,24 +557,25 @@ class AgentIndex:
                     picked.append((agent, slot, score, None))
                 else:
                     key, family = agent_keys[agent], agent_slots[agent]
-                    if boost is not None and relevance is not None:
-                        dense = relevance
-                        siblings = [s for s in family if dense[s] > 0]
+                    if plan is not None:
+                        ranked = plan.ranked_at(np.array(family, dtype=np.int64), self._boost).tolist()
+                        score_of = {s: v for s, v in zip(family, ranked, strict=True) if v > 0}
                     else:
                         if dense is None:
                             dense = np.full(len(slots_of), np.nan, dtype=np.float32)
                             dense[candidates] = scores
-                        siblings = [s for s in family if not np.isnan(dense[s])]
-                    by_version = {slots_of[s].card.version: s for s in siblings}
+                        values = dense[np.array(family, dtype=np.intp)].tolist()
+                        score_of = {s: v for s, v in zip(family, values, strict=True) if not np.isnan(v)}
+                    by_version = {slots_of[s].card.version: s for s in score_of}
                     version, why = choose_version(policies.get(key), list(by_version), query.routing_key)
                     routed = by_version[version]
-                    picked.append((agent, routed, float(dense[routed]), why))
+                    picked.append((agent, routed, score_of[routed], why))
                 if len(picked) == wanted:
                     break
             if len(picked) == wanted or take >= total:
                 break
             take = min(total, take * 4)
-        answer = self._candidates(query, picked, relevance, boost, terms)
+        answer = self._candidates(query, picked, relevance, plan, terms)
         answer.sort(key=lambda c: -c.score)
         return answer
 
@@ -596,7 +584,7 @@ class AgentIndex:
         query: DiscoveryQuery,
         picked: list[tuple[int, int, float, str | None]],
         relevance: npt.NDArray[np.float32] | None,
-        boost: npt.NDArray[np.float32] | None,
+        plan: Bm25Plan | None,
         terms: list[str],
     ) -> list[Candidate]:
         """The answers for the picked (agent, slot, score, routing reason)s, in that order, with their reasons."""
@@ -609,11 +597,15 @@ class AgentIndex:
             satisfies = f" satisfies {query.version_constraint}"
         hits: list[list[str]] | None = None
         intent_reasons: list[str] = []
-        if terms and relevance is not None:
+        if terms and (relevance is not None or plan is not None):
             hits = self._text.matched_each(chosen, terms)
             at = np.array(chosen, dtype=np.intp)
-            # BM25 itself: when relevance holds the ranked scores, divided by the boost they were made with.
-            values = (relevance[at] if boost is None else relevance[at] / boost[at]).tolist()
+            # BM25 itself: with a plan, the ranked scores divided by the boost they were made with.
+            if plan is None:
+                values = relevance[at].tolist()  # type: ignore[index]
+            else:
+                boost = self._boost[at]
+                values = (plan.ranked_at(at.astype(np.int64), self._boost) / boost).tolist()
             intent_reasons = [
                 f"intent matched: {', '.join(hit)} (relevance {value:.2f})"
                 for hit, value in zip(hits, values, strict=True)

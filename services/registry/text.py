@@ -3,23 +3,25 @@
 Why not PostgreSQL full-text search: ``ts_rank_cd`` has no IDF and took ~94 ms at 100k cards (RECIPES.md);
 why not a static BM25 library: cards change one at a time and every replica must apply changes in
 milliseconds. Postings live in dicts (cheap to change) and are materialised lazily into numpy arrays of
-precomputed term-frequency weights, so a query costs one vectorised add per query term. Terms found in
-more than ``1/DENSE_FRACTION`` of the documents keep a dense weight array instead (one float per slot,
-updated in place), because adding a dense array is ~50x cheaper than scattering tens of thousands of
-postings.
+precomputed term-frequency weights (ascending slots). Terms found in more than ``1/DENSE_FRACTION`` of the
+documents keep a dense weight array instead (one float per slot, updated in place), because reading a dense
+array is ~50x cheaper than scattering tens of thousands of postings. A query is scored by compiled kernels
+(``_kernels``, numba) in one pass over the slots: every term's weights times its idf summed per slot in query
+order, without a dense array per term or per query.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TextIndex", "tokenize"]
+__all__ = ["Bm25Plan", "TextIndex", "tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOPWORDS = frozenset(
@@ -65,11 +67,93 @@ DENSE_FRACTION = 50
 DENSE_MIN = 512
 # Terms in fewer documents are cheap to materialise on first use (names, ids), so prepare() skips them.
 PREPARED_MIN = 8
-# Dense terms whose idf-scaled weights are kept between queries (one float per slot each: ~0.4 MB per term at
-# 100k slots; the synthetic 100k-card index has 309 dense terms, ~124 MB if all are kept). Each one not kept costs
-# a query a multiply pass over every slot (~30 µs of a free-text query's ~600 at 128 kept, measured 2026-12-03).
-# At least 2: scores() holds the newest product back while it fetches the next (which evicts the oldest).
-SCALED_TERMS = 384
+
+_KERNELS: ModuleType | None = None
+_NO_SLOTS = np.zeros(0, dtype=np.int32)
+_NO_WEIGHTS = np.zeros(0, dtype=np.float32)
+_NO_SPARSE = np.zeros(1, dtype=np.int64)
+
+
+def kernels() -> ModuleType:
+    """The compiled kernels, imported on first use (numba is a heavy import: not for the CLI's other paths)."""
+    global _KERNELS
+    if _KERNELS is None:
+        from agentmesh.services.registry import _kernels
+
+        _KERNELS = _kernels
+    return _KERNELS
+
+
+class Bm25Plan:
+    """A query's terms as the kernels take them: in query order, each dense (an index into ``dense``) or
+    sparse (``-1 - i``: the ``i``-th run of ``sp_slots`` / ``sp_weights``), with its idf (float32)."""
+
+    __slots__ = ("dense", "idf", "kinds", "n_dense", "sp_slots", "sp_start", "sp_weights")
+
+    def __init__(
+        self,
+        kinds: list[int],
+        idf: list[float],
+        dense: list[npt.NDArray[np.float32]],
+        sparse: list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]],
+    ) -> None:
+        self.kinds = np.array(kinds, dtype=np.int64)
+        self.idf = np.array(idf, dtype=np.float32)  # each rounded as np.float32(idf) rounds it
+        self.n_dense = len(dense)
+        self.dense = (*dense, *(_NO_WEIGHTS,) * (kernels().MAX_DENSE - len(dense)))
+        self.sp_slots: npt.NDArray[np.int32]
+        self.sp_weights: npt.NDArray[np.float32]
+        if not sparse:
+            self.sp_slots, self.sp_weights, self.sp_start = _NO_SLOTS, _NO_WEIGHTS, _NO_SPARSE
+        elif len(sparse) == 1:
+            self.sp_slots, self.sp_weights = sparse[0]
+            self.sp_start = np.array([0, len(self.sp_slots)], dtype=np.int64)
+        else:
+            self.sp_slots = np.concatenate([slots for slots, _ in sparse])
+            self.sp_weights = np.concatenate([weights for _, weights in sparse])
+            self.sp_start = np.zeros(len(sparse) + 1, dtype=np.int64)
+            np.cumsum([len(slots) for slots, _ in sparse], out=self.sp_start[1:])
+
+    def top(
+        self,
+        size: int,
+        boost: npt.NDArray[np.float32],
+        serving: npt.NDArray[np.int32] | None,
+        wanted: int,
+    ) -> tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Slots ``0..size-1`` ranked by BM25 times ``boost``: (slots ranked above 0, their SERVING instances when
+        ``serving`` is given else that count again, the best ``wanted`` slots, their ranked scores), best first,
+        a tie by lower slot first."""
+        slots = np.empty(wanted, dtype=np.int64)
+        scores = np.empty(wanted, dtype=np.float32)
+        positive, instances, held = kernels().top_ranked(
+            size,
+            self.kinds,
+            self.idf,
+            self.dense,
+            self.n_dense,
+            self.sp_slots,
+            self.sp_weights,
+            self.sp_start,
+            boost,
+            _NO_SERVING if serving is None else serving,
+            serving is not None,
+            wanted,
+            slots,
+            scores,
+        )
+        return positive, instances, slots[:held], scores[:held]
+
+    def ranked_at(
+        self, slots: npt.NDArray[np.int64], boost: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """BM25 times ``boost`` of each of ``slots``."""
+        return kernels().ranked_at(  # type: ignore[no-any-return]
+            slots, self.kinds, self.idf, self.dense, self.sp_slots, self.sp_weights, self.sp_start, boost
+        )
+
+
+_NO_SERVING = np.zeros(0, dtype=np.int32)
 
 
 class TextIndex:
@@ -81,9 +165,6 @@ class TextIndex:
         self._postings: dict[str, dict[int, int]] = {}
         self._arrays: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = {}
         self._dense: dict[str, npt.NDArray[np.float32]] = {}
-        # idf times the dense weights of the common terms of recent queries (see _scaled_array).
-        # term -> (idf, slots computed, buffer): most recent last.
-        self._scaled: OrderedDict[str, tuple[np.float32, int, npt.NDArray[np.float32]]] = OrderedDict()
         self._result: npt.NDArray[np.float32] | None = None
         self._doc_terms: dict[int, tuple[str, ...]] = {}
         self._doc_len: dict[int, int] = {}
@@ -119,8 +200,6 @@ class TextIndex:
                 if arrays:
                     arrays.pop(term, None)
                 continue
-            if self._scaled:
-                self._stale(term)
             if slot >= len(dense):
                 dense = self._dense[term] = np.concatenate(
                     [dense, np.zeros(max(slot + 1, 2 * len(dense)) - len(dense), dtype=np.float32)]
@@ -142,7 +221,6 @@ class TextIndex:
             dense = self._dense.get(term)
             if dense is not None:
                 dense[slot] = 0.0
-                self._stale(term)
 
     def contains(self, slot: int, term: str) -> bool:
         """Whether document ``slot`` has ``term``."""
@@ -189,6 +267,8 @@ class TextIndex:
         slots = np.fromiter(postings.keys(), dtype=np.int32, count=len(postings))
         tf = np.fromiter(postings.values(), dtype=np.float32, count=len(postings))
         lengths = np.fromiter((self._doc_len[s] for s in postings), dtype=np.float32, count=len(postings))
+        order = np.argsort(slots, kind="stable")  # ascending slots: the kernels merge them in one pass
+        slots, tf, lengths = slots[order], tf[order], lengths[order]
         average = self._total_len / max(1, len(self._doc_len))
         weight = (
             tf * (self._k1 + 1) / (tf + self._k1 * (1 - self._b + self._b * lengths / max(average, 1e-9)))
@@ -217,32 +297,7 @@ class TextIndex:
                 self._dense_array(term, size)
             elif len(postings) >= PREPARED_MIN:
                 self._array(term)
-
-    def _stale(self, term: str) -> None:
-        """The weights of ``term`` changed: its kept product must be recomputed (into the same buffer)."""
-        kept = self._scaled.get(term)
-        if kept is not None:
-            self._scaled[term] = (kept[0], -1, kept[2])
-
-    def _scaled_array(self, term: str, idf: np.float32, size: int) -> npt.NDArray[np.float32]:
-        """``idf`` times the dense weights of ``term`` (``size`` slots), kept for the next query while ``idf`` holds.
-
-        Adding a kept product is one pass over the slots instead of a multiply and an add (~2x cheaper);
-        the product is the same float32 multiply as computing it afresh, so scores do not change. An evicted
-        product's buffer is reused: a fresh 400 KB array costs page faults worth more than the multiply.
-        """
-        kept = self._scaled.pop(term, None)
-        if kept is not None and kept[0] == idf and kept[1] == size:
-            self._scaled[term] = kept  # now the most recent
-            return kept[2][:size]
-        buffer = kept[2] if kept is not None else None
-        if buffer is None and len(self._scaled) >= SCALED_TERMS:
-            buffer = self._scaled.popitem(last=False)[1][2]
-        if buffer is None or len(buffer) < size:
-            buffer = np.empty(-(-size // 4096) * 4096, dtype=np.float32)  # room for a few more slots
-        np.multiply(self._dense_array(term, size)[:size], idf, out=buffer[:size])
-        self._scaled[term] = (idf, size, buffer)
-        return buffer[:size]
+        kernels().warm()  # compiled (or loaded from numba's disk cache) now, not by the first query
 
     def _buffer(self, size: int) -> npt.NDArray[np.float32]:
         # Reused between queries: a fresh 400 KB array per query costs page faults that dominate the arithmetic.
@@ -250,45 +305,45 @@ class TextIndex:
             self._result = np.zeros(max(1024, 2 * size), dtype=np.float32)
         return self._result[:size]
 
-    def scores(self, terms: Iterable[str], size: int) -> npt.NDArray[np.float32] | None:
-        """BM25 score per slot (dense, length ``size``) for the query ``terms``; ``None`` when nothing matches.
-
-        The array is a buffer this index reuses: it is valid until the next call.
-        """
+    def plan(self, terms: Iterable[str], size: int) -> Bm25Plan | None:
+        """The query ``terms`` as the kernels score them over slots ``0..size-1``; ``None`` when none is indexed."""
         total = max(1, len(self._doc_len))
         dense_from = self._dense_threshold()
-        result = self._buffer(size)
-        empty = True
-        first: npt.NDArray[np.float32] | None = None  # the first dense term's products, not yet added
+        kinds: list[int] = []
+        idfs: list[float] = []
+        dense: list[npt.NDArray[np.float32]] = []
+        sparse: list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] = []
+        most = kernels().MAX_DENSE
         for term in dict.fromkeys(terms):
             postings = self._postings.get(term)
             if not postings:
                 continue
             df = len(postings)
-            idf = np.float32(math.log(1.0 + (total - df + 0.5) / (df + 0.5)))
+            idfs.append(math.log(1.0 + (total - df + 0.5) / (df + 0.5)))
             if df >= dense_from or term in self._dense:
-                scaled = self._scaled_array(term, idf, size)[:size]
-                if empty:
-                    if first is None:  # held back: the next dense term adds it in the same pass
-                        first = scaled
-                        continue
-                    # 0 + x + y == x + y: one pass writes the sum, without copying or clearing the buffer first
-                    np.add(first, scaled, out=result)
-                    first = None
-                    empty = False
-                else:
-                    result += scaled
-                continue
-            if empty:
-                if first is None:
-                    result.fill(0.0)
-                else:  # 0 + x == x
-                    np.copyto(result, first)
-                    first = None
-                empty = False
-            slots, weight = self._array(term)
-            result[slots] += weight * idf  # slots are unique within one term
-        if first is not None:  # a single dense term (and nothing else)
-            np.copyto(result, first)
-            empty = False
-        return None if empty else result
+                weights = self._dense_array(term, size)
+                if len(dense) < most:
+                    kinds.append(len(dense))
+                    dense.append(weights)
+                    continue
+                # Past the kernels' dense arity: its non-zero weights as a sparse run (the same sums).
+                at = np.flatnonzero(weights[:size])
+                sparse.append((at.astype(np.int32), weights[at]))
+            else:
+                sparse.append(self._array(term))
+            kinds.append(-len(sparse))
+        return Bm25Plan(kinds, idfs, dense, sparse) if kinds else None
+
+    def scores(self, terms: Iterable[str], size: int) -> npt.NDArray[np.float32] | None:
+        """BM25 score per slot (dense, length ``size``) for the query ``terms``; ``None`` when nothing matches.
+
+        The array is a buffer this index reuses: it is valid until the next call.
+        """
+        plan = self.plan(terms, size)
+        if plan is None:
+            return None
+        result = self._buffer(size)
+        kernels().dense_scores(
+            size, plan.kinds, plan.idf, plan.dense, plan.sp_slots, plan.sp_weights, plan.sp_start, result
+        )
+        return result
