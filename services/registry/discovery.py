@@ -108,8 +108,6 @@ class AgentIndex:
         self._sorted_ix: list[int] = []
         self._sorted_ix_array: npt.NDArray[np.int64] | None = None
         self._agent_slots: list[list[int]] = []
-        # Per slot, its only instance when it has exactly one (what _pick_instance answers without looking).
-        self._only: list[InstanceRecord | None] = []
         self._version_ids: dict[str, int] = {}
         self._version_strings: list[str] = []
         self._policy_bits: dict[str, int] = {}
@@ -132,8 +130,6 @@ class AgentIndex:
         self._visibility: OrderedDict[object, npt.NDArray[np.bool_]] = OrderedDict()
         # SERVING instances per agent (all its versions), for counting what a visibility scope lets through.
         self._agent_serving = np.zeros(1024, dtype=np.int32)
-        # Versions per agent: whether an answer must be routed, without touching the agent's slot list.
-        self._agent_versions = np.zeros(1024, dtype=np.int32)
         self.serving_instances = 0
 
     # ------------------------------------------------------------------ changes
@@ -168,9 +164,6 @@ class AgentIndex:
                 grown = np.zeros(2 * len(self._agent_serving), dtype=np.int32)
                 grown[: len(self._agent_serving)] = self._agent_serving
                 self._agent_serving = grown
-                grown = np.zeros(2 * len(self._agent_versions), dtype=np.int32)
-                grown[: len(self._agent_versions)] = self._agent_versions
-                self._agent_versions = grown
             position = bisect.bisect_left(self._sorted_keys, key)
             self._sorted_keys.insert(position, key)
             self._sorted_ix.insert(position, ix)
@@ -215,7 +208,6 @@ class AgentIndex:
             record.slot = len(self._slots)
             self._slots.append(record)
             self._skill_words.append(())
-            self._only.append(None)
             self._grow(record.slot + 1)
         self._slots[record.slot] = record
         self.versions[record.version_id] = record
@@ -226,7 +218,6 @@ class AgentIndex:
         agent = self._agent(record.key)
         if slot not in self._agent_slots[agent]:
             self._agent_slots[agent].append(slot)
-            self._agent_versions[agent] += 1
         self._agent_of[slot] = agent
         version_id = self._version_ids.setdefault(card.version, len(self._version_strings))
         if version_id == len(self._version_strings):
@@ -273,7 +264,6 @@ class AgentIndex:
             return None
         self.remove_instance(instance.instance_id)
         record.instances[instance.instance_id] = instance
-        self._only[record.slot] = instance if len(record.instances) == 1 else None
         self.instances[instance.instance_id] = instance
         self.by_lease[instance.lease_id] = instance.instance_id
         self.serving_instances += instance.state == SERVING
@@ -290,9 +280,6 @@ class AgentIndex:
         record = self.versions.get(instance.version_id)
         if record is not None:
             record.instances.pop(instance_id, None)
-            self._only[record.slot] = (
-                next(iter(record.instances.values())) if len(record.instances) == 1 else None
-            )
             self._refresh_slot(record)
         return instance
 
@@ -542,21 +529,17 @@ class AgentIndex:
             top = np.argpartition(-scores, take - 1)[:take] if take < total else np.arange(total)
             top = top[np.argsort(-scores[top], kind="stable")]
             slots = candidates[top]
-            agents = self._agent_of[slots]
-            for slot, score, agent, several in zip(
-                slots.tolist(),
-                scores[top].tolist(),
-                agents.tolist(),
-                (self._agent_versions[agents] > 1).tolist(),
-                strict=True,
+            for slot, score, agent in zip(
+                slots.tolist(), scores[top].tolist(), self._agent_of[slots].tolist(), strict=True
             ):
                 if agent in seen_agents:
                     continue
                 seen_agents.add(agent)
-                if not several and (not policies or agent_keys[agent] not in policies):
+                family = agent_slots[agent]
+                if len(family) == 1 and (not policies or agent_keys[agent] not in policies):
                     picked.append((agent, slot, score, None))
                 else:
-                    key, family = agent_keys[agent], agent_slots[agent]
+                    key = agent_keys[agent]
                     if plan is not None:
                         ranked = plan.ranked_at(np.array(family, dtype=np.int64), self._boost).tolist()
                         score_of = {s: v for s, v in zip(family, ranked, strict=True) if v > 0}
@@ -590,7 +573,7 @@ class AgentIndex:
         """The answers for the picked (agent, slot, score, routing reason)s, in that order, with their reasons."""
         if not picked:
             return []
-        slots_of, skill_words, only, agent_keys = self._slots, self._skill_words, self._only, self._agent_keys
+        slots_of, skill_words, agent_keys = self._slots, self._skill_words, self._agent_keys
         chosen = [slot for _, slot, _, _ in picked]
         fixed = list(_query_reasons(query))
         if query.version_constraint is not None:
@@ -627,7 +610,7 @@ class AgentIndex:
                 reasons.append(intent_reasons[position])
                 if not matched_skill:
                     matched_skill = _best_skill(skill_words[slot], [padded[t] for t in hits[position]])
-            instance = only[slot] or self._pick_instance(record, routing_key)
+            instance = self._pick_instance(record, routing_key)
             reasons.append(f"instance {instance.endpoint} SERVING, load {instance.load:.2f}")
             answer.append(Candidate(instance, record, round(score, 6), tuple(reasons), matched_skill))
         return answer

@@ -72,6 +72,7 @@ _KERNELS: ModuleType | None = None
 _NO_SLOTS = np.zeros(0, dtype=np.int32)
 _NO_WEIGHTS = np.zeros(0, dtype=np.float32)
 _NO_SPARSE = np.zeros(1, dtype=np.int64)
+_NO_SERVING = np.zeros(0, dtype=np.int32)
 
 
 def kernels() -> ModuleType:
@@ -153,9 +154,6 @@ class Bm25Plan:
         )
 
 
-_NO_SERVING = np.zeros(0, dtype=np.int32)
-
-
 class TextIndex:
     """BM25 (k1, b) over documents keyed by small integer slots."""
 
@@ -221,11 +219,6 @@ class TextIndex:
             dense = self._dense.get(term)
             if dense is not None:
                 dense[slot] = 0.0
-
-    def contains(self, slot: int, term: str) -> bool:
-        """Whether document ``slot`` has ``term``."""
-        postings = self._postings.get(term)
-        return postings is not None and slot in postings
 
     def matched(self, slot: int, terms: Iterable[str]) -> list[str]:
         """The distinct ``terms`` document ``slot`` has, in query order."""
