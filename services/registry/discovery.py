@@ -583,12 +583,12 @@ class AgentIndex:
         if terms and (relevance is not None or plan is not None):
             hits = self._text.matched_each(chosen, terms)
             at = np.array(chosen, dtype=np.intp)
-            # BM25 itself: with a plan, the ranked scores divided by the boost they were made with.
+            # BM25 itself: with a plan, the picked (ranked, float32) scores divided by the boost they were made with.
             if plan is None:
                 values = relevance[at].tolist()  # type: ignore[index]
             else:
-                boost = self._boost[at]
-                values = (plan.ranked_at(at.astype(np.int64), self._boost) / boost).tolist()
+                ranked = np.array([score for _, _, score, _ in picked], dtype=np.float32)
+                values = (ranked / self._boost[at]).tolist()
             intent_reasons = [
                 f"intent matched: {', '.join(hit)} (relevance {value:.2f})"
                 for hit, value in zip(hits, values, strict=True)
