@@ -135,6 +135,9 @@ class ConversationMessage(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    HIDDEN_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_TO_VERSION_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Message id."""
     version: _builtins.int
@@ -147,6 +150,12 @@ class ConversationMessage(_message.Message):
     """Text of the message."""
     task_id: _builtins.str
     """Task started by or answering this message, if any."""
+    parent_version: _builtins.int
+    """Version this message follows: the previous version, or the version a rollback returned to."""
+    hidden: _builtins.bool
+    """Whether a later rollback took this message out of the conversation (it stays in the history)."""
+    rolled_back_to_version: _builtins.int
+    """Version a rollback returned to, when this message records a rollback (0 otherwise)."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Structured payload, if any."""
@@ -166,10 +175,13 @@ class ConversationMessage(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         task_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        parent_version: _builtins.int = ...,
+        hidden: _builtins.bool = ...,
+        rolled_back_to_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "create_time", b"create_time", "data", b"data", "message_id", b"message_id", "role", b"role", "task_id", b"task_id", "text", b"text", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "create_time", b"create_time", "data", b"data", "hidden", b"hidden", "message_id", b"message_id", "parent_version", b"parent_version", "role", b"role", "rolled_back_to_version", b"rolled_back_to_version", "task_id", b"task_id", "text", b"text", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -258,16 +270,20 @@ class GetConversationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_HIDDEN_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Conversation id."""
+    include_hidden: _builtins.bool
+    """Also return messages that a rollback hid: the whole history, every version once."""
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
+        include_hidden: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "include_hidden", b"include_hidden"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,7 +303,7 @@ class GetConversationResponse(_message.Message):
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversationMessage]:
-        """Its messages, oldest first."""
+        """Its messages, oldest first (only the visible ones unless include_hidden)."""
 
     def __init__(
         self,
@@ -309,21 +325,51 @@ class ListConversationsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum conversations per page (default 50, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous ListConversationsResponse."""
+    """Token from a previous ListConversationsResponse (with the same filters)."""
+    owner: _builtins.str
+    """Only conversations created by this identity, when set."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only conversations carrying every one of these labels, when set."""
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "owner", b"owner", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,6 +415,7 @@ class SendMessageRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     START_TASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Conversation id."""
     expected_version: _builtins.int
@@ -378,7 +425,9 @@ class SendMessageRequest(_message.Message):
     text: _builtins.str
     """Text of the message."""
     start_task: _builtins.bool
-    """Start a task on this message."""
+    """Start a task on this message; its result is appended to the conversation as an AGENT message."""
+    request_id: _builtins.str
+    """Client-chosen id; repeating it returns the message stored the first time, whatever the version now."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Structured payload, if any."""
@@ -392,10 +441,11 @@ class SendMessageRequest(_message.Message):
         text: _builtins.str = ...,
         data: _struct_pb2.Struct | None = ...,
         start_task: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "data", b"data", "expected_version", b"expected_version", "role", b"role", "start_task", b"start_task", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "data", b"data", "expected_version", b"expected_version", "request_id", b"request_id", "role", b"role", "start_task", b"start_task", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,11 @@ if _version_not_supported:
 
 class ConversationServiceStub:
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     def __init__(self, channel):
@@ -70,7 +74,11 @@ class ConversationServiceStub:
 
 class ConversationServiceServicer:
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     def CreateConversation(self, request, context):
@@ -158,7 +166,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ConversationService:
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     @staticmethod

@@ -28,7 +28,11 @@ GRPC_VERSION: str
 
 class ConversationServiceStub:
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     @_typing.overload
@@ -51,7 +55,11 @@ class ConversationServiceStub:
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -70,7 +78,11 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService keeps multi-turn conversations. Every write carries expected_version;
-    a stale one fails with ABORTED (optimistic concurrency).
+    a stale one fails with ABORTED (optimistic concurrency) and changes nothing.
+
+    Who may write which role is decided by the caller's identity, never by the request:
+    USER by clients and the gateway (for end users), AGENT by the planner and agents,
+    SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
     """
 
     @_abc_1.abstractmethod
