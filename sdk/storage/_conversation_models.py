@@ -37,12 +37,14 @@ class Conversation(Base):
     ``expected_version`` (ABORTED). Columns: ``conversation_id`` (primary key); ``request_id``
     (client-chosen idempotency key, unique per ``owner``; NULL when not given); ``title``; ``version``;
     ``labels`` (JSON object str -> str); ``owner`` (creating identity); ``created_at``; ``updated_at``.
+    Listing pages newest first by ``(created_at, conversation_id)``, optionally for one ``owner``.
     """
 
     __tablename__ = "conversations"
     __table_args__ = (
         UniqueConstraint("owner", "request_id"),
         Index(None, "created_at", "conversation_id"),
+        Index(None, "owner", "created_at", "conversation_id"),
     )
 
     conversation_id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
@@ -65,17 +67,22 @@ class Conversation(Base):
 class ConversationMessage(Base):
     """``conversation_messages``: the message that created one version of a conversation.
 
-    ``(conversation_id, version)`` is unique. A rollback to version N sets ``hidden`` on every message
-    with a higher version (never deletes) and bumps the conversation's version; later messages continue
-    from the new version. Columns: ``message_id`` (primary key); ``conversation_id`` -> conversations;
-    ``version``; ``role`` (USER, AGENT, SYSTEM); ``author``; ``text``; ``data`` (JSON, optional);
-    ``task_id`` -> tasks (task started by or answering the message); ``hidden``; ``created_at``.
+    ``(conversation_id, version)`` is unique: every version of a conversation is exactly one row, so the
+    history has no gaps. Each message follows ``parent_version``: the previous version, or for a
+    rollback (a SYSTEM message with ``rolled_back_to`` = N) version N. The messages of version V are the
+    chain V, parent(V), parent(parent(V)), ... down to 0; ``hidden`` caches "not in the chain of the
+    current version" (never deleted). Columns: ``message_id`` (primary key); ``conversation_id`` ->
+    conversations; ``version``; ``parent_version``; ``rolled_back_to``; ``request_id`` (client-chosen
+    idempotency key, unique per conversation; NULL when not given); ``role`` (USER, AGENT, SYSTEM);
+    ``author``; ``text``; ``data`` (JSON, optional); ``task_id`` -> tasks (task started by or answering
+    the message); ``hidden``; ``created_at``.
     """
 
     __tablename__ = "conversation_messages"
     __table_args__ = (
         one_of("role", MESSAGE_ROLES),
         UniqueConstraint("conversation_id", "version"),
+        UniqueConstraint("conversation_id", "request_id"),
     )
 
     message_id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
@@ -83,6 +90,9 @@ class ConversationMessage(Base):
         String(_ID), ForeignKey("conversations.conversation_id", ondelete="CASCADE")
     )
     version: Mapped[int] = mapped_column(BigInteger)
+    parent_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    rolled_back_to: Mapped[int | None] = mapped_column(BigInteger)
+    request_id: Mapped[str | None] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))
     author: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
     text: Mapped[str] = mapped_column(Text, default="", server_default="")
