@@ -1,0 +1,1 @@
+"""The audit trail: PII redaction, the hash-chained append, verification and AuditService."""
