@@ -22,69 +22,88 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentmesh.v1 import agent_pb2 as agentmesh_dot_v1_dot_agent__pb2
 from agentmesh.v1 import registry_pb2 as agentmesh_dot_v1_dot_registry__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/task.proto\x12\x0c\x61gentmesh.v1\x1a\x1b\x61gentmesh/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08playbook\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x08 \x01(\t\x12\x16\n\x0eparent_task_id\x18\t \x01(\t\x12\x14\n\x0csubmitted_by\x18\n \x01(\t\x12\x14\n\x0con_behalf_of\x18\x0b \x01(\t\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\"h\n\rResolvedAgent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xe5\x03\n\x08PlanStep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x38\n\x0b\x61gent_query\x18\x03 \x01(\x0b\x32#.agentmesh.v1.DiscoverAgentsRequest\x12\r\n\x05skill\x18\x04 \x01(\t\x12/\n\x0einput_template\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12\x32\n\x11\x61\x63\x63\x65ptance_schema\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61\x63\x63\x65ptance_rule\x18\x08 \x01(\t\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cretry_policy\x18\n \x01(\x0b\x32\x19.agentmesh.v1.RetryPolicy\x12*\n\x05\x61gent\x18\x0b \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12&\n\x05state\x18\x0c \x01(\x0e\x32\x17.agentmesh.v1.StepState\x12\'\n\x06output\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\"\xc5\x01\n\x04Plan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12,\n\x08strategy\x18\x02 \x01(\x0e\x32\x1a.agentmesh.v1.PlanStrategy\x12\x10\n\x08playbook\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12%\n\x05steps\x18\x05 \x03(\x0b\x32\x16.agentmesh.v1.PlanStep\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x12\x43ollaboratorChoice\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x32\n\x05query\x18\x02 \x01(\x0b\x32#.agentmesh.v1.DiscoverAgentsRequest\x12+\n\ncandidates\x18\x03 \x03(\x0b\x32\x17.agentmesh.v1.Candidate\x12+\n\x06\x63hosen\x18\x04 \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x85\x01\n\x15ParameterSubstitution\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x12\n\nfield_path\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12%\n\x05value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06source\x18\x05 \x01(\t\"\x9e\x02\n\x0bStepAttempt\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.agentmesh.v1.StepState\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x02\n\x0fTaskExplanation\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\x12 \n\x04plan\x18\x02 \x01(\x0b\x32\x12.agentmesh.v1.Plan\x12\x37\n\rcollaborators\x18\x03 \x03(\x0b\x32 .agentmesh.v1.CollaboratorChoice\x12:\n\rsubstitutions\x18\x04 \x03(\x0b\x32#.agentmesh.v1.ParameterSubstitution\x12+\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x19.agentmesh.v1.StepAttempt\x12/\n\x08subtasks\x18\x06 \x03(\x0b\x32\x1d.agentmesh.v1.TaskExplanation\"\xa0\x01\n\x11SubmitTaskRequest\x12\x0c\n\x04goal\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08playbook\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\"6\n\x12SubmitTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0fGetTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"z\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x84\x02\n\x11WatchTaskResponse\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.agentmesh.v1.TaskEventType\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.agentmesh.v1.Task\x12 \n\x04plan\x18\x03 \x01(\x0b\x32\x12.agentmesh.v1.Plan\x12$\n\x04step\x18\x04 \x01(\x0b\x32\x16.agentmesh.v1.PlanStep\x12*\n\x07\x61ttempt\x18\x05 \x01(\x0b\x32\x19.agentmesh.v1.StepAttempt\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"8\n\x12\x45xplainTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\x05\"u\n\x13\x45xplainTaskResponse\x12\x32\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1d.agentmesh.v1.TaskExplanation\x12*\n\x07\x65lapsed\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration*\xbb\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_PLANNING\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06*\xb6\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x14\n\x10STEP_STATE_READY\x10\x02\x12\x16\n\x12STEP_STATE_RUNNING\x10\x03\x12\x18\n\x14STEP_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11STEP_STATE_FAILED\x10\x05\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x06*\x84\x01\n\x0cPlanStrategy\x12\x1d\n\x19PLAN_STRATEGY_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLAN_STRATEGY_PLAYBOOK\x10\x01\x12\x15\n\x11PLAN_STRATEGY_LLM\x10\x02\x12\"\n\x1ePLAN_STRATEGY_CAPABILITY_MATCH\x10\x03*\xaf\x01\n\rTaskEventType\x12\x1f\n\x1bTASK_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTASK_EVENT_TYPE_TASK_STATE\x10\x01\x12 \n\x1cTASK_EVENT_TYPE_PLAN_CREATED\x10\x02\x12\x1e\n\x1aTASK_EVENT_TYPE_STEP_STATE\x10\x03\x12\x1b\n\x17TASK_EVENT_TYPE_ATTEMPT\x10\x04\x32\xe9\x03\n\x0bTaskService\x12O\n\nSubmitTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a .agentmesh.v1.SubmitTaskResponse\x12\x46\n\x07GetTask\x12\x1c.agentmesh.v1.GetTaskRequest\x1a\x1d.agentmesh.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.agentmesh.v1.ListTasksRequest\x1a\x1f.agentmesh.v1.ListTasksResponse\x12N\n\tWatchTask\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x1f.agentmesh.v1.WatchTaskResponse0\x01\x12O\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a .agentmesh.v1.CancelTaskResponse\x12R\n\x0b\x45xplainTask\x12 .agentmesh.v1.ExplainTaskRequest\x1a!.agentmesh.v1.ExplainTaskResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61gentmesh/v1/task.proto\x12\x0c\x61gentmesh.v1\x1a\x18\x61gentmesh/v1/agent.proto\x1a\x1b\x61gentmesh/v1/registry.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08playbook\x18\x04 \x01(\t\x12&\n\x05state\x18\x05 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\'\n\x06output\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x08 \x01(\t\x12\x16\n\x0eparent_task_id\x18\t \x01(\t\x12\x14\n\x0csubmitted_by\x18\n \x01(\t\x12\x14\n\x0con_behalf_of\x18\x0b \x01(\t\x12\x10\n\x08trace_id\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eparent_step_id\x18\x0f \x01(\t\x12\r\n\x05\x64\x65pth\x18\x10 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\"h\n\rResolvedAgent\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x04 \x01(\t\x12\x13\n\x0binstance_id\x18\x05 \x01(\t\"\xc9\x04\n\x08PlanStep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x38\n\x0b\x61gent_query\x18\x03 \x01(\x0b\x32#.agentmesh.v1.DiscoverAgentsRequest\x12\r\n\x05skill\x18\x04 \x01(\t\x12/\n\x0einput_template\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\ndepends_on\x18\x06 \x03(\t\x12\x32\n\x11\x61\x63\x63\x65ptance_schema\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x61\x63\x63\x65ptance_rule\x18\x08 \x01(\t\x12*\n\x07timeout\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cretry_policy\x18\n \x01(\x0b\x32\x19.agentmesh.v1.RetryPolicy\x12*\n\x05\x61gent\x18\x0b \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12&\n\x05state\x18\x0c \x01(\x0e\x32\x17.agentmesh.v1.StepState\x12\'\n\x06output\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04when\x18\x0e \x01(\t\x12,\n\x08\x61pproval\x18\x0f \x01(\x0b\x32\x1a.agentmesh.v1.ApprovalRule\x12\x17\n\x0fidempotency_key\x18\x10 \x01(\t\x12\r\n\x05\x65rror\x18\x11 \x01(\t\"X\n\x0c\x41pprovalRule\x12\x0c\n\x04when\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9e\x02\n\x08\x41pproval\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.agentmesh.v1.ApprovalState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\ndecided_by\x18\x05 \x01(\t\x12\x0f\n\x07\x63omment\x18\x06 \x01(\t\x12\x30\n\x0crequest_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x0cTaskTemplate\x12\x0c\n\x04goal\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08playbook\x18\x03 \x01(\t\"\x80\x02\n\x04Plan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12,\n\x08strategy\x18\x02 \x01(\x0e\x32\x1a.agentmesh.v1.PlanStrategy\x12\x10\n\x08playbook\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12%\n\x05steps\x18\x05 \x03(\x0b\x32\x16.agentmesh.v1.PlanStep\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x07 \x01(\x05\x12\x18\n\x10previous_plan_id\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\"\xa9\x01\n\rPlanRejection\x12,\n\x08strategy\x18\x01 \x01(\x0e\x32\x1a.agentmesh.v1.PlanStrategy\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12)\n\x08proposed\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x01\n\x12\x43ollaboratorChoice\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x32\n\x05query\x18\x02 \x01(\x0b\x32#.agentmesh.v1.DiscoverAgentsRequest\x12+\n\ncandidates\x18\x03 \x03(\x0b\x32\x17.agentmesh.v1.Candidate\x12+\n\x06\x63hosen\x18\x04 \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\"\xae\x01\n\x15ParameterSubstitution\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x12\n\nfield_path\x18\x02 \x01(\t\x12\x10\n\x08template\x18\x03 \x01(\t\x12%\n\x05value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x16\n\x0esource_step_id\x18\x07 \x01(\t\"\xf1\x02\n\x0bStepAttempt\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12*\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x1b.agentmesh.v1.ResolvedAgent\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.agentmesh.v1.StepState\x12\x12\n\nerror_code\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\x12\x10\n\x08trace_id\x18\x07 \x01(\t\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0cmodel_usages\x18\n \x03(\x0b\x32\x18.agentmesh.v1.ModelUsage\x12\x10\n\x08replayed\x18\x0b \x01(\x08\x12\x0f\n\x07planner\x18\x0c \x01(\t\"\xb4\x03\n\x0fTaskExplanation\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\x12 \n\x04plan\x18\x02 \x01(\x0b\x32\x12.agentmesh.v1.Plan\x12\x37\n\rcollaborators\x18\x03 \x03(\x0b\x32 .agentmesh.v1.CollaboratorChoice\x12:\n\rsubstitutions\x18\x04 \x03(\x0b\x32#.agentmesh.v1.ParameterSubstitution\x12+\n\x08\x61ttempts\x18\x05 \x03(\x0b\x32\x19.agentmesh.v1.StepAttempt\x12/\n\x08subtasks\x18\x06 \x03(\x0b\x32\x1d.agentmesh.v1.TaskExplanation\x12)\n\tapprovals\x18\x07 \x03(\x0b\x32\x16.agentmesh.v1.Approval\x12)\n\rplan_versions\x18\x08 \x03(\x0b\x32\x12.agentmesh.v1.Plan\x12\x34\n\x0fplan_rejections\x18\t \x03(\x0b\x32\x1b.agentmesh.v1.PlanRejection\"\xe6\x01\n\x11SubmitTaskRequest\x12\x0c\n\x04goal\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08playbook\x18\x03 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\x12\x18\n\x10\x64\x65legation_token\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\x12SubmitTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x0fGetTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"\xa8\x01\n\x10ListTasksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.agentmesh.v1.TaskState\x12\x17\n\x0f\x63onversation_id\x18\x04 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"\xbe\x02\n\x11WatchTaskResponse\x12)\n\x04type\x18\x01 \x01(\x0e\x32\x1b.agentmesh.v1.TaskEventType\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.agentmesh.v1.Task\x12 \n\x04plan\x18\x03 \x01(\x0b\x32\x12.agentmesh.v1.Plan\x12$\n\x04step\x18\x04 \x01(\x0b\x32\x16.agentmesh.v1.PlanStep\x12*\n\x07\x61ttempt\x18\x05 \x01(\x0b\x32\x19.agentmesh.v1.StepAttempt\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\t\x12(\n\x08\x61pproval\x18\x08 \x01(\x0b\x32\x16.agentmesh.v1.Approval\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x12\x43\x61ncelTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.agentmesh.v1.Task\"8\n\x12\x45xplainTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\x05\"u\n\x13\x45xplainTaskResponse\x12\x32\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1d.agentmesh.v1.TaskExplanation\x12*\n\x07\x65lapsed\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x12\x41pproveStepRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"?\n\x13\x41pproveStepResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.Approval\"F\n\x11RejectStepRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\">\n\x12RejectStepResponse\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.agentmesh.v1.Approval*\xdd\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x17\n\x13TASK_STATE_PLANNING\x10\x02\x12\x16\n\x12TASK_STATE_RUNNING\x10\x03\x12\x18\n\x14TASK_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11TASK_STATE_FAILED\x10\x05\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x06\x12 \n\x1cTASK_STATE_AWAITING_APPROVAL\x10\x07*\xf2\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x14\n\x10STEP_STATE_READY\x10\x02\x12\x16\n\x12STEP_STATE_RUNNING\x10\x03\x12\x18\n\x14STEP_STATE_SUCCEEDED\x10\x04\x12\x15\n\x11STEP_STATE_FAILED\x10\x05\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x06\x12\x18\n\x14STEP_STATE_CANCELLED\x10\x07\x12 \n\x1cSTEP_STATE_AWAITING_APPROVAL\x10\x08*\x84\x01\n\x0cPlanStrategy\x12\x1d\n\x19PLAN_STRATEGY_UNSPECIFIED\x10\x00\x12\x1a\n\x16PLAN_STRATEGY_PLAYBOOK\x10\x01\x12\x15\n\x11PLAN_STRATEGY_LLM\x10\x02\x12\"\n\x1ePLAN_STRATEGY_CAPABILITY_MATCH\x10\x03*\xa3\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x1b\n\x17\x41PPROVAL_STATE_REJECTED\x10\x03\x12\x1c\n\x18\x41PPROVAL_STATE_TIMED_OUT\x10\x04*\xcd\x01\n\rTaskEventType\x12\x1f\n\x1bTASK_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTASK_EVENT_TYPE_TASK_STATE\x10\x01\x12 \n\x1cTASK_EVENT_TYPE_PLAN_CREATED\x10\x02\x12\x1e\n\x1aTASK_EVENT_TYPE_STEP_STATE\x10\x03\x12\x1b\n\x17TASK_EVENT_TYPE_ATTEMPT\x10\x04\x12\x1c\n\x18TASK_EVENT_TYPE_APPROVAL\x10\x05\x32\x8e\x05\n\x0bTaskService\x12O\n\nSubmitTask\x12\x1f.agentmesh.v1.SubmitTaskRequest\x1a .agentmesh.v1.SubmitTaskResponse\x12\x46\n\x07GetTask\x12\x1c.agentmesh.v1.GetTaskRequest\x1a\x1d.agentmesh.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.agentmesh.v1.ListTasksRequest\x1a\x1f.agentmesh.v1.ListTasksResponse\x12N\n\tWatchTask\x12\x1e.agentmesh.v1.WatchTaskRequest\x1a\x1f.agentmesh.v1.WatchTaskResponse0\x01\x12O\n\nCancelTask\x12\x1f.agentmesh.v1.CancelTaskRequest\x1a .agentmesh.v1.CancelTaskResponse\x12R\n\x0b\x45xplainTask\x12 .agentmesh.v1.ExplainTaskRequest\x1a!.agentmesh.v1.ExplainTaskResponse\x12R\n\x0b\x41pproveStep\x12 .agentmesh.v1.ApproveStepRequest\x1a!.agentmesh.v1.ApproveStepResponse\x12O\n\nRejectStep\x12\x1f.agentmesh.v1.RejectStepRequest\x1a .agentmesh.v1.RejectStepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.v1.task_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=3550
-  _globals['_TASKSTATE']._serialized_end=3737
-  _globals['_STEPSTATE']._serialized_start=3740
-  _globals['_STEPSTATE']._serialized_end=3922
-  _globals['_PLANSTRATEGY']._serialized_start=3925
-  _globals['_PLANSTRATEGY']._serialized_end=4057
-  _globals['_TASKEVENTTYPE']._serialized_start=4060
-  _globals['_TASKEVENTTYPE']._serialized_end=4235
-  _globals['_TASK']._serialized_start=166
-  _globals['_TASK']._serialized_end=566
-  _globals['_RETRYPOLICY']._serialized_start=569
-  _globals['_RETRYPOLICY']._serialized_end=732
-  _globals['_RESOLVEDAGENT']._serialized_start=734
-  _globals['_RESOLVEDAGENT']._serialized_end=838
-  _globals['_PLANSTEP']._serialized_start=841
-  _globals['_PLANSTEP']._serialized_end=1326
-  _globals['_PLAN']._serialized_start=1329
-  _globals['_PLAN']._serialized_end=1526
-  _globals['_COLLABORATORCHOICE']._serialized_start=1529
-  _globals['_COLLABORATORCHOICE']._serialized_end=1724
-  _globals['_PARAMETERSUBSTITUTION']._serialized_start=1727
-  _globals['_PARAMETERSUBSTITUTION']._serialized_end=1860
-  _globals['_STEPATTEMPT']._serialized_start=1863
-  _globals['_STEPATTEMPT']._serialized_end=2149
-  _globals['_TASKEXPLANATION']._serialized_start=2152
-  _globals['_TASKEXPLANATION']._serialized_end=2448
-  _globals['_SUBMITTASKREQUEST']._serialized_start=2451
-  _globals['_SUBMITTASKREQUEST']._serialized_end=2611
-  _globals['_SUBMITTASKRESPONSE']._serialized_start=2613
-  _globals['_SUBMITTASKRESPONSE']._serialized_end=2667
-  _globals['_GETTASKREQUEST']._serialized_start=2669
-  _globals['_GETTASKREQUEST']._serialized_end=2702
-  _globals['_GETTASKRESPONSE']._serialized_start=2704
-  _globals['_GETTASKRESPONSE']._serialized_end=2755
-  _globals['_LISTTASKSREQUEST']._serialized_start=2757
-  _globals['_LISTTASKSREQUEST']._serialized_end=2879
-  _globals['_LISTTASKSRESPONSE']._serialized_start=2881
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2960
-  _globals['_WATCHTASKREQUEST']._serialized_start=2962
-  _globals['_WATCHTASKREQUEST']._serialized_end=2997
-  _globals['_WATCHTASKRESPONSE']._serialized_start=3000
-  _globals['_WATCHTASKRESPONSE']._serialized_end=3260
-  _globals['_CANCELTASKREQUEST']._serialized_start=3262
-  _globals['_CANCELTASKREQUEST']._serialized_end=3314
-  _globals['_CANCELTASKRESPONSE']._serialized_start=3316
-  _globals['_CANCELTASKRESPONSE']._serialized_end=3370
-  _globals['_EXPLAINTASKREQUEST']._serialized_start=3372
-  _globals['_EXPLAINTASKREQUEST']._serialized_end=3428
-  _globals['_EXPLAINTASKRESPONSE']._serialized_start=3430
-  _globals['_EXPLAINTASKRESPONSE']._serialized_end=3547
-  _globals['_TASKSERVICE']._serialized_start=4238
-  _globals['_TASKSERVICE']._serialized_end=4727
+  _globals['_TASKSTATE']._serialized_start=5205
+  _globals['_TASKSTATE']._serialized_end=5426
+  _globals['_STEPSTATE']._serialized_start=5429
+  _globals['_STEPSTATE']._serialized_end=5671
+  _globals['_PLANSTRATEGY']._serialized_start=5674
+  _globals['_PLANSTRATEGY']._serialized_end=5806
+  _globals['_APPROVALSTATE']._serialized_start=5809
+  _globals['_APPROVALSTATE']._serialized_end=5972
+  _globals['_TASKEVENTTYPE']._serialized_start=5975
+  _globals['_TASKEVENTTYPE']._serialized_end=6180
+  _globals['_TASK']._serialized_start=192
+  _globals['_TASK']._serialized_end=677
+  _globals['_RETRYPOLICY']._serialized_start=680
+  _globals['_RETRYPOLICY']._serialized_end=843
+  _globals['_RESOLVEDAGENT']._serialized_start=845
+  _globals['_RESOLVEDAGENT']._serialized_end=949
+  _globals['_PLANSTEP']._serialized_start=952
+  _globals['_PLANSTEP']._serialized_end=1537
+  _globals['_APPROVALRULE']._serialized_start=1539
+  _globals['_APPROVALRULE']._serialized_end=1627
+  _globals['_APPROVAL']._serialized_start=1630
+  _globals['_APPROVAL']._serialized_end=1916
+  _globals['_TASKTEMPLATE']._serialized_start=1918
+  _globals['_TASKTEMPLATE']._serialized_end=2004
+  _globals['_PLAN']._serialized_start=2007
+  _globals['_PLAN']._serialized_end=2263
+  _globals['_PLANREJECTION']._serialized_start=2266
+  _globals['_PLANREJECTION']._serialized_end=2435
+  _globals['_COLLABORATORCHOICE']._serialized_start=2438
+  _globals['_COLLABORATORCHOICE']._serialized_end=2650
+  _globals['_PARAMETERSUBSTITUTION']._serialized_start=2653
+  _globals['_PARAMETERSUBSTITUTION']._serialized_end=2827
+  _globals['_STEPATTEMPT']._serialized_start=2830
+  _globals['_STEPATTEMPT']._serialized_end=3199
+  _globals['_TASKEXPLANATION']._serialized_start=3202
+  _globals['_TASKEXPLANATION']._serialized_end=3638
+  _globals['_SUBMITTASKREQUEST']._serialized_start=3641
+  _globals['_SUBMITTASKREQUEST']._serialized_end=3871
+  _globals['_SUBMITTASKRESPONSE']._serialized_start=3873
+  _globals['_SUBMITTASKRESPONSE']._serialized_end=3927
+  _globals['_GETTASKREQUEST']._serialized_start=3929
+  _globals['_GETTASKREQUEST']._serialized_end=3962
+  _globals['_GETTASKRESPONSE']._serialized_start=3964
+  _globals['_GETTASKRESPONSE']._serialized_end=4015
+  _globals['_LISTTASKSREQUEST']._serialized_start=4018
+  _globals['_LISTTASKSREQUEST']._serialized_end=4186
+  _globals['_LISTTASKSRESPONSE']._serialized_start=4188
+  _globals['_LISTTASKSRESPONSE']._serialized_end=4267
+  _globals['_WATCHTASKREQUEST']._serialized_start=4269
+  _globals['_WATCHTASKREQUEST']._serialized_end=4320
+  _globals['_WATCHTASKRESPONSE']._serialized_start=4323
+  _globals['_WATCHTASKRESPONSE']._serialized_end=4641
+  _globals['_CANCELTASKREQUEST']._serialized_start=4643
+  _globals['_CANCELTASKREQUEST']._serialized_end=4695
+  _globals['_CANCELTASKRESPONSE']._serialized_start=4697
+  _globals['_CANCELTASKRESPONSE']._serialized_end=4751
+  _globals['_EXPLAINTASKREQUEST']._serialized_start=4753
+  _globals['_EXPLAINTASKREQUEST']._serialized_end=4809
+  _globals['_EXPLAINTASKRESPONSE']._serialized_start=4811
+  _globals['_EXPLAINTASKRESPONSE']._serialized_end=4928
+  _globals['_APPROVESTEPREQUEST']._serialized_start=4930
+  _globals['_APPROVESTEPREQUEST']._serialized_end=5001
+  _globals['_APPROVESTEPRESPONSE']._serialized_start=5003
+  _globals['_APPROVESTEPRESPONSE']._serialized_end=5066
+  _globals['_REJECTSTEPREQUEST']._serialized_start=5068
+  _globals['_REJECTSTEPREQUEST']._serialized_end=5138
+  _globals['_REJECTSTEPRESPONSE']._serialized_start=5140
+  _globals['_REJECTSTEPRESPONSE']._serialized_end=5202
+  _globals['_TASKSERVICE']._serialized_start=6183
+  _globals['_TASKSERVICE']._serialized_end=6837
 # @@protoc_insertion_point(module_scope)

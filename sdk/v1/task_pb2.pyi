@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from agentmesh.v1 import agent_pb2 as _agent_pb2
 from agentmesh.v1 import registry_pb2 as _registry_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -43,6 +44,8 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A step failed beyond its retries, or planning failed."""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 6
     """Cancelled by a caller."""
+    TASK_STATE_AWAITING_APPROVAL: _TaskState.ValueType  # 7
+    """A step waits for a human decision (ApproveStep / RejectStep); nothing else can run."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
     """TaskState is the lifecycle of a task."""
@@ -61,6 +64,8 @@ TASK_STATE_FAILED: TaskState.ValueType  # 5
 """A step failed beyond its retries, or planning failed."""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 6
 """Cancelled by a caller."""
+TASK_STATE_AWAITING_APPROVAL: TaskState.ValueType  # 7
+"""A step waits for a human decision (ApproveStep / RejectStep); nothing else can run."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
 class _StepState:
@@ -82,7 +87,11 @@ class _StepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepState.V
     STEP_STATE_FAILED: _StepState.ValueType  # 5
     """Failed beyond its retries."""
     STEP_STATE_SKIPPED: _StepState.ValueType  # 6
-    """Not run because the task ended first."""
+    """Not run because the task ended first, or its `when` condition was false."""
+    STEP_STATE_CANCELLED: _StepState.ValueType  # 7
+    """Stopped because the task was cancelled (a running call is abandoned)."""
+    STEP_STATE_AWAITING_APPROVAL: _StepState.ValueType  # 8
+    """Dependencies done; waits for ApproveStep / RejectStep (or its approval timeout)."""
 
 class StepState(_StepState, metaclass=_StepStateEnumTypeWrapper):
     """StepState is the lifecycle of a plan step (and of each attempt at it)."""
@@ -100,7 +109,11 @@ STEP_STATE_SUCCEEDED: StepState.ValueType  # 4
 STEP_STATE_FAILED: StepState.ValueType  # 5
 """Failed beyond its retries."""
 STEP_STATE_SKIPPED: StepState.ValueType  # 6
-"""Not run because the task ended first."""
+"""Not run because the task ended first, or its `when` condition was false."""
+STEP_STATE_CANCELLED: StepState.ValueType  # 7
+"""Stopped because the task was cancelled (a running call is abandoned)."""
+STEP_STATE_AWAITING_APPROVAL: StepState.ValueType  # 8
+"""Dependencies done; waits for ApproveStep / RejectStep (or its approval timeout)."""
 Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
 class _PlanStrategy:
@@ -131,6 +144,38 @@ PLAN_STRATEGY_CAPABILITY_MATCH: PlanStrategy.ValueType  # 3
 """One step to the best discovered skill."""
 Global___PlanStrategy: _TypeAlias = PlanStrategy  # noqa: Y015
 
+class _ApprovalState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_STATE_UNSPECIFIED: _ApprovalState.ValueType  # 0
+    """Not set."""
+    APPROVAL_STATE_PENDING: _ApprovalState.ValueType  # 1
+    """Waiting for a decision."""
+    APPROVAL_STATE_APPROVED: _ApprovalState.ValueType  # 2
+    """Approved by an identity with the `approve` permission."""
+    APPROVAL_STATE_REJECTED: _ApprovalState.ValueType  # 3
+    """Rejected by an identity with the `approve` permission."""
+    APPROVAL_STATE_TIMED_OUT: _ApprovalState.ValueType  # 4
+    """Nobody decided before the timeout; counts as rejected."""
+
+class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper):
+    """ApprovalState is the lifecycle of an approval request."""
+
+APPROVAL_STATE_UNSPECIFIED: ApprovalState.ValueType  # 0
+"""Not set."""
+APPROVAL_STATE_PENDING: ApprovalState.ValueType  # 1
+"""Waiting for a decision."""
+APPROVAL_STATE_APPROVED: ApprovalState.ValueType  # 2
+"""Approved by an identity with the `approve` permission."""
+APPROVAL_STATE_REJECTED: ApprovalState.ValueType  # 3
+"""Rejected by an identity with the `approve` permission."""
+APPROVAL_STATE_TIMED_OUT: ApprovalState.ValueType  # 4
+"""Nobody decided before the timeout; counts as rejected."""
+Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
+
 class _TaskEventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -147,6 +192,8 @@ class _TaskEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskEve
     """A step changed state."""
     TASK_EVENT_TYPE_ATTEMPT: _TaskEventType.ValueType  # 4
     """A step attempt ended."""
+    TASK_EVENT_TYPE_APPROVAL: _TaskEventType.ValueType  # 5
+    """An approval was requested or decided."""
 
 class TaskEventType(_TaskEventType, metaclass=_TaskEventTypeEnumTypeWrapper):
     """TaskEventType says what happened to a task."""
@@ -161,6 +208,8 @@ TASK_EVENT_TYPE_STEP_STATE: TaskEventType.ValueType  # 3
 """A step changed state."""
 TASK_EVENT_TYPE_ATTEMPT: TaskEventType.ValueType  # 4
 """A step attempt ended."""
+TASK_EVENT_TYPE_APPROVAL: TaskEventType.ValueType  # 5
+"""An approval was requested or decided."""
 Global___TaskEventType: _TypeAlias = TaskEventType  # noqa: Y015
 
 @_typing.final
@@ -183,6 +232,9 @@ class Task(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id assigned by the planner."""
     goal: _builtins.str
@@ -203,6 +255,10 @@ class Task(_message.Message):
     """End user the task acts for, if any."""
     trace_id: _builtins.str
     """Trace id of the submission."""
+    parent_step_id: _builtins.str
+    """Step of the parent task whose agent started this sub-task."""
+    depth: _builtins.int
+    """Sub-task depth: 0 for a task submitted from outside, parent's depth + 1 for a sub-task."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Structured input; step templates refer to it as ${task.input.*}."""
@@ -218,6 +274,10 @@ class Task(_message.Message):
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the task last changed."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When the whole task must have ended; still-running work then fails with DEADLINE_EXCEEDED."""
 
     def __init__(
         self,
@@ -236,10 +296,13 @@ class Task(_message.Message):
         trace_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        parent_step_id: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "input", b"input", "output", b"output", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "input", b"input", "output", b"output", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "error", b"error", "goal", b"goal", "input", b"input", "on_behalf_of", b"on_behalf_of", "output", b"output", "parent_task_id", b"parent_task_id", "playbook", b"playbook", "state", b"state", "submitted_by", b"submitted_by", "task_id", b"task_id", "trace_id", b"trace_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "deadline", b"deadline", "depth", b"depth", "error", b"error", "goal", b"goal", "input", b"input", "on_behalf_of", b"on_behalf_of", "output", b"output", "parent_step_id", b"parent_step_id", "parent_task_id", b"parent_task_id", "playbook", b"playbook", "state", b"state", "submitted_by", b"submitted_by", "task_id", b"task_id", "trace_id", b"trace_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,6 +403,10 @@ class PlanStep(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     OUTPUT_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step id, unique within the plan."""
     description: _builtins.str
@@ -350,6 +417,12 @@ class PlanStep(_message.Message):
     """Acceptance rule (expression over the output) that must hold."""
     state: Global___StepState.ValueType
     """Current state."""
+    when: _builtins.str
+    """Condition (CEL over `task` and `steps`) checked when the dependencies are done; false skips the step."""
+    idempotency_key: _builtins.str
+    """Idempotency key sent with every attempt of this step (stable across attempts and replicas)."""
+    error: _builtins.str
+    """Error of the last attempt, when failed."""
     @_builtins.property
     def agent_query(self) -> _registry_pb2.DiscoverAgentsRequest:
         """How to find the agent (visibility and characteristics scope)."""
@@ -382,6 +455,10 @@ class PlanStep(_message.Message):
     def output(self) -> _struct_pb2.Struct:
         """Accepted output, when succeeded."""
 
+    @_builtins.property
+    def approval(self) -> Global___ApprovalRule:
+        """Approval the step needs before it runs, if any."""
+
     def __init__(
         self,
         *,
@@ -398,14 +475,142 @@ class PlanStep(_message.Message):
         agent: Global___ResolvedAgent | None = ...,
         state: Global___StepState.ValueType = ...,
         output: _struct_pb2.Struct | None = ...,
+        when: _builtins.str = ...,
+        approval: Global___ApprovalRule | None = ...,
+        idempotency_key: _builtins.str = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acceptance_schema", b"acceptance_schema", "agent", b"agent", "agent_query", b"agent_query", "input_template", b"input_template", "output", b"output", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acceptance_schema", b"acceptance_schema", "agent", b"agent", "agent_query", b"agent_query", "approval", b"approval", "input_template", b"input_template", "output", b"output", "retry_policy", b"retry_policy", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_rule", b"acceptance_rule", "acceptance_schema", b"acceptance_schema", "agent", b"agent", "agent_query", b"agent_query", "depends_on", b"depends_on", "description", b"description", "input_template", b"input_template", "output", b"output", "retry_policy", b"retry_policy", "skill", b"skill", "state", b"state", "step_id", b"step_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acceptance_rule", b"acceptance_rule", "acceptance_schema", b"acceptance_schema", "agent", b"agent", "agent_query", b"agent_query", "approval", b"approval", "depends_on", b"depends_on", "description", b"description", "error", b"error", "idempotency_key", b"idempotency_key", "input_template", b"input_template", "output", b"output", "retry_policy", b"retry_policy", "skill", b"skill", "state", b"state", "step_id", b"step_id", "timeout", b"timeout", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlanStep: _TypeAlias = PlanStep  # noqa: Y015
+
+@_typing.final
+class ApprovalRule(_message.Message):
+    """ApprovalRule says when a step waits for a human decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WHEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    when: _builtins.str
+    """Condition (CEL over `task` and `steps`); empty means always."""
+    reason: _builtins.str
+    """Why the step needs approval, shown to the approver."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long to wait before the step is rejected for lack of a decision."""
+
+    def __init__(
+        self,
+        *,
+        when: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "timeout", b"timeout", "when", b"when"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRule: _TypeAlias = ApprovalRule  # noqa: Y015
+
+@_typing.final
+class Approval(_message.Message):
+    """Approval is one request for a human decision on a step, and its outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    DECIDE_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Task of the step."""
+    step_id: _builtins.str
+    """Step that waits."""
+    state: Global___ApprovalState.ValueType
+    """Current state."""
+    reason: _builtins.str
+    """Why approval is needed."""
+    decided_by: _builtins.str
+    """Identity that decided (SPIFFE id, or the end user behind the gateway)."""
+    comment: _builtins.str
+    """The decider's comment."""
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When approval was requested."""
+
+    @_builtins.property
+    def decide_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was decided."""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """When it times out."""
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        state: Global___ApprovalState.ValueType = ...,
+        reason: _builtins.str = ...,
+        decided_by: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        decide_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "decide_time", b"decide_time", "request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "deadline", b"deadline", "decide_time", b"decide_time", "decided_by", b"decided_by", "reason", b"reason", "request_time", b"request_time", "state", b"state", "step_id", b"step_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
+class TaskTemplate(_message.Message):
+    """TaskTemplate says what task to start from another resource (e.g. a conversation message)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    PLAYBOOK_FIELD_NUMBER: _builtins.int
+    goal: _builtins.str
+    """What the task is for, in words."""
+    playbook: _builtins.str
+    """Playbook to plan with; empty means the planner chooses."""
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """Task input; templates read it as ${task.input.*}."""
+
+    def __init__(
+        self,
+        *,
+        goal: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        playbook: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal", "input", b"input", "playbook", b"playbook"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskTemplate: _TypeAlias = TaskTemplate  # noqa: Y015
 
 @_typing.final
 class Plan(_message.Message):
@@ -419,6 +624,9 @@ class Plan(_message.Message):
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PLAN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Plan id."""
     strategy: Global___PlanStrategy.ValueType
@@ -427,6 +635,12 @@ class Plan(_message.Message):
     """Playbook name, when strategy is PLAYBOOK."""
     content_hash: _builtins.str
     """SHA-256 of the canonical plan content."""
+    version: _builtins.int
+    """Plan version of the task, from 1; re-planning makes a new version."""
+    previous_plan_id: _builtins.str
+    """The plan this one replaced, when re-planned."""
+    reason: _builtins.str
+    """Why the plan was made (or re-made)."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanStep]:
         """Steps in topological order."""
@@ -444,14 +658,55 @@ class Plan(_message.Message):
         content_hash: _builtins.str = ...,
         steps: _abc.Iterable[Global___PlanStep] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+        previous_plan_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "plan_id", b"plan_id", "playbook", b"playbook", "steps", b"steps", "strategy", b"strategy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_hash", b"content_hash", "create_time", b"create_time", "plan_id", b"plan_id", "playbook", b"playbook", "previous_plan_id", b"previous_plan_id", "reason", b"reason", "steps", b"steps", "strategy", b"strategy", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class PlanRejection(_message.Message):
+    """PlanRejection records a plan that failed validation (e.g. a model-made plan naming an undiscovered agent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PROPOSED_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    strategy: Global___PlanStrategy.ValueType
+    """Strategy that proposed the plan."""
+    reason: _builtins.str
+    """Why it was rejected."""
+    @_builtins.property
+    def proposed(self) -> _struct_pb2.Struct:
+        """The proposed plan, as received."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was rejected."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Global___PlanStrategy.ValueType = ...,
+        reason: _builtins.str = ...,
+        proposed: _struct_pb2.Struct | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "proposed", b"proposed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "proposed", b"proposed", "reason", b"reason", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanRejection: _TypeAlias = PlanRejection  # noqa: Y015
 
 @_typing.final
 class CollaboratorChoice(_message.Message):
@@ -464,10 +719,13 @@ class CollaboratorChoice(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     CHOSEN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step the choice is for."""
     reason: _builtins.str
     """Why it was chosen."""
+    attempt: _builtins.int
+    """Attempt the choice was made for, from 1."""
     @_builtins.property
     def query(self) -> _registry_pb2.DiscoverAgentsRequest:
         """The discovery query asked."""
@@ -488,10 +746,11 @@ class CollaboratorChoice(_message.Message):
         candidates: _abc.Iterable[_registry_pb2.Candidate] | None = ...,
         chosen: Global___ResolvedAgent | None = ...,
         reason: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chosen", b"chosen", "query", b"query"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "chosen", b"chosen", "query", b"query", "reason", b"reason", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "candidates", b"candidates", "chosen", b"chosen", "query", b"query", "reason", b"reason", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -508,6 +767,8 @@ class ParameterSubstitution(_message.Message):
     TEMPLATE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SOURCE_STEP_ID_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step whose input was resolved."""
     field_path: _builtins.str
@@ -516,6 +777,10 @@ class ParameterSubstitution(_message.Message):
     """The template text (e.g. "${steps.lookup.output.email}")."""
     source: _builtins.str
     """Where the value came from (e.g. "steps.lookup.output")."""
+    attempt: _builtins.int
+    """Attempt whose input it was, from 1."""
+    source_step_id: _builtins.str
+    """Step the value came from, when it came from a step output."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
         """The resolved value."""
@@ -528,10 +793,12 @@ class ParameterSubstitution(_message.Message):
         template: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
         source: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        source_step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field_path", b"field_path", "source", b"source", "step_id", b"step_id", "template", b"template", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "field_path", b"field_path", "source", b"source", "source_step_id", b"source_step_id", "step_id", b"step_id", "template", b"template", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +819,9 @@ class StepAttempt(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    MODEL_USAGES_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
+    PLANNER_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Step attempted."""
     attempt: _builtins.int
@@ -564,6 +834,10 @@ class StepAttempt(_message.Message):
     """Error message on failure."""
     trace_id: _builtins.str
     """Trace id of the attempt."""
+    replayed: _builtins.bool
+    """True when the agent replayed an earlier run's result (idempotency key seen before)."""
+    planner: _builtins.str
+    """Identity of the planner replica that ran the attempt."""
     @_builtins.property
     def agent(self) -> Global___ResolvedAgent:
         """The agent called."""
@@ -575,6 +849,10 @@ class StepAttempt(_message.Message):
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the attempt ended."""
+
+    @_builtins.property
+    def model_usages(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.ModelUsage]:
+        """Models the agent called, in call order."""
 
     def __init__(
         self,
@@ -588,10 +866,13 @@ class StepAttempt(_message.Message):
         trace_id: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        model_usages: _abc.Iterable[_agent_pb2.ModelUsage] | None = ...,
+        replayed: _builtins.bool = ...,
+        planner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "end_time", b"end_time", "error_code", b"error_code", "error_message", b"error_message", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "end_time", b"end_time", "error_code", b"error_code", "error_message", b"error_message", "model_usages", b"model_usages", "planner", b"planner", "replayed", b"replayed", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -609,6 +890,9 @@ class TaskExplanation(_message.Message):
     SUBSTITUTIONS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     SUBTASKS_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    PLAN_VERSIONS_FIELD_NUMBER: _builtins.int
+    PLAN_REJECTIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> Global___Task:
         """The task."""
@@ -633,6 +917,18 @@ class TaskExplanation(_message.Message):
     def subtasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskExplanation]:
         """Sub-tasks that agents started."""
 
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]:
+        """Every approval request and its decision."""
+
+    @_builtins.property
+    def plan_versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Plan]:
+        """Every plan version, oldest first (`plan` is the newest)."""
+
+    @_builtins.property
+    def plan_rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanRejection]:
+        """Plans proposed and rejected while planning."""
+
     def __init__(
         self,
         *,
@@ -642,10 +938,13 @@ class TaskExplanation(_message.Message):
         substitutions: _abc.Iterable[Global___ParameterSubstitution] | None = ...,
         attempts: _abc.Iterable[Global___StepAttempt] | None = ...,
         subtasks: _abc.Iterable[Global___TaskExplanation] | None = ...,
+        approvals: _abc.Iterable[Global___Approval] | None = ...,
+        plan_versions: _abc.Iterable[Global___Plan] | None = ...,
+        plan_rejections: _abc.Iterable[Global___PlanRejection] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "collaborators", b"collaborators", "plan", b"plan", "substitutions", b"substitutions", "subtasks", b"subtasks", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "attempts", b"attempts", "collaborators", b"collaborators", "plan", b"plan", "plan_rejections", b"plan_rejections", "plan_versions", b"plan_versions", "substitutions", b"substitutions", "subtasks", b"subtasks", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -663,6 +962,8 @@ class SubmitTaskRequest(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PARENT_TASK_ID_FIELD_NUMBER: _builtins.int
+    DELEGATION_TOKEN_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     goal: _builtins.str
     """What the caller wants done, in words."""
     playbook: _builtins.str
@@ -673,9 +974,15 @@ class SubmitTaskRequest(_message.Message):
     """Client-chosen id; resubmitting the same id returns the same task."""
     parent_task_id: _builtins.str
     """Parent task, when an agent starts a sub-task."""
+    delegation_token: _builtins.str
+    """For a sub-task: the agent's step token (delegation token) of the parent's step it runs."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Structured input."""
+
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """Time the whole task may take; default from the planner's settings."""
 
     def __init__(
         self,
@@ -686,10 +993,12 @@ class SubmitTaskRequest(_message.Message):
         conversation_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         parent_task_id: _builtins.str = ...,
+        delegation_token: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "goal", b"goal", "input", b"input", "parent_task_id", b"parent_task_id", "playbook", b"playbook", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "delegation_token", b"delegation_token", "goal", b"goal", "input", b"input", "parent_task_id", b"parent_task_id", "playbook", b"playbook", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,6 +1084,8 @@ class ListTasksRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SUBMITTED_BY_FIELD_NUMBER: _builtins.int
+    PARENT_TASK_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum tasks per page (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -783,6 +1094,10 @@ class ListTasksRequest(_message.Message):
     """Only tasks in this state, when set."""
     conversation_id: _builtins.str
     """Only tasks of this conversation, when set."""
+    submitted_by: _builtins.str
+    """Only tasks submitted by this identity, when set."""
+    parent_task_id: _builtins.str
+    """Only sub-tasks of this task, when set."""
     def __init__(
         self,
         *,
@@ -790,10 +1105,12 @@ class ListTasksRequest(_message.Message):
         page_token: _builtins.str = ...,
         state: Global___TaskState.ValueType = ...,
         conversation_id: _builtins.str = ...,
+        submitted_by: _builtins.str = ...,
+        parent_task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token", "parent_task_id", b"parent_task_id", "state", b"state", "submitted_by", b"submitted_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -834,16 +1151,20 @@ class WatchTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Task id."""
+    cursor: _builtins.str
+    """Resume after this event (WatchTaskResponse.cursor); empty streams every event from the start."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
+        cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -861,8 +1182,12 @@ class WatchTaskResponse(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    APPROVAL_FIELD_NUMBER: _builtins.int
     type: Global___TaskEventType.ValueType
     """What happened."""
+    cursor: _builtins.str
+    """Position of this event; pass it as WatchTaskRequest.cursor to resume after it."""
     @_builtins.property
     def task(self) -> Global___Task:
         """The task as of this event."""
@@ -883,6 +1208,10 @@ class WatchTaskResponse(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
 
+    @_builtins.property
+    def approval(self) -> Global___Approval:
+        """The approval concerned, for APPROVAL."""
+
     def __init__(
         self,
         *,
@@ -892,10 +1221,12 @@ class WatchTaskResponse(_message.Message):
         step: Global___PlanStep | None = ...,
         attempt: Global___StepAttempt | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        cursor: _builtins.str = ...,
+        approval: Global___Approval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event_time", b"event_time", "plan", b"plan", "step", b"step", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt", b"attempt", "event_time", b"event_time", "plan", b"plan", "step", b"step", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "event_time", b"event_time", "plan", b"plan", "step", b"step", "task", b"task", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt", b"attempt", "cursor", b"cursor", "event_time", b"event_time", "plan", b"plan", "step", b"step", "task", b"task", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1006,3 +1337,111 @@ class ExplainTaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainTaskResponse: _TypeAlias = ExplainTaskResponse  # noqa: Y015
+
+@_typing.final
+class ApproveStepRequest(_message.Message):
+    """ApproveStepRequest approves a step that waits for approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Task id."""
+    step_id: _builtins.str
+    """Step id."""
+    comment: _builtins.str
+    """Why, recorded with the decision."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "step_id", b"step_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveStepRequest: _TypeAlias = ApproveStepRequest  # noqa: Y015
+
+@_typing.final
+class ApproveStepResponse(_message.Message):
+    """ApproveStepResponse returns the decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> Global___Approval:
+        """The approval, decided."""
+
+    def __init__(
+        self,
+        *,
+        approval: Global___Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveStepResponse: _TypeAlias = ApproveStepResponse  # noqa: Y015
+
+@_typing.final
+class RejectStepRequest(_message.Message):
+    """RejectStepRequest rejects a step that waits for approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """Task id."""
+    step_id: _builtins.str
+    """Step id."""
+    comment: _builtins.str
+    """Why, recorded with the decision."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "step_id", b"step_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectStepRequest: _TypeAlias = RejectStepRequest  # noqa: Y015
+
+@_typing.final
+class RejectStepResponse(_message.Message):
+    """RejectStepResponse returns the decision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> Global___Approval:
+        """The approval, decided."""
+
+    def __init__(
+        self,
+        *,
+        approval: Global___Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectStepResponse: _TypeAlias = RejectStepResponse  # noqa: Y015

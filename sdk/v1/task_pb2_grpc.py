@@ -65,6 +65,16 @@ class TaskServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_task__pb2.ExplainTaskRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_task__pb2.ExplainTaskResponse.FromString,
                 _registered_method=True)
+        self.ApproveStep = channel.unary_unary(
+                '/agentmesh.v1.TaskService/ApproveStep',
+                request_serializer=agentmesh_dot_v1_dot_task__pb2.ApproveStepRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.ApproveStepResponse.FromString,
+                _registered_method=True)
+        self.RejectStep = channel.unary_unary(
+                '/agentmesh.v1.TaskService/RejectStep',
+                request_serializer=agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -113,6 +123,20 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveStep(self, request, context):
+        """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectStep(self, request, context):
+        """RejectStep refuses a step that waits for approval; the step fails and so does its task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +169,16 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ExplainTask,
                     request_deserializer=agentmesh_dot_v1_dot_task__pb2.ExplainTaskRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_task__pb2.ExplainTaskResponse.SerializeToString,
+            ),
+            'ApproveStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveStep,
+                    request_deserializer=agentmesh_dot_v1_dot_task__pb2.ApproveStepRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.ApproveStepResponse.SerializeToString,
+            ),
+            'RejectStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectStep,
+                    request_deserializer=agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +344,60 @@ class TaskService:
             '/agentmesh.v1.TaskService/ExplainTask',
             agentmesh_dot_v1_dot_task__pb2.ExplainTaskRequest.SerializeToString,
             agentmesh_dot_v1_dot_task__pb2.ExplainTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TaskService/ApproveStep',
+            agentmesh_dot_v1_dot_task__pb2.ApproveStepRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.ApproveStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TaskService/RejectStep',
+            agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

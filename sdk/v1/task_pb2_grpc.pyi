@@ -45,6 +45,10 @@ class TaskServiceStub:
     """CancelTask stops a task; running steps are abandoned."""
     ExplainTask: _grpc.UnaryUnaryMultiCallable[_task_pb2.ExplainTaskRequest, _task_pb2.ExplainTaskResponse]
     """ExplainTask returns the stored plan, the choices made and every attempt, as a tree."""
+    ApproveStep: _grpc.UnaryUnaryMultiCallable[_task_pb2.ApproveStepRequest, _task_pb2.ApproveStepResponse]
+    """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission)."""
+    RejectStep: _grpc.UnaryUnaryMultiCallable[_task_pb2.RejectStepRequest, _task_pb2.RejectStepResponse]
+    """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -63,6 +67,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """CancelTask stops a task; running steps are abandoned."""
     ExplainTask: _aio.UnaryUnaryMultiCallable[_task_pb2.ExplainTaskRequest, _task_pb2.ExplainTaskResponse]  # type: ignore[assignment]
     """ExplainTask returns the stored plan, the choices made and every attempt, as a tree."""
+    ApproveStep: _aio.UnaryUnaryMultiCallable[_task_pb2.ApproveStepRequest, _task_pb2.ApproveStepResponse]  # type: ignore[assignment]
+    """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission)."""
+    RejectStep: _aio.UnaryUnaryMultiCallable[_task_pb2.RejectStepRequest, _task_pb2.RejectStepResponse]  # type: ignore[assignment]
+    """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService accepts tasks, plans them into steps and runs each step on the right agent."""
@@ -114,5 +122,21 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_pb2.ExplainTaskResponse, _abc.Awaitable[_task_pb2.ExplainTaskResponse]]:
         """ExplainTask returns the stored plan, the choices made and every attempt, as a tree."""
+
+    @_abc_1.abstractmethod
+    def ApproveStep(
+        self,
+        request: _task_pb2.ApproveStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.ApproveStepResponse, _abc.Awaitable[_task_pb2.ApproveStepResponse]]:
+        """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission)."""
+
+    @_abc_1.abstractmethod
+    def RejectStep(
+        self,
+        request: _task_pb2.RejectStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.RejectStepResponse, _abc.Awaitable[_task_pb2.RejectStepResponse]]:
+        """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
