@@ -44,7 +44,7 @@ class _TaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskState.V
     """A step failed beyond its retries, or planning failed."""
     TASK_STATE_CANCELLED: _TaskState.ValueType  # 6
     """Cancelled by a caller."""
-    TASK_STATE_AWAITING_APPROVAL: _TaskState.ValueType  # 7
+    TASK_STATE_WAITING_APPROVAL: _TaskState.ValueType  # 7
     """A step waits for a human decision (ApproveStep / RejectStep); nothing else can run."""
 
 class TaskState(_TaskState, metaclass=_TaskStateEnumTypeWrapper):
@@ -64,7 +64,7 @@ TASK_STATE_FAILED: TaskState.ValueType  # 5
 """A step failed beyond its retries, or planning failed."""
 TASK_STATE_CANCELLED: TaskState.ValueType  # 6
 """Cancelled by a caller."""
-TASK_STATE_AWAITING_APPROVAL: TaskState.ValueType  # 7
+TASK_STATE_WAITING_APPROVAL: TaskState.ValueType  # 7
 """A step waits for a human decision (ApproveStep / RejectStep); nothing else can run."""
 Global___TaskState: _TypeAlias = TaskState  # noqa: Y015
 
@@ -90,7 +90,7 @@ class _StepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepState.V
     """Not run because the task ended first, or its `when` condition was false."""
     STEP_STATE_CANCELLED: _StepState.ValueType  # 7
     """Stopped because the task was cancelled (a running call is abandoned)."""
-    STEP_STATE_AWAITING_APPROVAL: _StepState.ValueType  # 8
+    STEP_STATE_WAITING_APPROVAL: _StepState.ValueType  # 8
     """Dependencies done; waits for ApproveStep / RejectStep (or its approval timeout)."""
 
 class StepState(_StepState, metaclass=_StepStateEnumTypeWrapper):
@@ -112,7 +112,7 @@ STEP_STATE_SKIPPED: StepState.ValueType  # 6
 """Not run because the task ended first, or its `when` condition was false."""
 STEP_STATE_CANCELLED: StepState.ValueType  # 7
 """Stopped because the task was cancelled (a running call is abandoned)."""
-STEP_STATE_AWAITING_APPROVAL: StepState.ValueType  # 8
+STEP_STATE_WAITING_APPROVAL: StepState.ValueType  # 8
 """Dependencies done; waits for ApproveStep / RejectStep (or its approval timeout)."""
 Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
