@@ -1071,3 +1071,247 @@ class ReportOutcomeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportOutcomeResponse: _TypeAlias = ReportOutcomeResponse  # noqa: Y015
+
+@_typing.final
+class Revocation(_message.Message):
+    """Revocation is one revoked identity or certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVOKED_BY_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    """A SPIFFE id (spiffe://<trust-domain>/<kind>/<name>): every certificate of that identity."""
+    certificate_serial: _builtins.str
+    """One certificate, by serial number in lowercase hexadecimal (as `agentmesh certs show` prints it)."""
+    reason: _builtins.str
+    """Why (operator note)."""
+    revoked_by: _builtins.str
+    """The SPIFFE id of whoever revoked it."""
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was revoked."""
+
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        certificate_serial: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        revoked_by: _builtins.str = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "revoke_time", b"revoke_time", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "reason", b"reason", "revoke_time", b"revoke_time", "revoked_by", b"revoked_by", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["spiffe_id", "certificate_serial"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class RevokeIdentityRequest(_message.Message):
+    """RevokeIdentityRequest revokes one identity or certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    """A SPIFFE id in the registry's trust domain; an agent's is spiffe://<td>/agent/<namespace>/<name>."""
+    certificate_serial: _builtins.str
+    """One certificate serial, hexadecimal (colons and a 0x prefix are accepted)."""
+    reason: _builtins.str
+    """Why (kept with the revocation), at most 512 characters."""
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        certificate_serial: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "reason", b"reason", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["spiffe_id", "certificate_serial"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___RevokeIdentityRequest: _TypeAlias = RevokeIdentityRequest  # noqa: Y015
+
+@_typing.final
+class RevokeIdentityResponse(_message.Message):
+    """RevokeIdentityResponse returns the revocation in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    REMOVED_INSTANCES_FIELD_NUMBER: _builtins.int
+    removed_instances: _builtins.int
+    """How many registered instances were removed by this call."""
+    @_builtins.property
+    def revocation(self) -> Global___Revocation:
+        """The stored revocation."""
+
+    def __init__(
+        self,
+        *,
+        revocation: Global___Revocation | None = ...,
+        removed_instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed_instances", b"removed_instances", "revocation", b"revocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeIdentityResponse: _TypeAlias = RevokeIdentityResponse  # noqa: Y015
+
+@_typing.final
+class UnrevokeIdentityRequest(_message.Message):
+    """UnrevokeIdentityRequest lifts one revocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    spiffe_id: _builtins.str
+    """The revoked SPIFFE id."""
+    certificate_serial: _builtins.str
+    """The revoked certificate serial, hexadecimal."""
+    def __init__(
+        self,
+        *,
+        spiffe_id: _builtins.str = ...,
+        certificate_serial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "spiffe_id", b"spiffe_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["spiffe_id", "certificate_serial"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___UnrevokeIdentityRequest: _TypeAlias = UnrevokeIdentityRequest  # noqa: Y015
+
+@_typing.final
+class UnrevokeIdentityResponse(_message.Message):
+    """UnrevokeIdentityResponse returns the revocation that was lifted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revocation(self) -> Global___Revocation:
+        """The revocation as it was."""
+
+    def __init__(
+        self,
+        *,
+        revocation: Global___Revocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocation", b"revocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnrevokeIdentityResponse: _TypeAlias = UnrevokeIdentityResponse  # noqa: Y015
+
+@_typing.final
+class ListRevocationsRequest(_message.Message):
+    """ListRevocationsRequest asks for every revocation in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsRequest: _TypeAlias = ListRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class ListRevocationsResponse(_message.Message):
+    """ListRevocationsResponse is the revocation set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Registry revision of this set."""
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
+        """Every revocation in force, SPIFFE ids first, then serials, each sorted."""
+
+    def __init__(
+        self,
+        *,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "revocations", b"revocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRevocationsResponse: _TypeAlias = ListRevocationsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsRequest(_message.Message):
+    """WatchRevocationsRequest starts following the revocation set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsRequest: _TypeAlias = WatchRevocationsRequest  # noqa: Y015
+
+@_typing.final
+class WatchRevocationsResponse(_message.Message):
+    """WatchRevocationsResponse is the whole revocation set as of a revision."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVISION_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    revision: _builtins.int
+    """Registry revision of this set; later messages carry later revisions."""
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
+        """Every revocation in force (the complete set, not a change)."""
+
+    def __init__(
+        self,
+        *,
+        revision: _builtins.int = ...,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revision", b"revision", "revocations", b"revocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRevocationsResponse: _TypeAlias = WatchRevocationsResponse  # noqa: Y015

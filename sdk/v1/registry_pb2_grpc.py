@@ -90,6 +90,26 @@ class RegistryServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeResponse.FromString,
                 _registered_method=True)
+        self.RevokeIdentity = channel.unary_unary(
+                '/agentmesh.v1.RegistryService/RevokeIdentity',
+                request_serializer=agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityResponse.FromString,
+                _registered_method=True)
+        self.UnrevokeIdentity = channel.unary_unary(
+                '/agentmesh.v1.RegistryService/UnrevokeIdentity',
+                request_serializer=agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityResponse.FromString,
+                _registered_method=True)
+        self.ListRevocations = channel.unary_unary(
+                '/agentmesh.v1.RegistryService/ListRevocations',
+                request_serializer=agentmesh_dot_v1_dot_registry__pb2.ListRevocationsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_registry__pb2.ListRevocationsResponse.FromString,
+                _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/agentmesh.v1.RegistryService/WatchRevocations',
+                request_serializer=agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -179,6 +199,37 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeIdentity(self, request, context):
+        """RevokeIdentity revokes a SPIFFE id, or one certificate by serial, mesh-wide: the registry removes the
+        instances it registered (they leave discovery and their leases end at once) and every mesh server
+        refuses its calls within seconds. Revoking what is already revoked returns the existing revocation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnrevokeIdentity(self, request, context):
+        """UnrevokeIdentity lifts a revocation (NOT_FOUND when there is none); the identity may register again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRevocations(self, request, context):
+        """ListRevocations returns every revocation in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRevocations(self, request, context):
+        """WatchRevocations streams the whole revocation set at once and again after every change; each mesh server
+        follows it and checks calls against its copy (no network hop per call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -236,6 +287,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ReportOutcome,
                     request_deserializer=agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeResponse.SerializeToString,
+            ),
+            'RevokeIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeIdentity,
+                    request_deserializer=agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityResponse.SerializeToString,
+            ),
+            'UnrevokeIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnrevokeIdentity,
+                    request_deserializer=agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityResponse.SerializeToString,
+            ),
+            'ListRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRevocations,
+                    request_deserializer=agentmesh_dot_v1_dot_registry__pb2.ListRevocationsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_registry__pb2.ListRevocationsResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +607,114 @@ class RegistryService:
             '/agentmesh.v1.RegistryService/ReportOutcome',
             agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeRequest.SerializeToString,
             agentmesh_dot_v1_dot_registry__pb2.ReportOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.RegistryService/RevokeIdentity',
+            agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityRequest.SerializeToString,
+            agentmesh_dot_v1_dot_registry__pb2.RevokeIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnrevokeIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.RegistryService/UnrevokeIdentity',
+            agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityRequest.SerializeToString,
+            agentmesh_dot_v1_dot_registry__pb2.UnrevokeIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.RegistryService/ListRevocations',
+            agentmesh_dot_v1_dot_registry__pb2.ListRevocationsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_registry__pb2.ListRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.v1.RegistryService/WatchRevocations',
+            agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_registry__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

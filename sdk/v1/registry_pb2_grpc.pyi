@@ -62,6 +62,19 @@ class RegistryServiceStub:
     """GetRoutingPolicy returns the version weights of one agent."""
     ReportOutcome: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReportOutcomeRequest, _registry_pb2.ReportOutcomeResponse]
     """ReportOutcome tells the registry how a call to an agent instance went (drives canary rollback)."""
+    RevokeIdentity: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RevokeIdentityRequest, _registry_pb2.RevokeIdentityResponse]
+    """RevokeIdentity revokes a SPIFFE id, or one certificate by serial, mesh-wide: the registry removes the
+    instances it registered (they leave discovery and their leases end at once) and every mesh server
+    refuses its calls within seconds. Revoking what is already revoked returns the existing revocation.
+    """
+    UnrevokeIdentity: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UnrevokeIdentityRequest, _registry_pb2.UnrevokeIdentityResponse]
+    """UnrevokeIdentity lifts a revocation (NOT_FOUND when there is none); the identity may register again."""
+    ListRevocations: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListRevocationsRequest, _registry_pb2.ListRevocationsResponse]
+    """ListRevocations returns every revocation in force."""
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_registry_pb2.WatchRevocationsRequest, _registry_pb2.WatchRevocationsResponse]
+    """WatchRevocations streams the whole revocation set at once and again after every change; each mesh server
+    follows it and checks calls against its copy (no network hop per call).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -97,6 +110,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """GetRoutingPolicy returns the version weights of one agent."""
     ReportOutcome: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReportOutcomeRequest, _registry_pb2.ReportOutcomeResponse]  # type: ignore[assignment]
     """ReportOutcome tells the registry how a call to an agent instance went (drives canary rollback)."""
+    RevokeIdentity: _aio.UnaryUnaryMultiCallable[_registry_pb2.RevokeIdentityRequest, _registry_pb2.RevokeIdentityResponse]  # type: ignore[assignment]
+    """RevokeIdentity revokes a SPIFFE id, or one certificate by serial, mesh-wide: the registry removes the
+    instances it registered (they leave discovery and their leases end at once) and every mesh server
+    refuses its calls within seconds. Revoking what is already revoked returns the existing revocation.
+    """
+    UnrevokeIdentity: _aio.UnaryUnaryMultiCallable[_registry_pb2.UnrevokeIdentityRequest, _registry_pb2.UnrevokeIdentityResponse]  # type: ignore[assignment]
+    """UnrevokeIdentity lifts a revocation (NOT_FOUND when there is none); the identity may register again."""
+    ListRevocations: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRevocationsRequest, _registry_pb2.ListRevocationsResponse]  # type: ignore[assignment]
+    """ListRevocations returns every revocation in force."""
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_registry_pb2.WatchRevocationsRequest, _registry_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """WatchRevocations streams the whole revocation set at once and again after every change; each mesh server
+    follows it and checks calls against its copy (no network hop per call).
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService is the book of record of the mesh: agent cards, leases, discovery, routing."""
@@ -195,5 +221,42 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ReportOutcomeResponse, _abc.Awaitable[_registry_pb2.ReportOutcomeResponse]]:
         """ReportOutcome tells the registry how a call to an agent instance went (drives canary rollback)."""
+
+    @_abc_1.abstractmethod
+    def RevokeIdentity(
+        self,
+        request: _registry_pb2.RevokeIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RevokeIdentityResponse, _abc.Awaitable[_registry_pb2.RevokeIdentityResponse]]:
+        """RevokeIdentity revokes a SPIFFE id, or one certificate by serial, mesh-wide: the registry removes the
+        instances it registered (they leave discovery and their leases end at once) and every mesh server
+        refuses its calls within seconds. Revoking what is already revoked returns the existing revocation.
+        """
+
+    @_abc_1.abstractmethod
+    def UnrevokeIdentity(
+        self,
+        request: _registry_pb2.UnrevokeIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UnrevokeIdentityResponse, _abc.Awaitable[_registry_pb2.UnrevokeIdentityResponse]]:
+        """UnrevokeIdentity lifts a revocation (NOT_FOUND when there is none); the identity may register again."""
+
+    @_abc_1.abstractmethod
+    def ListRevocations(
+        self,
+        request: _registry_pb2.ListRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListRevocationsResponse, _abc.Awaitable[_registry_pb2.ListRevocationsResponse]]:
+        """ListRevocations returns every revocation in force."""
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _registry_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_registry_pb2.WatchRevocationsResponse]]:
+        """WatchRevocations streams the whole revocation set at once and again after every change; each mesh server
+        follows it and checks calls against its copy (no network hop per call).
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
