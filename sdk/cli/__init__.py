@@ -26,6 +26,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("agentmesh.cli._explain", "explain a task: its plan, choices and attempts"),
     "audit": ("agentmesh.cli._audit", "read and verify the audit trail"),
     "db": ("agentmesh.cli._db", "manage the database schema (Alembic migrations)"),
+    "health": ("agentmesh.cli._health", "check a mesh server's gRPC health over mTLS (container probes)"),
 }
 
 
