@@ -1,0 +1,41 @@
+"""The support evaluation set (``eval/dev.jsonl`` and ``eval/heldout.jsonl``): tickets written for this
+project, each labelled with what a support lead would answer.
+
+The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
+never is: it only measures (bench/bench_support_quality.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = ["EVAL_DIR", "EvalTicket", "load_eval"]
+
+EVAL_DIR = Path(__file__).with_name("eval")
+
+
+class EvalTicket(BaseModel):
+    """One labelled ticket; ``articles`` empty means the knowledge base has no answer (escalate)."""
+
+    id: str
+    name: str = Field(description="The customer's full name.")
+    email: str
+    lang: Literal["en", "es", "de", "fr"]
+    subject: str
+    text: str
+    intent: str
+    priority: Literal["low", "normal", "high", "urgent"]
+    sentiment: Literal["negative", "neutral", "positive"]
+    articles: list[str] = Field(description="Articles that answer it, best first; any of them is right.")
+    pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
+
+
+def load_eval(split: Literal["dev", "heldout"]) -> list[EvalTicket]:
+    """The tickets of one split, in file order."""
+    path = EVAL_DIR / f"{split}.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [EvalTicket.model_validate(json.loads(line)) for line in lines if line.strip()]
