@@ -36,9 +36,12 @@ from agentmesh.storage._task_models import (
     CollaboratorChoice,
     ParameterSubstitution,
     Plan,
+    PlanRejection,
     PlanStep,
+    StepApproval,
     StepAttempt,
     Task,
+    TaskEvent,
 )
 from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
@@ -57,12 +60,15 @@ __all__ = [
     "JSONDoc",
     "ParameterSubstitution",
     "Plan",
+    "PlanRejection",
     "PlanStep",
     "PolicyBit",
     "RegistryEvent",
     "RoutingPolicy",
+    "StepApproval",
     "StepAttempt",
     "Task",
+    "TaskEvent",
     "UTCDateTime",
     "alembic_config",
     "async_session_factory",

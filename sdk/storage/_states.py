@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from sqlalchemy import CheckConstraint
 
 __all__ = [
+    "APPROVAL_STATES",
     "MESSAGE_ROLES",
     "SERVING_STATES",
     "STEP_STATES",
@@ -17,9 +18,28 @@ __all__ = [
 # agentmesh.v1.ServingState minus UNSPECIFIED, e.g. ServingState.Name(1).removeprefix("SERVING_STATE_").
 SERVING_STATES: tuple[str, ...] = ("SERVING", "DRAINING", "NOT_SERVING")
 # agentmesh.v1.TaskState.
-TASK_STATES: tuple[str, ...] = ("PENDING", "PLANNING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TASK_STATES: tuple[str, ...] = (
+    "PENDING",
+    "PLANNING",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "WAITING_APPROVAL",
+)
 # agentmesh.v1.StepState (also the result of a step attempt).
-STEP_STATES: tuple[str, ...] = ("PENDING", "READY", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED")
+STEP_STATES: tuple[str, ...] = (
+    "PENDING",
+    "READY",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "SKIPPED",
+    "CANCELLED",
+    "WAITING_APPROVAL",
+)
+# agentmesh.v1.ApprovalState.
+APPROVAL_STATES: tuple[str, ...] = ("PENDING", "APPROVED", "REJECTED", "TIMED_OUT")
 # agentmesh.v1.MessageRole.
 MESSAGE_ROLES: tuple[str, ...] = ("USER", "AGENT", "SYSTEM")
 

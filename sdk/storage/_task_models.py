@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
@@ -24,16 +25,19 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from agentmesh.storage._base import Base
-from agentmesh.storage._states import STEP_STATES, TASK_STATES, one_of
+from agentmesh.storage._states import APPROVAL_STATES, STEP_STATES, TASK_STATES, one_of
 from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime
 
 __all__ = [
     "CollaboratorChoice",
     "ParameterSubstitution",
     "Plan",
+    "PlanRejection",
     "PlanStep",
+    "StepApproval",
     "StepAttempt",
     "Task",
+    "TaskEvent",
 ]
 
 _ID = 64
@@ -50,7 +54,9 @@ class Task(Base):
     (TaskState name: PENDING, PLANNING, RUNNING, SUCCEEDED, FAILED, CANCELLED); ``output`` (JSON, when
     succeeded); ``error``; ``conversation_id`` -> conversations; ``parent_task_id`` -> tasks (sub-tasks);
     ``submitted_by`` (SPIFFE id); ``on_behalf_of`` (end user); ``trace_id`` (32 hex); ``created_at``;
-    ``updated_at``. Indexed for "newest first" paging and the ListTasks filters.
+    ``updated_at``; ``parent_step_id`` (the parent's step whose agent started this sub-task); ``depth``
+    (0 from outside, parent + 1 for a sub-task); ``deadline_at`` (when the whole task must have ended);
+    ``tenant`` (of the end user, carried into step tokens). Indexed for "newest first" paging and the ListTasks filters.
     """
 
     __tablename__ = "tasks"
@@ -82,6 +88,10 @@ class Task(Base):
     trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    parent_step_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    depth: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    tenant: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
     plans: Mapped[list[Plan]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True
@@ -93,7 +103,8 @@ class Plan(Base):
 
     Columns: ``plan_id`` (primary key); ``task_id`` -> tasks; ``strategy`` (PlanStrategy name: PLAYBOOK,
     LLM, CAPABILITY_MATCH); ``playbook``; ``content_hash`` (SHA-256 hex of the canonical plan JSON);
-    ``plan`` (the whole plan document as JSON, steps in topological order); ``created_at``.
+    ``plan`` (the whole plan document as JSON, steps in topological order); ``created_at``; ``version``
+    (from 1 per task); ``previous_plan_id`` (the plan a re-plan replaced); ``reason`` (why it was made).
     """
 
     __tablename__ = "plans"
@@ -106,6 +117,9 @@ class Plan(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     plan: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    previous_plan_id: Mapped[str | None] = mapped_column(String(_ID))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     task: Mapped[Task] = relationship(back_populates="plans")
     steps: Mapped[list[PlanStep]] = relationship(
@@ -189,7 +203,8 @@ class StepAttempt(Base):
     ExplainTask); ``attempt`` (from 1); ``agent_namespace``, ``agent_name``, ``agent_version``,
     ``agent_endpoint``, ``agent_instance_id`` (the agent called); ``state`` (StepState name: RUNNING
     while in flight, then SUCCEEDED or FAILED); ``error_code`` (gRPC status name); ``error_message``;
-    ``trace_id``; ``started_at``; ``finished_at``.
+    ``trace_id``; ``started_at``; ``finished_at``; ``model_usages`` (JSON list of {model, version,
+    latency}); ``replayed`` (the agent replayed an earlier run); ``planner`` (replica that ran it).
     """
 
     __tablename__ = "step_attempts"
@@ -215,6 +230,9 @@ class StepAttempt(Base):
     trace_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    model_usages: Mapped[list[Any]] = mapped_column(JSONDoc, default=list, server_default=text("'[]'"))
+    replayed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    planner: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
     plan_step: Mapped[PlanStep] = relationship(back_populates="attempts")
 
@@ -224,7 +242,8 @@ class CollaboratorChoice(Base):
 
     Columns: ``task_id`` -> tasks; ``plan_id`` -> plans (NULL when chosen while planning, before the
     plan was stored); ``step_id``; ``query`` (the DiscoverAgentsRequest as JSON); ``candidates`` (the
-    ranked answer as a JSON list); ``chosen`` (ResolvedAgent as JSON); ``reason``; ``created_at``.
+    ranked answer as a JSON list); ``chosen`` (ResolvedAgent as JSON); ``reason``; ``created_at``;
+    ``attempt`` (the attempt the choice was made for).
     """
 
     __tablename__ = "collaborator_choices"
@@ -239,6 +258,7 @@ class CollaboratorChoice(Base):
     chosen: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict, server_default=text("'{}'"))
     reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
 
 class ParameterSubstitution(Base):
@@ -246,7 +266,8 @@ class ParameterSubstitution(Base):
 
     Columns: ``task_id`` -> tasks; ``step_id``; ``attempt`` (the attempt whose input it was, from 1);
     ``field_path`` (JSON path within the input); ``template`` (e.g. "${steps.lookup.output.email}");
-    ``value`` (the resolved JSON value, any type); ``source`` (e.g. "steps.lookup.output"); ``created_at``.
+    ``value`` (the resolved JSON value, any type, PII redacted); ``source`` (e.g. "steps.lookup.output");
+    ``created_at``; ``source_step_id`` (the step the value came from, if any).
     """
 
     __tablename__ = "parameter_substitutions"
@@ -260,4 +281,70 @@ class ParameterSubstitution(Base):
     template: Mapped[str] = mapped_column(Text, default="", server_default="")
     value: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     source: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    source_step_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+
+
+class StepApproval(Base):
+    """``step_approvals``: a step's request for a human decision and its outcome, ``(task_id, step_id)`` unique.
+
+    Columns: ``task_id`` -> tasks; ``step_id``; ``state`` (ApprovalState name: PENDING, APPROVED, REJECTED,
+    TIMED_OUT); ``reason`` (why approval is needed); ``decided_by`` (identity); ``comment``;
+    ``requested_at``; ``decided_at``; ``deadline_at`` (a PENDING request past it times out).
+    """
+
+    __tablename__ = "step_approvals"
+    __table_args__ = (
+        one_of("state", APPROVAL_STATES),
+        UniqueConstraint("task_id", "step_id"),
+        Index(None, "state", "deadline_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(_ID), ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    step_id: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="PENDING", server_default="PENDING")
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    decided_by: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
+    comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    requested_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class TaskEvent(Base):
+    """``task_events``: what WatchTask streams, in order; ``id`` is the resume cursor (append-only).
+
+    Columns: ``id``; ``task_id`` -> tasks; ``type`` (TaskEventType name without prefix: TASK_STATE,
+    PLAN_CREATED, STEP_STATE, ATTEMPT, APPROVAL); ``step_id``; ``state`` (the new state, when a state
+    changed); ``attempt``; ``created_at``.
+    """
+
+    __tablename__ = "task_events"
+    __table_args__ = (Index(None, "task_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(_ID), ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    step_id: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    state: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
+
+
+class PlanRejection(Base):
+    """``plan_rejections``: a proposed plan that failed validation, kept for ExplainTask (append-only).
+
+    Columns: ``task_id`` -> tasks; ``strategy`` (PlanStrategy name); ``reason``; ``proposed`` (the plan as
+    received, JSON); ``created_at``.
+    """
+
+    __tablename__ = "plan_rejections"
+    __table_args__ = (Index(None, "task_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(_ID), ForeignKey("tasks.task_id", ondelete="CASCADE"))
+    strategy: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    proposed: Mapped[Any] = mapped_column(JSONDoc, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
