@@ -89,6 +89,24 @@ class Settings:
     shutdown_grace: float = 10.0
     # Seconds between readiness checks of a server's dependencies.
     readiness_interval: float = 1.0
+    # Planner: seconds a claimed step's lease lasts unless renewed (renewed every third of it while the call
+    # runs); a crashed planner's steps are taken over after at most this long.
+    planner_lease_ttl: float = 5.0
+    # Planner: steps claimed per database round trip, and steps running at once per replica.
+    planner_claim_batch: int = 32
+    planner_max_in_flight: int = 256
+    # Planner: seconds between claim polls when idle (local work wakes the loop at once).
+    planner_poll_interval: float = 0.05
+    # Planner: default time a whole task may take, and one step attempt, seconds.
+    planner_task_timeout: float = 300.0
+    planner_step_timeout: float = 30.0
+    # Planner: largest agent output accepted (serialized bytes); larger fails the step.
+    planner_max_output_bytes: int = 1_000_000
+    # Planner: sub-task bounds (depth below a task submitted from outside; sub-tasks per parent task).
+    planner_max_subtask_depth: int = 3
+    planner_max_subtask_fanout: int = 10
+    # Planner: seconds a cached discovery answer is reused for the same step query.
+    planner_discovery_cache_ttl: float = 1.0
 
     @property
     def resolved_database_url(self) -> str:
