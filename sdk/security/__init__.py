@@ -6,6 +6,8 @@
 - :func:`server_security` returns the per-call check the server interceptor runs: it verifies the
   caller's SPIFFE identity, applies the :class:`AuthzPolicy`, and makes the caller available to
   handlers as :func:`current_identity`.
+- :class:`DelegationIssuer` / :class:`DelegationVerifier` mint and check signed delegation tokens (ES256 JWTs
+  signed with a workload's own certificate key, chain in ``x5c``) that carry the end user across hops.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from agentmesh.security._ca import (
     write_public_file,
 )
 from agentmesh.security._credentials import CredentialFiles, add_port, channel_credentials, credential_paths
+from agentmesh.security._delegation import (
+    DelegationClaims,
+    DelegationIssuer,
+    DelegationVerifier,
+    TokenKind,
+)
 from agentmesh.security._identity import SpiffeId, current_identity, require_identity
 from agentmesh.security._policy import AuthzPolicy, AuthzRule
 from agentmesh.security._server_security import ServerSecurity, load_policy, server_security
@@ -28,9 +36,13 @@ __all__ = [
     "AuthzRule",
     "CertificateAuthority",
     "CredentialFiles",
+    "DelegationClaims",
+    "DelegationIssuer",
+    "DelegationVerifier",
     "IssuedCertificate",
     "ServerSecurity",
     "SpiffeId",
+    "TokenKind",
     "add_port",
     "ca_paths",
     "channel_credentials",
