@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentmesh/v1/audit.proto\x12\x0c\x61gentmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x02\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brecord_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x14\n\x0con_behalf_of\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\'\n\x06\x64\x65tail\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x15\n\rprevious_hash\x18\n \x01(\t\x12\x13\n\x0brecord_hash\x18\x0b \x01(\t\"\xbf\x01\n\x17ListAuditRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"_\n\x18ListAuditRecordsResponse\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.agentmesh.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x17VerifyAuditChainRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x03\"\x86\x01\n\x18VerifyAuditChainResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x1e\n\x16\x66irst_invalid_sequence\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xd4\x01\n\x0c\x41uditService\x12\x61\n\x10ListAuditRecords\x12%.agentmesh.v1.ListAuditRecordsRequest\x1a&.agentmesh.v1.ListAuditRecordsResponse\x12\x61\n\x10VerifyAuditChain\x12%.agentmesh.v1.VerifyAuditChainRequest\x1a&.agentmesh.v1.VerifyAuditChainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentmesh/v1/audit.proto\x12\x0c\x61gentmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x02\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0brecord_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x14\n\x0con_behalf_of\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\'\n\x06\x64\x65tail\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x15\n\rprevious_hash\x18\n \x01(\t\x12\x13\n\x0brecord_hash\x18\x0b \x01(\t\x12\x12\n\nmodel_name\x18\x0c \x01(\t\x12\x15\n\rmodel_version\x18\r \x01(\t\"\xe0\x01\n\x17ListAuditRecordsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x10\n\x08resource\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\"_\n\x18ListAuditRecordsResponse\x12*\n\x07records\x18\x01 \x03(\x0b\x32\x19.agentmesh.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x17VerifyAuditChainRequest\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x03\"\x86\x01\n\x18VerifyAuditChainResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x1e\n\x16\x66irst_invalid_sequence\x18\x03 \x01(\x03\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xd4\x01\n\x0c\x41uditService\x12\x61\n\x10ListAuditRecords\x12%.agentmesh.v1.ListAuditRecordsRequest\x1a&.agentmesh.v1.ListAuditRecordsResponse\x12\x61\n\x10VerifyAuditChain\x12%.agentmesh.v1.VerifyAuditChainRequest\x1a&.agentmesh.v1.VerifyAuditChainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.v1.audit_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITRECORD']._serialized_start=106
-  _globals['_AUDITRECORD']._serialized_end=377
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=380
-  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=571
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=573
-  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=668
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=670
-  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=739
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=742
-  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=876
-  _globals['_AUDITSERVICE']._serialized_start=879
-  _globals['_AUDITSERVICE']._serialized_end=1091
+  _globals['_AUDITRECORD']._serialized_end=420
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_start=423
+  _globals['_LISTAUDITRECORDSREQUEST']._serialized_end=647
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_start=649
+  _globals['_LISTAUDITRECORDSRESPONSE']._serialized_end=744
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_start=746
+  _globals['_VERIFYAUDITCHAINREQUEST']._serialized_end=815
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_start=818
+  _globals['_VERIFYAUDITCHAINRESPONSE']._serialized_end=952
+  _globals['_AUDITSERVICE']._serialized_start=955
+  _globals['_AUDITSERVICE']._serialized_end=1167
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,8 @@ class AuditRecord(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     PREVIOUS_HASH_FIELD_NUMBER: _builtins.int
     RECORD_HASH_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the chain, from 1."""
     actor: _builtins.str
@@ -55,6 +57,10 @@ class AuditRecord(_message.Message):
     """Hash of the previous record (hex SHA-256)."""
     record_hash: _builtins.str
     """Hash of this record over its content and previous_hash (hex SHA-256)."""
+    model_name: _builtins.str
+    """Model used for the action, if any (e.g. "minilm_embedding")."""
+    model_version: _builtins.str
+    """Version of that model, if any."""
     @_builtins.property
     def record_time(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
@@ -77,10 +83,12 @@ class AuditRecord(_message.Message):
         trace_id: _builtins.str = ...,
         previous_hash: _builtins.str = ...,
         record_hash: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "record_time", b"record_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "on_behalf_of", b"on_behalf_of", "outcome", b"outcome", "previous_hash", b"previous_hash", "record_hash", b"record_hash", "record_time", b"record_time", "resource", b"resource", "sequence", b"sequence", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "detail", b"detail", "model_name", b"model_name", "model_version", b"model_version", "on_behalf_of", b"on_behalf_of", "outcome", b"outcome", "previous_hash", b"previous_hash", "record_hash", b"record_hash", "record_time", b"record_time", "resource", b"resource", "sequence", b"sequence", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,6 +106,8 @@ class ListAuditRecordsRequest(_message.Message):
     RESOURCE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum records per page (default 100, at most 1000)."""
     page_token: _builtins.str
@@ -106,6 +116,10 @@ class ListAuditRecordsRequest(_message.Message):
     """Only records of this actor, when set."""
     resource: _builtins.str
     """Only records about this resource, when set."""
+    action: _builtins.str
+    """Only records of this action (full gRPC method or domain action), when set."""
+    outcome: _builtins.str
+    """Only records of this outcome ("OK" or a gRPC status code name), when set."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only records at or after this time, when set."""
@@ -123,10 +137,12 @@ class ListAuditRecordsRequest(_message.Message):
         resource: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        outcome: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "end_time", b"end_time", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "resource", b"resource", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

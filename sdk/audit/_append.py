@@ -1,0 +1,151 @@
+"""Appending to the audit chain: inside a caller's transaction, or through :class:`AuditLog` (group commit).
+
+The chain has one head. An appender takes the chain lock inside its transaction (PostgreSQL:
+``pg_advisory_xact_lock``, released at commit or rollback; SQLite: the write lock every transaction takes
+with ``BEGIN IMMEDIATE``), reads the head, and inserts the next records linked to it. Appenders in other
+processes (planner replicas, the gateway) wait for the lock instead of forking the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
+from agentmesh.audit._redact import redact, redact_json
+from agentmesh.storage import AuditRecord, async_session_factory, utcnow
+
+__all__ = ["CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit"]
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key of the audit chain (ASCII "audit").
+CHAIN_LOCK_KEY = 0x6175646974
+_OUTCOME_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What happened, as the caller knows it; time, sequence and hashes are added when it is appended.
+
+    ``action`` is a full gRPC method (``/agentmesh.v1.TaskService/SubmitTask``) or a domain action
+    (``step.attempt``, ``step.approve``); ``resource`` e.g. ``tasks/<id>/steps/<step_id>``; ``outcome``
+    ``"OK"`` or a gRPC status name. Every string and ``detail`` are PII-redacted before they are stored.
+    """
+
+    action: str
+    resource: str = ""
+    outcome: str = "OK"
+    actor: str = ""
+    on_behalf_of: str = ""
+    trace_id: str = ""
+    model_name: str = ""
+    model_version: str = ""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+async def append_audit(session: AsyncSession, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+    """Append ``entries`` to the chain in ``session``'s transaction; they become visible when it commits.
+
+    Takes the chain lock, which is held until the caller's transaction ends: keep that transaction short.
+    Returns the records as stored (sequence, time and hashes filled in).
+    """
+    if not entries:
+        return []
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+    head = (
+        await session.execute(
+            select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
+        )
+    ).first()
+    sequence, previous = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
+    moment = utcnow()
+    records = []
+    for entry in entries:
+        sequence += 1
+        fields: dict[str, Any] = {
+            "sequence": sequence,
+            "record_time": moment,
+            "actor": entry.actor,
+            "on_behalf_of": redact(entry.on_behalf_of),
+            "action": entry.action,
+            "resource": redact(entry.resource),
+            "outcome": entry.outcome[:_OUTCOME_LENGTH],
+            "detail": json_safe(redact_json(dict(entry.detail))),
+            "trace_id": entry.trace_id,
+            "model_name": entry.model_name,
+            "model_version": entry.model_version,
+            "previous_hash": previous,
+        }
+        previous = record_hash(**fields)
+        records.append(AuditRecord(**fields, record_hash=previous))
+    session.add_all(records)
+    await session.flush()
+    return records
+
+
+@dataclass
+class _Pending:
+    entries: Sequence[AuditEntry]
+    done: asyncio.Future[list[AuditRecord]]
+
+
+class AuditLog:
+    """Appends in transactions of its own, committing concurrent appends together (group commit).
+
+    ``await log.append(entry)`` returns once the record is committed. While one transaction runs, new
+    entries queue; the next transaction takes all of them, so many concurrent callers cost one chain lock
+    and one commit. Use it where no transaction of your own is open (the gateway); inside one, call
+    :func:`append_audit`.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
+        self._sessions: async_sessionmaker[AsyncSession] = async_session_factory(engine)
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append(self, *entries: AuditEntry) -> list[AuditRecord]:
+        """Append ``entries`` and wait until they are committed; returns them as stored."""
+        done: asyncio.Future[list[AuditRecord]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(entries, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="audit-writer")
+        return await done
+
+    async def _write(self) -> None:
+        while self._queue:
+            batch, taken = [], 0
+            while self._queue and taken < self._max_batch:
+                pending = self._queue.pop(0)
+                batch.append(pending)
+                taken += len(pending.entries)
+            try:
+                async with self._sessions.begin() as session:
+                    records = await append_audit(session, [e for p in batch for e in p.entries])
+            except Exception as exc:
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+                continue
+            start = 0
+            for pending in batch:
+                count = len(pending.entries)
+                if not pending.done.done():
+                    pending.done.set_result(records[start : start + count])
+                start += count
+
+    async def close(self) -> None:
+        """Wait for queued appends to be written."""
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await self._writer

@@ -1,0 +1,106 @@
+"""AuditService: paged, filtered reads of the audit trail and chain verification (served by the planner)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentmesh._errors import InvalidArgumentError
+from agentmesh.audit._verify import verify_chain
+from agentmesh.storage import AuditRecord
+from agentmesh.v1 import audit_pb2, audit_pb2_grpc
+
+__all__ = ["AuditServicer", "record_to_proto"]
+
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1_000
+
+
+def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def record_to_proto(record: AuditRecord) -> audit_pb2.AuditRecord:
+    """The stored record as the contract's ``AuditRecord``."""
+    detail = struct_pb2.Struct()
+    detail.update(record.detail or {})
+    return audit_pb2.AuditRecord(
+        sequence=record.sequence,
+        record_time=_timestamp(record.record_time),
+        actor=record.actor,
+        on_behalf_of=record.on_behalf_of,
+        action=record.action,
+        resource=record.resource,
+        outcome=record.outcome,
+        detail=detail,
+        trace_id=record.trace_id,
+        previous_hash=record.previous_hash,
+        record_hash=record.record_hash,
+        model_name=record.model_name,
+        model_version=record.model_version,
+    )
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """Reads the chain from the database the planner writes it to; appends never go through gRPC."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def ListAuditRecords(
+        self, request: audit_pb2.ListAuditRecordsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.ListAuditRecordsResponse:
+        """One page of records in sequence order; the page token is the last sequence returned."""
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative", field="page_size")
+        size = min(request.page_size or _DEFAULT_PAGE, _MAX_PAGE)
+        after = 0
+        if request.page_token:
+            try:
+                after = int(request.page_token)
+            except ValueError:
+                raise InvalidArgumentError("page_token is not one this service returned", field="page_token") from None
+        query = select(AuditRecord).where(AuditRecord.sequence > after)
+        for column, value in (
+            (AuditRecord.actor, request.actor),
+            (AuditRecord.resource, request.resource),
+            (AuditRecord.action, request.action),
+            (AuditRecord.outcome, request.outcome),
+        ):
+            if value:
+                query = query.where(column == value)
+        if request.HasField("start_time"):
+            query = query.where(AuditRecord.record_time >= request.start_time.ToDatetime(dt.UTC))
+        if request.HasField("end_time"):
+            query = query.where(AuditRecord.record_time < request.end_time.ToDatetime(dt.UTC))
+        async with self._engine.connect() as connection:
+            connection = await connection.execution_options(sqlite_begin="DEFERRED")
+            rows = (await connection.execute(query.order_by(AuditRecord.sequence).limit(size + 1))).all()
+        records = [AuditRecord(**row._mapping) for row in rows[:size]]
+        token = str(records[-1].sequence) if len(rows) > size else ""
+        return audit_pb2.ListAuditRecordsResponse(
+            records=[record_to_proto(r) for r in records], next_page_token=token
+        )
+
+    async def VerifyAuditChain(
+        self, request: audit_pb2.VerifyAuditChainRequest, context: grpc.aio.ServicerContext
+    ) -> audit_pb2.VerifyAuditChainResponse:
+        """Recompute the chain over the range asked and report the first broken record."""
+        if request.from_sequence < 0 or request.to_sequence < 0:
+            raise InvalidArgumentError("sequences must not be negative", field="from_sequence")
+        result = await verify_chain(
+            self._engine, from_sequence=request.from_sequence, to_sequence=request.to_sequence
+        )
+        return audit_pb2.VerifyAuditChainResponse(
+            valid=result.valid,
+            records_checked=result.records_checked,
+            first_invalid_sequence=result.first_invalid_sequence,
+            message=result.message,
+            head_hash=result.head_hash,
+        )
