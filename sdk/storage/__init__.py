@@ -30,6 +30,7 @@ from agentmesh.storage._registry_models import (
     AgentVersion,
     PolicyBit,
     RegistryEvent,
+    Revocation,
     RoutingPolicy,
 )
 from agentmesh.storage._task_models import (
@@ -64,6 +65,7 @@ __all__ = [
     "PlanStep",
     "PolicyBit",
     "RegistryEvent",
+    "Revocation",
     "RoutingPolicy",
     "StepApproval",
     "StepAttempt",

@@ -38,6 +38,7 @@ __all__ = [
     "AgentVersion",
     "PolicyBit",
     "RegistryEvent",
+    "Revocation",
     "RoutingPolicy",
 ]
 
@@ -162,6 +163,7 @@ class AgentInstance(Base):
     load: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     lease_ttl_seconds: Mapped[float] = mapped_column(Float)
     registered_by: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    registered_serial: Mapped[str] = mapped_column(String(64), default="", server_default="")
     registered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
@@ -244,3 +246,26 @@ class PolicyBit(Base):
 
     policy: Mapped[str] = mapped_column(String(128), primary_key=True)
     bit: Mapped[int] = mapped_column(SmallInteger)
+
+
+class Revocation(Base):
+    """``revocations``: identities and certificates the whole mesh refuses, ``(subject_kind, subject)`` unique.
+
+    Columns: ``subject_kind`` (SPIFFE_ID or CERTIFICATE_SERIAL); ``subject`` (the SPIFFE id, or the serial as
+    lowercase hex); ``reason``; ``revoked_by`` (the operator's SPIFFE id); ``created_at``. A row exists while
+    the revocation is in force (unrevoking deletes it); each change is also a REVOKED / UNREVOKED event in
+    ``registry_events`` so that every replica, and every server following it, learns of it in order.
+    """
+
+    __tablename__ = "revocations"
+    __table_args__ = (
+        one_of("subject_kind", ("SPIFFE_ID", "CERTIFICATE_SERIAL")),
+        UniqueConstraint("subject_kind", "subject"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    subject_kind: Mapped[str] = mapped_column(String(24))
+    subject: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    revoked_by: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
