@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from agentmesh import audit
 from agentmesh._server import MeshServer, bind
 from agentmesh._settings import Settings
-from agentmesh.services.planner.servicer import AuditServicer, ConversationServicer, TaskServicer
+from agentmesh.services.planner.servicer import ConversationServicer, TaskServicer
 from agentmesh.v1 import audit_pb2_grpc, conversation_pb2_grpc, task_pb2_grpc
 
 SERVICE_NAME = "planner"
@@ -31,6 +32,6 @@ def build_server(settings: Settings, *, port: int | None = None) -> MeshServer:
                 conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
                 "agentmesh.v1.ConversationService",
             ),
-            bind(AuditServicer(), audit_pb2_grpc.add_AuditServiceServicer_to_server, "agentmesh.v1.AuditService"),
+            bind(audit.AuditServicer(engine), audit_pb2_grpc.add_AuditServiceServicer_to_server, "agentmesh.v1.AuditService"),
         ],
     )
