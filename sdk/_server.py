@@ -83,6 +83,8 @@ class MeshServer(Serving):
         services: Sequence[ServiceBinding],
         readiness: ReadinessCheck | None = None,
         kind: str = "service",
+        public: bool = False,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.name = name
         self.kind = kind
@@ -94,6 +96,10 @@ class MeshServer(Serving):
         self._server: grpc.aio.Server | None = None
         self._readiness_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # A public port (the gateway's): TLS without client certificates; the service authenticates callers
+        # itself (OAuth2 bearer tokens), so the identity check lets certificate-less calls through.
+        self._public = public
+        self._options = list(options)
         self.port = 0
 
     @property
@@ -104,17 +110,19 @@ class MeshServer(Serving):
     async def start(self) -> None:
         """Bind, start serving, and report NOT_SERVING until the readiness check passes."""
         interceptor = _MeshInterceptor(
-            security=security.server_security(self.settings, self.kind, self.name),
+            security=security.server_security(self.settings, self.kind, self.name, allow_anonymous=self._public),
             telemetry=telemetry.server_telemetry(self.settings, self.name),
         )
-        server = grpc.aio.server(interceptors=[interceptor])
+        server = grpc.aio.server(interceptors=[interceptor], options=self._options)
         for service in self._services:
             service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [s.full_name for s in self._services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         target = f"{self.settings.bind_host}:{self._requested_port}"
-        self.port = security.add_port(server, target, self.settings, self.kind, self.name)
+        self.port = security.add_port(
+            server, target, self.settings, self.kind, self.name, require_client_auth=not self._public
+        )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
