@@ -1,0 +1,162 @@
+"""``ConversationService`` over gRPC: translate protos to :class:`Conversations` calls and back, nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from agentmesh import security
+from agentmesh._errors import InvalidArgumentError
+from agentmesh.services.planner.conversations import Conversations
+from agentmesh.services.planner.conversations_store import ConversationRecord, MessageRecord
+from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
+
+__all__ = ["ConversationServicer", "conversation_proto", "message_proto"]
+
+_ROLE_NAMES = {
+    conversation_pb2.MESSAGE_ROLE_USER: "USER",
+    conversation_pb2.MESSAGE_ROLE_AGENT: "AGENT",
+    conversation_pb2.MESSAGE_ROLE_SYSTEM: "SYSTEM",
+}
+_ROLE_VALUES = {name: value for value, name in _ROLE_NAMES.items()}
+
+
+def _caller() -> str | None:
+    identity = security.current_identity()
+    return identity.uri if identity is not None else None
+
+
+def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def conversation_proto(record: ConversationRecord) -> conversation_pb2.Conversation:
+    """The wire form of a conversation."""
+    return conversation_pb2.Conversation(
+        conversation_id=record.conversation_id,
+        title=record.title,
+        version=record.version,
+        labels=record.labels,
+        owner=record.owner,
+        create_time=_timestamp(record.created_at),
+        update_time=_timestamp(record.updated_at),
+    )
+
+
+def message_proto(record: MessageRecord) -> conversation_pb2.ConversationMessage:
+    """The wire form of a message."""
+    message = conversation_pb2.ConversationMessage(
+        message_id=record.message_id,
+        version=record.version,
+        role=_ROLE_VALUES[record.role],  # type: ignore[arg-type]
+        author=record.author,
+        text=record.text,
+        task_id=record.task_id or "",
+        create_time=_timestamp(record.created_at),
+        parent_version=record.parent_version,
+        hidden=record.hidden,
+        rolled_back_to_version=record.rolled_back_to or 0,
+    )
+    if record.data is not None:
+        json_format.ParseDict(record.data, message.data)
+    return message
+
+
+def _role(value: int) -> str | None:
+    """The role named by the request; None (the caller's own role) when unset."""
+    if value == conversation_pb2.MESSAGE_ROLE_UNSPECIFIED:
+        return None
+    if value not in _ROLE_NAMES:
+        raise InvalidArgumentError(f"role {value} is not a MessageRole", field="role")
+    return _ROLE_NAMES[value]  # type: ignore[index]
+
+
+def _data(request: Any) -> dict[str, Any] | None:
+    if not request.HasField("data"):
+        return None
+    data: struct_pb2.Struct = request.data
+    return json_format.MessageToDict(data)
+
+
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    """ConversationService: versioned multi-turn conversations."""
+
+    def __init__(self, conversations: Conversations) -> None:
+        self.conversations = conversations
+
+    async def CreateConversation(
+        self, request: conversation_pb2.CreateConversationRequest, context: grpc.aio.ServicerContext
+    ) -> conversation_pb2.CreateConversationResponse:
+        record = await self.conversations.create(
+            _caller(), title=request.title, labels=dict(request.labels), request_id=request.request_id
+        )
+        return conversation_pb2.CreateConversationResponse(conversation=conversation_proto(record))
+
+    async def GetConversation(
+        self, request: conversation_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+    ) -> conversation_pb2.GetConversationResponse:
+        record, messages = await self.conversations.get(
+            request.conversation_id, include_hidden=request.include_hidden
+        )
+        return conversation_pb2.GetConversationResponse(
+            conversation=conversation_proto(record), messages=[message_proto(m) for m in messages]
+        )
+
+    async def ListConversations(
+        self, request: conversation_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
+    ) -> conversation_pb2.ListConversationsResponse:
+        page, next_token = await self.conversations.list_page(
+            owner=request.owner,
+            labels=dict(request.labels),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return conversation_pb2.ListConversationsResponse(
+            conversations=[conversation_proto(c) for c in page], next_page_token=next_token
+        )
+
+    async def SendMessage(
+        self, request: conversation_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
+    ) -> conversation_pb2.SendMessageResponse:
+        sent = await self.conversations.send(
+            _caller(),
+            request.conversation_id,
+            expected_version=request.expected_version,
+            role=_role(request.role),
+            text=request.text,
+            data=_data(request),
+            start_task=request.start_task,
+            request_id=request.request_id,
+        )
+        return conversation_pb2.SendMessageResponse(
+            conversation=conversation_proto(sent.conversation),
+            message=message_proto(sent.message),
+            task_id=sent.task_id,
+        )
+
+    async def WatchConversation(
+        self, request: conversation_pb2.WatchConversationRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[conversation_pb2.WatchConversationResponse]:
+        async for change in self.conversations.watch(request.conversation_id, request.since_version):
+            yield conversation_pb2.WatchConversationResponse(
+                version=change.version,
+                message=message_proto(change),
+                rolled_back_to_version=change.rolled_back_to or 0,
+            )
+
+    async def RollbackConversation(
+        self, request: conversation_pb2.RollbackConversationRequest, context: grpc.aio.ServicerContext
+    ) -> conversation_pb2.RollbackConversationResponse:
+        record, _notice = await self.conversations.rollback(
+            _caller(),
+            request.conversation_id,
+            expected_version=request.expected_version,
+            to_version=request.to_version,
+        )
+        return conversation_pb2.RollbackConversationResponse(conversation=conversation_proto(record))
