@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentmesh.v1 import task_pb2 as agentmesh_dot_v1_dot_task__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/v1/conversation.proto\x12\x0c\x61gentmesh.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x36\n\x06labels\x18\x04 \x03(\x0b\x32&.agentmesh.v1.Conversation.LabelsEntry\x12\r\n\x05owner\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x02\n\x13\x43onversationMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.agentmesh.v1.MessageRole\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eparent_version\x18\t \x01(\x03\x12\x0e\n\x06hidden\x18\n \x01(\x08\x12\x1e\n\x16rolled_back_to_version\x18\x0b \x01(\x03\"\xb2\x01\n\x19\x43reateConversationRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x43\n\x06labels\x18\x02 \x03(\x0b\x32\x33.agentmesh.v1.CreateConversationRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x1a\x43reateConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\"I\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\"\x80\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x33\n\x08messages\x18\x02 \x03(\x0b\x32!.agentmesh.v1.ConversationMessage\"\xc3\x01\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x42\n\x06labels\x18\x04 \x03(\x0b\x32\x32.agentmesh.v1.ListConversationsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcd\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.agentmesh.v1.MessageRole\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nstart_task\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x8c\x01\n\x13SendMessageResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x32\n\x07message\x18\x02 \x01(\x0b\x32!.agentmesh.v1.ConversationMessage\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"J\n\x18WatchConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x15\n\rsince_version\x18\x02 \x01(\x03\"\x80\x01\n\x19WatchConversationResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x32\n\x07message\x18\x02 \x01(\x0b\x32!.agentmesh.v1.ConversationMessage\x12\x1e\n\x16rolled_back_to_version\x18\x03 \x01(\x03\"d\n\x1bRollbackConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x12\n\nto_version\x18\x03 \x01(\x03\"P\n\x1cRollbackConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation*s\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x16\n\x12MESSAGE_ROLE_AGENT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x32\xef\x04\n\x13\x43onversationService\x12g\n\x12\x43reateConversation\x12\'.agentmesh.v1.CreateConversationRequest\x1a(.agentmesh.v1.CreateConversationResponse\x12^\n\x0fGetConversation\x12$.agentmesh.v1.GetConversationRequest\x1a%.agentmesh.v1.GetConversationResponse\x12\x64\n\x11ListConversations\x12&.agentmesh.v1.ListConversationsRequest\x1a\'.agentmesh.v1.ListConversationsResponse\x12R\n\x0bSendMessage\x12 .agentmesh.v1.SendMessageRequest\x1a!.agentmesh.v1.SendMessageResponse\x12\x66\n\x11WatchConversation\x12&.agentmesh.v1.WatchConversationRequest\x1a\'.agentmesh.v1.WatchConversationResponse0\x01\x12m\n\x14RollbackConversation\x12).agentmesh.v1.RollbackConversationRequest\x1a*.agentmesh.v1.RollbackConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/v1/conversation.proto\x12\x0c\x61gentmesh.v1\x1a\x17\x61gentmesh/v1/task.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9f\x02\n\x0c\x43onversation\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x36\n\x06labels\x18\x04 \x03(\x0b\x32&.agentmesh.v1.Conversation.LabelsEntry\x12\r\n\x05owner\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x02\n\x13\x43onversationMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.agentmesh.v1.MessageRole\x12\x0e\n\x06\x61uthor\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07task_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eparent_version\x18\t \x01(\x03\x12\x0e\n\x06hidden\x18\n \x01(\x08\x12\x1e\n\x16rolled_back_to_version\x18\x0b \x01(\x03\"\xb2\x01\n\x19\x43reateConversationRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x43\n\x06labels\x18\x02 \x03(\x0b\x32\x33.agentmesh.v1.CreateConversationRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x1a\x43reateConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\"I\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x16\n\x0einclude_hidden\x18\x02 \x01(\x08\"\x80\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x33\n\x08messages\x18\x02 \x03(\x0b\x32!.agentmesh.v1.ConversationMessage\"\xc3\x01\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x42\n\x06labels\x18\x04 \x03(\x0b\x32\x32.agentmesh.v1.ListConversationsRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf7\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.agentmesh.v1.MessageRole\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nstart_task\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12(\n\x04task\x18\x08 \x01(\x0b\x32\x1a.agentmesh.v1.TaskTemplate\"\x8c\x01\n\x13SendMessageResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation\x12\x32\n\x07message\x18\x02 \x01(\x0b\x32!.agentmesh.v1.ConversationMessage\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"J\n\x18WatchConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x15\n\rsince_version\x18\x02 \x01(\x03\"\x80\x01\n\x19WatchConversationResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x32\n\x07message\x18\x02 \x01(\x0b\x32!.agentmesh.v1.ConversationMessage\x12\x1e\n\x16rolled_back_to_version\x18\x03 \x01(\x03\"d\n\x1bRollbackConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\x12\x12\n\nto_version\x18\x03 \x01(\x03\"P\n\x1cRollbackConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.agentmesh.v1.Conversation*s\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x16\n\x12MESSAGE_ROLE_AGENT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x32\xef\x04\n\x13\x43onversationService\x12g\n\x12\x43reateConversation\x12\'.agentmesh.v1.CreateConversationRequest\x1a(.agentmesh.v1.CreateConversationResponse\x12^\n\x0fGetConversation\x12$.agentmesh.v1.GetConversationRequest\x1a%.agentmesh.v1.GetConversationResponse\x12\x64\n\x11ListConversations\x12&.agentmesh.v1.ListConversationsRequest\x1a\'.agentmesh.v1.ListConversationsResponse\x12R\n\x0bSendMessage\x12 .agentmesh.v1.SendMessageRequest\x1a!.agentmesh.v1.SendMessageResponse\x12\x66\n\x11WatchConversation\x12&.agentmesh.v1.WatchConversationRequest\x1a\'.agentmesh.v1.WatchConversationResponse0\x01\x12m\n\x14RollbackConversation\x12).agentmesh.v1.RollbackConversationRequest\x1a*.agentmesh.v1.RollbackConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,42 +40,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECONVERSATIONREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGEROLE']._serialized_start=2223
-  _globals['_MESSAGEROLE']._serialized_end=2338
-  _globals['_CONVERSATION']._serialized_start=113
-  _globals['_CONVERSATION']._serialized_end=400
-  _globals['_CONVERSATION_LABELSENTRY']._serialized_start=355
-  _globals['_CONVERSATION_LABELSENTRY']._serialized_end=400
-  _globals['_CONVERSATIONMESSAGE']._serialized_start=403
-  _globals['_CONVERSATIONMESSAGE']._serialized_end=709
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=712
-  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=890
-  _globals['_CREATECONVERSATIONREQUEST_LABELSENTRY']._serialized_start=355
-  _globals['_CREATECONVERSATIONREQUEST_LABELSENTRY']._serialized_end=400
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=892
-  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=970
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=972
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1045
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1048
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1176
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1179
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1374
-  _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._serialized_start=355
-  _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._serialized_end=400
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1376
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1479
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1482
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1687
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1690
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1830
-  _globals['_WATCHCONVERSATIONREQUEST']._serialized_start=1832
-  _globals['_WATCHCONVERSATIONREQUEST']._serialized_end=1906
-  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_start=1909
-  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_end=2037
-  _globals['_ROLLBACKCONVERSATIONREQUEST']._serialized_start=2039
-  _globals['_ROLLBACKCONVERSATIONREQUEST']._serialized_end=2139
-  _globals['_ROLLBACKCONVERSATIONRESPONSE']._serialized_start=2141
-  _globals['_ROLLBACKCONVERSATIONRESPONSE']._serialized_end=2221
-  _globals['_CONVERSATIONSERVICE']._serialized_start=2341
-  _globals['_CONVERSATIONSERVICE']._serialized_end=2964
+  _globals['_MESSAGEROLE']._serialized_start=2290
+  _globals['_MESSAGEROLE']._serialized_end=2405
+  _globals['_CONVERSATION']._serialized_start=138
+  _globals['_CONVERSATION']._serialized_end=425
+  _globals['_CONVERSATION_LABELSENTRY']._serialized_start=380
+  _globals['_CONVERSATION_LABELSENTRY']._serialized_end=425
+  _globals['_CONVERSATIONMESSAGE']._serialized_start=428
+  _globals['_CONVERSATIONMESSAGE']._serialized_end=734
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_start=737
+  _globals['_CREATECONVERSATIONREQUEST']._serialized_end=915
+  _globals['_CREATECONVERSATIONREQUEST_LABELSENTRY']._serialized_start=380
+  _globals['_CREATECONVERSATIONREQUEST_LABELSENTRY']._serialized_end=425
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_start=917
+  _globals['_CREATECONVERSATIONRESPONSE']._serialized_end=995
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=997
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=1070
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=1073
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=1201
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1204
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1399
+  _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._serialized_start=380
+  _globals['_LISTCONVERSATIONSREQUEST_LABELSENTRY']._serialized_end=425
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1401
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1504
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1507
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1754
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1757
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1897
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_start=1899
+  _globals['_WATCHCONVERSATIONREQUEST']._serialized_end=1973
+  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_start=1976
+  _globals['_WATCHCONVERSATIONRESPONSE']._serialized_end=2104
+  _globals['_ROLLBACKCONVERSATIONREQUEST']._serialized_start=2106
+  _globals['_ROLLBACKCONVERSATIONREQUEST']._serialized_end=2206
+  _globals['_ROLLBACKCONVERSATIONRESPONSE']._serialized_start=2208
+  _globals['_ROLLBACKCONVERSATIONRESPONSE']._serialized_end=2288
+  _globals['_CONVERSATIONSERVICE']._serialized_start=2408
+  _globals['_CONVERSATIONSERVICE']._serialized_end=3031
 # @@protoc_insertion_point(module_scope)

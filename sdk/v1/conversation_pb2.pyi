@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from agentmesh.v1 import task_pb2 as _task_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -416,21 +417,30 @@ class SendMessageRequest(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     START_TASK_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Conversation id."""
     expected_version: _builtins.int
     """The version the caller last saw; a stale one fails with ABORTED."""
     role: Global___MessageRole.ValueType
-    """Who writes it."""
+    """Who writes it; unset means the caller's own role (USER for clients and the gateway, AGENT for the
+    planner and agents). A role the caller does not hold fails with PERMISSION_DENIED.
+    """
     text: _builtins.str
     """Text of the message."""
     start_task: _builtins.bool
-    """Start a task on this message; its result is appended to the conversation as an AGENT message."""
+    """Start a task on this message; its result is appended to the conversation as an AGENT message
+    (a SYSTEM notice when the task fails). Without `task`, the goal is the text and the input the data.
+    """
     request_id: _builtins.str
     """Client-chosen id; repeating it returns the message stored the first time, whatever the version now."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Structured payload, if any."""
+
+    @_builtins.property
+    def task(self) -> _task_pb2.TaskTemplate:
+        """The task to start (implies start_task)."""
 
     def __init__(
         self,
@@ -442,10 +452,11 @@ class SendMessageRequest(_message.Message):
         data: _struct_pb2.Struct | None = ...,
         start_task: _builtins.bool = ...,
         request_id: _builtins.str = ...,
+        task: _task_pb2.TaskTemplate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "data", b"data", "expected_version", b"expected_version", "request_id", b"request_id", "role", b"role", "start_task", b"start_task", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "data", b"data", "expected_version", b"expected_version", "request_id", b"request_id", "role", b"role", "start_task", b"start_task", "task", b"task", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
