@@ -107,6 +107,27 @@ class Settings:
     planner_max_subtask_fanout: int = 10
     # Planner: seconds a cached discovery answer is reused for the same step query.
     planner_discovery_cache_ttl: float = 1.0
+    # Gateway: the OAuth2 JWKS (a file path or an https:// URL; empty means the dev JWKS that
+    # `agentmesh token issue` keeps under <home>/dev-jwks/), the accepted issuer and audience, and the pinned
+    # algorithms (comma-separated; never "none" or HS*).
+    gateway_jwks: str = ""
+    gateway_jwt_issuer: str = "https://agentmesh.local/dev-issuer"
+    gateway_jwt_audience: str = "agentmesh-gateway"
+    gateway_jwt_algorithms: str = "RS256,ES256"
+    # Seconds a fetched JWKS is reused; an unknown key id refetches at most once per this many seconds / 10.
+    gateway_jwks_ttl: float = 300.0
+    # Gateway public TLS certificate and key; empty means the mesh CA's certificate for service/gateway.
+    gateway_tls_cert_file: str = ""
+    gateway_tls_key_file: str = ""
+    # Gateway token buckets (requests per second and burst), per end user and per tenant, in EACH replica.
+    gateway_rate_per_principal: float = 20.0
+    gateway_burst_per_principal: float = 40.0
+    gateway_rate_per_tenant: float = 200.0
+    gateway_burst_per_tenant: float = 400.0
+    # Largest request the gateway accepts, bytes (serialized message).
+    gateway_max_request_bytes: int = 65_536
+    # Prompt-injection screen: "flag" (the task carries the flag) or "reject" (INVALID_ARGUMENT).
+    gateway_injection_policy: str = "flag"
 
     @property
     def resolved_database_url(self) -> str:
