@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from agentmesh.agents.crm._privacy import may_see_pii, planner_identity
+from agentmesh.agents.crm._privacy import PII_SCOPE, may_see_pii, pii_refusal, planner_identity
 from agentmesh.agents.crm._store import CrmStore
-from agentmesh.agents.crm.agent import CrmAgent, Customer, LookupInput, LookupOutput, Order, customer_view
+from agentmesh.agents.crm.agent import (
+    REFUSED_TOKENS,
+    CrmAgent,
+    Customer,
+    LookupInput,
+    LookupOutput,
+    Order,
+    customer_view,
+)
 
 __all__ = [
+    "PII_SCOPE",
+    "REFUSED_TOKENS",
     "CrmAgent",
     "CrmStore",
     "Customer",
@@ -15,5 +25,6 @@ __all__ = [
     "Order",
     "customer_view",
     "may_see_pii",
+    "pii_refusal",
     "planner_identity",
 ]

@@ -1,16 +1,34 @@
 """Who may see a customer's personal data, and the masked view everyone else gets (no database, no gRPC).
 
-The rule: email, phone and street address are shown only when all three hold —
+The rule: email, phone and street address are shown only when all of these hold —
 1. the request asks for them (``include_pii: true``: purpose-bound, never by default);
 2. the verified caller (its mTLS SPIFFE ID) is one of the allowed callers, by default only the planner
-   (``spiffe://<trust-domain>/service/planner``), which acts for an authenticated end user;
-3. the call carries a delegation token (it is made on behalf of a signed-in user, not by the mesh itself).
-Otherwise the fields are masked; the name, plan and orders are not PII-restricted.
+   (``spiffe://<trust-domain>/service/planner``);
+3. the call carries a delegation token that the agent runtime verified (signed by the planner under the
+   mesh CA, ``aud`` = this agent, unexpired; see ``agentmesh.security``), and it is a *step* token
+   carrying scope ``pii:read`` that belongs to this call's task.
+Otherwise the fields are masked; the name, plan and orders are not PII-restricted. A token that was
+presented but does not unlock PII is counted by reason (``refused_token_reason``).
 """
 
 from __future__ import annotations
 
-__all__ = ["full_address", "masked_address", "may_see_pii", "planner_identity"]
+from agentmesh.security import DelegationClaims, TokenKind
+
+__all__ = [
+    "PII_SCOPE",
+    "full_address",
+    "masked_address",
+    "may_see_pii",
+    "pii_refusal",
+    "planner_identity",
+    "refused_token_reason",
+]
+
+PII_SCOPE = "pii:read"
+
+# Refusals that are about the token itself (the others: not asked for, caller not allowed, no token).
+_TOKEN_REFUSALS = frozenset({"NOT_A_STEP_TOKEN", "SCOPE_MISSING", "TOKEN_WRONG_TASK"})
 
 
 def planner_identity(trust_domain: str) -> str:
@@ -18,11 +36,57 @@ def planner_identity(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/service/planner"
 
 
+def pii_refusal(
+    *,
+    requested: bool,
+    caller: str,
+    allowed_callers: frozenset[str],
+    delegation: DelegationClaims | None,
+    delegation_refusal: str,
+    task_id: str,
+) -> str:
+    """"" when this call may see unmasked personal data; otherwise the reason it may not."""
+    if not requested:
+        return "NOT_REQUESTED"
+    if not caller or caller not in allowed_callers:
+        return "CALLER_NOT_ALLOWED"
+    if delegation is None:
+        return delegation_refusal or "NO_TOKEN"
+    if delegation.kind is not TokenKind.STEP:
+        return "NOT_A_STEP_TOKEN"
+    if PII_SCOPE not in delegation.scopes:
+        return "SCOPE_MISSING"
+    if delegation.task_id != task_id:  # the runtime checks it too; PII is where it must hold
+        return "TOKEN_WRONG_TASK"
+    return ""
+
+
 def may_see_pii(
-    *, requested: bool, caller: str, delegation_token: str, allowed_callers: frozenset[str]
+    *,
+    requested: bool,
+    caller: str,
+    allowed_callers: frozenset[str],
+    delegation: DelegationClaims | None,
+    task_id: str,
 ) -> bool:
     """Whether this call may see unmasked personal data (see the module docstring for the rule)."""
-    return requested and bool(caller) and caller in allowed_callers and bool(delegation_token)
+    return not pii_refusal(
+        requested=requested,
+        caller=caller,
+        allowed_callers=allowed_callers,
+        delegation=delegation,
+        delegation_refusal="",
+        task_id=task_id,
+    )
+
+
+def refused_token_reason(*, token_presented: bool, delegation_refusal: str, pii_refusal: str) -> str:
+    """The reason to count a presented token as refused, or "" (no token, or nothing refused about it)."""
+    if not token_presented:
+        return ""
+    if delegation_refusal:  # the runtime refused the token (forged, expired, wrong audience, ...)
+        return delegation_refusal
+    return pii_refusal if pii_refusal in _TOKEN_REFUSALS else ""
 
 
 def masked_address(street: str, city: str, postal_code: str, country: str) -> str:

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from prometheus_client import Counter
 from pydantic import BaseModel, Field, model_validator
 
 from agentmesh._errors import FailedPreconditionError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentInfo, SkillContext, skill
 from agentmesh.agents._support import mask_email, mask_phone
-from agentmesh.agents.crm._privacy import full_address, masked_address, may_see_pii, planner_identity
+from agentmesh.agents.crm._privacy import (
+    full_address,
+    masked_address,
+    pii_refusal,
+    planner_identity,
+    refused_token_reason,
+)
 from agentmesh.agents.crm._store import SEED_FILE, CrmStore, CustomerRow
 
-__all__ = ["CrmAgent", "Customer", "LookupInput", "LookupOutput", "Order", "customer_view"]
+__all__ = ["REFUSED_TOKENS", "CrmAgent", "Customer", "LookupInput", "LookupOutput", "Order", "customer_view"]
+
+REFUSED_TOKENS = Counter(
+    "agentmesh_crm_refused_tokens_total",
+    "Delegation tokens presented to the CRM that did not unlock personal data, by reason.",
+    ["reason"],
+)
 
 
 class LookupInput(BaseModel):
@@ -78,7 +90,7 @@ class CrmAgent(Agent):
         purpose="customer-lookup",
         description=(
             "Looks up a customer by email or customer id in the CRM database: name, plan, orders and contact "
-            "details. Personal data is masked unless the planner asks for it on behalf of a signed-in user."
+            "details. Personal data is masked unless the planner asks for it under a signed step token."
         ),
         policies=("pii:restricted",),
         labels={"domain": "customer-service", "store": "sql"},
@@ -92,7 +104,6 @@ class CrmAgent(Agent):
         database_url: str = "",
         seed: Path | None = SEED_FILE,
         pii_callers: frozenset[str] | None = None,
-        verify_delegation: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(settings)
         self.database_url = database_url
@@ -103,9 +114,6 @@ class CrmAgent(Agent):
             if pii_callers is not None
             else frozenset({planner_identity(self.settings.trust_domain)})
         )
-        # Checks a delegation token's signature and expiry; without one, the planner's mTLS identity is the
-        # trust anchor and any non-empty token counts (the planner only forwards tokens the gateway signed).
-        self.verify_delegation = verify_delegation
         self.store: CrmStore | None = None
 
     async def startup(self) -> None:
@@ -134,15 +142,22 @@ class CrmAgent(Agent):
         if self.store is None:
             raise FailedPreconditionError("the CRM database is not open yet")
         row = await self.store.find(email=request.email, customer_id=request.customer_id)
-        token = ctx.delegation_token
-        if token and self.verify_delegation is not None and not self.verify_delegation(token):
-            token = ""  # an invalid token grants nothing (the lookup itself is still allowed, masked)
-        visible = may_see_pii(
+        refusal = pii_refusal(
             requested=request.include_pii,
             caller=ctx.caller,
-            delegation_token=token,
             allowed_callers=self.pii_callers,
+            delegation=ctx.delegation,
+            delegation_refusal=ctx.delegation_refusal,
+            task_id=ctx.task_id,
         )
+        refused = refused_token_reason(
+            token_presented=bool(ctx.delegation_token),
+            delegation_refusal=ctx.delegation_refusal,
+            pii_refusal=refusal,
+        )
+        if refused:  # the lookup itself is still served, masked
+            REFUSED_TOKENS.labels(refused).inc()
+        visible = not refusal
         if row is None:
             return LookupOutput(found=False, customer=None, masked=not visible)
         return LookupOutput(found=True, customer=customer_view(row, reveal_pii=visible), masked=not visible)

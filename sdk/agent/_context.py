@@ -1,4 +1,12 @@
-"""``SkillContext``: what a running skill knows about its call, and how it reports progress and model use."""
+"""``SkillContext``: what a running skill knows about its call, and how it reports progress and model use.
+
+Delegation: the runtime verifies the call's ``delegation_token`` before the skill runs (signature and chain
+against the mesh CA, allowed issuer, ``aud`` = this agent's SPIFFE id, lifetime, and a step token's task =
+the call's task). A skill reads the result as ``ctx.delegation``: the verified claims, or None when the call
+carries no token or a token that failed. A failed token does not fail the call (a skill that needs no user
+context serves it as before); ``ctx.delegation_refusal`` then says why (e.g. ``TOKEN_EXPIRED``), so a skill
+that does need one can refuse, mask or count. Never trust ``delegation_token`` itself.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
+
+from agentmesh.security import DelegationClaims
 
 __all__ = ["ModelUsage", "Progress", "SkillContext", "UsageLike"]
 
@@ -50,8 +60,12 @@ class SkillContext:
     step_id: str = ""
     conversation_id: str = ""
     idempotency_key: str = ""
-    # Signed token naming the end user this call acts for ("" when none); verify before trusting it.
+    # The raw signed token naming the end user this call acts for ("" when none); use ``delegation`` instead.
     delegation_token: str = ""
+    # The verified delegation (see the module docstring); None when there is no valid token for this call.
+    delegation: DelegationClaims | None = None
+    # Why the call's token was refused (a ``TOKEN_*`` reason); "" when it was accepted or there was none.
+    delegation_refusal: str = ""
     # SPIFFE ID of the verified caller, "" when the server runs without identities (--insecure-dev).
     caller: str = ""
     trace_id: str = ""

@@ -6,8 +6,12 @@ Semantics (what a caller sees):
   stored result (``replayed=True``) without running the skill again.
 - A call that arrives while the first is still running waits for it and shares its outcome.
 - Only successes are stored: a failed or cancelled run frees the key, so a retry runs the skill again.
-- Reusing a key with a *different* input is ``INVALID_ARGUMENT`` on field ``idempotency_key``: it is a
-  caller bug that no retry can fix, and running or replaying either input would be wrong.
+- A replay is bound to who asked, not only to what: the :class:`CallFingerprint` covers the caller's SPIFFE
+  id, the verified delegation (token subject, tenant and scopes; not the token itself, so a retry under a
+  fresh token for the same user replays) and the input. Reusing a key with any of them different is
+  ``INVALID_ARGUMENT`` on field ``idempotency_key`` (reason ``IDEMPOTENCY_KEY_REUSED``), also while the
+  first call still runs: it is a caller bug or an attempt to read someone else's result, and running or
+  replaying either would be wrong.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from agentmesh._errors import InvalidArgumentError
 
-__all__ = ["IdempotencyCache", "fingerprint"]
+__all__ = ["CallFingerprint", "IdempotencyCache", "call_fingerprint", "fingerprint"]
 
 T = TypeVar("T")
 
@@ -34,9 +38,56 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class CallFingerprint:
+    """Digests of what a replay must match: who called, for whom (verified delegation), and with what."""
+
+    caller: str
+    delegation: str
+    input: str
+
+    def differences(self, other: CallFingerprint) -> list[str]:
+        """Names of the parts that differ from ``other``."""
+        return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+def call_fingerprint(*, caller: str, delegation: Sequence[str] | None, input: Any) -> CallFingerprint:
+    """The fingerprint of a call by ``caller`` (SPIFFE id), acting for ``delegation`` (e.g. tenant, subject
+    and sorted scopes of the verified token; None without one), with JSON ``input``.
+    """
+    return CallFingerprint(
+        caller=caller,
+        delegation="" if delegation is None else fingerprint(list(delegation)),
+        input=fingerprint(input),
+    )
+
+
+_PARTS = {
+    "caller": "another caller",
+    "delegation": "another delegation (token subject or scopes)",
+    "input": "a different input",
+}
+
+
+def _reuse(
+    key: str, skill: str, stored: str | CallFingerprint, given: str | CallFingerprint
+) -> InvalidArgumentError:
+    if isinstance(stored, CallFingerprint) and isinstance(given, CallFingerprint):
+        parts = given.differences(stored)
+    else:
+        parts = ["input"]
+    return InvalidArgumentError(
+        f"idempotency key {key!r} was already used for skill {skill!r} by "
+        + " and ".join(_PARTS[p] for p in parts),
+        field="idempotency_key",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        metadata={"skill": skill, "differs": ",".join(parts)},
+    )
+
+
 @dataclass
 class _Entry(Generic[T]):
-    input_digest: str
+    fingerprint: str | CallFingerprint
     expires: float
     result: T | None = None
     running: asyncio.Future[T] | None = None
@@ -59,21 +110,19 @@ class IdempotencyCache(Generic[T]):
         return len(self._entries)
 
     async def run(
-        self, skill: str, key: str, input_digest: str, compute: Callable[[], Awaitable[T]]
+        self, skill: str, key: str, call: str | CallFingerprint, compute: Callable[[], Awaitable[T]]
     ) -> tuple[T, bool]:
-        """``compute()`` once per (skill, key); returns ``(result, replayed)``."""
+        """``compute()`` once per (skill, key); returns ``(result, replayed)``.
+
+        ``call`` is the :class:`CallFingerprint` (or a plain input digest) a later use of the key must match.
+        """
         slot = (skill, key)
         while True:
             entry = self._lookup(slot)
             if entry is None:
                 break
-            if entry.input_digest != input_digest:
-                raise InvalidArgumentError(
-                    f"idempotency key {key!r} was already used for skill {skill!r} with a different input",
-                    field="idempotency_key",
-                    reason="IDEMPOTENCY_KEY_REUSED",
-                    metadata={"skill": skill},
-                )
+            if entry.fingerprint != call:
+                raise _reuse(key, skill, entry.fingerprint, call)
             if entry.running is None:
                 self._entries.move_to_end(slot)
                 return entry.result, True  # type: ignore[return-value]
@@ -82,11 +131,13 @@ class IdempotencyCache(Generic[T]):
                 return await asyncio.shield(entry.running), True
             except _Abandoned:
                 continue  # the first caller was cancelled; the key is free again, so one waiter takes over
-        return await self._own(slot, input_digest, compute), False
+        return await self._own(slot, call, compute), False
 
-    async def _own(self, slot: tuple[str, str], input_digest: str, compute: Callable[[], Awaitable[T]]) -> T:
+    async def _own(
+        self, slot: tuple[str, str], call: str | CallFingerprint, compute: Callable[[], Awaitable[T]]
+    ) -> T:
         running: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        entry: _Entry[T] = _Entry(input_digest=input_digest, expires=self._clock() + self.ttl, running=running)
+        entry: _Entry[T] = _Entry(fingerprint=call, expires=self._clock() + self.ttl, running=running)
         self._entries[slot] = entry
         self._evict()
         try:

@@ -1,7 +1,9 @@
 """``SkillRunner``: runs one invocation of an agent's skill, without any gRPC (the servicer is a thin shell).
 
-It validates the input, applies the idempotency cache, runs the skill with a :class:`SkillContext`,
-validates the output, records metrics, and counts calls in flight so a stopping agent can drain.
+It validates the input, verifies the call's delegation token (with :attr:`SkillRunner.verifier`, whose
+audience is this agent), applies the idempotency cache (bound to the caller, the verified delegation and the
+input), runs the skill with a :class:`SkillContext`, validates the output, records metrics, and counts calls
+in flight so a stopping agent can drain.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import grpc
 from agentmesh._errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from agentmesh.agent._agent import Agent
 from agentmesh.agent._context import ModelUsage, ProgressSink, SkillContext
-from agentmesh.agent._idempotency import IdempotencyCache, fingerprint
+from agentmesh.agent._idempotency import IdempotencyCache, call_fingerprint
 from agentmesh.agent._metrics import SKILL_IN_FLIGHT, SKILL_LATENCY, SKILL_REPLAYS
 from agentmesh.agent._skill import SkillSpec
+from agentmesh.security import DelegationClaims, DelegationVerifier
 
 __all__ = ["Invocation", "InvocationResult", "SkillRunner"]
 
@@ -56,9 +59,17 @@ class InvocationResult:
 class SkillRunner:
     """Runs invocations of ``agent``'s skills; one per served agent."""
 
-    def __init__(self, agent: Agent, *, cache: IdempotencyCache[InvocationResult] | None = None) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        cache: IdempotencyCache[InvocationResult] | None = None,
+        verifier: DelegationVerifier | None = None,
+    ) -> None:
         type(agent).check()
         self.agent = agent
+        # Verifies delegation tokens addressed to this agent; without one no token is ever accepted.
+        self.verifier = verifier
         self.name = agent.card.name
         self.cache: IdempotencyCache[InvocationResult] = cache if cache is not None else IdempotencyCache()
         self._in_flight = 0
@@ -111,15 +122,21 @@ class SkillRunner:
             raise UnavailableError(f"agent {self.name!r} is draining; retry on another instance", reason="DRAINING")
         spec = self.spec(invocation.skill)
         value = spec.parse_input(invocation.input)
+        delegation, refusal = self.verify_delegation(invocation)
         self._enter()
         try:
             if not invocation.idempotency_key:
-                return await self._execute(spec, value, invocation, progress)
+                return await self._execute(spec, value, invocation, progress, delegation, refusal)
+            principal = (
+                None
+                if delegation is None
+                else (delegation.tenant, delegation.subject, *sorted(delegation.scopes))
+            )
             result, replayed = await self.cache.run(
                 spec.name,
                 invocation.idempotency_key,
-                fingerprint(invocation.input),
-                lambda: self._execute(spec, value, invocation, progress),
+                call_fingerprint(caller=invocation.caller, delegation=principal, input=invocation.input),
+                lambda: self._execute(spec, value, invocation, progress, delegation, refusal),
             )
             if replayed:
                 SKILL_REPLAYS.labels(self.name, spec.name).inc()
@@ -128,11 +145,38 @@ class SkillRunner:
         finally:
             self._leave()
 
+    def verify_delegation(self, invocation: Invocation) -> tuple[DelegationClaims | None, str]:
+        """``(claims, "")`` for a valid token, ``(None, reason)`` for a refused one, ``(None, "")`` for none.
+
+        A refused token never fails the call here: the skill sees no verified delegation and decides.
+        """
+        token = invocation.delegation_token
+        if not token:
+            return None, ""
+        if self.verifier is None:
+            return None, "TOKEN_NOT_VERIFIABLE"
+        try:
+            return self.verifier.verify(token, task_id=invocation.task_id), ""
+        except MeshError as exc:
+            logger.debug("agent %s: delegation token refused (%s): %s", self.name, exc.reason, exc.message)
+            return None, exc.reason
+
     async def _execute(
-        self, spec: SkillSpec, value: Any, invocation: Invocation, progress: ProgressSink | None
+        self,
+        spec: SkillSpec,
+        value: Any,
+        invocation: Invocation,
+        progress: ProgressSink | None,
+        delegation: DelegationClaims | None,
+        refusal: str,
     ) -> InvocationResult:
         ctx = SkillContext(
-            agent_name=self.name, skill=spec.name, _progress_sink=progress, **_call_fields(invocation)
+            agent_name=self.name,
+            skill=spec.name,
+            delegation=delegation,
+            delegation_refusal=refusal,
+            _progress_sink=progress,
+            **_call_fields(invocation),
         )
         started = time.perf_counter()
         outcome = "OK"

@@ -17,6 +17,7 @@ from agentmesh.agent._idempotency import IdempotencyCache
 from agentmesh.agent._registration import Registration
 from agentmesh.agent._runner import InvocationResult, SkillRunner
 from agentmesh.agent._servicer import AgentServicer, build_card, spiffe_id_of
+from agentmesh.security import DelegationVerifier
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["AgentRuntime", "run_agent"]
@@ -58,6 +59,8 @@ class AgentRuntime:
             ),
         )
         self.spiffe_id = spiffe_id_of(agent, self.settings.trust_domain)
+        # Delegation tokens must be addressed to this agent's own identity.
+        self.runner.verifier = DelegationVerifier.from_settings(self.settings, audience=self.spiffe_id)
         self.servicer = AgentServicer(self.runner, build_card(agent, endpoint="", spiffe_id=self.spiffe_id))
         self.server = MeshServer(
             name=agent.card.name,

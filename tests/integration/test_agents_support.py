@@ -31,6 +31,7 @@ from agentmesh.agents.responder import ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent
 from agentmesh.agents.triage import TriageAgent
 from agentmesh.inference import free_port
+from agentmesh.security import DelegationIssuer, DelegationVerifier, TokenKind
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 from tests.fixtures.certs import IssueIdentity
 
@@ -340,47 +341,58 @@ async def test_crm_masks_pii_for_a_caller_that_may_not_see_it(support: Support) 
     assert find_pii(str(result)) == []
 
 
+def step_token(settings: Settings, audience: str, *, task_id: str = "task-support") -> str:
+    """A step token for ``audience`` with scope pii:read, minted as the planner (the test CA's certificate)."""
+    planner = DelegationIssuer.from_settings(settings, "service", "planner")
+    return planner.issue(
+        kind=TokenKind.STEP,
+        audience=audience,
+        subject="user-42",
+        tenant="acme",
+        scopes=["pii:read"],
+        task_id=task_id,
+        step_id="lookup",
+    )
+
+
 async def test_crm_shows_pii_to_the_planner_acting_for_a_user_who_asks(support: Support) -> None:
+    crm = support.runtimes["crm"]
+    token = step_token(crm.settings, crm.spiffe_id)
     result = await support.call(
-        "crm",
-        "lookup_customer",
-        {"customer_id": "C-1002", "include_pii": True},
-        delegation_token="user-token",
+        "crm", "lookup_customer", {"customer_id": "C-1002", "include_pii": True}, delegation_token=token
     )
     assert result["found"] and not result["masked"]
     assert (result["customer"]["email"], result["customer"]["phone"]) == (
         "tom.becker@example.com",
         "+49 151 2345 6789",
     )
-    unasked = await support.call(
-        "crm", "lookup_customer", {"customer_id": "C-1002"}, delegation_token="user-token"
-    )
+    unasked = await support.call("crm", "lookup_customer", {"customer_id": "C-1002"}, delegation_token=token)
     assert unasked["masked"] and unasked["customer"]["email"] == "t***@e***.com"
 
 
-async def test_crm_with_a_token_verifier_masks_for_a_forged_token(
-    mesh_settings: Settings, tmp_path: Path
+async def test_crm_masks_for_a_forged_token(
+    mesh_settings: Settings, issue_identity: IssueIdentity, tmp_path: Path
 ) -> None:
-    agent = CrmAgent(
-        mesh_settings,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}",
-        verify_delegation=lambda t: t == "good",
-    )
+    issue_identity("service", "planner")
+    audience = "spiffe://agentmesh.test/agent/support/crm"
+    agent = CrmAgent(mesh_settings, database_url=f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}")
     await agent.startup()
     try:
-        runner = SkillRunner(agent)
+        runner = SkillRunner(agent, verifier=DelegationVerifier.from_settings(mesh_settings, audience))
 
         async def lookup(token: str) -> dict[str, Any]:
             invocation = Invocation(
                 skill="lookup_customer",
                 input={"customer_id": "C-1003", "include_pii": True},
+                task_id="task-support",
                 caller=planner_identity("agentmesh.test"),
                 delegation_token=token,
             )
             return (await runner.invoke(invocation)).output
 
-        assert (await lookup("good"))["customer"]["phone"] == "+44 7700 900123"
-        forged = await lookup("forged")
+        good = step_token(mesh_settings, audience)
+        assert (await lookup(good))["customer"]["phone"] == "+44 7700 900123"
+        forged = await lookup(good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"))
         assert forged["masked"] and forged["customer"]["phone"] == "+** **** ****23"
     finally:
         await agent.shutdown()

@@ -19,7 +19,7 @@ from agentmesh.agents._support import (
     sentiment_label,
     split_sentences,
 )
-from agentmesh.agents.crm import CrmStore, customer_view, may_see_pii, planner_identity
+from agentmesh.agents.crm import CrmStore, customer_view, may_see_pii, pii_refusal, planner_identity
 from agentmesh.agents.examples import load_tickets
 from agentmesh.agents.kb_search import load_articles, rank_articles
 from agentmesh.agents.kb_search._kb import passages_of
@@ -45,6 +45,7 @@ from agentmesh.agents.responder._compose import Candidate, candidate_sentences, 
 from agentmesh.agents.triage import INTENTS, assess_priority, intent_scores
 from agentmesh.agents.triage._rules import load_prototypes
 from agentmesh.cli._agent import resolve_agent_class
+from agentmesh.security import DelegationClaims, TokenKind
 
 # --- personal data ---------------------------------------------------------------------------------------
 
@@ -209,25 +210,44 @@ def test_example_tickets_name_real_intents_and_articles() -> None:
 PLANNER = planner_identity("agentmesh.test")
 
 
+def claims(kind: TokenKind = TokenKind.STEP, scopes: str = "pii:read", task_id: str = "t-1") -> DelegationClaims:
+    """Claims as the agent runtime hands them to the skill once the token verified."""
+    return DelegationClaims(
+        kind=kind,
+        subject="user-42",
+        tenant="acme",
+        scopes=frozenset(scopes.split()),
+        actor_chain=(),
+        issuer=PLANNER,
+        audience="spiffe://agentmesh.test/agent/support/crm",
+        task_id=task_id if kind is TokenKind.STEP else None,
+        step_id="s-1" if kind is TokenKind.STEP else None,
+        issued_at=0.0,
+        expires_at=120.0,
+        token_id="j",
+        token_hash="h",
+    )
+
+
 @pytest.mark.parametrize(
-    ("requested", "caller", "token", "visible"),
+    ("requested", "caller", "delegation", "refusal"),
     [
-        (True, PLANNER, "signed-token", True),
-        (False, PLANNER, "signed-token", False),  # not asked for: never by default
-        (True, PLANNER, "", False),  # not on behalf of a user
-        (True, "spiffe://agentmesh.test/agent/responder", "signed-token", False),  # another workload
-        (True, "", "signed-token", False),  # no verified identity (insecure dev)
+        (True, PLANNER, claims(), ""),
+        (False, PLANNER, claims(), "NOT_REQUESTED"),  # not asked for: never by default
+        (True, PLANNER, None, "NO_TOKEN"),  # not on behalf of a user
+        (True, "spiffe://agentmesh.test/agent/support/responder", claims(), "CALLER_NOT_ALLOWED"),
+        (True, "", claims(), "CALLER_NOT_ALLOWED"),  # no verified identity (insecure dev)
+        (True, PLANNER, claims(TokenKind.END_USER), "NOT_A_STEP_TOKEN"),  # the gateway's token, not a step's
+        (True, PLANNER, claims(scopes="orders:read"), "SCOPE_MISSING"),
+        (True, PLANNER, claims(task_id="t-2"), "TOKEN_WRONG_TASK"),
     ],
 )
-def test_only_the_planner_acting_for_a_user_and_asking_sees_pii(
-    requested: bool, caller: str, token: str, visible: bool
+def test_only_the_planner_under_a_pii_step_token_of_the_task_and_asking_sees_pii(
+    requested: bool, caller: str, delegation: DelegationClaims | None, refusal: str
 ) -> None:
-    assert (
-        may_see_pii(
-            requested=requested, caller=caller, delegation_token=token, allowed_callers=frozenset({PLANNER})
-        )
-        is visible
-    )
+    kwargs = {"requested": requested, "caller": caller, "allowed_callers": frozenset({PLANNER})}
+    assert pii_refusal(**kwargs, delegation=delegation, delegation_refusal="", task_id="t-1") == refusal
+    assert may_see_pii(**kwargs, delegation=delegation, task_id="t-1") is (refusal == "")
 
 
 async def test_crm_store_seeds_once_and_finds_by_id_or_email(tmp_path: Path) -> None:
