@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 
 from agentmesh import security
+from agentmesh._failover import replica_options, replica_target
 from agentmesh._settings import Settings
 from agentmesh.resilience import mesh_channel
 
@@ -18,17 +20,29 @@ __all__ = ["create_channel"]
 logger = logging.getLogger(__name__)
 
 # Keepalive so dead peers are noticed between calls, and no hard cap on message size surprises.
-_CHANNEL_OPTIONS: list[tuple[str, int]] = [
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 
 
-def create_channel(target: str, settings: Settings, *, kind: str, name: str) -> grpc.aio.Channel:
-    """A channel to ``target`` presenting the ``kind``/``name`` workload identity."""
+def create_channel(
+    target: str, settings: Settings, *, kind: str, name: str, server_identity: str = ""
+) -> grpc.aio.Channel:
+    """A channel to ``target`` presenting the ``kind``/``name`` workload identity.
+
+    For a replicated service pass ``server_identity`` (``kind/name``, e.g. ``service/registry``): ``target``
+    may then list several ``host:port`` addresses (comma-separated) or be a DNS name with many, calls move
+    to a live replica when one goes away, and the server is verified as that identity, whatever address
+    answered (see :mod:`agentmesh._failover`).
+    """
+    options = list(_CHANNEL_OPTIONS)
+    if server_identity:
+        options += replica_options(settings, server_identity)
+        target = replica_target(target)
     if settings.insecure_dev:
         logger.warning("INSECURE: %s/%s connects to %s in plaintext", kind, name, target)
-        return mesh_channel(target, settings, name, None, _CHANNEL_OPTIONS)
+        return mesh_channel(target, settings, name, None, options)
     credentials = security.channel_credentials(settings, kind, name)
-    return mesh_channel(target, settings, name, credentials, _CHANNEL_OPTIONS)
+    return mesh_channel(target, settings, name, credentials, options)

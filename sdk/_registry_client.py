@@ -26,7 +26,10 @@ from agentmesh._errors import DeadlineExceededError, UnavailableError, from_rpc_
 from agentmesh._settings import Settings
 from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
 
-__all__ = ["HeartbeatStream", "RegistryClient"]
+__all__ = ["REGISTRY_IDENTITY", "HeartbeatStream", "RegistryClient"]
+
+# Every registry replica presents this identity; clients verify it, not the address they dialled.
+REGISTRY_IDENTITY = "service/registry"
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -141,7 +144,9 @@ class RegistryClient:
         self._settings = settings
         self._own_channel = channel is None
         self.address = address or settings.registry_address
-        self.channel = channel or create_channel(self.address, settings, kind=kind, name=name)
+        self.channel = channel or create_channel(
+            self.address, settings, kind=kind, name=name, server_identity=REGISTRY_IDENTITY
+        )
         self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> RegistryClient:
@@ -339,3 +344,48 @@ class RegistryClient:
             latency=_duration(latency),
         )
         return bool((await self._call("ReportOutcome", request, deadline)).rolled_back)
+
+    async def revoke(
+        self, *, spiffe_id: str = "", certificate_serial: str = "", reason: str = "", deadline: float | None = None
+    ) -> registry_pb2.RevokeIdentityResponse:
+        """Revoke an identity (``spiffe_id``) or one certificate (``certificate_serial``, hex) mesh-wide."""
+        request = registry_pb2.RevokeIdentityRequest(reason=reason)
+        if spiffe_id:
+            request.spiffe_id = spiffe_id
+        if certificate_serial:
+            request.certificate_serial = certificate_serial
+        return await self._call("RevokeIdentity", request, deadline)  # type: ignore[no-any-return]
+
+    async def unrevoke(
+        self, *, spiffe_id: str = "", certificate_serial: str = "", deadline: float | None = None
+    ) -> registry_pb2.Revocation:
+        """Lift a revocation; returns it as it was (``NotFoundError`` when there is none)."""
+        request = registry_pb2.UnrevokeIdentityRequest()
+        if spiffe_id:
+            request.spiffe_id = spiffe_id
+        if certificate_serial:
+            request.certificate_serial = certificate_serial
+        return (await self._call("UnrevokeIdentity", request, deadline)).revocation  # type: ignore[no-any-return]
+
+    async def list_revocations(self, *, deadline: float | None = None) -> registry_pb2.ListRevocationsResponse:
+        """Every revocation in force."""
+        return await self._call(  # type: ignore[no-any-return]
+            "ListRevocations", registry_pb2.ListRevocationsRequest(), deadline
+        )
+
+    async def watch_revocations(self) -> AsyncIterator[tuple[int, list[str], list[int]]]:
+        """``(revision, spiffe_ids, serials)``: the whole revocation set now and again after every change."""
+        call = self.stub.WatchRevocations(registry_pb2.WatchRevocationsRequest())
+        try:
+            async for message in call:
+                ids = [r.spiffe_id for r in message.revocations if r.WhichOneof("subject") == "spiffe_id"]
+                serials = [
+                    int(r.certificate_serial, 16)
+                    for r in message.revocations
+                    if r.WhichOneof("subject") == "certificate_serial"
+                ]
+                yield message.revision, ids, serials
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()

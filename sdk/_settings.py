@@ -41,7 +41,8 @@ class Settings:
     planner_port: int = 7401
     gateway_port: int = 7443
     agent_port: int = 0
-    # Where clients find the registry and planner.
+    # Where clients find the registry and planner: host:port, several comma-separated replicas, or a DNS name
+    # with many addresses (each replica is verified by its SPIFFE id, so any of them answers).
     registry_address: str = "127.0.0.1:7400"
     planner_address: str = "127.0.0.1:7401"
     # Prometheus /metrics port; 0 disables the HTTP endpoint.

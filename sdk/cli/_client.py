@@ -8,13 +8,17 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+# Replicated services: their address setting may list several replicas, each verified as this identity.
+_REPLICATED = {"registry_address": "service/registry", "planner_address": "service/planner"}
+
 
 def add_client_arguments(parser: argparse.ArgumentParser, *, default_address_setting: str) -> None:
     """Flags of a subcommand that calls a mesh service as an ops client."""
     parser.add_argument(
         "--address",
         default=None,
-        help=f"service address host:port (default: AGENTMESH_{default_address_setting.upper()})",
+        help=f"service address host:port, or several comma-separated replicas "
+        f"(default: AGENTMESH_{default_address_setting.upper()})",
     )
     parser.add_argument(
         "--identity",
@@ -38,7 +42,9 @@ def call(args: argparse.Namespace, address_setting: str, body: Callable[..., Awa
     address = args.address or getattr(settings, address_setting)
 
     async def main() -> T:
-        channel = create_channel(address, settings, kind="client", name=args.identity)
+        channel = create_channel(
+            address, settings, kind="client", name=args.identity, server_identity=_REPLICATED.get(address_setting, "")
+        )
         try:
             return await body(channel, settings)
         except grpc.aio.AioRpcError as exc:

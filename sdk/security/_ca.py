@@ -187,7 +187,8 @@ class CertificateAuthority:
         self, kind: str, name: str, *, renew_before: timedelta = timedelta(hours=1), **issue_options: Any
     ) -> IssuedCertificate:
         """The current certificate of ``kind``/``name`` if it is ours and valid for ``renew_before``; else a new one."""
-        spiffe_id = SpiffeId(self.trust_domain, kind, name).uri
+        identity = SpiffeId(self.trust_domain, kind, name)
+        spiffe_id = identity.uri
         cert_path, key_path = workload_paths(issue_options.get("out_dir") or self.certs_dir, kind, name)
         if cert_path.exists() and key_path.exists():
             try:
@@ -195,6 +196,8 @@ class CertificateAuthority:
                 cert.verify_directly_issued_by(self.certificate)
                 san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
                 current = san.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe_id]
+                # Certificates from before identity host names: reissue so replicas verify by identity.
+                current = current and identity.hostname in san.get_values_for_type(x509.DNSName)
             except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
                 current = False  # damaged, from another CA, or another identity: reissue
             if current and cert.not_valid_after_utc - datetime.now(UTC) > renew_before:
@@ -213,17 +216,28 @@ class CertificateAuthority:
         ips: Sequence[str] = ("127.0.0.1", "::1"),
         out_dir: Path | None = None,
     ) -> IssuedCertificate:
-        """Issue a workload certificate whose only URI SAN is ``spiffe://<td>/<kind>/<name>``."""
+        """Issue a workload certificate whose only URI SAN is ``spiffe://<td>/<kind>/<name>``.
+
+        Its DNS SANs are the identity's :attr:`SpiffeId.hostname` (what clients of a replicated service verify)
+        and ``dns``.
+        """
         if kind not in KINDS:
             raise InvalidArgumentError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}", field="kind")
         spiffe_id = SpiffeId(self.trust_domain, kind, name)  # validates the name
         if ttl <= timedelta(0):
             raise InvalidArgumentError(f"ttl must be positive, not {ttl}", field="ttl")
+        suffix = f".{self.trust_domain}"
+        claimed = [host for host in dns if host.lower().endswith(suffix) and host.lower() != spiffe_id.hostname]
+        if claimed:  # names under the trust domain stand for identities (SpiffeId.hostname): never free-form
+            raise InvalidArgumentError(
+                f"DNS names under {self.trust_domain} are identity names; {claimed[0]!r} is not {kind}/{name}'s",
+                field="dns",
+            )
         now = datetime.now(UTC)
         return self.sign(
             f"{kind}-{name}",
             uris=[spiffe_id.uri],
-            dns=dns,
+            dns=[spiffe_id.hostname, *(host for host in dns if host.lower() != spiffe_id.hostname)],
             ips=ips,
             not_before=now - _CLOCK_SKEW,
             not_after=now + ttl,

@@ -63,6 +63,17 @@ class SpiffeId:
         except InvalidArgumentError as exc:
             raise UnauthenticatedError(f"peer identity {uri!r} is malformed: {exc.message}") from None
 
+    @property
+    def hostname(self) -> str:
+        """``<name>.<kind>.<trust-domain>``: the DNS SAN the mesh CA puts beside the SPIFFE id.
+
+        An agent's ``namespace/name`` reads ``name.namespace``. Clients of a replicated service verify this
+        name (``grpc.ssl_target_name_override``) instead of the address they dialled, so any replica address
+        works. The CA binds it one-to-one to the SPIFFE id (the kind is the label before the fixed trust
+        domain) and refuses it as a free-form DNS SAN.
+        """
+        return ".".join((*reversed(self.name.split("/")), self.kind, self.trust_domain)).lower()
+
     def __str__(self) -> str:
         return self.uri
 
