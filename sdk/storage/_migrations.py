@@ -6,17 +6,18 @@ import functools
 import logging
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from agentmesh.storage._engine import create_engine
-
-# Alembic announces its plugin set-up at INFO on every MigrationContext, i.e. every readiness check.
+# Alembic announces its plugin set-up at INFO when it is imported (below): quiet before the import.
 logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+import sqlalchemy as sa  # noqa: E402
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy.engine import URL  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
+
+from agentmesh.storage._engine import create_engine  # noqa: E402
 
 __all__ = ["alembic_config", "current", "downgrade", "heads", "ping", "upgrade"]
 
@@ -71,9 +72,9 @@ async def ping(engine: AsyncEngine) -> bool:
         async with engine.connect() as connection:
             # Read-only: on SQLite do not queue behind writers for the write lock.
             connection = await connection.execution_options(sqlite_begin="DEFERRED")
-            revisions = await connection.run_sync(
-                lambda sync_connection: MigrationContext.configure(sync_connection).get_current_heads()
-            )
+            # A plain read of alembic's table: a MigrationContext per check would log two INFO lines each time.
+            result = await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+            revisions = list(result.scalars())
     except Exception:
         return False
     return set(revisions) == set(_script_heads())
