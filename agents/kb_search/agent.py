@@ -7,7 +7,16 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Article, TritonAgent
-from agentmesh.agents.kb_search._kb import KbArticle, Passage, load_articles, passages_of, rank_articles
+from agentmesh.agents._support._keywords import PhraseMatcher
+from agentmesh.agents.kb_search._kb import (
+    CONFIDENT_SCORE,
+    KbArticle,
+    Passage,
+    keyword_bonus,
+    load_articles,
+    passages_of,
+    rank_articles,
+)
 
 __all__ = ["KbSearchAgent", "SearchInput", "SearchOutput"]
 
@@ -22,9 +31,14 @@ class SearchInput(BaseModel):
 
 
 class SearchOutput(BaseModel):
-    """The best matching articles, best first."""
+    """The best matching articles, best first; none when nothing matches confidently."""
 
-    articles: list[Article]
+    articles: list[Article] = Field(description="Empty when there is no confident match.")
+    confident: bool = Field(
+        default=True,
+        description="False: no article answers the query confidently (escalate to a person, cite nothing).",
+    )
+    best_score: float = Field(default=0.0, description="Score of the best article, returned or not.")
 
 
 class KbSearchAgent(TritonAgent):
@@ -36,8 +50,10 @@ class KbSearchAgent(TritonAgent):
         version="1.0.0",
         purpose="knowledge-retrieval",
         description=(
-            "Finds the customer-support knowledge-base articles (refunds, damaged items, shipping delays, "
-            "passwords, subscriptions, invoices, warranty, returns) that answer a ticket, by semantic similarity."
+            "Finds the customer-support knowledge-base articles that answer a ticket (billing disputes, double "
+            "charges, refunds, invoices; plans, seats, team members, data export and import; account security, "
+            "2FA, privacy and data deletion; shipping, returns, damaged items; outages, integrations, API keys), "
+            "by semantic similarity and multilingual keywords; says when nothing matches confidently."
         ),
         policies=("pii:none", "data:public"),
         labels={"domain": "customer-service", "model": "embedding"},
@@ -46,24 +62,34 @@ class KbSearchAgent(TritonAgent):
 
     articles: list[KbArticle]
     passages: list[Passage]
-    _vectors: np.ndarray
+    _matchers: list[PhraseMatcher]
+    _passage_vectors: np.ndarray
 
     async def prepare(self, ctx: SkillContext | None) -> None:
         """Load the shipped articles and embed their passages."""
         articles = load_articles()
         passages = passages_of(articles)
         embedded = await self.embed([p.text for p in passages], ctx)
-        self.articles, self.passages, self._vectors = articles, passages, embedded.embeddings
+        self._matchers = [PhraseMatcher(a.keywords) for a in articles]
+        self.articles, self.passages, self._passage_vectors = articles, passages, embedded.embeddings
 
     @skill(
-        description="Semantic search of the support knowledge base; returns the top_k articles with scores."
+        description=(
+            "Search the support knowledge base; returns the top_k articles with scores, or none (confident "
+            "false) when nothing answers the query."
+        )
     )
     async def search_articles(self, request: SearchInput, ctx: SkillContext) -> SearchOutput:
-        """Rank articles by their best passage's similarity to the query."""
+        """Rank articles by their best passage's similarity to the query plus keyword evidence."""
         await self.ensure_prepared(ctx)
         query = (await self.embed([request.query], ctx)).embeddings[0]
-        ranked = rank_articles(query, self._vectors, self.passages, request.top_k)
+        bonus = keyword_bonus(request.query, self._matchers)
+        ranked = rank_articles(query, self._passage_vectors, self.passages, request.top_k, bonus)
+        best = ranked[0][1] if ranked else 0.0
+        if best < CONFIDENT_SCORE:
+            return SearchOutput(articles=[], confident=False, best_score=round(best, 4))
         return SearchOutput(
+            best_score=round(best, 4),
             articles=[
                 Article(
                     article_id=self.articles[index].article_id,
