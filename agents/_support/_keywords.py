@@ -13,7 +13,7 @@ __all__ = ["PhraseMatcher", "fold"]
 
 def fold(text: str) -> str:
     """Lower case, accents removed, apostrophes unified, whitespace collapsed."""
-    decomposed = unicodedata.normalize("NFKD", text.replace("’", "'").lower())
+    decomposed = unicodedata.normalize("NFKD", text.replace("\u2019", "'").lower())
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
 
 

@@ -99,5 +99,5 @@ class KbSearchAgent(TritonAgent):
                     body=self.articles[index].body,
                 )
                 for index, score, passage in ranked
-            ]
+            ],
         )
