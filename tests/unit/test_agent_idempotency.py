@@ -8,7 +8,7 @@ import pytest
 
 from agentmesh._errors import InvalidArgumentError, UnavailableError
 from agentmesh.agent import IdempotencyCache
-from agentmesh.agent._idempotency import fingerprint
+from agentmesh.agent._idempotency import call_fingerprint, fingerprint
 
 
 class Counted:
@@ -141,3 +141,34 @@ async def test_entries_expire_after_the_ttl() -> None:
     assert await cache.run("s", "k", "d", compute) == ("result-1", True)
     now += 2  # the TTL counts from when the result was stored, not from the last replay
     assert await cache.run("s", "k", "d", compute) == ("result-2", False)
+
+
+async def test_a_key_reused_by_another_caller_or_delegation_is_refused_even_while_running() -> None:
+    cache: IdempotencyCache[str] = IdempotencyCache()
+    held = Counted()
+    held.release.clear()
+    planner = call_fingerprint(
+        caller="spiffe://td/service/planner", delegation=("acme", "u1", "pii:read"), input={"a": 1}
+    )
+    first = asyncio.create_task(cache.run("s", "k", planner, held))
+    await asyncio.sleep(0)
+    others = {
+        "caller": call_fingerprint(
+            caller="spiffe://td/service/other", delegation=("acme", "u1", "pii:read"), input={"a": 1}
+        ),
+        "delegation": call_fingerprint(caller="spiffe://td/service/planner", delegation=None, input={"a": 1}),
+        "delegation,input": call_fingerprint(
+            caller="spiffe://td/service/planner", delegation=("acme", "u2"), input={"a": 2}
+        ),
+    }
+    for differs, other in others.items():
+        with pytest.raises(InvalidArgumentError) as error:
+            await cache.run("s", "k", other, Counted())
+        assert (error.value.reason, error.value.metadata["differs"]) == ("IDEMPOTENCY_KEY_REUSED", differs)
+        assert "spiffe://td/service/planner" not in error.value.message  # the first caller is not revealed
+    held.release.set()
+    assert await first == ("result-1", False)
+    same = call_fingerprint(
+        caller="spiffe://td/service/planner", delegation=("acme", "u1", "pii:read"), input={"a": 1}
+    )
+    assert await cache.run("s", "k", same, Counted()) == ("result-1", True)
