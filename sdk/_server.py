@@ -85,10 +85,23 @@ class MeshServer(Serving):
         kind: str = "service",
         public: bool = False,
         options: Sequence[tuple[str, Any]] = (),
+        identity: str | None = None,
+        revocations: security.RevocationSet | None = None,
     ) -> None:
+        """``identity`` is the workload name of the server's certificate (default ``name``; an agent's is
+        ``namespace/name``). ``revocations``: a set the caller keeps current (the registry's own); without it
+        the server follows the registry's set itself (a :class:`~agentmesh.security.RevocationFollower`).
+        """
         self.name = name
         self.kind = kind
+        self.identity = identity or name
         self.settings = settings
+        self.revocations = revocations if revocations is not None else security.RevocationSet()
+        self.revocation_follower: security.RevocationFollower | None = None
+        if revocations is None and settings.registry_address and not settings.insecure_dev:
+            self.revocation_follower = security.RevocationFollower(
+                settings, self.revocations, kind=kind, name=self.identity
+            )
         self._requested_port = port
         self._services = list(services)
         self._readiness = readiness
@@ -110,7 +123,13 @@ class MeshServer(Serving):
     async def start(self) -> None:
         """Bind, start serving, and report NOT_SERVING until the readiness check passes."""
         interceptor = _MeshInterceptor(
-            security=security.server_security(self.settings, self.kind, self.name, allow_anonymous=self._public),
+            security=security.server_security(
+                self.settings,
+                self.kind,
+                self.identity,
+                revocations=self.revocations,
+                allow_anonymous=self._public,
+            ),
             telemetry=telemetry.server_telemetry(self.settings, self.name),
         )
         server = grpc.aio.server(interceptors=[interceptor], options=self._options)
@@ -121,11 +140,13 @@ class MeshServer(Serving):
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         target = f"{self.settings.bind_host}:{self._requested_port}"
         self.port = security.add_port(
-            server, target, self.settings, self.kind, self.name, require_client_auth=not self._public
+            server, target, self.settings, self.kind, self.identity, require_client_auth=not self._public
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._server = server
+        if self.revocation_follower is not None:
+            await self.revocation_follower.start()
         self._readiness_task = asyncio.create_task(self._watch_readiness(), name=f"{self.name}-readiness")
         logger.info("%s serving on %s", self.name, self.address)
 
@@ -165,6 +186,8 @@ class MeshServer(Serving):
         self._stopping = True
         await self.drain()
         await self._server.stop(self.settings.shutdown_grace if grace is None else grace)
+        if self.revocation_follower is not None:
+            await self.revocation_follower.stop()
         logger.info("%s stopped", self.name)
 
 

@@ -85,8 +85,10 @@ class Registration:
 
     def start(self) -> None:
         """Start registering and heartbeating in the background."""
-        name = self._card().name
-        self._client = RegistryClient(self._settings, kind="agent", name=name, address=self._address)
+        card = self._card()
+        name = card.name
+        identity = f"{card.namespace}/{card.name}"  # the agent's identity is derived from its card
+        self._client = RegistryClient(self._settings, kind="agent", name=identity, address=self._address)
         self._task = asyncio.create_task(self._keep_registered(), name=f"{name}-registration")
 
     async def drain(self) -> None:

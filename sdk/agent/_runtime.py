@@ -16,8 +16,8 @@ from agentmesh.agent._agent import Agent
 from agentmesh.agent._idempotency import IdempotencyCache
 from agentmesh.agent._registration import Registration
 from agentmesh.agent._runner import InvocationResult, SkillRunner
-from agentmesh.agent._servicer import AgentServicer, build_card, spiffe_id_of
-from agentmesh.security import DelegationVerifier
+from agentmesh.agent._servicer import AgentServicer, build_card
+from agentmesh.security import DelegationVerifier, agent_spiffe_id
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["AgentRuntime", "run_agent"]
@@ -58,7 +58,9 @@ class AgentRuntime:
                 max_entries=self.settings.idempotency_cache_size, ttl=self.settings.idempotency_ttl
             ),
         )
-        self.spiffe_id = spiffe_id_of(agent, self.settings.trust_domain)
+        # The identity is derived from the card (the registry accepts the card from this identity only).
+        self.identity_name = f"{agent.card.namespace}/{agent.card.name}"
+        self.spiffe_id = agent_spiffe_id(self.settings.trust_domain, agent.card.namespace, agent.card.name)
         # Delegation tokens must be addressed to this agent's own identity.
         self.runner.verifier = DelegationVerifier.from_settings(self.settings, audience=self.spiffe_id)
         self.servicer = AgentServicer(self.runner, build_card(agent, endpoint="", spiffe_id=self.spiffe_id))
@@ -69,6 +71,7 @@ class AgentRuntime:
             services=[bind(self.servicer, agent_pb2_grpc.add_AgentServiceServicer_to_server, AGENT_SERVICE)],
             readiness=self._check_ready,
             kind="agent",
+            identity=self.identity_name,
         )
         self.registration: Registration | None = None
         if register:

@@ -43,7 +43,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "issue", parents=[common], help="issue a workload certificate with one SPIFFE URI SAN"
     )
     issue.add_argument("--kind", required=True, choices=["service", "agent", "client"], help="workload kind")
-    issue.add_argument("--name", required=True, help="workload name, e.g. registry, summarizer, ops")
+    issue.add_argument(
+        "--name",
+        required=True,
+        help="workload name, e.g. registry or ops; an agent's is NAMESPACE/NAME from its card, e.g. support/triage",
+    )
     issue.add_argument(
         "--ttl", type=parse_ttl, default=timedelta(hours=24), help="lifetime, e.g. 24h (default), 7d"
     )

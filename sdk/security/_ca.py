@@ -5,6 +5,8 @@ Layout under the mesh home folder (``Settings.home``)::
     ca/ca.pem              the trust bundle (the CA certificate; during a CA rotation, old and new)
     ca/ca-key.pem          the CA private key (0600)
     certs/<kind>-<name>.pem, certs/<kind>-<name>-key.pem   workload certificate and key (0600)
+
+An agent's name is ``namespace/name``; its files are ``agent-<namespace>.<name>.pem`` (DNS labels have no dots).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def ca_paths(home: Path) -> tuple[Path, Path]:
 
 def workload_paths(directory: Path, kind: str, name: str) -> tuple[Path, Path]:
     """``(certificate, key)`` paths of workload ``kind``/``name`` in a certs folder."""
-    return directory / f"{kind}-{name}.pem", directory / f"{kind}-{name}-key.pem"
+    stem = f"{kind}-{name.replace('/', '.')}"
+    return directory / f"{stem}.pem", directory / f"{stem}-key.pem"
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -235,7 +238,7 @@ class CertificateAuthority:
             )
         now = datetime.now(UTC)
         return self.sign(
-            f"{kind}-{name}",
+            workload_paths(Path(), kind, name)[0].stem,
             uris=[spiffe_id.uri],
             dns=[spiffe_id.hostname, *(host for host in dns if host.lower() != spiffe_id.hostname)],
             ips=ips,

@@ -8,17 +8,24 @@ from dataclasses import dataclass, field
 
 from agentmesh._errors import InvalidArgumentError, PermissionDeniedError, UnauthenticatedError
 
-__all__ = ["KINDS", "SpiffeId", "current_identity", "require_identity"]
+__all__ = ["KINDS", "SpiffeId", "agent_spiffe_id", "current_identity", "require_identity"]
 
 KINDS = ("service", "agent", "client")
 
 _TRUST_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,253}[a-z0-9])?")
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+# An agent's name is its card's ``namespace/name``: two DNS labels, as the registry validates them.
+_AGENT_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def agent_spiffe_id(trust_domain: str, namespace: str, name: str) -> str:
+    """The SPIFFE id an agent must present: ``spiffe://<td>/agent/<namespace>/<name>``, derived from its card."""
+    return f"spiffe://{trust_domain}/agent/{namespace}/{name}"
 
 
 @dataclass(frozen=True)
 class SpiffeId:
-    """A mesh workload identity."""
+    """A mesh workload identity; an agent's ``name`` is ``namespace/name`` (its card's)."""
 
     trust_domain: str
     kind: str
@@ -31,7 +38,13 @@ class SpiffeId:
             raise InvalidArgumentError(
                 f"identity kind must be one of {', '.join(KINDS)}, not {self.kind!r}", field="kind"
             )
-        if not _NAME.fullmatch(self.name):
+        if self.kind == "agent":
+            if not _AGENT_NAME.fullmatch(self.name):
+                raise InvalidArgumentError(
+                    f"agent name {self.name!r} must be NAMESPACE/NAME (two DNS labels), as on the agent's card",
+                    field="name",
+                )
+        elif not _NAME.fullmatch(self.name):
             raise InvalidArgumentError(
                 f"workload name {self.name!r} must be 1-128 letters, digits, '.', '_' or '-'", field="name"
             )
@@ -52,10 +65,10 @@ class SpiffeId:
         """Parse ``uri``; raises UnauthenticatedError unless it is a mesh identity (in ``trust_domain`` if given)."""
         if not uri.startswith("spiffe://"):
             raise UnauthenticatedError(f"peer identity {uri!r} is not a spiffe:// URI")
-        parts = uri[len("spiffe://") :].split("/")
+        parts = uri[len("spiffe://") :].split("/", 2)
         if len(parts) != 3:
             raise UnauthenticatedError(f"peer identity {uri!r} is not spiffe://<trust-domain>/<kind>/<name>")
-        domain, kind, name = parts
+        domain, kind, name = parts  # an agent's name is namespace/name
         if trust_domain is not None and domain != trust_domain:
             raise UnauthenticatedError(f"peer identity {uri!r} is not in trust domain {trust_domain!r}")
         try:

@@ -7,10 +7,11 @@ from typing import Any
 
 from cryptography import x509
 
-from agentmesh._errors import UnauthenticatedError
+from agentmesh._errors import PermissionDeniedError, UnauthenticatedError
 from agentmesh._settings import Settings
 from agentmesh.security._identity import _CURRENT, _INSECURE, SpiffeId
 from agentmesh.security._policy import AuthzPolicy
+from agentmesh.security._revocation import RevocationSet, certificate_serial, format_serial
 
 __all__ = ["ServerSecurity", "load_policy", "server_security"]
 
@@ -40,6 +41,7 @@ class ServerSecurity:
         policy: AuthzPolicy | None = None,
         *,
         allow_anonymous: bool = False,
+        revocations: RevocationSet | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -51,6 +53,10 @@ class ServerSecurity:
         self.policy = policy if policy is not None else load_policy(settings)
         # (raw peer_spiffe_id, method) -> identity, for calls already allowed: the hot path is two dict lookups.
         self._allowed: dict[tuple[bytes, str], SpiffeId] = {}
+        # Revoked identities are refused before they reach that cache, which is emptied whenever the set
+        # changes; revoked certificate serials are looked up per call, only while there are any.
+        self.revocations = revocations if revocations is not None else RevocationSet()
+        self.revocations.add_listener(self._allowed.clear)
 
     def check(self, method: str, context: Any) -> None:
         """Verify the caller of ``method`` and make it :func:`current_identity`; raise a MeshError otherwise.
@@ -72,11 +78,28 @@ class ServerSecurity:
         identity = self._allowed.get(key)
         if identity is None:
             identity = SpiffeId.parse(values[0].decode("utf-8", "replace"), self._trust_domain)
+            if identity.uri in self.revocations.ids:
+                raise PermissionDeniedError(
+                    f"identity {identity.uri} is revoked in this mesh; ask an operator (agentmesh agents revocations)",
+                    metadata={"identity": identity.uri, "revoked": "spiffe_id"},
+                )
             self.policy.check(identity.uri, method)
             if len(self._allowed) >= _MAX_CACHED:
                 self._allowed.clear()
             self._allowed[key] = identity
+        if self.revocations.serials:
+            self._check_serial(auth, identity)
         _CURRENT.set(identity)
+
+    def _check_serial(self, auth: dict[str, list[bytes]], identity: SpiffeId) -> None:
+        # Parsed once per distinct peer certificate (cached by its PEM bytes), then a set lookup per call.
+        pems = auth.get(_PEER_CERT)
+        if pems and certificate_serial(pems[0]) in self.revocations.serials:
+            serial = format_serial(certificate_serial(pems[0]))
+            raise UnauthenticatedError(
+                f"the certificate of {identity.uri} (serial {serial}) is revoked; use a newly issued one",
+                metadata={"identity": identity.uri, "revoked": "certificate_serial", "serial": serial},
+            )
 
     def _explain_missing_identity(self, auth: dict[str, list[bytes]]) -> UnauthenticatedError:
         # Only on refusal: parse the certificate to say precisely what is wrong with it.
@@ -107,10 +130,17 @@ class ServerSecurity:
 
 
 def server_security(
-    settings: Settings, kind: str, name: str, *, allow_anonymous: bool = False
+    settings: Settings,
+    kind: str,
+    name: str,
+    *,
+    allow_anonymous: bool = False,
+    revocations: RevocationSet | None = None,
 ) -> ServerSecurity:
     """The identity/authorization checker for a server of ``kind``/``name``.
 
     ``allow_anonymous`` is for a public port only (see :class:`ServerSecurity`); mesh ports never set it.
+    ``revocations`` is the set of refused identities and certificates the server follows (see
+    :class:`RevocationFollower`); without it nothing is revoked.
     """
-    return ServerSecurity(settings, kind, name, allow_anonymous=allow_anonymous)
+    return ServerSecurity(settings, kind, name, allow_anonymous=allow_anonymous, revocations=revocations)

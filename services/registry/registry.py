@@ -29,16 +29,27 @@ from packaging.version import Version
 from agentmesh._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
+    MeshError,
     NotFoundError,
     PermissionDeniedError,
     UnavailableError,
 )
 from agentmesh._settings import Settings
+from agentmesh.security import RevocationSet, SpiffeId, agent_spiffe_id, format_serial, parse_serial
 from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.leases import LeaseBook
 from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
 from agentmesh.services.registry.routing import CanaryRule, OutcomeWindows, RoutePolicy, rollback_reason
-from agentmesh.services.registry.store import EventRow, RegistryStore, VersionRow, epoch, from_epoch
+from agentmesh.services.registry.store import (
+    CERTIFICATE_SERIAL,
+    SPIFFE_ID,
+    EventRow,
+    RegistryStore,
+    RevocationRow,
+    VersionRow,
+    epoch,
+    from_epoch,
+)
 from agentmesh.services.registry.validation import parse_version, validate_card
 from agentmesh.services.registry.watch import EventHub, WatchEvent
 from agentmesh.v1 import agent_pb2
@@ -55,6 +66,9 @@ _STATE_NAMES = {
 _STATE_VALUES = {name: value for value, name in _STATE_NAMES.items()}
 _EVENT_BATCH = 1000
 _PRUNE_EVERY = 60.0
+# Change-log events about the revocation set rather than about agents: never shown to WatchAgents.
+_REVOCATION_EVENTS = frozenset({"REVOKED", "UNREVOKED"})
+_MAX_REASON = 512
 
 
 def card_hash(card: agent_pb2.AgentCard) -> str:
@@ -129,6 +143,11 @@ class Registry:
         self._loaded = False
         self._healthy = False
         self._sorted_keys: list[tuple[str, str, str, str]] | None = None
+        # The revocation set of the mesh: records by (subject kind, subject), and the set every call is checked
+        # against (this replica's server uses it directly); watchers wait on their event for the next change.
+        self.revocation_records: dict[tuple[str, str], RevocationRow] = {}
+        self.revocations = RevocationSet()
+        self._revocation_watchers: set[asyncio.Event] = set()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -157,7 +176,7 @@ class Registry:
 
     async def _load(self) -> None:
         started = time.perf_counter()
-        revision, version_rows, instance_rows, policy_rows = await self.store.load_snapshot()
+        revision, version_rows, instance_rows, policy_rows, revocation_rows = await self.store.load_snapshot()
         index = AgentIndex()
         for row in version_rows:
             index.put_version(_version_record(row))
@@ -179,7 +198,9 @@ class Registry:
         index.prepare()
         self.index = index
         self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}
+        self.revocation_records = {(r.subject_kind, r.subject): r for r in revocation_rows}
         self.revision = revision
+        self._revocations_changed()
         self._sorted_keys = None
         self._loaded = self._healthy = True
         # The index is long-lived: move it out of the collector's generations so full collections stay short.
@@ -255,6 +276,9 @@ class Registry:
         payload, kind = row.payload, row.event_type
         when = epoch(row.created_at)
         reason = payload.get("reason", "")
+        if kind in _REVOCATION_EVENTS:
+            self._apply_revocation(row)
+            return None
         if kind == "REGISTERED":
             version_id = int(payload["version_id"])
             fresh = loaded.get(version_id)
@@ -307,14 +331,27 @@ class Registry:
         return min(max(ttl, self.settings.lease_ttl_min), self.settings.lease_ttl_max)
 
     async def register(
-        self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None
+        self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None, caller_serial: int | None = None
     ) -> InstanceRecord:
-        """Register one instance of ``card``; ``caller`` is the verified SPIFFE id (``None`` under insecure dev)."""
+        """Register one instance of ``card``; ``caller`` is the verified SPIFFE id (``None`` under insecure dev).
+
+        The registry is the identity book of record: an agent's identity is derived from its card
+        (``spiffe://<td>/agent/<namespace>/<name>``), and only that identity may register any version or
+        instance of it. ``caller_serial`` (the serial of the caller's certificate) is kept with the instance
+        so that revoking that certificate removes it.
+        """
         validate_card(card)
-        if caller is not None and caller != card.spiffe_id:
+        expected = agent_spiffe_id(self.settings.trust_domain, card.namespace, card.name)
+        if caller is not None and caller != expected:
             raise PermissionDeniedError(
-                f"caller {caller!r} may not register a card whose spiffe_id is {card.spiffe_id!r}",
-                metadata={"identity": caller, "expected": card.spiffe_id},
+                f"caller {caller} may not register agent {card.namespace}/{card.name}: only {expected} may "
+                "(an agent's identity is derived from its card's namespace and name)",
+                metadata={"identity": caller, "expected": expected},
+            )
+        if card.spiffe_id != expected:
+            raise InvalidArgumentError(
+                f"card.spiffe_id must be {expected}, the identity derived from the card's namespace and name",
+                field="card.spiffe_id",
             )
         stored = copy.deepcopy(card)
         stored.ClearField("endpoint")
@@ -329,6 +366,7 @@ class Registry:
             lease_id=uuid.uuid4().hex,
             ttl=ttl,
             registered_by=caller or card.spiffe_id,
+            registered_serial=format_serial(caller_serial) if caller_serial else "",
             now=from_epoch(self._clock()),
         )
         await self.sync(revision)
@@ -562,6 +600,8 @@ class Registry:
                         if row.revision > self.revision:
                             break
                         last = row.revision
+                        if row.event_type in _REVOCATION_EVENTS:
+                            continue
                         event = self._replayed(row)
                         if not namespace or event.namespace == namespace:
                             yield event
@@ -622,3 +662,75 @@ class Registry:
             reason,
             when,
         )
+
+    # ------------------------------------------------------------------ revocation
+
+    def _apply_revocation(self, row: EventRow) -> None:
+        revocation = RevocationRow.from_payload(row.payload)
+        subject = (revocation.subject_kind, revocation.subject)
+        if row.event_type == "REVOKED":
+            self.revocation_records[subject] = revocation
+        else:
+            self.revocation_records.pop(subject, None)
+        self.revision = row.revision
+        self._revocations_changed()
+
+    def _revocations_changed(self) -> None:
+        ids = [r.subject for r in self.revocation_records.values() if r.subject_kind == SPIFFE_ID]
+        serials = [int(r.subject, 16) for r in self.revocation_records.values() if r.subject_kind == CERTIFICATE_SERIAL]
+        self.revocations.replace(ids, serials, self.revision)
+        for watcher in self._revocation_watchers:
+            watcher.set()
+
+    def _subject(self, spiffe_id: str, certificate_serial: str) -> tuple[str, str]:
+        """``(subject kind, canonical subject)`` of a request naming exactly one of the two."""
+        if bool(spiffe_id) == bool(certificate_serial):
+            raise InvalidArgumentError("name exactly one of spiffe_id and certificate_serial", field="subject")
+        if certificate_serial:
+            return CERTIFICATE_SERIAL, format_serial(parse_serial(certificate_serial))
+        try:
+            identity = SpiffeId.parse(spiffe_id, self.settings.trust_domain)
+        except MeshError as exc:
+            raise InvalidArgumentError(exc.message, field="spiffe_id") from None
+        return SPIFFE_ID, identity.uri
+
+    async def revoke(
+        self, spiffe_id: str, certificate_serial: str, reason: str, caller: str | None
+    ) -> tuple[RevocationRow, int]:
+        """Revoke an identity or one certificate: its instances leave at once; returns it and how many left."""
+        kind, subject = self._subject(spiffe_id, certificate_serial)
+        if len(reason) > _MAX_REASON:
+            raise InvalidArgumentError(f"reason longer than {_MAX_REASON} characters", field="reason")
+        if kind == SPIFFE_ID and caller is not None and subject == caller:
+            raise FailedPreconditionError(f"{caller} may not revoke itself (it would lock itself out)")
+        record, removed, revision = await self.store.revoke(
+            kind, subject, reason, caller or "", from_epoch(self._clock())
+        )
+        if revision is not None:
+            logger.warning("revoked %s (%s): %d instance(s) removed", subject, reason or "no reason given", removed)
+            await self.sync(revision)
+        return record, removed
+
+    async def unrevoke(self, spiffe_id: str, certificate_serial: str) -> RevocationRow:
+        """Lift a revocation; returns it as it was."""
+        kind, subject = self._subject(spiffe_id, certificate_serial)
+        record, revision = await self.store.unrevoke(kind, subject, from_epoch(self._clock()))
+        logger.warning("unrevoked %s", subject)
+        await self.sync(revision)
+        return record
+
+    def list_revocations(self) -> list[RevocationRow]:
+        """Every revocation in force: SPIFFE ids first, then serials, each sorted."""
+        return [self.revocation_records[key] for key in sorted(self.revocation_records)]
+
+    async def watch_revocations(self) -> AsyncIterator[tuple[int, list[RevocationRow]]]:
+        """``(revision, revocations)`` now, and again after every change (bursts coalesce into one)."""
+        changed = asyncio.Event()
+        self._revocation_watchers.add(changed)
+        try:
+            while True:
+                changed.clear()
+                yield self.revision, self.list_revocations()
+                await changed.wait()
+        finally:
+            self._revocation_watchers.discard(changed)

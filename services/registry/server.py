@@ -36,6 +36,7 @@ class RegistryServer(Serving):
             settings=settings,
             port=settings.registry_port if port is None else port,
             readiness=self._ready,
+            revocations=self.registry.revocations,  # the registry checks calls against its own set
             services=[
                 bind(
                     self.servicer,

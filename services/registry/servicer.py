@@ -23,6 +23,7 @@ from agentmesh.services.registry.model import (
 )
 from agentmesh.services.registry.registry import AgentView, Registry
 from agentmesh.services.registry.routing import CanaryRule, RoutePolicy
+from agentmesh.services.registry.store import SPIFFE_ID, RevocationRow
 from agentmesh.services.registry.validation import (
     compile_patterns,
     parse_specifier,
@@ -34,7 +35,7 @@ from agentmesh.services.registry.validation import (
 from agentmesh.services.registry.watch import WatchEvent
 from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
 
-__all__ = ["InstanceProtos", "RegistryServicer", "discovery_query", "discovery_response"]
+__all__ = ["InstanceProtos", "RegistryServicer", "discovery_query", "discovery_response", "revocation_proto"]
 
 _MAX_RESULTS = 100
 _MAX_PAGE = 1000
@@ -320,7 +321,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if not request.HasField("card"):
             raise InvalidArgumentError("card is required", field="card")
         ttl = request.lease_ttl.ToNanoseconds() / 1e9 if request.HasField("lease_ttl") else 0.0
-        instance = await self.registry.register(request.card, ttl, _caller())
+        instance = await self.registry.register(
+            request.card, ttl, _caller(), security.peer_certificate_serial(context)
+        )
         record = self.registry.index.versions[instance.version_id]
         return registry_pb2.RegisterAgentResponse(
             instance=instance_proto(instance, record), lease=_lease(instance)
@@ -472,6 +475,59 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             request.namespace, request.name, request.version, request.success
         )
         return registry_pb2.ReportOutcomeResponse(rolled_back=rolled_back)
+
+    async def RevokeIdentity(
+        self, request: registry_pb2.RevokeIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.RevokeIdentityResponse:
+        await self._ready()
+        record, removed = await self.registry.revoke(*_subject(request), request.reason, _caller())
+        return registry_pb2.RevokeIdentityResponse(revocation=revocation_proto(record), removed_instances=removed)
+
+    async def UnrevokeIdentity(
+        self, request: registry_pb2.UnrevokeIdentityRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.UnrevokeIdentityResponse:
+        await self._ready()
+        record = await self.registry.unrevoke(*_subject(request))
+        return registry_pb2.UnrevokeIdentityResponse(revocation=revocation_proto(record))
+
+    async def ListRevocations(
+        self, request: registry_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListRevocationsResponse:
+        await self._ready()
+        return registry_pb2.ListRevocationsResponse(
+            revocations=[revocation_proto(r) for r in self.registry.list_revocations()],
+            revision=self.registry.revision,
+        )
+
+    async def WatchRevocations(
+        self, request: registry_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.WatchRevocationsResponse]:
+        await self._ready()
+        with self._open_stream("follow the revocation set on another one"):
+            async for revision, records in self.registry.watch_revocations():
+                yield registry_pb2.WatchRevocationsResponse(
+                    revision=revision, revocations=[revocation_proto(r) for r in records]
+                )
+
+
+def revocation_proto(record: RevocationRow) -> registry_pb2.Revocation:
+    """The wire form of a revocation."""
+    message = registry_pb2.Revocation(reason=record.reason, revoked_by=record.revoked_by)
+    if record.subject_kind == SPIFFE_ID:
+        message.spiffe_id = record.subject
+    else:
+        message.certificate_serial = record.subject
+    _set_time(message.revoke_time, record.created_at)
+    return message
+
+
+def _subject(request: Any) -> tuple[str, str]:
+    """``(spiffe_id, certificate_serial)`` of a request's ``subject`` oneof."""
+    which = request.WhichOneof("subject")
+    return (
+        request.spiffe_id if which == "spiffe_id" else "",
+        request.certificate_serial if which == "certificate_serial" else "",
+    )
 
 
 def _watch_response(event: WatchEvent) -> registry_pb2.WatchAgentsResponse:

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentmesh._errors import AlreadyExistsError
+from agentmesh._errors import AlreadyExistsError, NotFoundError, PermissionDeniedError
 from agentmesh.storage import (
     Agent,
     AgentInstance,
@@ -26,10 +26,11 @@ from agentmesh.storage import (
     AgentVersion,
     PolicyBit,
     RegistryEvent,
+    Revocation,
     RoutingPolicy,
 )
 
-__all__ = ["EventRow", "RegistryStore", "epoch", "from_epoch"]
+__all__ = ["CERTIFICATE_SERIAL", "SPIFFE_ID", "EventRow", "RegistryStore", "RevocationRow", "epoch", "from_epoch"]
 
 agents = Agent.__table__
 versions = AgentVersion.__table__
@@ -39,6 +40,11 @@ leases = AgentLease.__table__
 policies_table = RoutingPolicy.__table__
 events = RegistryEvent.__table__
 policy_bits = PolicyBit.__table__
+revocations = Revocation.__table__
+
+# revocations.subject_kind values.
+SPIFFE_ID = "SPIFFE_ID"
+CERTIFICATE_SERIAL = "CERTIFICATE_SERIAL"
 
 # Arbitrary constant naming the registry writers' advisory lock ("agents" in ASCII).
 _WRITER_LOCK = 0x6167656E7473
@@ -78,6 +84,42 @@ class VersionRow:
     card: dict[str, Any] | None  # JSON form; only loaded when card_proto is missing (rows older than 0002)
     card_hash: str
     card_proto: bytes | None
+
+
+@dataclass(frozen=True)
+class RevocationRow:
+    """One revocation in force: ``subject`` is a SPIFFE id or a certificate serial (lowercase hex)."""
+
+    subject_kind: str  # SPIFFE_ID or CERTIFICATE_SERIAL
+    subject: str
+    reason: str
+    revoked_by: str
+    created_at: float  # epoch seconds
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON form kept in REVOKED / UNREVOKED events."""
+        return {
+            "subject_kind": self.subject_kind,
+            "subject": self.subject,
+            "reason": self.reason,
+            "revoked_by": self.revoked_by,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> RevocationRow:
+        """Read back :meth:`payload`."""
+        return cls(
+            payload["subject_kind"],
+            payload["subject"],
+            payload.get("reason", ""),
+            payload.get("revoked_by", ""),
+            float(payload.get("created_at", 0.0)),
+        )
+
+
+def _revocation_row(row: Any) -> RevocationRow:
+    return RevocationRow(row.subject_kind, row.subject, row.reason, row.revoked_by, epoch(row.created_at))
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -203,6 +245,7 @@ class RegistryStore:
         lease_id: str,
         ttl: float,
         registered_by: str,
+        registered_serial: str = "",
         now: dt.datetime,
     ) -> tuple[dict[str, Any], int]:
         """Store one instance of a card version; returns the instance payload and the event revision.
@@ -214,6 +257,9 @@ class RegistryStore:
         namespace, name = card["namespace"], card["name"]
         expires = now + dt.timedelta(seconds=ttl)
         async with self._writer() as conn:
+            # Under the writers' lock: a revocation that committed first is seen, even by a replica that has
+            # not applied it yet, so a revoked identity can never add an instance after its instances were removed.
+            await self._refuse_revoked(conn, registered_by, registered_serial)
             agent_id = await conn.scalar(
                 sa.select(agents.c.id).where(agents.c.namespace == namespace, agents.c.name == name)
             )
@@ -283,6 +329,7 @@ class RegistryStore:
                         load=0.0,
                         lease_ttl_seconds=ttl,
                         registered_by=registered_by,
+                        registered_serial=registered_serial,
                         updated_at=now,
                     )
                 )
@@ -302,6 +349,7 @@ class RegistryStore:
                         load=0.0,
                         lease_ttl_seconds=ttl,
                         registered_by=registered_by,
+                        registered_serial=registered_serial,
                         registered_at=now,
                         updated_at=now,
                     )
@@ -322,6 +370,79 @@ class RegistryStore:
             }
             revision = await self._append(conn, "REGISTERED", namespace, name, instance_id, payload, now)
         return payload, revision
+
+    @staticmethod
+    async def _refuse_revoked(conn: AsyncConnection, identity: str, serial: str) -> None:
+        subjects = [sa.and_(revocations.c.subject_kind == SPIFFE_ID, revocations.c.subject == identity)]
+        if serial:
+            subjects.append(
+                sa.and_(revocations.c.subject_kind == CERTIFICATE_SERIAL, revocations.c.subject == serial)
+            )
+        found = (await conn.execute(sa.select(revocations.c.subject_kind).where(sa.or_(*subjects)))).first()
+        if found is not None:
+            what = f"identity {identity}" if found.subject_kind == SPIFFE_ID else f"certificate {serial} of {identity}"
+            raise PermissionDeniedError(f"{what} is revoked", metadata={"identity": identity})
+
+    async def revoke(
+        self, subject_kind: str, subject: str, reason: str, revoked_by: str, now: dt.datetime
+    ) -> tuple[RevocationRow, int, int | None]:
+        """Revoke ``subject`` and remove the instances it registered, in one transaction.
+
+        Returns the revocation in force, how many instances were removed, and the revision of the last event
+        written (``None`` when ``subject`` was already revoked: the existing revocation is returned unchanged).
+        """
+        async with self._writer() as conn:
+            key = (revocations.c.subject_kind == subject_kind, revocations.c.subject == subject)
+            existing = (await conn.execute(sa.select(revocations).where(*key))).first()
+            if existing is not None:
+                return _revocation_row(existing), 0, None
+            await conn.execute(
+                sa.insert(revocations).values(
+                    subject_kind=subject_kind, subject=subject, reason=reason, revoked_by=revoked_by, created_at=now
+                )
+            )
+            row = RevocationRow(subject_kind, subject, reason, revoked_by, epoch(now))
+            column = instances.c.registered_by if subject_kind == SPIFFE_ID else instances.c.registered_serial
+            doomed = (
+                await conn.execute(
+                    sa.select(instances.c.instance_id, agents.c.namespace, agents.c.name)
+                    .select_from(instances.join(versions).join(agents))
+                    .where(column == subject)
+                )
+            ).all()
+            why = "identity revoked" if subject_kind == SPIFFE_ID else "certificate revoked"
+            for chunk in _chunks(doomed):
+                await conn.execute(
+                    sa.delete(instances).where(instances.c.instance_id.in_([d.instance_id for d in chunk]))
+                )
+                await conn.execute(
+                    sa.insert(events),
+                    [
+                        {
+                            "event_type": "DEREGISTERED",
+                            "namespace": d.namespace,
+                            "name": d.name,
+                            "instance_id": d.instance_id,
+                            "payload": {"instance_id": d.instance_id, "reason": why},
+                            "created_at": now,
+                        }
+                        for d in chunk
+                    ],
+                )
+            revision = await self._append(conn, "REVOKED", "", "", "", row.payload(), now)
+        return row, len(doomed), revision
+
+    async def unrevoke(self, subject_kind: str, subject: str, now: dt.datetime) -> tuple[RevocationRow, int]:
+        """Lift the revocation of ``subject``; returns it and the event revision (NotFoundError when none)."""
+        async with self._writer() as conn:
+            key = (revocations.c.subject_kind == subject_kind, revocations.c.subject == subject)
+            existing = (await conn.execute(sa.select(revocations).where(*key))).first()
+            if existing is None:
+                raise NotFoundError(f"{subject} is not revoked", metadata={"subject": subject})
+            await conn.execute(sa.delete(revocations).where(*key))
+            row = _revocation_row(existing)
+            revision = await self._append(conn, "UNREVOKED", "", "", "", row.payload(), now)
+        return row, revision
 
     async def deregister(
         self, instance_id: str, namespace: str, name: str, now: dt.datetime, reason: str
@@ -483,8 +604,10 @@ class RegistryStore:
         )
         return [VersionRow(row.id, row.card, row.card_hash, row.card_proto) for row in rows]
 
-    async def load_snapshot(self) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]]]:
-        """A consistent copy of the registry: (revision, versions, instances with expiry, routing policies)."""
+    async def load_snapshot(
+        self,
+    ) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]], list[RevocationRow]]:
+        """A consistent copy: (revision, versions, instances with expiry, routing policies, revocations)."""
         async with self.engine.connect() as conn:
             if self.is_postgres:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -502,7 +625,8 @@ class RegistryStore:
                     )
                 ]
                 policy_rows = [dict(row._mapping) for row in await conn.execute(sa.select(policies_table))]
-        return revision, version_rows, instance_rows, policy_rows
+                revocation_rows = [_revocation_row(row) for row in await conn.execute(sa.select(revocations))]
+        return revision, version_rows, instance_rows, policy_rows, revocation_rows
 
     async def prune_events(self, before: dt.datetime) -> int:
         """Delete change-log rows older than ``before`` (watchers resuming from earlier must re-snapshot)."""

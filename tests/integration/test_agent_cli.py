@@ -54,7 +54,7 @@ def test_a_wrong_name_is_a_clear_error(spec: str, message: str, capsys: pytest.C
 
 
 async def test_a_served_agent_answers_and_drains_on_sigterm(mesh_settings: Settings, issue_identity: IssueIdentity) -> None:
-    issue_identity("agent", "echo")
+    issue_identity("agent", "cli-test/echo")  # --namespace cli-test: the identity follows the card
     issue_identity("service", "planner")
     port = free_port()
     env = {

@@ -30,7 +30,7 @@ LEASE_TTL = 0.6
 
 @pytest.fixture
 def agent_settings(mesh_settings: Settings, issue_identity: IssueIdentity) -> Settings:
-    issue_identity("agent", "echo")
+    issue_identity("agent", "testing/echo")
     issue_identity("service", "planner")
     # A breaker that half-opens quickly, so a registry that comes back is noticed within the test.
     return mesh_settings.replace(

@@ -25,7 +25,7 @@ PLANNER = "spiffe://agentmesh.test/service/planner"
 
 @pytest.fixture
 def agent_settings(mesh_settings: Settings, issue_identity: IssueIdentity) -> Settings:
-    issue_identity("agent", "echo")
+    issue_identity("agent", "testing/echo")
     issue_identity("service", "planner")
     issue_identity("client", "ops")
     return mesh_settings.replace(readiness_interval=0.05, shutdown_grace=5.0)
@@ -69,7 +69,7 @@ async def test_describe_returns_the_card_with_skill_schemas(
     assert (card.name, card.namespace, card.version, card.purpose) == ("echo", "testing", "1.2.0", "echo")
     assert list(card.policies) == ["pii:none"] and dict(card.labels) == {"team": "platform"}
     assert card.endpoint == runtime.address == f"127.0.0.1:{runtime.port}"
-    assert card.spiffe_id == "spiffe://agentmesh.test/agent/echo"
+    assert card.spiffe_id == "spiffe://agentmesh.test/agent/testing/echo"
     assert [s.name for s in card.skills] == ["echo", "hold", "broken"]
     echo = card.skills[0]
     schema = json_format.MessageToDict(echo.input_schema)

@@ -51,7 +51,7 @@ async def mesh(
     shutil.copyfile(sqlite_template, tmp_path / "registry.db")
     replica = await start_registry(f"sqlite:///{tmp_path / 'registry.db'}")
     for name in SKILLS:
-        issue_identity("agent", name)
+        issue_identity("agent", f"support/{name}")
     issue_identity("service", "planner")
     settings = replica.settings.replace(
         triton_url=triton_url, registry_address=replica.address, shutdown_grace=2.0

@@ -76,7 +76,7 @@ async def support(
 ) -> AsyncIterator[Support]:
     """All six agents served at once on free ports (no registry), their Triton the session's."""
     for name in AGENTS:
-        issue_identity("agent", name)
+        issue_identity("agent", f"support/{name}")
     issue_identity("service", "planner")
     issue_identity("client", "ops")
     settings = mesh_settings.replace(triton_url=triton_url, shutdown_grace=2.0)

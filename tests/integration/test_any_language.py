@@ -22,7 +22,7 @@ async def test_node_client_calls_health_and_the_registry(registry: RegistryRepli
     node = shutil.which("node")
     assert node, "Node.js is missing: `make system-deps` installs it"
     assert (NODE_CLIENT.parents[1] / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make node-deps`"
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         await agent.register(make_card("triage", trust_domain=registry.settings.trust_domain))
     certs = registry.settings.home / "certs"
     process = await asyncio.create_subprocess_exec(

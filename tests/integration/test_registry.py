@@ -29,7 +29,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: 
 
 
 async def test_register_is_idempotent_and_a_different_card_conflicts(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         first = await agent.register(make_card("triage"))
         again = await agent.register(make_card("triage"))
         assert again.instance.instance_id == first.instance.instance_id
@@ -47,7 +47,7 @@ async def test_register_is_idempotent_and_a_different_card_conflicts(registry: R
 
 
 async def test_a_different_card_is_accepted_once_the_old_lease_expired(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         await agent.register(make_card("triage"), lease_ttl=0.3)
 
         async def replaced() -> bool:
@@ -63,12 +63,12 @@ async def test_a_different_card_is_accepted_once_the_old_lease_expired(registry:
 
 
 async def test_an_agent_cannot_register_someone_elses_card(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "impostor") as impostor:
+    async with registry.client("agent", "support/impostor") as impostor:
         with pytest.raises(PermissionDeniedError, match="impostor"):
             await impostor.register(make_card("triage"))
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
-    async with registry.client("agent", "impostor") as impostor:
+    async with registry.client("agent", "support/impostor") as impostor:
         with pytest.raises(PermissionDeniedError):
             await impostor.heartbeat(lease.lease_id)
         with pytest.raises(PermissionDeniedError):
@@ -91,7 +91,7 @@ async def test_a_bad_card_is_refused_naming_the_field(
 ) -> None:
     card = make_card("triage")
     mutate(card)
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         with pytest.raises(InvalidArgumentError) as refused:
             await agent.register(card)
     assert refused.value.field == field
@@ -130,7 +130,7 @@ async def test_discovery_narrows_by_both_scopes_and_explains(registry: RegistryR
         ),
     ]
     for card in cards:
-        async with registry.client("agent", card.name) as agent:
+        async with registry.client("agent", f"{card.namespace}/{card.name}") as agent:
             await agent.register(card)
     async with registry.client("client", "ops") as ops:
         answer = await ops.discover(
@@ -158,7 +158,7 @@ async def test_discovery_narrows_by_both_scopes_and_explains(registry: RegistryR
 
 
 async def test_an_expired_lease_disappears_from_discovery(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         response = await agent.register(make_card("triage"), lease_ttl=0.5)
         assert response.lease.ttl.ToNanoseconds() == 500_000_000
     async with registry.client("client", "ops") as ops:
@@ -175,7 +175,7 @@ async def test_an_expired_lease_disappears_from_discovery(registry: RegistryRepl
 
 
 async def test_heartbeats_keep_a_short_lease_alive_and_draining_hides_it(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent, registry.client("client", "ops") as ops:
+    async with registry.client("agent", "support/triage") as agent, registry.client("client", "ops") as ops:
         lease = (await agent.register(make_card("triage"), lease_ttl=1.0)).lease
         ends = time.monotonic() + 2.5
         while time.monotonic() < ends:  # 2.5 TTLs, renewed every 0.1 s (slack for a loaded machine)
@@ -195,7 +195,7 @@ async def test_heartbeats_keep_a_short_lease_alive_and_draining_hides_it(registr
 
 async def test_list_agents_pages_through_every_instance(registry: RegistryReplica) -> None:
     for index in range(7):
-        async with registry.client("agent", f"worker-{index}") as agent:
+        async with registry.client("agent", f"support/worker-{index}") as agent:
             await agent.register(make_card(f"worker-{index}"))
     async with registry.client("client", "ops") as ops:
         seen: list[str] = []
@@ -217,7 +217,7 @@ async def test_list_agents_pages_through_every_instance(registry: RegistryReplic
 
 
 async def _register_versions(registry: RegistryReplica, versions: dict[str, int]) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         for port, version in enumerate(versions, start=9100):
             await agent.register(make_card("triage", version=version, port=port))
 
@@ -283,13 +283,13 @@ async def test_routing_policy_is_validated(registry: RegistryReplica) -> None:
         assert refused.value.field == "policy.weights[v1]"
         with pytest.raises(NotFoundError):
             await ops.get_routing("support", "nobody")
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         with pytest.raises(PermissionDeniedError):  # only ops clients set routing
             await agent.set_routing("support", "triage", {"1.0.0": 100})
 
 
 async def test_watch_streams_a_snapshot_then_changes_and_resumes(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
     async with registry.client("client", "ops") as ops:
         events: list[registry_pb2.WatchAgentsResponse] = []
@@ -306,11 +306,11 @@ async def test_watch_streams_a_snapshot_then_changes_and_resumes(registry: Regis
         end = await asyncio.wait_for(read_until(types.Value("AGENT_EVENT_TYPE_SNAPSHOT_END")), 5)
         assert [e.type for e in events[:-1]] == [types.Value("AGENT_EVENT_TYPE_SNAPSHOT")]
         assert events[0].instance.card.name == "triage"
-        async with registry.client("agent", "refunds") as other:
+        async with registry.client("agent", "support/refunds") as other:
             await other.register(make_card("refunds", purpose="refunds"))
         registered = await asyncio.wait_for(read_until(types.Value("AGENT_EVENT_TYPE_REGISTERED")), 5)
         assert registered.instance.card.name == "refunds" and registered.revision > end.revision
-        async with registry.client("agent", "triage") as agent:
+        async with registry.client("agent", "support/triage") as agent:
             await agent.deregister(lease.lease_id)
         gone = await asyncio.wait_for(read_until(types.Value("AGENT_EVENT_TYPE_DEREGISTERED")), 5)
         assert gone.instance.card.name == "triage"
@@ -327,7 +327,7 @@ async def test_watch_streams_a_snapshot_then_changes_and_resumes(registry: Regis
 async def test_the_basic_view_answers_the_same_candidates_with_lighter_cards(
     registry: RegistryReplica,
 ) -> None:
-    async with registry.client("agent", "refunds") as agent:
+    async with registry.client("agent", "support/refunds") as agent:
         card = make_card("refunds", skills=("refund_order", "track_order"), policies=("pii:allowed",))
         card.skills[0].tags.append("money")
         await agent.register(card)

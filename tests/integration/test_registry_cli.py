@@ -13,7 +13,7 @@ from tests.fixtures.registry import RegistryReplica, make_card
 @pytest.fixture
 async def populated(registry: RegistryReplica, monkeypatch: pytest.MonkeyPatch) -> RegistryReplica:
     for version, port in (("1.0.0", 9000), ("1.1.0", 9001)):
-        async with registry.client("agent", "triage") as agent:
+        async with registry.client("agent", "support/triage") as agent:
             await agent.register(make_card("triage", version=version, port=port, policies=("pii:allowed",)))
     monkeypatch.setenv("AGENTMESH_HOME", str(registry.settings.home))
     monkeypatch.setenv("AGENTMESH_TRUST_DOMAIN", registry.settings.trust_domain)

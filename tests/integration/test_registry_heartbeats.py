@@ -20,7 +20,7 @@ async def discoverable(ops: RegistryClient, name: str) -> bool:
 
 
 async def test_stream_heartbeats_keep_leases_alive_past_their_ttl(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent, registry.client("client", "ops") as ops:
+    async with registry.client("agent", "support/triage") as agent, registry.client("client", "ops") as ops:
         # Two instances of one agent renewed over one stream (a stream carries any leases of its caller).
         first = (await agent.register(make_card("triage"), lease_ttl=0.5)).lease
         second = (await agent.register(make_card("triage", port=9001), lease_ttl=0.5)).lease
@@ -48,7 +48,7 @@ async def test_stream_heartbeats_keep_leases_alive_past_their_ttl(registry: Regi
 async def test_unanswered_renewals_keep_a_lease_alive_and_a_refused_one_ends_the_stream(
     registry: RegistryReplica,
 ) -> None:
-    async with registry.client("agent", "triage") as agent, registry.client("client", "ops") as ops:
+    async with registry.client("agent", "support/triage") as agent, registry.client("client", "ops") as ops:
         lease = (await agent.register(make_card("triage"), lease_ttl=0.5)).lease
         stream = agent.heartbeat_stream()
         ends = time.monotonic() + 1.5
@@ -74,16 +74,16 @@ async def test_unanswered_renewals_keep_a_lease_alive_and_a_refused_one_ends_the
 
 
 async def test_a_stream_carrying_someone_elses_lease_is_refused(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
-    async with registry.client("agent", "impostor") as impostor:
+    async with registry.client("agent", "support/impostor") as impostor:
         own = (await impostor.register(make_card("impostor"))).lease
         stream = impostor.heartbeat_stream()
         assert (await stream.heartbeat(own.lease_id)).lease_id == own.lease_id
         with pytest.raises(PermissionDeniedError, match="impostor") as refused:
             await stream.heartbeat(lease.lease_id)
-        assert refused.value.metadata["identity"] == "spiffe://agentmesh.test/agent/impostor"
-        assert refused.value.metadata["expected"] == "spiffe://agentmesh.test/agent/triage"
+        assert refused.value.metadata["identity"] == "spiffe://agentmesh.test/agent/support/impostor"
+        assert refused.value.metadata["expected"] == "spiffe://agentmesh.test/agent/support/triage"
         assert stream.closed  # the refusal ends the stream; the caller opens a new one for its own leases
         again = impostor.heartbeat_stream()
         assert (await again.heartbeat(own.lease_id)).lease_id == own.lease_id
@@ -91,7 +91,7 @@ async def test_a_stream_carrying_someone_elses_lease_is_refused(registry: Regist
 
 
 async def test_an_unknown_lease_ends_the_stream_with_not_found(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
         stream = agent.heartbeat_stream()
         await stream.heartbeat(lease.lease_id)
@@ -106,7 +106,7 @@ async def test_an_unknown_lease_ends_the_stream_with_not_found(registry: Registr
 async def test_draining_over_the_stream_removes_the_instance_from_discovery(
     registry: RegistryReplica,
 ) -> None:
-    async with registry.client("agent", "triage") as agent, registry.client("client", "ops") as ops:
+    async with registry.client("agent", "support/triage") as agent, registry.client("client", "ops") as ops:
         lease = (await agent.register(make_card("triage"))).lease
         stream = agent.heartbeat_stream()
         await stream.heartbeat(lease.lease_id, load=0.2)
@@ -127,7 +127,7 @@ async def test_only_agents_may_open_a_heartbeat_stream(registry: RegistryReplica
 
 
 async def test_a_stopping_replica_ends_heartbeat_streams_at_once(registry: RegistryReplica) -> None:
-    async with registry.client("agent", "triage") as agent:
+    async with registry.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"))).lease
         stream = agent.heartbeat_stream()
         await stream.heartbeat(lease.lease_id)

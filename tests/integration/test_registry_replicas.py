@@ -40,7 +40,7 @@ async def test_two_replicas_give_the_same_discovery_answers(replicas: Replicas) 
     for index in range(6):
         name = f"triage-{index}"
         target = first if index % 2 else second
-        async with target.client("agent", name) as agent:
+        async with target.client("agent", f"support/{name}") as agent:
             await agent.register(
                 make_card(
                     name,
@@ -76,13 +76,13 @@ async def test_watch_on_one_replica_sees_registrations_through_the_other(replica
         async for event in stream:
             if event.type == types.Value("AGENT_EVENT_TYPE_SNAPSHOT_END"):
                 break
-        async with first.client("agent", "refunds") as agent:
+        async with first.client("agent", "support/refunds") as agent:
             lease = (await agent.register(make_card("refunds", purpose="refunds"))).lease
             event = await asyncio.wait_for(anext(stream), 1.0)
             assert event.type == types.Value("AGENT_EVENT_TYPE_REGISTERED")
             assert event.instance.card.name == "refunds"
             # A heartbeat may land on either replica.
-            async with second.client("agent", "refunds") as same_agent:
+            async with second.client("agent", "support/refunds") as same_agent:
                 await same_agent.heartbeat(lease.lease_id, load=0.5)
             await agent.deregister(lease.lease_id)
             event = await asyncio.wait_for(anext(stream), 1.0)
@@ -94,9 +94,9 @@ async def test_a_lease_renewed_through_one_replica_expires_nowhere_and_expiry_is
     replicas: Replicas,
 ) -> None:
     first, second, url = replicas
-    async with first.client("agent", "triage") as agent:
+    async with first.client("agent", "support/triage") as agent:
         lease = (await agent.register(make_card("triage"), lease_ttl=1.0)).lease
-    async with second.client("agent", "triage") as agent, second.client("client", "ops") as ops:
+    async with second.client("agent", "support/triage") as agent, second.client("client", "ops") as ops:
         for _ in range(25):  # 2.5 TTLs of heartbeats through the replica that did not register it
             await agent.heartbeat(lease.lease_id)
             assert (await ops.discover(skill="classify_ticket")).candidates

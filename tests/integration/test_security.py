@@ -135,7 +135,7 @@ async def test_streaming_calls_are_checked_and_see_the_caller_too(
     server: MeshServer, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
     issue_identity("service", "planner")
-    issue_identity("agent", "summarizer")
+    issue_identity("agent", "docs/summarizer")
     request = agent_pb2.InvokeStreamRequest(invocation=agent_pb2.InvokeRequest(skill="whoami"))
     async with grpc.aio.secure_channel(
         server.address, channel_credentials(mesh_settings, "service", "planner")
@@ -146,7 +146,7 @@ async def test_streaming_calls_are_checked_and_see_the_caller_too(
     assert events[0].progress.message == "looking"
     assert events[-1].result.output["caller"] == f"spiffe://{TD}/service/planner"
     async with grpc.aio.secure_channel(
-        server.address, channel_credentials(mesh_settings, "agent", "summarizer")
+        server.address, channel_credentials(mesh_settings, "agent", "docs/summarizer")
     ) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as denied:
             async for _ in agent_pb2_grpc.AgentServiceStub(channel).InvokeStream(request, timeout=5):
@@ -250,9 +250,9 @@ async def _list_services(
 async def test_reflection_is_open_to_mesh_identities_only(
     server: MeshServer, mesh_settings: Settings, mesh_ca: CertificateAuthority, issue_identity: IssueIdentity
 ) -> None:
-    issue_identity("agent", "summarizer")
+    issue_identity("agent", "docs/summarizer")
     assert "agentmesh.v1.AgentService" in await _list_services(
-        server.address, mesh_settings, "agent", "summarizer"
+        server.address, mesh_settings, "agent", "docs/summarizer"
     )
     not_before, not_after = _window(-1, 1)
     stranger = mesh_ca.sign("client-stranger", uris=[], not_before=not_before, not_after=not_after)
@@ -264,19 +264,19 @@ async def test_reflection_is_open_to_mesh_identities_only(
 async def test_policy_denial_names_the_identity_and_the_method(
     server: MeshServer, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
-    issue_identity("agent", "summarizer")
+    issue_identity("agent", "docs/summarizer")
     with pytest.raises(grpc.aio.AioRpcError) as denied:
-        await _invoke(server.address, mesh_settings, "agent", "summarizer")
+        await _invoke(server.address, mesh_settings, "agent", "docs/summarizer")
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert f"spiffe://{TD}/agent/summarizer" in (denied.value.details() or "")
+    assert f"spiffe://{TD}/agent/docs/summarizer" in (denied.value.details() or "")
     assert INVOKE in (denied.value.details() or "")
 
 
 async def test_every_identity_may_read_an_agent_card(
     server: MeshServer, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
-    issue_identity("agent", "summarizer")
-    async with create_channel(server.address, mesh_settings, kind="agent", name="summarizer") as channel:
+    issue_identity("agent", "docs/summarizer")
+    async with create_channel(server.address, mesh_settings, kind="agent", name="docs/summarizer") as channel:
         response = await agent_pb2_grpc.AgentServiceStub(channel).Describe(
             agent_pb2.DescribeRequest(), timeout=5
         )
@@ -286,9 +286,9 @@ async def test_every_identity_may_read_an_agent_card(
 async def test_agent_registers_its_own_card_but_not_someone_elses(
     server: MeshServer, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
-    issue_identity("agent", "summarizer")
-    me, other = f"spiffe://{TD}/agent/summarizer", f"spiffe://{TD}/agent/translator"
-    async with create_channel(server.address, mesh_settings, kind="agent", name="summarizer") as channel:
+    issue_identity("agent", "docs/summarizer")
+    me, other = f"spiffe://{TD}/agent/docs/summarizer", f"spiffe://{TD}/agent/docs/translator"
+    async with create_channel(server.address, mesh_settings, kind="agent", name="docs/summarizer") as channel:
         registry = registry_pb2_grpc.RegistryServiceStub(channel)
         own = await registry.RegisterAgent(
             registry_pb2.RegisterAgentRequest(card=agent_pb2.AgentCard(spiffe_id=me)), timeout=5

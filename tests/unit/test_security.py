@@ -40,12 +40,12 @@ def _mode(path: Path) -> int:
 
 def test_ca_keys_and_workload_keys_are_private(tmp_path: Path) -> None:
     ca = CertificateAuthority.init(tmp_path, TD)
-    issued = ca.issue("agent", "summarizer")
+    issued = ca.issue("agent", "docs/summarizer")
     assert _mode(tmp_path / "ca" / "ca-key.pem") == 0o600
     assert _mode(issued.key_path) == 0o600
     assert _mode(issued.cert_path) == 0o644
-    assert issued.cert_path == tmp_path / "certs" / "agent-summarizer.pem"
-    assert issued.key_path == tmp_path / "certs" / "agent-summarizer-key.pem"
+    assert issued.cert_path == tmp_path / "certs" / "agent-docs.summarizer.pem"
+    assert issued.key_path == tmp_path / "certs" / "agent-docs.summarizer-key.pem"
     assert issued.ca_path == tmp_path / "ca" / "ca.pem"
 
 
@@ -84,7 +84,11 @@ def test_load_without_a_ca_says_what_to_run(tmp_path: Path) -> None:
         CertificateAuthority.load(tmp_path)
 
 
-@pytest.mark.parametrize(("kind", "name"), [("robot", "x"), ("agent", "a/b"), ("agent", ""), ("agent", "-x")])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    # An agent's name is NAMESPACE/NAME from its card: two DNS labels.
+    [("robot", "x"), ("agent", "a/b/c"), ("agent", "summarizer"), ("agent", "Docs/x"), ("agent", ""), ("agent", "-x")],
+)
 def test_issue_refuses_bad_kinds_and_names(tmp_path: Path, kind: str, name: str) -> None:
     ca = CertificateAuthority.init(tmp_path, TD)
     with pytest.raises(InvalidArgumentError):
@@ -101,10 +105,10 @@ def test_missing_credentials_say_which_command_creates_them(tmp_path: Path) -> N
 
 
 def test_spiffe_id_parses_mesh_identities() -> None:
-    parsed = SpiffeId.parse(f"spiffe://{TD}/agent/summarizer", TD)
-    assert (parsed.trust_domain, parsed.kind, parsed.name) == (TD, "agent", "summarizer")
-    assert str(parsed) == parsed.uri == f"spiffe://{TD}/agent/summarizer"
-    assert SpiffeId(TD, "agent", "summarizer") == parsed
+    parsed = SpiffeId.parse(f"spiffe://{TD}/agent/docs/summarizer", TD)
+    assert (parsed.trust_domain, parsed.kind, parsed.name) == (TD, "agent", "docs/summarizer")
+    assert str(parsed) == parsed.uri == f"spiffe://{TD}/agent/docs/summarizer"
+    assert SpiffeId(TD, "agent", "docs/summarizer") == parsed
 
 
 @pytest.mark.parametrize(
@@ -113,7 +117,8 @@ def test_spiffe_id_parses_mesh_identities() -> None:
         "https://agentmesh.test/agent/x",
         "spiffe://other.test/agent/x",
         "spiffe://agentmesh.test/agent",
-        "spiffe://agentmesh.test/agent/x/y",
+        "spiffe://agentmesh.test/agent/x/y/z",
+        "spiffe://agentmesh.test/agent/x",
         "spiffe://agentmesh.test/robot/x",
         "spiffe://agentmesh.test/agent/",
     ],
@@ -124,13 +129,13 @@ def test_spiffe_id_refuses_anything_else(uri: str) -> None:
 
 
 def test_require_identity_names_both_identities() -> None:
-    me = SpiffeId(TD, "agent", "summarizer")
+    me = SpiffeId(TD, "agent", "docs/summarizer")
     token = _CURRENT.set(me)
     try:
         assert agentmesh.security.require_identity(me.uri) == me
         with pytest.raises(PermissionDeniedError) as denied:
-            agentmesh.security.require_identity(f"spiffe://{TD}/agent/translator")
-        assert me.uri in denied.value.message and f"spiffe://{TD}/agent/translator" in denied.value.message
+            agentmesh.security.require_identity(f"spiffe://{TD}/agent/docs/translator")
+        assert me.uri in denied.value.message and f"spiffe://{TD}/agent/docs/translator" in denied.value.message
     finally:
         _CURRENT.reset(token)
     with pytest.raises(PermissionDeniedError, match="no verified identity"):
@@ -148,14 +153,14 @@ AUDIT = "/agentmesh.v1.AuditService/"
 @pytest.mark.parametrize(
     ("who", "method", "allowed"),
     [
-        ("agent/summarizer", REG + "RegisterAgent", True),
-        ("agent/summarizer", REG + "Heartbeat", True),
-        ("agent/summarizer", REG + "DeregisterAgent", True),
-        ("agent/summarizer", REG + "DiscoverAgents", True),
-        ("agent/summarizer", AGENT + "Describe", True),
-        ("agent/summarizer", AGENT + "Invoke", False),
-        ("agent/summarizer", TASK + "SubmitTask", False),
-        ("agent/summarizer", REG + "SetRoutingPolicy", False),
+        ("agent/docs/summarizer", REG + "RegisterAgent", True),
+        ("agent/docs/summarizer", REG + "Heartbeat", True),
+        ("agent/docs/summarizer", REG + "DeregisterAgent", True),
+        ("agent/docs/summarizer", REG + "DiscoverAgents", True),
+        ("agent/docs/summarizer", AGENT + "Describe", True),
+        ("agent/docs/summarizer", AGENT + "Invoke", False),
+        ("agent/docs/summarizer", TASK + "SubmitTask", False),
+        ("agent/docs/summarizer", REG + "SetRoutingPolicy", False),
         ("service/planner", AGENT + "Invoke", True),
         ("service/planner", AGENT + "InvokeStream", True),
         ("service/planner", REG + "ReportOutcome", True),
@@ -186,11 +191,11 @@ def test_policy_file_replaces_the_default_and_denial_names_identity_and_method(t
     path.write_text(
         "rules:\n"
         "  - name: translators may invoke each other\n"
-        "    identities: ['spiffe://{trust_domain}/agent/translator-*']\n"
+        "    identities: ['spiffe://{trust_domain}/agent/docs/translator-*']\n"
         "    methods: ['/agentmesh.v1.AgentService/*']\n"
     )
     policy = AuthzPolicy.load(path, trust_domain=TD)
-    assert policy.allows(f"spiffe://{TD}/agent/translator-fr", AGENT + "Invoke")
+    assert policy.allows(f"spiffe://{TD}/agent/docs/translator-fr", AGENT + "Invoke")
     assert not policy.allows(f"spiffe://{TD}/service/planner", AGENT + "Invoke")
     with pytest.raises(PermissionDeniedError) as denied:
         policy.check(f"spiffe://{TD}/service/planner", AGENT + "Invoke")
@@ -227,11 +232,11 @@ class _FakeContext:
 
 def test_server_security_sets_current_identity_and_caches_allowed_calls() -> None:
     security = ServerSecurity(Settings(trust_domain=TD), "service", "registry")
-    context = _FakeContext({"peer_spiffe_id": [f"spiffe://{TD}/agent/summarizer".encode()]})
+    context = _FakeContext({"peer_spiffe_id": [f"spiffe://{TD}/agent/docs/summarizer".encode()]})
     token = _CURRENT.set(None)
     try:
         security.check(REG + "Heartbeat", context)
-        assert agentmesh.security.current_identity() == SpiffeId(TD, "agent", "summarizer")
+        assert agentmesh.security.current_identity() == SpiffeId(TD, "agent", "docs/summarizer")
         security.check(REG + "Heartbeat", context)
         assert len(security._allowed) == 1
         with pytest.raises(PermissionDeniedError):
@@ -263,18 +268,18 @@ def test_certs_cli_init_issue_show_never_prints_keys(
     assert main(["certs", "init", "--home", home, "--trust-domain", TD, "--if-missing"]) == 0
     assert "already exists" in capsys.readouterr().out
     assert (
-        main(["certs", "issue", "--home", home, "--kind", "agent", "--name", "summarizer", "--ttl", "2h"])
+        main(["certs", "issue", "--home", home, "--kind", "agent", "--name", "docs/summarizer", "--ttl", "2h"])
         == 0
     )
-    cert = tmp_path / "certs" / "agent-summarizer.pem"
+    cert = tmp_path / "certs" / "agent-docs.summarizer.pem"
     assert main(["certs", "show", str(cert)]) == 0
-    assert main(["certs", "show", str(tmp_path / "certs" / "agent-summarizer-key.pem")]) == 1
+    assert main(["certs", "show", str(tmp_path / "certs" / "agent-docs.summarizer-key.pem")]) == 1
     captured = capsys.readouterr()
-    assert f"spiffe://{TD}/agent/summarizer" in captured.out
+    assert f"spiffe://{TD}/agent/docs/summarizer" in captured.out
     assert "valid, 2.0 hours left" in captured.out
     assert "holds a private key" in captured.err
     assert "PRIVATE KEY" not in captured.out + captured.err
-    assert _mode(tmp_path / "certs" / "agent-summarizer-key.pem") == 0o600
+    assert _mode(tmp_path / "certs" / "agent-docs.summarizer-key.pem") == 0o600
 
 
 def test_certs_cli_help_lists_actions(capsys: pytest.CaptureFixture[str]) -> None:
@@ -294,10 +299,10 @@ def test_certs_cli_rejects_a_bad_ttl(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_ensure_reuses_a_valid_certificate_and_renews_one_about_to_expire(tmp_path: Path) -> None:
     ca = CertificateAuthority.load_or_init(tmp_path, TD)
     assert CertificateAuthority.load_or_init(tmp_path, TD).certificate == ca.certificate
-    first = ca.ensure("agent", "summarizer")
-    assert ca.ensure("agent", "summarizer") == first
-    expiring = ca.issue("agent", "summarizer", ttl=timedelta(minutes=30))
-    renewed = ca.ensure("agent", "summarizer", renew_before=timedelta(hours=1))
+    first = ca.ensure("agent", "docs/summarizer")
+    assert ca.ensure("agent", "docs/summarizer") == first
+    expiring = ca.issue("agent", "docs/summarizer", ttl=timedelta(minutes=30))
+    renewed = ca.ensure("agent", "docs/summarizer", renew_before=timedelta(hours=1))
     assert renewed.not_after - expiring.not_after > timedelta(hours=23)
     with pytest.raises(FailedPreconditionError, match="trust domain"):
         CertificateAuthority.load_or_init(tmp_path, "other.test")
