@@ -21,6 +21,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("agentmesh.cli._agent", "run an agent"),
     "triton": ("agentmesh.cli._triton", "run the bundled Triton inference server on CPU"),
     "certs": ("agentmesh.cli._certs", "manage the mesh CA and workload certificates"),
+    "token": ("agentmesh.cli._token", "mint dev access tokens for the gateway (dev JWKS under HOME)"),
     "agents": ("agentmesh.cli._agents", "list, inspect, discover and route registered agents"),
     "submit": ("agentmesh.cli._submit", "submit a task to the mesh"),
     "explain": ("agentmesh.cli._explain", "explain a task: its plan, choices and attempts"),

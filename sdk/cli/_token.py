@@ -1,0 +1,40 @@
+"""``agentmesh token issue``: mint a dev OAuth2 access token the gateway accepts (dev JWKS under HOME)."""
+
+from __future__ import annotations
+
+import argparse
+
+_DEFAULT_SCOPES = "tasks:submit tasks:read conversations:read conversations:write agents:read audit:read"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the actions of ``agentmesh token``."""
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    issue = actions.add_parser(
+        "issue",
+        help="print a signed dev access token (makes the dev signing key and JWKS on first use)",
+        description="Print a dev access token signed by HOME/dev-jwks/signing-key.pem; the gateway verifies it "
+        "with HOME/dev-jwks/jwks.json unless AGENTMESH_GATEWAY_JWKS names another JWKS.",
+    )
+    issue.add_argument("--subject", default="dev-user", help="the end user (sub claim; default dev-user)")
+    issue.add_argument("--tenant", default="default", help="tenant claim (default: default)")
+    issue.add_argument(
+        "--scope", default=_DEFAULT_SCOPES, help=f"space-separated scopes (default: {_DEFAULT_SCOPES!r}; add 'approve')"
+    )
+    issue.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (default 3600)")
+    actions.add_parser("rotate", help="make a new dev signing key; the JWKS keeps the previous one")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the token (only the token on stdout, so `$(agentmesh token issue)` works) or rotate the key."""
+    from agentmesh._settings import Settings
+
+    # The CLI is the composition root: the dev issuer lives with the gateway that trusts it.
+    from agentmesh.services.gateway.devtokens import DevIssuer
+
+    issuer = DevIssuer.from_settings(Settings.from_env())
+    if args.action == "rotate":
+        print(f"new dev signing key {issuer.rotate()}; JWKS {issuer.jwks_path}")
+        return 0
+    print(issuer.issue(subject=args.subject, tenant=args.tenant, scopes=args.scope.split(), ttl_seconds=args.ttl))
+    return 0
