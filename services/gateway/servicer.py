@@ -1,20 +1,231 @@
-"""The gateway's public RPC surface: TaskService, ConversationService and read-only RegistryService.
+"""The gateway's public RPC surface: TaskService (with approvals), ConversationService, AuditService and
+read-only RegistryService, each forwarded to the planner or the registry over mTLS after admission.
 
-Until the gateway lands (authn, rate limits, audit, routing to the planner) every RPC answers
-UNIMPLEMENTED: the generated base servicers raise NotImplementedError, mapped by the server interceptor."""
+Handlers are made from the contract's service descriptors, so an RPC added to the contract (e.g. an
+approval RPC of TaskService) is forwarded with the permission its name implies, without code here:
+reads (Get/List/Watch/Explain/Discover/Verify) need ``<area>:read``; TaskService Approve*/Reject* need
+``approve``; other TaskService writes ``tasks:submit``; other ConversationService writes
+``conversations:write``. RegistryService writes are not served at the gateway at all (read-only).
+"""
 
 from __future__ import annotations
 
-from agentmesh.v1 import conversation_pb2_grpc, registry_pb2_grpc, task_pb2_grpc
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+
+from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError, from_rpc_error
+from agentmesh._server import ServiceBinding, bind
+from agentmesh.audit import redact, redact_json
+from agentmesh.services.gateway.gate import Admitted, Gate
+from agentmesh.services.gateway.screening import SCREENING_FIELD, screen
+from agentmesh.services.gateway.validation import SchemaSource, validate_input
+from agentmesh.v1 import audit_pb2, conversation_pb2, registry_pb2, task_pb2
+
+__all__ = ["PublicService", "permission_for", "public_services"]
+
+_READ_PREFIXES = ("Get", "List", "Watch", "Explain", "Discover", "Verify")
+_AREAS = {
+    "TaskService": ("tasks:read", "tasks:submit"),
+    "ConversationService": ("conversations:read", "conversations:write"),
+    "AuditService": ("audit:read", None),
+    "RegistryService": ("agents:read", None),
+}
+# Free-text fields of requests: PII is redacted from these (and from every Struct) before forwarding.
+_TEXT_FIELDS = frozenset({"goal", "text", "title", "reason", "comment", "note"})
+_DEFAULT_TIMEOUT = 30.0
+
+Channel = Callable[[], grpc.aio.Channel]
+Prepare = Callable[[Message, Admitted], Awaitable[Message]]
 
 
-class PublicTaskServicer(task_pb2_grpc.TaskServiceServicer):
-    """TaskService as outside callers see it."""
+def permission_for(service: str, method: str) -> str | None:
+    """The scope an RPC needs at the gateway; None when the gateway does not serve it."""
+    read, write = _AREAS[service]
+    if method.startswith(_READ_PREFIXES):
+        return read
+    if service == "TaskService" and method.startswith(("Approve", "Reject")):
+        return "approve"
+    return write
 
 
-class PublicConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
-    """ConversationService as outside callers see it."""
+def redact_message(message: Message) -> None:
+    """Redact PII in place: free-text string fields and every Struct, in nested messages too."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = value if field.is_repeated else [value]
+            for item in items:
+                if isinstance(item, struct_pb2.Struct):
+                    cleaned = redact_json(json_format.MessageToDict(item))
+                    item.Clear()
+                    item.update(cleaned)
+                elif isinstance(item, Message):
+                    redact_message(item)
+        elif field.type == FieldDescriptor.TYPE_STRING and field.name in _TEXT_FIELDS:
+            if field.is_repeated:
+                value[:] = [redact(v) for v in value]
+            else:
+                setattr(message, field.name, redact(value))
 
 
-class PublicRegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    """Read-only RegistryService as outside callers see it."""
+def _resource(request: Message, reply: Message | None) -> str:
+    for source in (request, reply):
+        if source is None:
+            continue
+        for name, prefix in (("task_id", "tasks"), ("conversation_id", "conversations")):
+            if name in source.DESCRIPTOR.fields_by_name and getattr(source, name):
+                return f"{prefix}/{getattr(source, name)}"
+        for name, prefix in (("task", "tasks"), ("conversation", "conversations")):
+            if name in source.DESCRIPTOR.fields_by_name and source.HasField(name):
+                nested = getattr(source, name)
+                key = f"{name}_id"
+                if key in nested.DESCRIPTOR.fields_by_name and getattr(nested, key):
+                    return f"{prefix}/{getattr(nested, key)}"
+    return ""
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float:
+    remaining = context.time_remaining()
+    return _DEFAULT_TIMEOUT if remaining is None else max(0.001, min(remaining, 3600.0))
+
+
+class PublicService:
+    """One contract service at the gateway: a generated servicer subclass whose RPCs admit and forward."""
+
+    def __init__(
+        self,
+        descriptor: ServiceDescriptor,
+        base: type,
+        stub_class: Callable[[grpc.aio.Channel], Any],
+        channel: Channel,
+        gate: Gate,
+        prepare: Mapping[str, Prepare] | None = None,
+    ) -> None:
+        self.full_name = descriptor.full_name
+        self._service = descriptor.name
+        self._stub_class = stub_class
+        self._channel = channel
+        self._stub: Any = None
+        self._gate = gate
+        self._prepare = dict(prepare or {})
+        handlers = {m.name: self._handler(m) for m in descriptor.methods}
+        self.servicer = type(f"Public{descriptor.name}", (base,), handlers)()
+
+    def stub(self) -> Any:
+        """The stub of the upstream service (planner or registry), made on first use."""
+        if self._stub is None:
+            self._stub = self._stub_class(self._channel())
+        return self._stub
+
+    def _handler(self, method: MethodDescriptor) -> Callable[..., Any]:
+        full = f"/{self.full_name}/{method.name}"
+        permission = permission_for(self._service, method.name)
+        mutating = permission is not None and not method.name.startswith(_READ_PREFIXES)
+        prepare = self._prepare.get(method.name)
+        gate = self._gate
+
+        async def admit(request: Message, context: grpc.aio.ServicerContext) -> tuple[Admitted, Message]:
+            if permission is None:
+                error = PermissionDeniedError(f"{full} is not served at the gateway (read-only there)")
+                await gate.refused(full, error, None, context)
+                raise error
+            call = await gate.admit(full, permission, request, context)
+            if prepare is not None:
+                try:
+                    request = await prepare(request, call)
+                except MeshError as error:
+                    await gate.refused(full, error, call.principal, context)
+                    raise
+            elif mutating:
+                redact_message(request)
+            return call, request
+
+        if method.server_streaming:
+
+            async def stream(_servicer: object, request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+                call, request = await admit(request, context)
+                upstream = getattr(self.stub(), method.name)(request, metadata=call.metadata, timeout=_timeout(context))
+                try:
+                    async for item in upstream:
+                        yield item
+                except grpc.aio.AioRpcError as exc:
+                    raise from_rpc_error(exc) from None
+
+            return stream
+
+        async def unary(_servicer: object, request: Message, context: grpc.aio.ServicerContext) -> Message:
+            call, request = await admit(request, context)
+            try:
+                reply: Message = await getattr(self.stub(), method.name)(
+                    request, metadata=call.metadata, timeout=_timeout(context)
+                )
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+                if mutating:
+                    await gate.record(call, outcome=error.code.name, resource=_resource(request, None),
+                                      detail={"message": error.message})
+                raise error from None
+            if mutating:
+                await gate.record(call, outcome="OK", resource=_resource(request, reply))
+            return reply
+
+        return unary
+
+
+def submit_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
+    """SubmitTask's checks: the input against its playbook's schema, the injection screen, then redaction."""
+
+    async def prepare(request: Message, call: Admitted) -> Message:
+        assert isinstance(request, task_pb2.SubmitTaskRequest)
+        task_input = json_format.MessageToDict(request.input)
+        task_input.pop(SCREENING_FIELD, None)  # only the gateway sets the flag
+        schema = await schemas.input_schema(request.playbook)
+        if schema is not None:
+            validate_input(schema, task_input, what=f"playbook {request.playbook!r}")
+        verdict = screen(request.goal, task_input)
+        if verdict.flagged:
+            if injection_policy == "reject":
+                raise InvalidArgumentError(
+                    f"the task looks like a prompt injection ({', '.join(verdict.markers)}); refused by policy",
+                    reason="PROMPT_INJECTION",
+                    field="input",
+                )
+            task_input[SCREENING_FIELD] = verdict.as_input_field()
+        forwarded = task_pb2.SubmitTaskRequest()
+        forwarded.CopyFrom(request)
+        forwarded.input.Clear()
+        forwarded.input.update(task_input)
+        redact_message(forwarded)
+        return forwarded
+
+    return prepare
+
+
+def public_services(
+    gate: Gate, *, planner: Channel, registry: Channel, schemas: SchemaSource, injection_policy: str
+) -> list[ServiceBinding]:
+    """The four services the gateway serves, wired to their upstreams, ready to add to a MeshServer."""
+    from agentmesh.v1 import audit_pb2_grpc, conversation_pb2_grpc, registry_pb2_grpc, task_pb2_grpc
+
+    wiring: list[tuple[Any, Any, str, Channel, Mapping[str, Prepare]]] = [
+        (task_pb2, task_pb2_grpc, "TaskService", planner, {"SubmitTask": submit_preparer(schemas, injection_policy)}),
+        (conversation_pb2, conversation_pb2_grpc, "ConversationService", planner, {}),
+        (audit_pb2, audit_pb2_grpc, "AuditService", planner, {}),
+        (registry_pb2, registry_pb2_grpc, "RegistryService", registry, {}),
+    ]
+    bindings = []
+    for messages, stubs, name, channel, prepare in wiring:
+        public = PublicService(
+            messages.DESCRIPTOR.services_by_name[name],
+            getattr(stubs, f"{name}Servicer"),
+            getattr(stubs, f"{name}Stub"),
+            channel,
+            gate,
+            prepare=prepare,
+        )
+        bindings.append(bind(public.servicer, getattr(stubs, f"add_{name}Servicer_to_server"), public.full_name))
+    return bindings
