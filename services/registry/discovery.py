@@ -3,18 +3,14 @@
 Every card version has a *slot*; per slot the index keeps policy bitmasks, the count of SERVING instances,
 the lowest instance load and small ids (agent, version string). Skills, purposes and labels map to slot
 sets. A query intersects the small sets first, then filters with vectorised array operations, ranks, and
-only then turns the few best slots into Python objects. Visibility regexes are evaluated once per agent
-name and scope, and remembered (names never change, so the memo only grows with new agents).
+only then turns the few best slots into Python objects. Visibility patterns are RE2 regexes evaluated once
+per pattern and agent, off the event loop when many names are left (``visibility``).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-import re
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,9 +24,11 @@ from agentmesh.services.registry.model import (
     InstanceRecord,
     VersionRecord,
     basic_card,
+    echo,
 )
 from agentmesh.services.registry.routing import RoutePolicy, choose_version
 from agentmesh.services.registry.text import Bm25Plan, TextIndex, tokenize
+from agentmesh.services.registry.visibility import VisibilityIndex
 
 __all__ = ["AgentIndex"]
 
@@ -103,10 +101,6 @@ class AgentIndex:
         self._skill_words: list[tuple[tuple[str, str], ...]] = []
         self._agent_ix: dict[str, int] = {}
         self._agent_keys: list[str] = []
-        # Agent keys in sorted order (and their indexes), so a regex with a literal prefix checks a range only.
-        self._sorted_keys: list[str] = []
-        self._sorted_ix: list[int] = []
-        self._sorted_ix_array: npt.NDArray[np.int64] | None = None
         self._agent_slots: list[list[int]] = []
         self._version_ids: dict[str, int] = {}
         self._version_strings: list[str] = []
@@ -127,7 +121,7 @@ class AgentIndex:
         self._purposes = _SlotSets()
         self._labels = _SlotSets()
         self._text = TextIndex()
-        self._visibility: OrderedDict[object, npt.NDArray[np.bool_]] = OrderedDict()
+        self._visibility = VisibilityIndex(self._agent_keys, self._agent_ix)
         # SERVING instances per agent (all its versions), for counting what a visibility scope lets through.
         self._agent_serving = np.zeros(1024, dtype=np.int32)
         self.serving_instances = 0
@@ -164,10 +158,7 @@ class AgentIndex:
                 grown = np.zeros(2 * len(self._agent_serving), dtype=np.int32)
                 grown[: len(self._agent_serving)] = self._agent_serving
                 self._agent_serving = grown
-            position = bisect.bisect_left(self._sorted_keys, key)
-            self._sorted_keys.insert(position, key)
-            self._sorted_ix.insert(position, ix)
-            self._sorted_ix_array = None
+            self._visibility.add(key, ix)
         return ix
 
     def _bit(self, policy: str) -> int:
@@ -319,47 +310,11 @@ class AgentIndex:
 
     # ------------------------------------------------------------------ discovery
 
-    def _visible_agents(self, query: DiscoveryQuery) -> npt.NDArray[np.bool_]:
-        """Per agent, whether it passes the visibility scope; memoised per scope, extended as agents arrive.
-
-        A new scope tests each pattern only against the agents whose sorted keys start with the pattern's
-        literal prefix (``ns-07/.*`` looks at one namespace, not at every agent).
-        """
-        key = (query.names, tuple(p.pattern for p in query.patterns))
-        memo = self._visibility.get(key)
-        if memo is None:
-            memo = np.zeros(len(self._agent_keys), dtype=np.bool_)
-            for name in query.names:
-                if name in self._agent_ix:
-                    memo[self._agent_ix[name]] = True
-            for pattern in query.patterns:
-                for prefix, known in _literal_prefixes(pattern):
-                    memo[self._matching_agents(pattern, prefix, known)] = True
-        elif len(memo) < len(self._agent_keys):
-            fresh = self._agent_keys[len(memo) :]
-            seen = np.fromiter((k in query.names for k in fresh), dtype=np.bool_, count=len(fresh))
-            for pattern in query.patterns:
-                seen |= _fullmatch_each(pattern, fresh)
-            memo = np.concatenate([memo, seen])
-        self._visibility[key] = memo
-        self._visibility.move_to_end(key)
-        while len(self._visibility) > _VISIBILITY_MEMO_SIZE:
-            self._visibility.popitem(last=False)
-        return memo
-
-    def _matching_agents(self, pattern: re.Pattern[str], prefix: str, known: int) -> npt.NDArray[np.int64]:
-        """Indexes of the agents whose key starts with ``prefix`` and fully matches ``pattern``."""
-        keys = self._sorted_keys
-        low = bisect.bisect_left(keys, prefix)
-        if known == _EXACT:
-            return np.array(
-                [self._sorted_ix[low]] if low < len(keys) and keys[low] == prefix else [], dtype=np.int64
-            )
-        high = bisect.bisect_left(keys, prefix + "\U0010ffff") if prefix else len(keys)
-        if self._sorted_ix_array is None or len(self._sorted_ix_array) != len(self._sorted_ix):
-            self._sorted_ix_array = np.array(self._sorted_ix, dtype=np.int64)
-        found = self._sorted_ix_array[low:high]
-        return found if known == _ANY else found[_fullmatch_each(pattern, keys[low:high])]
+    async def prepare_visibility(self, query: DiscoveryQuery) -> None:
+        """Evaluate the query's new visibility patterns before ``discover``, on a worker thread when that means
+        more than a few names (INVALID_ARGUMENT when it would take too long)."""
+        if query.patterns:
+            await self._visibility.prepare(query.patterns)
 
     def _visible_count(self, query: DiscoveryQuery, visible: npt.NDArray[np.bool_]) -> int:
         key = (query.names, tuple(p.pattern for p in query.patterns))
@@ -377,8 +332,8 @@ class AgentIndex:
             return "visible: no visibility scope"
         if key in query.names:
             return f"visible: named {key}"
-        pattern = next(p.pattern for p in query.patterns if p.fullmatch(key))
-        return f"visible: {key} matches {pattern!r}"
+        pattern = self._visibility.matched_by(query.patterns, self._agent_ix[key], key)
+        return f"visible: {key} matches {echo(pattern)}"
 
     def _allowed_versions(self, constraint: SpecifierSet) -> npt.NDArray[np.int64]:
         return np.array(
@@ -391,7 +346,7 @@ class AgentIndex:
         size = len(self._slots)
         visible: npt.NDArray[np.bool_] | None = None
         if query.has_visibility_scope:
-            visible = self._visible_agents(query)
+            visible = self._visibility.visible(query.names, query.patterns)
             visible_count = self._visible_count(query, visible)
         else:
             visible_count = self.serving_instances
@@ -406,6 +361,8 @@ class AgentIndex:
             if key
         ]
         terms = tokenize(query.intent) if query.intent else []
+        if not terms and query.intent.strip():
+            return DiscoveryResult([], visible_count, 0)  # an intent with no word any card can hold matches none
         if terms and not (
             keyed or query.required_policies or query.version_constraint is not None or visible is not None
         ):
@@ -577,7 +534,7 @@ class AgentIndex:
         chosen = [slot for _, slot, _, _ in picked]
         fixed = list(_query_reasons(query))
         if query.version_constraint is not None:
-            satisfies = f" satisfies {query.version_constraint}"
+            satisfies = f" satisfies {_cut(str(query.version_constraint))}"
         hits: list[list[str]] | None = None
         intent_reasons: list[str] = []
         if terms and (relevance is not None or plan is not None):
@@ -590,7 +547,7 @@ class AgentIndex:
                 ranked = np.array([score for _, _, score, _ in picked], dtype=np.float32)
                 values = (ranked / self._boost[at]).tolist()
             intent_reasons = [
-                f"intent matched: {', '.join(hit)} (relevance {value:.2f})"
+                f"intent matched: {_listed(hit)} (relevance {value:.2f})"
                 for hit, value in zip(hits, values, strict=True)
             ]
             padded = {term: f" {term} " for term in terms}
@@ -636,72 +593,35 @@ def _query_reasons(query: DiscoveryQuery) -> tuple[str, ...]:
     """The reasons every candidate of ``query`` shares (each passed the same characteristics filters)."""
     reasons = []
     if query.purpose:
-        reasons.append(f"purpose = {query.purpose}")  # the purpose filter is an exact match
+        reasons.append(f"purpose = {_cut(query.purpose)}")  # the purpose filter is an exact match
     if query.required_policies:
-        reasons.append("policies hold: " + ", ".join(query.required_policies))
+        reasons.append("policies hold: " + _listed(query.required_policies))
     if query.skill:
-        reasons.append(f"skill: {query.skill}")
+        reasons.append(f"skill: {_cut(query.skill)}")
     if query.labels:
-        reasons.append("labels match: " + ", ".join(f"{k}={v}" for k, v in query.labels))
+        reasons.append("labels match: " + _listed([f"{k}={v}" for k, v in query.labels]))
     return tuple(reasons)
 
 
-_MAX_PREFIXES = 64
-# What is known of the keys a literal prefix stands for: they must equal it, they all match, or they must be
-# checked one by one.
-_EXACT, _ANY, _CHECK = 0, 1, 2
+# A reason repeats caller input (a constraint, policies, labels): each is cut to about this many characters.
+_REASON_ECHO = 160
 
 
-def _prefixes(items: list[Any], parser: Any) -> list[tuple[str, int]]:
-    """Literal prefixes of a parsed regex, each with what is known of the keys that start with it."""
-    out = [("", _EXACT)]
-    for position, (op, value) in enumerate(items):
-        if op is parser.LITERAL:
-            alternatives = [(chr(value), _EXACT)]
-        elif op is parser.IN and value and all(o is parser.LITERAL or o is parser.RANGE for o, _ in value):
-            chars: list[str] = []
-            for o, v in value:
-                chars += [chr(v)] if o is parser.LITERAL else [chr(c) for c in range(v[0], v[1] + 1)]
-            alternatives = [(c, _EXACT) for c in chars]
-        elif op is parser.SUBPATTERN and not value[1] and not value[2]:
-            alternatives = _prefixes(list(value[3]), parser)
-        elif op is parser.BRANCH:
-            alternatives = [a for branch in value[1] for a in _prefixes(list(branch), parser)]
-        elif (
-            op in (parser.MAX_REPEAT, parser.MIN_REPEAT)
-            and value[0] == 0
-            and value[1] is parser.MAXREPEAT
-            and list(value[2]) == [(parser.ANY, None)]
-        ):
-            # A trailing ".*": keys hold no newline, so every key with the prefix matches.
-            alternatives = [("", _ANY if position == len(items) - 1 else _CHECK)]
-        else:
-            return [(prefix, _CHECK) for prefix, _ in out]
-        out = [
-            (prefix + extra, known) if state == _EXACT else (prefix, _CHECK)
-            for prefix, state in out
-            for extra, known in (alternatives if state == _EXACT else [("", _CHECK)])
-        ]
-        if len(out) > _MAX_PREFIXES:
-            return [("", _CHECK)]
-    return out
+def _cut(text: str) -> str:
+    return text if len(text) <= _REASON_ECHO else f"{text[:_REASON_ECHO]}… ({len(text)} characters)"
 
 
-def _literal_prefixes(pattern: re.Pattern[str]) -> list[tuple[str, int]]:
-    """Literal texts one of which every match of ``pattern`` starts with, each with what is known of its keys
-    ([("ns-03/", ANY), ("ns-07/", ANY)] for ``ns-0(3|7)/.*``); [("", CHECK)] when nothing useful is known."""
-    if pattern.flags & (re.IGNORECASE | re.DOTALL):
-        return [("", _CHECK)]
-    try:
-        from re import _parser  # type: ignore[attr-defined]  # the stdlib's regex parser; any surprise: check all
-
-        return _prefixes(list(_parser.parse(pattern.pattern, pattern.flags)), _parser)
-    except Exception:
-        return [("", _CHECK)]
-
-
-def _fullmatch_each(pattern: re.Pattern[str], keys: list[str]) -> npt.NDArray[np.bool_]:
-    return np.fromiter(map(bool, map(pattern.fullmatch, keys)), dtype=np.bool_, count=len(keys))
+def _listed(items: Iterable[str]) -> str:
+    """``items`` joined by commas, cut after about ``_REASON_ECHO`` characters with how many were left out."""
+    items = list(items)
+    shown: list[str] = []
+    length = 0
+    for item in items:
+        if length + len(item) > _REASON_ECHO and shown:
+            return f"{', '.join(shown)}, … ({len(items) - len(shown)} more)"
+        shown.append(_cut(item))
+        length += len(item) + 2
+    return ", ".join(shown)
 
 
 def _best_skill(skills: tuple[tuple[str, str], ...], padded: list[str]) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from agentmesh.v1 import agent_pb2
+
+if TYPE_CHECKING:
+    from agentmesh.services.registry.visibility import VisibilityPattern
 
 __all__ = [
     "Candidate",
@@ -17,6 +20,7 @@ __all__ = [
     "InstanceRecord",
     "VersionRecord",
     "basic_card",
+    "echo",
 ]
 
 SERVING = agent_pb2.SERVING_STATE_SERVING
@@ -70,12 +74,19 @@ def basic_card(card: agent_pb2.AgentCard) -> agent_pb2.AgentCard:
     return basic
 
 
+def echo(text: str, limit: int = 80) -> str:
+    """``text`` quoted, cut to ``limit`` characters: caller input repeated in a reason or a message stays small."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class DiscoveryQuery:
     """Visibility scope, then characteristics scope, then ranking; validated by the caller."""
 
     names: frozenset[str] = frozenset()
-    patterns: tuple[re.Pattern[str], ...] = ()
+    patterns: tuple[VisibilityPattern, ...] = ()
     purpose: str = ""
     required_policies: tuple[str, ...] = ()
     skill: str = ""

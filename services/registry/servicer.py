@@ -31,6 +31,7 @@ from agentmesh.services.registry.validation import (
     validate_agent_name,
     validate_labels,
     validate_policies,
+    validate_visibility_names,
 )
 from agentmesh.services.registry.watch import WatchEvent
 from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
@@ -219,11 +220,7 @@ def discovery_response(
 def discovery_query(request: registry_pb2.DiscoverAgentsRequest) -> DiscoveryQuery:
     """Validate a DiscoverAgents request into a query (INVALID_ARGUMENT naming the field otherwise)."""
     visibility, traits = request.visibility, request.characteristics
-    for index, name in enumerate(visibility.names):
-        if name.count("/") != 1 or len(name) > 127:
-            raise InvalidArgumentError(
-                f"visibility name {name!r} must be namespace/name", field=f"visibility.names[{index}]"
-            )
+    validate_visibility_names(visibility.names)
     patterns = compile_patterns(visibility.patterns)
     validate_policies(traits.required_policies, "characteristics.required_policies")
     validate_labels(traits.labels, "characteristics.labels")
@@ -409,7 +406,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DiscoverAgentsResponse:
         await self._ready()
         protos = self._basic_protos if request.view == registry_pb2.INSTANCE_VIEW_BASIC else self._protos
-        return discovery_response(self.registry.discover(discovery_query(request)), protos)
+        query = discovery_query(request)
+        await self.registry.index.prepare_visibility(query)  # new patterns: scanned off the event loop
+        return discovery_response(self.registry.discover(query), protos)
 
     async def WatchAgents(
         self, request: registry_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext

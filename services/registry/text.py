@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
+import regex
 
 __all__ = ["Bm25Plan", "TextIndex", "tokenize"]
 
 _WORD = re.compile(r"[a-z0-9]+")
+# Scripts written without spaces between words: a run of them is indexed as overlapping character bigrams.
+_UNSPACED = r"\p{scx=Han}\p{scx=Hira}\p{scx=Kana}\p{scx=Thai}\p{scx=Laoo}\p{scx=Khmr}\p{scx=Mymr}\p{scx=Tibt}"
+# Unicode words (\w: letters, marks, digits; "_" splits snake_case), or a run of an unspaced script.
+_UNICODE_TOKEN = regex.compile(rf"(?V1)([\w&&[{_UNSPACED}]]+)|([\w--[_{_UNSPACED}]]+)")
 _STOPWORDS = frozenset(
     "a an and are as at be by for from has have i in is it its me my of on or our that the their this to "
     "was we what when where which who will with you your can do does how please want need".split()
@@ -50,7 +56,15 @@ def _form(word: str) -> str:
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens without stop words; ``snake_case`` and ``kebab-case`` split into words."""
+    """Lower-case word tokens without stop words; ``snake_case`` and ``kebab-case`` split into words.
+
+    Words follow Unicode word rules (``español``, ``счёт``, ``हिन्दी`` are one token each, case-folded, NFKC);
+    a run of a script written without spaces (Chinese, Japanese, Thai, ...) becomes its overlapping character
+    bigrams (``請求書`` -> ``請求``, ``求書``), or the character itself when it stands alone. Cards and intents
+    go through this same function, so both sides agree.
+    """
+    if not text.isascii():
+        return _tokenize_unicode(text)
     known = _FORMS.get
     out = []
     for word in _WORD.findall(text.lower()):
@@ -59,6 +73,24 @@ def tokenize(text: str) -> list[str]:
             form = _form(word)
         if form:
             out.append(form)
+    return out
+
+
+def _tokenize_unicode(text: str) -> list[str]:
+    # ё is written е as often as not; NFKC folds full-width letters and composes accents.
+    text = unicodedata.normalize("NFKC", text).casefold().replace("ё", "е")
+    out = []
+    for unspaced, word in _UNICODE_TOKEN.findall(text):
+        if word:
+            form = _FORMS.get(word)
+            if form is None:
+                form = _form(word)
+            if form:
+                out.append(form)
+        elif len(unspaced) == 1:
+            out.append(unspaced)
+        else:
+            out += [unspaced[i : i + 2] for i in range(len(unspaced) - 1)]
     return out
 
 

@@ -18,9 +18,13 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from agentmesh._errors import InvalidArgumentError
+from agentmesh.services.registry.model import echo
+from agentmesh.services.registry.visibility import PatternError, VisibilityPattern, compile_pattern
 from agentmesh.v1 import agent_pb2
 
 __all__ = [
+    "MAX_CONSTRAINT_LENGTH",
+    "MAX_NAMES",
     "MAX_PATTERNS",
     "MAX_PATTERN_LENGTH",
     "compile_patterns",
@@ -30,6 +34,7 @@ __all__ = [
     "validate_card",
     "validate_labels",
     "validate_policies",
+    "validate_visibility_names",
 ]
 
 # DNS label: lower-case letters, digits and inner hyphens, at most 63 characters.
@@ -53,9 +58,12 @@ MAX_LABELS = 64
 MAX_TAGS = 32
 MAX_OWNER = 256
 MAX_SCHEMA_BYTES = 64 * 1024
-# Visibility patterns: bounded in count and length so a caller cannot make discovery slow.
+# Visibility scopes and version constraints: bounded so a caller cannot make discovery slow or answers big.
 MAX_PATTERNS = 32
 MAX_PATTERN_LENGTH = 256
+MAX_NAMES = 1024
+MAX_NAME_LENGTH = 127  # namespace/name: two DNS labels
+MAX_CONSTRAINT_LENGTH = 256
 
 
 def _require(condition: bool, message: str, field: str) -> None:
@@ -84,11 +92,16 @@ def parse_version(value: str, field: str = "card.version") -> Version:
 
 def parse_specifier(value: str, field: str = "characteristics.version_constraint") -> SpecifierSet:
     """``value`` as a PEP 440 version specifier (``>=1.0,<2``), or INVALID_ARGUMENT naming ``field``."""
+    _require(
+        len(value) <= MAX_CONSTRAINT_LENGTH,
+        f"version constraint longer than {MAX_CONSTRAINT_LENGTH} characters ({len(value)})",
+        field,
+    )
     try:
         return _specifier(value)
     except InvalidSpecifier:
         raise InvalidArgumentError(
-            f"version constraint {value!r} is not a PEP 440 specifier (e.g. >=1.0,<2)", field=field
+            f"version constraint {echo(value)} is not a PEP 440 specifier (e.g. >=1.0,<2)", field=field
         ) from None
 
 
@@ -193,11 +206,23 @@ def validate_card(card: agent_pb2.AgentCard, field: str = "card") -> Version:
     return version
 
 
+def validate_visibility_names(names: Sequence[str], field: str = "visibility.names") -> None:
+    """Visibility names are at most ``MAX_NAMES`` ``namespace/name`` strings."""
+    _require(len(names) <= MAX_NAMES, f"at most {MAX_NAMES} names ({len(names)} given)", field)
+    for index, name in enumerate(names):
+        _require(
+            name.count("/") == 1 and len(name) <= MAX_NAME_LENGTH,
+            f"visibility name {echo(name)} must be namespace/name",
+            f"{field}[{index}]",
+        )
+
+
 def compile_patterns(
     patterns: Sequence[str], field: str = "visibility.patterns"
-) -> tuple[re.Pattern[str], ...]:
-    """Compile visibility regexes (bounded in count and length), or INVALID_ARGUMENT naming the bad one."""
-    _require(len(patterns) <= MAX_PATTERNS, f"at most {MAX_PATTERNS} patterns", field)
+) -> tuple[VisibilityPattern, ...]:
+    """Compile visibility regexes with RE2 (bounded in count, length and program size), or INVALID_ARGUMENT
+    naming the bad one: RE2 has no backreferences or lookaround, and matches in linear time."""
+    _require(len(patterns) <= MAX_PATTERNS, f"at most {MAX_PATTERNS} patterns ({len(patterns)} given)", field)
     compiled = []
     for index, pattern in enumerate(patterns):
         where = f"{field}[{index}]"
@@ -207,14 +232,9 @@ def compile_patterns(
             where,
         )
         try:
-            compiled.append(_compile(pattern))
-        except re.error as exc:
+            compiled.append(compile_pattern(pattern))
+        except PatternError as exc:
             raise InvalidArgumentError(
-                f"pattern {pattern!r} is not a valid regular expression: {exc}", field=where
+                f"pattern {echo(pattern)} is not a usable regular expression: {exc}", field=where
             ) from None
     return tuple(compiled)
-
-
-@functools.lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)

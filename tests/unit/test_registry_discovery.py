@@ -8,7 +8,7 @@ from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.model import DiscoveryQuery, InstanceRecord, VersionRecord
 from agentmesh.services.registry.routing import RoutePolicy
 from agentmesh.services.registry.text import TextIndex, tokenize
-from agentmesh.services.registry.validation import parse_specifier, parse_version
+from agentmesh.services.registry.validation import compile_patterns, parse_specifier, parse_version
 from agentmesh.v1 import agent_pb2
 from tests.fixtures.registry import make_card
 
@@ -56,7 +56,7 @@ def test_filters_combine_and_counts_are_reported() -> None:
     _add(index, make_card("triage-us", policies=("pii:allowed", "region:us")))
     _add(index, make_card("billing", namespace="finance", purpose="billing", skills=("invoice",)))
     _add(index, make_card("sleepy"), state=agent_pb2.SERVING_STATE_DRAINING)
-    query = DiscoveryQuery(patterns=(re.compile("support/.*"),), required_policies=("pii:allowed",))
+    query = DiscoveryQuery(patterns=compile_patterns(["support/.*"]), required_policies=("pii:allowed",))
     result = index.discover(query, {})
     assert sorted(c.version.card.name for c in result.candidates) == ["triage", "triage-us"]
     assert (result.visible_count, result.matched_count) == (2, 2)  # the DRAINING one is not live
@@ -167,12 +167,11 @@ def test_visibility_regexes_agree_with_fullmatch_on_every_agent() -> None:
         "n?s.*",
     ]
     for pattern in patterns:
-        compiled = re.compile(pattern)
-        expected = sorted(f"{ns}/{n}" for ns, n in names if compiled.fullmatch(f"{ns}/{n}"))
-        found = index.discover(DiscoveryQuery(patterns=(compiled,), max_results=100), {})
+        expected = sorted(f"{ns}/{n}" for ns, n in names if re.fullmatch(pattern, f"{ns}/{n}"))
+        found = index.discover(DiscoveryQuery(patterns=compile_patterns([pattern]), max_results=100), {})
         assert sorted(c.version.key for c in found.candidates) == expected, pattern
         assert found.visible_count == len(expected)
     # A scope memoised before an agent arrived still sees it.
-    scope = DiscoveryQuery(patterns=(re.compile("ns-0(1|7)/.*"),), max_results=100)
+    scope = DiscoveryQuery(patterns=compile_patterns(["ns-0(1|7)/.*"]), max_results=100)
     _add(index, make_card("late", namespace="ns-07"))
     assert "ns-07/late" in {c.version.key for c in index.discover(scope, {}).candidates}

@@ -19,7 +19,7 @@ from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
 from agentmesh.services.registry.routing import choose_version
 from agentmesh.services.registry.text import TextIndex, tokenize
-from agentmesh.services.registry.validation import parse_specifier, parse_version
+from agentmesh.services.registry.validation import compile_patterns, parse_specifier, parse_version
 from agentmesh.v1 import agent_pb2
 
 SERVING = agent_pb2.SERVING_STATE_SERVING
@@ -208,7 +208,7 @@ def _queries(rng: random.Random, count: int) -> list[DiscoveryQuery]:
         if kind > 0.5:
             choice = rng.randint(0, 4)
             if choice == 0:
-                filters["patterns"] = (re.compile(f"ns-[{rng.randint(0, 2)}-{rng.randint(3, 5)}]/.*"),)
+                filters["patterns"] = compile_patterns([f"ns-[{rng.randint(0, 2)}-{rng.randint(3, 5)}]/.*"])
             elif choice == 1:
                 filters["purpose"] = rng.choice(PURPOSES)
             elif choice == 2:

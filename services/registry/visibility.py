@@ -1,0 +1,327 @@
+"""Visibility patterns: RE2 regexes over ``namespace/name``, evaluated once per pattern, off the event loop.
+
+RE2 matches in linear time, so no pattern can backtrack for seconds; but even linear work over every agent is
+too much for the event loop at 10,000 agents (a Python loop of ``fullmatch`` costs ~2 µs a name). So:
+
+* a pattern's *possible match range* (RE2 computes it) narrows the scan to the sorted names that can match;
+* what is left is scanned by RE2 itself over names joined by newlines, one call per run of consecutive
+  matching names (``(?m)^(?:P)$\\C`` repeated: ``\\C`` eats the newline, ``never_nl`` keeps ``P`` on one line);
+* a scan of more than a handful of names runs on one worker thread (RE2 releases the GIL while it matches),
+  in chunks, against a time budget: a pattern that needs more is refused with INVALID_ARGUMENT;
+* what a pattern matched is remembered per pattern and extended as agents arrive (names never change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import functools
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
+
+from agentmesh._errors import InvalidArgumentError
+from agentmesh.services.registry.model import echo
+
+__all__ = [
+    "BUDGET_SECONDS",
+    "MAX_PROGRAM_SIZE",
+    "PatternError",
+    "VisibilityIndex",
+    "VisibilityPattern",
+    "compile_pattern",
+]
+
+# RE2 instructions one pattern may compile to: the cost of a scan grows with it when RE2 falls back from its
+# DFA to its NFA (a pattern built to defeat the DFA).
+MAX_PROGRAM_SIZE = 256
+# The time one request may spend evaluating new patterns (on the worker thread) before it is refused.
+BUDGET_SECONDS = 0.030
+# At most this many names are checked one by one on the event loop per request; more go to the worker.
+_ON_LOOP_NAMES = 64
+# Names per RE2 call on the worker: small enough that the budget is checked often.
+_CHUNK = 512
+_MEMO_PATTERNS = 256
+_MEMO_SCOPES = 256
+# RE2's memory per compiled pattern (program and DFA cache): bounded so many cached patterns stay small.
+_MAX_MEM = 1 << 20
+# A flag group that turns multi-line mode off would unanchor the line scan.
+_MULTILINE_OFF = re.compile(r"\(\?[A-Za-z]*-[A-Za-z]*m")
+
+
+class PatternError(ValueError):
+    """A visibility pattern RE2 cannot express or that is too costly; the message says why."""
+
+
+def _options(*, never_nl: bool) -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    options.max_mem = _MAX_MEM
+    options.never_nl = never_nl
+    return options
+
+
+def _why(error: Exception) -> str:
+    detail = error.args[0] if error.args else ""
+    text = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)
+    if text.startswith("invalid perl operator: (?=") or text.startswith("invalid perl operator: (?!"):
+        return "lookahead is not supported (RE2 syntax)"
+    if text.startswith("invalid perl operator: (?<=") or text.startswith("invalid perl operator: (?<!"):
+        return "lookbehind is not supported (RE2 syntax)"
+    if text.startswith("invalid escape sequence: \\") and text[-1:].isdigit():
+        return "backreferences are not supported (RE2 syntax)"
+    if text == "invalid perl operator: (?P":
+        return "named backreferences are not supported (RE2 syntax)"
+    if text == "invalid escape sequence: \\Z":
+        return r"\Z is not supported (RE2 syntax): use \z or $"
+    return text or "not a valid RE2 regular expression"
+
+
+class VisibilityPattern:
+    """One compiled visibility pattern: ``fullmatch`` for one name, and a line scanner for many."""
+
+    __slots__ = ("_lines", "_plain", "high", "low", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        if "\\C" in pattern:
+            raise PatternError(r"\C (any byte) is not supported in visibility patterns")
+        if _MULTILINE_OFF.search(pattern):
+            raise PatternError("turning multi-line mode off is not supported in visibility patterns")
+        try:
+            self._plain = re2.compile(pattern, _options(never_nl=False))
+            # Names hold no newline, so never_nl changes nothing for one name; in the joined text it keeps a
+            # match on its line. \A and \z are the name's ends, i.e. the line's.
+            line = pattern.replace("\\A", "^").replace("\\z", "$")
+            self._lines = re2.compile(f"(?m)^(?:(?:{line})$\\C)*(?:{line})$", _options(never_nl=True))
+        except re2.error as exc:
+            raise PatternError(_why(exc)) from None
+        if self._plain.programsize > MAX_PROGRAM_SIZE:
+            raise PatternError(
+                f"too complex: {self._plain.programsize} RE2 instructions, at most {MAX_PROGRAM_SIZE}"
+            )
+        self.pattern = pattern
+        # Every name this pattern matches sorts between low and high (bytes; names are ASCII).
+        try:
+            low, high = self._plain.possiblematchrange(256)
+        except re2.error:
+            low, high = b"", b"\xff"
+        self.low: bytes = low
+        self.high: bytes = high
+
+    def __repr__(self) -> str:
+        return f"VisibilityPattern({self.pattern!r})"
+
+    def fullmatch(self, name: str) -> bool:
+        """Whether ``name`` (``namespace/name``) matches the whole pattern."""
+        return self._plain.fullmatch(name) is not None
+
+    def scan(self, names: Sequence[str]) -> list[int]:
+        """Positions in ``names`` (ASCII, no newline) that match, in order; one RE2 call per run of matches."""
+        if not names:
+            return []
+        starts = [0]
+        for name in names[:-1]:
+            starts.append(starts[-1] + len(name) + 1)
+        out: list[int] = []
+        for match in self._lines.finditer("\n".join(names).encode()):
+            first = bisect.bisect_right(starts, match.start()) - 1
+            last = bisect.bisect_right(starts, match.end()) - 1
+            out.extend(range(first, last + 1))
+        return out
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> VisibilityPattern:
+    """``pattern`` compiled with RE2 (cached), or ``PatternError`` saying why it cannot be."""
+    return VisibilityPattern(pattern)
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Matches:
+    """What one pattern matched: a flag per agent for the first ``done`` agents."""
+
+    __slots__ = ("done", "flags")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.flags = np.zeros(0, dtype=np.bool_)
+
+    def extend(self, done: int, hits: list[int]) -> None:
+        if done > len(self.flags):
+            grown = np.zeros(max(done, 2 * len(self.flags)), dtype=np.bool_)
+            grown[: len(self.flags)] = self.flags
+            self.flags = grown
+        if hits:
+            self.flags[np.fromiter(hits, dtype=np.int64)] = True
+        self.done = done
+
+
+class _Work:
+    """Names one pattern still has to be checked against, and the agent indexes they stand for."""
+
+    __slots__ = ("done", "ixs", "matches", "names", "pattern")
+
+    def __init__(
+        self, pattern: VisibilityPattern, matches: _Matches, names: list[str], ixs: list[int], done: int
+    ) -> None:
+        self.pattern, self.matches, self.names, self.ixs, self.done = pattern, matches, names, ixs, done
+
+    def run(self, deadline: float) -> list[int]:
+        """The agent indexes that match, scanning in chunks; ``_OverBudget`` past ``deadline``."""
+        hits: list[int] = []
+        for start in range(0, len(self.names), _CHUNK):
+            if time.monotonic() > deadline:
+                raise _OverBudget
+            chunk = self.names[start : start + _CHUNK]
+            hits += [self.ixs[start + position] for position in self.pattern.scan(chunk)]
+        return hits
+
+
+class VisibilityIndex:
+    """Which agents each visibility scope lets through: per pattern memoised, per scope combined."""
+
+    def __init__(self, keys: list[str], ixs: dict[str, int]) -> None:
+        # The discovery index's agent keys by agent index (append-only) and their indexes, shared; add() is told
+        # of each new agent.
+        self._keys = keys
+        self._ixs = ixs
+        self._sorted: list[str] = []
+        self._sorted_ix: list[int] = []
+        self._patterns: OrderedDict[str, _Matches] = OrderedDict()
+        self._scopes: OrderedDict[object, tuple[int, npt.NDArray[np.bool_]]] = OrderedDict()
+        self._worker: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def add(self, key: str, ix: int) -> None:
+        """A new agent ``key`` got index ``ix``."""
+        position = bisect.bisect_left(self._sorted, key)
+        self._sorted.insert(position, key)
+        self._sorted_ix.insert(position, ix)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _matches(self, pattern: VisibilityPattern) -> _Matches:
+        matches = self._patterns.get(pattern.pattern)
+        if matches is None:
+            matches = self._patterns[pattern.pattern] = _Matches()
+            while len(self._patterns) > _MEMO_PATTERNS:
+                self._patterns.popitem(last=False)
+        else:
+            self._patterns.move_to_end(pattern.pattern)
+        return matches
+
+    def _pending(self, patterns: Sequence[VisibilityPattern]) -> list[_Work]:
+        """For each pattern not yet checked against every agent: the names left, as of now."""
+        total = len(self._keys)
+        work = []
+        for pattern in patterns:
+            matches = self._matches(pattern)
+            if matches.done == total:
+                continue
+            if matches.done == 0:
+                # The sorted names RE2 says can match; a copy, so arrivals during the scan change nothing.
+                low = bisect.bisect_left(self._sorted, pattern.low, key=str.encode)
+                high = bisect.bisect_right(self._sorted, pattern.high, key=str.encode)
+                work.append(_Work(pattern, matches, self._sorted[low:high], self._sorted_ix[low:high], total))
+            else:
+                work.append(
+                    _Work(
+                        pattern,
+                        matches,
+                        self._keys[matches.done : total],
+                        list(range(matches.done, total)),
+                        total,
+                    )
+                )
+        return work
+
+    def _finish(self, work: _Work, hits: list[int]) -> None:
+        if work.matches.done < work.done:
+            work.matches.extend(work.done, hits)
+
+    @staticmethod
+    def _refusal(patterns: Sequence[VisibilityPattern], names: int) -> InvalidArgumentError:
+        shown = ", ".join(echo(p.pattern, 60) for p in patterns[:3]) + (", …" if len(patterns) > 3 else "")
+        return InvalidArgumentError(
+            f"visibility patterns {shown} cannot be checked against {names} agents within "
+            f"{BUDGET_SECONDS * 1000:.0f} ms; start them with a literal prefix (e.g. 'team/.*') or list names",
+            field="visibility.patterns",
+        )
+
+    def _run_all(self, work: list[_Work], deadline: float) -> list[list[int]]:
+        return [item.run(deadline) for item in work]
+
+    async def prepare(self, patterns: Sequence[VisibilityPattern]) -> None:
+        """Bring every pattern's matches up to date, scanning on the worker thread when more than a few names
+        are left; INVALID_ARGUMENT when that takes longer than the budget."""
+        deadline = time.monotonic() + BUDGET_SECONDS
+        while True:
+            work = self._pending(patterns)
+            if not work:
+                return
+            if sum(len(item.names) for item in work) <= _ON_LOOP_NAMES:
+                self._evaluate(patterns, deadline)
+                return
+            if self._worker is None:
+                self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="visibility")
+            loop = asyncio.get_running_loop()
+            try:
+                results = await loop.run_in_executor(self._worker, self._run_all, work, deadline)
+            except _OverBudget:
+                raise self._refusal(patterns, len(self._keys)) from None
+            for item, hits in zip(work, results, strict=True):
+                self._finish(item, hits)
+
+    def _evaluate(self, patterns: Sequence[VisibilityPattern], deadline: float) -> None:
+        """Bring every pattern's matches up to date on this thread (what ``prepare`` left is usually nothing)."""
+        work = self._pending(patterns)
+        try:
+            results = self._run_all(work, deadline)
+        except _OverBudget:
+            raise self._refusal(patterns, len(self._keys)) from None
+        for item, hits in zip(work, results, strict=True):
+            self._finish(item, hits)
+
+    # ------------------------------------------------------------------ answers
+
+    def visible(self, names: frozenset[str], patterns: Sequence[VisibilityPattern]) -> npt.NDArray[np.bool_]:
+        """Per agent index, whether the scope (``names`` or any of ``patterns``) lets it through."""
+        total = len(self._keys)
+        key = (names, tuple(p.pattern for p in patterns))
+        cached = self._scopes.get(key)
+        if cached is not None and cached[0] == total:
+            self._scopes.move_to_end(key)
+            return cached[1]
+        self._evaluate(patterns, time.monotonic() + BUDGET_SECONDS)
+        flags = np.zeros(total, dtype=np.bool_)
+        for pattern in patterns:
+            flags |= self._matches(pattern).flags[:total]
+        for name in names:
+            ix = self._ixs.get(name)
+            if ix is not None and ix < total:
+                flags[ix] = True
+        self._scopes[key] = (total, flags)
+        while len(self._scopes) > _MEMO_SCOPES:
+            self._scopes.popitem(last=False)
+        return flags
+
+    def matched_by(self, patterns: Sequence[VisibilityPattern], ix: int, key: str) -> str:
+        """The first of ``patterns`` that agent ``ix`` (``key``) matches."""
+        for pattern in patterns:
+            matches = self._patterns.get(pattern.pattern)
+            if matches is not None and ix < matches.done:
+                if matches.flags[ix]:
+                    return pattern.pattern
+            elif pattern.fullmatch(key):
+                return pattern.pattern
+        return ""
