@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from agentmesh import security
 from agentmesh._errors import InvalidArgumentError
-from agentmesh.services.planner.conversations import Conversations
+from agentmesh.services.planner.conversations import Conversations, TaskRequest
 from agentmesh.services.planner.conversations_store import ConversationRecord, MessageRecord
 from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
 
@@ -77,11 +77,17 @@ def _role(value: int) -> str | None:
     return _ROLE_NAMES[value]  # type: ignore[index]
 
 
-def _data(request: Any) -> dict[str, Any] | None:
-    if not request.HasField("data"):
+def _data(request: Any, field: str = "data") -> dict[str, Any] | None:
+    if not request.HasField(field):
         return None
-    data: struct_pb2.Struct = request.data
+    data: struct_pb2.Struct = getattr(request, field)
     return json_format.MessageToDict(data)
+
+
+def _task(request: conversation_pb2.SendMessageRequest) -> TaskRequest | None:
+    if not request.HasField("task"):
+        return None
+    return TaskRequest(goal=request.task.goal, input=_data(request.task, "input"), playbook=request.task.playbook)
 
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
@@ -132,6 +138,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             text=request.text,
             data=_data(request),
             start_task=request.start_task,
+            task=_task(request),
             request_id=request.request_id,
         )
         return conversation_pb2.SendMessageResponse(

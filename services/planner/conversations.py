@@ -7,8 +7,8 @@ Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the
 - A rollback is a write too: a new version whose messages are those of the earlier version plus a SYSTEM
   notice. Later messages are hidden, never deleted, so the whole history stays readable.
 - The caller's identity decides which roles it may write (:data:`ROLE_WRITERS`); the request cannot.
-- A message may start a task (an injected :data:`StartTask`); the planner appends the task's result with
-  :meth:`Conversations.append_task_result`, once per task however often it is called.
+- A message may start a task (an injected :data:`StartTask`); the task's result is appended to the
+  conversation once (:class:`TaskRelay`), also when the planner that started it died meanwhile.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ from agentmesh._errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from agentmesh.services.planner.conversation_tasks import TaskRelay
 from agentmesh.services.planner.conversations_store import (
+    TASK_RESULT_PREFIX,
     ConversationRecord,
     ConversationStore,
     MessageRecord,
@@ -51,6 +53,7 @@ __all__ = [
     "RolePolicy",
     "Sent",
     "StartTask",
+    "TaskRequest",
     "TaskStart",
 ]
 
@@ -80,14 +83,24 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 
 
 @dataclass(frozen=True)
+class TaskRequest:
+    """The task a message asks for (agentmesh.v1.TaskTemplate); empty fields come from the message."""
+
+    goal: str = ""
+    input: dict[str, Any] | None = None
+    playbook: str = ""
+
+
+@dataclass(frozen=True)
 class TaskStart:
     """What the planner needs to start a task on a message."""
 
     conversation_id: str
     message_id: str
     version: int
-    text: str
-    data: dict[str, Any] | None
+    goal: str
+    input: dict[str, Any]
+    playbook: str
     submitted_by: str
     # Stable per message: submitting twice (a retried SendMessage) starts one task.
     request_id: str
@@ -260,6 +273,7 @@ class Conversations:
         self._poll_interval = poll_interval
         self._changes = _ChangeSignal()
         self._closed = False
+        self.tasks = TaskRelay(store, self.append_task_result, poll_interval=max(poll_interval, 1.0))
 
     async def create(
         self, caller: str | None, *, title: str, labels: Mapping[str, str], request_id: str = ""
@@ -323,6 +337,7 @@ class Conversations:
         text: str,
         data: dict[str, Any] | None = None,
         start_task: bool = False,
+        task: TaskRequest | None = None,
         request_id: str = "",
     ) -> Sent:
         """Append a message as version ``expected_version + 1``; ABORTED when the conversation moved on."""
@@ -330,6 +345,10 @@ class Conversations:
         _check_version(expected_version, "expected_version")
         resolved = self.roles.resolve(caller, role)
         _check_message(text, data)
+        if task is not None:
+            start_task = True
+            if task.input is not None and len(json.dumps(task.input, separators=(",", ":"))) > MAX_DATA_BYTES:
+                raise InvalidArgumentError(f"task.input is larger than {MAX_DATA_BYTES} bytes as JSON", field="task.input")
         if start_task and self.start_task is None:
             raise FailedPreconditionError("this planner cannot start tasks from messages")
         message = NewMessage(
@@ -353,23 +372,25 @@ class Conversations:
         task_id = stored.task_id or ""
         if start_task and not task_id:
             # Also on a replay whose first try stored the message but failed to start the task.
-            task_id = await self._start(conversation_id, stored, caller or "")
+            task_id = await self._start(conversation_id, stored, caller or "", task or TaskRequest())
         return Sent(conversation, stored, task_id)
 
-    async def _start(self, conversation_id: str, message: MessageRecord, caller: str) -> str:
+    async def _start(self, conversation_id: str, message: MessageRecord, caller: str, task: TaskRequest) -> str:
         assert self.start_task is not None
         task_id = await self.start_task(
             TaskStart(
                 conversation_id=conversation_id,
                 message_id=message.message_id,
                 version=message.version,
-                text=message.text,
-                data=message.data,
+                goal=task.goal or message.text,
+                input=task.input if task.input is not None else (message.data or {"text": message.text}),
+                playbook=task.playbook,
                 submitted_by=caller,
                 request_id=f"conversation-message:{message.message_id}",
             )
         )
         await self.store.set_task(message.message_id, task_id)
+        self.tasks.track(task_id)
         return task_id
 
     async def rollback(
@@ -397,16 +418,16 @@ class Conversations:
         return conversation, stored
 
     async def append_task_result(
-        self, conversation_id: str, task_id: str, *, text: str, data: dict[str, Any] | None = None
+        self, conversation_id: str, task_id: str, role: str, text: str, data: dict[str, Any] | None
     ) -> tuple[ConversationRecord, MessageRecord]:
-        """Append the result of ``task_id`` as an AGENT message at the current version, once per task."""
+        """Append the result of ``task_id`` (written by the planner) at the current version, once per task."""
         message = NewMessage(
             message_id=uuid.uuid4().hex,
-            role="AGENT",
+            role=role,
             author=self.planner_identity,
             text=text[:MAX_TEXT],
             data=data,
-            request_id=f"task-result:{task_id}",
+            request_id=TASK_RESULT_PREFIX + task_id,
             task_id=task_id,
         )
         conversation, stored, created = await self.store.append(
@@ -446,7 +467,12 @@ class Conversations:
             except TimeoutError:
                 pass
 
-    def close(self) -> None:
-        """End every watch (UNAVAILABLE: resume elsewhere from the last version seen)."""
+    def start(self) -> None:
+        """Start delivering task results in the background (call in the server's event loop)."""
+        self.tasks.start()
+
+    async def stop(self) -> None:
+        """End every watch (UNAVAILABLE: resume elsewhere from the last version seen) and the task results."""
         self._closed = True
         self._changes.notify_all()
+        await self.tasks.stop()

@@ -19,12 +19,22 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh._errors import AbortedError, NotFoundError, UnavailableError
-from agentmesh.storage import Conversation, ConversationMessage
+from agentmesh.storage import Conversation, ConversationMessage, Task
 
-__all__ = ["ConversationRecord", "ConversationStore", "MessageRecord", "NewMessage", "PageKey"]
+__all__ = [
+    "FINAL_TASK_STATES",
+    "TASK_RESULT_PREFIX",
+    "ConversationRecord",
+    "ConversationStore",
+    "MessageRecord",
+    "NewMessage",
+    "PageKey",
+    "TaskOutcome",
+]
 
 conversations = Conversation.__table__
 messages = ConversationMessage.__table__
+tasks = Task.__table__
 
 _CHUNK = 500
 
@@ -121,9 +131,24 @@ def visible_versions(parents: Mapping[int, int], version: int) -> set[int]:
     return chain
 
 
-def _chunks(items: Sequence[int]) -> Iterable[Sequence[int]]:
+def _chunks(items: Sequence[Any]) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """A finished task that belongs to a conversation."""
+
+    task_id: str
+    conversation_id: str
+    state: str
+    output: dict[str, Any] | None
+    error: str
+
+
+FINAL_TASK_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+TASK_RESULT_PREFIX = "task-result:"
 
 
 class ConversationStore:
@@ -432,3 +457,35 @@ class ConversationStore:
                 )
             ).all()
         return [_message(row) for row in rows]
+
+    async def task_outcomes(self, task_ids: Sequence[str]) -> list[TaskOutcome]:
+        """The finished ones among ``task_ids`` that belong to a conversation."""
+        found: list[TaskOutcome] = []
+        async with self._transaction(write=False) as conn:
+            for chunk in _chunks(task_ids):
+                rows = await conn.execute(
+                    sa.select(tasks.c.task_id, tasks.c.conversation_id, tasks.c.state, tasks.c.output, tasks.c.error)
+                    .where(tasks.c.task_id.in_(chunk), tasks.c.state.in_(FINAL_TASK_STATES))
+                    .where(tasks.c.conversation_id.is_not(None))
+                )
+                found += [TaskOutcome(r.task_id, r.conversation_id, r.state, r.output, r.error) for r in rows]
+        return found
+
+    async def unanswered_tasks(self, limit: int) -> list[TaskOutcome]:
+        """Finished tasks of conversations whose result is not in the conversation yet (e.g. after a crash)."""
+        answer = messages.alias("answer")
+        query = (
+            sa.select(tasks.c.task_id, tasks.c.conversation_id, tasks.c.state, tasks.c.output, tasks.c.error)
+            .where(tasks.c.conversation_id.is_not(None), tasks.c.state.in_(FINAL_TASK_STATES))
+            .where(
+                ~sa.exists().where(
+                    answer.c.conversation_id == tasks.c.conversation_id,
+                    answer.c.request_id == sa.literal(TASK_RESULT_PREFIX) + tasks.c.task_id,
+                )
+            )
+            .order_by(tasks.c.updated_at)
+            .limit(limit)
+        )
+        async with self._transaction(write=False) as conn:
+            rows = (await conn.execute(query)).all()
+        return [TaskOutcome(r.task_id, r.conversation_id, r.state, r.output, r.error) for r in rows]

@@ -1,0 +1,155 @@
+"""The conversation domain without gRPC, on SQLite and PostgreSQL: messages that start tasks, task results
+answered once in the conversation (also after a planner restart), and roles by identity."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentmesh._errors import PermissionDeniedError, UnavailableError
+from agentmesh.services.planner.conversations import Conversations, RolePolicy, TaskRequest, TaskStart
+from agentmesh.services.planner.conversations_store import ConversationStore
+from agentmesh.storage import Task, create_async_engine, utcnow
+
+TD = "agentmesh.test"
+ALICE = f"spiffe://{TD}/client/alice"
+PLANNER = f"spiffe://{TD}/service/planner"
+tasks = Task.__table__
+
+
+@pytest.fixture
+async def engine(migrated_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(migrated_database_url)
+    yield engine
+    await engine.dispose()
+
+
+class FakePlanner:
+    """Stores tasks the way the planner does (a row in `tasks`) and finishes them on demand."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.started: list[TaskStart] = []
+        self.fail_next = False
+
+    async def start(self, request: TaskStart) -> str:
+        if self.fail_next:
+            self.fail_next = False
+            raise UnavailableError("the planner is busy")
+        self.started.append(request)
+        task_id = uuid.uuid4().hex
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(tasks).values(
+                    task_id=task_id,
+                    request_id=request.request_id,
+                    goal=request.goal,
+                    input=request.input,
+                    playbook=request.playbook,
+                    state="RUNNING",
+                    conversation_id=request.conversation_id,
+                    submitted_by=request.submitted_by,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+        return task_id
+
+    async def finish(self, task_id: str, state: str, output: dict | None = None, error: str = "") -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(tasks)
+                .where(tasks.c.task_id == task_id)
+                .values(state=state, output=output, error=error, updated_at=utcnow())
+            )
+
+
+async def test_a_message_starts_a_task_whose_result_is_appended_once(engine: AsyncEngine) -> None:
+    planner = FakePlanner(engine)
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
+    conversation = await conversations.create(ALICE, title="refund", labels={})
+    cid = conversation.conversation_id
+
+    sent = await conversations.send(
+        ALICE, cid, expected_version=0, role=None, text="Refund order 42 please",
+        task=TaskRequest(input={"ticket": "Refund order 42 please"}, playbook="support"), request_id="m1",
+    )
+    assert sent.task_id and sent.message.version == 1
+    started = planner.started[0]
+    assert (started.goal, started.input, started.playbook) == (
+        "Refund order 42 please", {"ticket": "Refund order 42 please"}, "support",
+    )
+    assert started.submitted_by == ALICE and started.request_id == f"conversation-message:{sent.message.message_id}"
+
+    await conversations.tasks.poll()  # still running: nothing to say yet
+    assert (await conversations.get(cid))[0].version == 1
+
+    await planner.finish(sent.task_id, "SUCCEEDED", {"reply": "Your refund is on its way.", "amount": 42})
+    await conversations.tasks.poll()
+    await conversations.tasks.poll()
+    await conversations.tasks.sweep()
+    _, messages = await conversations.get(cid)
+    assert [(m.role, m.text, m.task_id) for m in messages] == [
+        ("USER", "Refund order 42 please", sent.task_id),
+        ("AGENT", "Your refund is on its way.", sent.task_id),
+    ]
+    assert messages[1].author == PLANNER and messages[1].data == {"reply": "Your refund is on its way.", "amount": 42}
+
+
+async def test_results_a_dead_planner_never_wrote_are_swept_at_start(engine: AsyncEngine) -> None:
+    planner = FakePlanner(engine)
+    first = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
+    cid = (await first.create(ALICE, title="t", labels={})).conversation_id
+    sent = await first.send(ALICE, cid, expected_version=0, role=None, text="cancel my plan", start_task=True)
+    assert planner.started[0].input == {"text": "cancel my plan"}
+    await planner.finish(sent.task_id, "FAILED", error="crm agent unavailable")
+    # `first` died before it noticed; a new planner process sweeps at start.
+    second = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start, poll_interval=0.05)
+    assert await second.tasks.sweep() == 1
+    assert await second.tasks.sweep() == 0
+    _, messages = await second.get(cid)
+    assert [(m.role, m.text) for m in messages][1] == ("SYSTEM", f"task {sent.task_id} failed: crm agent unavailable")
+
+
+async def test_a_retried_message_starts_its_task_once(engine: AsyncEngine) -> None:
+    planner = FakePlanner(engine)
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
+    cid = (await conversations.create(ALICE, title="t", labels={})).conversation_id
+    planner.fail_next = True
+    with pytest.raises(UnavailableError):
+        await conversations.send(ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
+    # The message was stored; the retry (same request id) starts the task the first try could not.
+    retried = await conversations.send(
+        ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r"
+    )
+    again = await conversations.send(ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
+    assert retried.task_id and again.task_id == retried.task_id
+    assert len(planner.started) == 1
+    assert (await conversations.get(cid))[0].version == 1
+
+
+async def test_the_planner_writes_agent_messages_and_clients_cannot(engine: AsyncEngine) -> None:
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD)
+    cid = (await conversations.create(ALICE, title="t", labels={})).conversation_id
+    sent = await conversations.send(PLANNER, cid, expected_version=0, role=None, text="Hello, how can I help?")
+    assert sent.message.role == "AGENT"
+    with pytest.raises(PermissionDeniedError, match="may not write AGENT"):
+        await conversations.send(ALICE, cid, expected_version=1, role="AGENT", text="I am an agent")
+
+
+def test_roles_by_identity() -> None:
+    roles = RolePolicy(TD)
+    assert roles.roles_of(ALICE) == ("USER",)
+    assert roles.roles_of(f"spiffe://{TD}/service/gateway") == ("USER",)
+    assert roles.roles_of(f"spiffe://{TD}/client/ops") == ("USER", "SYSTEM")
+    assert roles.roles_of(PLANNER) == ("AGENT",)
+    assert roles.roles_of(f"spiffe://{TD}/agent/support.responder") == ("AGENT",)
+    assert roles.roles_of(f"spiffe://{TD}/service/registry") == ()
+    assert roles.roles_of("spiffe://other.domain/client/alice") == ()
+    assert roles.roles_of(None) == ("USER", "AGENT", "SYSTEM")  # --insecure-dev has no identities
+    with pytest.raises(PermissionDeniedError):
+        roles.resolve(f"spiffe://{TD}/service/registry", None)
