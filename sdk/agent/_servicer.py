@@ -17,12 +17,7 @@ from agentmesh.agent._context import Progress
 from agentmesh.agent._runner import Invocation, InvocationResult, SkillRunner
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
-__all__ = ["AgentServicer", "build_card", "spiffe_id_of"]
-
-
-def spiffe_id_of(agent: Agent, trust_domain: str) -> str:
-    """The SPIFFE ID an agent presents: ``spiffe://<trust-domain>/agent/<name>``."""
-    return f"spiffe://{trust_domain}/agent/{agent.card.name}"
+__all__ = ["AgentServicer", "build_card"]
 
 
 def build_card(agent: Agent, *, endpoint: str, spiffe_id: str) -> agent_pb2.AgentCard:
