@@ -25,7 +25,10 @@
 Input and output JSON Schemas come from the pydantic models. Bad input is ``INVALID_ARGUMENT`` naming
 the field (``input.text``); an output that breaks its schema is ``INTERNAL`` (logged, never returned);
 an unknown skill is ``NOT_FOUND``; a repeated idempotency key replays the first result, and reusing a key
-with a different input is ``INVALID_ARGUMENT`` on ``idempotency_key``.
+from another caller, under another delegation (token subject or scopes) or with a different input is
+``INVALID_ARGUMENT`` on ``idempotency_key`` (``IDEMPOTENCY_KEY_REUSED``). The call's delegation token is
+verified for this agent before the skill runs: ``ctx.delegation`` holds the verified claims, or None (a bad
+token does not fail the call; ``ctx.delegation_refusal`` says why).
 """
 
 from agentmesh.agent._agent import Agent
@@ -35,7 +38,7 @@ from agentmesh.agent._info import AgentInfo
 from agentmesh.agent._registration import Registration
 from agentmesh.agent._runner import Invocation, InvocationResult, SkillRunner
 from agentmesh.agent._runtime import AgentRuntime, run_agent
-from agentmesh.agent._servicer import AgentServicer, build_card
+from agentmesh.agent._servicer import AgentServicer, build_card, struct_to_dict
 from agentmesh.agent._skill import SkillSpec, skill
 
 __all__ = [
@@ -55,4 +58,5 @@ __all__ = [
     "build_card",
     "run_agent",
     "skill",
+    "struct_to_dict",
 ]
