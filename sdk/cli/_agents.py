@@ -1,9 +1,12 @@
-"""``agentmesh agents list|get|discover|route``: what the registry knows, as readable tables.
+"""``agentmesh agents list|get|discover|route|revoke|unrevoke|revocations``: the registry, as readable tables.
 
 agentmesh agents list --namespace support
 agentmesh agents get support/triage
 agentmesh agents discover --skill classify_ticket --policy pii:allowed --intent "refund a damaged order"
 agentmesh agents route support/triage --weights 1.0.0=90,1.1.0=10 --max-error-rate 0.2
+agentmesh agents revoke support/triage --reason "key leaked"     # or --serial HEX, or --spiffe-id URI
+agentmesh agents unrevoke support/triage
+agentmesh agents revocations
 """
 
 from __future__ import annotations
@@ -86,8 +89,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     route.add_argument("--window", type=float, default=60.0, help="seconds of outcomes judged (default 60)")
     route.add_argument("--reason", default="", help="why (kept with the policy)")
 
-    for sub in (listing, get, discover, route):
+    revoke = actions.add_parser(
+        "revoke",
+        help="revoke an agent's identity (or one certificate) mesh-wide: refused everywhere within seconds",
+    )
+    _add_subject_arguments(revoke)
+    revoke.add_argument("--reason", default="", help="why (kept with the revocation)")
+    unrevoke = actions.add_parser("unrevoke", help="lift a revocation")
+    _add_subject_arguments(unrevoke)
+    revocations = actions.add_parser("revocations", help="list the identities and certificates revoked")
+
+    for sub in (listing, get, discover, route, revoke, unrevoke, revocations):
         add_client_arguments(sub, default_address_setting="registry_address")
+
+
+def _add_subject_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "agent", type=_agent_name, metavar="NAMESPACE/NAME", nargs="?", help="the agent (its identity is derived)"
+    )
+    parser.add_argument("--serial", default="", help="one certificate's serial, hex (from `agentmesh certs show`)")
+    parser.add_argument("--spiffe-id", default="", help="any identity, e.g. spiffe://TD/service/planner")
+
+
+def _subject(args: argparse.Namespace, trust_domain: str) -> dict[str, str]:
+    """The revoke/unrevoke target: exactly one of NAMESPACE/NAME, --spiffe-id and --serial."""
+    from agentmesh._errors import InvalidArgumentError
+    from agentmesh.security import agent_spiffe_id
+
+    given = [bool(args.agent), bool(args.spiffe_id), bool(args.serial)]
+    if sum(given) != 1:
+        raise InvalidArgumentError("name exactly one of NAMESPACE/NAME, --spiffe-id and --serial")
+    if args.serial:
+        return {"certificate_serial": args.serial}
+    if args.spiffe_id:
+        return {"spiffe_id": args.spiffe_id}
+    return {"spiffe_id": agent_spiffe_id(trust_domain, *args.agent)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +168,12 @@ def run(args: argparse.Namespace) -> int:
                 routing_key=args.routing_key,
                 view=view,
             )
+        if args.action == "revoke":
+            return await client.revoke(**_subject(args, settings.trust_domain), reason=args.reason)
+        if args.action == "unrevoke":
+            return await client.unrevoke(**_subject(args, settings.trust_domain))
+        if args.action == "revocations":
+            return await client.list_revocations()
         if args.weights is None:
             return await client.get_routing(*args.agent)
         return await client.set_routing(
@@ -222,8 +264,33 @@ def _print(console: Any, action: str, reply: Any) -> None:
                 "\n".join(candidate.reasons),
             )
         console.print(table)
+    elif action == "revoke":
+        console.print(
+            f"revoked {_revoked_subject(reply.revocation)}; "
+            f"{reply.removed_instances} instance(s) removed from the registry"
+        )
+    elif action == "unrevoke":
+        console.print(f"unrevoked {_revoked_subject(reply)}")
+    elif action == "revocations":
+        table = Table(title=f"{len(reply.revocations)} revocation(s) (revision {reply.revision})")
+        for column in ("revoked", "reason", "by", "since"):
+            table.add_column(column)
+        for revocation in reply.revocations:
+            table.add_row(
+                _revoked_subject(revocation),
+                revocation.reason or "-",
+                revocation.revoked_by or "-",
+                revocation.revoke_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            )
+        console.print(table)
     else:
         _print_policy(console, reply)
+
+
+def _revoked_subject(revocation: Any) -> str:
+    if revocation.WhichOneof("subject") == "certificate_serial":
+        return f"certificate {revocation.certificate_serial}"
+    return str(revocation.spiffe_id)
 
 
 def _print_policy(console: Any, policy: Any) -> None:
