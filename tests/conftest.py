@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.certs",
     "tests.fixtures.triton",
     "tests.fixtures.registry",
+    "tests.fixtures.gateway",
 ]
