@@ -108,6 +108,9 @@ class Settings:
     planner_max_subtask_fanout: int = 10
     # Planner: seconds a cached discovery answer is reused for the same step query.
     planner_discovery_cache_ttl: float = 1.0
+    # Planner: identities (globs, comma-separated) holding the `approve` permission for ApproveStep/RejectStep;
+    # behind the gateway, the end user's token needs the `approve` scope instead.
+    planner_approver_identities: str = "spiffe://{trust_domain}/client/ops,spiffe://{trust_domain}/client/approver-*"
     # Gateway: the OAuth2 JWKS (a file path or an https:// URL; empty means the dev JWKS that
     # `agentmesh token issue` keeps under <home>/dev-jwks/), the accepted issuer and audience, and the pinned
     # algorithms (comma-separated; never "none" or HS*).
