@@ -5,11 +5,14 @@ resume, and state that survives a killed planner process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,6 +25,7 @@ from agentmesh.services.planner.server import build_server as build_planner
 from agentmesh.v1 import conversation_pb2 as pb
 from agentmesh.v1 import conversation_pb2_grpc
 
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "node" / "conversation_client.js"
 USER, AGENT, SYSTEM = pb.MESSAGE_ROLE_USER, pb.MESSAGE_ROLE_AGENT, pb.MESSAGE_ROLE_SYSTEM
 
 
@@ -334,3 +338,37 @@ async def test_state_survives_a_killed_planner_process(
         await channel.close()
         process.terminate()
         await process.wait()
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_a_node_client_follows_the_same_rules(planner: MeshServer, connect, mesh_settings: Settings) -> None:
+    node = shutil.which("node")
+    assert node, "Node.js is missing: `make system-deps` installs it"
+    assert (NODE_CLIENT.parents[1] / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run `make node-deps`"
+    certs = mesh_settings.home / "certs"
+    process = await asyncio.create_subprocess_exec(
+        node, str(NODE_CLIENT), planner.address, str(mesh_settings.home / "ca" / "ca.pem"),
+        str(certs / "client-alice.pem"), str(certs / "client-alice-key.pem"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    seen = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert seen["winners"] == 1 and seen["losers"] == ["ABORTED", "ABORTED"]
+    assert seen["idempotent"] is True
+    assert seen["forbidden"]["code"] == "PERMISSION_DENIED" and "may not write SYSTEM" in seen["forbidden"]["details"]
+    assert seen["stale"]["code"] == "ABORTED"
+    assert seen["versionAfterRollback"] == 3
+    assert [row[0] for row in seen["visible"]] == [1, 3]
+    assert seen["visible"][1][1:] == ["MESSAGE_ROLE_SYSTEM", "rolled back to version 1"]
+    assert seen["hidden"] == [2]
+    assert seen["resumed"] == [
+        {"version": 2, "text": "refund please", "rolledBackTo": 0},
+        {"version": 3, "text": "rolled back to version 1", "rolledBackTo": 1},
+    ]
+    assert seen["listed"] == [seen["id"]]
+
+    # What Node wrote, Python reads the same.
+    alice = await connect()
+    stored = await alice.GetConversation(pb.GetConversationRequest(conversation_id=seen["id"]), timeout=10)
+    assert stored.conversation.version == 3 and stored.conversation.labels == {"client": "node"}
