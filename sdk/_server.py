@@ -143,10 +143,10 @@ class MeshServer(Serving):
             server, target, self.settings, self.kind, self.identity, require_client_auth=not self._public
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.revocation_follower is not None:
+            await self.revocation_follower.start()  # the saved set is in force before the first call
         await server.start()
         self._server = server
-        if self.revocation_follower is not None:
-            await self.revocation_follower.start()
         self._readiness_task = asyncio.create_task(self._watch_readiness(), name=f"{self.name}-readiness")
         logger.info("%s serving on %s", self.name, self.address)
 
