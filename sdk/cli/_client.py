@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import grpc
+
+    from agentmesh._settings import Settings
 
 T = TypeVar("T")
 
@@ -26,6 +32,18 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, default_address_set
         help="client identity NAME: uses HOME/certs/client-NAME.pem (default: ops)",
     )
     parser.add_argument("--json", action="store_true", help="print the raw reply as JSON")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="call through the gateway with this OAuth2 bearer token instead of a client certificate "
+        "(default: AGENTMESH_TOKEN; a dev token: `agentmesh token issue`)",
+    )
+    parser.add_argument(
+        "--gateway",
+        default=None,
+        help="gateway address for --token (default: localhost:AGENTMESH_GATEWAY_PORT); its certificate is "
+        "checked against the mesh CA if HOME has one, else the system's roots",
+    )
 
 
 def call(args: argparse.Namespace, address_setting: str, body: Callable[..., Awaitable[T]]) -> T:
@@ -41,16 +59,22 @@ def call(args: argparse.Namespace, address_setting: str, body: Callable[..., Awa
     settings = Settings.from_env()
     address = args.address or getattr(settings, address_setting)
 
+    token = getattr(args, "token", None) or os.environ.get("AGENTMESH_TOKEN", "")
+
     async def main() -> T:
-        channel = create_channel(
-            address, settings, kind="client", name=args.identity, server_identity=_REPLICATED.get(address_setting, "")
-        )
+        if token:  # an outside caller: TLS to the gateway, the token on every call
+            gateway = getattr(args, "gateway", None) or f"localhost:{settings.gateway_port}"
+            channel = gateway_channel(gateway, settings, token)
+        else:
+            channel = create_channel(
+                address, settings, kind="client", name=args.identity, server_identity=_REPLICATED.get(address_setting, "")
+            )
         try:
             return await body(channel, settings)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
-            await channel.close()
+            await channel.close(None)
 
     return asyncio.run(main())
 
@@ -60,3 +84,27 @@ def print_json(message: object) -> None:
     from google.protobuf import json_format
 
     print(json_format.MessageToJson(message))  # type: ignore[arg-type]
+
+
+def gateway_channel(address: str, settings: Settings, token: str) -> grpc.aio.Channel:
+    """A TLS channel to the gateway (no client certificate) that sends ``authorization: Bearer`` on every call."""
+    import grpc
+
+    from agentmesh.security import ca_paths
+
+    ca = ca_paths(settings.home)[0]
+    roots = ca.read_bytes() if ca.exists() else None
+    bearer = ("authorization", f"Bearer {token}")
+
+    def with_token(details: Any) -> Any:
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), bearer))
+
+    class Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(with_token(details), request)
+
+        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(with_token(details), request)
+
+    interceptors: Any = [Bearer()]
+    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), interceptors=interceptors)

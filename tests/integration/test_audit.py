@@ -195,3 +195,24 @@ async def test_audit_reads_go_through_the_gateway_with_the_audit_read_scope(
         assert refusal.actor.endswith("/service/gateway") and refusal.previous_hash == "0" * 64
         verdict = await stub.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(), metadata=gateway.bearer(["audit:read"]), timeout=10)
         assert verdict.valid and verdict.records_checked == 1
+
+
+async def test_agentmesh_audit_works_through_the_gateway_with_a_token(
+    audit_server: MeshServer, start_gateway: Any, migrated_database_url: str
+) -> None:
+    import os
+
+    await _fill(migrated_database_url, 5)
+    gateway = await start_gateway(planner=audit_server.address, database_url=migrated_database_url)
+    env = {**os.environ, "AGENTMESH_HOME": str(gateway.settings.home), "AGENTMESH_TOKEN": gateway.token(["audit:read"])}
+    outputs = []
+    for action in (["list", "--resource", "tasks/t2"], ["verify"]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentmesh.cli", "audit", *action, "--gateway", gateway.address,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        outputs.append(out.decode())
+    assert "tasks/t2" in outputs[0] and "tasks/t3" not in outputs[0]
+    assert outputs[1].startswith("audit chain intact (5 records")
