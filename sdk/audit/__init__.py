@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from agentmesh.audit._append import CHAIN_LOCK_KEY, AuditEntry, AuditLog, append_audit
 from agentmesh.audit._chain import GENESIS_HASH, canonical_record, format_record_time, record_hash
-from agentmesh.audit._redact import PII_MARKERS, RedactingFilter, contains_pii, redact, redact_json
+from agentmesh.audit._redact import (
+    PII_MARKERS,
+    RedactingFilter,
+    contains_pii,
+    install_log_redaction,
+    redact,
+    redact_json,
+)
 from agentmesh.audit._servicer import AuditServicer, record_to_proto
 from agentmesh.audit._verify import ChainVerification, verify_chain
 
@@ -29,6 +36,7 @@ __all__ = [
     "canonical_record",
     "contains_pii",
     "format_record_time",
+    "install_log_redaction",
     "record_hash",
     "record_to_proto",
     "redact",

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PII_MARKERS", "RedactingFilter", "contains_pii", "redact", "redact_json"]
+__all__ = ["PII_MARKERS", "RedactingFilter", "contains_pii", "install_log_redaction", "redact", "redact_json"]
 
 EMAIL_MARKER = "[email]"
 PHONE_MARKER = "[phone]"
@@ -111,3 +111,13 @@ class RedactingFilter(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Add a :class:`RedactingFilter` to every handler of ``logger`` (default: the root logger), once.
+
+    Call it after logging is configured; services that handle outside input (gateway, planner) do.
+    """
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())

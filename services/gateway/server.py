@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentmesh._channel import create_channel
 from agentmesh._server import MeshServer
 from agentmesh._settings import Settings
-from agentmesh.audit import AuditLog
+from agentmesh.audit import AuditLog, install_log_redaction
 from agentmesh.services.gateway.auth import TokenVerifier
 from agentmesh.services.gateway.gate import DelegationMinter, Gate
 from agentmesh.services.gateway.limits import RateLimiter
@@ -55,6 +55,7 @@ def build_server(
     """
     from agentmesh.storage import create_async_engine, ping
 
+    install_log_redaction()  # whatever a handler logs about a request, no PII reaches the log sink
     engine = create_async_engine(settings.resolved_database_url)
     planner, registry = _Upstream(settings.planner_address, settings), _Upstream(settings.registry_address, settings)
     gate = Gate(
