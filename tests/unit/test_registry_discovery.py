@@ -39,6 +39,27 @@ def test_tokenize_splits_snake_case_drops_stopwords_and_folds_plurals() -> None:
     assert tokenize("Refund the damaged_orders, please!") == ["refund", "damaged", "order"]
 
 
+def test_tokenize_follows_unicode_word_rules_and_bigrams_unspaced_scripts() -> None:
+    assert tokenize("Informe en español") == ["informe", "en", "español"]
+    assert tokenize("Выставить СЧЁТ") == ["выставить", "счет"]  # case-folded; ё written as е
+    assert tokenize("हिन्दी में") == ["हिन्दी", "में"]  # combining marks stay in the word
+    assert tokenize("請求書を発行") == ["請求", "求書", "書を", "を発", "発行"]
+    assert tokenize("猫、犬") == ["猫", "犬"]  # a lone character is its own token
+    assert tokenize("ＡＢＣ_orders") == ["abc", "order"]  # NFKC folds full-width letters
+    assert tokenize("🙂 !!") == []
+
+
+def test_an_intent_in_another_script_ranks_and_one_matching_nothing_gets_nothing() -> None:
+    index = AgentIndex()
+    _add(index, make_card("invoices", description="請求書を発行します。", skills=("issue_invoice",)))
+    _add(index, make_card("weather", description="天気予報を調べます。", skills=("forecast",)))
+    _add(index, make_card("refunds", description="Refund damaged orders.", skills=("refund_order",)))
+    assert _names(index, DiscoveryQuery(intent="請求書がほしい"))[0] == "support/invoices@1.0.0"
+    assert _names(index, DiscoveryQuery(intent="量子計算")) == []
+    assert _names(index, DiscoveryQuery(intent="🙂")) == []  # an intent no card can hold matches none
+    assert len(_names(index, DiscoveryQuery(intent="  "))) == 3  # a blank intent is no intent
+
+
 def test_bm25_prefers_rarer_terms_and_forgets_removed_documents() -> None:
     text = TextIndex()
     text.set(0, ["refund", "order"])
