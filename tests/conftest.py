@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.registry",
     "tests.fixtures.gateway",
+    "tests.fixtures.planner",
 ]

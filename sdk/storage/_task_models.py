@@ -56,7 +56,7 @@ class Task(Base):
     ``submitted_by`` (SPIFFE id); ``on_behalf_of`` (end user); ``trace_id`` (32 hex); ``created_at``;
     ``updated_at``; ``parent_step_id`` (the parent's step whose agent started this sub-task); ``depth``
     (0 from outside, parent + 1 for a sub-task); ``deadline_at`` (when the whole task must have ended);
-    ``tenant`` (of the end user, carried into step tokens). Indexed for "newest first" paging and the ListTasks filters.
+    ``tenant`` and ``scopes`` (space-separated) of the end user, carried into step tokens. Indexed for "newest first" paging and the ListTasks filters.
     """
 
     __tablename__ = "tasks"
@@ -92,6 +92,7 @@ class Task(Base):
     depth: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     deadline_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     tenant: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    scopes: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     plans: Mapped[list[Plan]] = relationship(
         back_populates="task", cascade="all, delete-orphan", passive_deletes=True

@@ -11,7 +11,8 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from agentmesh import security
 from agentmesh._errors import InvalidArgumentError
-from agentmesh.services.planner.conversations import Conversations, TaskRequest
+from agentmesh.security import DelegationVerifier, TokenKind
+from agentmesh.services.planner.conversations import Caller, Conversations, TaskRequest
 from agentmesh.services.planner.conversations_store import ConversationRecord, MessageRecord
 from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
 
@@ -25,9 +26,8 @@ _ROLE_NAMES = {
 _ROLE_VALUES = {name: value for value, name in _ROLE_NAMES.items()}
 
 
-def _caller() -> str | None:
-    identity = security.current_identity()
-    return identity.uri if identity is not None else None
+# Where the gateway forwards the end user's delegation token.
+DELEGATION_METADATA = "x-agentmesh-delegation"
 
 
 def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -44,6 +44,8 @@ def conversation_proto(record: ConversationRecord) -> conversation_pb2.Conversat
         version=record.version,
         labels=record.labels,
         owner=record.owner,
+        on_behalf_of=record.on_behalf_of,
+        tenant=record.tenant,
         create_time=_timestamp(record.created_at),
         update_time=_timestamp(record.updated_at),
     )
@@ -56,6 +58,7 @@ def message_proto(record: MessageRecord) -> conversation_pb2.ConversationMessage
         version=record.version,
         role=_ROLE_VALUES[record.role],  # type: ignore[arg-type]
         author=record.author,
+        on_behalf_of=record.on_behalf_of,
         text=record.text,
         task_id=record.task_id or "",
         create_time=_timestamp(record.created_at),
@@ -93,14 +96,25 @@ def _task(request: conversation_pb2.SendMessageRequest) -> TaskRequest | None:
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     """ConversationService: versioned multi-turn conversations."""
 
-    def __init__(self, conversations: Conversations) -> None:
+    def __init__(self, conversations: Conversations, verifier: DelegationVerifier | None = None) -> None:
         self.conversations = conversations
+        self._verifier = verifier
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """The caller's identity and, when it forwards a verified end-user token, the end user it acts for."""
+        identity = security.current_identity()
+        uri = identity.uri if identity is not None else None
+        token = dict(context.invocation_metadata() or ()).get(DELEGATION_METADATA, "")
+        if not token or self._verifier is None:
+            return Caller(uri)
+        claims = self._verifier.verify(str(token), kind=TokenKind.END_USER)
+        return Caller(uri, end_user=claims.subject, tenant=claims.tenant)
 
     async def CreateConversation(
         self, request: conversation_pb2.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> conversation_pb2.CreateConversationResponse:
         record = await self.conversations.create(
-            _caller(), title=request.title, labels=dict(request.labels), request_id=request.request_id
+            self._caller(context), title=request.title, labels=dict(request.labels), request_id=request.request_id
         )
         return conversation_pb2.CreateConversationResponse(conversation=conversation_proto(record))
 
@@ -108,6 +122,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: conversation_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> conversation_pb2.GetConversationResponse:
         record, messages = await self.conversations.get(
+            self._caller(context),
             request.conversation_id, include_hidden=request.include_hidden
         )
         return conversation_pb2.GetConversationResponse(
@@ -118,6 +133,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: conversation_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> conversation_pb2.ListConversationsResponse:
         page, next_token = await self.conversations.list_page(
+            self._caller(context),
             owner=request.owner,
             labels=dict(request.labels),
             page_size=request.page_size,
@@ -131,7 +147,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: conversation_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
     ) -> conversation_pb2.SendMessageResponse:
         sent = await self.conversations.send(
-            _caller(),
+            self._caller(context),
             request.conversation_id,
             expected_version=request.expected_version,
             role=_role(request.role),
@@ -150,7 +166,8 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     async def WatchConversation(
         self, request: conversation_pb2.WatchConversationRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[conversation_pb2.WatchConversationResponse]:
-        async for change in self.conversations.watch(request.conversation_id, request.since_version):
+        caller = self._caller(context)
+        async for change in self.conversations.watch(caller, request.conversation_id, request.since_version):
             yield conversation_pb2.WatchConversationResponse(
                 version=change.version,
                 message=message_proto(change),
@@ -161,7 +178,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self, request: conversation_pb2.RollbackConversationRequest, context: grpc.aio.ServicerContext
     ) -> conversation_pb2.RollbackConversationResponse:
         record, _notice = await self.conversations.rollback(
-            _caller(),
+            self._caller(context),
             request.conversation_id,
             expected_version=request.expected_version,
             to_version=request.to_version,

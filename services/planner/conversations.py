@@ -7,6 +7,8 @@ Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the
 - A rollback is a write too: a new version whose messages are those of the earlier version plus a SYSTEM
   notice. Later messages are hidden, never deleted, so the whole history stays readable.
 - The caller's identity decides which roles it may write (:data:`ROLE_WRITERS`); the request cannot.
+- A caller acting for an end user (a verified delegation token) sees and writes only that end user's
+  conversations; anything else is NOT_FOUND, so other users' conversations cannot even be probed.
 - A message may start a task (an injected :data:`StartTask`); the task's result is appended to the
   conversation once (:class:`TaskRelay`), also when the planner that started it died meanwhile.
 """
@@ -30,6 +32,7 @@ from agentmesh._errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     UnavailableError,
 )
@@ -49,6 +52,7 @@ __all__ = [
     "MAX_TEXT",
     "ROLES",
     "ROLE_WRITERS",
+    "Caller",
     "Conversations",
     "RolePolicy",
     "Sent",
@@ -83,6 +87,26 @@ _REQUEST_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who calls: the verified workload identity and, behind the gateway, the end user it acts for."""
+
+    identity: str | None = None  # SPIFFE id; None only under --insecure-dev
+    end_user: str = ""  # subject of a verified end-user delegation token
+    tenant: str = ""
+
+    def request_key(self, request_id: str | None) -> str | None:
+        """``request_id`` as stored: scoped to the end user, so one user's id never finds another's result."""
+        if request_id is None or not self.end_user:
+            return request_id
+        digest = hashlib.sha256(f"{self.tenant}\0{self.end_user}\0{request_id}".encode()).hexdigest()
+        return f"user:{digest}"
+
+    def may_see(self, conversation: ConversationRecord) -> bool:
+        """Whether this caller may read and write ``conversation``."""
+        return not self.end_user or (conversation.tenant, conversation.on_behalf_of) == (self.tenant, self.end_user)
+
+
+@dataclass(frozen=True)
 class TaskRequest:
     """The task a message asks for (agentmesh.v1.TaskTemplate); empty fields come from the message."""
 
@@ -102,6 +126,9 @@ class TaskStart:
     input: dict[str, Any]
     playbook: str
     submitted_by: str
+    # The end user the message was written for ("" when none), whom the task then acts for.
+    on_behalf_of: str
+    tenant: str
     # Stable per message: submitting twice (a retried SendMessage) starts one task.
     request_id: str
 
@@ -227,8 +254,8 @@ def _check_message(text: str, data: dict[str, Any] | None) -> None:
         raise InvalidArgumentError("a message needs text or data", field="text")
 
 
-def _filter_fingerprint(owner: str | None, labels: Mapping[str, str]) -> str:
-    canonical = json.dumps([owner, sorted(labels.items())], separators=(",", ":"))
+def _filter_fingerprint(owner: str | None, end_user: tuple[str, str] | None, labels: Mapping[str, str]) -> str:
+    canonical = json.dumps([owner, end_user, sorted(labels.items())], separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -276,7 +303,7 @@ class Conversations:
         self.tasks = TaskRelay(store, self.append_task_result, poll_interval=max(poll_interval, 1.0))
 
     async def create(
-        self, caller: str | None, *, title: str, labels: Mapping[str, str], request_id: str = ""
+        self, caller: Caller, *, title: str, labels: Mapping[str, str], request_id: str = ""
     ) -> ConversationRecord:
         """A new conversation at version 0 owned by ``caller``; a repeated ``request_id`` returns the first."""
         if len(title) > MAX_TITLE:
@@ -284,10 +311,12 @@ class Conversations:
         checked = check_labels(labels)
         conversation, created = await self.store.create(
             conversation_id=uuid.uuid4().hex,
-            request_id=_check_request_id(request_id),
+            request_id=caller.request_key(_check_request_id(request_id)),
             title=title,
             labels=checked,
-            owner=caller or "",
+            owner=caller.identity or "",
+            on_behalf_of=caller.end_user,
+            tenant=caller.tenant,
             now=utcnow(),
         )
         if not created and (conversation.title != title or conversation.labels != checked):
@@ -298,16 +327,29 @@ class Conversations:
             )
         return conversation
 
+    @staticmethod
+    def _visible(caller: Caller, conversation: ConversationRecord) -> ConversationRecord:
+        if not caller.may_see(conversation):
+            cid = conversation.conversation_id
+            raise NotFoundError(f"conversation {cid!r} does not exist", metadata={"conversation_id": cid})
+        return conversation
+
+    async def _check_access(self, caller: Caller, conversation_id: str) -> None:
+        if caller.end_user:  # workloads without an end user see every conversation: no read needed
+            self._visible(caller, await self.store.get(conversation_id))
+
     async def get(
-        self, conversation_id: str, *, include_hidden: bool = False
+        self, caller: Caller, conversation_id: str, *, include_hidden: bool = False
     ) -> tuple[ConversationRecord, list[MessageRecord]]:
         """The conversation and its messages, oldest first (the whole history with ``include_hidden``)."""
-        return await self.store.get_with_messages(
+        conversation, messages = await self.store.get_with_messages(
             _check_id(conversation_id, "conversation_id"), include_hidden=include_hidden
         )
+        return self._visible(caller, conversation), messages
 
     async def list_page(
         self,
+        caller: Caller,
         *,
         owner: str = "",
         labels: Mapping[str, str] | None = None,
@@ -319,9 +361,12 @@ class Conversations:
             raise InvalidArgumentError(f"page_size must not be negative, got {page_size}", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         wanted = check_labels(labels or {})
-        fingerprint = _filter_fingerprint(owner or None, wanted)
+        end_user = (caller.tenant, caller.end_user) if caller.end_user else None
+        fingerprint = _filter_fingerprint(owner or None, end_user, wanted)
         after = _parse_page_token(page_token, fingerprint)
-        page = await self.store.list_page(owner=owner or None, labels=wanted, after=after, limit=size + 1)
+        page = await self.store.list_page(
+            owner=owner or None, end_user=end_user, labels=wanted, after=after, limit=size + 1
+        )
         if len(page) <= size:
             return page, ""
         page = page[:size]
@@ -329,7 +374,7 @@ class Conversations:
 
     async def send(
         self,
-        caller: str | None,
+        caller: Caller,
         conversation_id: str,
         *,
         expected_version: int,
@@ -343,7 +388,7 @@ class Conversations:
         """Append a message as version ``expected_version + 1``; ABORTED when the conversation moved on."""
         _check_id(conversation_id, "conversation_id")
         _check_version(expected_version, "expected_version")
-        resolved = self.roles.resolve(caller, role)
+        resolved = self.roles.resolve(caller.identity, role)
         _check_message(text, data)
         if task is not None:
             start_task = True
@@ -354,17 +399,21 @@ class Conversations:
         message = NewMessage(
             message_id=uuid.uuid4().hex,
             role=resolved,
-            author=caller or "",
+            author=caller.identity or "",
             text=text,
             data=data,
-            request_id=_check_request_id(request_id),
+            request_id=caller.request_key(_check_request_id(request_id)),
+            on_behalf_of=caller.end_user,
         )
+        await self._check_access(caller, conversation_id)
         conversation, stored, created = await self.store.append(
             conversation_id, message, expected_version=expected_version, now=utcnow()
         )
         if created:
             self._changes.notify(conversation_id)
-        elif (stored.author, stored.role, stored.text, stored.data) != (message.author, resolved, text, data):
+        elif (stored.author, stored.on_behalf_of, stored.role, stored.text, stored.data) != (
+            message.author, message.on_behalf_of, resolved, text, data
+        ):
             raise AlreadyExistsError(
                 f"request_id {request_id!r} was already used for another message in this conversation",
                 metadata={"conversation_id": conversation_id},
@@ -372,10 +421,10 @@ class Conversations:
         task_id = stored.task_id or ""
         if start_task and not task_id:
             # Also on a replay whose first try stored the message but failed to start the task.
-            task_id = await self._start(conversation_id, stored, caller or "", task or TaskRequest())
+            task_id = await self._start(conversation_id, stored, caller, task or TaskRequest())
         return Sent(conversation, stored, task_id)
 
-    async def _start(self, conversation_id: str, message: MessageRecord, caller: str, task: TaskRequest) -> str:
+    async def _start(self, conversation_id: str, message: MessageRecord, caller: Caller, task: TaskRequest) -> str:
         assert self.start_task is not None
         task_id = await self.start_task(
             TaskStart(
@@ -385,7 +434,9 @@ class Conversations:
                 goal=task.goal or message.text,
                 input=task.input if task.input is not None else (message.data or {"text": message.text}),
                 playbook=task.playbook,
-                submitted_by=caller,
+                submitted_by=caller.identity or "",
+                on_behalf_of=caller.end_user,
+                tenant=caller.tenant,
                 request_id=f"conversation-message:{message.message_id}",
             )
         )
@@ -394,7 +445,7 @@ class Conversations:
         return task_id
 
     async def rollback(
-        self, caller: str | None, conversation_id: str, *, expected_version: int, to_version: int
+        self, caller: Caller, conversation_id: str, *, expected_version: int, to_version: int
     ) -> tuple[ConversationRecord, MessageRecord]:
         """Return the conversation to ``to_version`` as a new version (with a SYSTEM notice); hides, never deletes."""
         _check_id(conversation_id, "conversation_id")
@@ -408,9 +459,11 @@ class Conversations:
         notice = NewMessage(
             message_id=uuid.uuid4().hex,
             role="SYSTEM",
-            author=caller or "",
+            author=caller.identity or "",
             text=f"rolled back to version {to_version}",
+            on_behalf_of=caller.end_user,
         )
+        await self._check_access(caller, conversation_id)
         conversation, stored = await self.store.rollback(
             conversation_id, notice, expected_version=expected_version, to_version=to_version, now=utcnow()
         )
@@ -437,11 +490,13 @@ class Conversations:
             self._changes.notify(conversation_id)
         return conversation, stored
 
-    async def watch(self, conversation_id: str, since_version: int = 0) -> AsyncIterator[MessageRecord]:
+    async def watch(
+        self, caller: Caller, conversation_id: str, since_version: int = 0
+    ) -> AsyncIterator[MessageRecord]:
         """Every change after ``since_version`` in order (hidden messages too), then new ones as they come."""
         _check_id(conversation_id, "conversation_id")
         _check_version(since_version, "since_version")
-        current = await self.store.get(conversation_id)
+        current = self._visible(caller, await self.store.get(conversation_id))
         if since_version > current.version:
             raise InvalidArgumentError(
                 f"since_version {since_version} is ahead of the conversation (version {current.version})",

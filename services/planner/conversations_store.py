@@ -50,6 +50,8 @@ class ConversationRecord:
     owner: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    on_behalf_of: str = ""
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class MessageRecord:
     task_id: str | None
     hidden: bool
     created_at: dt.datetime
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class NewMessage:
     data: dict[str, Any] | None = None
     request_id: str | None = None
     task_id: str | None = None
+    on_behalf_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,8 @@ def _conversation(row: Any) -> ConversationRecord:
         owner=row.owner,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        on_behalf_of=row.on_behalf_of,
+        tenant=row.tenant,
     )
 
 
@@ -119,6 +125,7 @@ def _message(row: Any) -> MessageRecord:
         task_id=row.task_id,
         hidden=bool(row.hidden),
         created_at=row.created_at,
+        on_behalf_of=row.on_behalf_of,
     )
 
 
@@ -183,6 +190,8 @@ class ConversationStore:
         title: str,
         labels: dict[str, str],
         owner: str,
+        on_behalf_of: str,
+        tenant: str,
         now: dt.datetime,
     ) -> tuple[ConversationRecord, bool]:
         """Insert a conversation at version 0; with a ``request_id`` already used by ``owner``, return that one.
@@ -203,6 +212,8 @@ class ConversationStore:
                         version=0,
                         labels=labels,
                         owner=owner,
+                        on_behalf_of=on_behalf_of,
+                        tenant=tenant,
                         created_at=now,
                         updated_at=now,
                     )
@@ -214,7 +225,7 @@ class ConversationStore:
                 raise
             return existing, False
         return (
-            ConversationRecord(conversation_id, title, 0, dict(labels), owner, now, now),
+            ConversationRecord(conversation_id, title, 0, dict(labels), owner, now, now, on_behalf_of, tenant),
             True,
         )
 
@@ -261,14 +272,20 @@ class ConversationStore:
         self,
         *,
         owner: str | None,
+        end_user: tuple[str, str] | None,
         labels: Mapping[str, str],
         after: PageKey | None,
         limit: int,
     ) -> list[ConversationRecord]:
-        """Up to ``limit`` conversations newest first, after ``after``, filtered by owner and labels."""
+        """Up to ``limit`` conversations newest first, after ``after``, filtered by owner, end user and labels.
+
+        ``end_user`` is (tenant, subject).
+        """
         query = sa.select(conversations)
         if owner is not None:
             query = query.where(conversations.c.owner == owner)
+        if end_user is not None:
+            query = query.where(conversations.c.tenant == end_user[0], conversations.c.on_behalf_of == end_user[1])
         for key, value in labels.items():
             query = query.where(conversations.c.labels[key].as_string() == value)
         if after is not None:
@@ -383,6 +400,7 @@ class ConversationStore:
             task_id=message.task_id,
             hidden=False,
             created_at=now,
+            on_behalf_of=message.on_behalf_of,
         )
         await conn.execute(
             sa.insert(messages).values(
@@ -394,6 +412,7 @@ class ConversationStore:
                 request_id=record.request_id,
                 role=record.role,
                 author=record.author,
+                on_behalf_of=record.on_behalf_of,
                 text=record.text,
                 data=record.data,
                 task_id=record.task_id,

@@ -1,41 +1,115 @@
-"""Builds the planner server: TaskService, ConversationService, AuditService; ready when its database is."""
+"""Builds the planner server: TaskService, ConversationService, AuditService; ready when its database is.
+
+The server owns one :class:`TaskEngine` (the claim loop runs from start to stop) and hands it to
+ConversationService, whose messages can start tasks and receive their results.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 from agentmesh import audit
-from agentmesh._server import MeshServer, bind
+from agentmesh._registry_client import RegistryClient
+from agentmesh._server import MeshServer, Serving, bind
 from agentmesh._settings import Settings
 from agentmesh.services.planner.conversation_servicer import ConversationServicer
-from agentmesh.services.planner.conversations import Conversations
+from agentmesh.services.planner.conversations import Conversations, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
+from agentmesh.services.planner.engine import SubmitRequest, TaskEngine
 from agentmesh.services.planner.servicer import TaskServicer
+from agentmesh.services.planner.store import PlannerStore
 from agentmesh.v1 import audit_pb2_grpc, conversation_pb2_grpc, task_pb2_grpc
+
+__all__ = ["PlannerServer", "build_server"]
 
 SERVICE_NAME = "planner"
 
 
-def build_server(settings: Settings, *, port: int | None = None) -> MeshServer:
-    """The planner as a MeshServer on ``port`` (default: settings.planner_port)."""
-    from agentmesh.storage import create_async_engine, ping
+class PlannerServer(Serving):
+    """The planner's gRPC server and its task engine, started and stopped together."""
 
-    engine = create_async_engine(settings.resolved_database_url)
-    conversations = Conversations(ConversationStore(engine), trust_domain=settings.trust_domain)
+    def __init__(self, settings: Settings, *, port: int | None = None, database_url: str | None = None) -> None:
+        from agentmesh.storage import create_async_engine, ping
 
-    async def database_ready() -> bool:
-        return await ping(engine)
+        self.settings = settings
+        self.database = create_async_engine(database_url or settings.resolved_database_url, pool_pre_ping=True)
+        self.replica_id = f"planner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.registry = RegistryClient(settings, kind="service", name=SERVICE_NAME)
+        self.engine = TaskEngine(settings, PlannerStore(self.database, owner=self.replica_id), registry=self.registry)
+        self.conversations = Conversations(
+            ConversationStore(self.database), trust_domain=settings.trust_domain, start_task=self._start_task
+        )
+        self.engine.add_finish_listener(self.conversations.tasks.on_task_finished)
 
-    return MeshServer(
-        name=SERVICE_NAME,
-        settings=settings,
-        port=settings.planner_port if port is None else port,
-        readiness=database_ready,
-        services=[
-            bind(TaskServicer(), task_pb2_grpc.add_TaskServiceServicer_to_server, "agentmesh.v1.TaskService"),
-            bind(
-                ConversationServicer(conversations),
-                conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
-                "agentmesh.v1.ConversationService",
-            ),
-            bind(audit.AuditServicer(engine), audit_pb2_grpc.add_AuditServiceServicer_to_server, "agentmesh.v1.AuditService"),
-        ],
-    )
+        async def database_ready() -> bool:
+            return await ping(self.database)
+
+        self.server = MeshServer(
+            name=SERVICE_NAME,
+            settings=settings,
+            port=settings.planner_port if port is None else port,
+            readiness=database_ready,
+            services=[
+                bind(
+                    TaskServicer(self.engine, settings),
+                    task_pb2_grpc.add_TaskServiceServicer_to_server,
+                    "agentmesh.v1.TaskService",
+                ),
+                bind(
+                    ConversationServicer(self.conversations),
+                    conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
+                    "agentmesh.v1.ConversationService",
+                ),
+                bind(
+                    audit.AuditServicer(self.database),
+                    audit_pb2_grpc.add_AuditServiceServicer_to_server,
+                    "agentmesh.v1.AuditService",
+                ),
+            ],
+        )
+
+    async def _start_task(self, start: TaskStart) -> str:
+        task = await self.engine.submit(
+            SubmitRequest(
+                goal=start.goal,
+                input=start.input,
+                playbook=start.playbook,
+                conversation_id=start.conversation_id,
+                request_id=start.request_id,
+                submitted_by=start.submitted_by,
+            )
+        )
+        return task.task_id
+
+    @property
+    def address(self) -> str:
+        """host:port the server listens on."""
+        return self.server.address
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.server.port
+
+    async def start(self) -> None:
+        """Serve, then start running tasks (and relaying conversation results)."""
+        await self.server.start()
+        await self.engine.start()
+        self.conversations.tasks.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let running steps finish within the grace, stop serving, close connections."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self.server.drain()
+        await self.engine.stop(grace)
+        await self.conversations.tasks.stop()
+        await self.server.stop(grace)
+        await self.registry.close()
+        await self.database.dispose()
+
+
+def build_server(settings: Settings, *, port: int | None = None, database_url: str | None = None) -> PlannerServer:
+    """The planner on ``port`` (default: settings.planner_port)."""
+    return PlannerServer(settings, port=port, database_url=database_url)

@@ -1,15 +1,239 @@
-"""The planner's RPC surface (ConversationService: conversation_servicer.py). TaskService and AuditService
-answer UNIMPLEMENTED until the planner lands; the generated base servicers raise NotImplementedError, which the server
-interceptor maps to UNIMPLEMENTED with a readable message."""
+"""The planner's RPC surface: TaskService over :class:`TaskEngine` (thin: protos in, protos out).
+
+Who the caller is decides what a submission may be: an agent submits only sub-tasks, with the step token
+of a step of the parent that is running now (checked here, on top of the authorization policy); the
+gateway forwards the end user's delegation token (metadata ``x-agentmesh-delegation``), whose subject,
+tenant and scopes the task then acts for. Approving needs the ``approve`` permission: a scope of the end
+user's token behind the gateway, or an identity in ``planner_approver_identities``.
+"""
 
 from __future__ import annotations
 
-from agentmesh.v1 import audit_pb2_grpc, task_pb2_grpc
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import fnmatch
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from agentmesh import security
+from agentmesh._errors import InvalidArgumentError, PermissionDeniedError
+from agentmesh._settings import Settings
+from agentmesh.agent import struct_to_dict
+from agentmesh.security import DelegationClaims, TokenKind
+from agentmesh.services.planner import views
+from agentmesh.services.planner.engine import SubmitRequest, TaskEngine, _db
+from agentmesh.services.planner.store import FINAL_TASK_STATES
+from agentmesh.v1 import conversation_pb2_grpc, task_pb2, task_pb2_grpc
+
+__all__ = ["ConversationServicer", "TaskServicer"]
+
+DELEGATION_METADATA = "x-agentmesh-delegation"
+APPROVE_SCOPE = "approve"
+_MAX_PAGE = 1000
 
 
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):
-    """TaskService: submit, watch, cancel and explain tasks."""
+    """TaskService: submit, list, watch, cancel, explain, approve."""
+
+    def __init__(self, engine: TaskEngine, settings: Settings) -> None:
+        self._engine = engine
+        self._settings = settings
+        td = settings.trust_domain
+        self._approvers = [p.strip().replace("{trust_domain}", td) for p in settings.planner_approver_identities.split(",") if p.strip()]
+
+    # ---- identity ----------------------------------------------------------------------------------------
+
+    def _caller(self) -> Any:
+        return security.current_identity()
+
+    def _user_claims(self, context: grpc.aio.ServicerContext) -> DelegationClaims | None:
+        """The end user's token the gateway forwarded, verified (audience = the planner)."""
+        token = dict(context.invocation_metadata() or ()).get(DELEGATION_METADATA, "")
+        if not token:
+            return None
+        claims = self._engine.tokens.verify(str(token), audience=self._engine.identity)
+        if claims.kind != TokenKind.END_USER:
+            raise PermissionDeniedError("the delegation metadata must carry an end-user token", reason="TOKEN_WRONG_KIND")
+        return claims
+
+    # ---- RPCs --------------------------------------------------------------------------------------------
+
+    async def SubmitTask(
+        self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.SubmitTaskResponse:
+        """Store a task, plan it and start it (idempotent on request_id)."""
+        caller = self._caller()
+        caller_uri = caller.uri if caller is not None else ""
+        submit: dict[str, Any] = {
+            "goal": request.goal,
+            "input": struct_to_dict(request.input),
+            "playbook": request.playbook,
+            "conversation_id": request.conversation_id or None,
+            "request_id": request.request_id,
+            "submitted_by": caller_uri,
+        }
+        if request.HasField("timeout"):
+            submit["timeout_seconds"] = request.timeout.ToNanoseconds() / 1e9
+        if caller is not None and caller.kind == "agent":
+            submit.update(await self._subtask_of(request, caller_uri))
+        else:
+            if request.parent_task_id:
+                submit["parent_task_id"] = request.parent_task_id
+            claims = self._user_claims(context)
+            if claims is not None:
+                submit.update(on_behalf_of=claims.subject, tenant=claims.tenant, scopes=tuple(claims.scopes))
+        task = await self._engine.submit(SubmitRequest(**submit))
+        return task_pb2.SubmitTaskResponse(task=views.task_proto(task))
+
+    async def _subtask_of(self, request: task_pb2.SubmitTaskRequest, caller: str) -> dict[str, Any]:
+        """An agent's submission: a sub-task of the step it runs now, proven by that step's token."""
+        if not request.parent_task_id:
+            raise PermissionDeniedError("an agent may only submit sub-tasks (parent_task_id)", reason="SUBTASK_ONLY")
+        if not request.delegation_token:
+            raise PermissionDeniedError("a sub-task needs the step token of the parent's step", reason="SUBTASK_TOKEN")
+        claims = self._engine.tokens.verify(request.delegation_token, audience=caller, task_id=request.parent_task_id)
+        if claims.kind != TokenKind.STEP or not claims.step_id:
+            raise PermissionDeniedError("a sub-task needs a step token", reason="TOKEN_WRONG_KIND")
+        state = await _db(self._engine.store.step_state(request.parent_task_id, claims.step_id))
+        if state != "RUNNING":
+            raise PermissionDeniedError(
+                f"step {claims.step_id} of task {request.parent_task_id} is not running ({state or 'unknown'}); "
+                "an agent may submit sub-tasks only while it runs the parent's step",
+                reason="SUBTASK_STEP_NOT_RUNNING",
+            )
+        return {
+            "parent_task_id": request.parent_task_id,
+            "parent_step_id": claims.step_id,
+            "on_behalf_of": claims.subject,
+            "tenant": claims.tenant,
+            "scopes": tuple(claims.scopes),
+        }
+
+    async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
+        """One task."""
+        return task_pb2.GetTaskResponse(task=views.task_proto(await self._engine.get(_task_id(request.task_id))))
+
+    async def ListTasks(
+        self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.ListTasksResponse:
+        """A page of tasks, newest first, filtered by state, conversation, submitter or parent."""
+        if request.page_size < 0:
+            raise InvalidArgumentError("page_size must not be negative", field="page_size")
+        size = min(request.page_size or 50, _MAX_PAGE)
+        after = _decode_token(request.page_token) if request.page_token else None
+        state = task_pb2.TaskState.Name(request.state).removeprefix("TASK_STATE_") if request.state else ""
+        rows = await _db(
+            self._engine.store.list_tasks(
+                limit=size + 1,
+                after=after,
+                state=state,
+                conversation_id=request.conversation_id,
+                submitted_by=request.submitted_by,
+                parent_task_id=request.parent_task_id,
+            )
+        )
+        page, more = rows[:size], len(rows) > size
+        token = _encode_token(page[-1].created_at, page[-1].task_id) if more and page else ""
+        return task_pb2.ListTasksResponse(tasks=[views.task_proto(t) for t in page], next_page_token=token)
+
+    async def WatchTask(
+        self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
+        """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
+        task_id = _task_id(request.task_id)
+        task = await self._engine.get(task_id)
+        try:
+            cursor = int(request.cursor or 0)
+        except ValueError:
+            raise InvalidArgumentError(f"cursor {request.cursor!r} is not one this server returned", field="cursor") from None
+        while True:
+            events = await _db(self._engine.store.events_after(task_id, cursor))
+            if events:
+                task = await self._engine.get(task_id)
+            for event in events:
+                cursor = event.id
+                yield views.event_proto(event, task)
+            if not events and task.state in FINAL_TASK_STATES:
+                return
+            if not events:
+                await asyncio.sleep(0.05)
+                task = await self._engine.get(task_id)
+
+    async def CancelTask(
+        self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.CancelTaskResponse:
+        """Stop scheduling, cancel running steps, end CANCELLED."""
+        task = await self._engine.cancel(_task_id(request.task_id), request.reason)
+        return task_pb2.CancelTaskResponse(task=views.task_proto(task))
+
+    async def ExplainTask(
+        self, request: task_pb2.ExplainTaskRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.ExplainTaskResponse:
+        """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
+        explanation = await _db(views.explain(self._engine.store, _task_id(request.task_id), request.max_depth))
+        task = explanation.task
+        end = task.update_time.ToDatetime() if task.state in (4, 5, 6) else dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        elapsed = views._duration(max(0.0, (end - task.create_time.ToDatetime()).total_seconds()))
+        return task_pb2.ExplainTaskResponse(explanation=explanation, elapsed=elapsed)
+
+    async def ApproveStep(
+        self, request: task_pb2.ApproveStepRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.ApproveStepResponse:
+        """Let a step waiting for approval run."""
+        approval = await self._decide(request, context, approve=True)
+        return task_pb2.ApproveStepResponse(approval=approval)
+
+    async def RejectStep(
+        self, request: task_pb2.RejectStepRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.RejectStepResponse:
+        """Refuse a step waiting for approval; its task fails."""
+        approval = await self._decide(request, context, approve=False)
+        return task_pb2.RejectStepResponse(approval=approval)
+
+    async def _decide(self, request: Any, context: grpc.aio.ServicerContext, *, approve: bool) -> task_pb2.Approval:
+        if not request.step_id:
+            raise InvalidArgumentError("step_id is required", field="step_id")
+        caller = self._caller()
+        caller_uri = caller.uri if caller is not None else ""
+        claims = self._user_claims(context)
+        if claims is not None:
+            if APPROVE_SCOPE not in claims.scopes:
+                raise PermissionDeniedError(f"{claims.subject} lacks the {APPROVE_SCOPE!r} permission")
+            decided_by = claims.subject
+        elif any(fnmatch.fnmatchcase(caller_uri, pattern) for pattern in self._approvers):
+            decided_by = caller_uri
+        else:
+            raise PermissionDeniedError(f"{caller_uri or 'the caller'} lacks the {APPROVE_SCOPE!r} permission")
+        row = await self._engine.decide(
+            _task_id(request.task_id), request.step_id, approve=approve, by=decided_by, comment=request.comment[:2000]
+        )
+        return views.approval_proto(row)
 
 
-class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
-    """AuditService: the hash-chained audit trail."""
+class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
+    """ConversationService (helper P2 replaces this with the real one)."""
+
+
+def _task_id(task_id: str) -> str:
+    if not task_id:
+        raise InvalidArgumentError("task_id is required", field="task_id")
+    return task_id
+
+
+def _encode_token(created_at: dt.datetime, task_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), task_id]).encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[dt.datetime, str]:
+    try:
+        created, task_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return dt.datetime.fromisoformat(created), str(task_id)
+    except (ValueError, binascii.Error, TypeError):
+        raise InvalidArgumentError("page_token is not one this server returned", field="page_token") from None
+
+

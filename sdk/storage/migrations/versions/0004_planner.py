@@ -46,6 +46,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("depth", sa.Integer(), server_default=sa.text("0"), nullable=False))
         batch.add_column(sa.Column("deadline_at", TIMESTAMP, nullable=True))
         batch.add_column(sa.Column("tenant", sa.String(128), server_default="", nullable=False))
+        batch.add_column(sa.Column("scopes", sa.Text(), server_default="", nullable=False))
         batch.drop_constraint(op.f("ck_tasks_state"), type_="check")
         batch.create_check_constraint("state", f"state IN ({_NEW_TASK_STATES})")
     with op.batch_alter_table("plans") as batch:
@@ -140,6 +141,7 @@ def downgrade() -> None:
     with op.batch_alter_table("tasks") as batch:
         batch.drop_constraint(op.f("ck_tasks_state"), type_="check")
         batch.create_check_constraint("state", f"state IN ({_OLD_TASK_STATES})")
+        batch.drop_column("scopes")
         batch.drop_column("tenant")
         batch.drop_column("deadline_at")
         batch.drop_column("depth")

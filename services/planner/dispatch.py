@@ -1,0 +1,170 @@
+"""Choosing the agent instance for a step (discovery, BASIC view) and calling it (``AgentService.Invoke``).
+
+A retry goes back to the instance of the earlier attempt while that instance is alive: the agent's
+idempotency cache is per instance, so only that instance can replay a result it already computed (a
+planner that died after the call but before recording it). When that instance is gone, its cache went
+with it and any live instance is as good as another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from agentmesh._channel import create_channel
+from agentmesh._errors import FailedPreconditionError, from_rpc_error
+from agentmesh._registry_client import RegistryClient
+from agentmesh._settings import Settings
+from agentmesh.services.planner.plans import StepSpec
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, registry_pb2
+
+__all__ = ["Choice", "Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The instance a step attempt goes to, and the record of why."""
+
+    namespace: str
+    name: str
+    version: str
+    endpoint: str
+    instance_id: str
+    spiffe_id: str
+    query: dict[str, Any]
+    candidates: list[dict[str, Any]]
+    reason: str
+
+    @property
+    def agent(self) -> dict[str, str]:
+        """The ResolvedAgent as stored."""
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "version": self.version,
+            "endpoint": self.endpoint,
+            "instance_id": self.instance_id,
+        }
+
+    def record(self) -> dict[str, Any]:
+        """The collaborator-choice row (query, ranked candidates, chosen, reason)."""
+        return {"query": self.query, "candidates": self.candidates, "chosen": self.agent, "reason": self.reason}
+
+
+def _candidate(c: registry_pb2.Candidate) -> dict[str, Any]:
+    card = c.instance.card
+    return {
+        "namespace": card.namespace,
+        "name": card.name,
+        "version": card.version,
+        "endpoint": card.endpoint,
+        "instance_id": c.instance.instance_id,
+        "spiffe_id": card.spiffe_id,
+        "score": round(c.score, 6),
+        "reasons": list(c.reasons),
+        "matched_skill": c.matched_skill,
+    }
+
+
+class Dispatcher:
+    """Discovery with a short per-query cache, instance choice, and one channel per agent endpoint."""
+
+    def __init__(self, settings: Settings, registry: RegistryClient) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._answers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def query_of(self, spec: StepSpec) -> dict[str, Any]:
+        """The discovery query of a step (as recorded)."""
+        agent = spec.agent
+        return {
+            "names": list(agent.get("names", ())),
+            "patterns": list(agent.get("patterns", ())),
+            "purpose": agent.get("purpose", ""),
+            "required_policies": list(agent.get("policies", ())),
+            "skill": spec.skill,
+            "labels": dict(agent.get("labels", {})),
+            "version_constraint": agent.get("version", ""),
+            "intent": agent.get("intent", ""),
+            "max_results": 8,
+            "view": "BASIC",
+        }
+
+    async def discover(self, query: dict[str, Any], *, fresh: bool = False) -> tuple[list[dict[str, Any]], float]:
+        """Ranked candidates for a query and the answer's age in seconds (cached for a short while)."""
+        key = repr(sorted(query.items()))
+        now = time.monotonic()
+        cached = self._answers.get(key)
+        if cached is not None and not fresh and now - cached[0] < self._settings.planner_discovery_cache_ttl:
+            return cached[1], now - cached[0]
+        arguments = {k: v for k, v in query.items() if k != "view"}
+        answer = await self._registry.discover(view=registry_pb2.INSTANCE_VIEW_BASIC, **arguments)
+        candidates = [_candidate(c) for c in answer.candidates]
+        self._answers[key] = (time.monotonic(), candidates)
+        return candidates, 0.0
+
+    async def choose(self, spec: StepSpec, *, previous_instance_id: str = "") -> Choice:
+        """The instance for an attempt: the earlier attempt's while it lives, else the best candidate."""
+        query = self.query_of(spec)
+        candidates, age = await self.discover(query)
+        if previous_instance_id and all(c["instance_id"] != previous_instance_id for c in candidates):
+            candidates, age = await self.discover(query, fresh=True)
+        if not candidates:
+            raise FailedPreconditionError(f"discovery found no live agent offering skill {spec.skill!r}")
+        cached = f" (discovery answer {age * 1000:.0f} ms old)" if age else ""
+        chosen = candidates[0]
+        reason = f"ranked first of {len(candidates)}: {'; '.join(chosen['reasons']) or 'best score'}{cached}"
+        if previous_instance_id:
+            earlier = next((c for c in candidates if c["instance_id"] == previous_instance_id), None)
+            if earlier is not None:
+                chosen = earlier
+                reason = (
+                    f"the instance of the earlier attempt ({previous_instance_id}) is alive: its idempotency cache "
+                    f"replays a result it already computed{cached}"
+                )
+            else:
+                reason = f"the earlier attempt's instance {previous_instance_id} is gone; {reason}"
+        spiffe_id = chosen["spiffe_id"] or (
+            f"spiffe://{self._settings.trust_domain}/agent/{chosen['namespace']}/{chosen['name']}"
+        )
+        return Choice(
+            namespace=chosen["namespace"],
+            name=chosen["name"],
+            version=chosen["version"],
+            endpoint=chosen["endpoint"],
+            instance_id=chosen["instance_id"],
+            spiffe_id=spiffe_id,
+            query=query,
+            candidates=candidates,
+            reason=reason,
+        )
+
+    def forget(self, spec: StepSpec) -> None:
+        """Drop the cached answer of a step's query (its instance failed to answer)."""
+        self._answers.pop(repr(sorted(self.query_of(spec).items())), None)
+
+    async def invoke(
+        self, endpoint: str, request: agent_pb2.InvokeRequest, deadline: float
+    ) -> agent_pb2.InvokeResponse:
+        """Call ``Invoke`` on an agent instance within ``deadline`` seconds; failures raise the matching MeshError."""
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = self._channels[endpoint] = create_channel(endpoint, self._settings, kind="service", name="planner")
+        try:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
+            return await stub.Invoke(request, timeout=deadline)  # type: ignore[no-any-return]
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    async def close(self) -> None:
+        """Close every agent channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close(grace=None) for c in channels), return_exceptions=True)

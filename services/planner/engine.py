@@ -1,0 +1,471 @@
+"""``TaskEngine``: submit tasks, and run their steps durably from the database.
+
+Each replica runs one claim loop: it claims runnable steps in batches with a lease (``planner_lease_ttl``),
+runs each as its own asyncio task (independent steps run in parallel), renews the leases of the calls in
+flight every third of the TTL, and records every attempt. A replica that dies stops renewing; once its
+leases lapse any replica claims the steps again and the retry carries the same idempotency key to the same
+agent instance (see :mod:`dispatch`). A lost lease, a cancelled task or a failed renewal cancels the local
+call. Database outages are waited out: loops back off and try again, never exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from agentmesh import telemetry
+from agentmesh._errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    MeshError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from agentmesh._registry_client import RegistryClient
+from agentmesh._settings import Settings
+from agentmesh.agent import struct_to_dict
+from agentmesh.services.planner.dispatch import Dispatcher
+from agentmesh.services.planner.planning import ModelPlanner, Planner
+from agentmesh.services.planner.playbooks import PlaybookLibrary
+from agentmesh.services.planner.rules import OutputRejected, check_output
+from agentmesh.services.planner.store import FINAL_TASK_STATES, AttemptEnd, Claimed, PlannerStore, TaskRow
+from agentmesh.services.planner.templates import resolve
+from agentmesh.services.planner.tokens import StepTokens
+from agentmesh.storage import utcnow
+from agentmesh.v1 import agent_pb2
+
+__all__ = ["SubmitRequest", "TaskEngine", "TaskView"]
+
+logger = logging.getLogger(__name__)
+
+TaskView = TaskRow
+
+# Agent failures worth another attempt (same idempotency key); anything else fails the step at once.
+_RETRYABLE = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "UNKNOWN"})
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """A task to submit (see /work/notes/PLANNER_API.md)."""
+
+    goal: str = ""
+    input: dict[str, Any] = field(default_factory=dict)
+    playbook: str = ""
+    conversation_id: str | None = None
+    request_id: str = ""
+    parent_task_id: str | None = None
+    parent_step_id: str = ""
+    submitted_by: str = ""
+    on_behalf_of: str = ""
+    tenant: str = ""
+    scopes: tuple[str, ...] = ()
+    timeout_seconds: float = 0.0
+
+
+class TaskEngine:
+    """Submission, the claim loop, lease renewal, sweeps and the plain-Python reads the servicer serves."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: PlannerStore,
+        *,
+        registry: RegistryClient,
+        playbooks: PlaybookLibrary | None = None,
+        model_planner: ModelPlanner | None = None,
+        tokens: StepTokens | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.dispatcher = Dispatcher(settings, registry)
+        self.planner = Planner(playbooks or PlaybookLibrary.shipped(), self.dispatcher, model_planner)
+        self.tokens = tokens if tokens is not None else StepTokens(settings)
+        self.identity = f"spiffe://{settings.trust_domain}/service/planner"
+        self._wake = asyncio.Event()
+        self._running: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
+        # Agent calls in flight by step row: only these are ever cancelled (never a database transaction).
+        self._calls: dict[int, asyncio.Future[agent_pb2.InvokeResponse]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._finish_listeners: list[Callable[[TaskRow], Awaitable[None]]] = []
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=10_000)
+        self._stopping = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the claim, renewal, sweep and outcome-report loops."""
+        self._stopping = False
+        for name, loop in (
+            ("claim", self._claim_loop),
+            ("renew", self._renew_loop),
+            ("sweep", self._sweep_loop),
+            ("outcomes", self._outcome_loop),
+        ):
+            self._loops.append(asyncio.create_task(loop(), name=f"planner-{name}"))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming, let running steps finish within ``grace`` seconds, then abandon the rest."""
+        self._stopping = True
+        self._wake.set()
+        running = [t for _, t in self._running.values()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        for call in list(self._calls.values()):
+            call.cancel()
+        running = [t for _, t in self._running.values()]
+        if running:
+            await asyncio.wait(running, timeout=1.0)
+        for _, task in list(self._running.values()):
+            task.cancel()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, *(t for _, t in self._running.values()), return_exceptions=True)
+        self._loops.clear()
+        await self.dispatcher.close()
+
+    def add_finish_listener(self, callback: Callable[[TaskRow], Awaitable[None]]) -> None:
+        """Call ``callback(task)`` when a task this process drives reaches a final state."""
+        self._finish_listeners.append(callback)
+
+    # ---- submission and reads ----------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitRequest) -> TaskRow:
+        """Store a task with its plan and start running it; the same (submitter, request id) returns the same task."""
+        if request.request_id:
+            existing = await _db(self.store.find_request(request.submitted_by, request.request_id))
+            if existing is not None:
+                return existing
+        if len(request.goal) > 10_000:
+            raise InvalidArgumentError("goal is longer than 10000 characters", field="goal")
+        depth = 0
+        if request.parent_task_id:
+            parent = await _db(self.store.get_task(request.parent_task_id))
+            depth = parent.depth + 1
+            self._check_subtask(parent, depth)
+            if await _db(self.store.count_children(parent.task_id)) >= self.settings.planner_max_subtask_fanout:
+                raise ResourceExhaustedError(
+                    f"task {parent.task_id} already has {self.settings.planner_max_subtask_fanout} sub-tasks "
+                    "(the fan-out bound)",
+                    reason="SUBTASK_FANOUT_EXCEEDED",
+                )
+        outcome = await self.planner.plan(request.goal, request.input, request.playbook)
+        timeout = request.timeout_seconds or self.settings.planner_task_timeout
+        values = {
+            "task_id": f"task-{uuid.uuid4().hex}",
+            "request_id": request.request_id or None,
+            "goal": request.goal,
+            "input": request.input,
+            "playbook": outcome.plan.get("playbook", ""),
+            "conversation_id": request.conversation_id or None,
+            "parent_task_id": request.parent_task_id or None,
+            "parent_step_id": request.parent_step_id,
+            "submitted_by": request.submitted_by,
+            "on_behalf_of": request.on_behalf_of,
+            "tenant": request.tenant,
+            "scopes": " ".join(sorted(request.scopes)),
+            "trace_id": telemetry.current_trace_id(),
+            "depth": depth,
+            "deadline_at": utcnow() + dt.timedelta(seconds=timeout),
+        }
+        task = await _db(
+            self.store.create_task(values, outcome.plan, reason=outcome.reason, rejections=outcome.rejections)
+        )
+        self._wake.set()
+        if task.state in FINAL_TASK_STATES:
+            await self._notify(task)
+        return task
+
+    def _check_subtask(self, parent: TaskRow, depth: int) -> None:
+        if parent.state in FINAL_TASK_STATES:
+            raise FailedPreconditionError(f"parent task {parent.task_id} already ended {parent.state}")
+        if depth > self.settings.planner_max_subtask_depth:
+            raise ResourceExhaustedError(
+                f"sub-task depth {depth} is over the bound of {self.settings.planner_max_subtask_depth}",
+                reason="SUBTASK_DEPTH_EXCEEDED",
+            )
+
+    async def get(self, task_id: str) -> TaskRow:
+        """One task."""
+        return await _db(self.store.get_task(task_id))
+
+    async def wait(self, task_id: str, *, within: float | None = None) -> TaskRow:
+        """Wait until a task reaches a final state (polls the database, so it sees other replicas' work)."""
+        async with asyncio.timeout(within):
+            while True:
+                task = await self.get(task_id)
+                if task.state in FINAL_TASK_STATES:
+                    return task
+                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self._waiters.setdefault(task_id, []).append(future)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, timeout=0.5)
+
+    async def cancel(self, task_id: str, reason: str) -> TaskRow:
+        """Cancel a task; calls running here stop at once, other replicas' at their next renewal."""
+        task = await _db(self.store.cancel(task_id, reason))
+        for row_id, (claimed, _) in list(self._running.items()):
+            if claimed.task_id == task_id:
+                self._abandon(row_id)
+        await self._notify(task)
+        return task
+
+    # ---- the claim loop ----------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            room = self.settings.planner_max_in_flight - len(self._running)
+            claimed: list[Claimed] = []
+            if room > 0:
+                try:
+                    claimed = await self.store.claim(min(room, self.settings.planner_claim_batch), self.settings.planner_lease_ttl)
+                    backoff = 0.1
+                except Exception as exc:  # database down: wait it out, never exit
+                    logger.warning("claiming steps failed (%s); retrying in %.1fs", _brief(exc), backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(2.0, backoff * 2)
+                    continue
+            for step in claimed:
+                self._abandon(step.row_id)  # our own lease lapsed while the call ran: that call is stale
+                task = asyncio.create_task(self._execute(step), name=f"step-{step.task_id}-{step.step_id}")
+                self._running[step.row_id] = (step, task)
+                task.add_done_callback(functools.partial(self._done, step))
+            if len(claimed) >= self.settings.planner_claim_batch and room > len(claimed):
+                continue  # more may be waiting
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.planner_poll_interval)
+
+    def _abandon(self, row_id: int) -> None:
+        """Stop the agent call of a step this replica no longer owns (the step task then ends unrecorded)."""
+        call = self._calls.pop(row_id, None)
+        if call is not None:
+            call.cancel()
+
+    def _done(self, step: Claimed, _: object = None) -> None:
+        current = self._running.get(step.row_id)
+        if current is not None and current[0] is step:
+            del self._running[step.row_id]
+        self._wake.set()
+
+    async def _renew_loop(self) -> None:
+        interval = self.settings.planner_lease_ttl / 3
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            held_here = {row_id: claimed for row_id, (claimed, _) in self._running.items()}
+            if not held_here:
+                continue
+            try:
+                held = await self.store.renew(list(held_here), self.settings.planner_lease_ttl)
+            except Exception as exc:
+                logger.warning("renewing %d step leases failed (%s)", len(held_here), _brief(exc))
+                continue  # the calls go on; if the outage outlasts the lease, the finish is refused
+            for row_id in set(held_here) - held:
+                entry = self._running.get(row_id)
+                if entry is not None and entry[0] is held_here[row_id]:
+                    logger.info("lease of step %s/%s lost or the task ended; abandoning the call",
+                                entry[0].task_id, entry[0].step_id)
+                    self._abandon(row_id)
+
+    async def _sweep_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            try:
+                if await self.store.sweep():
+                    self._wake.set()
+            except Exception as exc:
+                logger.warning("sweeping approvals and deadlines failed (%s)", _brief(exc))
+
+    async def _outcome_loop(self) -> None:
+        while True:
+            namespace, name, version, instance_id, success, code, latency = await self._outcomes.get()
+            with contextlib.suppress(Exception):  # a lost report only delays a canary rollback
+                await self.registry.report_outcome(
+                    namespace, name, version, success=success, instance_id=instance_id, error_code=code,
+                    latency=latency, deadline=2.0,
+                )
+
+    # ---- one attempt -------------------------------------------------------------------------------------
+
+    async def _execute(self, claimed: Claimed) -> None:
+        tracer = telemetry.get_tracer()
+        with tracer.start_as_current_span(f"step {claimed.step_id}", attributes={"task_id": claimed.task_id}):
+            try:
+                end = await self._attempt(claimed)
+            except _Abandoned:
+                return  # lease lost, task cancelled or planner stopping: the step is someone else's now
+            except Exception as exc:  # database trouble before the call: the lease lapses and it is retried
+                logger.warning("step %s/%s attempt %d could not start (%s)", claimed.task_id, claimed.step_id,
+                               claimed.attempt, _brief(exc))
+                return
+            if end is None:
+                return
+            await self._record(claimed, end)
+
+    async def _attempt(self, claimed: Claimed) -> AttemptEnd | None:
+        task, scope = await self.store.step_inputs(claimed)
+        document = await self.store.plan(claimed.plan_id)
+        spec = document.steps[claimed.step_id]
+        trace_id = telemetry.current_trace_id()
+        now = utcnow()
+        if task.deadline_at is not None and task.deadline_at <= now:
+            return AttemptEnd("FAILED", error_code="DEADLINE_EXCEEDED", error_message="the task's deadline passed")
+        if claimed.attempt > claimed.max_attempts + 2:
+            return AttemptEnd("FAILED", error_code="ABORTED",
+                              error_message=f"{claimed.attempt - 1} attempts were lost with their planners")
+        step_input, substitutions = resolve(spec.input, scope)
+        if spec.kind == "escalate":
+            agent = {"namespace": "planner", "name": "escalate", "version": "", "endpoint": "", "instance_id": ""}
+            await self.store.start_attempt(claimed, agent=agent, step_input=step_input, trace_id=trace_id,
+                                           choice=None, substitutions=substitutions)
+            return AttemptEnd("SUCCEEDED", output={**step_input, "escalated": True})
+        try:
+            choice = await self.dispatcher.choose(spec, previous_instance_id=claimed.previous_instance_id)
+        except MeshError as exc:
+            if claimed.attempt >= claimed.max_attempts or not isinstance(exc, UnavailableError | FailedPreconditionError):
+                return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message)
+            return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=True,
+                              backoff=spec.retry.backoff(claimed.attempt))
+        await self.store.start_attempt(claimed, agent=choice.agent, step_input=step_input, trace_id=trace_id,
+                                       choice=choice.record(), substitutions=substitutions)
+        timeout = spec.timeout or self.settings.planner_step_timeout
+        if task.deadline_at is not None:
+            timeout = min(timeout, (task.deadline_at - now).total_seconds())
+        request = agent_pb2.InvokeRequest(
+            skill=spec.skill,
+            input=_struct(step_input),
+            task_id=claimed.task_id,
+            step_id=claimed.step_id,
+            conversation_id=task.conversation_id or "",
+            idempotency_key=claimed.idempotency_key,
+            delegation_token=self.tokens.mint(
+                audience=choice.spiffe_id,
+                subject=task.on_behalf_of or task.submitted_by,
+                tenant=task.tenant,
+                scopes=task.scopes.split(),
+                task_id=claimed.task_id,
+                step_id=claimed.step_id,
+                actor_chain=(self.identity,),
+                ttl_seconds=timeout + 30,
+            ),
+        )
+        started = time.monotonic()
+        call = asyncio.ensure_future(self.dispatcher.invoke(choice.endpoint, request, timeout))
+        self._calls[claimed.row_id] = call
+        try:
+            reply = await call
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if call.cancelled() and not (current is not None and current.cancelling()):
+                raise _Abandoned() from None
+            raise
+        except MeshError as exc:
+            self._report(choice.agent, False, exc.code.name, time.monotonic() - started)
+            if exc.code.name == "UNAVAILABLE":
+                self.dispatcher.forget(spec)
+            retryable = exc.code.name in _RETRYABLE
+            return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=retryable,
+                              backoff=spec.retry.backoff(claimed.attempt))
+        finally:
+            if self._calls.get(claimed.row_id) is call:
+                del self._calls[claimed.row_id]
+        self._report(choice.agent, True, "", time.monotonic() - started)
+        usages = [
+            {"model": u.model_name, "version": u.model_version, "latency": u.latency.ToNanoseconds() / 1e9}
+            for u in reply.model_usages
+        ]
+        output = struct_to_dict(reply.output)
+        try:
+            check_output(output, size=reply.output.ByteSize(), max_bytes=self.settings.planner_max_output_bytes,
+                         schema=spec.accept_schema, rule=spec.accept_rule)
+        except OutputRejected as exc:
+            return AttemptEnd("FAILED", error_code="FAILED_PRECONDITION", error_message=str(exc),
+                              model_usages=usages, replayed=reply.replayed)
+        return AttemptEnd("SUCCEEDED", output=output, model_usages=usages, replayed=reply.replayed)
+
+    async def _record(self, claimed: Claimed, end: AttemptEnd) -> None:
+        """Record the end of an attempt, retrying through a database outage while the lease could still hold."""
+        backoff = 0.1
+        give_up = time.monotonic() + max(30.0, 6 * self.settings.planner_lease_ttl)
+        while True:
+            try:
+                recorded = await self.store.finish_attempt(claimed, end)
+                break
+            except Exception as exc:
+                if time.monotonic() > give_up:
+                    logger.warning("could not record step %s/%s (%s); another replica will retry it",
+                                   claimed.task_id, claimed.step_id, _brief(exc))
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(1.0, backoff * 2)
+        self._wake.set()
+        if recorded:
+            with contextlib.suppress(Exception):
+                task = await self.store.get_task(claimed.task_id)
+                if task.state in FINAL_TASK_STATES:
+                    await self._notify(task)
+
+    def _report(self, agent: dict[str, str], success: bool, code: str, latency: float) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._outcomes.put_nowait(
+                (agent["namespace"], agent["name"], agent["version"], agent["instance_id"], success, code, latency)
+            )
+
+    async def _notify(self, task: TaskRow) -> None:
+        for future in self._waiters.pop(task.task_id, []):
+            if not future.done():
+                future.set_result(None)
+        for callback in self._finish_listeners:
+            try:
+                await callback(task)
+            except Exception:
+                logger.exception("finish listener failed for task %s", task.task_id)
+
+    # ---- approvals ---------------------------------------------------------------------------------------
+
+    async def decide(self, task_id: str, step_id: str, *, approve: bool, by: str, comment: str) -> dict[str, Any]:
+        """Approve or reject a step waiting for approval."""
+        approval = await _db(self.store.decide(task_id, step_id, approve=approve, by=by, comment=comment))
+        self._wake.set()
+        if not approve:
+            await self._notify(await self.get(task_id))
+        return approval
+
+
+class _Abandoned(Exception):
+    """The step's agent call was cancelled because this replica no longer owns the step."""
+
+
+def _struct(data: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(data)
+    return struct
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+async def _db(call: Awaitable[Any]) -> Any:
+    """Run a store call; a database that cannot be reached is UNAVAILABLE to the caller (safe to retry)."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    try:
+        return await call
+    except (OperationalError, DBAPIError, OSError) as exc:
+        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            raise
+        raise UnavailableError(f"the planner's database cannot be reached: {_brief(exc)}") from None

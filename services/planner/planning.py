@@ -1,0 +1,123 @@
+"""Planning strategies, tried in order: a playbook (named, or matched to the task), a model-made plan, and
+capability matching (one step to the best discovered skill).
+
+Each strategy returns a plan document (see :mod:`plans`) or None; a proposed plan that fails validation is
+returned as a rejection (strategy, reason, proposal) and the next strategy is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmesh._errors import FailedPreconditionError, MeshError
+from agentmesh.services.planner.dispatch import Dispatcher
+from agentmesh.services.planner.plans import validate_plan
+from agentmesh.services.planner.playbooks import PlaybookLibrary
+
+__all__ = ["ModelPlanner", "PlanOutcome", "Planner"]
+
+logger = logging.getLogger(__name__)
+
+# A model-made plan strategy: (goal, task input, discovered candidates) -> proposed plan document or None.
+ModelPlanner = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class PlanOutcome:
+    """The plan chosen, why, and the proposals rejected on the way."""
+
+    plan: dict[str, Any]
+    reason: str
+    rejections: list[tuple[str, str, Any]] = field(default_factory=list)
+
+
+class Planner:
+    """Makes the first plan of a task."""
+
+    def __init__(
+        self, playbooks: PlaybookLibrary, dispatcher: Dispatcher | None, model: ModelPlanner | None = None
+    ) -> None:
+        self.playbooks = playbooks
+        self._dispatcher = dispatcher
+        self._model = model
+
+    async def plan(self, goal: str, task_input: dict[str, Any], playbook: str = "") -> PlanOutcome:
+        """The plan of a new task; FailedPreconditionError when no strategy can make one."""
+        if playbook:
+            return PlanOutcome(self.playbooks.get(playbook).render(goal), f"playbook {playbook!r} was requested")
+        matched = self.playbooks.match(goal, task_input)
+        if matched is not None:
+            return PlanOutcome(
+                matched.render(goal), f"playbook {matched.name!r} matched the task ({matched.description})"
+            )
+        rejections: list[tuple[str, str, Any]] = []
+        candidates = await self._candidates(goal)
+        if self._model is not None and candidates:
+            proposal: Any = None
+            try:
+                proposal = await self._model(goal, task_input, candidates)
+                if proposal is not None:
+                    check_references(proposal, candidates)
+                    return PlanOutcome(proposal, "a model composed the plan from the discovered skills", rejections)
+            except MeshError as exc:
+                rejections.append(("LLM", exc.message, proposal))
+                logger.info("model-made plan rejected: %s", exc.message)
+        if candidates:
+            return PlanOutcome(capability_plan(goal, task_input, candidates[0]), _why(candidates[0]), rejections)
+        raise FailedPreconditionError(
+            f"no plan for {goal!r}: no playbook matches and discovery found no agent for it"
+            + (f" (rejected: {rejections[-1][1]})" if rejections else "")
+        )
+
+    async def _candidates(self, goal: str) -> list[dict[str, Any]]:
+        if self._dispatcher is None or not goal.strip():
+            return []
+        query = {"intent": goal, "max_results": 8, "view": "BASIC"}
+        candidates, _ = await self._dispatcher.discover(query)
+        return [c for c in candidates if c["matched_skill"]]
+
+
+def check_references(proposal: Any, candidates: list[dict[str, Any]]) -> None:
+    """Validate a proposed plan, and that every step names a discovered agent and one of its skills."""
+    validate_plan(proposal)
+    offered = {(f"{c['namespace']}/{c['name']}", c["matched_skill"]) for c in candidates}
+    agents = {a for a, _ in offered}
+    for step in proposal["steps"]:
+        if step.get("kind", "agent") != "agent":
+            continue
+        names = (step.get("agent") or {}).get("names") or []
+        if not names:
+            raise FailedPreconditionError(f"step {step['id']!r} names no agent", reason="PLAN_UNKNOWN_AGENT")
+        unknown = [n for n in names if n not in agents]
+        if unknown:
+            raise FailedPreconditionError(
+                f"step {step['id']!r} names {unknown}, which discovery did not return for this task",
+                reason="PLAN_UNKNOWN_AGENT",
+            )
+
+
+def capability_plan(goal: str, task_input: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+    """One step to the best discovered skill, fed the whole task input."""
+    return {
+        "strategy": "CAPABILITY_MATCH",
+        "goal": goal,
+        "steps": [
+            {
+                "id": "main",
+                "description": f"{best['matched_skill']} on {best['namespace']}/{best['name']}",
+                "skill": best["matched_skill"],
+                "agent": {"names": [f"{best['namespace']}/{best['name']}"]},
+                "input": {key: f"${{task.input.{key}}}" for key in task_input},
+            }
+        ],
+    }
+
+
+def _why(best: dict[str, Any]) -> str:
+    return (
+        f"capability matching: {best['namespace']}/{best['name']} skill {best['matched_skill']} ranked first "
+        f"({'; '.join(best['reasons'])})"
+    )

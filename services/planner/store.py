@@ -1,0 +1,760 @@
+"""The planner's SQL: tasks, plans and step runs, one statement per state transition.
+
+Hot-path transitions (claim, renew, attempt start and end) are single Core statements; a step's end and
+what it unblocks run in one transaction that first locks the task row, so two replicas finishing sibling
+steps never both miss the step that joins them. Steps are claimed with ``FOR UPDATE SKIP LOCKED`` in
+batches on PostgreSQL (SQLite transactions are IMMEDIATE, one writer at a time, one planner).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from agentmesh._errors import FailedPreconditionError, NotFoundError
+from agentmesh.services.planner.plans import PlanDocument, content_hash
+from agentmesh.services.planner.rules import evaluate
+from agentmesh.services.planner.templates import Scope, Substitution, resolve
+from agentmesh.storage import (
+    CollaboratorChoice,
+    ParameterSubstitution,
+    Plan,
+    PlanRejection,
+    PlanStep,
+    StepApproval,
+    StepAttempt,
+    Task,
+    TaskEvent,
+    utcnow,
+)
+
+__all__ = ["AttemptEnd", "Claimed", "PlannerStore", "TaskRow"]
+
+TASKS = Task.__table__
+PLANS = Plan.__table__
+STEPS = PlanStep.__table__
+ATTEMPTS = StepAttempt.__table__
+CHOICES = CollaboratorChoice.__table__
+SUBSTITUTIONS = ParameterSubstitution.__table__
+APPROVALS = StepApproval.__table__
+EVENTS = TaskEvent.__table__
+REJECTIONS = PlanRejection.__table__
+
+FINAL_TASK_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+DONE_STEP_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task as stored."""
+
+    task_id: str
+    request_id: str | None
+    goal: str
+    input: dict[str, Any]
+    playbook: str
+    state: str
+    output: dict[str, Any] | None
+    error: str
+    conversation_id: str | None
+    parent_task_id: str | None
+    parent_step_id: str
+    submitted_by: str
+    on_behalf_of: str
+    tenant: str
+    scopes: str
+    trace_id: str
+    depth: int
+    deadline_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, row: Any) -> TaskRow:
+        """From a ``tasks`` row."""
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A step this replica holds the lease of, for one attempt."""
+
+    row_id: int
+    task_id: str
+    plan_id: str
+    step_id: str
+    attempt: int
+    max_attempts: int
+    idempotency_key: str
+    previous_instance_id: str
+    previous_endpoint: str
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How an attempt ended."""
+
+    state: str  # SUCCEEDED or FAILED
+    output: dict[str, Any] | None = None
+    error_code: str = ""
+    error_message: str = ""
+    retryable: bool = False
+    backoff: float = 0.0
+    model_usages: Sequence[dict[str, Any]] = ()
+    replayed: bool = False
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class PlannerStore:
+    """All planner reads and writes; one instance per planner process."""
+
+    def __init__(self, engine: AsyncEngine, *, owner: str) -> None:
+        self.engine = engine
+        # Reads never take SQLite's write lock (transactions begin IMMEDIATE by default); PostgreSQL ignores it.
+        self.reader = engine.execution_options(sqlite_begin="DEFERRED")
+        self.owner = owner
+        self.postgres = engine.dialect.name == "postgresql"
+        self._plans: dict[str, PlanDocument] = {}
+
+    # ---- tasks and plans ---------------------------------------------------------------------------------
+
+    async def find_request(self, submitted_by: str, request_id: str) -> TaskRow | None:
+        """The task an earlier submission with this request id made, if any."""
+        async with self.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(TASKS).where(TASKS.c.submitted_by == submitted_by, TASKS.c.request_id == request_id)
+                )
+            ).first()
+        return TaskRow.of(row) if row else None
+
+    async def create_task(
+        self,
+        values: dict[str, Any],
+        plan: dict[str, Any],
+        *,
+        reason: str,
+        rejections: Sequence[tuple[str, str, Any]] = (),
+    ) -> TaskRow:
+        """Store a task with its first plan and steps, and mark the steps that can start; idempotent on request id.
+
+        Returns the stored task: the new one, or the one an earlier submission with the same
+        ``(submitted_by, request_id)`` made (a concurrent duplicate loses the insert and reads the winner).
+        """
+        task_id = values["task_id"]
+        document = PlanDocument.parse(plan)
+        plan_id = _new_id("plan")
+        now = utcnow()
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(TASKS).values(**values, state="RUNNING", created_at=now, updated_at=now))
+                await conn.execute(
+                    sa.insert(PLANS).values(
+                        plan_id=plan_id,
+                        task_id=task_id,
+                        strategy=plan["strategy"],
+                        playbook=plan.get("playbook", ""),
+                        content_hash=content_hash(plan),
+                        plan=plan,
+                        version=1,
+                        reason=reason,
+                        created_at=now,
+                    )
+                )
+                await conn.execute(
+                    sa.insert(STEPS),
+                    [
+                        {
+                            "plan_id": plan_id,
+                            "task_id": task_id,
+                            "step_id": step.step_id,
+                            "position": position,
+                            "skill": step.skill,
+                            "depends_on": list(step.depends_on),
+                            "state": "PENDING",
+                            "max_attempts": step.retry.max_attempts,
+                            "idempotency_key": f"{task_id}/{step.step_id}",
+                            "updated_at": now,
+                        }
+                        for position, step in enumerate(document.steps.values())
+                    ],
+                )
+                if rejections:
+                    await conn.execute(
+                        sa.insert(REJECTIONS),
+                        [
+                            {"task_id": task_id, "strategy": s, "reason": r, "proposed": p, "created_at": now}
+                            for s, r, p in rejections
+                        ],
+                    )
+                await self._events(conn, task_id, [("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
+                self._plans[plan_id] = document
+                await self._advance(conn, task_id, plan_id, values["input"])
+        except IntegrityError:
+            if values.get("request_id"):
+                existing = await self.find_request(values["submitted_by"], values["request_id"])
+                if existing is not None:
+                    return existing
+            raise
+        return await self.get_task(task_id)
+
+    async def get_task(self, task_id: str) -> TaskRow:
+        """One task; NotFoundError when there is none."""
+        async with self.reader.connect() as conn:
+            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).first()
+        if row is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        return TaskRow.of(row)
+
+    async def list_tasks(
+        self,
+        *,
+        limit: int,
+        after: tuple[dt.datetime, str] | None,
+        state: str = "",
+        conversation_id: str = "",
+        submitted_by: str = "",
+        parent_task_id: str = "",
+    ) -> list[TaskRow]:
+        """Tasks newest first, after a (created_at, task_id) position, filtered."""
+        query = sa.select(TASKS).order_by(TASKS.c.created_at.desc(), TASKS.c.task_id.desc()).limit(limit)
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    TASKS.c.created_at < after[0],
+                    sa.and_(TASKS.c.created_at == after[0], TASKS.c.task_id < after[1]),
+                )
+            )
+        for column, value in (
+            (TASKS.c.state, state),
+            (TASKS.c.conversation_id, conversation_id),
+            (TASKS.c.submitted_by, submitted_by),
+            (TASKS.c.parent_task_id, parent_task_id),
+        ):
+            if value:
+                query = query.where(column == value)
+        async with self.reader.connect() as conn:
+            return [TaskRow.of(r) for r in (await conn.execute(query))]
+
+    async def count_children(self, parent_task_id: str) -> int:
+        """How many sub-tasks a task has."""
+        async with self.reader.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(TASKS).where(TASKS.c.parent_task_id == parent_task_id)
+            return int((await conn.execute(query)).scalar_one())
+
+    async def step_state(self, task_id: str, step_id: str) -> str | None:
+        """The state of one step of a task's current plan."""
+        async with self.reader.connect() as conn:
+            query = sa.select(STEPS.c.state).where(STEPS.c.task_id == task_id, STEPS.c.step_id == step_id)
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def plan(self, plan_id: str) -> PlanDocument:
+        """A plan document (immutable, so cached forever)."""
+        document = self._plans.get(plan_id)
+        if document is None:
+            async with self.reader.connect() as conn:
+                doc = (await conn.execute(sa.select(PLANS.c.plan).where(PLANS.c.plan_id == plan_id))).scalar_one()
+            document = self._plans[plan_id] = PlanDocument.parse(doc)
+        return document
+
+    # ---- durable execution -------------------------------------------------------------------------------
+
+    async def claim(self, limit: int, lease_ttl: float) -> list[Claimed]:
+        """Claim up to ``limit`` runnable steps (ready, or running under a lapsed lease) with a fresh lease."""
+        now = utcnow()
+        runnable = (
+            sa.select(STEPS.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(
+                        STEPS.c.state == "READY",
+                        sa.or_(STEPS.c.not_before.is_(None), STEPS.c.not_before <= now),
+                    ),
+                    sa.and_(STEPS.c.state == "RUNNING", STEPS.c.lease_expires_at < now),
+                )
+            )
+            .order_by(STEPS.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            sa.update(STEPS)
+            .where(STEPS.c.id.in_(runnable.scalar_subquery()))
+            .values(
+                state="RUNNING",
+                lease_owner=self.owner,
+                lease_expires_at=now + dt.timedelta(seconds=lease_ttl),
+                attempt_count=STEPS.c.attempt_count + 1,
+                started_at=sa.func.coalesce(STEPS.c.started_at, now),
+                updated_at=now,
+            )
+            .returning(
+                STEPS.c.id,
+                STEPS.c.task_id,
+                STEPS.c.plan_id,
+                STEPS.c.step_id,
+                STEPS.c.attempt_count,
+                STEPS.c.max_attempts,
+                STEPS.c.idempotency_key,
+                STEPS.c.agent_instance_id,
+                STEPS.c.agent_endpoint,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(claim)).all()
+            if rows:
+                await self._events(conn, None, [("STEP_STATE", r.step_id, "RUNNING", r.attempt_count, r.task_id) for r in rows])
+        return [Claimed(*row) for row in rows]
+
+    async def renew(self, row_ids: Sequence[int], lease_ttl: float) -> set[int]:
+        """Extend the leases this replica still holds on running steps; returns the ids still held."""
+        if not row_ids:
+            return set()
+        now = utcnow()
+        statement = (
+            sa.update(STEPS)
+            .where(STEPS.c.id.in_(list(row_ids)), STEPS.c.lease_owner == self.owner, STEPS.c.state == "RUNNING")
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_ttl))
+            .returning(STEPS.c.id)
+        )
+        async with self.engine.begin() as conn:
+            return {row.id for row in await conn.execute(statement)}
+
+    async def step_inputs(self, claimed: Claimed) -> tuple[TaskRow, Scope]:
+        """The task of a claimed step and what its templates may refer to (succeeded outputs)."""
+        async with self.reader.connect() as conn:
+            task = TaskRow.of((await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == claimed.task_id))).one())
+            outputs = {
+                r.step_id: r.output
+                for r in await conn.execute(
+                    sa.select(STEPS.c.step_id, STEPS.c.output).where(
+                        STEPS.c.plan_id == claimed.plan_id, STEPS.c.state == "SUCCEEDED"
+                    )
+                )
+            }
+        document = await self.plan(claimed.plan_id)
+        return task, Scope(task.input, outputs, document.aliases)
+
+    async def start_attempt(
+        self,
+        claimed: Claimed,
+        *,
+        agent: dict[str, str],
+        step_input: dict[str, Any],
+        trace_id: str,
+        choice: dict[str, Any] | None,
+        substitutions: Sequence[Substitution],
+    ) -> None:
+        """Record an attempt before its call: the agent and instance chosen (so a retry can go back to it)."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(STEPS)
+                .where(STEPS.c.id == claimed.row_id)
+                .values(
+                    agent_namespace=agent.get("namespace", ""),
+                    agent_name=agent.get("name", ""),
+                    agent_version=agent.get("version", ""),
+                    agent_endpoint=agent.get("endpoint", ""),
+                    agent_instance_id=agent.get("instance_id", ""),
+                    input=step_input,
+                )
+            )
+            await conn.execute(
+                sa.insert(ATTEMPTS).values(
+                    plan_step_id=claimed.row_id,
+                    task_id=claimed.task_id,
+                    step_id=claimed.step_id,
+                    attempt=claimed.attempt,
+                    agent_namespace=agent.get("namespace", ""),
+                    agent_name=agent.get("name", ""),
+                    agent_version=agent.get("version", ""),
+                    agent_endpoint=agent.get("endpoint", ""),
+                    agent_instance_id=agent.get("instance_id", ""),
+                    state="RUNNING",
+                    trace_id=trace_id,
+                    planner=self.owner,
+                    started_at=now,
+                )
+            )
+            if choice is not None:
+                await conn.execute(
+                    sa.insert(CHOICES).values(
+                        task_id=claimed.task_id, plan_id=claimed.plan_id, step_id=claimed.step_id,
+                        attempt=claimed.attempt, created_at=now, **choice,
+                    )
+                )
+            if substitutions:
+                await conn.execute(
+                    sa.insert(SUBSTITUTIONS),
+                    [
+                        {
+                            "task_id": claimed.task_id,
+                            "step_id": claimed.step_id,
+                            "attempt": claimed.attempt,
+                            "field_path": s.field_path,
+                            "template": s.template,
+                            "value": s.value,
+                            "source": s.source,
+                            "source_step_id": s.source_step_id,
+                            "created_at": now,
+                        }
+                        for s in substitutions
+                    ],
+                )
+
+    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd) -> bool:
+        """Record how an attempt ended and move the plan on; False when the lease was lost meanwhile."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            task_state = await self._lock_task(conn, claimed.task_id)
+            await conn.execute(
+                sa.update(ATTEMPTS)
+                .where(ATTEMPTS.c.plan_step_id == claimed.row_id, ATTEMPTS.c.attempt == claimed.attempt)
+                .values(
+                    state=end.state,
+                    error_code=end.error_code,
+                    error_message=end.error_message[:4000],
+                    finished_at=now,
+                    model_usages=list(end.model_usages),
+                    replayed=end.replayed,
+                )
+            )
+            held = (STEPS.c.id == claimed.row_id, STEPS.c.lease_owner == self.owner,
+                    STEPS.c.attempt_count == claimed.attempt, STEPS.c.state == "RUNNING")
+            if task_state in FINAL_TASK_STATES:
+                # Cancelled or failed meanwhile: the attempt is recorded; the step stays as the task left it.
+                await self._events(conn, claimed.task_id, [("ATTEMPT", claimed.step_id, end.state, claimed.attempt)])
+                return False
+            if end.state == "SUCCEEDED":
+                values: dict[str, Any] = {"state": "SUCCEEDED", "output": end.output, "finished_at": now}
+            elif end.retryable and claimed.attempt < claimed.max_attempts:
+                values = {
+                    "state": "READY",
+                    "not_before": now + dt.timedelta(seconds=end.backoff),
+                    "error_code": end.error_code,
+                    "error_message": end.error_message[:4000],
+                }
+            else:
+                values = {
+                    "state": "FAILED",
+                    "error_code": end.error_code,
+                    "error_message": end.error_message[:4000],
+                    "finished_at": now,
+                }
+            changed = await conn.execute(
+                sa.update(STEPS).where(*held).values(**values, lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
+            if changed.rowcount == 0:
+                return False
+            await self._events(
+                conn,
+                claimed.task_id,
+                [("ATTEMPT", claimed.step_id, end.state, claimed.attempt),
+                 ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt)],
+            )
+            if values["state"] == "FAILED":
+                await self._end_task(
+                    conn, claimed.task_id, "FAILED",
+                    error=f"step {claimed.step_id} failed: {end.error_code} {end.error_message}".strip(),
+                )
+            elif values["state"] == "SUCCEEDED":
+                task_input = (
+                    await conn.execute(sa.select(TASKS.c.input).where(TASKS.c.task_id == claimed.task_id))
+                ).scalar_one()
+                await self._advance(conn, claimed.task_id, claimed.plan_id, task_input)
+        return True
+
+    async def fail_claimed(self, claimed: Claimed, error_code: str, message: str) -> None:
+        """Fail a claimed step before any call was made (no agent, bad template, task deadline passed)."""
+        await self.finish_attempt(claimed, AttemptEnd("FAILED", error_code=error_code, error_message=message))
+
+    async def _lock_task(self, conn: AsyncConnection, task_id: str) -> str:
+        query = sa.select(TASKS.c.state).where(TASKS.c.task_id == task_id)
+        if self.postgres:
+            query = query.with_for_update()
+        return str((await conn.execute(query)).scalar_one())
+
+    async def _advance(self, conn: AsyncConnection, task_id: str, plan_id: str, task_input: dict[str, Any]) -> None:
+        """Move every pending step whose dependencies are done to READY, SKIPPED or WAITING_APPROVAL; end the task
+        when every step is done. Runs until nothing changes (a skip can unblock or skip its dependents)."""
+        document = await self.plan(plan_id)
+        rows = (
+            await conn.execute(
+                sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output).where(STEPS.c.plan_id == plan_id)
+            )
+        ).all()
+        states = {r.step_id: r.state for r in rows}
+        outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
+        now = utcnow()
+        changes: dict[str, str] = {}
+        approvals: list[dict[str, Any]] = []
+        progress = True
+        while progress:
+            progress = False
+            for step_id, state in states.items():
+                if state != "PENDING":
+                    continue
+                spec = document.steps[step_id]
+                deps = [states[d] for d in spec.depends_on]
+                if any(d not in DONE_STEP_STATES for d in deps):
+                    continue
+                scope = Scope(task_input, outputs, document.aliases)
+                if any(d != "SUCCEEDED" for d in deps):
+                    new = "SKIPPED"
+                elif spec.when and not evaluate(spec.when, scope.cel_activation())[0]:
+                    new = "SKIPPED"
+                elif spec.approval is not None and (
+                    not spec.approval.get("when") or evaluate(spec.approval["when"], scope.cel_activation())[0]
+                ):
+                    new = "WAITING_APPROVAL"
+                    timeout = float(spec.approval.get("timeout") or 3600.0)
+                    approvals.append(
+                        {
+                            "task_id": task_id,
+                            "step_id": step_id,
+                            "state": "PENDING",
+                            "reason": spec.approval.get("reason", ""),
+                            "requested_at": now,
+                            "deadline_at": now + dt.timedelta(seconds=timeout),
+                        }
+                    )
+                else:
+                    new = "READY"
+                states[step_id] = changes[step_id] = new
+                progress = True
+        for new in ("READY", "SKIPPED", "WAITING_APPROVAL"):
+            ids = [s for s, v in changes.items() if v == new]
+            if ids:
+                extra = {"finished_at": now} if new == "SKIPPED" else {}
+                await conn.execute(
+                    sa.update(STEPS)
+                    .where(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(ids), STEPS.c.state == "PENDING")
+                    .values(state=new, updated_at=now, **extra)
+                )
+        events = [("STEP_STATE", s, v, 0) for s, v in changes.items()]
+        if approvals:
+            await conn.execute(sa.insert(APPROVALS), approvals)
+            await conn.execute(
+                sa.update(TASKS).where(TASKS.c.task_id == task_id).values(state="WAITING_APPROVAL", updated_at=now)
+            )
+            events += [("APPROVAL", a["step_id"], "PENDING", 0) for a in approvals]
+            events.append(("TASK_STATE", "", "WAITING_APPROVAL", 0))
+        if events:
+            await self._events(conn, task_id, events)
+        if all(v in DONE_STEP_STATES for v in states.values()):
+            scope = Scope(task_input, outputs, document.aliases)
+            output, _ = resolve(document.doc.get("output") or {}, scope) if document.doc.get("output") else (
+                {sid: outputs[sid] for sid in states if sid in outputs}, []
+            )
+            await self._end_task(conn, task_id, "SUCCEEDED", output=output)
+
+    async def _end_task(
+        self, conn: AsyncConnection, task_id: str, state: str, *, error: str = "", output: dict[str, Any] | None = None
+    ) -> None:
+        """Put a task in a final state; steps not done are SKIPPED (CANCELLED when cancelling)."""
+        now = utcnow()
+        leftover = "CANCELLED" if state == "CANCELLED" else "SKIPPED"
+        await conn.execute(
+            sa.update(STEPS)
+            .where(STEPS.c.task_id == task_id, STEPS.c.state.notin_(DONE_STEP_STATES))
+            .values(state=leftover, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+        )
+        await conn.execute(
+            sa.update(APPROVALS)
+            .where(APPROVALS.c.task_id == task_id, APPROVALS.c.state == "PENDING")
+            .values(state="REJECTED", comment=f"task {state.lower()}", decided_at=now)
+        )
+        await conn.execute(
+            sa.update(TASKS)
+            .where(TASKS.c.task_id == task_id, TASKS.c.state.notin_(FINAL_TASK_STATES))
+            .values(state=state, error=error[:4000], output=output, updated_at=now)
+        )
+        await self._events(conn, task_id, [("TASK_STATE", "", state, 0)])
+
+    async def _events(
+        self, conn: AsyncConnection, task_id: str | None, events: Sequence[tuple[Any, ...]]
+    ) -> None:
+        now = utcnow()
+        await conn.execute(
+            sa.insert(EVENTS),
+            [
+                {
+                    "task_id": e[4] if len(e) > 4 else task_id,
+                    "type": e[0],
+                    "step_id": e[1],
+                    "state": e[2],
+                    "attempt": e[3],
+                    "created_at": now,
+                }
+                for e in events
+            ],
+        )
+
+    # ---- cancellation, approvals, deadlines --------------------------------------------------------------
+
+    async def cancel(self, task_id: str, reason: str) -> TaskRow:
+        """Cancel a task: nothing more is scheduled, running steps are CANCELLED (their calls abandoned)."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(TASKS.c.state).where(TASKS.c.task_id == task_id))).first()
+            if row is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            state = await self._lock_task(conn, task_id)
+            if state in FINAL_TASK_STATES:
+                if state != "CANCELLED":
+                    raise FailedPreconditionError(f"task {task_id} already ended {state}; it cannot be cancelled")
+            else:
+                await self._end_task(conn, task_id, "CANCELLED", error=f"cancelled: {reason}" if reason else "cancelled")
+        return await self.get_task(task_id)
+
+    async def decide(self, task_id: str, step_id: str, *, approve: bool, by: str, comment: str) -> dict[str, Any]:
+        """Approve or reject a step waiting for approval; returns the decided approval row."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            state = await self._lock_task(conn, task_id) if await self._task_exists(conn, task_id) else None
+            if state is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            approval = (
+                await conn.execute(
+                    sa.select(APPROVALS).where(APPROVALS.c.task_id == task_id, APPROVALS.c.step_id == step_id)
+                )
+            ).first()
+            if approval is None:
+                raise NotFoundError(f"step {step_id!r} of task {task_id} has no approval request")
+            if approval.state != "PENDING":
+                raise FailedPreconditionError(
+                    f"step {step_id} of task {task_id} was already decided: {approval.state}"
+                )
+            decision = "APPROVED" if approve else "REJECTED"
+            await conn.execute(
+                sa.update(APPROVALS)
+                .where(APPROVALS.c.id == approval.id)
+                .values(state=decision, decided_by=by, comment=comment, decided_at=now)
+            )
+            await self._after_decision(conn, task_id, step_id, decision, by, comment, now)
+            row = (await conn.execute(sa.select(APPROVALS).where(APPROVALS.c.id == approval.id))).one()
+        return dict(row._mapping)
+
+    async def _task_exists(self, conn: AsyncConnection, task_id: str) -> bool:
+        return (await conn.execute(sa.select(TASKS.c.task_id).where(TASKS.c.task_id == task_id))).first() is not None
+
+    async def _after_decision(
+        self, conn: AsyncConnection, task_id: str, step_id: str, decision: str, by: str, comment: str, now: dt.datetime
+    ) -> None:
+        events: list[tuple[Any, ...]] = [("APPROVAL", step_id, decision, 0)]
+        if decision == "APPROVED":
+            await conn.execute(
+                sa.update(STEPS)
+                .where(STEPS.c.task_id == task_id, STEPS.c.step_id == step_id, STEPS.c.state == "WAITING_APPROVAL")
+                .values(state="READY", updated_at=now)
+            )
+            waiting = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(STEPS).where(
+                        STEPS.c.task_id == task_id, STEPS.c.state == "WAITING_APPROVAL"
+                    )
+                )
+            ).scalar_one()
+            if not waiting:
+                await conn.execute(
+                    sa.update(TASKS)
+                    .where(TASKS.c.task_id == task_id, TASKS.c.state == "WAITING_APPROVAL")
+                    .values(state="RUNNING", updated_at=now)
+                )
+                events.append(("TASK_STATE", "", "RUNNING", 0))
+            events.append(("STEP_STATE", step_id, "READY", 0))
+            await self._events(conn, task_id, events)
+            return
+        why = "approval timed out" if decision == "TIMED_OUT" else f"rejected by {by}"
+        await conn.execute(
+            sa.update(STEPS)
+            .where(STEPS.c.task_id == task_id, STEPS.c.step_id == step_id)
+            .values(state="FAILED", error_code="PERMISSION_DENIED", error_message=f"{why}: {comment}".strip(": "),
+                    finished_at=now, updated_at=now)
+        )
+        events.append(("STEP_STATE", step_id, "FAILED", 0))
+        await self._events(conn, task_id, events)
+        await self._end_task(conn, task_id, "FAILED", error=f"step {step_id} {why}" + (f": {comment}" if comment else ""))
+
+    async def sweep(self) -> int:
+        """Time out approvals and tasks past their deadline; returns how many were ended."""
+        now = utcnow()
+        ended = 0
+        approvals = (
+            sa.select(APPROVALS.c.id, APPROVALS.c.task_id, APPROVALS.c.step_id)
+            .where(APPROVALS.c.state == "PENDING", APPROVALS.c.deadline_at < now)
+            .limit(100)
+            .with_for_update(skip_locked=True)
+        )
+        tasks = (
+            sa.select(TASKS.c.task_id)
+            .where(TASKS.c.state.in_(("RUNNING", "WAITING_APPROVAL")), TASKS.c.deadline_at < now)
+            .limit(100)
+            .with_for_update(skip_locked=True)
+        )
+        async with self.engine.begin() as conn:
+            for row in (await conn.execute(approvals)).all():
+                await conn.execute(
+                    sa.update(APPROVALS).where(APPROVALS.c.id == row.id).values(
+                        state="TIMED_OUT", comment="no decision before the deadline", decided_at=now
+                    )
+                )
+                await self._after_decision(conn, row.task_id, row.step_id, "TIMED_OUT", "", "", now)
+                ended += 1
+            for row in (await conn.execute(tasks)).all():
+                await self._end_task(conn, row.task_id, "FAILED", error="DEADLINE_EXCEEDED: the task ran past its deadline")
+                ended += 1
+        return ended
+
+    # ---- reads for WatchTask and ExplainTask -------------------------------------------------------------
+
+    async def events_after(self, task_id: str, cursor: int, limit: int = 500) -> list[Any]:
+        """Events of a task after a cursor, in order."""
+        async with self.reader.connect() as conn:
+            query = (
+                sa.select(EVENTS)
+                .where(EVENTS.c.task_id == task_id, EVENTS.c.id > cursor)
+                .order_by(EVENTS.c.id)
+                .limit(limit)
+            )
+            return list((await conn.execute(query)).all())
+
+    async def explanation(self, task_id: str) -> dict[str, list[Any]]:
+        """Every stored record about one task, each kind in order."""
+        async with self.reader.connect() as conn:
+            async def rows(query: Any) -> list[Any]:
+                return list((await conn.execute(query)).all())
+
+            return {
+                "plans": await rows(sa.select(PLANS).where(PLANS.c.task_id == task_id).order_by(PLANS.c.version)),
+                "steps": await rows(
+                    sa.select(STEPS).where(STEPS.c.task_id == task_id).order_by(STEPS.c.plan_id, STEPS.c.position)
+                ),
+                "attempts": await rows(
+                    sa.select(ATTEMPTS).where(ATTEMPTS.c.task_id == task_id).order_by(ATTEMPTS.c.started_at, ATTEMPTS.c.id)
+                ),
+                "choices": await rows(sa.select(CHOICES).where(CHOICES.c.task_id == task_id).order_by(CHOICES.c.id)),
+                "substitutions": await rows(
+                    sa.select(SUBSTITUTIONS).where(SUBSTITUTIONS.c.task_id == task_id).order_by(SUBSTITUTIONS.c.id)
+                ),
+                "approvals": await rows(
+                    sa.select(APPROVALS).where(APPROVALS.c.task_id == task_id).order_by(APPROVALS.c.id)
+                ),
+                "rejections": await rows(
+                    sa.select(REJECTIONS).where(REJECTIONS.c.task_id == task_id).order_by(REJECTIONS.c.id)
+                ),
+                "children": await rows(
+                    sa.select(TASKS.c.task_id).where(TASKS.c.parent_task_id == task_id).order_by(TASKS.c.created_at)
+                ),
+            }

@@ -1,0 +1,238 @@
+"""The planner on real servers: a registry, a test agent over mTLS, SQLite and PostgreSQL.
+
+Each test is a story a user of TaskService would tell: submit, watch, cancel, explain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from agentmesh._settings import Settings
+from agentmesh.agent import AgentRuntime
+from agentmesh.v1 import task_pb2
+from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.planner import PlannerMesh
+from tests.integration.planner_agents import Worker
+
+FAN_OUT = """
+name: fan
+match: [fan]
+defaults: {agent: {names: [testing/worker]}, timeout: 10, retry: {max_attempts: 3, initial_backoff: 0.05}}
+steps:
+  - {id: first, skill: shout, input: {text: "${task.input.text}"}, accept: {rule: "size(output.text) > 0"}}
+  - {id: left, skill: slow, depends_on: [first], input: {label: "L ${steps.first.output.text}", seconds: 0.4}}
+  - {id: right, skill: slow, depends_on: [first], input: {label: R, seconds: 0.4}}
+  - id: last
+    skill: echo_any
+    depends_on: [left, right]
+    input: {left: "${steps.left.output.label}", right: "${steps.right.output}", email: "${task.input.email}"}
+output: {answer: "${steps.last.output.left}", first: "${steps.first.output.text}"}
+"""
+
+ODD = """
+name: odd
+defaults: {agent: {names: [testing/worker]}, timeout: 10, retry: {max_attempts: 2, initial_backoff: 0.05}}
+steps:
+  - {id: first, skill: inject, input: {text: x}}
+  - {id: second, skill: shout, depends_on: [first], input: {text: "got ${steps.first.output.text}"}}
+  - {id: third, skill: echo_any, depends_on: [first], input: {passed: "${steps.first.output.text}"}}
+"""
+
+BIG = """
+name: big
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: blob, skill: blob, input: {size: "${task.input.size}"}}
+"""
+
+SCHEMA = """
+name: schema
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - id: checked
+    skill: shout
+    input: {text: "${task.input.text}"}
+    accept: {schema: {type: object, required: [text], properties: {text: {type: string, maxLength: 3}}}}
+"""
+
+FLAKY = """
+name: flaky
+defaults: {agent: {names: [testing/worker]}, timeout: 10, retry: {max_attempts: 3, initial_backoff: 0.05}}
+steps:
+  - {id: only, skill: flaky, input: {text: "${task.input.text}"}}
+"""
+
+SLOW = """
+name: slow
+defaults: {agent: {names: [testing/worker]}, timeout: 30}
+steps:
+  - {id: wait, skill: slow, input: {label: long, seconds: 20}}
+  - {id: after, skill: shout, depends_on: [wait], input: {text: never}}
+"""
+
+
+@pytest.fixture
+async def worker(planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity) -> AsyncIterator[Worker]:
+    """One registered instance of the test agent; the planner learns the test playbooks."""
+    issue_identity("agent", "testing/worker")
+    settings = mesh_settings.replace(lease_ttl=2.0)
+    agent = Worker(settings)
+    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        for text in (FAN_OUT, ODD, BIG, SCHEMA, FLAKY, SLOW):
+            planner_mesh.add_playbook(text)
+        yield agent
+
+
+async def test_a_playbook_runs_independent_steps_in_parallel_and_explains_every_choice(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    task = await planner_mesh.submit("fan out", {"text": "hi", "email": "ann@example.com"}, playbook="fan")
+    assert task.state == task_pb2.TASK_STATE_RUNNING and task.task_id
+
+    done = await planner_mesh.wait(task.task_id)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+    assert dict(done.output) == {"answer": "L HI", "first": "HI"}
+
+    explanation = await planner_mesh.explain(task.task_id)
+    plan = explanation.plan
+    assert plan.strategy == task_pb2.PLAN_STRATEGY_PLAYBOOK and plan.playbook == "fan" and len(plan.content_hash) == 64
+    assert [s.step_id for s in plan.steps] == ["first", "left", "right", "last"]
+    assert all(s.state == task_pb2.STEP_STATE_SUCCEEDED for s in plan.steps)
+    assert {s.idempotency_key for s in plan.steps} == {f"{task.task_id}/{s}" for s in ("first", "left", "right", "last")}
+    # left and right ran at the same time: each took 0.4 s, and they overlapped.
+    attempts = {a.step_id: a for a in explanation.attempts}
+    left, right = attempts["left"], attempts["right"]
+    assert left.start_time.ToDatetime() < right.end_time.ToDatetime()
+    assert right.start_time.ToDatetime() < left.end_time.ToDatetime()
+    for attempt in explanation.attempts:
+        assert attempt.agent.name == "worker" and attempt.agent.version == "1.0.0"
+        assert attempt.agent.endpoint and attempt.agent.instance_id and attempt.planner
+        assert attempt.attempt == 1 and len(attempt.trace_id) == 32
+    # Who was chosen, from which ranked answer, and why.
+    choices = {c.step_id: c for c in explanation.collaborators}
+    assert set(choices) == {"first", "left", "right", "last"}
+    assert choices["first"].candidates and choices["first"].candidates[0].reasons
+    assert choices["first"].query.characteristics.skill == "shout" and choices["first"].reason
+    # Every substitution is logged with its source and attempt; the email is redacted in the log.
+    subs = {(s.step_id, s.field_path): s for s in explanation.substitutions}
+    assert subs["left", "label"].template == "${steps.first.output.text}"
+    assert subs["left", "label"].source_step_id == "first" and subs["left", "label"].attempt == 1
+    assert subs["last", "email"].value.string_value == "[email]"
+    assert subs["last", "right"].value.struct_value["label"] == "R"
+    assert worker.completed[f"{task.task_id}/first"] == 1
+
+
+async def test_submitting_twice_with_one_request_id_makes_one_task(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    first = await planner_mesh.submit("fan", {"text": "a"}, playbook="fan", request_id="req-1")
+    again = await planner_mesh.submit("fan", {"text": "a"}, playbook="fan", request_id="req-1")
+    other = await planner_mesh.submit("fan", {"text": "a"}, playbook="fan", request_id="req-2")
+    assert first.task_id == again.task_id != other.task_id
+    await planner_mesh.wait(first.task_id)
+    await planner_mesh.wait(other.task_id)
+
+
+async def test_agent_output_that_looks_like_a_template_is_passed_on_as_text(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    task = await planner_mesh.submit("odd", {"secret": "s3cr3t"}, playbook="odd")
+    done = await planner_mesh.wait(task.task_id)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+    text = "${task.input.secret} and ${steps.first.output.text}"
+    assert done.output["second"]["text"] == f"GOT {text}".upper().replace("${TASK.INPUT.SECRET}", "${TASK.INPUT.SECRET}")
+    assert done.output["third"]["passed"] == text
+    assert "s3cr3t" not in str(done.output)
+
+
+async def test_an_oversized_or_schema_breaking_output_fails_its_step_cleanly(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    planner_mesh.planner.engine.settings = planner_mesh.planner.engine.settings.replace(planner_max_output_bytes=50_000)
+    big = await planner_mesh.submit("big", {"size": 60_000}, playbook="big")
+    done = await planner_mesh.wait(big.task_id)
+    assert done.state == task_pb2.TASK_STATE_FAILED
+    assert "over the 50000-byte limit" in done.error and "FAILED_PRECONDITION" in done.error
+    small = await planner_mesh.wait((await planner_mesh.submit("big", {"size": 10}, playbook="big")).task_id)
+    assert small.state == task_pb2.TASK_STATE_SUCCEEDED
+
+    bad = await planner_mesh.wait((await planner_mesh.submit("schema", {"text": "long"}, playbook="schema")).task_id)
+    assert bad.state == task_pb2.TASK_STATE_FAILED and "breaks its schema at text" in bad.error
+    explanation = await planner_mesh.explain(bad.task_id)
+    assert [a.state for a in explanation.attempts] == [task_pb2.STEP_STATE_FAILED]  # not retried: same output again
+
+
+async def test_a_transient_failure_is_retried_with_the_same_idempotency_key(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    task = await planner_mesh.submit("flaky", {"text": "yo"}, playbook="flaky")
+    done = await planner_mesh.wait(task.task_id)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+    explanation = await planner_mesh.explain(task.task_id)
+    states = [(a.attempt, a.state, a.error_code) for a in explanation.attempts]
+    assert states[-1][:2] == (len(states), task_pb2.STEP_STATE_SUCCEEDED)
+    assert (1, task_pb2.STEP_STATE_FAILED, "ABORTED") in states
+    assert worker.completed[f"{task.task_id}/only"] == 1
+
+
+async def test_cancel_stops_a_running_task(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    task = await planner_mesh.submit("slow", {}, playbook="slow")
+    async with asyncio.timeout(10):
+        await worker.started.wait()
+    stub = planner_mesh.stub()
+    reply = await stub.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="changed my mind"), timeout=10)
+    assert reply.task.state == task_pb2.TASK_STATE_CANCELLED
+    explanation = await planner_mesh.explain(task.task_id)
+    assert {s.step_id: s.state for s in explanation.plan.steps} == {
+        "wait": task_pb2.STEP_STATE_CANCELLED,
+        "after": task_pb2.STEP_STATE_CANCELLED,
+    }
+    assert worker.completed[f"{task.task_id}/wait"] == 0
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CancelTask(task_pb2.CancelTaskRequest(task_id="task-nope"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_list_tasks_pages_and_filters(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    ids = [(await planner_mesh.submit("fan", {"text": str(i)}, playbook="fan")).task_id for i in range(5)]
+    for task_id in ids:
+        await planner_mesh.wait(task_id)
+    stub = planner_mesh.stub()
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListTasks(task_pb2.ListTasksRequest(page_size=2, page_token=token), timeout=10)
+        assert len(page.tasks) <= 2
+        seen += [t.task_id for t in page.tasks]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == list(reversed(ids))
+    done = await stub.ListTasks(task_pb2.ListTasksRequest(state=task_pb2.TASK_STATE_SUCCEEDED), timeout=10)
+    assert {t.task_id for t in done.tasks} == set(ids)
+    mine = await stub.ListTasks(
+        task_pb2.ListTasksRequest(submitted_by="spiffe://agentmesh.test/client/someone-else"), timeout=10
+    )
+    assert not mine.tasks
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.ListTasks(task_pb2.ListTasksRequest(page_token="garbage!"), timeout=10)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_watch_task_streams_events_and_resumes_from_a_cursor(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    task = await planner_mesh.submit("fan", {"text": "w"}, playbook="fan")
+    stub = planner_mesh.stub()
+    events = [e async for e in stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id), timeout=30)]
+    assert events[-1].type == task_pb2.TASK_EVENT_TYPE_TASK_STATE
+    assert events[-1].task.state == task_pb2.TASK_STATE_SUCCEEDED
+    kinds = {e.type for e in events}
+    assert {task_pb2.TASK_EVENT_TYPE_PLAN_CREATED, task_pb2.TASK_EVENT_TYPE_STEP_STATE, task_pb2.TASK_EVENT_TYPE_ATTEMPT} <= kinds
+    middle = events[len(events) // 2]
+    resumed = [
+        e async for e in stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, cursor=middle.cursor), timeout=30)
+    ]
+    assert [e.cursor for e in resumed] == [e.cursor for e in events[len(events) // 2 + 1 :]]
