@@ -77,8 +77,8 @@ def tokenize(text: str) -> list[str]:
 
 
 def _tokenize_unicode(text: str) -> list[str]:
-    # ё is written е as often as not; NFKC folds full-width letters and composes accents.
-    text = unicodedata.normalize("NFKC", text).casefold().replace("ё", "е")
+    # Russian yo (U+0451) is written ye (U+0435) as often as not; NFKC folds full-width letters, composes accents.
+    text = unicodedata.normalize("NFKC", text).casefold().replace("\u0451", "\u0435")
     out = []
     for unspaced, word in _UNICODE_TOKEN.findall(text):
         if word:
