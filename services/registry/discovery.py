@@ -361,8 +361,8 @@ class AgentIndex:
             if key
         ]
         terms = tokenize(query.intent) if query.intent else []
-        if not terms and query.intent.strip():
-            return DiscoveryResult([], visible_count, 0)  # an intent with no word any card can hold matches none
+        if not terms and query.intent.strip():  # an intent with no word any card can hold matches none
+            return DiscoveryResult([], visible_count, 0)
         if terms and not (
             keyed or query.required_policies or query.version_constraint is not None or visible is not None
         ):
