@@ -36,8 +36,10 @@ class Conversation(Base):
     WHERE conversation_id = :id AND version = :expected_version``; zero rows updated means a stale
     ``expected_version`` (ABORTED). Columns: ``conversation_id`` (primary key); ``request_id``
     (client-chosen idempotency key, unique per ``owner``; NULL when not given); ``title``; ``version``;
-    ``labels`` (JSON object str -> str); ``owner`` (creating identity); ``created_at``; ``updated_at``.
-    Listing pages newest first by ``(created_at, conversation_id)``, optionally for one ``owner``.
+    ``labels`` (JSON object str -> str); ``owner`` (creating identity); ``on_behalf_of`` and ``tenant``
+    (the end user it belongs to, from a delegation token; "" when none); ``created_at``; ``updated_at``.
+    Listing pages newest first by ``(created_at, conversation_id)``, optionally for one ``owner`` or
+    one end user.
     """
 
     __tablename__ = "conversations"
@@ -45,6 +47,7 @@ class Conversation(Base):
         UniqueConstraint("owner", "request_id"),
         Index(None, "created_at", "conversation_id"),
         Index(None, "owner", "created_at", "conversation_id"),
+        Index(None, "tenant", "on_behalf_of", "created_at", "conversation_id"),
     )
 
     conversation_id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
@@ -53,6 +56,8 @@ class Conversation(Base):
     version: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     labels: Mapped[dict[str, str]] = mapped_column(JSONDoc, default=dict, server_default=text("'{}'"))
     owner: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
+    on_behalf_of: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
+    tenant: Mapped[str] = mapped_column(String(128), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=func.now())
 
@@ -74,7 +79,7 @@ class ConversationMessage(Base):
     current version" (never deleted). Columns: ``message_id`` (primary key); ``conversation_id`` ->
     conversations; ``version``; ``parent_version``; ``rolled_back_to``; ``request_id`` (client-chosen
     idempotency key, unique per conversation; NULL when not given); ``role`` (USER, AGENT, SYSTEM);
-    ``author``; ``text``; ``data`` (JSON, optional); ``task_id`` -> tasks (task started by or answering
+    ``author`` (SPIFFE id); ``on_behalf_of`` (end user, when the write carried their token); ``text``; ``data`` (JSON, optional); ``task_id`` -> tasks (task started by or answering
     the message); ``hidden``; ``created_at``.
     """
 
@@ -95,6 +100,7 @@ class ConversationMessage(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     role: Mapped[str] = mapped_column(String(16))
     author: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
+    on_behalf_of: Mapped[str] = mapped_column(String(_IDENTITY), default="", server_default="")
     text: Mapped[str] = mapped_column(Text, default="", server_default="")
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONDoc)
     task_id: Mapped[str | None] = mapped_column(String(_ID), ForeignKey("tasks.task_id", ondelete="SET NULL"))

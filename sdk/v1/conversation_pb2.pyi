@@ -83,6 +83,8 @@ class Conversation(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Conversation id."""
     title: _builtins.str
@@ -91,6 +93,10 @@ class Conversation(_message.Message):
     """Version; each write adds one."""
     owner: _builtins.str
     """Identity that created it."""
+    on_behalf_of: _builtins.str
+    """End user it belongs to (subject of the delegation token it was created with); empty when none."""
+    tenant: _builtins.str
+    """Tenant of that end user."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free key/value labels."""
@@ -113,10 +119,12 @@ class Conversation(_message.Message):
         owner: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        on_behalf_of: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "labels", b"labels", "owner", b"owner", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "labels", b"labels", "on_behalf_of", b"on_behalf_of", "owner", b"owner", "tenant", b"tenant", "title", b"title", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -139,6 +147,7 @@ class ConversationMessage(_message.Message):
     PARENT_VERSION_FIELD_NUMBER: _builtins.int
     HIDDEN_FIELD_NUMBER: _builtins.int
     ROLLED_BACK_TO_VERSION_FIELD_NUMBER: _builtins.int
+    ON_BEHALF_OF_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Message id."""
     version: _builtins.int
@@ -157,6 +166,8 @@ class ConversationMessage(_message.Message):
     """Whether a later rollback took this message out of the conversation (it stays in the history)."""
     rolled_back_to_version: _builtins.int
     """Version a rollback returned to, when this message records a rollback (0 otherwise)."""
+    on_behalf_of: _builtins.str
+    """End user the author wrote for, when the call carried their delegation token."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Structured payload, if any."""
@@ -179,10 +190,11 @@ class ConversationMessage(_message.Message):
         parent_version: _builtins.int = ...,
         hidden: _builtins.bool = ...,
         rolled_back_to_version: _builtins.int = ...,
+        on_behalf_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "data", b"data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "create_time", b"create_time", "data", b"data", "hidden", b"hidden", "message_id", b"message_id", "parent_version", b"parent_version", "role", b"role", "rolled_back_to_version", b"rolled_back_to_version", "task_id", b"task_id", "text", b"text", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author", b"author", "create_time", b"create_time", "data", b"data", "hidden", b"hidden", "message_id", b"message_id", "on_behalf_of", b"on_behalf_of", "parent_version", b"parent_version", "role", b"role", "rolled_back_to_version", b"rolled_back_to_version", "task_id", b"task_id", "text", b"text", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,10 @@ class ConversationServiceStub:
     Who may write which role is decided by the caller's identity, never by the request:
     USER by clients and the gateway (for end users), AGENT by the planner and agents,
     SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
+
+    A call that carries an end user's delegation token (metadata x-agentmesh-delegation, minted by the
+    gateway) acts for that end user: conversations it creates belong to them, and it sees and writes
+    only their conversations (others answer NOT_FOUND).
     """
 
     def __init__(self, channel):
@@ -79,6 +83,10 @@ class ConversationServiceServicer:
     Who may write which role is decided by the caller's identity, never by the request:
     USER by clients and the gateway (for end users), AGENT by the planner and agents,
     SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
+
+    A call that carries an end user's delegation token (metadata x-agentmesh-delegation, minted by the
+    gateway) acts for that end user: conversations it creates belong to them, and it sees and writes
+    only their conversations (others answer NOT_FOUND).
     """
 
     def CreateConversation(self, request, context):
@@ -171,6 +179,10 @@ class ConversationService:
     Who may write which role is decided by the caller's identity, never by the request:
     USER by clients and the gateway (for end users), AGENT by the planner and agents,
     SYSTEM by ops clients only. Any other choice fails with PERMISSION_DENIED.
+
+    A call that carries an end user's delegation token (metadata x-agentmesh-delegation, minted by the
+    gateway) acts for that end user: conversations it creates belong to them, and it sees and writes
+    only their conversations (others answer NOT_FOUND).
     """
 
     @staticmethod

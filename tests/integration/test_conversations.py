@@ -19,9 +19,14 @@ import pytest
 
 from agentmesh._channel import create_channel
 from agentmesh._health import wait_until_serving
-from agentmesh._server import MeshServer
+from agentmesh._server import MeshServer, bind
 from agentmesh._settings import Settings
+from agentmesh.security import DelegationIssuer, DelegationVerifier, TokenKind
+from agentmesh.services.planner.conversation_servicer import DELEGATION_METADATA, ConversationServicer
+from agentmesh.services.planner.conversations import Conversations
+from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.services.planner.server import build_server as build_planner
+from agentmesh.storage import create_async_engine
 from agentmesh.v1 import conversation_pb2 as pb
 from agentmesh.v1 import conversation_pb2_grpc
 
@@ -372,3 +377,54 @@ async def test_a_node_client_follows_the_same_rules(planner: MeshServer, connect
     alice = await connect()
     stored = await alice.GetConversation(pb.GetConversationRequest(conversation_id=seen["id"]), timeout=10)
     assert stored.conversation.version == 3 and stored.conversation.labels == {"client": "node"}
+
+
+async def test_behind_the_gateway_each_end_user_sees_only_their_own(
+    mesh_settings: Settings, issue_identity, migrated_database_url: str
+) -> None:
+    issue_identity("service", "planner")
+    issue_identity("service", "gateway")
+    settings = mesh_settings.replace(database_url=migrated_database_url)
+    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
+    engine = create_async_engine(migrated_database_url)
+    servicer = ConversationServicer(
+        Conversations(ConversationStore(engine), trust_domain=settings.trust_domain),
+        DelegationVerifier.from_settings(settings, audience=planner_id),
+    )
+    server = MeshServer(
+        name="planner", settings=settings, port=0,
+        services=[bind(servicer, conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
+                       "agentmesh.v1.ConversationService")],
+    )
+    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
+
+    def acting_for(user: str) -> tuple[tuple[str, str], ...]:
+        token = issuer.issue(kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant="acme", scopes=[])
+        return ((DELEGATION_METADATA, token),)
+
+    async with server:
+        channel = create_channel(server.address, settings, kind="service", name="gateway")
+        try:
+            await wait_until_serving(channel, within=20)
+            gateway = conversation_pb2_grpc.ConversationServiceStub(channel)
+            alice, bob = acting_for("alice"), acting_for("bob")
+            created = await gateway.CreateConversation(
+                pb.CreateConversationRequest(title="alice's"), metadata=alice, timeout=10
+            )
+            cid = created.conversation.conversation_id
+            assert (created.conversation.on_behalf_of, created.conversation.tenant) == ("alice", "acme")
+            sent = await gateway.SendMessage(
+                pb.SendMessageRequest(conversation_id=cid, expected_version=0, text="hi"), metadata=alice, timeout=10
+            )
+            assert sent.message.on_behalf_of == "alice" and sent.message.author.endswith("/service/gateway")
+
+            peek = gateway.GetConversation(pb.GetConversationRequest(conversation_id=cid), metadata=bob, timeout=10)
+            assert await _code(peek) == grpc.StatusCode.NOT_FOUND
+            listed = await gateway.ListConversations(pb.ListConversationsRequest(), metadata=bob, timeout=10)
+            assert list(listed.conversations) == []
+            forged = ((DELEGATION_METADATA, "not-a-token"),)
+            bad = gateway.ListConversations(pb.ListConversationsRequest(), metadata=forged, timeout=10)
+            assert await _code(bad) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await channel.close()
+    await engine.dispose()

@@ -10,14 +10,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh._errors import PermissionDeniedError, UnavailableError
-from agentmesh.services.planner.conversations import Conversations, RolePolicy, TaskRequest, TaskStart
+from agentmesh._errors import NotFoundError, PermissionDeniedError, UnavailableError
+from agentmesh.services.planner.conversations import Caller, Conversations, RolePolicy, TaskRequest, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.storage import Task, create_async_engine, utcnow
 
 TD = "agentmesh.test"
 ALICE = f"spiffe://{TD}/client/alice"
 PLANNER = f"spiffe://{TD}/service/planner"
+GATEWAY = f"spiffe://{TD}/service/gateway"
+AS_ALICE = Caller(ALICE)
 tasks = Task.__table__
 
 
@@ -71,11 +73,11 @@ class FakePlanner:
 async def test_a_message_starts_a_task_whose_result_is_appended_once(engine: AsyncEngine) -> None:
     planner = FakePlanner(engine)
     conversations = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
-    conversation = await conversations.create(ALICE, title="refund", labels={})
+    conversation = await conversations.create(AS_ALICE, title="refund", labels={})
     cid = conversation.conversation_id
 
     sent = await conversations.send(
-        ALICE, cid, expected_version=0, role=None, text="Refund order 42 please",
+        AS_ALICE, cid, expected_version=0, role=None, text="Refund order 42 please",
         task=TaskRequest(input={"ticket": "Refund order 42 please"}, playbook="support"), request_id="m1",
     )
     assert sent.task_id and sent.message.version == 1
@@ -86,13 +88,13 @@ async def test_a_message_starts_a_task_whose_result_is_appended_once(engine: Asy
     assert started.submitted_by == ALICE and started.request_id == f"conversation-message:{sent.message.message_id}"
 
     await conversations.tasks.poll()  # still running: nothing to say yet
-    assert (await conversations.get(cid))[0].version == 1
+    assert (await conversations.get(AS_ALICE, cid))[0].version == 1
 
     await planner.finish(sent.task_id, "SUCCEEDED", {"reply": "Your refund is on its way.", "amount": 42})
     await conversations.tasks.poll()
     await conversations.tasks.poll()
     await conversations.tasks.sweep()
-    _, messages = await conversations.get(cid)
+    _, messages = await conversations.get(AS_ALICE, cid)
     assert [(m.role, m.text, m.task_id) for m in messages] == [
         ("USER", "Refund order 42 please", sent.task_id),
         ("AGENT", "Your refund is on its way.", sent.task_id),
@@ -103,42 +105,42 @@ async def test_a_message_starts_a_task_whose_result_is_appended_once(engine: Asy
 async def test_results_a_dead_planner_never_wrote_are_swept_at_start(engine: AsyncEngine) -> None:
     planner = FakePlanner(engine)
     first = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
-    cid = (await first.create(ALICE, title="t", labels={})).conversation_id
-    sent = await first.send(ALICE, cid, expected_version=0, role=None, text="cancel my plan", start_task=True)
+    cid = (await first.create(AS_ALICE, title="t", labels={})).conversation_id
+    sent = await first.send(AS_ALICE, cid, expected_version=0, role=None, text="cancel my plan", start_task=True)
     assert planner.started[0].input == {"text": "cancel my plan"}
     await planner.finish(sent.task_id, "FAILED", error="crm agent unavailable")
     # `first` died before it noticed; a new planner process sweeps at start.
     second = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start, poll_interval=0.05)
     assert await second.tasks.sweep() == 1
     assert await second.tasks.sweep() == 0
-    _, messages = await second.get(cid)
+    _, messages = await second.get(AS_ALICE, cid)
     assert [(m.role, m.text) for m in messages][1] == ("SYSTEM", f"task {sent.task_id} failed: crm agent unavailable")
 
 
 async def test_a_retried_message_starts_its_task_once(engine: AsyncEngine) -> None:
     planner = FakePlanner(engine)
     conversations = Conversations(ConversationStore(engine), trust_domain=TD, start_task=planner.start)
-    cid = (await conversations.create(ALICE, title="t", labels={})).conversation_id
+    cid = (await conversations.create(AS_ALICE, title="t", labels={})).conversation_id
     planner.fail_next = True
     with pytest.raises(UnavailableError):
-        await conversations.send(ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
+        await conversations.send(AS_ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
     # The message was stored; the retry (same request id) starts the task the first try could not.
     retried = await conversations.send(
-        ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r"
+        AS_ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r"
     )
-    again = await conversations.send(ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
+    again = await conversations.send(AS_ALICE, cid, expected_version=0, role=None, text="hi", start_task=True, request_id="r")
     assert retried.task_id and again.task_id == retried.task_id
     assert len(planner.started) == 1
-    assert (await conversations.get(cid))[0].version == 1
+    assert (await conversations.get(AS_ALICE, cid))[0].version == 1
 
 
 async def test_the_planner_writes_agent_messages_and_clients_cannot(engine: AsyncEngine) -> None:
     conversations = Conversations(ConversationStore(engine), trust_domain=TD)
-    cid = (await conversations.create(ALICE, title="t", labels={})).conversation_id
-    sent = await conversations.send(PLANNER, cid, expected_version=0, role=None, text="Hello, how can I help?")
+    cid = (await conversations.create(AS_ALICE, title="t", labels={})).conversation_id
+    sent = await conversations.send(Caller(PLANNER), cid, expected_version=0, role=None, text="Hello, how can I help?")
     assert sent.message.role == "AGENT"
     with pytest.raises(PermissionDeniedError, match="may not write AGENT"):
-        await conversations.send(ALICE, cid, expected_version=1, role="AGENT", text="I am an agent")
+        await conversations.send(AS_ALICE, cid, expected_version=1, role="AGENT", text="I am an agent")
 
 
 def test_roles_by_identity() -> None:
@@ -153,3 +155,30 @@ def test_roles_by_identity() -> None:
     assert roles.roles_of(None) == ("USER", "AGENT", "SYSTEM")  # --insecure-dev has no identities
     with pytest.raises(PermissionDeniedError):
         roles.resolve(f"spiffe://{TD}/service/registry", None)
+
+
+async def test_an_end_user_sees_only_their_own_conversations(engine: AsyncEngine) -> None:
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD)
+    alice, bob = Caller(GATEWAY, "alice", "acme"), Caller(GATEWAY, "bob", "acme")
+    mine = await conversations.create(alice, title="alice's", labels={}, request_id="c1")
+    theirs = await conversations.create(bob, title="bob's", labels={}, request_id="c1")  # same id, other user
+    assert mine.conversation_id != theirs.conversation_id
+    assert (mine.on_behalf_of, mine.tenant) == ("alice", "acme")
+    cid = mine.conversation_id
+    sent = await conversations.send(alice, cid, expected_version=0, role=None, text="hi", request_id="m1")
+    assert sent.message.on_behalf_of == "alice" and sent.message.author == GATEWAY
+
+    for attempt in (
+        conversations.get(bob, cid),
+        conversations.send(bob, cid, expected_version=1, role=None, text="peek"),
+        conversations.send(bob, cid, expected_version=0, role=None, text="hi", request_id="m1"),
+        conversations.rollback(bob, cid, expected_version=1, to_version=0),
+        anext(conversations.watch(bob, cid)),
+    ):
+        with pytest.raises(NotFoundError, match="does not exist"):
+            await attempt
+    assert (await conversations.get(alice, cid))[0].version == 1
+    assert [c.title for c in (await conversations.list_page(bob))[0]] == ["bob's"]
+    assert [c.title for c in (await conversations.list_page(Caller(GATEWAY, "alice", "other-tenant")))[0]] == []
+    # A workload acting for nobody (ops) sees them all.
+    assert {c.title for c in (await conversations.list_page(AS_ALICE))[0]} == {"alice's", "bob's"}
