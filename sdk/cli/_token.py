@@ -7,6 +7,26 @@ import argparse
 _DEFAULT_SCOPES = "tasks:submit tasks:read conversations:read conversations:write agents:read audit:read"
 
 
+def how_to_call(settings: object) -> str:
+    """Lines ``agentmesh up`` prints: a dev token command and a grpcurl call through the gateway.
+
+    Makes the dev signing key and JWKS if they do not exist yet, so the gateway can verify the first token.
+    """
+    from agentmesh._settings import Settings
+    from agentmesh.services.gateway.devtokens import DevIssuer
+
+    assert isinstance(settings, Settings)
+    issuer = DevIssuer.from_settings(settings)
+    if not issuer.jwks_path.exists():
+        issuer.rotate()
+    ca = settings.home / "ca" / "ca.pem"
+    return (
+        "TOKEN=$(agentmesh token issue --subject you)\n"
+        f'grpcurl -cacert {ca} -H "authorization: Bearer $TOKEN" localhost:{settings.gateway_port} list\n'
+        f'agentmesh submit "My blender arrived broken" --token "$TOKEN"'
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the actions of ``agentmesh token``."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
