@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["NEUTRAL_BAND", "blend_sentiment", "sentiment_label"]
+__all__ = ["NEGATIVE_AT", "POSITIVE_AT", "blend_sentiment", "sentiment_label"]
 
-# Scores within ±NEUTRAL_BAND are neutral (the sentiment model's own band).
-NEUTRAL_BAND = 0.2
+# A message scoring at or below NEGATIVE_AT is negative, at or above POSITIVE_AT positive, neutral between.
+# Calibrated with the sentiment model's blend on the dev split of the evaluation set only.
+NEGATIVE_AT = -0.256
+POSITIVE_AT = 0.221
 
 
 def sentiment_label(score: float) -> str:
-    """negative / neutral / positive for a score in [-1, 1]."""
-    return "negative" if score <= -NEUTRAL_BAND else "positive" if score >= NEUTRAL_BAND else "neutral"
+    """negative / neutral / positive for a message score in [-1, 1]."""
+    return "negative" if score <= NEGATIVE_AT else "positive" if score >= POSITIVE_AT else "neutral"
 
 
 def blend_sentiment(whole: float, sentences: Sequence[float]) -> float:

