@@ -14,6 +14,7 @@ from agentmesh import audit
 from agentmesh._registry_client import RegistryClient
 from agentmesh._server import MeshServer, Serving, bind
 from agentmesh._settings import Settings
+from agentmesh.security import DelegationVerifier
 from agentmesh.services.planner.conversation_servicer import ConversationServicer
 from agentmesh.services.planner.conversations import Conversations, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
@@ -58,7 +59,10 @@ class PlannerServer(Serving):
                     "agentmesh.v1.TaskService",
                 ),
                 bind(
-                    ConversationServicer(self.conversations),
+                    ConversationServicer(
+                        self.conversations,
+                        DelegationVerifier.from_settings(settings, f"spiffe://{settings.trust_domain}/service/planner"),
+                    ),
                     conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
                     "agentmesh.v1.ConversationService",
                 ),
@@ -79,6 +83,8 @@ class PlannerServer(Serving):
                 conversation_id=start.conversation_id,
                 request_id=start.request_id,
                 submitted_by=start.submitted_by,
+                on_behalf_of=start.on_behalf_of,
+                tenant=start.tenant,
             )
         )
         return task.task_id
@@ -97,14 +103,14 @@ class PlannerServer(Serving):
         """Serve, then start running tasks (and relaying conversation results)."""
         await self.server.start()
         await self.engine.start()
-        self.conversations.tasks.start()
+        self.conversations.start()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let running steps finish within the grace, stop serving, close connections."""
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.server.drain()
         await self.engine.stop(grace)
-        await self.conversations.tasks.stop()
+        await self.conversations.stop()  # also ends WatchConversation streams (clients resume elsewhere)
         await self.server.stop(grace)
         await self.registry.close()
         await self.database.dispose()
