@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import fnmatch
 import hashlib
@@ -422,6 +423,7 @@ class Conversations:
         if start_task and not task_id:
             # Also on a replay whose first try stored the message but failed to start the task.
             task_id = await self._start(conversation_id, stored, caller, task or TaskRequest())
+            stored = dataclasses.replace(stored, task_id=task_id)
         return Sent(conversation, stored, task_id)
 
     async def _start(self, conversation_id: str, message: MessageRecord, caller: Caller, task: TaskRequest) -> str:

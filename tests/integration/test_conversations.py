@@ -21,6 +21,7 @@ from agentmesh._channel import create_channel
 from agentmesh._health import wait_until_serving
 from agentmesh._server import MeshServer, bind
 from agentmesh._settings import Settings
+from agentmesh.agent import AgentRuntime
 from agentmesh.security import DelegationIssuer, DelegationVerifier, TokenKind
 from agentmesh.services.planner.conversation_servicer import DELEGATION_METADATA, ConversationServicer
 from agentmesh.services.planner.conversations import Conversations
@@ -28,7 +29,9 @@ from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.services.planner.server import build_server as build_planner
 from agentmesh.storage import create_async_engine
 from agentmesh.v1 import conversation_pb2 as pb
-from agentmesh.v1 import conversation_pb2_grpc
+from agentmesh.v1 import conversation_pb2_grpc, task_pb2
+from tests.fixtures.planner import PlannerMesh
+from tests.integration.planner_agents import Worker
 
 NODE_CLIENT = Path(__file__).resolve().parents[1] / "node" / "conversation_client.js"
 USER, AGENT, SYSTEM = pb.MESSAGE_ROLE_USER, pb.MESSAGE_ROLE_AGENT, pb.MESSAGE_ROLE_SYSTEM
@@ -428,3 +431,45 @@ async def test_behind_the_gateway_each_end_user_sees_only_their_own(
         finally:
             await channel.close()
     await engine.dispose()
+
+
+REPLY = """
+name: reply
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: answer, skill: shout, input: {text: "${task.input.text}"}}
+output: {reply: "${steps.answer.output.text}"}
+"""
+
+
+async def test_a_message_starts_a_task_and_its_result_answers_in_the_conversation(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity
+) -> None:
+    issue_identity("agent", "testing/worker")
+    issue_identity("client", "alice")
+    async with AgentRuntime(Worker(mesh_settings.replace(lease_ttl=2.0)), port=0,
+                            registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        planner_mesh.add_playbook(REPLY)
+        channel = create_channel(planner_mesh.planner.address, mesh_settings, kind="client", name="alice")
+        planner_mesh.channels.append(channel)
+        alice = conversation_pb2_grpc.ConversationServiceStub(channel)
+        cid = (await _create(alice)).conversation_id
+
+        task = task_pb2.TaskTemplate(playbook="reply")
+        task.input.update({"text": "where is my refund"})
+        sent = await _send(alice, cid, 0, "where is my refund?", task=task, request_id="ask-1")
+        assert sent.task_id and sent.message.task_id == sent.task_id
+        assert (await _send(alice, cid, 0, "where is my refund?", task=task, request_id="ask-1")).task_id == sent.task_id
+
+        stream = alice.WatchConversation(pb.WatchConversationRequest(conversation_id=cid, since_version=1))
+        answer = await asyncio.wait_for(stream.read(), 30)
+        stream.cancel()
+        assert answer.message.role == AGENT and answer.message.task_id == sent.task_id
+        assert answer.message.text == "WHERE IS MY REFUND"
+        assert answer.message.author.endswith("/service/planner")
+        done = await planner_mesh.wait(sent.task_id)
+        assert done.state == task_pb2.TASK_STATE_SUCCEEDED and done.conversation_id == cid
+        stored = await alice.GetConversation(pb.GetConversationRequest(conversation_id=cid), timeout=10)
+        assert [m.role for m in stored.messages] == [USER, AGENT]  # answered once
