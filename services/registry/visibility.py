@@ -17,6 +17,7 @@ import asyncio
 import bisect
 import concurrent.futures
 import functools
+import itertools
 import re
 import time
 from collections import OrderedDict
@@ -127,9 +128,7 @@ class VisibilityPattern:
         """Positions in ``names`` (ASCII, no newline) that match, in order; one RE2 call per run of matches."""
         if not names:
             return []
-        starts = [0]
-        for name in names[:-1]:
-            starts.append(starts[-1] + len(name) + 1)
+        starts = list(itertools.accumulate(map(len, names), lambda at, length: at + length + 1, initial=0))
         out: list[int] = []
         for match in self._lines.finditer("\n".join(names).encode()):
             first = bisect.bisect_right(starts, match.start()) - 1
@@ -144,48 +143,64 @@ def compile_pattern(pattern: str) -> VisibilityPattern:
     return VisibilityPattern(pattern)
 
 
-class _OverBudget(Exception):
-    pass
-
-
-class _Matches:
-    """What one pattern matched: a flag per agent for the first ``done`` agents."""
-
-    __slots__ = ("done", "flags")
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.flags = np.zeros(0, dtype=np.bool_)
-
-    def extend(self, done: int, hits: list[int]) -> None:
-        if done > len(self.flags):
-            grown = np.zeros(max(done, 2 * len(self.flags)), dtype=np.bool_)
-            grown[: len(self.flags)] = self.flags
-            self.flags = grown
-        if hits:
-            self.flags[np.fromiter(hits, dtype=np.int64)] = True
-        self.done = done
-
-
 class _Work:
-    """Names one pattern still has to be checked against, and the agent indexes they stand for."""
+    """A scan of one pattern over a snapshot of names (and the agent indexes they stand for), resumable: a
+    request whose budget runs out leaves its progress for the next one."""
 
-    __slots__ = ("done", "ixs", "matches", "names", "pattern")
+    __slots__ = ("busy", "done", "hits", "ixs", "matches", "names", "pattern", "position")
 
     def __init__(
         self, pattern: VisibilityPattern, matches: _Matches, names: list[str], ixs: list[int], done: int
     ) -> None:
         self.pattern, self.matches, self.names, self.ixs, self.done = pattern, matches, names, ixs, done
+        self.position = 0  # names[:position] are scanned
+        self.hits: list[int] = []
+        self.busy = 0  # runs submitted to the worker and not yet back: only the worker may touch it then
 
-    def run(self, deadline: float) -> list[int]:
-        """The agent indexes that match, scanning in chunks; ``_OverBudget`` past ``deadline``."""
-        hits: list[int] = []
-        for start in range(0, len(self.names), _CHUNK):
-            if time.monotonic() > deadline:
-                raise _OverBudget
+    @property
+    def left(self) -> int:
+        return len(self.names) - self.position
+
+    def run(self, deadline: float) -> bool:
+        """Scan on in chunks from where the last run stopped (one chunk at least, so every request gets on);
+        ``False`` when ``deadline`` passed before the end."""
+        while self.position < len(self.names):
+            start = self.position
             chunk = self.names[start : start + _CHUNK]
-            hits += [self.ixs[start + position] for position in self.pattern.scan(chunk)]
-        return hits
+            self.hits += [self.ixs[start + position] for position in self.pattern.scan(chunk)]
+            self.position = start + len(chunk)
+            if self.position < len(self.names) and time.monotonic() > deadline:
+                return False
+        return True
+
+
+class _Matches:
+    """What one pattern matched: a flag per agent for the first ``done`` agents, and the scan in progress."""
+
+    __slots__ = ("done", "flags", "work")
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.flags = np.zeros(0, dtype=np.bool_)
+        self.work: _Work | None = None
+
+    def finish(self, work: _Work) -> None:
+        """Take the hits of a completed scan (once; a scan that covers no more than is known changes nothing)."""
+        if self.work is work:
+            self.work = None
+        if work.done <= self.done:
+            return
+        if work.done > len(self.flags):
+            grown = np.zeros(max(work.done, 2 * len(self.flags)), dtype=np.bool_)
+            grown[: len(self.flags)] = self.flags
+            self.flags = grown
+        if work.hits:
+            self.flags[np.fromiter(work.hits, dtype=np.int64)] = True
+        self.done = work.done
+
+
+def _run_all(work: list[_Work], deadline: float) -> bool:
+    return all(item.run(deadline) for item in work)
 
 
 class VisibilityIndex:
@@ -220,77 +235,79 @@ class VisibilityIndex:
             self._patterns.move_to_end(pattern.pattern)
         return matches
 
-    def _pending(self, patterns: Sequence[VisibilityPattern]) -> list[_Work]:
-        """For each pattern not yet checked against every agent: the names left, as of now."""
+    def _pending(self, patterns: Sequence[VisibilityPattern], *, shared: bool) -> list[_Work]:
+        """For each pattern not yet checked against every agent, the scan that would bring it up to date: the
+        one in progress when ``shared`` (and a new one is left as the pattern's scan in progress), else a
+        private one."""
         total = len(self._keys)
         work = []
         for pattern in patterns:
             matches = self._matches(pattern)
             if matches.done == total:
                 continue
+            if shared and matches.work is not None:
+                work.append(matches.work)
+                continue
             if matches.done == 0:
                 # The sorted names RE2 says can match; a copy, so arrivals during the scan change nothing.
                 low = bisect.bisect_left(self._sorted, pattern.low, key=str.encode)
                 high = bisect.bisect_right(self._sorted, pattern.high, key=str.encode)
-                work.append(_Work(pattern, matches, self._sorted[low:high], self._sorted_ix[low:high], total))
+                names, ixs = self._sorted[low:high], self._sorted_ix[low:high]
             else:
-                work.append(
-                    _Work(
-                        pattern,
-                        matches,
-                        self._keys[matches.done : total],
-                        list(range(matches.done, total)),
-                        total,
-                    )
-                )
+                names, ixs = self._keys[matches.done : total], list(range(matches.done, total))
+            item = _Work(pattern, matches, names, ixs, total)
+            if shared:
+                matches.work = item
+            work.append(item)
         return work
 
-    def _finish(self, work: _Work, hits: list[int]) -> None:
-        if work.matches.done < work.done:
-            work.matches.extend(work.done, hits)
-
     @staticmethod
-    def _refusal(patterns: Sequence[VisibilityPattern], names: int) -> InvalidArgumentError:
+    def _refusal(patterns: Sequence[VisibilityPattern], work: list[_Work]) -> InvalidArgumentError:
         shown = ", ".join(echo(p.pattern, 60) for p in patterns[:3]) + (", …" if len(patterns) > 3 else "")
+        scanned, names = sum(w.position for w in work), sum(len(w.names) for w in work)
         return InvalidArgumentError(
-            f"visibility patterns {shown} cannot be checked against {names} agents within "
-            f"{BUDGET_SECONDS * 1000:.0f} ms; start them with a literal prefix (e.g. 'team/.*') or list names",
+            f"visibility patterns {shown} could not be checked within {BUDGET_SECONDS * 1000:.0f} ms "
+            f"({scanned} of {names} names so far; the next request goes on from there); start patterns with a "
+            "literal prefix (e.g. 'team/.*') or list names",
             field="visibility.patterns",
         )
 
-    def _run_all(self, work: list[_Work], deadline: float) -> list[list[int]]:
-        return [item.run(deadline) for item in work]
-
     async def prepare(self, patterns: Sequence[VisibilityPattern]) -> None:
         """Bring every pattern's matches up to date, scanning on the worker thread when more than a few names
-        are left; INVALID_ARGUMENT when that takes longer than the budget."""
+        are left; INVALID_ARGUMENT when this request's budget runs out first (its progress is kept)."""
         deadline = time.monotonic() + BUDGET_SECONDS
         while True:
-            work = self._pending(patterns)
+            work = self._pending(patterns, shared=True)
             if not work:
                 return
-            if sum(len(item.names) for item in work) <= _ON_LOOP_NAMES:
-                self._evaluate(patterns, deadline)
-                return
-            if self._worker is None:
-                self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="visibility")
-            loop = asyncio.get_running_loop()
-            try:
-                results = await loop.run_in_executor(self._worker, self._run_all, work, deadline)
-            except _OverBudget:
-                raise self._refusal(patterns, len(self._keys)) from None
-            for item, hits in zip(work, results, strict=True):
-                self._finish(item, hits)
+            if sum(w.left for w in work) <= _ON_LOOP_NAMES and not any(w.busy for w in work):
+                complete = _run_all(work, deadline)
+            else:
+                if self._worker is None:
+                    self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="visibility")
+                for item in work:
+                    item.busy += 1
+                try:
+                    complete = await asyncio.get_running_loop().run_in_executor(
+                        self._worker, _run_all, work, deadline
+                    )
+                finally:
+                    for item in work:
+                        item.busy -= 1
+            for item in work:
+                if not item.left:
+                    item.matches.finish(item)
+            if not complete:
+                raise self._refusal(patterns, work)
 
-    def _evaluate(self, patterns: Sequence[VisibilityPattern], deadline: float) -> None:
-        """Bring every pattern's matches up to date on this thread (what ``prepare`` left is usually nothing)."""
-        work = self._pending(patterns)
-        try:
-            results = self._run_all(work, deadline)
-        except _OverBudget:
-            raise self._refusal(patterns, len(self._keys)) from None
-        for item, hits in zip(work, results, strict=True):
-            self._finish(item, hits)
+    def _evaluate(self, patterns: Sequence[VisibilityPattern]) -> None:
+        """Bring every pattern's matches up to date on this thread, with private scans (``prepare`` usually
+        left nothing to do)."""
+        work = self._pending(patterns, shared=False)
+        if not _run_all(work, time.monotonic() + BUDGET_SECONDS):
+            raise self._refusal(patterns, work)
+        for item in work:
+            item.matches.finish(item)
 
     # ------------------------------------------------------------------ answers
 
@@ -302,7 +319,7 @@ class VisibilityIndex:
         if cached is not None and cached[0] == total:
             self._scopes.move_to_end(key)
             return cached[1]
-        self._evaluate(patterns, time.monotonic() + BUDGET_SECONDS)
+        self._evaluate(patterns)
         flags = np.zeros(total, dtype=np.bool_)
         for pattern in patterns:
             flags |= self._matches(pattern).flags[:total]
