@@ -1,0 +1,111 @@
+"""End to end through the gateway: an outside caller submits a task with a JWT, the real planner runs it on a
+real agent, and the caller reads its explanation; the end user is carried by the delegation token, PII never
+reaches a table, and the audit chain records the submission and holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from google.protobuf import json_format
+
+from agentmesh._settings import Settings
+from agentmesh.agent import AgentRuntime
+from agentmesh.storage import create_async_engine
+from agentmesh.v1 import audit_pb2, audit_pb2_grpc, task_pb2, task_pb2_grpc
+from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.planner import FINAL, PlannerMesh
+from tests.integration.planner_agents import Worker
+from tests.integration.test_gateway_node import run_node_client
+
+SHOUT = """
+name: shout_once
+match: [shout]
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: only, skill: shout, input: {text: "${task.input.text}"}}
+output: {answer: "${steps.only.output.text}"}
+"""
+
+
+@pytest.fixture
+async def mesh(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity, start_gateway: Any
+) -> AsyncIterator[tuple[PlannerMesh, Any]]:
+    """Registry, planner, one test agent and a gateway in front of the planner, on one database."""
+    issue_identity("agent", "testing/worker")
+    agent = Worker(mesh_settings.replace(lease_ttl=2.0))
+    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        planner_mesh.add_playbook(SHOUT)
+        gateway = await start_gateway(
+            planner=planner_mesh.planner.address,
+            database_url=planner_mesh.database_url,
+            registry_address=planner_mesh.registry.address,
+        )
+        yield planner_mesh, gateway
+
+
+async def _wait(stub: Any, task_id: str, metadata: Any) -> task_pb2.Task:
+    async with asyncio.timeout(30):
+        while True:
+            task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=metadata, timeout=10)).task
+            if task.state in FINAL:
+                return task
+            await asyncio.sleep(0.02)
+
+
+async def test_submit_through_the_gateway_and_read_the_explanation(mesh: tuple[PlannerMesh, Any]) -> None:
+    planner_mesh, gateway = mesh
+    email, card = "maria.lopez@example.com", "4111 1111 1111 1111"
+    metadata = gateway.bearer(["tasks:submit", "tasks:read", "audit:read"], subject="alice", tenant="acme")
+    request = task_pb2.SubmitTaskRequest(goal="shout this", playbook="shout_once")
+    request.input.update({"text": f"hello from {email}, card {card}", "email": email})
+    async with gateway.channel() as channel:
+        tasks = task_pb2_grpc.TaskServiceStub(channel)
+        submitted = (await tasks.SubmitTask(request, metadata=metadata, timeout=10)).task
+        assert submitted.on_behalf_of == "alice"  # the planner learned the end user from the delegation token
+        done = await _wait(tasks, submitted.task_id, metadata)
+        assert task_pb2.TaskState.Name(done.state) == "TASK_STATE_SUCCEEDED", done.error
+        explanation = (await tasks.ExplainTask(task_pb2.ExplainTaskRequest(task_id=submitted.task_id), metadata=metadata, timeout=10)).explanation
+        assert [s.step_id for s in explanation.plan.steps] == ["only"]
+        assert explanation.attempts and explanation.attempts[0].agent.name == "worker"
+        answer = json_format.MessageToDict(explanation.task.output)["answer"]
+        assert "[EMAIL]" in answer.upper() and email.upper() not in answer.upper()  # the agent saw only the redacted text
+
+        audit = audit_pb2_grpc.AuditServiceStub(channel)
+        records = (await audit.ListAuditRecords(audit_pb2.ListAuditRecordsRequest(page_size=1000), metadata=metadata, timeout=10)).records
+        submits = [r for r in records if r.action == "/agentmesh.v1.TaskService/SubmitTask"]
+        assert [(r.resource, r.outcome, r.on_behalf_of) for r in submits] == [(f"tasks/{submitted.task_id}", "OK", "acme/alice")]
+        verdict = await audit.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(), metadata=metadata, timeout=10)
+        assert verdict.valid, verdict.message
+
+    # No table of the mesh database holds the raw email or card number.
+    engine = create_async_engine(planner_mesh.database_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+            dump = "".join([repr((await connection.execute(sa.text(f'SELECT * FROM "{t}"'))).all()) for t in tables])
+    finally:
+        await engine.dispose()
+    assert submitted.task_id in dump
+    assert email not in dump and card not in dump and card.replace(" ", "") not in dump
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_a_node_client_submits_through_the_gateway_and_reads_the_explanation(
+    mesh: tuple[PlannerMesh, Any],
+) -> None:
+    _, gateway = mesh
+    reply = await run_node_client(
+        gateway, gateway.token(["tasks:submit", "tasks:read"], subject="node-user"), "explain", PLAYBOOK="shout_once"
+    )
+    assert reply["withoutToken"] == "UNAUTHENTICATED"
+    assert reply["state"] == "TASK_STATE_SUCCEEDED"
+    assert reply["steps"] == ["only"] and reply["attempts"] >= 1
+    assert "answer" in json.dumps(reply["output"])
