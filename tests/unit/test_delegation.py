@@ -17,8 +17,11 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from pydantic import BaseModel
 
 from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError, UnauthenticatedError
+from agentmesh._settings import Settings
+from agentmesh.agent import Agent, AgentInfo, Invocation, SkillContext, SkillRunner, skill
 from agentmesh.security import (
     CertificateAuthority,
     CredentialFiles,
@@ -300,3 +303,44 @@ def test_a_rotated_planner_certificate_signs_new_tokens(
 def _public_pem(cert: IssuedCertificate) -> bytes:
     key = serialization.load_pem_private_key(cert.key_path.read_bytes(), password=None).public_key()
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# --- what a skill sees ----------------------------------------------------------------------------------------
+
+
+class WhoIn(BaseModel):
+    question: str = "who"
+
+
+class WhoOut(BaseModel):
+    subject: str
+    refusal: str
+
+
+class Who(Agent):
+    """A skill that does not need a user, but reports the delegation it was given."""
+
+    card = AgentInfo(name="who", namespace="testing", version="1.0.0", purpose="who")
+
+    @skill(description="Say whom this call acts for")
+    async def who(self, request: WhoIn, ctx: SkillContext) -> WhoOut:
+        return WhoOut(subject=ctx.delegation.subject if ctx.delegation else "", refusal=ctx.delegation_refusal)
+
+
+async def test_a_skill_sees_verified_claims_and_a_bad_token_does_not_fail_the_call(
+    planner: DelegationIssuer, mesh_ca: CertificateAuthority
+) -> None:
+    verifier = DelegationVerifier(ca_file=mesh_ca.ca_path, trust_domain=TRUST_DOMAIN, audience=CRM)
+    runner = SkillRunner(Who(Settings(trust_domain=TRUST_DOMAIN)), verifier=verifier)
+
+    async def ask(token: str, task_id: str = "task-1") -> dict[str, Any]:
+        call = Invocation(skill="who", input={}, task_id=task_id, caller=PLANNER, delegation_token=token)
+        return (await runner.invoke(call)).output
+
+    assert await ask(step(planner)) == {"subject": "user-42", "refusal": ""}
+    assert await ask(step(planner), task_id="task-2") == {"subject": "", "refusal": "TOKEN_WRONG_TASK"}
+    assert await ask("forged") == {"subject": "", "refusal": "TOKEN_MALFORMED"}
+    assert await ask("") == {"subject": "", "refusal": ""}
+    unverified = SkillRunner(Who(Settings(trust_domain=TRUST_DOMAIN)))  # no verifier: no token is accepted
+    outcome = await unverified.invoke(Invocation(skill="who", input={}, delegation_token=step(planner)))
+    assert outcome.output == {"subject": "", "refusal": "TOKEN_NOT_VERIFIABLE"}
