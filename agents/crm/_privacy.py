@@ -45,7 +45,7 @@ def pii_refusal(
     delegation_refusal: str,
     task_id: str,
 ) -> str:
-    """"" when this call may see unmasked personal data; otherwise the reason it may not."""
+    """Why this call may not see unmasked personal data, or "" when it may."""
     if not requested:
         return "NOT_REQUESTED"
     if not caller or caller not in allowed_callers:
