@@ -26,31 +26,71 @@ _PLANNER = ("service", "planner")
 
 
 def agent_identity(module: str) -> str:
-    """Agent folder names use underscores; identities and card names are DNS-like."""
-    return module.replace("_", "-")
+    """The identity name of a shipped agent: its card's ``namespace/name`` (what its certificate carries)."""
+    from agentmesh.cli._agent import resolve_agent_class
+
+    card = resolve_agent_class(module).card
+    return f"{card.namespace}/{card.name}"
 
 
 @dataclass
 class _Child:
+    """One supervised process: restarted with backoff when it exits, until the mesh stops."""
+
     name: str
-    process: subprocess.Popen[bytes]
+    argv: list[str]
     log_path: Path
-    log: IO[bytes]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    restarts: int = 0  # consecutive quick exits (reset once a run lasted _STABLE_RUN seconds)
+    started_at: float = 0.0
+    restart_at: float | None = None  # when an exited child is due to start again
+
+    def spawn(self) -> None:
+        if self.log is None:
+            self.log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # the CLI of this same interpreter, one process per workload
+            [sys.executable, "-m", "agentmesh.cli", *self.argv], stdout=self.log, stderr=subprocess.STDOUT, env=self.env
+        )
+        self.started_at = time.monotonic()
+        self.restart_at = None
 
     def tail(self, lines: int = 15) -> str:
-        self.log.flush()
+        if self.log is not None:
+            self.log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return "\n".join(text)
 
 
+# Restart backoff: 0.5 s doubling up to 30 s; a run of 60 s counts as healthy and resets it.
+_FIRST_BACKOFF = 0.5
+_MAX_BACKOFF = 30.0
+_STABLE_RUN = 60.0
+_SUPERVISE_INTERVAL = 0.2
+
+
+def _say(level: str, message: str) -> None:
+    """A supervisor line on stderr: ``WARNING``/``INFO`` and the child's name, so it greps like a log."""
+    colour = {"WARNING": "yellow", "ERROR": "red"}.get(level, "green")
+    console.print(f"[{colour}]{level}[/] {message}", highlight=False, soft_wrap=True)
+
+
 @dataclass
 class LocalMesh:
-    """Starts, watches and stops the mesh's processes; ``run`` is the whole ``agentmesh up``."""
+    """Starts, supervises and stops the mesh's processes; ``run`` is the whole ``agentmesh up``.
+
+    Every child (Triton, each service in ``services``, each agent) is restarted with backoff when it exits,
+    on the same ports, and the mesh stops only on Ctrl-C/SIGTERM. Another service joins the mesh by adding
+    its name to ``services`` (it is started as ``agentmesh <name> --port <AGENTMESH_<NAME>_PORT>``).
+    """
 
     agents: list[str]
     startup_timeout: float = 180.0
     settings: Settings = field(default_factory=Settings.from_env)
+    services: tuple[str, ...] = _SERVICES
     _children: list[_Child] = field(default_factory=list)
+    _stopping: bool = False
 
     @property
     def logs(self) -> Path:
@@ -75,7 +115,7 @@ class LocalMesh:
                 from agentmesh.cli._demo import run_demo
 
                 return await run_demo(self.settings, ticket_id=ticket_id, console=console)
-            console.print("serving; Ctrl-C stops the mesh")
+            console.print("serving; crashed processes are restarted; Ctrl-C stops the mesh")
             await self._watch(stop)
             return 0
         except MeshError as exc:
@@ -85,6 +125,11 @@ class LocalMesh:
             await self.stop()
 
     async def _start(self, stop: asyncio.Event) -> str:
+        # The children listen on AGENTMESH_<SERVICE>_PORT; clients (ours and theirs) dial exactly those.
+        self.settings = self.settings.replace(
+            registry_address=f"127.0.0.1:{self.settings.registry_port}",
+            planner_address=f"127.0.0.1:{self.settings.planner_port}",
+        )
         with console.status("preparing certificates") as status:
             await asyncio.to_thread(self._ensure_certificates)
             status.update("migrating the database")
@@ -94,24 +139,23 @@ class LocalMesh:
             triton_url = self.settings.triton_url
             if not triton_url:
                 status.update("starting Triton (first start exports MiniLM to ONNX; later starts take seconds)")
-                from agentmesh.inference import free_port
-
-                port = free_port()
-                self._spawn("triton", ["triton", "--port", str(port)])
-                triton_url = f"127.0.0.1:{port}"
+                # The configured port (AGENTMESH_TRITON_PORT): a restarted Triton comes back where agents look.
+                self._spawn("triton", ["triton", "--port", str(self.settings.triton_port)])
+                triton_url = f"127.0.0.1:{self.settings.triton_port}"
                 await self._wait_triton(triton_url)
             os.environ["AGENTMESH_TRITON_URL"] = triton_url
             self.settings = self.settings.replace(triton_url=triton_url)
-            for service in _SERVICES:
+            for service in self.services:
                 status.update(f"starting the {service}")
                 port = getattr(self.settings, f"{service}_port")
                 self._spawn(service, [service, "--port", str(port)])
-            for service in _SERVICES:
+            for service in self.services:
                 status.update(f"waiting for the {service} to report SERVING")
                 await self._wait_serving(service, f"127.0.0.1:{getattr(self.settings, f'{service}_port')}")
-            for module in self.agents:
+            for index, module in enumerate(self.agents):
                 status.update(f"starting agent {module}")
-                self._spawn(f"agent-{module}", ["agent", "run", module, "--port", "0"])
+                port = self.settings.agent_port + index if self.settings.agent_port else 0
+                self._spawn(f"agent-{module}", ["agent", "run", module, "--port", str(port)])
             status.update(f"waiting for {len(self.agents)} agents to register")
             await self._wait_registered()
         return triton_url
@@ -120,46 +164,64 @@ class LocalMesh:
         from agentmesh.security import CertificateAuthority
 
         authority = CertificateAuthority.load_or_init(self.settings.home, self.settings.trust_domain)
-        workloads = [("service", s) for s in _SERVICES] + [_OPS]
+        workloads = [("service", s) for s in self.services] + [_OPS]
         workloads += [("agent", agent_identity(m)) for m in self.agents]
         for kind, name in workloads:
             authority.ensure(kind, name)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log_path = self.logs / f"{name}.log"
-        log = log_path.open("ab")
         env = {
             **os.environ,
             "AGENTMESH_HOME": str(self.settings.home.resolve()),
-            "AGENTMESH_REGISTRY_ADDRESS": f"127.0.0.1:{self.settings.registry_port}",
-            "AGENTMESH_PLANNER_ADDRESS": f"127.0.0.1:{self.settings.planner_port}",
+            "AGENTMESH_REGISTRY_ADDRESS": self.settings.registry_address,
+            "AGENTMESH_PLANNER_ADDRESS": self.settings.planner_address,
         }
-        process = subprocess.Popen(  # the CLI of this same interpreter, one process per workload
-            [sys.executable, "-m", "agentmesh.cli", *argv], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        self._children.append(_Child(name, process, log_path, log))
+        if self.settings.metrics_port:  # one /metrics port per child, counting up from AGENTMESH_METRICS_PORT
+            env["AGENTMESH_METRICS_PORT"] = str(self.settings.metrics_port + len(self._children))
+        child = _Child(name, argv, self.logs / f"{name}.log", env)
+        child.spawn()
+        self._children.append(child)
 
-    def _check_alive(self) -> None:
-        from agentmesh._errors import UnavailableError
-
+    def _supervise(self) -> None:
+        """Restart exited children with backoff (a crash is said at WARNING, the restart at INFO)."""
+        now = time.monotonic()
         for child in self._children:
-            if child.process.poll() is not None:
-                raise UnavailableError(
-                    f"{child.name} exited with code {child.process.returncode}; last lines of "
-                    f"{child.log_path}:\n{child.tail()}"
-                )
+            if self._stopping or child.process is None:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.spawn()
+                    _say("INFO", f"{child.name} restarted (pid {child.process.pid}, restart {child.restarts})")
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            if now - child.started_at >= _STABLE_RUN:
+                child.restarts = 0
+            wait = min(_MAX_BACKOFF, _FIRST_BACKOFF * 2**child.restarts)
+            child.restarts += 1
+            child.restart_at = now + wait
+            _say(
+                "WARNING",
+                f"{child.name} exited with code {code}; restarting in {wait:.1f}s (last lines of {child.log_path}:\n"
+                f"{child.tail(5)})",
+            )
 
     async def _poll(self, what: str, ready: object) -> None:
         from agentmesh._errors import DeadlineExceededError
 
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            self._check_alive()
+            self._supervise()
             if await ready():  # type: ignore[operator]
                 return
             await asyncio.sleep(0.1)
-        raise DeadlineExceededError(f"{what} not ready within {self.startup_timeout:.0f}s; logs in {self.logs}")
+        crashed = [child for child in self._children if child.restarts]
+        detail = "".join(f"\n{c.name} exited {c.restarts} times; last lines:\n{c.tail()}" for c in crashed)
+        raise DeadlineExceededError(
+            f"{what} not ready within {self.startup_timeout:.0f}s; logs in {self.logs}{detail}"
+        )
 
     async def _wait_triton(self, url: str) -> None:
         import tritonclient.grpc.aio as triton
@@ -177,10 +239,10 @@ class LocalMesh:
         finally:
             await client.close()
 
-    def ops_channel(self, address: str) -> object:
+    def ops_channel(self, address: str, server_identity: str = "") -> object:
         from agentmesh._channel import create_channel
 
-        return create_channel(address, self.settings, kind=_OPS[0], name=_OPS[1])
+        return create_channel(address, self.settings, kind=_OPS[0], name=_OPS[1], server_identity=server_identity)
 
     async def _wait_serving(self, service: str, address: str) -> None:
         from agentmesh._health import check_health
@@ -196,11 +258,12 @@ class LocalMesh:
             await channel.close()  # type: ignore[attr-defined]
 
     async def _wait_registered(self) -> None:
+        from agentmesh.cli._agent import resolve_agent_class
         from agentmesh.v1 import registry_pb2, registry_pb2_grpc
 
         channel = self.ops_channel(self.settings.registry_address)
         registry = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[arg-type]
-        wanted = {agent_identity(m) for m in self.agents}
+        wanted = {resolve_agent_class(m).card.name for m in self.agents}
 
         async def ready() -> bool:
             reply = await registry.ListAgents(registry_pb2.ListAgentsRequest(page_size=1000), timeout=2.0)
@@ -213,22 +276,24 @@ class LocalMesh:
 
     async def _watch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self._check_alive()
+            self._supervise()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await asyncio.wait_for(stop.wait(), timeout=_SUPERVISE_INTERVAL)
 
     async def stop(self, grace: float = 15.0) -> None:
         """SIGTERM every child (agents first, Triton last) and wait for them; kill what does not exit."""
+        self._stopping = True
         children, self._children = list(reversed(self._children)), []
         for child in children:
-            if child.process.poll() is None:
+            if child.process is not None and child.process.poll() is None:
                 child.process.terminate()
         deadline = time.monotonic() + grace
         for child in children:
-            try:
-                await asyncio.to_thread(child.process.wait, max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.process.kill()
-                await asyncio.to_thread(child.process.wait)
-            child.log.close()
-
+            if child.process is not None:
+                try:
+                    await asyncio.to_thread(child.process.wait, max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    await asyncio.to_thread(child.process.wait)
+            if child.log is not None:
+                child.log.close()

@@ -5,6 +5,7 @@ circuit breakers, metadata caching, model selection, and Prometheus metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from agentmesh.resilience import CircuitBreaker, RetryPolicy, breaker_for
 
 __all__ = ["InferenceClient"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 _ERRORS: dict[str, type[MeshError]] = {
@@ -68,6 +71,7 @@ class _Connection:
     configs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     metadata: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     ready_models: tuple[float, frozenset[str]] | None = None
+    reachable: bool | None = None  # what the last readiness check found (None: not checked yet)
 
 
 _CONNECTIONS: dict[tuple[str, int], _Connection] = {}
@@ -93,16 +97,17 @@ class InferenceClient:
         settings: Settings | None = None,
         deadline: float | None = None,
         retry: RetryPolicy | None = None,
-        breaker_failure_threshold: int = 5,
-        breaker_reset_timeout: float = 5.0,
+        breaker_failure_threshold: int | None = None,
+        breaker_reset_timeout: float | None = None,
         catalog: ModelCatalog | None = None,
     ) -> None:
         settings = settings or Settings.from_env()
         self.url = url or settings.triton_url or f"127.0.0.1:{settings.triton_port}"
         self.deadline = deadline if deadline is not None else settings.default_deadline
         self.retry = retry or RetryPolicy(max_attempts=3, initial_backoff=0.05, max_backoff=1.0)
-        self.breaker_failure_threshold = breaker_failure_threshold
-        self.breaker_reset_timeout = breaker_reset_timeout
+        # The breaker follows AGENTMESH_BREAKER_* unless the caller tunes it.
+        self.breaker_failure_threshold = breaker_failure_threshold or settings.breaker_failure_threshold
+        self.breaker_reset_timeout = breaker_reset_timeout or settings.breaker_reset_timeout
         self.catalog = catalog if catalog is not None else default_catalog()
         self._connection_key: tuple[str, int] | None = None
         self._prototypes: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
@@ -302,11 +307,26 @@ class InferenceClient:
         return cache[key]
 
     async def is_ready(self, *, deadline: float = 1.0) -> bool:
-        """Whether the server answers and reports ready (never raises)."""
+        """Whether the server answers and reports ready (never raises).
+
+        A change is logged once: WARNING when Triton goes away (with why), INFO when it is back.
+        """
+        connection = self._connection()
+        problem = ""
         try:
-            return bool(await self._connection().client.is_server_ready(client_timeout=deadline))
-        except Exception:
-            return False
+            ready = bool(await connection.client.is_server_ready(client_timeout=deadline))
+            problem = "" if ready else "it reports not ready"
+        except Exception as exc:
+            ready = False
+            message = getattr(exc, "message", None)  # tritonclient's errors carry message() and status()
+            problem = f"{_status_name(exc)} {message() if callable(message) else exc}"
+        if ready != connection.reachable:
+            if not ready:
+                logger.warning("dependency triton at %s is down: %s", self.url, problem)
+            elif connection.reachable is False:
+                logger.info("dependency triton at %s is back", self.url)
+            connection.reachable = ready
+        return ready
 
     async def ready_models(self, *, deadline: float | None = None) -> frozenset[str]:
         """Names of the models the server has ready (cached for a few seconds)."""
