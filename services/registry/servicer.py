@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from agentmesh import security
-from agentmesh._errors import InvalidArgumentError, UnavailableError
+from agentmesh._errors import InvalidArgumentError, PermissionDeniedError, UnavailableError
 from agentmesh.services.registry.model import (
     DiscoveryQuery,
     DiscoveryResult,
@@ -277,8 +277,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.registry = registry
         self._protos = InstanceProtos()
         self._basic_protos = InstanceProtos(basic=True)
-        self._streams: set[asyncio.Task[Any]] = set()
+        # Long-lived streams and who opened them (SPIFFE id, certificate serial), so that a revocation ends them.
+        self._streams: dict[asyncio.Task[Any], tuple[str | None, int | None]] = {}
+        self._revoked_streams: set[asyncio.Task[Any]] = set()
         self._closing = False
+        registry.revocations.add_listener(self._end_revoked_streams)
 
     def end_streams(self) -> None:
         """End every heartbeat and watch stream with UNAVAILABLE and refuse new ones (the replica is stopping).
@@ -290,22 +293,35 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         for task in self._streams:
             task.cancel()
 
+    def _end_revoked_streams(self) -> None:
+        """End, with PERMISSION_DENIED, the streams of callers that were just revoked (the check ran at open)."""
+        revocations = self.registry.revocations
+        for task, (caller, serial) in self._streams.items():
+            if caller is not None and revocations.is_revoked(caller, serial):
+                self._revoked_streams.add(task)
+                task.cancel()
+
     @contextlib.contextmanager
-    def _open_stream(self, advice: str) -> Iterator[None]:
-        # Tracks a long-lived stream so that end_streams() can end it; its cancellation then reads UNAVAILABLE.
+    def _open_stream(self, advice: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+        # Tracks a long-lived stream so that end_streams() can end it; its cancellation then reads UNAVAILABLE
+        # (or PERMISSION_DENIED when its caller was revoked while it was open).
         task = asyncio.current_task()
         assert task is not None
-        self._streams.add(task)
+        caller = _caller()
+        self._streams[task] = (caller, security.peer_certificate_serial(context) if caller else None)
         try:
             if self._closing:
                 raise asyncio.CancelledError  # opened while stopping: refused like the streams already ended
             yield
         except asyncio.CancelledError:
+            if task in self._revoked_streams:
+                raise PermissionDeniedError(f"{caller} was revoked; this stream is closed") from None
             if not self._closing:
                 raise  # the caller went away
             raise UnavailableError(f"this registry replica is stopping; {advice}") from None
         finally:
-            self._streams.discard(task)
+            self._streams.pop(task, None)
+            self._revoked_streams.discard(task)
 
     async def _ready(self) -> None:
         if not await self.registry.ready():
@@ -340,7 +356,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> AsyncIterator[registry_pb2.StreamHeartbeatsResponse]:
         await self._ready()
         caller = _caller()  # verified once for the whole stream by the server's interceptor
-        with self._open_stream("heartbeat to another one"):
+        with self._open_stream("heartbeat to another one", context):
             async for request in requests:
                 # A failed heartbeat raises: the stream ends with the status the unary Heartbeat would return.
                 if not request.acknowledge:  # a routine renewal: no answer, so one message per heartbeat
@@ -416,7 +432,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._ready()
         if request.since_revision < 0:
             raise InvalidArgumentError("since_revision must not be negative", field="since_revision")
-        with self._open_stream("watch again from your last revision on another one"):
+        with self._open_stream("watch again from your last revision on another one", context):
             async for event in self.registry.watch(request.since_revision, request.namespace):
                 yield _watch_response(event)
 
@@ -502,7 +518,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.WatchRevocationsResponse]:
         await self._ready()
-        with self._open_stream("follow the revocation set on another one"):
+        with self._open_stream("follow the revocation set on another one", context):
             async for revision, records in self.registry.watch_revocations():
                 yield registry_pb2.WatchRevocationsResponse(
                     revision=revision, revocations=[revocation_proto(r) for r in records]

@@ -19,12 +19,19 @@ import pytest
 from cryptography import x509
 
 from agentmesh._channel import create_channel
-from agentmesh._errors import MeshError, PermissionDeniedError, UnauthenticatedError, from_rpc_error
+from agentmesh._errors import (
+    FailedPreconditionError,
+    MeshError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    from_rpc_error,
+)
 from agentmesh._health import wait_until_serving
 from agentmesh._registry_client import REGISTRY_IDENTITY, RegistryClient
 from agentmesh._settings import Settings
-from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc, registry_pb2
 from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.registry import RegistryReplica, make_card
 from tests.integration.test_agent_cli import free_port
 from tests.integration.test_registry import eventually
 from tests.integration.test_registry_failover import _env, _Process, spawn  # noqa: F401  (fixture)
@@ -200,3 +207,30 @@ async def test_a_revoked_agent_is_refused_mesh_wide_within_two_seconds(
 
 async def _not(check: Awaitable[bool]) -> bool:
     return not await check
+
+
+async def test_streams_a_revoked_identity_holds_open_are_ended(registry: RegistryReplica) -> None:
+    triage = f"spiffe://{registry.settings.trust_domain}/agent/support/triage"
+    async with registry.client("agent", "support/triage") as agent, registry.client("client", "ops") as ops:
+        await agent.register(make_card("triage"))
+        events = agent.watch()
+        assert (await anext(events)).type == registry_pb2.AGENT_EVENT_TYPE_SNAPSHOT
+        reply = await ops.revoke(spiffe_id=triage, reason="compromised")
+        assert reply.removed_instances == 1 and reply.revocation.revoked_by.endswith("/client/ops")
+        with pytest.raises(PermissionDeniedError, match="revoked"):
+            async with asyncio.timeout(WITHIN):
+                async for _ in events:
+                    pass
+        with pytest.raises(PermissionDeniedError, match="revoked"):
+            await agent.discover()
+        again = await ops.revoke(spiffe_id=triage)  # revoking twice keeps the first revocation
+        assert again.revocation.reason == "compromised" and again.removed_instances == 0
+        listed = await ops.list_revocations()
+        assert [r.spiffe_id for r in listed.revocations] == [triage]
+        with pytest.raises(FailedPreconditionError, match="itself"):
+            await ops.revoke(spiffe_id=f"spiffe://{registry.settings.trust_domain}/client/ops")
+        with pytest.raises(PermissionDeniedError):
+            await agent.list_revocations()  # still revoked
+    async with registry.client("agent", "support/refunds") as other:
+        with pytest.raises(PermissionDeniedError, match="RevokeIdentity"):
+            await other.revoke(spiffe_id=triage)  # only ops clients revoke
