@@ -17,7 +17,6 @@ import asyncio
 import bisect
 import concurrent.futures
 import functools
-import itertools
 import re
 import time
 from collections import OrderedDict
@@ -124,17 +123,20 @@ class VisibilityPattern:
         """Whether ``name`` (``namespace/name``) matches the whole pattern."""
         return self._plain.fullmatch(name) is not None
 
-    def scan(self, names: Sequence[str]) -> list[int]:
-        """Positions in ``names`` (ASCII, no newline) that match, in order; one RE2 call per run of matches."""
-        if not names:
-            return []
-        starts = list(itertools.accumulate(map(len, names), lambda at, length: at + length + 1, initial=0))
-        out: list[int] = []
-        for match in self._lines.finditer("\n".join(names).encode()):
-            first = bisect.bisect_right(starts, match.start()) - 1
-            last = bisect.bisect_right(starts, match.end()) - 1
-            out.extend(range(first, last + 1))
-        return out
+    def scan(self, names: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Positions in ``names`` (ASCII, no newline) that match, ascending; one RE2 call per run of matches."""
+        text = "\n".join(names).encode()
+        runs = [(match.start(), match.end()) for match in self._lines.finditer(text)]
+        if not runs:
+            return _NO_POSITIONS
+        # Line i starts at starts[i]; a run's ends are the first and last lines it covers (vectorised: the
+        # worker holds the GIL as little as it can).
+        starts = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10) + 1
+        bounds = np.searchsorted(starts, np.array(runs, dtype=np.int64).ravel(), side="right")
+        return np.concatenate([np.arange(first, last + 1) for first, last in bounds.reshape(-1, 2).tolist()])
+
+
+_NO_POSITIONS = np.zeros(0, dtype=np.int64)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -154,7 +156,7 @@ class _Work:
     ) -> None:
         self.pattern, self.matches, self.names, self.ixs, self.done = pattern, matches, names, ixs, done
         self.position = 0  # names[:position] are scanned
-        self.hits: list[int] = []
+        self.hits: list[npt.NDArray[np.int64]] = []
         self.busy = 0  # runs submitted to the worker and not yet back: only the worker may touch it then
 
     @property
@@ -167,7 +169,9 @@ class _Work:
         while self.position < len(self.names):
             start = self.position
             chunk = self.names[start : start + _CHUNK]
-            self.hits += [self.ixs[start + position] for position in self.pattern.scan(chunk)]
+            positions = self.pattern.scan(chunk)
+            if len(positions):
+                self.hits.append(np.array(self.ixs[start : start + len(chunk)], dtype=np.int64)[positions])
             self.position = start + len(chunk)
             if self.position < len(self.names) and time.monotonic() > deadline:
                 return False
@@ -194,8 +198,8 @@ class _Matches:
             grown = np.zeros(max(work.done, 2 * len(self.flags)), dtype=np.bool_)
             grown[: len(self.flags)] = self.flags
             self.flags = grown
-        if work.hits:
-            self.flags[np.fromiter(work.hits, dtype=np.int64)] = True
+        for hits in work.hits:
+            self.flags[hits] = True
         self.done = work.done
 
 
