@@ -60,6 +60,7 @@ __all__ = [
     "StartTask",
     "TaskRequest",
     "TaskStart",
+    "check_labels",
 ]
 
 ROLES = ("USER", "AGENT", "SYSTEM")

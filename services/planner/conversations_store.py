@@ -30,6 +30,7 @@ __all__ = [
     "NewMessage",
     "PageKey",
     "TaskOutcome",
+    "visible_versions",
 ]
 
 conversations = Conversation.__table__
