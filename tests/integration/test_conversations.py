@@ -64,6 +64,21 @@ async def connect(planner: MeshServer, mesh_settings: Settings) -> AsyncIterator
         await channel.close()
 
 
+def _conversation_server(
+    settings: Settings, engine, verifier: DelegationVerifier | None = None, poll_interval: float = 0.5
+) -> MeshServer:
+    """ConversationService alone on a mesh server (a planner replica without its task engine)."""
+    conversations = Conversations(
+        ConversationStore(engine), trust_domain=settings.trust_domain, poll_interval=poll_interval
+    )
+    return MeshServer(
+        name="planner", settings=settings, port=0,
+        services=[bind(ConversationServicer(conversations, verifier),
+                       conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
+                       "agentmesh.v1.ConversationService")],
+    )
+
+
 async def _create(stub, title: str = "refund for order 42", **labels: str) -> pb.Conversation:
     reply = await stub.CreateConversation(pb.CreateConversationRequest(title=title, labels=labels), timeout=10)
     return reply.conversation
@@ -390,15 +405,7 @@ async def test_behind_the_gateway_each_end_user_sees_only_their_own(
     settings = mesh_settings.replace(database_url=migrated_database_url)
     planner_id = f"spiffe://{settings.trust_domain}/service/planner"
     engine = create_async_engine(migrated_database_url)
-    servicer = ConversationServicer(
-        Conversations(ConversationStore(engine), trust_domain=settings.trust_domain),
-        DelegationVerifier.from_settings(settings, audience=planner_id),
-    )
-    server = MeshServer(
-        name="planner", settings=settings, port=0,
-        services=[bind(servicer, conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
-                       "agentmesh.v1.ConversationService")],
-    )
+    server = _conversation_server(settings, engine, DelegationVerifier.from_settings(settings, audience=planner_id))
     issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
 
     def acting_for(user: str) -> tuple[tuple[str, str], ...]:
@@ -431,6 +438,42 @@ async def test_behind_the_gateway_each_end_user_sees_only_their_own(
         finally:
             await channel.close()
     await engine.dispose()
+
+
+async def test_a_watch_on_one_replica_sees_writes_made_through_another(
+    mesh_settings: Settings, issue_identity, migrated_database_url: str
+) -> None:
+    issue_identity("service", "planner")
+    issue_identity("client", "alice")
+    settings = mesh_settings.replace(database_url=migrated_database_url)
+    engines = [create_async_engine(migrated_database_url) for _ in range(2)]
+    replicas = [_conversation_server(settings, engine, poll_interval=0.2) for engine in engines]
+    channels: list[grpc.aio.Channel] = []
+    try:
+        stubs = []
+        for replica in replicas:
+            await replica.start()
+            channel = create_channel(replica.address, settings, kind="client", name="alice")
+            channels.append(channel)
+            await wait_until_serving(channel, within=20)
+            stubs.append(conversation_pb2_grpc.ConversationServiceStub(channel))
+        first, second = stubs
+        cid = (await _create(first)).conversation_id
+        stream = first.WatchConversation(pb.WatchConversationRequest(conversation_id=cid))
+        await _send(second, cid, 0, "written through the other replica")
+        change = await asyncio.wait_for(stream.read(), 10)
+        assert (change.version, change.message.text) == (1, "written through the other replica")
+        # Both replicas agree on the version: a stale write through either is refused.
+        assert await _code(_send(first, cid, 0, "stale")) == grpc.StatusCode.ABORTED
+        assert (await _send(first, cid, 1, "next")).conversation.version == 2
+        stream.cancel()
+    finally:
+        for channel in channels:
+            await channel.close()
+        for replica in replicas:
+            await replica.stop(grace=0.5)
+        for engine in engines:
+            await engine.dispose()
 
 
 REPLY = """
