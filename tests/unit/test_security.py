@@ -55,7 +55,8 @@ def test_issued_certificate_has_exactly_one_uri_san_the_spiffe_id(tmp_path: Path
     cert = x509.load_pem_x509_certificate(issued.cert_path.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [f"spiffe://{TD}/service/registry"]
-    assert san.get_values_for_type(x509.DNSName) == ["registry.mesh"]
+    # The identity's host name first (replica clients verify it), then the DNS names asked for.
+    assert san.get_values_for_type(x509.DNSName) == [f"registry.service.{TD}", "registry.mesh"]
     assert issued.spiffe_id == f"spiffe://{TD}/service/registry"
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(hours=2) <= lifetime <= timedelta(hours=2, minutes=10)
