@@ -43,7 +43,7 @@ __all__ = [
 # DFA to its NFA (a pattern built to defeat the DFA).
 MAX_PROGRAM_SIZE = 256
 # The time one request may spend evaluating new patterns (on the worker thread) before it is refused.
-BUDGET_SECONDS = 0.030
+BUDGET_SECONDS = 0.020
 # At most this many names are checked one by one on the event loop per request; more go to the worker.
 _ON_LOOP_NAMES = 64
 # Names per RE2 call on the worker: small enough that the budget is checked often.
@@ -97,10 +97,6 @@ class VisibilityPattern:
             raise PatternError("turning multi-line mode off is not supported in visibility patterns")
         try:
             self._plain = re2.compile(pattern, _options(never_nl=False))
-            # Names hold no newline, so never_nl changes nothing for one name; in the joined text it keeps a
-            # match on its line. \A and \z are the name's ends, i.e. the line's.
-            line = pattern.replace("\\A", "^").replace("\\z", "$")
-            self._lines = re2.compile(f"(?m)^(?:(?:{line})$\\C)*(?:{line})$", _options(never_nl=True))
         except re2.error as exc:
             raise PatternError(_why(exc)) from None
         if self._plain.programsize > MAX_PROGRAM_SIZE:
@@ -108,6 +104,7 @@ class VisibilityPattern:
                 f"too complex: {self._plain.programsize} RE2 instructions, at most {MAX_PROGRAM_SIZE}"
             )
         self.pattern = pattern
+        self._lines: Any = None
         # Every name this pattern matches sorts between low and high (bytes; names are ASCII).
         try:
             low, high = self._plain.possiblematchrange(256)
@@ -123,10 +120,28 @@ class VisibilityPattern:
         """Whether ``name`` (``namespace/name``) matches the whole pattern."""
         return self._plain.fullmatch(name) is not None
 
+    def _line_scanner(self) -> Any:
+        """The pattern over newline-joined names, compiled on first use (on the worker, not the event loop).
+
+        Names hold no newline, so never_nl changes nothing for one name; in the joined text it keeps a match on
+        its line, and ``$\\C`` (end of line, then the newline) joins consecutive matching names into one run.
+        \\A and \\z are a name's ends, i.e. its line's.
+        """
+        if self._lines is None:
+            line = self.pattern.replace("\\A", "^").replace("\\z", "$")
+            try:
+                self._lines = re2.compile(f"(?m)^(?:(?:{line})$\\C)*(?:{line})$", _options(never_nl=True))
+            except re2.error:  # the doubled program outgrew RE2's memory bound: match the names one by one
+                self._lines = False
+        return self._lines
+
     def scan(self, names: Sequence[str]) -> npt.NDArray[np.int64]:
         """Positions in ``names`` (ASCII, no newline) that match, ascending; one RE2 call per run of matches."""
+        scanner = self._line_scanner()
+        if scanner is False:
+            return np.array([i for i, name in enumerate(names) if self.fullmatch(name)], dtype=np.int64)
         text = "\n".join(names).encode()
-        runs = [(match.start(), match.end()) for match in self._lines.finditer(text)]
+        runs = [(match.start(), match.end()) for match in scanner.finditer(text)]
         if not runs:
             return _NO_POSITIONS
         # Line i starts at starts[i]; a run's ends are the first and last lines it covers (vectorised: the
