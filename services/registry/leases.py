@@ -2,20 +2,30 @@
 
 A heartbeat costs no database write: the replica that receives it moves the instance's expiry in memory
 and remembers it for the next flush, which writes every pending expiry with one statement (a narrow
-``agent_leases`` table, ``UPDATE ... FROM unnest(...)`` on PostgreSQL). Expiry is judged in the database
-with a grace of two flush intervals, so a renewal still waiting in some replica's batch is never mistaken
-for a dead instance; the conditional DELETE that removes the lease row decides which replica announces
-the expiry, so the EXPIRED event is written exactly once.
+``agent_leases`` table, ``UPDATE ... FROM unnest(...)`` on PostgreSQL). The conditional DELETE that
+removes the lease row decides which replica announces the expiry, so the EXPIRED event is written exactly
+once.
+
+Expiry is exact. Answers never include an instance past its ``expires_at`` (filtered at query time), and
+every poll each replica hides instances whose lease has passed as far as it and the database know
+(:class:`Lapses`: an instance heartbeating through another replica is looked up in ``agent_leases`` before
+it is hidden). The sweep expires leases as soon as their stored expiry has passed. Both are safe because a
+granted TTL is at least :attr:`LeaseBook.min_ttl` (two flush intervals): an agent renewing every third of
+its TTL always has a renewal in the database that reaches beyond the next flush.
 """
 
 from __future__ import annotations
 
 import logging
 
+from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.model import InstanceRecord
-from agentmesh.services.registry.store import RegistryStore, from_epoch
+from agentmesh.services.registry.store import RegistryStore, epoch, from_epoch
+from agentmesh.v1 import agent_pb2
 
-__all__ = ["LeaseBook"]
+__all__ = ["Lapses", "LeaseBook"]
+
+NOT_SERVING = agent_pb2.SERVING_STATE_NOT_SERVING
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +39,8 @@ class LeaseBook:
         self._pending: dict[str, float] = {}
 
     @property
-    def grace(self) -> float:
-        """Seconds past expiry before the database judges a lease dead (covers every replica's unflushed batch)."""
+    def min_ttl(self) -> float:
+        """The shortest TTL granted: two flush intervals, so a live lease's stored expiry is never overtaken."""
         return 2 * self.flush_interval
 
     @property
@@ -63,5 +73,44 @@ class LeaseBook:
         return len(batch)
 
     async def sweep(self, now: float) -> int:
-        """Expire, in the database, every lease dead for longer than :attr:`grace`; returns how many."""
-        return await self._store.expire_due(from_epoch(now - self.grace), from_epoch(now))
+        """Expire, in the database, every lease whose stored expiry has passed; returns how many."""
+        return await self._store.expire_due(from_epoch(now), from_epoch(now))
+
+
+class Lapses:
+    """Instances whose lease passed, hidden from answers (as NOT_SERVING) until renewed or swept."""
+
+    def __init__(self, store: RegistryStore) -> None:
+        self._store = store
+        self._hidden: dict[str, int] = {}  # instance id -> the state it had when its lease passed
+
+    def revive(self, index: AgentIndex, instance: InstanceRecord) -> None:
+        """Show a hidden instance again (its lease was renewed)."""
+        state = self._hidden.pop(instance.instance_id, None)
+        if state is not None:
+            index.set_state(instance.instance_id, state)
+
+    async def judge(self, index: AgentIndex, now: float, horizon: float) -> int:
+        """Hide every instance whose lease passes before ``horizon`` unless the database knows a later expiry.
+
+        Returns how many are hidden. Instances renewed meanwhile (locally or through another replica) are
+        shown again.
+        """
+        for instance_id in [i for i in self._hidden if i not in index.instances]:
+            del self._hidden[instance_id]
+        due = [i for i in index.instances.values() if i.expires_at <= horizon]
+        if not due:
+            return 0
+        stored = await self._store.lease_expiries([i.instance_id for i in due])
+        for instance in due:
+            if index.instances.get(instance.instance_id) is not instance:
+                continue  # removed while the database answered
+            expiry = stored.get(instance.instance_id)
+            if expiry is not None:
+                instance.expires_at = max(instance.expires_at, epoch(expiry))
+            if instance.expires_at > now:
+                self.revive(index, instance)
+            elif instance.state != NOT_SERVING:
+                self._hidden[instance.instance_id] = instance.state
+                index.set_state(instance.instance_id, NOT_SERVING)
+        return len(self._hidden)

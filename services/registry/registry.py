@@ -37,7 +37,7 @@ from agentmesh._errors import (
 from agentmesh._settings import Settings
 from agentmesh.security import RevocationSet, SpiffeId, agent_spiffe_id, format_serial, parse_serial
 from agentmesh.services.registry.discovery import AgentIndex
-from agentmesh.services.registry.leases import LeaseBook
+from agentmesh.services.registry.leases import Lapses, LeaseBook
 from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
 from agentmesh.services.registry.routing import CanaryRule, OutcomeWindows, RoutePolicy, rollback_reason
 from agentmesh.services.registry.store import (
@@ -136,6 +136,7 @@ class Registry:
         self.policies: dict[str, RoutePolicy] = {}
         self.revision = 0
         self.leases = LeaseBook(store, settings.lease_flush_interval)
+        self.lapses = Lapses(store)
         self.hub = EventHub()
         self._outcomes = OutcomeWindows()
         self._sync_lock = asyncio.Lock()
@@ -219,6 +220,11 @@ class Registry:
             await asyncio.sleep(self.settings.registry_poll_interval)
             try:
                 await self.sync()
+                # Look ahead a flush interval (at least two polls): a lease renewed through another replica
+                # is read from the database well before this replica's own record of it runs out.
+                now = self._clock()
+                ahead = max(2 * self.settings.registry_poll_interval, self.leases.flush_interval)
+                await self.lapses.judge(self.index, now, now + ahead)
                 self._healthy = True
             except Exception:
                 self._healthy = False
@@ -327,8 +333,12 @@ class Registry:
     # ------------------------------------------------------------------ registration and leases
 
     def _ttl(self, requested: float) -> float:
+        """The TTL granted for ``requested`` (0: the default), clamped to the bounds; the lease reports it."""
+        if requested < 0:
+            raise InvalidArgumentError(f"lease_ttl must not be negative, not {requested:g}s", field="lease_ttl")
         ttl = requested if requested > 0 else self.settings.lease_ttl
-        return min(max(ttl, self.settings.lease_ttl_min), self.settings.lease_ttl_max)
+        shortest = max(self.settings.lease_ttl_min, self.leases.min_ttl)
+        return min(max(ttl, shortest), self.settings.lease_ttl_max)
 
     async def register(
         self, card: agent_pb2.AgentCard, lease_ttl: float, caller: str | None, caller_serial: int | None = None
@@ -406,6 +416,7 @@ class Registry:
             raise InvalidArgumentError(f"unknown serving state {state}", field="state")
         instance = self._owned(lease_id, caller) or await self._find_lease(lease_id, caller)
         self.leases.renew(instance, self._clock())
+        self.lapses.revive(self.index, instance)
         self.index.set_load(instance, load)
         if state != agent_pb2.SERVING_STATE_UNSPECIFIED and state != instance.state:
             record = self.index.versions[instance.version_id]
@@ -457,7 +468,8 @@ class Registry:
         else:
             live = [r for r in records if r.instances]
             chosen = (live or records)[-1]
-        instances = sorted(chosen.instances.values(), key=lambda i: i.endpoint)
+        now = self._clock()  # exact expiry: a lease that passed is not shown, swept or not
+        instances = sorted((i for i in chosen.instances.values() if i.expires_at > now), key=lambda i: i.endpoint)
         return AgentView(chosen, instances, self.policies.get(f"{namespace}/{name}"))
 
     def _ordered_keys(self) -> list[tuple[str, str, str, str]]:
@@ -481,6 +493,7 @@ class Registry:
     ) -> tuple[list[tuple[InstanceRecord, VersionRecord]], tuple[str, str, str, str] | None]:
         """A page of instances ordered by namespace, name, version, instance; and the key to continue after."""
         keys = self._ordered_keys()
+        now = self._clock()
         start = bisect.bisect_right(keys, after) if after else 0
         if namespace and (after is None or after[0] < namespace):
             start = max(start, bisect.bisect_left(keys, (namespace, name_prefix, "", "")))
@@ -497,7 +510,7 @@ class Registry:
                     break
                 continue
             instance = self.index.instances.get(key[3])
-            if instance is None or (
+            if instance is None or instance.expires_at <= now or (
                 not include_not_serving and instance.state != agent_pb2.SERVING_STATE_SERVING
             ):
                 continue
@@ -509,7 +522,12 @@ class Registry:
 
     def discover(self, query: DiscoveryQuery) -> DiscoveryResult:
         """Which live agents should do this, best first, with reasons."""
-        return self.index.discover(query, self.policies)
+        result = self.index.discover(query, self.policies)
+        now = self._clock()  # exact expiry: leases that passed since the last poll hid them are left out
+        if any(c.instance.expires_at <= now for c in result.candidates):
+            live = [c for c in result.candidates if c.instance.expires_at > now]
+            result = dataclasses.replace(result, candidates=live)
+        return result
 
     # ------------------------------------------------------------------ routing
 

@@ -571,6 +571,17 @@ class RegistryStore:
             values = {"weights": weights, "canary": row.canary, "reason": reason, "updated_by": "registry"}
             return await self._put_routing(conn, namespace, name, values, now)
 
+    async def lease_expiries(self, instance_ids: Sequence[str]) -> dict[str, dt.datetime]:
+        """The stored lease expiry of each of these instances that still has a lease."""
+        found: dict[str, dt.datetime] = {}
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(instance_ids):
+                rows = await conn.execute(
+                    sa.select(leases.c.instance_id, leases.c.expires_at).where(leases.c.instance_id.in_(chunk))
+                )
+                found.update({row.instance_id: row.expires_at for row in rows})
+        return found
+
     async def events_since(self, revision: int, limit: int = 1000) -> list[EventRow]:
         """Events after ``revision``, oldest first."""
         async with self.engine.connect() as conn:

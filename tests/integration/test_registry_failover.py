@@ -96,7 +96,7 @@ async def _serving(address: str, settings: Settings, child: _Process) -> None:
         address, settings, kind="client", name="ops", server_identity=REGISTRY_IDENTITY
     ) as channel:
         try:
-            await wait_until_serving(channel, within=30.0)
+            await wait_until_serving(channel, within=90.0)
         except Exception:
             print(child.output())
             raise
