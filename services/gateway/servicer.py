@@ -176,29 +176,69 @@ class PublicService:
         return unary
 
 
+async def _checked_input(
+    goal: str, task_input: dict[str, Any], playbook: str, schemas: SchemaSource, injection_policy: str
+) -> dict[str, Any]:
+    """A task's input after the schema check and the injection screen (flag added, or refused by policy)."""
+    task_input.pop(SCREENING_FIELD, None)  # only the gateway sets the flag
+    schema = await schemas.input_schema(playbook)
+    if schema is not None:
+        validate_input(schema, task_input, what=f"playbook {playbook!r}")
+    verdict = screen(goal, task_input)
+    if verdict.flagged:
+        if injection_policy == "reject":
+            raise InvalidArgumentError(
+                f"the task looks like a prompt injection ({', '.join(verdict.markers)}); refused by policy",
+                reason="PROMPT_INJECTION",
+                field="input",
+            )
+        task_input[SCREENING_FIELD] = verdict.as_input_field()
+    return task_input
+
+
+def _replace_struct(struct: struct_pb2.Struct, value: dict[str, Any]) -> None:
+    struct.Clear()
+    struct.update(value)
+
+
 def submit_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
     """SubmitTask's checks: the input against its playbook's schema, the injection screen, then redaction."""
 
     async def prepare(request: Message, call: Admitted) -> Message:
         assert isinstance(request, task_pb2.SubmitTaskRequest)
-        task_input = json_format.MessageToDict(request.input)
-        task_input.pop(SCREENING_FIELD, None)  # only the gateway sets the flag
-        schema = await schemas.input_schema(request.playbook)
-        if schema is not None:
-            validate_input(schema, task_input, what=f"playbook {request.playbook!r}")
-        verdict = screen(request.goal, task_input)
-        if verdict.flagged:
-            if injection_policy == "reject":
-                raise InvalidArgumentError(
-                    f"the task looks like a prompt injection ({', '.join(verdict.markers)}); refused by policy",
-                    reason="PROMPT_INJECTION",
-                    field="input",
-                )
-            task_input[SCREENING_FIELD] = verdict.as_input_field()
+        checked = await _checked_input(
+            request.goal, json_format.MessageToDict(request.input), request.playbook, schemas, injection_policy
+        )
         forwarded = task_pb2.SubmitTaskRequest()
         forwarded.CopyFrom(request)
-        forwarded.input.Clear()
-        forwarded.input.update(task_input)
+        _replace_struct(forwarded.input, checked)
+        redact_message(forwarded)
+        return forwarded
+
+    return prepare
+
+
+def message_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
+    """SendMessage's checks: the message (and the task it starts) screened and checked like a submission."""
+
+    async def prepare(request: Message, call: Admitted) -> Message:
+        assert isinstance(request, conversation_pb2.SendMessageRequest)
+        forwarded = conversation_pb2.SendMessageRequest()
+        forwarded.CopyFrom(request)
+        data = await _checked_input(
+            request.text, json_format.MessageToDict(request.data), "", schemas, injection_policy
+        )
+        _replace_struct(forwarded.data, data)
+        if request.HasField("task"):
+            template = request.task
+            task_input = await _checked_input(
+                f"{request.text}\n{template.goal}",
+                json_format.MessageToDict(template.input),
+                template.playbook,
+                schemas,
+                injection_policy,
+            )
+            _replace_struct(forwarded.task.input, task_input)
         redact_message(forwarded)
         return forwarded
 
@@ -213,7 +253,13 @@ def public_services(
 
     wiring: list[tuple[Any, Any, str, Channel, Mapping[str, Prepare]]] = [
         (task_pb2, task_pb2_grpc, "TaskService", planner, {"SubmitTask": submit_preparer(schemas, injection_policy)}),
-        (conversation_pb2, conversation_pb2_grpc, "ConversationService", planner, {}),
+        (
+            conversation_pb2,
+            conversation_pb2_grpc,
+            "ConversationService",
+            planner,
+            {"SendMessage": message_preparer(schemas, injection_policy)},
+        ),
         (audit_pb2, audit_pb2_grpc, "AuditService", planner, {}),
         (registry_pb2, registry_pb2_grpc, "RegistryService", registry, {}),
     ]
