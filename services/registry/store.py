@@ -135,6 +135,12 @@ class RegistryStore:
         self.is_postgres = engine.dialect.name == "postgresql"
 
     @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads: on SQLite its transactions begin DEFERRED, so reads never take the write lock."""
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(sqlite_begin="DEFERRED")
+
+    @asynccontextmanager
     async def _writer(self) -> AsyncIterator[AsyncConnection]:
         async with self.engine.begin() as conn:
             if self.is_postgres:
@@ -574,7 +580,7 @@ class RegistryStore:
     async def lease_expiries(self, instance_ids: Sequence[str]) -> dict[str, dt.datetime]:
         """The stored lease expiry of each of these instances that still has a lease."""
         found: dict[str, dt.datetime] = {}
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             for chunk in _chunks(instance_ids):
                 rows = await conn.execute(
                     sa.select(leases.c.instance_id, leases.c.expires_at).where(leases.c.instance_id.in_(chunk))
@@ -584,7 +590,7 @@ class RegistryStore:
 
     async def events_since(self, revision: int, limit: int = 1000) -> list[EventRow]:
         """Events after ``revision``, oldest first."""
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             rows = await conn.execute(
                 sa.select(events).where(events.c.revision > revision).order_by(events.c.revision).limit(limit)
             )
@@ -592,14 +598,14 @@ class RegistryStore:
 
     async def oldest_revision(self) -> int:
         """The lowest revision still in the log (0 when the log is empty)."""
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             return int(await conn.scalar(sa.select(sa.func.coalesce(sa.func.min(events.c.revision), 0))) or 0)
 
     async def load_versions(self, version_ids: Iterable[int]) -> list[VersionRow]:
         """Cards of the given versions."""
         ids = list(version_ids)
         found: list[VersionRow] = []
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             for chunk in _chunks(ids):
                 found += await self._version_rows(conn, versions.c.id.in_(chunk))
         return found
@@ -619,7 +625,7 @@ class RegistryStore:
         self,
     ) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]], list[RevocationRow]]:
         """A consistent copy: (revision, versions, instances with expiry, routing policies, revocations)."""
-        async with self.engine.connect() as conn:
+        async with self._reader() as conn:
             if self.is_postgres:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
@@ -648,7 +654,7 @@ class RegistryStore:
     async def ping(self) -> bool:
         """Whether the database answers."""
         try:
-            async with self.engine.connect() as conn:
+            async with self._reader() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         except Exception:
             return False
