@@ -108,6 +108,8 @@ class Settings:
     planner_max_subtask_fanout: int = 10
     # Planner: seconds a cached discovery answer is reused for the same step query.
     planner_discovery_cache_ttl: float = 1.0
+    # Planner: a folder of extra playbooks (*.yaml) loaded beside the shipped ones; empty means none.
+    planner_playbooks_path: str = ""
     # Planner: identities (globs, comma-separated) holding the `approve` permission for ApproveStep/RejectStep;
     # behind the gateway, the end user's token needs the `approve` scope instead.
     planner_approver_identities: str = "spiffe://{trust_domain}/client/ops,spiffe://{trust_domain}/client/approver-*"
