@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
@@ -51,25 +51,28 @@ class AuditEntry:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
-async def append_audit(session: AsyncSession, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
-    """Append ``entries`` to the chain in ``session``'s transaction; they become visible when it commits.
+async def append_audit(
+    target: AsyncSession | AsyncConnection, entries: Sequence[AuditEntry]
+) -> list[AuditRecord]:
+    """Append ``entries`` to the chain in the transaction of ``target`` (an ORM session or a Core
+    connection); they become visible when that transaction commits.
 
     Takes the chain lock, which is held until the caller's transaction ends: keep that transaction short.
-    Returns the records as stored (sequence, time and hashes filled in).
+    Returns the records as stored (sequence, time and hashes filled in; not attached to any session).
     """
     if not entries:
         return []
-    connection = await session.connection()
+    connection = await target.connection() if isinstance(target, AsyncSession) else target
     if connection.dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
+        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
     head = (
-        await session.execute(
+        await connection.execute(
             select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
         )
     ).first()
     sequence, previous = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
     moment = utcnow()
-    records = []
+    rows = []
     for entry in entries:
         sequence += 1
         fields: dict[str, Any] = {
@@ -87,10 +90,9 @@ async def append_audit(session: AsyncSession, entries: Sequence[AuditEntry]) -> 
             "previous_hash": previous,
         }
         previous = record_hash(**fields)
-        records.append(AuditRecord(**fields, record_hash=previous))
-    session.add_all(records)
-    await session.flush()
-    return records
+        rows.append({**fields, "record_hash": previous})
+    await connection.execute(insert(AuditRecord), rows)
+    return [AuditRecord(**row) for row in rows]
 
 
 @dataclass

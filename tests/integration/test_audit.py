@@ -144,9 +144,14 @@ _APPENDER = textwrap.dedent(
         sessions = async_session_factory(engine)
         log = AuditLog(engine)
 
-        async def in_transaction(i):  # the planner's way: inside its own transaction
-            async with sessions.begin() as session:
-                await append_audit(session, [AuditEntry("step.attempt", actor=name, resource=f"tasks/{name}/{i}")])
+        async def in_transaction(i):  # the planner's way: inside its own transaction (ORM session or Core)
+            entry = AuditEntry("step.attempt", actor=name, resource=f"tasks/{name}/{i}")
+            if i % 2:
+                async with sessions.begin() as session:
+                    await append_audit(session, [entry])
+            else:
+                async with engine.begin() as connection:
+                    await append_audit(connection, [entry])
 
         work = [log.append(AuditEntry("submit", actor=name, resource=f"tasks/{name}/g{i}")) for i in range(count)]
         work += [in_transaction(i) for i in range(count)]
