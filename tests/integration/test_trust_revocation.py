@@ -5,7 +5,7 @@ Every workload is its own process: two registry replicas on one database, a trus
 operator revokes the rogue, its next call to either replica and to the trusted agent is refused within 2 s,
 and its instance is gone from discovery on both replicas; unrevoking restores it; revoking one certificate
 serial refuses that certificate only; a restarted registry, and a restarted agent that cannot reach any
-registry, still refuse it.
+registry, still refuse it, and servers keep following the set across registry restarts.
 """
 
 from __future__ import annotations
@@ -192,6 +192,13 @@ async def test_a_revoked_agent_is_refused_mesh_wide_within_two_seconds(
     await _serving(addresses[0], settings, replicas[0])
     with pytest.raises(PermissionDeniedError, match="revoked"):
         await rogue.call_registry(addresses[0])
+    # The other replica goes too: servers following the set reconnect to the restarted one and keep following.
+    await replicas[1].stop()
+    async with RegistryClient(settings, kind="client", name="ops", address=addresses[0]) as ops:
+        await ops.unrevoke(spiffe_id=f"spiffe://{settings.trust_domain}/agent/{ROGUE}")
+        await _accepted_within(rogue.call_agent, 2 * WITHIN)  # at most one reconnection backoff (2 s) more
+        await ops.revoke(spiffe_id=f"spiffe://{settings.trust_domain}/agent/{ROGUE}", reason="for good")
+    await _refused_within(rogue.call_agent, PermissionDeniedError, WITHIN)
     for child in replicas:
         await child.stop()
     await agents[TRUSTED].stop()
