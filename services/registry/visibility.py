@@ -7,7 +7,8 @@ too much for the event loop at 10,000 agents (a Python loop of ``fullmatch`` cos
 * what is left is scanned by RE2 itself over names joined by newlines, one call per run of consecutive
   matching names (``(?m)^(?:P)$\\C`` repeated: ``\\C`` eats the newline, ``never_nl`` keeps ``P`` on one line);
 * a scan of more than a handful of names runs on one worker thread (RE2 releases the GIL while it matches),
-  in chunks, against a time budget: a pattern that needs more is refused with INVALID_ARGUMENT;
+  in chunks, against a time budget per request: a request that needs more is refused with INVALID_ARGUMENT,
+  and the scan's progress is kept, so the next request with that pattern goes on from there;
 * what a pattern matched is remembered per pattern and extended as agents arrive (names never change).
 """
 
