@@ -739,7 +739,7 @@ class Registry:
 
     def list_revocations(self) -> list[RevocationRow]:
         """Every revocation in force: SPIFFE ids first, then serials, each sorted."""
-        return [self.revocation_records[key] for key in sorted(self.revocation_records)]
+        return sorted(self.revocation_records.values(), key=lambda r: (r.subject_kind != SPIFFE_ID, r.subject))
 
     async def watch_revocations(self) -> AsyncIterator[tuple[int, list[RevocationRow]]]:
         """``(revision, revocations)`` now, and again after every change (bursts coalesce into one)."""
