@@ -3,6 +3,7 @@ answered once in the conversation (also after a planner restart), and roles by i
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -182,3 +183,19 @@ async def test_an_end_user_sees_only_their_own_conversations(engine: AsyncEngine
     assert [c.title for c in (await conversations.list_page(Caller(GATEWAY, "alice", "other-tenant")))[0]] == []
     # A workload acting for nobody (ops) sees them all.
     assert {c.title for c in (await conversations.list_page(AS_ALICE))[0]} == {"alice's", "bob's"}
+
+
+async def test_stopping_ends_watches_with_where_to_resume(engine: AsyncEngine) -> None:
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD, poll_interval=30)
+    cid = (await conversations.create(AS_ALICE, title="t", labels={})).conversation_id
+    await conversations.send(AS_ALICE, cid, expected_version=0, role=None, text="one")
+    watch = conversations.watch(AS_ALICE, cid)
+    assert (await anext(watch)).text == "one"
+    waiting = asyncio.ensure_future(anext(watch))
+    await conversations.send(AS_ALICE, cid, expected_version=1, role=None, text="two")
+    assert (await asyncio.wait_for(waiting, 5)).text == "two"  # woken at once, not after the 30 s poll
+    waiting = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0)
+    await conversations.stop()
+    with pytest.raises(UnavailableError, match="watch again from version 2"):
+        await asyncio.wait_for(waiting, 5)
