@@ -315,6 +315,9 @@ class _UnaryUnary:
 class MeshChannel(_aio_channel.Channel):
     """A ``grpc.aio`` channel whose unary calls run the mesh policy without grpc's interceptor machinery.
 
+    It builds on grpc.aio's private ``Channel`` and ``ChannelCredentials._credentials``: grpcio is pinned to
+    the tested range and tests/unit/test_private_api_drift.py fails when either moves.
+
     Unary stub methods return a coroutine (await it, or wrap it in a task) instead of a call object; server
     streams are ordinary intercepted calls (iterate them, ``cancel()`` them).
     """

@@ -124,6 +124,11 @@ def parse_traceparent(traceparent: str, tracestate: str | None = None) -> SpanCo
     return SpanContext(ids[0], ids[1], is_remote=True, trace_flags=TraceFlags(ids[2]), trace_state=state)
 
 
+# ParentBased's description names each delegate; children of unsampled parents must be dropped.
+_UNSAMPLED_DELEGATES = ("remoteParentNotSampled", "localParentNotSampled")
+_ALWAYS_OFF = ALWAYS_OFF.get_description()
+
+
 class UnsampledChildren:
     """Makes the non-recording child of an unsampled parent without the SDK's ``start_span``.
 
@@ -141,14 +146,16 @@ class UnsampledChildren:
     @classmethod
     def for_tracer(cls, tracer: trace.Tracer) -> UnsampledChildren | None:
         """The fast path for ``tracer``, or None when its sampler might record such children."""
+        # The SDK tracer's public ``sampler`` and ``id_generator``; the sampler's delegates are read from its
+        # public description (tests/unit/test_private_api_drift.py fails if that format changes).
         sampler = getattr(tracer, "sampler", None)
-        if not isinstance(sampler, ParentBased):
+        id_generator = getattr(tracer, "id_generator", None)
+        if not isinstance(sampler, ParentBased) or id_generator is None:
             return None
-        if getattr(sampler, "_remote_parent_not_sampled", None) is not ALWAYS_OFF:
+        description = sampler.get_description()
+        if not all(f"{delegate}:{_ALWAYS_OFF}" in description for delegate in _UNSAMPLED_DELEGATES):
             return None
-        if getattr(sampler, "_local_parent_not_sampled", None) is not ALWAYS_OFF:
-            return None
-        return cls(tracer.id_generator.generate_span_id)  # type: ignore[attr-defined]
+        return cls(id_generator.generate_span_id)
 
     def child(self, trace_id: int, flags: int, trace_state: TraceState | None) -> NonRecordingSpan:
         """The non-recording child span of an unsampled parent in trace ``trace_id``."""
