@@ -31,6 +31,13 @@ steps:
 output: {answer: "${steps.only.output.text}"}
 """
 
+GUARDED = """
+name: guarded
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: gated, skill: shout, input: {text: "${task.input.text}"}, approval: {reason: "needs a human", timeout: 60}}
+"""
+
 
 @pytest.fixture
 async def mesh(
@@ -43,6 +50,7 @@ async def mesh(
         async with asyncio.timeout(10):
             await runtime.wait_registered()
         planner_mesh.add_playbook(SHOUT)
+        planner_mesh.add_playbook(GUARDED)
         gateway = await start_gateway(
             planner=planner_mesh.planner.address,
             database_url=planner_mesh.database_url,
@@ -136,3 +144,41 @@ async def test_a_conversation_message_through_the_gateway_is_screened_and_redact
     assert sent.message.text == stored[-1].text
     assert "carol@example.com" not in stored[-1].text and "[email]" in stored[-1].text
     assert json_format.MessageToDict(stored[-1].data)["_screening"]["suspected_prompt_injection"] is True
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_a_step_is_approved_through_the_gateway_only_with_the_approve_scope(mesh: tuple[PlannerMesh, Any]) -> None:
+    import grpc
+
+    _, gateway = mesh
+    submitter = gateway.bearer(["tasks:submit", "tasks:read", "audit:read"], subject="dana")
+    approver = gateway.bearer(["tasks:read", "approve"], subject="erin")
+    request = task_pb2.SubmitTaskRequest(goal="guarded", playbook="guarded")
+    request.input.update({"text": "refund 500 EUR"})
+    decision = task_pb2.ApproveStepRequest(step_id="gated", comment="ok by erin")
+    async with gateway.channel() as channel:
+        tasks = task_pb2_grpc.TaskServiceStub(channel)
+        task = (await tasks.SubmitTask(request, metadata=submitter, timeout=10)).task
+        decision.task_id = task.task_id
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await tasks.ApproveStep(decision, metadata=submitter, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED and "approve" in caught.value.details()
+        async with asyncio.timeout(30):
+            while True:  # the step asks for approval once its turn comes
+                try:
+                    approval = (await tasks.ApproveStep(decision, metadata=approver, timeout=10)).approval
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                        raise
+                    await asyncio.sleep(0.05)
+        done = await _wait(tasks, task.task_id, submitter)
+        assert task_pb2.TaskState.Name(done.state) == "TASK_STATE_SUCCEEDED", done.error
+        records = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(action="/agentmesh.v1.TaskService/ApproveStep", page_size=100),
+            metadata=submitter, timeout=10,
+        )).records
+    assert approval is not None
+    outcomes = [(r.outcome, r.on_behalf_of) for r in records]
+    assert ("PERMISSION_DENIED", "acme/dana") in outcomes
+    assert ("OK", "acme/erin") in outcomes
