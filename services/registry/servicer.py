@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -250,16 +251,29 @@ def discovery_query(request: registry_pb2.DiscoverAgentsRequest) -> DiscoveryQue
     )
 
 
-def _page_token(key: tuple[str, str, str, str]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+def _list_filter(request: registry_pb2.ListAgentsRequest) -> str:
+    # What a page token is bound to: continuing a listing under another filter would skip or repeat rows.
+    return f"{request.namespace}\x00{request.name_prefix}\x00{int(request.include_not_serving)}"
 
 
-def _parse_page_token(token: str) -> tuple[str, str, str, str] | None:
+def _page_token(key: tuple[str, str, str, str], request: registry_pb2.ListAgentsRequest) -> str:
+    filter_hash = hashlib.blake2b(_list_filter(request).encode(), digest_size=8).hexdigest()
+    return base64.urlsafe_b64encode(json.dumps([*key, filter_hash]).encode()).decode()
+
+
+def _parse_page_token(request: registry_pb2.ListAgentsRequest) -> tuple[str, str, str, str] | None:
+    token = request.page_token
     if not token:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if isinstance(key, list) and len(key) == 4 and all(isinstance(part, str) for part in key):
+        if isinstance(key, list) and len(key) == 5 and all(isinstance(part, str) for part in key):
+            if key[4] != hashlib.blake2b(_list_filter(request).encode(), digest_size=8).hexdigest():
+                raise InvalidArgumentError(
+                    "page_token belongs to a listing with another filter (namespace, name_prefix, "
+                    "include_not_serving); start again without a token",
+                    field="page_token",
+                )
             return (key[0], key[1], key[2], key[3])
     except ValueError:
         pass
@@ -407,14 +421,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise InvalidArgumentError("page_size must not be negative", field="page_size")
         page, last = self.registry.list_agents(
             page_size=min(request.page_size or 50, _MAX_PAGE),
-            after=_parse_page_token(request.page_token),
+            after=_parse_page_token(request),
             namespace=request.namespace,
             name_prefix=request.name_prefix,
             include_not_serving=request.include_not_serving,
         )
         return registry_pb2.ListAgentsResponse(
             instances=[instance_proto(i, r) for i, r in page],
-            next_page_token=_page_token(last) if last else "",
+            next_page_token=_page_token(last, request) if last else "",
         )
 
     async def DiscoverAgents(
