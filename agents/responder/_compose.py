@@ -11,33 +11,20 @@ from typing import Any
 import numpy as np
 
 from agentmesh.agents._support import Article, find_pii, redact_pii, split_sentences
+from agentmesh.agents._support._replies import CLOSING, ESCALATION, SIGNATURE, SORRY, TOPICS
 
 __all__ = [
+    "SIGNATURE",
     "Candidate",
     "ReplyPlan",
     "candidate_sentences",
+    "compose_escalation",
     "compose_reply",
     "customer_context",
     "plan_from_feedback",
     "select_sentences",
 ]
 
-SIGNATURE = "Kind regards,\nNorthwind Support"
-_TOPIC = {
-    "refund": "about a refund",
-    "billing": "about your billing question",
-    "shipping": "about your delivery",
-    "technical": "about the technical problem you are having",
-    "account": "about your account",
-    "cancellation": "about cancelling your subscription",
-}
-_SORRY = {
-    "refund": "I'm sorry that your order did not work out.",
-    "billing": "I'm sorry for the confusion with your payment.",
-    "shipping": "I'm sorry for the trouble with your delivery.",
-    "technical": "I'm sorry for the trouble this is causing.",
-    "account": "I'm sorry for the trouble accessing your account.",
-}
 _ORDER_STATUS = {
     "delivered": ", which our records show as delivered",
     "in_transit": ", which is on its way with the carrier",
@@ -66,20 +53,33 @@ class ReplyPlan:
     restate_subject: bool = False
     apologise: bool = True
     cite_top_article: bool = True
+    use_customer: bool = True  # greet by name and mention the order or plan from the customer's record
+    only_top_article: bool = False  # quote only the best article (the others did not answer the ask)
 
 
-def plan_from_feedback(feedback: Sequence[str]) -> ReplyPlan:
-    """A plan that answers quality_check's reasons: the whole reply off-topic → more sentences, a lower
-    similarity bar and the subject restated; one cited paragraph off-topic → only sentences close to the
-    ticket; too long → fewer sentences. A citation is always made and PII always redacted, whatever the
-    feedback, and the greeting and closing are always there.
+def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -> ReplyPlan:
+    """A plan that answers quality_check's reasons, starting from ``base`` (the intent's usual plan): the
+    whole reply off-topic → more sentences, a lower similarity bar and the subject restated; one cited
+    paragraph off-topic → only sentences close to the ticket; not answering the ask → only the best
+    article, subject restated; an unsupported claim → only sentences close to the ticket; the wrong
+    customer or their data → nothing from the customer record; too long → fewer sentences. Any other
+    reason still changes the draft (the subject is restated), so a regenerated draft never repeats a
+    rejected one. A citation is always made and PII always redacted, and the greeting and closing are
+    always there.
     """
-    plan = ReplyPlan()
+    plan = base or ReplyPlan()
     text = " ".join(feedback).lower()
-    if "cited paragraph" in text:
-        plan = dataclasses.replace(plan, min_similarity=0.45)
+    if not text:
+        return plan
+    plan = dataclasses.replace(plan, restate_subject=True)
+    if "cited paragraph" in text or "claim:" in text:
+        plan = dataclasses.replace(plan, min_similarity=max(plan.min_similarity, 0.45))
     if "the reply is off-topic" in text:
-        plan = dataclasses.replace(plan, sentences=5, min_similarity=0.15, restate_subject=True)
+        plan = dataclasses.replace(plan, sentences=max(plan.sentences, 5), min_similarity=0.15)
+    if "ask:" in text:
+        plan = dataclasses.replace(plan, only_top_article=True, sentences=max(plan.sentences, 3))
+    if "customer:" in text or "pii:" in text:
+        plan = dataclasses.replace(plan, use_customer=False)
     if "too long" in text:
         plan = dataclasses.replace(plan, sentences=2)
     return plan
@@ -156,14 +156,15 @@ def compose_reply(
     context: str = "",
 ) -> tuple[str, list[str]]:
     """The reply text and the ids of the articles it cites (in order of first use)."""
-    greeting = f"Hi {first_name}," if first_name else "Hello,"
-    topic = _TOPIC.get(intent)
+    greeting = f"Hi {first_name}," if first_name and plan.use_customer else "Hello,"
+    context = context if plan.use_customer else ""
+    topic = TOPICS.get(intent)
     opening = f"Thank you for getting in touch {topic}." if topic else "Thank you for your message."
     if intent == "other":
         opening = "Thank you for taking the time to write to us, we really appreciate it."
     lines = [opening]
-    if plan.apologise and intent in _SORRY:
-        lines.append(_SORRY[intent])
+    if plan.apologise and intent in SORRY:
+        lines.append(SORRY[intent])
     if context:
         lines.append(context)
     if plan.restate_subject and subject.strip():
@@ -176,9 +177,16 @@ def compose_reply(
         title = titles.get(article_id, article_id)
         body.append(f'{sentences} (see "{title}" [{article_id}])')
         citations.append(article_id)
-    closing = "If anything is still unclear, just reply to this message and we will be happy to help."
-    reply = "\n\n".join([greeting, " ".join(lines), *body, closing, SIGNATURE])
+    reply = "\n\n".join([greeting, " ".join(lines), *body, CLOSING, SIGNATURE])
     return redact_pii(reply), citations
+
+
+def compose_escalation(*, first_name: str, intent: str) -> str:
+    """The holding reply when no article answers the ticket: thanks, a person takes over, no claims."""
+    greeting = f"Hi {first_name}," if first_name else "Hello,"
+    topic = TOPICS.get(intent)
+    opening = f"Thank you for getting in touch {topic}." if topic else "Thank you for your message."
+    return "\n\n".join([greeting, f"{opening} {ESCALATION}", CLOSING, SIGNATURE])
 
 
 def _clean(text: str) -> str:

@@ -7,7 +7,6 @@ articles' sentences closest to the ticket (MiniLM through Triton), each group ci
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from typing import Any
@@ -21,7 +20,9 @@ from agentmesh.agents._support import Article, Ticket, TritonAgent, first_name, 
 from agentmesh.agents.responder._compose import (
     SIGNATURE,
     Candidate,
+    ReplyPlan,
     candidate_sentences,
+    compose_escalation,
     compose_reply,
     customer_context,
     plan_from_feedback,
@@ -49,13 +50,17 @@ class DraftInput(BaseModel):
 
 
 class DraftOutput(BaseModel):
-    """The draft reply."""
+    """The draft reply; ``escalate`` when no article answers the ticket and a person must take over."""
 
     reply: str
     citations: list[str] = Field(description="Ids of the articles the reply cites.")
     model: str = Field(
         description="What wrote it: a generative model, or 'extractive/<embedding model>:<version>'."
     )
+    escalate: bool = Field(
+        default=False, description="True: a holding reply only; hand the ticket to a person (see reason)."
+    )
+    escalation_reason: str = Field(default="", description="Why a person must answer, when escalate.")
 
 
 class ResponderAgent(TritonAgent):
@@ -68,7 +73,8 @@ class ResponderAgent(TritonAgent):
         purpose="reply-drafting",
         description=(
             "Drafts a polite reply to a support ticket from the retrieved knowledge-base articles, citing them, "
-            "greeting the customer by first name; regenerates from quality-check feedback."
+            "greeting the customer by first name; regenerates from quality-check feedback; with no article "
+            "to answer from, writes a holding reply and asks for escalation to a person."
         ),
         policies=("pii:none",),
         labels={"domain": "customer-service", "model": "generation-or-extractive"},
@@ -81,6 +87,14 @@ class ResponderAgent(TritonAgent):
     async def draft_reply(self, request: DraftInput, ctx: SkillContext) -> DraftOutput:
         """Generative when a generation model is served, extractive otherwise."""
         name = first_name(str((request.customer or {}).get("name", "")))
+        if not request.articles:
+            return DraftOutput(
+                reply=compose_escalation(first_name=name, intent=request.intent),
+                citations=[],
+                model="template",
+                escalate=True,
+                escalation_reason="no knowledge-base article answers this ticket confidently",
+            )
         generator = await self._generator()
         if generator is not None and request.articles:
             return await self._generate(generator, request, name, ctx)
@@ -93,11 +107,12 @@ class ResponderAgent(TritonAgent):
             return None
 
     async def _extract(self, request: DraftInput, name: str, ctx: SkillContext) -> DraftOutput:
-        plan = plan_from_feedback(request.feedback)
-        if request.intent == "other":
-            # Praise and general questions get a short answer from the best article, not a policy digest.
-            plan = dataclasses.replace(plan, sentences=1)
-        candidates = candidate_sentences(request.articles)
+        # Praise and general questions get a short answer from the best article, not a policy digest; the
+        # feedback then changes the plan on every path.
+        base = ReplyPlan(sentences=1) if request.intent == "other" else ReplyPlan()
+        plan = plan_from_feedback(request.feedback, base)
+        articles = request.articles[:1] if plan.only_top_article else request.articles
+        candidates = candidate_sentences(articles)
         quoted: list[Candidate] = []
         model = "extractive"
         await ctx.progress(f"ranking {len(candidates)} article sentences against the ticket", 0.2)
@@ -115,7 +130,7 @@ class ResponderAgent(TritonAgent):
             intent=request.intent,
             subject=request.ticket.subject,
             quoted=quoted,
-            titles={a.article_id: a.title for a in request.articles},
+            titles={a.article_id: a.title for a in articles},
             plan=plan,
             context=customer_context(request.customer, request.ticket.as_text(), request.intent),
         )

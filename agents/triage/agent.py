@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
-from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents._support._keywords import PhraseMatcher
+from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.triage._rules import (
     INTENTS,
     assess_priority,

@@ -1,0 +1,136 @@
+"""The support evaluation set and the rules behind the new support behaviours that need no model:
+multilingual cues, the replies' fixed wording, claims, the customer, personal data and feedback plans.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from agentmesh.agents._support._keywords import PhraseMatcher, fold
+from agentmesh.agents._support._replies import ESCALATION, is_template
+from agentmesh.agents.examples import load_eval
+from agentmesh.agents.kb_search import load_articles
+from agentmesh.agents.quality_check._checks import (
+    ask_problems,
+    claim_problems,
+    content_sentences,
+    customer_problems,
+    personal_data_problems,
+)
+from agentmesh.agents.responder import ReplyPlan, compose_reply, plan_from_feedback
+from agentmesh.agents.responder._compose import Candidate, compose_escalation
+from agentmesh.agents.triage import INTENTS
+from agentmesh.agents.triage._rules import cue_bonus, load_cues
+
+MARIA = {
+    "name": "Maria Lopez",
+    "email": "maria.lopez@example.com",
+    "phone": "+34 612 345 678",
+    "orders": [{"order_id": "NW-10482", "item": "PowerBlend 900 blender"}],
+}
+
+
+def test_the_evaluation_set_is_large_labelled_split_and_varied() -> None:
+    dev, heldout = load_eval("dev"), load_eval("heldout")
+    assert len(dev) + len(heldout) >= 150 and len(heldout) >= 60
+    assert not {t.id for t in dev} & {t.id for t in heldout}
+    assert not {t.text for t in dev} & {t.text for t in heldout}  # no ticket in both splits
+    ids = {a.article_id for a in load_articles()}
+    for split in (dev, heldout):
+        assert {t.intent for t in split} == set(INTENTS)  # every intent in both splits
+        assert {t.lang for t in split} == {"en", "es", "de", "fr"}
+        assert set(Counter(t.sentiment for t in split)) == {"negative", "neutral", "positive"}
+        assert all(set(t.articles) <= ids for t in split)
+        assert any(not t.articles for t in split)  # some the knowledge base cannot answer
+        assert any(t.pii_may_show for t in split)
+    assert all(t.priority in {"low", "normal", "high", "urgent"} for t in dev + heldout)
+
+
+def test_cues_match_whole_words_ignoring_case_and_accents() -> None:
+    matcher = PhraseMatcher(["doppelt abgebucht", "cobr* dos veces", "csv", "rückerstattung"])
+    assert matcher.find("Mir wurde DOPPELT abgebucht!") == ["doppelt abgebucht"]
+    assert matcher.find("Me cobraron dos veces") == ["cobraron dos veces"]
+    assert matcher.find("Keine Ruckerstattung erhalten") == ["ruckerstattung"]
+    assert matcher.find("a csvfile") == []  # whole words only
+    assert fold("Résilier L\u2019abonnement") == "resilier l'abonnement"
+
+
+def test_triage_cues_point_foreign_tickets_to_their_intent() -> None:
+    cues = load_cues()
+    for text, intent in [
+        ("Me han cobrado dos veces la suscripción", "billing"),
+        ("Hiermit kündige ich mein Abonnement", "cancellation"),
+        ("Comment exporter mes commandes en CSV ?", "data"),
+    ]:
+        bonus = cue_bonus(text, cues)
+        assert INTENTS[int(bonus.argmax())] == intent, (text, dict(zip(INTENTS, bonus, strict=True)))
+
+
+def test_fixed_wording_makes_no_claim_but_article_sentences_do() -> None:
+    assert is_template("Thank you for getting in touch about a charge or payment on your account.")
+    assert is_template(
+        "I can see your order NW-10482 (PowerBlend 900 blender), which our records show as delivered."
+    )
+    assert is_template(ESCALATION)
+    assert not is_template("We refund the duplicate payment within 5 business days.")
+    reply = compose_escalation(first_name="Maria", intent="billing")
+    assert content_sentences(reply) == []
+
+
+def test_a_claim_with_a_figure_no_cited_article_gives_fails() -> None:
+    sources = "We will confirm the duplicate payment and refund it to your card within 5 business days."
+    ok = "We will confirm the duplicate payment and refund it to your card within 5 business days."
+    invented = "You will receive a full refund within 24 hours without returning anything."
+    assert claim_problems([ok], [1.0], sources, "charged twice", 0.6) == []
+    problems = claim_problems([invented], [0.7], sources, "charged twice", 0.6)
+    assert len(problems) == 1 and problems[0].startswith("claim:") and "24" in problems[0]
+    unbacked = claim_problems(["We have upgraded you for free."], [0.2], sources, "charged twice", 0.6)
+    assert unbacked and "not backed" in unbacked[0]
+
+
+def test_the_ask_check_compares_intent_distributions() -> None:
+    billing = {"billing": 0.8, "cancellation": 0.2}
+    assert ask_problems(billing, {"billing": 0.7, "refund": 0.3}, 0.3) == []
+    problems = ask_problems(billing, {"cancellation": 0.95, "billing": 0.05}, 0.3)
+    assert problems and "'billing'" in problems[0] and "'cancellation'" in problems[0]
+
+
+def test_a_reply_to_the_wrong_customer_or_with_another_customers_data_fails() -> None:
+    ticket = "My order NW-10482 arrived broken."
+    good = "Hi Maria,\n\nI can see your order NW-10482 (PowerBlend 900 blender)."
+    assert customer_problems(good, MARIA, ticket) == []
+    assert personal_data_problems(good, MARIA, ticket) == []
+    wrong = "Hi Tom,\n\nI can see your order NW-10391 (Barista Pro coffee machine)."
+    reasons = customer_problems(wrong, MARIA, ticket)
+    assert len(reasons) == 2 and all(r.startswith("customer:") for r in reasons)
+    leak = good + " We sent a copy to tom.becker@example.com."
+    assert personal_data_problems(leak, MARIA, ticket) == [
+        "pii: the reply contains an email address of someone other than this customer; remove it"
+    ]
+    own = good + " Your phone number on file is +34 612 345 678."
+    assert personal_data_problems(own, MARIA, ticket, allowed=True) == []
+    assert personal_data_problems(own, MARIA, ticket, allowed=False)  # own data needs the customer's ask
+    assert personal_data_problems(leak, MARIA, ticket, allowed=True)  # another's never
+
+
+def test_feedback_changes_the_plan_on_every_path_including_other() -> None:
+    short = ReplyPlan(sentences=1)  # the "other" intent's usual plan
+    assert plan_from_feedback([], short) == short
+    for reason in [
+        "relevance: the reply is off-topic for this ticket",
+        "ask: the ticket asks about 'billing' but the reply answers 'cancellation'",
+        "claim: 'x' is not backed by any cited article",
+        "customer: the reply greets 'Tom' but the ticket is from 'Maria'",
+        "politeness: start with a greeting",
+    ]:
+        assert plan_from_feedback([reason], short) != short, reason
+    assert not plan_from_feedback(["customer: wrong name"]).use_customer
+    assert plan_from_feedback(["ask: wrong question"]).only_top_article
+    quoted = [Candidate("kb-x", 0, "You can export your orders as CSV files from Settings, Data, Export.")]
+    kwargs = {"first_name": "Maria", "intent": "data", "subject": "Export", "quoted": quoted, "titles": {}}
+    with_name, _ = compose_reply(**kwargs, plan=ReplyPlan(), context="I can see your order NW-1 (x).")  # type: ignore[arg-type]
+    without, _ = compose_reply(
+        **kwargs, plan=ReplyPlan(use_customer=False), context="I can see your order NW-1 (x)."
+    )  # type: ignore[arg-type]
+    assert with_name.startswith("Hi Maria,") and "NW-1" in with_name
+    assert without.startswith("Hello,") and "NW-1" not in without
