@@ -5,7 +5,8 @@ Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the
 
 - Every write names the version it expects; a stale one fails with ABORTED and changes nothing.
 - A rollback is a write too: a new version whose messages are those of the earlier version plus a SYSTEM
-  notice. Later messages are hidden, never deleted, so the whole history stays readable.
+  notice. Later messages are hidden, never deleted, so the whole history stays readable; who rolled back,
+  from which version to which, is in the audit trail.
 - The caller's identity decides which roles it may write (:data:`ROLE_WRITERS`); the request cannot.
 - A caller acting for an end user (a verified delegation token) sees and writes only that end user's
   conversations; anything else is NOT_FOUND, so other users' conversations cannot even be probed.
@@ -29,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Any
 
+from agentmesh import telemetry
 from agentmesh._errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -37,6 +39,7 @@ from agentmesh._errors import (
     PermissionDeniedError,
     UnavailableError,
 )
+from agentmesh.audit import AuditEntry
 from agentmesh.services.planner.conversation_tasks import TaskRelay
 from agentmesh.services.planner.conversations_store import (
     TASK_RESULT_PREFIX,
@@ -467,8 +470,21 @@ class Conversations:
             on_behalf_of=caller.end_user,
         )
         await self._check_access(caller, conversation_id)
+        audit = AuditEntry(
+            action="conversation.rollback",
+            resource=f"conversations/{conversation_id}",
+            actor=caller.identity or "",
+            on_behalf_of=caller.end_user,
+            trace_id=telemetry.current_trace_id(),
+            detail={"from_version": expected_version, "to_version": to_version},
+        )
         conversation, stored = await self.store.rollback(
-            conversation_id, notice, expected_version=expected_version, to_version=to_version, now=utcnow()
+            conversation_id,
+            notice,
+            expected_version=expected_version,
+            to_version=to_version,
+            now=utcnow(),
+            audit=[audit],
         )
         self._changes.notify(conversation_id)
         return conversation, stored

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh._errors import AbortedError, NotFoundError, UnavailableError
+from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.storage import Conversation, ConversationMessage, Task
 
 __all__ = [
@@ -431,8 +432,12 @@ class ConversationStore:
         expected_version: int,
         to_version: int,
         now: dt.datetime,
+        audit: Sequence[AuditEntry] = (),
     ) -> tuple[ConversationRecord, MessageRecord]:
-        """Make a new version equal to ``to_version`` plus the rollback ``notice``; hide, never delete."""
+        """Make a new version equal to ``to_version`` plus the rollback ``notice``; hide, never delete.
+
+        ``audit`` entries are appended to the audit trail in the same transaction.
+        """
         async with self._transaction() as conn:
             conversation = await self._bump(conn, conversation_id, expected_version, now)
             rows = (
@@ -456,6 +461,7 @@ class ConversationStore:
             stored = await self._insert(
                 conn, conversation_id, notice, conversation.version, to_version, to_version, now
             )
+            await append_audit(conn, audit)
         return conversation, stored
 
     async def set_task(self, message_id: str, task_id: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh._errors import NotFoundError, PermissionDeniedError, UnavailableError
+from agentmesh._errors import AbortedError, NotFoundError, PermissionDeniedError, UnavailableError
 from agentmesh.services.planner.conversations import Caller, Conversations, RolePolicy, TaskRequest, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.storage import Task, create_async_engine, utcnow
@@ -199,3 +199,23 @@ async def test_stopping_ends_watches_with_where_to_resume(engine: AsyncEngine) -
     await conversations.stop()
     with pytest.raises(UnavailableError, match="watch again from version 2"):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_rollback_is_in_the_audit_trail(engine: AsyncEngine) -> None:
+    from agentmesh.audit import verify_chain
+    from agentmesh.storage import AuditRecord
+
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD)
+    alice = Caller(GATEWAY, "alice", "acme")
+    cid = (await conversations.create(alice, title="t", labels={})).conversation_id
+    for version in range(2):
+        await conversations.send(alice, cid, expected_version=version, role=None, text=f"m{version}")
+    await conversations.rollback(alice, cid, expected_version=2, to_version=1)
+    with pytest.raises(AbortedError):  # a refused rollback leaves no record
+        await conversations.rollback(alice, cid, expected_version=2, to_version=0)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(AuditRecord.__table__))).all()
+    assert [(r.action, r.resource, r.actor, r.on_behalf_of, r.detail) for r in rows] == [
+        ("conversation.rollback", f"conversations/{cid}", GATEWAY, "alice", {"from_version": 2, "to_version": 1})
+    ]
+    assert (await verify_chain(engine)).valid
