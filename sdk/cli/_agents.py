@@ -50,7 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--namespace", default="", help="only this namespace")
     listing.add_argument("--prefix", default="", help="only names starting with this")
     listing.add_argument("--all", action="store_true", help="include DRAINING and NOT_SERVING instances")
-    listing.add_argument("--limit", type=int, default=200, help="instances to print (default 200)")
+    listing.add_argument(
+        "--limit", type=int, default=200, help="instances to print (default 200; says so when more exist)"
+    )
 
     get = actions.add_parser("get", help="show one agent: card, skills, instances, routing")
     get.add_argument("agent", type=_agent_name, metavar="NAMESPACE/NAME")
@@ -142,10 +144,13 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             instances = []
             async for instance in client.iter_agents(
-                namespace=args.namespace, name_prefix=args.prefix, include_not_serving=args.all, page_size=200
+                namespace=args.namespace,
+                name_prefix=args.prefix,
+                include_not_serving=args.all,
+                page_size=min(200, args.limit + 1),
             ):
                 instances.append(instance)
-                if len(instances) >= args.limit:
+                if len(instances) > args.limit:  # one more than asked: more exist
                     break
             return instances
         if args.action == "get":
@@ -191,11 +196,22 @@ def run(args: argparse.Namespace) -> int:
         field = f" (field {exc.metadata['field']})" if "field" in exc.metadata else ""
         console.print(f"[red]{exc.code.name}[/]: {exc.message}{field}")
         return 1
+    more = args.action == "list" and len(reply) > args.limit
+    if more:
+        reply = reply[: args.limit]
+        hint = f"more instances exist than the {args.limit} shown; raise --limit or narrow with --namespace/--prefix"
     if args.json:
-        for message in reply if isinstance(reply, list) else [reply]:
-            print_json(message)
+        if args.action == "list":  # JSON Lines: one instance per line; the note goes to stderr
+            for message in reply:
+                print_json(message, indent=None)
+            if more:
+                Console(stderr=True).print(hint)
+            return 0
+        print_json(reply)
         return 0
     _print(console, args.action, reply)
+    if more:
+        console.print(f"[yellow]{hint}[/]")
     return 0
 
 

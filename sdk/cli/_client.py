@@ -79,11 +79,11 @@ def call(args: argparse.Namespace, address_setting: str, body: Callable[..., Awa
     return asyncio.run(main())
 
 
-def print_json(message: object) -> None:
-    """Print a protobuf message as indented JSON."""
+def print_json(message: object, *, indent: int | None = 2) -> None:
+    """Print a protobuf message as JSON (indented; ``indent=None``: on one line)."""
     from google.protobuf import json_format
 
-    print(json_format.MessageToJson(message))  # type: ignore[arg-type]
+    print(json_format.MessageToJson(message, indent=indent))  # type: ignore[arg-type]
 
 
 def gateway_channel(address: str, settings: Settings, token: str) -> grpc.aio.Channel:
