@@ -5,8 +5,8 @@ The rule: email, phone and street address are shown only when all of these hold 
 2. the verified caller (its mTLS SPIFFE ID) is one of the allowed callers, by default only the planner
    (``spiffe://<trust-domain>/service/planner``);
 3. the call carries a delegation token that the agent runtime verified (signed by the planner under the
-   mesh CA, ``aud`` = this agent, unexpired; see ``agentmesh.security``), and it is a *step* token
-   carrying scope ``pii:read`` that belongs to this call's task.
+   mesh CA, unexpired; see ``agentmesh.security``), and it is a *step* token addressed to this agent
+   (``aud``), carrying scope ``pii:read``, that belongs to this call's task.
 Otherwise the fields are masked; the name, plan and orders are not PII-restricted. A token that was
 presented but does not unlock PII is counted by reason (``refused_token_reason``).
 """
@@ -28,7 +28,7 @@ __all__ = [
 PII_SCOPE = "pii:read"
 
 # Refusals that are about the token itself (the others: not asked for, caller not allowed, no token).
-_TOKEN_REFUSALS = frozenset({"NOT_A_STEP_TOKEN", "SCOPE_MISSING", "TOKEN_WRONG_TASK"})
+_TOKEN_REFUSALS = frozenset({"NOT_A_STEP_TOKEN", "SCOPE_MISSING", "TOKEN_WRONG_AUDIENCE", "TOKEN_WRONG_TASK"})
 
 
 def planner_identity(trust_domain: str) -> str:
@@ -44,6 +44,7 @@ def pii_refusal(
     delegation: DelegationClaims | None,
     delegation_refusal: str,
     task_id: str,
+    audience: str,
 ) -> str:
     """Why this call may not see unmasked personal data, or "" when it may."""
     if not requested:
@@ -56,7 +57,10 @@ def pii_refusal(
         return "NOT_A_STEP_TOKEN"
     if PII_SCOPE not in delegation.scopes:
         return "SCOPE_MISSING"
-    if delegation.task_id != task_id:  # the runtime checks it too; PII is where it must hold
+    # The runtime's verifier checks both too; PII is where they must hold, whatever runner serves the skill.
+    if delegation.audience != audience:
+        return "TOKEN_WRONG_AUDIENCE"
+    if delegation.task_id != task_id:
         return "TOKEN_WRONG_TASK"
     return ""
 
@@ -68,6 +72,7 @@ def may_see_pii(
     allowed_callers: frozenset[str],
     delegation: DelegationClaims | None,
     task_id: str,
+    audience: str,
 ) -> bool:
     """Whether this call may see unmasked personal data (see the module docstring for the rule)."""
     return not pii_refusal(
@@ -77,6 +82,7 @@ def may_see_pii(
         delegation=delegation,
         delegation_refusal="",
         task_id=task_id,
+        audience=audience,
     )
 
 

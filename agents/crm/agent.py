@@ -19,6 +19,7 @@ from agentmesh.agents.crm._privacy import (
     refused_token_reason,
 )
 from agentmesh.agents.crm._store import SEED_FILE, CrmStore, CustomerRow
+from agentmesh.security import agent_spiffe_id
 
 __all__ = ["REFUSED_TOKENS", "CrmAgent", "Customer", "LookupInput", "LookupOutput", "Order", "customer_view"]
 
@@ -114,6 +115,8 @@ class CrmAgent(Agent):
             if pii_callers is not None
             else frozenset({planner_identity(self.settings.trust_domain)})
         )
+        # Step tokens must name this agent as their audience.
+        self.spiffe_id = agent_spiffe_id(self.settings.trust_domain, self.card.namespace, self.card.name)
         self.store: CrmStore | None = None
 
     async def startup(self) -> None:
@@ -149,6 +152,7 @@ class CrmAgent(Agent):
             delegation=ctx.delegation,
             delegation_refusal=ctx.delegation_refusal,
             task_id=ctx.task_id,
+            audience=self.spiffe_id,
         )
         refused = refused_token_reason(
             token_presented=bool(ctx.delegation_token),

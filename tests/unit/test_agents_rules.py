@@ -209,8 +209,11 @@ def test_example_tickets_name_real_intents_and_articles() -> None:
 PLANNER = planner_identity("agentmesh.test")
 
 
+CRM = "spiffe://agentmesh.test/agent/support/crm"
+
+
 def claims(
-    kind: TokenKind = TokenKind.STEP, scopes: str = "pii:read", task_id: str = "t-1"
+    kind: TokenKind = TokenKind.STEP, scopes: str = "pii:read", task_id: str = "t-1", audience: str = CRM
 ) -> DelegationClaims:
     """Claims as the agent runtime hands them to the skill once the token verified."""
     return DelegationClaims(
@@ -220,7 +223,7 @@ def claims(
         scopes=frozenset(scopes.split()),
         actor_chain=(),
         issuer=PLANNER,
-        audience="spiffe://agentmesh.test/agent/support/crm",
+        audience=audience,
         task_id=task_id if kind is TokenKind.STEP else None,
         step_id="s-1" if kind is TokenKind.STEP else None,
         issued_at=0.0,
@@ -241,14 +244,16 @@ def claims(
         (True, PLANNER, claims(TokenKind.END_USER), "NOT_A_STEP_TOKEN"),  # the gateway's token, not a step's
         (True, PLANNER, claims(scopes="orders:read"), "SCOPE_MISSING"),
         (True, PLANNER, claims(task_id="t-2"), "TOKEN_WRONG_TASK"),
+        (True, PLANNER, claims(audience="spiffe://agentmesh.test/agent/support/x"), "TOKEN_WRONG_AUDIENCE"),
     ],
 )
 def test_only_the_planner_under_a_pii_step_token_of_the_task_and_asking_sees_pii(
     requested: bool, caller: str, delegation: DelegationClaims | None, refusal: str
 ) -> None:
     kwargs = {"requested": requested, "caller": caller, "allowed_callers": frozenset({PLANNER})}
-    assert pii_refusal(**kwargs, delegation=delegation, delegation_refusal="", task_id="t-1") == refusal
-    assert may_see_pii(**kwargs, delegation=delegation, task_id="t-1") is (refusal == "")
+    call = {"delegation": delegation, "task_id": "t-1", "audience": CRM}
+    assert pii_refusal(**kwargs, **call, delegation_refusal="") == refusal
+    assert may_see_pii(**kwargs, **call) is (refusal == "")
 
 
 async def test_crm_store_seeds_once_and_finds_by_id_or_email(tmp_path: Path) -> None:
