@@ -1,0 +1,65 @@
+"""The gateway's JWKS cache against a JWKS served over HTTP: keys by kid, and a rotated key found by refetching."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentmesh._errors import UnauthenticatedError
+from agentmesh.services.gateway.auth import JwksCache, TokenVerifier
+from agentmesh.services.gateway.devtokens import DevIssuer
+
+
+@pytest.fixture
+def served_jwks(tmp_path: Path) -> Iterator[tuple[str, DevIssuer]]:
+    issuer = DevIssuer(tmp_path, issuer="https://issuer.test", audience="api")
+    issuer.rotate()
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = issuer.jwks_path.read_bytes()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json", issuer
+    finally:
+        server.shutdown()
+
+
+async def test_a_rotated_key_is_fetched_once_and_unknown_keys_are_refused(served_jwks: tuple[str, DevIssuer]) -> None:
+    url, issuer = served_jwks
+    clock = [0.0]
+    cache = JwksCache(url, ttl=300.0, min_refresh=10.0, clock=lambda: clock[0])
+    verifier = TokenVerifier(cache, issuer="https://issuer.test", audience="api", algorithms=["ES256"])
+    first = await verifier.verify(issuer.issue(subject="alice", scopes=["tasks:read"]))
+    assert first.subject == "alice" and first.scopes == {"tasks:read"}
+
+    issuer.rotate()
+    clock[0] = 11.0  # past the refetch floor: the new kid triggers one refetch, within the TTL
+    second = await verifier.verify(issuer.issue(subject="bob", scopes=["tasks:read"]))
+    assert second.subject == "bob"
+
+    with pytest.raises(UnauthenticatedError) as refused:
+        await cache.key("no-such-kid")
+    assert refused.value.reason == "UNKNOWN_KEY"
+
+
+def test_symmetric_or_none_algorithms_cannot_be_pinned(tmp_path: Path) -> None:
+    for algorithms in (["HS256"], ["none"], []):
+        with pytest.raises(ValueError):
+            TokenVerifier(JwksCache(str(tmp_path / "jwks.json")), issuer="i", audience="a", algorithms=algorithms)
