@@ -13,9 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 from google.protobuf import json_format
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
+from referencing.jsonschema import DRAFT202012
 
 from agentmesh._errors import InvalidArgumentError
 from agentmesh.services.registry.model import echo
@@ -164,6 +167,47 @@ def _validate_schema(schema: Any, field: str) -> None:
             f"not a valid JSON Schema (draft 2020-12): {exc.message}" + (f" at {where}" if where else ""),
             field=field,
         ) from None
+    _check_references(document, field)
+
+
+# Keywords whose values are data, not schemas: a "$ref" key inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+_BASE_URI = "urn:agentmesh:skill-schema"
+
+
+def _check_references(document: dict[str, Any], field: str) -> None:
+    """Refuse a ``$ref`` that does not resolve within the schema itself (nothing is ever fetched)."""
+    resource = DRAFT202012.create_resource(document)
+    resolver = referencing.Registry().with_resource(_BASE_URI, resource).resolver(base_uri=_BASE_URI)
+
+    def walk(node: Any, resolver: Any, path: str) -> None:  # a referencing Resolver (not exported by name)
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, resolver, f"{path}/{index}")
+            return
+        if not isinstance(node, dict):
+            return
+        if isinstance(node.get("$id"), str):
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        for keyword in ("$ref", "$dynamicRef"):
+            reference = node.get(keyword)
+            if isinstance(reference, str):
+                try:
+                    resolver.lookup(reference)
+                except referencing.exceptions.Unresolvable:
+                    raise InvalidArgumentError(
+                        f"{keyword} {reference[:200]!r} at {path or '/'} does not resolve within the schema "
+                        "(references to other documents are not fetched)",
+                        field=field,
+                    ) from None
+        for key, value in node.items():
+            if key not in _DATA_KEYWORDS and key != "properties":
+                walk(value, resolver, f"{path}/{key}")
+            elif key == "properties" and isinstance(value, dict):
+                for name, subschema in value.items():  # property names are data, their schemas are not
+                    walk(subschema, resolver, f"{path}/properties/{name}")
+
+    walk(document, resolver, "")
 
 
 def _validate_skill(skill: agent_pb2.Skill, field: str) -> None:
