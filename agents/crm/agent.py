@@ -115,9 +115,13 @@ class CrmAgent(Agent):
             if pii_callers is not None
             else frozenset({planner_identity(self.settings.trust_domain)})
         )
-        # Step tokens must name this agent as their audience.
-        self.spiffe_id = agent_spiffe_id(self.settings.trust_domain, self.card.namespace, self.card.name)
         self.store: CrmStore | None = None
+
+    @property
+    def spiffe_id(self) -> str:
+        """This agent's identity, which step tokens must name as audience (from the card, which
+        ``agentmesh agent run --namespace`` may replace after construction)."""
+        return agent_spiffe_id(self.settings.trust_domain, self.card.namespace, self.card.name)
 
     async def startup(self) -> None:
         """Open the database (``<home>/agents/crm/crm.db`` unless a URL was given) and seed it."""
