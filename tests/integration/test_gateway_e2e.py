@@ -82,6 +82,8 @@ async def test_submit_through_the_gateway_and_read_the_explanation(mesh: tuple[P
         assert task_pb2.TaskState.Name(done.state) == "TASK_STATE_SUCCEEDED", done.error
         explanation = (await tasks.ExplainTask(task_pb2.ExplainTaskRequest(task_id=submitted.task_id), metadata=metadata, timeout=10)).explanation
         assert [s.step_id for s in explanation.plan.steps] == ["only"]
+        watched = [e async for e in tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=submitted.task_id), metadata=metadata, timeout=10)]
+        assert watched and watched[-1].task.state == task_pb2.TASK_STATE_SUCCEEDED  # streams are forwarded too
         assert explanation.attempts and explanation.attempts[0].agent.name == "worker"
         answer = json_format.MessageToDict(explanation.task.output)["answer"]
         assert "[EMAIL]" in answer.upper() and email.upper() not in answer.upper()  # the agent saw only the redacted text
