@@ -7,8 +7,8 @@ Semantics (what a caller sees):
 - A call that arrives while the first is still running waits for it and shares its outcome.
 - Only successes are stored: a failed or cancelled run frees the key, so a retry runs the skill again.
 - A replay is bound to who asked, not only to what: the :class:`CallFingerprint` covers the caller's SPIFFE
-  id, the verified delegation (token subject, tenant and scopes; not the token itself, so a retry under a
-  fresh token for the same user replays) and the input. Reusing a key with any of them different is
+  id, the verified delegation (token kind, tenant, subject and scopes; not the token itself, so a retry under
+  a fresh token for the same user replays) and the input. Reusing a key with any of them different is
   ``INVALID_ARGUMENT`` on field ``idempotency_key`` (reason ``IDEMPOTENCY_KEY_REUSED``), also while the
   first call still runs: it is a caller bug or an attempt to read someone else's result, and running or
   replaying either would be wrong.

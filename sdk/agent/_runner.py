@@ -127,10 +127,11 @@ class SkillRunner:
         try:
             if not invocation.idempotency_key:
                 return await self._execute(spec, value, invocation, progress, delegation, refusal)
+            # The token's kind too: a user token must not replay what a step token unlocked (e.g. PII).
             principal = (
                 None
                 if delegation is None
-                else (delegation.tenant, delegation.subject, *sorted(delegation.scopes))
+                else (delegation.kind, delegation.tenant, delegation.subject, *sorted(delegation.scopes))
             )
             result, replayed = await self.cache.run(
                 spec.name,

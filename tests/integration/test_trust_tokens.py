@@ -268,8 +268,9 @@ async def test_a_pii_result_is_replayed_only_to_the_same_caller_user_and_scopes(
     assert again.replayed and customer(again)["email"] == EMAIL
     # Across identities: another workload allowed to invoke, presenting even the same token.
     await assert_refused_replay(crm.lookup(crm.step_token(), key="k-1", as_="backoffice"))
-    # Across tokens: none, a forged one, another user, other scopes.
+    # Across tokens: none, a forged one, the same user's end-user token, another user, other scopes.
     await assert_refused_replay(crm.lookup("", key="k-1"))
+    await assert_refused_replay(crm.lookup(end_user(crm), key="k-1"))
     await assert_refused_replay(crm.lookup(tampered(crm), key="k-1"))
     await assert_refused_replay(crm.lookup(crm.step_token(subject="user-43"), key="k-1"))
     await assert_refused_replay(crm.lookup(crm.step_token(scopes=["pii:read", "orders:read"]), key="k-1"))
