@@ -16,7 +16,6 @@ Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -41,6 +40,7 @@ from agentmesh._errors import (
 )
 from agentmesh.audit import AuditEntry
 from agentmesh.services.planner.conversation_tasks import TaskRelay
+from agentmesh.services.planner.conversation_watch import ChangeSignal
 from agentmesh.services.planner.conversations_store import (
     TASK_RESULT_PREFIX,
     ConversationRecord,
@@ -189,25 +189,6 @@ class RolePolicy:
         return role
 
 
-class _ChangeSignal:
-    """Wakes the watchers of a conversation in this process when it changes (others poll)."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def waiter(self, conversation_id: str) -> asyncio.Event:
-        return self._events.setdefault(conversation_id, asyncio.Event())
-
-    def notify(self, conversation_id: str) -> None:
-        event = self._events.pop(conversation_id, None)
-        if event is not None:
-            event.set()
-
-    def notify_all(self) -> None:
-        for conversation_id in list(self._events):
-            self.notify(conversation_id)
-
-
 def _check_id(value: str, field: str) -> str:
     if not value:
         raise InvalidArgumentError(f"{field} is required", field=field)
@@ -302,8 +283,7 @@ class Conversations:
         self.roles = roles or RolePolicy(trust_domain)
         self.start_task = start_task
         self.planner_identity = f"spiffe://{trust_domain}/service/planner"
-        self._poll_interval = poll_interval
-        self._changes = _ChangeSignal()
+        self._changes = ChangeSignal(store, poll_interval)
         self._closed = False
         self.tasks = TaskRelay(store, self.append_task_result, poll_interval=max(poll_interval, 1.0))
 
@@ -522,24 +502,23 @@ class Conversations:
                 field="since_version",
             )
         version = since_version
-        while True:
-            if self._closed:
-                raise UnavailableError(
-                    f"this planner is stopping; watch again from version {version}",
-                    metadata={"since_version": str(version)},
-                )
-            changed = self._changes.waiter(conversation_id)  # before reading, so no write slips between
-            batch = await self.store.changes_after(conversation_id, version, _WATCH_BATCH)
-            for message in batch:
-                yield message
-                version = message.version
-            if len(batch) == _WATCH_BATCH:
-                continue
-            # Another replica's writes are seen by polling; this replica's wake the watch at once.
-            try:
-                await asyncio.wait_for(changed.wait(), self._poll_interval)
-            except TimeoutError:
-                pass
+        self._changes.subscribe(conversation_id, current.version)
+        try:
+            while True:
+                if self._closed:
+                    raise UnavailableError(
+                        f"this planner is stopping; watch again from version {version}",
+                        metadata={"since_version": str(version)},
+                    )
+                changed = self._changes.waiter(conversation_id)  # before reading, so no write slips between
+                batch = await self.store.changes_after(conversation_id, version, _WATCH_BATCH)
+                for message in batch:
+                    yield message
+                    version = message.version
+                if len(batch) < _WATCH_BATCH:
+                    await changed.wait()  # a write here, the shared poll (other replicas), or stopping
+        finally:
+            self._changes.unsubscribe(conversation_id)
 
     def start(self) -> None:
         """Start delivering task results in the background (call in the server's event loop)."""
@@ -548,5 +527,5 @@ class Conversations:
     async def stop(self) -> None:
         """End every watch (UNAVAILABLE: resume elsewhere from the last version seen) and the task results."""
         self._closed = True
-        self._changes.notify_all()
+        await self._changes.close()
         await self.tasks.stop()

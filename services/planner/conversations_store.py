@@ -471,6 +471,19 @@ class ConversationStore:
                 sa.update(messages).where(messages.c.message_id == message_id).values(task_id=task_id)
             )
 
+    async def versions(self, conversation_ids: Sequence[str]) -> dict[str, int]:
+        """The current version of each of ``conversation_ids`` that exists."""
+        found: dict[str, int] = {}
+        async with self._transaction(write=False) as conn:
+            for chunk in _chunks(conversation_ids):
+                rows = await conn.execute(
+                    sa.select(conversations.c.conversation_id, conversations.c.version).where(
+                        conversations.c.conversation_id.in_(chunk)
+                    )
+                )
+                found.update((row.conversation_id, int(row.version)) for row in rows)
+        return found
+
     async def changes_after(self, conversation_id: str, since_version: int, limit: int) -> list[MessageRecord]:
         """Messages of versions after ``since_version`` (hidden ones too: each was a change), oldest first."""
         async with self._transaction(write=False) as conn:
