@@ -25,7 +25,7 @@
 Input and output JSON Schemas come from the pydantic models. Bad input is ``INVALID_ARGUMENT`` naming
 the field (``input.text``); an output that breaks its schema is ``INTERNAL`` (logged, never returned);
 an unknown skill is ``NOT_FOUND``; a repeated idempotency key replays the first result, and reusing a key
-from another caller, under another delegation (token subject or scopes) or with a different input is
+from another caller, under another delegation (token kind, subject or scopes) or with a different input is
 ``INVALID_ARGUMENT`` on ``idempotency_key`` (``IDEMPOTENCY_KEY_REUSED``). The call's delegation token is
 verified for this agent before the skill runs: ``ctx.delegation`` holds the verified claims, or None (a bad
 token does not fail the call; ``ctx.delegation_refusal`` says why).

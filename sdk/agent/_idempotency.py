@@ -64,7 +64,7 @@ def call_fingerprint(*, caller: str, delegation: Sequence[str] | None, input: An
 
 _PARTS = {
     "caller": "another caller",
-    "delegation": "another delegation (token subject or scopes)",
+    "delegation": "another delegation (token kind, subject or scopes)",
     "input": "a different input",
 }
 
