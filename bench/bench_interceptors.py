@@ -9,8 +9,10 @@ ratios are paired per round, then the median is reported.
 
 Variants: ``bare`` (grpc.aio + mTLS, default asyncio loop), ``bare-uvloop``, ``full`` (the mesh runtime as
 shipped: ``agentmesh.telemetry.run`` puts the server on uvloop), ``full-asyncio`` (same stack, default loop),
-``full-always-on`` (ALWAYS_ON sampling on both sides, spans batched to an exporter that drops them). The load
-client runs on uvloop for every variant.
+``full-always-on`` (ALWAYS_ON sampling on both sides, spans batched to an exporter that drops them),
+``stock-otel`` (bare grpc.aio + mTLS on uvloop with only the stock opentelemetry-instrumentation-grpc aio server
+and client interceptors, 1% parent-based sampling as the mesh's default: what the lean tracing replaces). The
+load client runs on uvloop for every variant.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-VARIANTS = ("bare", "bare-uvloop", "full", "full-asyncio", "full-always-on")
+VARIANTS = ("bare", "bare-uvloop", "full", "full-asyncio", "full-always-on", "stock-otel")
 METHOD = "/agentmesh.v1.RegistryService/GetAgent"
 SERVER = ("service", "bench-server")
 CLIENT = ("client", "bench")
@@ -37,7 +39,16 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def _settings(home: Path, **changes: Any) -> Any:
     from agentmesh._settings import Settings
 
-    return Settings(home=home, **changes)
+    # No registry here: servers do not follow a revocation set (nothing to reach, nothing to retry).
+    return Settings(home=home, registry_address="", **changes)
+
+
+def _stock_provider() -> Any:
+    """The mesh's default sampling (1%, parent-based) for the stock instrumentation; no exporter."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    return TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01)))
 
 
 def _always_on_provider() -> Any:
@@ -64,8 +75,11 @@ def _serve(variant: str, home: Path, ready: Any) -> None:
     logging.basicConfig(level=logging.WARNING)
     from agentmesh import telemetry
 
-    use_uvloop = variant in ("bare-uvloop", "full", "full-always-on")
-    main = _serve_bare(home, ready) if variant.startswith("bare") else _serve_full(variant, home, ready)
+    use_uvloop = variant in ("bare-uvloop", "full", "full-always-on", "stock-otel")
+    if variant.startswith("bare") or variant == "stock-otel":
+        main = _serve_bare(home, ready, stock_tracing=variant == "stock-otel")
+    else:
+        main = _serve_full(variant, home, ready)
     telemetry.run(main, use_uvloop=use_uvloop)
 
 
@@ -82,14 +96,19 @@ def _registry() -> Any:
     return Registry()
 
 
-async def _serve_bare(home: Path, ready: Any) -> None:
+async def _serve_bare(home: Path, ready: Any, *, stock_tracing: bool = False) -> None:
     import grpc
 
     from agentmesh.security import credential_paths
     from agentmesh.v1 import registry_pb2_grpc
 
     cert, key, ca = credential_paths(_settings(home), *SERVER).read()
-    server = grpc.aio.server()
+    interceptors = []
+    if stock_tracing:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.append(aio_server_interceptor(tracer_provider=_stock_provider()))
+    server = grpc.aio.server(interceptors=interceptors)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(_registry(), server)
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     port = server.add_secure_port("127.0.0.1:0", credentials)
@@ -148,11 +167,16 @@ def _channel(variant: str, home: Path, port: int) -> Any:
 
     target = f"127.0.0.1:{port}"
     settings = _settings(home)
-    if variant.startswith("bare"):
+    if variant.startswith("bare") or variant == "stock-otel":
         cert, key, ca = security.credential_paths(settings, *CLIENT).read()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
+        if variant == "stock-otel":
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+            interceptors = aio_client_interceptors(tracer_provider=_stock_provider())
+            return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
         return grpc.aio.secure_channel(target, credentials)
     if variant == "full-always-on":
         from agentmesh.resilience import MeshChannel, MeshClientInterceptor, RetryPolicy, breaker_for
