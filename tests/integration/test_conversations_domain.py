@@ -219,3 +219,28 @@ async def test_a_rollback_is_in_the_audit_trail(engine: AsyncEngine) -> None:
         ("conversation.rollback", f"conversations/{cid}", GATEWAY, "alice", {"from_version": 2, "to_version": 1})
     ]
     assert (await verify_chain(engine)).valid
+
+
+async def test_idle_watchers_cost_one_shared_poll_not_a_query_each(engine: AsyncEngine) -> None:
+    class CountingStore(ConversationStore):
+        reads = 0
+
+        async def changes_after(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            CountingStore.reads += 1
+            return await super().changes_after(*args, **kwargs)  # type: ignore[arg-type]
+
+    watching = Conversations(CountingStore(engine), trust_domain=TD, poll_interval=0.05)
+    other_replica = Conversations(ConversationStore(engine), trust_domain=TD)
+    ids = [(await other_replica.create(AS_ALICE, title=f"c{i}", labels={})).conversation_id for i in range(5)]
+    watches = [watching.watch(AS_ALICE, cid) for cid in ids for _ in range(4)]  # 20 streams
+    pending = [asyncio.ensure_future(anext(w)) for w in watches]
+    await asyncio.sleep(0.6)  # ~12 poll rounds, nothing written
+    assert CountingStore.reads == 20  # each stream read once; the idle rounds were one versions() query each
+    await other_replica.send(AS_ALICE, ids[0], expected_version=0, role=None, text="through the other replica")
+    woken = await asyncio.wait_for(asyncio.gather(*pending[:4]), 5)
+    assert {m.text for m in woken} == {"through the other replica"}
+    assert not any(p.done() for p in pending[4:])
+    await watching.stop()
+    for future in pending[4:]:
+        with pytest.raises(UnavailableError):
+            await future
