@@ -107,7 +107,7 @@ def cards(count: int, seed: int = 11, vocabulary: Vocabulary | None = None) -> I
             labels={"team": f"team-{rng.randint(0, 99)}"},
             endpoint=f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}:7000",
             owner=f"team-{rng.randint(0, 99)}",
-            spiffe_id=f"spiffe://{TRUST_DOMAIN}/agent/{name}",
+            spiffe_id=f"spiffe://{TRUST_DOMAIN}/agent/{namespace}/{name}",
         )
         for skill_name in dict.fromkeys(
             vocab.skills[_zipf_index(rng, len(vocab.skills))] for _ in range(rng.randint(1, 3))

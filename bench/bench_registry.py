@@ -296,7 +296,7 @@ async def over_mtls(
     from agentmesh.v1 import registry_pb2_grpc
 
     ca = CertificateAuthority.load(home)
-    for kind, name in (("service", "registry"), ("client", "ops"), ("agent", "bench-agent")):
+    for kind, name in (("service", "registry"), ("client", "ops"), ("agent", "bench/bench-agent")):
         ca.issue(kind, name)
     ports = [_free_port(), _free_port()]
     metrics_port = _free_port()
@@ -405,9 +405,9 @@ async def over_mtls(
         # Heartbeats over mTLS at 64 in flight vs Health/Check at 64 in flight, same connection.
         agent_card = next(cards(1, seed=99))
         agent_card.name, agent_card.namespace = "bench-agent", "bench"
-        agent_card.spiffe_id = f"spiffe://{TRUST_DOMAIN}/agent/bench-agent"
+        agent_card.spiffe_id = f"spiffe://{TRUST_DOMAIN}/agent/bench/bench-agent"
         agent_card.endpoint = "127.0.0.1:7999"
-        agent = RegistryClient(settings, kind="agent", name="bench-agent", address=f"127.0.0.1:{ports[0]}")
+        agent = RegistryClient(settings, kind="agent", name="bench/bench-agent", address=f"127.0.0.1:{ports[0]}")
         lease = (await agent.register(agent_card, lease_ttl=30)).lease.lease_id
         agent_health = health_pb2_grpc.HealthStub(agent.channel)
 
@@ -515,10 +515,10 @@ async def _heartbeat_client(
     from agentmesh.v1 import agent_pb2, registry_pb2, registry_pb2_grpc
 
     settings = Settings(home=home, trust_domain=TRUST_DOMAIN, log_level="WARNING")
-    client = RegistryClient(settings, kind="agent", name="bench-agent", address=f"127.0.0.1:{port}")
+    client = RegistryClient(settings, kind="agent", name="bench/bench-agent", address=f"127.0.0.1:{port}")
     card = next(cards(1, seed=99))
     card.name, card.namespace, card.version = "bench-agent", "bench", "3.0.0"
-    card.spiffe_id = f"spiffe://{TRUST_DOMAIN}/agent/bench-agent"
+    card.spiffe_id = f"spiffe://{TRUST_DOMAIN}/agent/bench/bench-agent"
     lease_ids = []
     for k in range(leases):
         card.endpoint = f"127.0.{index}.{k % 250 + 1}:{7000 + k}"
@@ -535,7 +535,7 @@ async def _heartbeat_client(
     # The streams are opened (one heartbeat each) before timing: an agent opens its stream once. ``hs`` streams
     # share this process's connection; ``hx`` streams each have their own connection, as separate agents do.
     own = [
-        RegistryClient(settings, kind="agent", name="bench-agent", address=f"127.0.0.1:{port}")
+        RegistryClient(settings, kind="agent", name="bench/bench-agent", address=f"127.0.0.1:{port}")
         for _ in range(streams)
     ]
     opened = {
