@@ -40,6 +40,27 @@ tasks = Task.__table__
 
 _CHUNK = 500
 
+# The hot path's statements, built once: building a Core statement and its cache key per call costs more than
+# the round trip of a small write on a quiet database.
+_GET = sa.select(conversations).where(conversations.c.conversation_id == sa.bindparam("cid"))
+_FIND_REQUEST = sa.select(messages).where(
+    messages.c.conversation_id == sa.bindparam("cid"), messages.c.request_id == sa.bindparam("rid")
+)
+_BUMP_ANY = (
+    sa.update(conversations)
+    .where(conversations.c.conversation_id == sa.bindparam("cid"))
+    .values(version=conversations.c.version + 1, updated_at=sa.bindparam("now"))
+    .returning(*conversations.c)
+)
+_BUMP = _BUMP_ANY.where(conversations.c.version == sa.bindparam("expected"))
+_INSERT_MESSAGE = sa.insert(messages)
+_CHANGES_AFTER = (
+    sa.select(messages)
+    .where(messages.c.conversation_id == sa.bindparam("cid"), messages.c.version > sa.bindparam("since"))
+    .order_by(messages.c.version)
+    .limit(sa.bindparam("limit"))
+)
+
 
 @dataclass(frozen=True)
 class ConversationRecord:
@@ -249,9 +270,7 @@ class ConversationStore:
 
     @staticmethod
     async def _get(conn: AsyncConnection, conversation_id: str) -> ConversationRecord:
-        row = (
-            await conn.execute(sa.select(conversations).where(conversations.c.conversation_id == conversation_id))
-        ).first()
+        row = (await conn.execute(_GET, {"cid": conversation_id})).first()
         if row is None:
             raise NotFoundError(
                 f"conversation {conversation_id!r} does not exist", metadata={"conversation_id": conversation_id}
@@ -314,27 +333,18 @@ class ConversationStore:
 
     @staticmethod
     async def _find_request(conn: AsyncConnection, conversation_id: str, request_id: str) -> MessageRecord | None:
-        row = (
-            await conn.execute(
-                sa.select(messages).where(
-                    messages.c.conversation_id == conversation_id, messages.c.request_id == request_id
-                )
-            )
-        ).first()
+        row = (await conn.execute(_FIND_REQUEST, {"cid": conversation_id, "rid": request_id})).first()
         return None if row is None else _message(row)
 
     async def _bump(
         self, conn: AsyncConnection, conversation_id: str, expected_version: int | None, now: dt.datetime
     ) -> ConversationRecord:
         """Add one to the version (only from ``expected_version`` when given); ABORTED or NOT_FOUND otherwise."""
-        update = sa.update(conversations).where(conversations.c.conversation_id == conversation_id)
-        if expected_version is not None:
-            update = update.where(conversations.c.version == expected_version)
-        row = (
-            await conn.execute(
-                update.values(version=conversations.c.version + 1, updated_at=now).returning(*conversations.c)
-            )
-        ).first()
+        if expected_version is None:
+            result = await conn.execute(_BUMP_ANY, {"cid": conversation_id, "now": now})
+        else:
+            result = await conn.execute(_BUMP, {"cid": conversation_id, "now": now, "expected": expected_version})
+        row = result.first()
         if row is not None:
             return _conversation(row)
         current = await self._get(conn, conversation_id)  # NotFoundError when it does not exist
@@ -405,22 +415,23 @@ class ConversationStore:
             on_behalf_of=message.on_behalf_of,
         )
         await conn.execute(
-            sa.insert(messages).values(
-                message_id=record.message_id,
-                conversation_id=conversation_id,
-                version=version,
-                parent_version=parent_version,
-                rolled_back_to=rolled_back_to,
-                request_id=record.request_id,
-                role=record.role,
-                author=record.author,
-                on_behalf_of=record.on_behalf_of,
-                text=record.text,
-                data=record.data,
-                task_id=record.task_id,
-                hidden=False,
-                created_at=now,
-            )
+            _INSERT_MESSAGE,
+            {
+                "message_id": record.message_id,
+                "conversation_id": conversation_id,
+                "version": version,
+                "parent_version": parent_version,
+                "rolled_back_to": rolled_back_to,
+                "request_id": record.request_id,
+                "role": record.role,
+                "author": record.author,
+                "on_behalf_of": record.on_behalf_of,
+                "text": record.text,
+                "data": record.data,
+                "task_id": record.task_id,
+                "hidden": False,
+                "created_at": now,
+            },
         )
         return record
 
@@ -488,12 +499,7 @@ class ConversationStore:
         """Messages of versions after ``since_version`` (hidden ones too: each was a change), oldest first."""
         async with self._transaction(write=False) as conn:
             rows = (
-                await conn.execute(
-                    sa.select(messages)
-                    .where(messages.c.conversation_id == conversation_id, messages.c.version > since_version)
-                    .order_by(messages.c.version)
-                    .limit(limit)
-                )
+                await conn.execute(_CHANGES_AFTER, {"cid": conversation_id, "since": since_version, "limit": limit})
             ).all()
         return [_message(row) for row in rows]
 
