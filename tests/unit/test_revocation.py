@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from agentmesh.security import (
     format_serial,
     parse_serial,
 )
+from agentmesh.security._identity import _CURRENT
 
 TD = "agentmesh.test"
 METHOD = "/agentmesh.v1.RegistryService/Heartbeat"
@@ -31,6 +33,14 @@ class _Context:
     def auth_context(self) -> dict[str, list[bytes]]:
         # gRPC builds a new dict of new bytes for every call: so does this.
         return {key: [bytes(bytearray(v)) for v in values] for key, values in self._properties.items()}
+
+
+@pytest.fixture(autouse=True)
+def _no_caller_left_behind() -> Iterator[None]:
+    # The check sets the current caller (a context variable): leave it as found for the tests that follow.
+    token = _CURRENT.set(None)
+    yield
+    _CURRENT.reset(token)
 
 
 @pytest.fixture
