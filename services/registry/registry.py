@@ -5,6 +5,11 @@ and kept fresh by applying the change log (``registry_events``) in revision orde
 ``registry_poll_interval``. Writes go to the database first; the writing replica then catches up to its
 own revision before answering, so a caller reads its own writes and every replica applies the same
 changes in the same order.
+
+The registry is also the identity book of record: a card is accepted only from the SPIFFE id derived from
+it (``spiffe://<td>/agent/<namespace>/<name>``), and the mesh's revocation set (by SPIFFE id and by
+certificate serial) lives here, changed through the same log (REVOKED / UNREVOKED events). Every replica
+checks calls against it (:attr:`Registry.revocations`) and streams it to the other servers (``WatchRevocations``).
 """
 
 from __future__ import annotations
