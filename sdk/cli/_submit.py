@@ -1,9 +1,11 @@
-"""``agentmesh submit``: submit a task to the planner (or the gateway) and print its id."""
+"""``agentmesh submit``: submit a task to the planner (or the gateway), then follow it with a progress display
+until it ends (``--no-wait`` prints the id at once)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -12,18 +14,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default="{}", help="task input as JSON, or @FILE to read it from a file")
     parser.add_argument("--playbook", default="", help="name of the playbook to plan with")
     parser.add_argument("--request-id", default="", help="idempotency key: resubmitting returns the same task")
+    parser.add_argument("--no-wait", action="store_true", help="print the task id and return at once")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the task to end")
     from agentmesh.cli._client import add_client_arguments
 
     add_client_arguments(parser, default_address_setting="planner_address")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Submit the task and print its id and state."""
+    """Submit the task; unless --no-wait, follow it and print how it ended (exit 0 only when it succeeded)."""
     from google.protobuf import struct_pb2
 
     from agentmesh._errors import InvalidArgumentError
     from agentmesh.cli._client import call, print_json
-    from agentmesh.v1 import task_pb2, task_pb2_grpc
+    from agentmesh.v1 import task_pb2
 
     raw = open(args.input[1:]).read() if args.input.startswith("@") else args.input
     try:
@@ -36,13 +40,65 @@ def run(args: argparse.Namespace) -> int:
         goal=args.goal, input=task_input, playbook=args.playbook, request_id=args.request_id
     )
 
-    async def submit(channel: object, settings: object) -> task_pb2.SubmitTaskResponse:
-        stub = task_pb2_grpc.TaskServiceStub(channel)  # type: ignore[arg-type]
-        return await stub.SubmitTask(request, timeout=30)
+    async def submit(channel: object, settings: object) -> task_pb2.Task:
+        from rich.console import Console
 
-    reply = call(args, "planner_address", submit)
+        console = Console(stderr=True, quiet=args.json)
+        return await submit_and_follow(channel, request, console=console, wait=not args.no_wait, within=args.timeout)
+
+    task = call(args, "planner_address", submit)
     if args.json:
-        print_json(reply)
+        print_json(task)
     else:
-        print(f"task {reply.task.task_id} {task_pb2.TaskState.Name(reply.task.state)}")
-    return 0
+        print(f"task {task.task_id} {task_pb2.TaskState.Name(task.state).removeprefix('TASK_STATE_')}")
+        if task.error:
+            print(f"error: {task.error}")
+        if task.HasField("output"):
+            from google.protobuf import json_format
+
+            print(json.dumps(json_format.MessageToDict(task.output), indent=2, ensure_ascii=False))
+    if args.no_wait:
+        return 0
+    return 0 if task.state == task_pb2.TASK_STATE_SUCCEEDED else 1
+
+
+async def submit_and_follow(channel: Any, request: Any, *, console: Any, wait: bool = True, within: float = 300.0) -> Any:
+    """Submit ``request`` on ``channel`` and, when ``wait``, follow WatchTask with a live status line until the
+    task ends (resuming from the last cursor if the stream breaks); returns the final Task."""
+    import asyncio
+
+    import grpc
+
+    from agentmesh.v1 import task_pb2, task_pb2_grpc
+
+    stub = task_pb2_grpc.TaskServiceStub(channel)
+    task = (await stub.SubmitTask(request, timeout=30)).task
+    if not wait:
+        return task
+    steps: dict[str, str] = {}
+    cursor = ""
+    final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
+    with console.status(f"task {task.task_id}: planned") as status:
+        async with asyncio.timeout(within):
+            while task.state not in final:
+                try:
+                    watch = task_pb2.WatchTaskRequest(task_id=task.task_id, cursor=cursor)
+                    async for event in stub.WatchTask(watch):
+                        cursor, task = event.cursor, event.task
+                        if event.HasField("step"):
+                            steps[event.step.step_id] = task_pb2.StepState.Name(event.step.state).removeprefix("STEP_STATE_")
+                        running = [s for s, v in steps.items() if v in ("RUNNING", "WAITING_APPROVAL")]
+                        done = sum(v == "SUCCEEDED" for v in steps.values())
+                        status.update(
+                            f"task {task.task_id}: {done} step(s) done"
+                            + (f", running {', '.join(running)}" if running else "")
+                        )
+                        for step_id, state in list(steps.items()):
+                            if state in ("SUCCEEDED", "FAILED") and event.HasField("step") and event.step.step_id == step_id:
+                                console.print(f"  {step_id}: {state.lower()}")
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    await asyncio.sleep(0.5)  # the planner is restarting or failing over: resume from the cursor
+                task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)).task
+    return task

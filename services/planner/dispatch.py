@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from agentmesh._channel import create_channel
-from agentmesh._errors import FailedPreconditionError, from_rpc_error
+from agentmesh._errors import FailedPreconditionError, UnavailableError, from_rpc_error
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.services.planner.plans import StepSpec
@@ -76,9 +76,9 @@ def _candidate(c: registry_pb2.Candidate) -> dict[str, Any]:
 class Dispatcher:
     """Discovery with a short per-query cache, instance choice, and one channel per agent endpoint."""
 
-    def __init__(self, settings: Settings, registry: RegistryClient) -> None:
+    def __init__(self, settings: Settings, registry: RegistryClient | None = None) -> None:
         self._settings = settings
-        self._registry = registry
+        self.registry = registry
         self._answers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -106,7 +106,9 @@ class Dispatcher:
         if cached is not None and not fresh and now - cached[0] < self._settings.planner_discovery_cache_ttl:
             return cached[1], now - cached[0]
         arguments = {k: v for k, v in query.items() if k != "view"}
-        answer = await self._registry.discover(view=registry_pb2.INSTANCE_VIEW_BASIC, **arguments)
+        if self.registry is None:
+            raise UnavailableError("the planner is not connected to the registry yet")
+        answer = await self.registry.discover(view=registry_pb2.INSTANCE_VIEW_BASIC, **arguments)
         candidates = [_candidate(c) for c in answer.candidates]
         self._answers[key] = (time.monotonic(), candidates)
         return candidates, 0.0

@@ -80,16 +80,20 @@ class TaskEngine:
         settings: Settings,
         store: PlannerStore,
         *,
-        registry: RegistryClient,
+        registry: RegistryClient | None = None,
         playbooks: PlaybookLibrary | None = None,
         model_planner: ModelPlanner | None = None,
         tokens: StepTokens | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.registry = registry
-        self.dispatcher = Dispatcher(settings, registry)
-        self.planner = Planner(playbooks or PlaybookLibrary.shipped(), self.dispatcher, model_planner)
+        self.dispatcher = Dispatcher(settings)
+        self.registry: RegistryClient | None = None
+        if registry is not None:
+            self.attach_registry(registry)
+        self.planner = Planner(
+            playbooks or PlaybookLibrary.load(settings.planner_playbooks_path), self.dispatcher, model_planner
+        )
         self.tokens = tokens if tokens is not None else StepTokens(settings)
         self.identity = f"spiffe://{settings.trust_domain}/service/planner"
         self._wake = asyncio.Event()
@@ -103,6 +107,11 @@ class TaskEngine:
         self._stopping = False
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    def attach_registry(self, registry: RegistryClient) -> None:
+        """Discover agents and report outcomes through ``registry`` (its channel belongs to the running loop)."""
+        self.registry = registry
+        self.dispatcher.registry = registry
 
     async def start(self) -> None:
         """Start the claim, renewal, sweep and outcome-report loops."""
@@ -291,6 +300,8 @@ class TaskEngine:
     async def _outcome_loop(self) -> None:
         while True:
             namespace, name, version, instance_id, success, code, latency = await self._outcomes.get()
+            if self.registry is None:
+                continue
             with contextlib.suppress(Exception):  # a lost report only delays a canary rollback
                 await self.registry.report_outcome(
                     namespace, name, version, success=success, instance_id=instance_id, error_code=code,
@@ -334,9 +345,12 @@ class TaskEngine:
         try:
             choice = await self.dispatcher.choose(spec, previous_instance_id=claimed.previous_instance_id)
         except MeshError as exc:
-            if claimed.attempt >= claimed.max_attempts or not isinstance(exc, UnavailableError | FailedPreconditionError):
-                return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message)
-            return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=True,
+            # No agent to call (none discovered, registry away): recorded as an attempt without an agent.
+            miss = {"query": self.dispatcher.query_of(spec), "candidates": [], "chosen": {}, "reason": exc.message}
+            await self.store.start_attempt(claimed, agent={}, step_input=step_input, trace_id=trace_id,
+                                           choice=miss, substitutions=substitutions)
+            retryable = isinstance(exc, UnavailableError | FailedPreconditionError)
+            return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=retryable,
                               backoff=spec.retry.backoff(claimed.attempt))
         await self.store.start_attempt(claimed, agent=choice.agent, step_input=step_input, trace_id=trace_id,
                                        choice=choice.record(), substitutions=substitutions)

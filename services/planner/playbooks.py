@@ -200,6 +200,17 @@ class PlaybookLibrary:
         found = [Playbook.from_yaml(f.read_text()) for f in folder.iterdir() if f.name.endswith((".yaml", ".yml"))]
         return cls(found)
 
+    @classmethod
+    def load(cls, folder: str = "") -> PlaybookLibrary:
+        """The shipped playbooks plus every ``*.yaml`` in ``folder`` (which win on a name clash)."""
+        library = cls.shipped()
+        if folder:
+            from pathlib import Path
+
+            for path in sorted(Path(folder).glob("*.y*ml")):
+                library.add(Playbook.from_yaml(path.read_text()))
+        return library
+
     def add(self, playbook: Playbook) -> None:
         """Add (or replace) a playbook."""
         self._by_name[playbook.name] = playbook

@@ -37,8 +37,8 @@ class PlannerServer(Serving):
         self.settings = settings
         self.database = create_async_engine(database_url or settings.resolved_database_url, pool_pre_ping=True)
         self.replica_id = f"planner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.registry = RegistryClient(settings, kind="service", name=SERVICE_NAME)
-        self.engine = TaskEngine(settings, PlannerStore(self.database, owner=self.replica_id), registry=self.registry)
+        self.registry: RegistryClient | None = None  # made in start(): a channel belongs to the running loop
+        self.engine = TaskEngine(settings, PlannerStore(self.database, owner=self.replica_id))
         self.conversations = Conversations(
             ConversationStore(self.database), trust_domain=settings.trust_domain, start_task=self._start_task
         )
@@ -101,6 +101,8 @@ class PlannerServer(Serving):
 
     async def start(self) -> None:
         """Serve, then start running tasks (and relaying conversation results)."""
+        self.registry = RegistryClient(self.settings, kind="service", name=SERVICE_NAME)
+        self.engine.attach_registry(self.registry)
         await self.server.start()
         await self.engine.start()
         self.conversations.start()
@@ -112,7 +114,8 @@ class PlannerServer(Serving):
         await self.engine.stop(grace)
         await self.conversations.stop()  # also ends WatchConversation streams (clients resume elsewhere)
         await self.server.stop(grace)
-        await self.registry.close()
+        if self.registry is not None:
+            await self.registry.close()
         await self.database.dispose()
 
 
