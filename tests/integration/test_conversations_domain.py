@@ -244,3 +244,17 @@ async def test_idle_watchers_cost_one_shared_poll_not_a_query_each(engine: Async
     for future in pending[4:]:
         with pytest.raises(UnavailableError):
             await future
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_traceback() -> None:
+    from agentmesh.inference import free_port
+
+    engine = create_async_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere")
+    conversations = Conversations(ConversationStore(engine), trust_domain=TD)
+    try:
+        with pytest.raises(UnavailableError, match="cannot reach its database; retry shortly"):
+            await conversations.create(AS_ALICE, title="t", labels={})
+        with pytest.raises(UnavailableError):
+            await conversations.send(AS_ALICE, "c1", expected_version=0, role=None, text="hi")
+    finally:
+        await engine.dispose()
