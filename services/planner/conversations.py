@@ -224,18 +224,41 @@ def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, 
                 "starting and ending with a letter or digit",
                 field=f"{field}.{key[:80]}",
             )
-        if len(value) > MAX_LABEL_VALUE:
-            raise InvalidArgumentError(
-                f"label {key!r} is longer than {MAX_LABEL_VALUE} characters", field=f"{field}.{key}"
-            )
+        _check_text(value, f"{field}.{key}", MAX_LABEL_VALUE)
     return dict(labels)
 
 
+def _check_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidArgumentError(f"{field} is longer than {limit} characters ({len(value)})", field=field)
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
+    return value
+
+
+def _check_json(value: dict[str, Any] | None, field: str) -> None:
+    if value is None:
+        return
+    encoded = json.dumps(value, separators=(",", ":"))
+    if len(encoded) > MAX_DATA_BYTES:
+        raise InvalidArgumentError(f"{field} is larger than {MAX_DATA_BYTES} bytes as JSON", field=field)
+    if _has_nul(value):  # nor can JSONB
+        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _check_message(text: str, data: dict[str, Any] | None) -> None:
-    if len(text) > MAX_TEXT:
-        raise InvalidArgumentError(f"text is longer than {MAX_TEXT} characters ({len(text)})", field="text")
-    if data is not None and len(json.dumps(data, separators=(",", ":"))) > MAX_DATA_BYTES:
-        raise InvalidArgumentError(f"data is larger than {MAX_DATA_BYTES} bytes as JSON", field="data")
+    _check_text(text, "text", MAX_TEXT)
+    _check_json(data, "data")
     if not text and not data:
         raise InvalidArgumentError("a message needs text or data", field="text")
 
@@ -291,8 +314,7 @@ class Conversations:
         self, caller: Caller, *, title: str, labels: Mapping[str, str], request_id: str = ""
     ) -> ConversationRecord:
         """A new conversation at version 0 owned by ``caller``; a repeated ``request_id`` returns the first."""
-        if len(title) > MAX_TITLE:
-            raise InvalidArgumentError(f"title is longer than {MAX_TITLE} characters", field="title")
+        _check_text(title, "title", MAX_TITLE)
         checked = check_labels(labels)
         conversation, created = await self.store.create(
             conversation_id=uuid.uuid4().hex,
@@ -377,8 +399,8 @@ class Conversations:
         _check_message(text, data)
         if task is not None:
             start_task = True
-            if task.input is not None and len(json.dumps(task.input, separators=(",", ":"))) > MAX_DATA_BYTES:
-                raise InvalidArgumentError(f"task.input is larger than {MAX_DATA_BYTES} bytes as JSON", field="task.input")
+            _check_json(task.input, "task.input")
+            _check_text(task.goal, "task.goal", MAX_TEXT)
         if start_task and self.start_task is None:
             raise FailedPreconditionError("this planner cannot start tasks from messages")
         message = NewMessage(

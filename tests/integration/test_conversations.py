@@ -239,6 +239,10 @@ async def test_bad_input_gets_precise_codes(connect) -> None:
         await _send(alice, cid, 0, "x" * 40_000)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text is longer" in failed.value.details()
     assert await _code(_send(alice, cid, 0, "")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _code(_send(alice, cid, 0, "nul \x00 inside")) == grpc.StatusCode.INVALID_ARGUMENT
+    nul_data = pb.SendMessageRequest(conversation_id=cid, expected_version=0, text="x")
+    nul_data.data.update({"nested": {"k": "a\x00b"}})
+    assert await _code(alice.SendMessage(nul_data, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
     assert await _code(_send(alice, cid, -1, "hi")) == grpc.StatusCode.INVALID_ARGUMENT
     assert await _code(_send(alice, "", 0, "hi")) == grpc.StatusCode.INVALID_ARGUMENT
     create = pb.CreateConversationRequest(title="t" * 300)
