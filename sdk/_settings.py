@@ -134,6 +134,8 @@ class Settings:
     gateway_max_request_bytes: int = 65_536
     # Prompt-injection screen: "flag" (the task carries the flag) or "reject" (INVALID_ARGUMENT).
     gateway_injection_policy: str = "flag"
+    # Mesh console (web UI served by the gateway process over HTTPS with the gateway's certificate); -1: off.
+    console_port: int = 7444
 
     @property
     def resolved_database_url(self) -> str:
