@@ -147,6 +147,8 @@ class Registration:
                 logger.exception("registration with %s failed unexpectedly", self._address)
                 await self._back_off(logging.ERROR, type(exc).__name__)
                 continue
+            if self.failures:
+                logger.info("registry at %s answers again after %d failed attempts", self._address, self.failures)
             self.failures = 0
             await self._pause(self._lease_ttl / 3)
 
@@ -163,6 +165,9 @@ class Registration:
     async def _back_off(self, level: int, problem: str) -> None:
         self.failures += 1
         wait = min(_BACKOFF.backoff(self.failures), self._lease_ttl / 3)
+        # Said once per outage (and again when it ends), not at every retry; a refusal keeps its ERROR level.
+        if self.failures > 1 and level < logging.ERROR:
+            level = logging.DEBUG
         logger.log(level, "registry at %s: %s; retrying in %.2fs", self._address, problem, wait)
         await asyncio.sleep(wait)
 
