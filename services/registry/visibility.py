@@ -29,6 +29,7 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 from agentmesh._errors import InvalidArgumentError
+from agentmesh.services.registry._prefixes import ANY, EXACT, literal_prefixes
 from agentmesh.services.registry.model import echo
 
 __all__ = [
@@ -89,7 +90,7 @@ def _why(error: Exception) -> str:
 class VisibilityPattern:
     """One compiled visibility pattern: ``fullmatch`` for one name, and a line scanner for many."""
 
-    __slots__ = ("_lines", "_plain", "high", "low", "pattern")
+    __slots__ = ("_lines", "_plain", "high", "low", "pattern", "prefixes")
 
     def __init__(self, pattern: str) -> None:
         if "\\C" in pattern:
@@ -113,6 +114,8 @@ class VisibilityPattern:
             low, high = b"", b"\xff"
         self.low: bytes = low
         self.high: bytes = high
+        # Sharper than the range for the usual shapes (``ns-(01|07)/.*``); None when the text says nothing.
+        self.prefixes = literal_prefixes(pattern)
 
     def __repr__(self) -> str:
         return f"VisibilityPattern({self.pattern!r})"
@@ -233,6 +236,7 @@ class VisibilityIndex:
         self._ixs = ixs
         self._sorted: list[str] = []
         self._sorted_ix: list[int] = []
+        self._sorted_ix_array: npt.NDArray[np.int64] | None = None
         self._patterns: OrderedDict[str, _Matches] = OrderedDict()
         self._scopes: OrderedDict[object, tuple[int, npt.NDArray[np.bool_]]] = OrderedDict()
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
@@ -242,6 +246,7 @@ class VisibilityIndex:
         position = bisect.bisect_left(self._sorted, key)
         self._sorted.insert(position, key)
         self._sorted_ix.insert(position, ix)
+        self._sorted_ix_array = None
 
     # ------------------------------------------------------------------ evaluation
 
@@ -269,17 +274,50 @@ class VisibilityIndex:
                 work.append(matches.work)
                 continue
             if matches.done == 0:
-                # The sorted names RE2 says can match; a copy, so arrivals during the scan change nothing.
-                low = bisect.bisect_left(self._sorted, pattern.low, key=str.encode)
-                high = bisect.bisect_right(self._sorted, pattern.high, key=str.encode)
-                names, ixs = self._sorted[low:high], self._sorted_ix[low:high]
+                item = self._first_scan(pattern, matches, total)
             else:
                 names, ixs = self._keys[matches.done : total], list(range(matches.done, total))
-            item = _Work(pattern, matches, names, ixs, total)
+                item = _Work(pattern, matches, names, ixs, total)
             if shared:
                 matches.work = item
             work.append(item)
         return work
+
+    def _first_scan(self, pattern: VisibilityPattern, matches: _Matches, total: int) -> _Work:
+        """The scan of a new pattern: only the sorted names that can match (copies, so arrivals during the scan
+        change nothing); names its literal prefixes settle (an exact name, ``prefix.*``) are hits already."""
+        if pattern.prefixes is None:  # RE2's possible match range
+            low = bisect.bisect_left(self._sorted, pattern.low, key=str.encode)
+            high = bisect.bisect_right(self._sorted, pattern.high, key=str.encode)
+            return _Work(pattern, matches, self._sorted[low:high], self._sorted_ix[low:high], total)
+        if self._sorted_ix_array is None:
+            self._sorted_ix_array = np.array(self._sorted_ix, dtype=np.int64)
+        settled: list[npt.NDArray[np.int64]] = []
+        ranges: list[tuple[int, int]] = []
+        for prefix, kind in pattern.prefixes:
+            if kind == EXACT:
+                ix = self._ixs.get(prefix)
+                if ix is not None and ix < total:
+                    settled.append(np.array([ix], dtype=np.int64))
+                continue
+            low = bisect.bisect_left(self._sorted, prefix)
+            high = bisect.bisect_left(self._sorted, prefix + "\U0010ffff")
+            if kind == ANY:
+                settled.append(self._sorted_ix_array[low:high].copy())
+            else:
+                ranges.append((low, high))
+        names: list[str] = []
+        ixs: list[int] = []
+        end = 0
+        for low, high in sorted(ranges):  # overlapping prefixes (ns-0, ns-01) scan their names once
+            low = max(low, end)
+            if low < high:
+                names += self._sorted[low:high]
+                ixs += self._sorted_ix[low:high]
+                end = high
+        item = _Work(pattern, matches, names, ixs, total)
+        item.hits = settled
+        return item
 
     @staticmethod
     def _refusal(patterns: Sequence[VisibilityPattern], work: list[_Work]) -> InvalidArgumentError:

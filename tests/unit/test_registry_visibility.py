@@ -12,6 +12,7 @@ import pytest
 
 from agentmesh._errors import InvalidArgumentError
 from agentmesh.services.registry import visibility
+from agentmesh.services.registry._prefixes import ANY, EXACT
 from agentmesh.services.registry.model import echo
 from agentmesh.services.registry.validation import (
     MAX_NAMES,
@@ -75,8 +76,14 @@ def test_a_narrow_pattern_checks_only_the_names_in_its_range_and_arrivals_are_se
     keys = [f"ns-{i % 50:02d}/agent-{i:05d}" for i in range(5000)]
     index = _index(keys)
     (pattern,) = compile_patterns(["ns-07/.*"])
-    work = index._pending([pattern], shared=False)
-    assert len(work) == 1 and len(work[0].names) == 100  # one namespace of fifty, not every name
+    (work,) = index._pending([pattern], shared=False)
+    assert (work.names, sum(map(len, work.hits))) == ([], 100)  # a literal prefix and ".*": no scan at all
+    (checked,) = compile_patterns(["ns-07/agent-0.*7"])
+    (work,) = index._pending([checked], shared=False)
+    assert len(work.names) == 100  # one namespace of fifty scanned, not every name
+    (ranged,) = compile_patterns(["(?:ns-07/agent-.*7)"])  # beyond the prefix reader: RE2's match range
+    (work,) = index._pending([ranged], shared=False)
+    assert len(work.names) == 100
     flags = index.visible(frozenset(), [pattern])
     assert np.flatnonzero(flags).tolist() == [i for i, key in enumerate(keys) if key.startswith("ns-07/")]
     keys.append("ns-07/late")
@@ -130,3 +137,46 @@ def test_scopes_and_constraints_are_bounded_and_echo_stays_short() -> None:
         parse_specifier(",".join(f"!=0.{i}" for i in range(1000)))
     assert len(str(refused.value)) < 200
     assert echo("x" * 10_000).endswith("… (10000 characters)") and len(echo("x" * 10_000)) < 120
+
+
+def test_literal_prefixes_always_hold_against_re2() -> None:
+    rng = random.Random(11)
+    keys = sorted(
+        {
+            f"ns-{rng.randint(0, 12):02d}/{rng.choice(['tri', 'ref', 'x'])}{rng.randint(0, 30)}"
+            for _ in range(600)
+        }
+    )
+    pieces = [
+        "ns-0",
+        "ns-1",
+        "/",
+        "[0-3]",
+        "[13]",
+        "(01|07)",
+        "(?:1|2)",
+        "tri",
+        "x",
+        ".*",
+        ".",
+        "[a-z]+",
+        "\\d",
+        "?",
+        "(?i)",
+    ]
+    for _ in range(400):
+        body = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+        if rng.random() < 0.3:
+            body += "|" + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
+        try:
+            compiled = compile_pattern(body)
+        except visibility.PatternError:
+            continue
+        if compiled.prefixes is None:
+            continue
+        for key in keys:
+            matched = compiled.fullmatch(key)
+            starts = [(p, kind) for p, kind in compiled.prefixes if key.startswith(p)]
+            assert not matched or starts, (body, key)
+            assert all(matched for p, kind in starts if kind == ANY), (body, key)
+            assert not matched or any(kind != EXACT or p == key for p, kind in starts), (body, key)
