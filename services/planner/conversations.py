@@ -83,6 +83,7 @@ MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
 MAX_REQUEST_ID = 128
 MAX_ID = 64
+MAX_OWNER = 512
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 # Messages read per round of a watch.
@@ -192,9 +193,7 @@ class RolePolicy:
 def _check_id(value: str, field: str) -> str:
     if not value:
         raise InvalidArgumentError(f"{field} is required", field=field)
-    if len(value) > MAX_ID:
-        raise InvalidArgumentError(f"{field} is longer than {MAX_ID} characters", field=field)
-    return value
+    return _check_text(value, field, MAX_ID)
 
 
 def _check_request_id(value: str) -> str | None:
@@ -368,6 +367,7 @@ class Conversations:
             raise InvalidArgumentError(f"page_size must not be negative, got {page_size}", field="page_size")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         wanted = check_labels(labels or {})
+        _check_text(owner, "owner", MAX_OWNER)
         end_user = (caller.tenant, caller.end_user) if caller.end_user else None
         fingerprint = _filter_fingerprint(owner or None, end_user, wanted)
         after = _parse_page_token(page_token, fingerprint)
