@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agentmesh._errors import AbortedError
+from agentmesh._errors import AbortedError, FailedPreconditionError, ResourceExhaustedError, from_rpc_error
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentInfo, SkillContext, skill
 
@@ -37,6 +37,15 @@ class SizeIn(BaseModel):
 
 class BlobOut(BaseModel):
     blob: str
+
+
+class SpawnIn(BaseModel):
+    playbook: str
+    count: int = Field(default=1, ge=1, le=50)
+
+
+class SpawnOut(BaseModel):
+    subtasks: list[str]
 
 
 class AnyOut(BaseModel):
@@ -101,3 +110,33 @@ class Worker(Agent):
         self._count(ctx)
         data: dict[str, Any] = request.model_dump()
         return AnyOut(**data)
+
+    @skill(description="Start sub-tasks of the task this step belongs to, with this step's token")
+    async def spawn(self, request: SpawnIn, ctx: SkillContext) -> SpawnOut:
+        import grpc
+
+        from agentmesh._channel import create_channel
+        from agentmesh.v1 import task_pb2, task_pb2_grpc
+
+        self._count(ctx)
+        started = []
+        async with create_channel(
+            self.settings.planner_address, self.settings, kind="agent", name="testing/worker"
+        ) as channel:
+            stub = task_pb2_grpc.TaskServiceStub(channel)
+            for i in range(request.count):
+                submit = task_pb2.SubmitTaskRequest(
+                    goal=f"sub-task {i} of {ctx.task_id}",
+                    playbook=request.playbook,
+                    parent_task_id=ctx.task_id,
+                    delegation_token=ctx.delegation_token,
+                    request_id=f"{ctx.task_id}/{ctx.step_id}/{i}",
+                )
+                try:
+                    started.append((await stub.SubmitTask(submit, timeout=30)).task.task_id)
+                except grpc.aio.AioRpcError as exc:
+                    error = from_rpc_error(exc)
+                    if isinstance(error, ResourceExhaustedError):  # a bound: no retry can help
+                        raise FailedPreconditionError(f"sub-task refused: {error.message}") from None
+                    raise error from None
+        return SpawnOut(subtasks=started)

@@ -79,7 +79,7 @@ steps:
 async def worker(planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity) -> AsyncIterator[Worker]:
     """One registered instance of the test agent; the planner learns the test playbooks."""
     issue_identity("agent", "testing/worker")
-    settings = mesh_settings.replace(lease_ttl=2.0)
+    settings = mesh_settings.replace(lease_ttl=2.0, planner_address=planner_mesh.planner.address)
     agent = Worker(settings)
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
         async with asyncio.timeout(10):
@@ -236,3 +236,146 @@ async def test_watch_task_streams_events_and_resumes_from_a_cursor(planner_mesh:
         e async for e in stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, cursor=middle.cursor), timeout=30)
     ]
     assert [e.cursor for e in resumed] == [e.cursor for e in events[len(events) // 2 + 1 :]]
+
+
+REFUND = """
+name: refund
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: lookup, skill: echo_any, input: {amount: "${task.input.amount}"}}
+  - id: refund
+    skill: shout
+    depends_on: [lookup]
+    input: {text: "refund ${steps.lookup.output.amount}"}
+    approval: {when: "steps.lookup.output.amount > 100", reason: refund above 100, timeout: "${task.input.wait}"}
+"""
+
+
+async def _waiting(planner_mesh: PlannerMesh, task_id: str) -> task_pb2.Task:
+    stub = planner_mesh.stub()
+    async with asyncio.timeout(20):
+        while True:
+            task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task_id), timeout=10)).task
+            if task.state != task_pb2.TASK_STATE_RUNNING:
+                return task
+            await asyncio.sleep(0.02)
+
+
+async def test_a_refund_above_the_limit_waits_for_approval_granted_rejected_or_timed_out(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    for wait, name in ((30, "refund"), (0.5, "refund-quick")):
+        planner_mesh.add_playbook(REFUND.replace("name: refund", f"name: {name}").replace('"${task.input.wait}"', str(wait)))
+    ops, viewer = planner_mesh.stub(), planner_mesh.stub("client", "viewer")
+
+    small = await planner_mesh.wait((await planner_mesh.submit("refund", {"amount": 50}, playbook="refund")).task_id)
+    assert small.state == task_pb2.TASK_STATE_SUCCEEDED and small.output["refund"]["text"] == "REFUND 50"
+
+    granted = await planner_mesh.submit("refund", {"amount": 500}, playbook="refund")
+    waiting = await _waiting(planner_mesh, granted.task_id)
+    assert waiting.state == task_pb2.TASK_STATE_WAITING_APPROVAL
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await viewer.ApproveStep(task_pb2.ApproveStepRequest(task_id=granted.task_id, step_id="refund"), timeout=10)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    approval = (
+        await ops.ApproveStep(
+            task_pb2.ApproveStepRequest(task_id=granted.task_id, step_id="refund", comment="customer is right"),
+            timeout=10,
+        )
+    ).approval
+    assert approval.state == task_pb2.APPROVAL_STATE_APPROVED and approval.decided_by.endswith("/client/ops")
+    done = await planner_mesh.wait(granted.task_id)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED and done.output["refund"]["text"] == "REFUND 500"
+    with pytest.raises(grpc.aio.AioRpcError) as twice:
+        await ops.RejectStep(task_pb2.RejectStepRequest(task_id=granted.task_id, step_id="refund"), timeout=10)
+    assert twice.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    explained = await planner_mesh.explain(granted.task_id)
+    assert [(a.step_id, a.state, a.comment, a.reason) for a in explained.approvals] == [
+        ("refund", task_pb2.APPROVAL_STATE_APPROVED, "customer is right", "refund above 100")
+    ]
+    assert explained.approvals[0].decide_time.ToDatetime() >= explained.approvals[0].request_time.ToDatetime()
+
+    rejected = await planner_mesh.submit("refund", {"amount": 900}, playbook="refund")
+    await _waiting(planner_mesh, rejected.task_id)
+    await ops.RejectStep(task_pb2.RejectStepRequest(task_id=rejected.task_id, step_id="refund", comment="fraud"), timeout=10)
+    failed = await planner_mesh.wait(rejected.task_id)
+    assert failed.state == task_pb2.TASK_STATE_FAILED and "rejected by" in failed.error and "fraud" in failed.error
+    assert worker.completed[f"{rejected.task_id}/refund"] == 0
+
+    timed_out = await planner_mesh.submit("refund", {"amount": 700}, playbook="refund-quick")
+    expired = await planner_mesh.wait(timed_out.task_id)
+    assert expired.state == task_pb2.TASK_STATE_FAILED and "approval timed out" in expired.error
+    explained = await planner_mesh.explain(timed_out.task_id)
+    assert explained.approvals[0].state == task_pb2.APPROVAL_STATE_TIMED_OUT
+
+
+SUBTASKS = """
+name: {name}
+defaults: {{agent: {{names: [testing/worker]}}, timeout: 20, retry: {{max_attempts: 2, initial_backoff: 0.05}}}}
+steps:
+  - {{id: spawn, skill: spawn, input: {{playbook: {child}, count: {count}}}}}
+"""
+LEAF = """
+name: leaf
+defaults: {agent: {names: [testing/worker]}, timeout: 10}
+steps:
+  - {id: leaf, skill: shout, input: {text: leaf}}
+"""
+
+
+async def _settled(planner_mesh: PlannerMesh, root: str, within: float = 60.0) -> task_pb2.TaskExplanation:
+    """Wait until a task and every sub-task under it ended; return the explanation tree."""
+    async with asyncio.timeout(within):
+        while True:
+            tree = await planner_mesh.explain(root)
+            nodes, pending = [tree], False
+            while nodes:
+                node = nodes.pop()
+                pending |= node.task.state not in (4, 5, 6)
+                nodes += list(node.subtasks)
+            if not pending:
+                return tree
+            await asyncio.sleep(0.1)
+
+
+async def test_agents_start_sub_tasks_two_levels_deep_and_runaway_recursion_is_bounded(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    for name, child, count in (("root", "mid", 1), ("mid", "leaf", 1), ("forever", "forever", 1), ("wide", "leaf", 12)):
+        planner_mesh.add_playbook(SUBTASKS.format(name=name, child=child, count=count))
+    planner_mesh.add_playbook(LEAF)
+
+    root = await planner_mesh.submit("root", {}, playbook="root")
+    tree = await _settled(planner_mesh, root.task_id)
+    assert tree.task.state == task_pb2.TASK_STATE_SUCCEEDED, tree.task.error
+    (mid,) = tree.subtasks
+    (leaf,) = mid.subtasks
+    assert (mid.task.parent_task_id, mid.task.parent_step_id, mid.task.depth) == (root.task_id, "spawn", 1)
+    assert (leaf.task.parent_task_id, leaf.task.depth) == (mid.task.task_id, 2)
+    assert leaf.task.state == task_pb2.TASK_STATE_SUCCEEDED and leaf.task.output["leaf"]["text"] == "LEAF"
+    assert leaf.task.submitted_by.endswith("/agent/testing/worker")
+
+    # An agent that starts a sub-task of itself on every call: stopped at the depth bound, with a clear error.
+    forever = await planner_mesh.submit("forever", {}, playbook="forever")
+    tree = await _settled(planner_mesh, forever.task_id)
+    chain = [tree]
+    while chain[-1].subtasks:
+        chain.append(chain[-1].subtasks[0])
+    assert [node.task.depth for node in chain] == [0, 1, 2, 3]
+    assert "sub-task depth 4 is over the bound of 3" in chain[-1].task.error
+    assert chain[-1].task.state == task_pb2.TASK_STATE_FAILED
+
+    wide = await planner_mesh.submit("wide", {}, playbook="wide")
+    tree = await _settled(planner_mesh, wide.task_id)
+    assert len(tree.subtasks) == 10 and tree.task.state == task_pb2.TASK_STATE_FAILED
+    assert "already has 10 sub-tasks (the fan-out bound)" in tree.task.error
+
+    # Without the token of a running step of the parent, an agent may not submit at all.
+    as_agent = planner_mesh.stub("agent", "testing/worker")
+    for request in (
+        task_pb2.SubmitTaskRequest(goal="x", playbook="leaf"),
+        task_pb2.SubmitTaskRequest(goal="x", playbook="leaf", parent_task_id=root.task_id),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await as_agent.SubmitTask(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -1,0 +1,132 @@
+"""The support playbook through the planner on PostgreSQL, with the six real agents and a real Triton:
+the demo submits a shipped ticket, the planner runs triage → (sentiment ∥ kb_search ∥ crm) → responder →
+quality_check, and the explanation shows every choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from rich.console import Console
+
+from agentmesh._channel import create_channel
+from agentmesh._settings import Settings
+from agentmesh.agent import AgentRuntime
+from agentmesh.agents.crm import CrmAgent
+from agentmesh.agents.kb_search import KbSearchAgent
+from agentmesh.agents.quality_check import QualityCheckAgent
+from agentmesh.agents.responder import ResponderAgent
+from agentmesh.agents.sentiment import SentimentAgent
+from agentmesh.agents.triage import TriageAgent
+from agentmesh.cli._demo import run_demo
+from agentmesh.v1 import task_pb2, task_pb2_grpc
+from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.planner import StartPlanner
+from tests.fixtures.registry import StartRegistry
+
+pytestmark = [pytest.mark.triton, pytest.mark.postgres]
+
+AGENTS = (TriageAgent, SentimentAgent, KbSearchAgent, CrmAgent, ResponderAgent, QualityCheckAgent)
+
+
+@pytest.fixture
+async def support_mesh(
+    start_registry: StartRegistry,
+    start_planner: StartPlanner,
+    migrated_postgres_url: str,
+    issue_identity: IssueIdentity,
+    triton_url: str,
+) -> AsyncIterator[tuple[Any, Settings]]:
+    """Registry and planner on one PostgreSQL database, the six support agents registered and serving."""
+    registry = await start_registry(migrated_postgres_url)
+    # One process hosts every workload here, so they share a circuit breaker per address: agents' heartbeat
+    # streams ended by the registry (GOAWAY) must not open the planner's way to discovery.
+    planner = await start_planner(
+        migrated_postgres_url, registry.address, planner_lease_ttl=5.0, breaker_failure_threshold=1000
+    )
+    for name in ("triage", "sentiment", "kb-search", "crm", "responder", "quality-check"):
+        issue_identity("agent", f"support/{name}")
+    settings = registry.settings.replace(
+        triton_url=triton_url,
+        registry_address=registry.address,
+        planner_address=planner.address,
+        shutdown_grace=2.0,
+        breaker_failure_threshold=1000,
+    )
+    runtimes = [AgentRuntime(agent(settings), port=0) for agent in AGENTS]
+    try:
+        await asyncio.gather(*(runtime.start() for runtime in runtimes))
+        async with asyncio.timeout(30):
+            await asyncio.gather(*(runtime.wait_registered() for runtime in runtimes))
+        # A cold Triton on a busy machine takes a while to answer its first calls: warm each agent that uses it.
+        async with asyncio.timeout(240):
+            await asyncio.gather(*(_warm(runtime, settings) for runtime in runtimes))
+        yield planner, settings
+    finally:
+        await asyncio.gather(*(runtime.stop() for runtime in runtimes))
+
+
+WARM_UP = {
+    "classify_ticket": {"subject": "refund", "text": "I want a refund"},
+    "score_sentiment": {"text": "I want a refund"},
+    "search_articles": {"query": "refund"},
+    "check_reply": {"ticket": {"text": "refund"}, "reply": "We will refund you."},
+}
+
+
+async def _warm(runtime: AgentRuntime, settings: Settings) -> None:
+    from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+
+    skills = [name for name in runtime.agent.skills if name in WARM_UP]
+    async with create_channel(runtime.address, settings, kind="service", name="planner") as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        for skill in skills:
+            request = agent_pb2.InvokeRequest(skill=skill)
+            request.input.update(WARM_UP[skill])
+            while True:
+                try:
+                    await stub.Invoke(request, timeout=60)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(1.0)
+
+
+async def test_the_demo_ticket_runs_the_support_playbook_on_the_planner_and_explains_it(
+    support_mesh: tuple[Any, Settings],
+) -> None:
+    planner, settings = support_mesh
+    output = io.StringIO()
+    status = await run_demo(settings, ticket_id="t01-damaged-blender", console=Console(file=output, width=200))
+    text = output.getvalue()
+    assert status == 0, text
+    task_id = text[text.index("agentmesh explain task-") + len("agentmesh explain ") :].split()[0]
+
+    async with create_channel(planner.address, settings, kind="client", name="ops") as channel:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
+        explanation = (await stub.ExplainTask(task_pb2.ExplainTaskRequest(task_id=task_id), timeout=30)).explanation
+    task = explanation.task
+    assert task.state == task_pb2.TASK_STATE_SUCCEEDED
+    assert task.output["intent"] == "refund" and task.output["passed"] is True, text
+    reply = task.output["reply"]
+    assert "NW-10482" in reply and "maria.lopez@example.com" not in reply
+    states = {s.step_id: s.state for s in explanation.plan.steps}
+    for step in ("triage", "sentiment", "kb_search", "crm", "responder_1", "quality_check_1"):
+        assert states[step] == task_pb2.STEP_STATE_SUCCEEDED, step
+    # Only the drafts that were needed ran; the escalation did not.
+    assert states["escalate"] == task_pb2.STEP_STATE_SKIPPED
+    # sentiment, kb_search and crm ran in parallel after triage.
+    attempts = {a.step_id: a for a in explanation.attempts}
+    triage_end = attempts["triage"].end_time.ToDatetime()
+    parallel = [attempts[s] for s in ("sentiment", "kb_search", "crm")]
+    assert all(a.start_time.ToDatetime() >= triage_end for a in parallel)
+    assert max(a.start_time.ToDatetime() for a in parallel) < min(a.end_time.ToDatetime() for a in parallel)
+    chosen = {c.step_id: c.chosen.name for c in explanation.collaborators}
+    assert chosen["triage"] == "triage" and chosen["crm"] == "crm" and chosen["quality_check_1"] == "quality-check"
+    assert any(a.model_usages for a in explanation.attempts)  # models used are part of the execution log
+    # The drawing has the tree and the timeline.
+    assert "timeline" in text and "chosen because" in text and "responder_1" in text
