@@ -8,8 +8,8 @@ __all__ = ["NEGATIVE_AT", "POSITIVE_AT", "blend_sentiment", "sentiment_label"]
 
 # A message scoring at or below NEGATIVE_AT is negative, at or above POSITIVE_AT positive, neutral between.
 # Calibrated with the sentiment model's blend on the dev split of the evaluation set only.
-NEGATIVE_AT = -0.256
-POSITIVE_AT = 0.221
+NEGATIVE_AT = -0.392
+POSITIVE_AT = 0.448
 
 
 def sentiment_label(score: float) -> str:

@@ -64,7 +64,9 @@ class CheckOutput(BaseModel):
     passed: bool
     score: float = Field(ge=0.0, le=1.0)
     reasons: list[str]
-    relevance: float = Field(description="Cosine similarity of the reply and the ticket.")
+    relevance: float = Field(
+        description="Cosine similarity of the reply to the ticket, or to the best retrieved article if higher."
+    )
     action: Literal["send", "revise", "escalate"] = Field(
         default="send",
         description=(
@@ -167,17 +169,22 @@ class QualityCheckAgent(TritonAgent):
         segments = [ticket_text, *([request.ticket.subject] if request.ticket.subject.strip() else [])]
         segments += split_sentences(request.ticket.text)[:MAX_SENTENCES]
         content = " ".join(stated) or reply
-        fresh = [*segments, reply, *paragraphs, content, *stated]
+        # The best retrieved article (kb-search ranks them): the English reference for the ticket's topic.
+        top = request.articles[0]
+        reference = f"{top.title}. {' '.join((top.body or top.snippet).split())}"
+        fresh = [*segments, reference, reply, *paragraphs, content, *stated]
         embedded = await self.embed_reusing(fresh, source_sentences, ctx)
         vectors = embedded.embeddings
         ticket_vectors = vectors[: len(segments)]
-        at = len(segments)
+        reference_vector = vectors[len(segments)]
+        at = len(segments) + 1
         reply_vector, paragraph_vectors = vectors[at], vectors[at + 1 : at + 1 + len(paragraphs)]
         at += 1 + len(paragraphs)
         content_vector, stated_vectors = vectors[at], vectors[at + 1 : at + 1 + len(stated)]
         source_vectors = vectors[at + 1 + len(stated) :]
-        similarity = float(reply_vector @ ticket_vectors[0])
-        problems = relevance_problems(similarity, [float(v @ ticket_vectors[0]) for v in paragraph_vectors])
+        anchors = np.vstack([ticket_vectors[0], reference_vector])
+        similarity = float((anchors @ reply_vector).max())
+        problems = relevance_problems(similarity, [float((anchors @ v).max()) for v in paragraph_vectors])
         asked = intent_scores(
             ticket_vectors @ self._prototypes.T, self._owners, bonus=cue_bonus(ticket_text, self._cues)
         )

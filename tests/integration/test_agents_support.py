@@ -29,7 +29,7 @@ from agentmesh.agents.kb_search import KbSearchAgent
 from agentmesh.agents.quality_check import QualityCheckAgent
 from agentmesh.agents.responder import ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent
-from agentmesh.agents.triage import TriageAgent
+from agentmesh.agents.triage import INTENTS, TriageAgent
 from agentmesh.inference import free_port
 from agentmesh.security import DelegationIssuer, DelegationVerifier, TokenKind
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
@@ -204,15 +204,7 @@ async def test_triage_gets_the_intent_of_the_example_tickets_right(support: Supp
     assert len(correct) / len(TICKETS) >= 0.8, {t.id: results[t.id]["intent"] for t in TICKETS}
     for ticket in TICKETS:
         result = results[ticket.id]
-        assert set(result["scores"]) == {
-            "refund",
-            "billing",
-            "shipping",
-            "technical",
-            "account",
-            "cancellation",
-            "other",
-        }
+        assert set(result["scores"]) == set(INTENTS)
         assert result["confidence"] == pytest.approx(max(result["scores"].values()), abs=1e-3)
         assert result["reasons"]
     with_priority = [t for t in TICKETS if t.expected.priority]
@@ -232,7 +224,7 @@ HELD_OUT = [
     ("Do you have a physical shop in Lyon?", "other", "kb-where-to-buy"),
     ("My card was declined at checkout but the money was taken", "billing", "kb-payment-methods"),
     ("The robot vacuum won't connect to my wifi", "technical", "kb-device-setup"),
-    ("I keep getting a code for two-factor login but my phone is lost", "account", "kb-account-locked"),
+    ("I keep getting a code for two-factor login but my phone is lost", "account", "kb-two-factor"),
     ("You promised a refund two weeks ago and I still have nothing.", "refund", "kb-refund-policy"),
 ]
 
@@ -319,7 +311,8 @@ async def test_refund_questions_find_the_refund_policy_and_nonsense_scores_low(s
     weather = await support.call(
         "kb-search", "search_articles", {"query": "Lovely sunny weather on the beach", "top_k": 1}
     )
-    assert weather["articles"][0]["score"] < refund["articles"][0]["score"] - 0.2
+    assert weather["best_score"] < refund["articles"][0]["score"] - 0.2
+    assert not weather["confident"] and weather["articles"] == []  # nothing unrelated is cited
 
 
 # --- crm ------------------------------------------------------------------------------------------------------

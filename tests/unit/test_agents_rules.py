@@ -116,7 +116,7 @@ def test_message_sentiment_blends_the_whole_with_its_most_polar_sentence(
 
 
 def test_sentiment_labels_use_the_calibrated_thresholds() -> None:
-    assert [sentiment_label(s) for s in (-0.6, -0.26, -0.25, 0.0, 0.22, 0.23, 1.0)] == [
+    assert [sentiment_label(s) for s in (-0.6, -0.4, -0.39, 0.0, 0.44, 0.45, 1.0)] == [
         "negative",
         "negative",
         "neutral",

@@ -1,0 +1,179 @@
+"""The support behaviours a team lead would check, through the agents served over mTLS on a real Triton:
+a double charge is triaged, answered and reviewed as a double charge; frustration without strong words is
+negative; the knowledge base covers CSV export and seats and says when it has no answer (the responder
+then escalates); feedback changes every draft; quality-check catches bad drafts and escalates the last.
+Each assertion is one a wrong model or a wrong rule would fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.integration.test_agents_support import Support, by_id, support, ticket_input
+
+__all__ = ["support"]  # the module-scoped fixture of the six agents, shared with test_agents_support
+
+pytestmark = pytest.mark.triton
+
+DOUBLE_CHARGE = {"subject": "", "text": "I was charged twice for my subscription. Please sort this out."}
+CUSTOMER = {
+    "name": "Li Wei",
+    "email": "li.wei@example.com",
+    "orders": [{"order_id": "NW-10417", "item": "Noise-cancelling headphones", "status": "delivered"}],
+}
+
+
+async def _articles(support: Support, query: str, top_k: int = 3) -> dict[str, Any]:
+    return await support.call("kb-search", "search_articles", {"query": query, "top_k": top_k})
+
+
+async def _review(
+    support: Support, ticket: dict[str, str], draft: dict[str, Any], articles: list[Any], **more: Any
+) -> dict[str, Any]:
+    request = {
+        "ticket": ticket,
+        "reply": draft["reply"],
+        "citations": draft.get("citations", []),
+        "articles": articles,
+    }
+    return await support.call("quality-check", "check_reply", {**request, **more})
+
+
+async def test_a_double_charge_is_billing_and_the_reply_addresses_the_double_charge(support: Support) -> None:
+    triaged, found = await asyncio.gather(
+        support.call("triage", "classify_ticket", DOUBLE_CHARGE), _articles(support, DOUBLE_CHARGE["text"])
+    )
+    assert triaged["intent"] == "billing", triaged  # not cancellation
+    assert triaged["scores"]["billing"] > triaged["scores"]["cancellation"]
+    assert found["confident"] and found["articles"][0]["article_id"] == "kb-double-charge"
+    draft = await support.call(
+        "responder",
+        "draft_reply",
+        {
+            "ticket": DOUBLE_CHARGE,
+            "intent": triaged["intent"],
+            "articles": found["articles"],
+            "customer": CUSTOMER,
+        },
+    )
+    assert "kb-double-charge" in draft["citations"] and "kb-cancel-subscription" not in draft["citations"]
+    reply = draft["reply"].lower()
+    assert "duplicate" in reply or "charged twice" in reply or "two charges" in reply, draft["reply"]
+    assert "cancel" not in reply, draft["reply"]  # no suggestion to close the account
+    verdict = await _review(support, DOUBLE_CHARGE, draft, found["articles"], customer=CUSTOMER)
+    assert verdict["passed"] and verdict["action"] == "send", verdict
+
+
+async def test_a_cancellation_reply_to_a_double_charge_fails_the_ask_check(support: Support) -> None:
+    cancel = (await _articles(support, "How do I cancel my subscription?", top_k=1))["articles"]
+    assert cancel[0]["article_id"] == "kb-cancel-subscription"
+    wrong = await support.call(
+        "responder",
+        "draft_reply",
+        {"ticket": DOUBLE_CHARGE, "intent": "cancellation", "articles": cancel, "customer": CUSTOMER},
+    )
+    found = (await _articles(support, DOUBLE_CHARGE["text"]))["articles"]
+    verdict = await _review(support, DOUBLE_CHARGE, wrong, found + cancel, customer=CUSTOMER)
+    assert not verdict["passed"] and verdict["score"] < 1.0
+    assert any(r.startswith("ask:") and "'billing'" in r for r in verdict["reasons"]), verdict["reasons"]
+    assert verdict["action"] == "revise"
+
+
+async def test_frustration_without_strong_words_is_negative_and_calm_asks_are_not(support: Support) -> None:
+    demo = by_id("t01-damaged-blender")
+    texts = {
+        "demo subject": demo.subject,
+        "demo ticket": f"{demo.subject}. {demo.text}",
+        "crashing app": "The app crashes every time I try to print shipping labels, so I can't do my job today.",
+        "three weeks": "My order is still missing after three weeks and nobody has told me anything.",
+        "calm export": "How do I export our orders to a CSV file?",
+        "calm seats": "Can I add another user to our team plan?",
+        "thanks": "Thank you so much, the replacement arrived and works perfectly!",
+    }
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
+    )
+    got = dict(zip(texts, answers, strict=True))
+    for name in ("demo subject", "demo ticket", "crashing app", "three weeks"):
+        assert got[name]["label"] == "negative" and got[name]["score"] < 0, (name, got[name])
+    for name in ("calm export", "calm seats"):
+        assert got[name]["label"] == "neutral", (name, got[name])
+    assert got["thanks"]["label"] == "positive"
+
+
+async def test_the_knowledge_base_answers_csv_export_and_seats_and_admits_when_it_cannot(
+    support: Support,
+) -> None:
+    export, seats, weather = await asyncio.gather(
+        _articles(support, "How do I export my data to CSV?"),
+        _articles(support, "How do I add a seat for a new colleague on our team plan?"),
+        _articles(support, "Will it rain in Berlin tomorrow?"),
+    )
+    assert export["articles"][0]["article_id"] == "kb-data-export"
+    assert seats["articles"][0]["article_id"] in {"kb-team-seats", "kb-team-members"}
+    assert export["confident"] and seats["confident"]
+    assert not weather["confident"] and weather["articles"] == []
+    assert weather["best_score"] < export["best_score"]
+    ticket = {"subject": "Weather", "text": "Will it rain in Berlin tomorrow?"}
+    draft = await support.call(
+        "responder", "draft_reply", {"ticket": ticket, "intent": "other", "articles": []}
+    )
+    assert draft["escalate"] and not draft.get("citations") and draft["escalation_reason"]
+    verdict = await _review(support, ticket, draft, [], escalated=True)
+    assert verdict["action"] == "escalate", verdict
+
+
+async def test_feedback_changes_the_draft_for_every_intent_including_other(support: Support) -> None:
+    ticket = ticket_input(by_id("t06-thank-you"))
+    articles = (await _articles(support, f"{ticket['subject']} {ticket['text']}"))["articles"]
+    request = {"ticket": ticket, "intent": "other", "articles": articles, "customer": {"name": "Sofia Rossi"}}
+    first = await support.call("responder", "draft_reply", request)
+    feedback = ["relevance: the reply is off-topic for this ticket (similarity 0.20 < 0.35)"]
+    second = await support.call("responder", "draft_reply", {**request, "feedback": feedback})
+    third = await support.call(
+        "responder", "draft_reply", {**request, "feedback": ["customer: the reply greets 'Tom'"]}
+    )
+    assert len({first["reply"], second["reply"], third["reply"]}) == 3
+    assert third["reply"].startswith("Hello,")  # the customer record is left out after a customer reason
+
+
+async def test_quality_check_catches_each_kind_of_bad_draft_and_escalates_the_last(support: Support) -> None:
+    demo = by_id("t04-double-charge")
+    ticket = ticket_input(demo)
+    articles = (await _articles(support, f"{ticket['subject']} {ticket['text']}"))["articles"]
+    draft = await support.call(
+        "responder",
+        "draft_reply",
+        {"ticket": ticket, "intent": "billing", "articles": articles, "customer": CUSTOMER},
+    )
+    good = await _review(support, ticket, draft, articles, customer=CUSTOMER)
+    assert good["passed"] and good["action"] == "send", good
+    closing = "\n\nIf anything is still unclear"
+    bad = {
+        "claim": draft["reply"].replace(
+            closing, "\n\nWe will also add a 50 euro voucher to your account." + closing
+        ),
+        "pii": draft["reply"].replace(closing, "\n\nA copy went to tom.becker@example.com." + closing),
+        "customer": draft["reply"]
+        .replace("Hi Li,", "Hi Tom,")
+        .replace("\n\n", "\n\nI can see your order NW-10391 (Barista Pro coffee machine).\n\n", 1),
+    }
+    verdicts = await asyncio.gather(
+        *(
+            _review(support, ticket, {**draft, "reply": reply}, articles, customer=CUSTOMER)
+            for reply in bad.values()
+        )
+    )
+    for kind, verdict in zip(bad, verdicts, strict=True):
+        assert not verdict["passed"] and verdict["action"] == "revise", (kind, verdict)
+        assert any(r.startswith(f"{kind}:") for r in verdict["reasons"]), (kind, verdict["reasons"])
+    last = await _review(
+        support, ticket, {**draft, "reply": bad["claim"]}, articles, customer=CUSTOMER, attempt=3
+    )
+    assert not last["passed"] and last["action"] == "escalate"
+    assert any(r.startswith("claim:") for r in last["reasons"]) and any(
+        r.startswith("escalate:") for r in last["reasons"]
+    )
