@@ -12,7 +12,8 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from agentmesh import security
 from agentmesh._errors import InvalidArgumentError
 from agentmesh.security import DelegationVerifier, TokenKind
-from agentmesh.services.planner.conversations import Caller, Conversations, TaskRequest
+from agentmesh.services.planner.conversation_rules import Caller
+from agentmesh.services.planner.conversations import Conversations, TaskRequest
 from agentmesh.services.planner.conversations_store import ConversationRecord, MessageRecord
 from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
 

@@ -1,13 +1,13 @@
 """Conversations: versioned threads of messages with optimistic concurrency, rollback and watches.
 
-Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the wire in
-:mod:`conversation_servicer`.
+The domain, tested without gRPC; the rules that need no database (roles, bounds, page tokens) are in
+:mod:`conversation_rules`, the SQL in :mod:`conversations_store`, the wire in :mod:`conversation_servicer`.
 
 - Every write names the version it expects; a stale one fails with ABORTED and changes nothing.
 - A rollback is a write too: a new version whose messages are those of the earlier version plus a SYSTEM
   notice. Later messages are hidden, never deleted, so the whole history stays readable; who rolled back,
   from which version to which, is in the audit trail.
-- The caller's identity decides which roles it may write (:data:`ROLE_WRITERS`); the request cannot.
+- The caller's identity decides which roles it may write (:data:`conversation_rules.ROLE_WRITERS`); the request cannot.
 - A caller acting for an end user (a verified delegation token) sees and writes only that end user's
   conversations; anything else is NOT_FOUND, so other users' conversations cannot even be probed.
 - A message may start a task (an injected :data:`StartTask`); the task's result is appended to the
@@ -16,16 +16,9 @@ Domain rules, tested without gRPC; the SQL is in :mod:`conversations_store`, the
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import datetime as dt
-import fnmatch
-import hashlib
-import json
-import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +28,11 @@ from agentmesh._errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
-    PermissionDeniedError,
     UnavailableError,
 )
 from agentmesh.audit import AuditEntry
+from agentmesh.services.planner import conversation_rules as rules
+from agentmesh.services.planner.conversation_rules import Caller, RolePolicy
 from agentmesh.services.planner.conversation_tasks import TaskRelay
 from agentmesh.services.planner.conversation_watch import ChangeSignal
 from agentmesh.services.planner.conversations_store import (
@@ -47,15 +41,10 @@ from agentmesh.services.planner.conversations_store import (
     ConversationStore,
     MessageRecord,
     NewMessage,
-    PageKey,
 )
 from agentmesh.storage import utcnow
 
 __all__ = [
-    "MAX_DATA_BYTES",
-    "MAX_TEXT",
-    "ROLES",
-    "ROLE_WRITERS",
     "Caller",
     "Conversations",
     "RolePolicy",
@@ -63,53 +52,10 @@ __all__ = [
     "StartTask",
     "TaskRequest",
     "TaskStart",
-    "check_labels",
 ]
 
-ROLES = ("USER", "AGENT", "SYSTEM")
-# Who may write each role (SPIFFE id globs; {trust_domain} is filled in). End users speak through the
-# gateway or a client; the planner (task results) and agents speak as AGENT; only ops clients write
-# SYSTEM notices by hand (rollback notices are written by the mesh for whoever rolls back).
-ROLE_WRITERS: Mapping[str, tuple[str, ...]] = {
-    "USER": ("spiffe://{trust_domain}/client/*", "spiffe://{trust_domain}/service/gateway"),
-    "AGENT": ("spiffe://{trust_domain}/service/planner", "spiffe://{trust_domain}/agent/*"),
-    "SYSTEM": ("spiffe://{trust_domain}/client/ops", "spiffe://{trust_domain}/client/ops-*"),
-}
-
-MAX_TITLE = 256
-MAX_TEXT = 32_768
-MAX_DATA_BYTES = 65_536
-MAX_LABELS = 32
-MAX_LABEL_VALUE = 256
-MAX_REQUEST_ID = 128
-MAX_ID = 64
-MAX_OWNER = 512
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 # Messages read per round of a watch.
 _WATCH_BATCH = 500
-_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,61}[A-Za-z0-9])?")
-_REQUEST_ID = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who calls: the verified workload identity and, behind the gateway, the end user it acts for."""
-
-    identity: str | None = None  # SPIFFE id; None only under --insecure-dev
-    end_user: str = ""  # subject of a verified end-user delegation token
-    tenant: str = ""
-
-    def request_key(self, request_id: str | None) -> str | None:
-        """``request_id`` as stored: scoped to the end user, so one user's id never finds another's result."""
-        if request_id is None or not self.end_user:
-            return request_id
-        digest = hashlib.sha256(f"{self.tenant}\0{self.end_user}\0{request_id}".encode()).hexdigest()
-        return f"user:{digest}"
-
-    def may_see(self, conversation: ConversationRecord) -> bool:
-        """Whether this caller may read and write ``conversation``."""
-        return not self.end_user or (conversation.tenant, conversation.on_behalf_of) == (self.tenant, self.end_user)
 
 
 @dataclass(frozen=True)
@@ -152,143 +98,6 @@ class Sent:
     task_id: str
 
 
-class RolePolicy:
-    """Which message roles an identity may write."""
-
-    def __init__(self, trust_domain: str, writers: Mapping[str, Sequence[str]] = ROLE_WRITERS) -> None:
-        self._writers = {
-            role: tuple(pattern.replace("{trust_domain}", trust_domain) for pattern in patterns)
-            for role, patterns in writers.items()
-        }
-
-    def roles_of(self, caller: str | None) -> tuple[str, ...]:
-        """The roles ``caller`` may write, in :data:`ROLES` order (every role without identities: --insecure-dev)."""
-        if caller is None:
-            return ROLES
-        return tuple(
-            role
-            for role in ROLES
-            if any(fnmatch.fnmatchcase(caller, pattern) for pattern in self._writers.get(role, ()))
-        )
-
-    def resolve(self, caller: str | None, role: str | None) -> str:
-        """The role to write: ``role`` if the caller holds it, the caller's first role when ``role`` is None."""
-        held = self.roles_of(caller)
-        if role is None:
-            if not held:
-                raise PermissionDeniedError(
-                    f"{caller} may not write messages in any role", metadata={"identity": caller or ""}
-                )
-            return held[0]
-        if role not in held:
-            allowed = ", ".join(held) or "none"
-            raise PermissionDeniedError(
-                f"{caller} may not write {role} messages (its roles: {allowed})",
-                reason="ROLE_NOT_HELD",
-                metadata={"identity": caller or "", "role": role},
-            )
-        return role
-
-
-def _check_id(value: str, field: str) -> str:
-    if not value:
-        raise InvalidArgumentError(f"{field} is required", field=field)
-    return _check_text(value, field, MAX_ID)
-
-
-def _check_request_id(value: str) -> str | None:
-    if not value:
-        return None
-    if len(value) > MAX_REQUEST_ID or not _REQUEST_ID.fullmatch(value):
-        raise InvalidArgumentError(
-            f"request_id must be 1-{MAX_REQUEST_ID} printable ASCII characters without spaces", field="request_id"
-        )
-    return value
-
-
-def _check_version(value: int, field: str) -> int:
-    if value < 0:
-        raise InvalidArgumentError(f"{field} must not be negative, got {value}", field=field)
-    return value
-
-
-def check_labels(labels: Mapping[str, str], field: str = "labels") -> dict[str, str]:
-    """``labels`` if every key and value is within bounds; InvalidArgumentError naming the first that is not."""
-    if len(labels) > MAX_LABELS:
-        raise InvalidArgumentError(f"at most {MAX_LABELS} labels, got {len(labels)}", field=field)
-    for key, value in labels.items():
-        if not _LABEL_KEY.fullmatch(key):
-            raise InvalidArgumentError(
-                f"label key {key[:80]!r} must be 1-63 letters, digits, '.', '_', '/' or '-', "
-                "starting and ending with a letter or digit",
-                field=f"{field}.{key[:80]}",
-            )
-        _check_text(value, f"{field}.{key}", MAX_LABEL_VALUE)
-    return dict(labels)
-
-
-def _check_text(value: str, field: str, limit: int) -> str:
-    if len(value) > limit:
-        raise InvalidArgumentError(f"{field} is longer than {limit} characters ({len(value)})", field=field)
-    if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
-    return value
-
-
-def _check_json(value: dict[str, Any] | None, field: str) -> None:
-    if value is None:
-        return
-    encoded = json.dumps(value, separators=(",", ":"))
-    if len(encoded) > MAX_DATA_BYTES:
-        raise InvalidArgumentError(f"{field} is larger than {MAX_DATA_BYTES} bytes as JSON", field=field)
-    if _has_nul(value):  # nor can JSONB
-        raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def _check_message(text: str, data: dict[str, Any] | None) -> None:
-    _check_text(text, "text", MAX_TEXT)
-    _check_json(data, "data")
-    if not text and not data:
-        raise InvalidArgumentError("a message needs text or data", field="text")
-
-
-def _filter_fingerprint(owner: str | None, end_user: tuple[str, str] | None, labels: Mapping[str, str]) -> str:
-    canonical = json.dumps([owner, end_user, sorted(labels.items())], separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _page_token(last: ConversationRecord, fingerprint: str) -> str:
-    body = {"t": last.created_at.isoformat(), "id": last.conversation_id, "f": fingerprint}
-    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode().rstrip("=")
-
-
-def _parse_page_token(token: str, fingerprint: str) -> PageKey | None:
-    if not token:
-        return None
-    try:
-        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        key = PageKey(dt.datetime.fromisoformat(body["t"]), str(body["id"]))
-        same_filters = body["f"] == fingerprint
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidArgumentError("page_token is not a token this service returned", field="page_token") from None
-    if not same_filters:
-        raise InvalidArgumentError(
-            "page_token belongs to a listing with other filters; repeat the filters of the first page",
-            field="page_token",
-        )
-    return key
-
-
 class Conversations:
     """ConversationService's domain: create, read, list, write, roll back and watch conversations."""
 
@@ -302,7 +111,7 @@ class Conversations:
         roles: RolePolicy | None = None,
     ) -> None:
         self.store = store
-        self.roles = roles or RolePolicy(trust_domain)
+        self.roles = roles or rules.RolePolicy(trust_domain)
         self.start_task = start_task
         self.planner_identity = f"spiffe://{trust_domain}/service/planner"
         self._changes = ChangeSignal(store, poll_interval)
@@ -313,11 +122,11 @@ class Conversations:
         self, caller: Caller, *, title: str, labels: Mapping[str, str], request_id: str = ""
     ) -> ConversationRecord:
         """A new conversation at version 0 owned by ``caller``; a repeated ``request_id`` returns the first."""
-        _check_text(title, "title", MAX_TITLE)
-        checked = check_labels(labels)
+        rules.check_text(title, "title", rules.MAX_TITLE)
+        checked = rules.check_labels(labels)
         conversation, created = await self.store.create(
             conversation_id=uuid.uuid4().hex,
-            request_id=caller.request_key(_check_request_id(request_id)),
+            request_id=caller.request_key(rules.check_request_id(request_id)),
             title=title,
             labels=checked,
             owner=caller.identity or "",
@@ -349,7 +158,7 @@ class Conversations:
     ) -> tuple[ConversationRecord, list[MessageRecord]]:
         """The conversation and its messages, oldest first (the whole history with ``include_hidden``)."""
         conversation, messages = await self.store.get_with_messages(
-            _check_id(conversation_id, "conversation_id"), include_hidden=include_hidden
+            rules.check_id(conversation_id, "conversation_id"), include_hidden=include_hidden
         )
         return self._visible(caller, conversation), messages
 
@@ -365,19 +174,19 @@ class Conversations:
         """One page of conversations, newest first, and the token of the next page ("" on the last)."""
         if page_size < 0:
             raise InvalidArgumentError(f"page_size must not be negative, got {page_size}", field="page_size")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        wanted = check_labels(labels or {})
-        _check_text(owner, "owner", MAX_OWNER)
+        size = min(page_size or rules.DEFAULT_PAGE_SIZE, rules.MAX_PAGE_SIZE)
+        wanted = rules.check_labels(labels or {})
+        rules.check_text(owner, "owner", rules.MAX_OWNER)
         end_user = (caller.tenant, caller.end_user) if caller.end_user else None
-        fingerprint = _filter_fingerprint(owner or None, end_user, wanted)
-        after = _parse_page_token(page_token, fingerprint)
+        fingerprint = rules.filter_fingerprint(owner or None, end_user, wanted)
+        after = rules.parse_page_token(page_token, fingerprint)
         page = await self.store.list_page(
             owner=owner or None, end_user=end_user, labels=wanted, after=after, limit=size + 1
         )
         if len(page) <= size:
             return page, ""
         page = page[:size]
-        return page, _page_token(page[-1], fingerprint)
+        return page, rules.page_token(page[-1], fingerprint)
 
     async def send(
         self,
@@ -393,14 +202,14 @@ class Conversations:
         request_id: str = "",
     ) -> Sent:
         """Append a message as version ``expected_version + 1``; ABORTED when the conversation moved on."""
-        _check_id(conversation_id, "conversation_id")
-        _check_version(expected_version, "expected_version")
+        rules.check_id(conversation_id, "conversation_id")
+        rules.check_version(expected_version, "expected_version")
         resolved = self.roles.resolve(caller.identity, role)
-        _check_message(text, data)
+        rules.check_message(text, data)
         if task is not None:
             start_task = True
-            _check_json(task.input, "task.input")
-            _check_text(task.goal, "task.goal", MAX_TEXT)
+            rules.check_json(task.input, "task.input")
+            rules.check_text(task.goal, "task.goal", rules.MAX_TEXT)
         if start_task and self.start_task is None:
             raise FailedPreconditionError("this planner cannot start tasks from messages")
         message = NewMessage(
@@ -409,7 +218,7 @@ class Conversations:
             author=caller.identity or "",
             text=text,
             data=data,
-            request_id=caller.request_key(_check_request_id(request_id)),
+            request_id=caller.request_key(rules.check_request_id(request_id)),
             on_behalf_of=caller.end_user,
         )
         await self._check_access(caller, conversation_id)
@@ -456,9 +265,9 @@ class Conversations:
         self, caller: Caller, conversation_id: str, *, expected_version: int, to_version: int
     ) -> tuple[ConversationRecord, MessageRecord]:
         """Return the conversation to ``to_version`` as a new version (with a SYSTEM notice); hides, never deletes."""
-        _check_id(conversation_id, "conversation_id")
-        _check_version(expected_version, "expected_version")
-        _check_version(to_version, "to_version")
+        rules.check_id(conversation_id, "conversation_id")
+        rules.check_version(expected_version, "expected_version")
+        rules.check_version(to_version, "to_version")
         if to_version >= expected_version:
             raise InvalidArgumentError(
                 f"to_version ({to_version}) must be earlier than expected_version ({expected_version})",
@@ -499,7 +308,7 @@ class Conversations:
             message_id=uuid.uuid4().hex,
             role=role,
             author=self.planner_identity,
-            text=text[:MAX_TEXT],
+            text=text[: rules.MAX_TEXT],
             data=data,
             request_id=TASK_RESULT_PREFIX + task_id,
             task_id=task_id,
@@ -515,8 +324,8 @@ class Conversations:
         self, caller: Caller, conversation_id: str, since_version: int = 0
     ) -> AsyncIterator[MessageRecord]:
         """Every change after ``since_version`` in order (hidden messages too), then new ones as they come."""
-        _check_id(conversation_id, "conversation_id")
-        _check_version(since_version, "since_version")
+        rules.check_id(conversation_id, "conversation_id")
+        rules.check_version(since_version, "since_version")
         current = self._visible(caller, await self.store.get(conversation_id))
         if since_version > current.version:
             raise InvalidArgumentError(

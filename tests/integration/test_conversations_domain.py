@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh._errors import AbortedError, NotFoundError, PermissionDeniedError, UnavailableError
-from agentmesh.services.planner.conversations import Caller, Conversations, RolePolicy, TaskRequest, TaskStart
+from agentmesh.services.planner.conversation_rules import Caller, RolePolicy
+from agentmesh.services.planner.conversations import Conversations, TaskRequest, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.storage import Task, create_async_engine, utcnow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agentmesh._errors import InvalidArgumentError
+from agentmesh.services.planner.conversation_rules import Caller, check_labels
 from agentmesh.services.planner.conversation_tasks import answer_of
-from agentmesh.services.planner.conversations import Caller, check_labels
 from agentmesh.services.planner.conversations_store import TaskOutcome, visible_versions
 
 
