@@ -16,6 +16,7 @@ its TTL always has a renewal in the database that reaches beyond the next flush.
 
 from __future__ import annotations
 
+import heapq
 import logging
 
 from agentmesh.services.registry.discovery import AgentIndex
@@ -78,11 +79,27 @@ class LeaseBook:
 
 
 class Lapses:
-    """Instances whose lease passed, hidden from answers (as NOT_SERVING) until renewed or swept."""
+    """Instances whose lease passed, hidden from answers (as NOT_SERVING) until renewed or swept.
+
+    A heap of (expiry, instance id) finds the instances due without scanning them all: each instance has an
+    entry (added by :meth:`track`); an entry that comes due for an instance renewed since is pushed back with
+    the instance's current expiry, so renewals cost nothing here.
+    """
 
     def __init__(self, store: RegistryStore) -> None:
         self._store = store
         self._hidden: dict[str, int] = {}  # instance id -> the state it had when its lease passed
+        self._due: list[tuple[float, str]] = []
+
+    def reset(self, index: AgentIndex) -> None:
+        """Track every instance of a freshly loaded index (and nothing else)."""
+        self._hidden.clear()
+        self._due = [(i.expires_at, i.instance_id) for i in index.instances.values()]
+        heapq.heapify(self._due)
+
+    def track(self, instance: InstanceRecord) -> None:
+        """Judge ``instance`` when its lease comes due (call when an instance joins the index)."""
+        heapq.heappush(self._due, (instance.expires_at, instance.instance_id))
 
     def revive(self, index: AgentIndex, instance: InstanceRecord) -> None:
         """Show a hidden instance again (its lease was renewed)."""
@@ -96,21 +113,35 @@ class Lapses:
         Returns how many are hidden. Instances renewed meanwhile (locally or through another replica) are
         shown again.
         """
-        for instance_id in [i for i in self._hidden if i not in index.instances]:
-            del self._hidden[instance_id]
-        due = [i for i in index.instances.values() if i.expires_at <= horizon]
+        due: dict[str, InstanceRecord] = {}
+        while self._due and self._due[0][0] <= horizon:
+            _, instance_id = heapq.heappop(self._due)
+            instance = index.instances.get(instance_id)
+            if instance is None:  # expired or deregistered meanwhile
+                self._hidden.pop(instance_id, None)
+                continue
+            if instance_id in due:  # a second entry (registered again)
+                continue
+            if instance.expires_at > horizon:  # renewed here since: come back at the new expiry
+                heapq.heappush(self._due, (instance.expires_at, instance_id))
+                continue
+            due[instance_id] = instance
         if not due:
-            return 0
-        stored = await self._store.lease_expiries([i.instance_id for i in due])
-        for instance in due:
-            if index.instances.get(instance.instance_id) is not instance:
-                continue  # removed while the database answered
-            expiry = stored.get(instance.instance_id)
+            return len(self._hidden)
+        stored = await self._store.lease_expiries(list(due))
+        for instance_id, instance in due.items():
+            if index.instances.get(instance_id) is not instance:
+                continue  # removed (or registered again, tracked anew) while the database answered
+            expiry = stored.get(instance_id)
             if expiry is not None:
                 instance.expires_at = max(instance.expires_at, epoch(expiry))
             if instance.expires_at > now:
                 self.revive(index, instance)
-            elif instance.state != NOT_SERVING:
-                self._hidden[instance.instance_id] = instance.state
-                index.set_state(instance.instance_id, NOT_SERVING)
+                heapq.heappush(self._due, (instance.expires_at, instance_id))
+                continue
+            if instance.state != NOT_SERVING:
+                self._hidden[instance_id] = instance.state
+                index.set_state(instance_id, NOT_SERVING)
+            # Look again next poll: renewed late through some replica, or swept and removed.
+            heapq.heappush(self._due, (now, instance_id))
         return len(self._hidden)

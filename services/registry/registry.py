@@ -203,6 +203,7 @@ class Registry:
             )
         index.prepare()
         self.index = index
+        self.lapses.reset(index)
         self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}
         self.revocation_records = {(r.subject_kind, r.subject): r for r in revocation_rows}
         self.revision = revision
@@ -300,6 +301,7 @@ class Registry:
             self._sorted_keys = None
             if instance is None:
                 return None
+            self.lapses.track(instance)
             return self._instance_event(row.revision, kind, instance, reason, when)
         if kind in ("EXPIRED", "DEREGISTERED"):
             instance = self.index.remove_instance(row.instance_id)
