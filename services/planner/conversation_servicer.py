@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from agentmesh import security
 from agentmesh._errors import InvalidArgumentError
+from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationVerifier, TokenKind
 from agentmesh.services.planner.conversation_rules import Caller
 from agentmesh.services.planner.conversations import Conversations, TaskRequest
@@ -68,7 +69,7 @@ def message_proto(record: MessageRecord) -> conversation_pb2.ConversationMessage
         rolled_back_to_version=record.rolled_back_to or 0,
     )
     if record.data is not None:
-        json_format.ParseDict(record.data, message.data)
+        message.data.update(record.data)
     return message
 
 
@@ -85,7 +86,7 @@ def _data(request: Any, field: str = "data") -> dict[str, Any] | None:
     if not request.HasField(field):
         return None
     data: struct_pb2.Struct = getattr(request, field)
-    return json_format.MessageToDict(data)
+    return struct_to_dict(data)
 
 
 def _task(request: conversation_pb2.SendMessageRequest) -> TaskRequest | None:
