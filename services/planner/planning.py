@@ -44,6 +44,10 @@ class Planner:
         self._dispatcher = dispatcher
         self._model = model
 
+    def use_model(self, model: ModelPlanner | None) -> None:
+        """Try ``model`` for tasks no playbook fits (before capability matching)."""
+        self._model = model
+
     async def plan(self, goal: str, task_input: dict[str, Any], playbook: str = "") -> PlanOutcome:
         """The plan of a new task; FailedPreconditionError when no strategy can make one."""
         if playbook:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Any
 
 from agentmesh import audit
 from agentmesh._registry_client import RegistryClient
@@ -38,6 +39,7 @@ class PlannerServer(Serving):
         self.database = create_async_engine(database_url or settings.resolved_database_url, pool_pre_ping=True)
         self.replica_id = f"planner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry: RegistryClient | None = None  # made in start(): a channel belongs to the running loop
+        self.inference: Any = None  # InferenceClient for model-made plans, when Triton is configured
         self.engine = TaskEngine(settings, PlannerStore(self.database, owner=self.replica_id))
         self.conversations = Conversations(
             ConversationStore(self.database), trust_domain=settings.trust_domain, start_task=self._start_task
@@ -103,6 +105,12 @@ class PlannerServer(Serving):
         """Serve, then start running tasks (and relaying conversation results)."""
         self.registry = RegistryClient(self.settings, kind="service", name=SERVICE_NAME)
         self.engine.attach_registry(self.registry)
+        if self.settings.triton_url:
+            from agentmesh.inference import InferenceClient
+            from agentmesh.services.planner.model_planner import EmbeddingPlanner
+
+            self.inference = InferenceClient(settings=self.settings)
+            self.engine.planner.use_model(EmbeddingPlanner(self.inference, self.registry))
         await self.server.start()
         await self.engine.start()
         self.conversations.start()
@@ -116,6 +124,8 @@ class PlannerServer(Serving):
         await self.server.stop(grace)
         if self.registry is not None:
             await self.registry.close()
+        if self.inference is not None:
+            await self.inference.close()
         await self.database.dispose()
 
 

@@ -379,3 +379,32 @@ async def test_agents_start_sub_tasks_two_levels_deep_and_runaway_recursion_is_b
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await as_agent.SubmitTask(request, timeout=10)
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_model_made_plan_naming_an_undiscovered_agent_is_rejected_and_recorded(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    proposals: list[dict[str, object]] = []
+
+    async def model(goal: str, task_input: dict[str, object], candidates: list[dict[str, object]]) -> dict[str, object]:
+        proposal = {
+            "strategy": "LLM",
+            "goal": goal,
+            "steps": [{"id": "made_up", "skill": "shout", "agent": {"names": ["ghost/agent"]}, "input": {}}],
+        }
+        proposals.append(proposal)
+        return proposal
+
+    planner_mesh.planner.engine.planner.use_model(model)
+    task = await planner_mesh.submit("shout the text back in capitals", {"text": "hello"})
+    done = await planner_mesh.wait(task.task_id)
+    assert proposals, "the model was asked"
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+    assert done.output["main"]["text"] == "HELLO"
+    explanation = await planner_mesh.explain(task.task_id)
+    (rejected,) = explanation.plan_rejections
+    assert rejected.strategy == task_pb2.PLAN_STRATEGY_LLM
+    assert "ghost/agent" in rejected.reason and "discovery did not return" in rejected.reason
+    assert rejected.proposed["steps"][0]["agent"]["names"] == ["ghost/agent"]
+    assert explanation.plan.strategy == task_pb2.PLAN_STRATEGY_CAPABILITY_MATCH
+    assert "testing/worker" in explanation.plan.reason
