@@ -4,10 +4,7 @@
 //   node conversation_client.js ADDRESS CA_PEM CERT_PEM KEY_PEM
 'use strict';
 
-const fs = require('fs');
-const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { connect, grpc, run, unary } = require('./mesh');
 
 const [address, caPath, certPath, keyPath] = process.argv.slice(2);
 if (!keyPath) {
@@ -15,22 +12,8 @@ if (!keyPath) {
   process.exit(2);
 }
 
-const repoProtos = path.resolve(__dirname, '..', '..', 'protos');
-const definition = protoLoader.loadSync(path.join(repoProtos, 'agentmesh/v1/conversation.proto'), {
-  keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [repoProtos],
-});
-const loaded = grpc.loadPackageDefinition(definition);
-const credentials = grpc.credentials.createSsl(
-  fs.readFileSync(caPath), fs.readFileSync(keyPath), fs.readFileSync(certPath),
-);
-const conversations = new loaded.agentmesh.v1.ConversationService(address, credentials);
-const deadline = () => new Date(Date.now() + 10000);
-
-function call(method, request) {
-  return new Promise((resolve, reject) => {
-    conversations[method](request, { deadline: deadline() }, (err, reply) => (err ? reject(err) : resolve(reply)));
-  });
-}
+const conversations = connect('conversation.proto', 'ConversationService', address, caPath, certPath, keyPath);
+const call = (method, request) => unary(conversations, method, request);
 
 async function failure(promise) {
   try {
@@ -95,7 +78,4 @@ async function main() {
   }));
 }
 
-main().catch((err) => {
-  console.error(`${grpc.status[err.code] || 'ERROR'}: ${err.details || err.message}`);
-  process.exit(1);
-});
+run(main);

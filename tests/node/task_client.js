@@ -3,10 +3,7 @@
 //   node task_client.js ADDRESS CA_PEM CERT_PEM KEY_PEM PLAYBOOK INPUT_JSON
 'use strict';
 
-const fs = require('fs');
-const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { connect, grpc, run, unary } = require('./mesh');
 
 const [address, caPath, certPath, keyPath, playbook, inputJson] = process.argv.slice(2);
 if (!inputJson) {
@@ -14,21 +11,8 @@ if (!inputJson) {
   process.exit(2);
 }
 
-const repoProtos = path.resolve(__dirname, '..', '..', 'protos');
-const definition = protoLoader.loadSync(path.join(repoProtos, 'agentmesh/v1/task.proto'), {
-  keepCase: false, longs: Number, enums: String, defaults: true, oneofs: true, includeDirs: [repoProtos],
-});
-const loaded = grpc.loadPackageDefinition(definition);
-const credentials = grpc.credentials.createSsl(
-  fs.readFileSync(caPath), fs.readFileSync(keyPath), fs.readFileSync(certPath),
-);
-const tasks = new loaded.agentmesh.v1.TaskService(address, credentials);
-
-function call(method, request) {
-  return new Promise((resolve, reject) => {
-    tasks[method](request, { deadline: new Date(Date.now() + 10000) }, (err, reply) => (err ? reject(err) : resolve(reply)));
-  });
-}
+const tasks = connect('task.proto', 'TaskService', address, caPath, certPath, keyPath);
+const call = (method, request) => unary(tasks, method, request);
 
 // google.protobuf.Struct / Value <-> plain JSON (proto-loader hands over the wire shapes).
 function toValue(value) {
@@ -102,7 +86,4 @@ async function main() {
   }));
 }
 
-main().catch((err) => {
-  console.error(`${grpc.status[err.code] || 'ERROR'}: ${err.details || err.message}`);
-  process.exit(1);
-});
+run(main);
