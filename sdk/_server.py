@@ -161,13 +161,17 @@ class MeshServer(Serving):
             try:
                 ready = True if self._readiness is None else await self._readiness()
             except Exception:  # a failing check means not ready, never a crashed server
-                logger.warning("%s readiness check failed", self.name, exc_info=True)
+                # Once per outage (the transition below), not at every poll.
+                logger.log(logging.WARNING if serving is not False else logging.DEBUG,
+                           "%s readiness check failed", self.name, exc_info=True)
                 ready = False
             if ready != serving:
+                # Losing readiness after serving is a dependency going away: WARNING; the rest is news.
+                level = logging.WARNING if serving and not ready else logging.INFO
                 serving = ready
                 status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._set_health(status)
-                logger.info("%s is %s", self.name, "SERVING" if ready else "NOT_SERVING")
+                logger.log(level, "%s is %s", self.name, "SERVING" if ready else "NOT_SERVING")
             await asyncio.sleep(self.settings.readiness_interval)
 
     async def drain(self) -> None:
