@@ -22,7 +22,12 @@ from referencing.jsonschema import DRAFT202012
 
 from agentmesh._errors import InvalidArgumentError
 from agentmesh.services.registry.model import echo
-from agentmesh.services.registry.visibility import PatternError, VisibilityPattern, compile_pattern
+from agentmesh.services.registry.visibility import (
+    PatternError,
+    VisibilityPattern,
+    compile_pattern,
+    refuse_pattern,
+)
 from agentmesh.v1 import agent_pb2
 
 __all__ = [
@@ -264,8 +269,12 @@ def validate_visibility_names(names: Sequence[str], field: str = "visibility.nam
 def compile_patterns(
     patterns: Sequence[str], field: str = "visibility.patterns"
 ) -> tuple[VisibilityPattern, ...]:
-    """Compile visibility regexes with RE2 (bounded in count, length and program size), or INVALID_ARGUMENT
-    naming the bad one: RE2 has no backreferences or lookaround, and matches in linear time."""
+    """Visibility regexes (bounded in count and length), or INVALID_ARGUMENT naming the bad one.
+
+    RE2 (linear time; no backreferences or lookaround; at most ``MAX_PROGRAM_SIZE`` instructions) compiles each
+    on first use: on the worker thread in ``AgentIndex.prepare_visibility``, whose INVALID_ARGUMENT names the
+    pattern the same way; ``visibility.compile_all`` compiles them at once.
+    """
     _require(len(patterns) <= MAX_PATTERNS, f"at most {MAX_PATTERNS} patterns ({len(patterns)} given)", field)
     compiled = []
     for index, pattern in enumerate(patterns):
@@ -278,7 +287,5 @@ def compile_patterns(
         try:
             compiled.append(compile_pattern(pattern))
         except PatternError as exc:
-            raise InvalidArgumentError(
-                f"pattern {echo(pattern)} is not a usable regular expression: {exc}", field=where
-            ) from None
+            raise refuse_pattern(index, pattern, str(exc)) from None
     return tuple(compiled)

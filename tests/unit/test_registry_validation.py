@@ -11,6 +11,7 @@ from agentmesh.services.registry.validation import (
     parse_version,
     validate_card,
 )
+from agentmesh.services.registry.visibility import compile_all
 from tests.fixtures.registry import make_card
 
 
@@ -87,7 +88,7 @@ def test_visibility_patterns_are_compiled_once_and_bounded() -> None:
     first = compile_patterns(["support/.*"])
     assert first[0] is compile_patterns(["support/.*"])[0]
     with pytest.raises(InvalidArgumentError) as refused:
-        compile_patterns(["ok", "(["])
+        compile_all(compile_patterns(["ok", "(["]))  # RE2 compiles on first use (on the worker in a server)
     assert refused.value.field == "visibility.patterns[1]"
     with pytest.raises(InvalidArgumentError):
         compile_patterns(["a"] * 33)

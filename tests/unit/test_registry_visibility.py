@@ -20,7 +20,7 @@ from agentmesh.services.registry.validation import (
     parse_specifier,
     validate_visibility_names,
 )
-from agentmesh.services.registry.visibility import VisibilityIndex, compile_pattern
+from agentmesh.services.registry.visibility import VisibilityIndex, compile_all, compile_pattern
 
 
 def _index(keys: list[str]) -> VisibilityIndex:
@@ -49,7 +49,7 @@ def _index(keys: list[str]) -> VisibilityIndex:
 )
 def test_what_re2_cannot_express_is_refused_saying_why(pattern: str, why: str) -> None:
     with pytest.raises(InvalidArgumentError) as refused:
-        compile_patterns(["support/.*", pattern])
+        compile_all(compile_patterns(["support/.*", pattern]))
     assert refused.value.field == "visibility.patterns[1]"
     assert why in str(refused.value)
 
@@ -107,6 +107,14 @@ async def test_prepare_scans_off_the_event_loop_and_refuses_past_the_budget(
         return scan(self, names)
 
     monkeypatch.setattr(visibility.VisibilityPattern, "scan", spy)
+    compile_ = visibility.VisibilityPattern.compile
+
+    def compile_spy(self: visibility.VisibilityPattern) -> None:
+        if not self.compiled:
+            threads.add(threading.current_thread().name)
+        compile_(self)
+
+    monkeypatch.setattr(visibility.VisibilityPattern, "compile", compile_spy)
     monkeypatch.setattr(visibility, "BUDGET_SECONDS", 5.0)  # the point here is where it runs, not how fast
     await index.prepare(patterns)
     assert threads and all(name.startswith("visibility") for name in threads)
@@ -170,6 +178,7 @@ def test_literal_prefixes_always_hold_against_re2() -> None:
             body += "|" + "".join(rng.choice(pieces) for _ in range(rng.randint(1, 3)))
         try:
             compiled = compile_pattern(body)
+            compiled.compile()
         except visibility.PatternError:
             continue
         if compiled.prefixes is None:
