@@ -148,7 +148,10 @@ class PublicService:
 
             async def stream(_servicer: object, request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
                 call, request = await admit(request, context)
-                upstream = getattr(self.stub(), method.name)(request, metadata=call.metadata, timeout=_timeout(context))
+                # A watch lasts as long as its caller wants: the caller's deadline, or none.
+                upstream = getattr(self.stub(), method.name)(
+                    request, metadata=call.metadata, timeout=context.time_remaining()
+                )
                 try:
                     async for item in upstream:
                         yield item
@@ -166,8 +169,9 @@ class PublicService:
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
                 if mutating:
-                    await gate.record(call, outcome=error.code.name, resource=_resource(request, None),
-                                      detail={"message": error.message})
+                    await gate.record(
+                        call, outcome=error.code.name, resource=_resource(request, None), detail={"message": error.message}
+                    )
                 raise error from None
             if mutating:
                 await gate.record(call, outcome="OK", resource=_resource(request, reply))
