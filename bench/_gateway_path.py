@@ -36,13 +36,15 @@ async def _finish(stub: Any, task_id: str, metadata: Any) -> None:
     from agentmesh.v1 import task_pb2
 
     final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
-    while True:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task_id), metadata=metadata, timeout=10)).task
         if task.state in final:
             if task.state != task_pb2.TASK_STATE_SUCCEEDED:
                 raise RuntimeError(f"task {task_id} ended {task.state}: {task.error}")
             return
         await asyncio.sleep(0.001)
+    raise TimeoutError(f"task {task_id} did not finish within 60 s")
 
 
 async def bench_gateway_path(tasks: int) -> None:
