@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
 
+# Mesh channels send keepalive pings every 30 s (agentmesh._channel); gRPC servers by default accept one ping
+# per 5 minutes without data and answer more with GOAWAY "too_many_pings", which breaks long streams
+# (heartbeats, watches). Accept pings every 20 s, with or without calls in flight.
+_KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+]
+
 
 @dataclass(frozen=True)
 class ServiceBinding:
@@ -132,7 +140,7 @@ class MeshServer(Serving):
             ),
             telemetry=telemetry.server_telemetry(self.settings, self.name),
         )
-        server = grpc.aio.server(interceptors=[interceptor], options=self._options)
+        server = grpc.aio.server(interceptors=[interceptor], options=[*_KEEPALIVE_OPTIONS, *self._options])
         for service in self._services:
             service.add_to_server(server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
