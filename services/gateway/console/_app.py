@@ -32,12 +32,17 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     """Every answer (pages, files, API, errors) carries the CSP and the other protective headers."""
     try:
         response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
+    except web.HTTPException as exc:  # 404, 405, ...: raised on, with the same headers
+        _protect(exc, request)
+        raise
+    _protect(response, request)
+    return response
+
+
+def _protect(response: web.StreamResponse, request: web.Request) -> None:
     response.headers.update(SECURITY_HEADERS)
     if request.secure:
         response.headers["Strict-Transport-Security"] = "max-age=31536000"
-    return response
 
 
 def _page(name: str) -> Handler:

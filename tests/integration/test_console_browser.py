@@ -1,0 +1,190 @@
+"""The mesh console in a real browser (Debian's chromium driven by chromium-driver) against a running mesh:
+sign in with a dev token, browse and search the marketplace, watch a new agent appear without a reload
+(a hostile card renders as text and the CSP blocks inline script), open a finished task's explanation
+(its DAG and steps) and approve a waiting step; a token without the scope sees nothing it must not.
+
+Screenshots go to the test's tmp dir, and also to $AGENTMESH_CONSOLE_SCREENSHOTS when set (how the README's
+images in services/gateway/console/docs/ are made). Every wait is on a DOM condition; none is a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmesh.v1 import task_pb2
+from tests.integration.console_mesh import HOSTILE_DESCRIPTION, ConsoleMesh, Hostile, console_mesh
+
+__all__ = ["console_mesh"]
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True),
+    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (make system-deps)"),
+    pytest.mark.timeout(120),
+]
+WAIT = 20.0  # seconds any one DOM condition may take on a loaded machine
+
+
+class Browser:
+    """A headless chromium; every method is blocking (call it through asyncio.to_thread)."""
+
+    def __init__(self, base: str, shots: list[Path]) -> None:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
+            options.add_argument(arg)
+        options.accept_insecure_certs = True  # the console serves the mesh CA's certificate
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        self.driver.set_page_load_timeout(WAIT)
+        self.base = base
+        self.shots = shots
+
+    def until(self, condition: Callable[[Any], Any], what: str) -> Any:
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, WAIT, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+
+    def css(self, selector: str) -> list[Any]:
+        from selenium.webdriver.common.by import By
+
+        return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
+
+    def wait_css(self, selector: str) -> Any:
+        return self.until(lambda d: (self.css(selector) or [None])[0], selector)
+
+    def open(self, path: str) -> None:
+        self.driver.get(self.base + path)
+
+    def sign_in(self, token: str, then: str = "/") -> None:
+        self.open("/login?next=" + then)
+        box = self.wait_css("#token")
+        box.clear()
+        box.send_keys(token)
+        self.wait_css("#sign-in").click()
+        self.until(lambda d: "/login" not in d.current_url, "leaving the login page")
+
+    def screenshot(self, name: str) -> None:
+        for folder in self.shots:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.driver.save_screenshot(str(folder / name))
+
+    def close(self) -> None:
+        self.driver.quit()
+
+
+@pytest.fixture
+def browser_factory(tmp_path: Path) -> Iterator[Callable[[str], Browser]]:
+    shots = [tmp_path / "screenshots"]
+    if os.environ.get("AGENTMESH_CONSOLE_SCREENSHOTS"):
+        shots.append(Path(os.environ["AGENTMESH_CONSOLE_SCREENSHOTS"]))
+    opened: list[Browser] = []
+
+    def make(base: str) -> Browser:
+        opened.append(Browser(base, shots))
+        return opened[-1]
+
+    yield make
+    for browser in opened:
+        browser.close()
+    print(f"console screenshots: {shots[0]}")
+
+
+async def test_marketplace_search_live_agents_and_task_explanation(
+    console_mesh: ConsoleMesh, browser_factory: Callable[[str], Browser], tmp_path: Path
+) -> None:
+    mesh = console_mesh
+    finished = await mesh.submit("console_chain", "hello console")
+    assert (await mesh.wait(finished)).state == task_pb2.TASK_STATE_SUCCEEDED
+    waiting = await mesh.submit("console_guarded", "needs a look")
+    await mesh.wait(waiting, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
+
+    b = await asyncio.to_thread(browser_factory, mesh.url)
+    run = asyncio.to_thread
+    # No token yet: every page sends the operator to sign in.
+    await run(b.open, "/")
+    await run(b.until, lambda d: "/login" in d.current_url, "the login page")
+
+    operator = mesh.gateway.token(["agents:read", "tasks:read", "approve"], subject="operator")
+    await run(b.sign_in, operator, "/")
+    worker = await run(b.wait_css, 'article.agent[data-agent="testing/worker"]')
+    await run(b.until, lambda d: "live" in b.css("#live")[0].text, "the watch to be live")
+    text = worker.text
+    assert "platform-team" in text and "1.0.0" in text and "SERVING" in text and "shout" in text
+
+    # Discovery with its reasons.
+    await run(lambda: b.css("#q-pattern")[0].send_keys("testing/.*"))
+    await run(lambda: b.css("#q-intent")[0].send_keys("shout the text back"))
+    await run(lambda: b.css("#search-button")[0].click())
+    candidate = await run(b.wait_css, '#results li.candidate[data-agent="testing/worker"]')
+    assert await run(lambda: [r.text for r in candidate.find_elements("css selector", "li.reason")])
+
+    # A new agent appears without a reload; its hostile card is text, and inline script cannot run.
+    await run(b.driver.execute_script, "window.__sameDocument = true;")
+    await mesh.add_agent(Hostile(mesh.settings.replace(lease_ttl=2.0)))
+    hostile = await run(b.wait_css, 'article.agent[data-agent="testing/hostile"]')
+    assert await run(b.driver.execute_script, "return window.__sameDocument === true;")  # no reload happened
+    description = await run(lambda: hostile.find_element("css selector", ".description").text)
+    assert description == HOSTILE_DESCRIPTION
+    assert not await run(b.css, "#agents script") and not await run(b.css, "#agents img")
+    assert await run(b.driver.execute_script, "return window.__pwned === undefined;")
+    inline_ran = await run(
+        b.driver.execute_script,
+        "const s = document.createElement('script'); s.textContent = 'window.__inline = 1';"
+        "document.body.append(s); return window.__inline === 1;",
+    )
+    assert inline_ran is False  # the page's CSP forbids inline script
+    await run(b.screenshot, "marketplace.png")
+
+    # The task list links to a finished task's explanation: DAG with its steps, details, timeline.
+    await run(lambda: b.css('nav a[href="/tasks"]')[0].click())
+    link = await run(b.wait_css, f'tr[data-task="{finished}"] a.task-link')
+    await run(link.click)
+    await run(b.wait_css, '#dag g.node[data-step="last"]')
+    nodes = await run(lambda: {n.get_attribute("data-step"): n.get_attribute("class") for n in b.css("#dag g.node")})
+    assert set(nodes) == {"first", "left", "right", "last"}
+    assert all("state-succeeded" in cls for cls in nodes.values())
+    assert len(await run(b.css, "#dag path.edge")) == 4
+    assert await run(lambda: b.css("#task-state")[0].text) == "SUCCEEDED"
+    steps = await run(lambda: b.css("#steps details.step"))
+    assert len(steps) == 4
+    await run(lambda: b.css('#dag g.node[data-step="left"]')[0].click())
+    left = await run(b.wait_css, "#step-left[open]")
+    left_text = await run(lambda: left.text)
+    assert "testing/worker@1.0.0" in left_text and "steps.first.output.text" in left_text
+    assert len(await run(b.css, "#timeline rect.bar")) == 4
+    await run(b.driver.execute_script, "window.scrollTo(0, 0);")
+    await run(b.screenshot, "task-dag.png")
+
+    # A step awaiting approval: the operator (approve scope) approves it from the page.
+    await run(b.open, f"/task?id={waiting}")
+    approve = await run(b.wait_css, '#pending-approvals tr[data-step="gated"] button.approve')
+    await run(approve.click)
+    done = await mesh.wait(waiting)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED
+
+    # A token without agents:read and approve: no agent is shown, no approve button.
+    reader = mesh.gateway.token(["tasks:read"], subject="reader")
+    await run(b.sign_in, reader, "/")
+    await run(b.wait_css, "#agents .notice.denied")
+    assert not await run(b.css, "article.agent")
+    assert not await run(b.css, 'nav a[href="/"]')
+    third = await mesh.submit("console_guarded", "another look")
+    await mesh.wait(third, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
+    await run(b.open, f"/task?id={third}")
+    row = await run(b.wait_css, '#pending-approvals tr[data-step="gated"]')
+    assert "needs the approve scope" in await run(lambda: row.text)
+    assert not await run(b.css, "button.approve")
+    logs = await run(b.driver.get_log, "browser")
+    assert not [entry for entry in logs if "Uncaught" in entry.get("message", "")], logs
