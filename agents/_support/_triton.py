@@ -87,6 +87,15 @@ class TritonAgent(Agent):
         _record(ctx, result.model, result.version, started)
         return result
 
+    async def embed_in_batches(
+        self, texts: Sequence[str], ctx: SkillContext | None, batch: int = 32
+    ) -> np.ndarray:
+        """Embeddings of many texts (prototypes, a knowledge base), one batch after another: each call has
+        its own deadline, so preparing on a busy Triton is slow rather than failing.
+        """
+        rows = [(await self.embed(texts[i : i + batch], ctx)).embeddings for i in range(0, len(texts), batch)]
+        return np.vstack(rows)
+
     async def sentiment(self, texts: Sequence[str], ctx: SkillContext | None) -> SentimentResult:
         """Sentiment scores of ``texts`` through Triton's sentiment model, recorded as a model usage."""
         started = time.perf_counter()

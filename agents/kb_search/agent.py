@@ -69,9 +69,9 @@ class KbSearchAgent(TritonAgent):
         """Load the shipped articles and embed their passages."""
         articles = load_articles()
         passages = passages_of(articles)
-        embedded = await self.embed([p.text for p in passages], ctx)
+        embedded = await self.embed_in_batches([p.text for p in passages], ctx)
         self._matchers = [PhraseMatcher(a.keywords) for a in articles]
-        self.articles, self.passages, self._passage_vectors = articles, passages, embedded.embeddings
+        self.articles, self.passages, self._passage_vectors = articles, passages, embedded
 
     @skill(
         description=(

@@ -103,7 +103,7 @@ class QualityCheckAgent(TritonAgent):
         prototypes = load_prototypes()
         self._owners = np.array([i for i, intent in enumerate(INTENTS) for _ in prototypes[intent]])
         self._cues = load_cues()
-        self._prototypes = (await self.embed([s for i in INTENTS for s in prototypes[i]], ctx)).embeddings
+        self._prototypes = await self.embed_in_batches([s for i in INTENTS for s in prototypes[i]], ctx)
 
     @skill(
         description=(

@@ -78,7 +78,7 @@ class TriageAgent(TritonAgent):
         sentences = [s for intent in INTENTS for s in prototypes[intent]]
         self._owners = np.array([i for i, intent in enumerate(INTENTS) for _ in prototypes[intent]])
         self._cues = load_cues()
-        self._prototypes = (await self.embed(sentences, ctx)).embeddings
+        self._prototypes = await self.embed_in_batches(sentences, ctx)
 
     @skill(description="Classify a support ticket's intent and priority, with confidence and reasons.")
     async def classify_ticket(self, ticket: Ticket, ctx: SkillContext) -> TriageOutput:

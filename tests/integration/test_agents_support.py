@@ -101,7 +101,7 @@ async def support(
         await asyncio.gather(*(runtime.stop() for runtime in runtimes.values()))
 
 
-async def wait_ready(agents: list[Agent], within: float = 60.0) -> None:
+async def wait_ready(agents: list[Agent], within: float = 180.0) -> None:
     """Poll readiness (Triton reachable, prototypes and knowledge base embedded) instead of sleeping."""
     deadline = time.monotonic() + within
     while not all(await asyncio.gather(*(agent.ready() for agent in agents))):
