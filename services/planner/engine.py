@@ -221,9 +221,9 @@ class TaskEngine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(future, timeout=0.5)
 
-    async def cancel(self, task_id: str, reason: str) -> TaskRow:
+    async def cancel(self, task_id: str, reason: str, *, by: str = "") -> TaskRow:
         """Cancel a task; calls running here stop at once, other replicas' at their next renewal."""
-        task = await _db(self.store.cancel(task_id, reason))
+        task = await _db(self.store.cancel(task_id, reason, by=by))
         for row_id, (claimed, _) in list(self._running.items()):
             if claimed.task_id == task_id:
                 self._abandon(row_id)

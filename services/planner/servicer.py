@@ -168,7 +168,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.CancelTaskResponse:
         """Stop scheduling, cancel running steps, end CANCELLED."""
-        task = await self._engine.cancel(_task_id(request.task_id), request.reason)
+        caller = self._caller()
+        task = await self._engine.cancel(_task_id(request.task_id), request.reason, by=caller.uri if caller else "")
         return task_pb2.CancelTaskResponse(task=views.task_proto(task))
 
     async def ExplainTask(

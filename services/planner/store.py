@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh._errors import FailedPreconditionError, NotFoundError
+from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.services.planner.plans import PlanDocument, content_hash
 from agentmesh.services.planner.rules import evaluate
 from agentmesh.services.planner.templates import Scope, Substitution, resolve
@@ -322,14 +323,30 @@ class PlannerStore:
         if not row_ids:
             return set()
         now = utcnow()
+        # Rows locked right now are being finished by this replica: skip them rather than wait (no deadlock).
+        mine = (
+            sa.select(STEPS.c.id)
+            .where(STEPS.c.id.in_(list(row_ids)), STEPS.c.lease_owner == self.owner, STEPS.c.state == "RUNNING")
+            .order_by(STEPS.c.id)
+            .with_for_update(skip_locked=True)
+        )
         statement = (
             sa.update(STEPS)
-            .where(STEPS.c.id.in_(list(row_ids)), STEPS.c.lease_owner == self.owner, STEPS.c.state == "RUNNING")
+            .where(STEPS.c.id.in_(mine.scalar_subquery()))
             .values(lease_expires_at=now + dt.timedelta(seconds=lease_ttl))
             .returning(STEPS.c.id)
         )
         async with self.engine.begin() as conn:
-            return {row.id for row in await conn.execute(statement)}
+            renewed = {row.id for row in await conn.execute(statement)}
+            if self.postgres and len(renewed) < len(row_ids):
+                # Skipped because locked is not lost: count a step as held while its row still names us.
+                query = sa.select(STEPS.c.id).where(
+                    STEPS.c.id.in_(list(set(row_ids) - renewed)),
+                    STEPS.c.lease_owner == self.owner,
+                    STEPS.c.state == "RUNNING",
+                )
+                renewed |= {row.id for row in await conn.execute(query)}
+            return renewed
 
     async def step_inputs(self, claimed: Claimed) -> tuple[TaskRow, Scope]:
         """The task of a claimed step and what its templates may refer to (succeeded outputs)."""
@@ -483,7 +500,9 @@ class PlannerStore:
     async def _lock_task(self, conn: AsyncConnection, task_id: str) -> str:
         query = sa.select(TASKS.c.state).where(TASKS.c.task_id == task_id)
         if self.postgres:
-            query = query.with_for_update()
+            # FOR NO KEY UPDATE: serializes a task's transitions, yet lets rows referencing the task (attempts,
+            # events; their foreign keys take KEY SHARE) be inserted meanwhile, so claims never wait on it.
+            query = query.with_for_update(key_share=True)
         return str((await conn.execute(query)).scalar_one())
 
     async def _advance(self, conn: AsyncConnection, task_id: str, plan_id: str, task_input: dict[str, Any]) -> None:
@@ -604,7 +623,7 @@ class PlannerStore:
 
     # ---- cancellation, approvals, deadlines --------------------------------------------------------------
 
-    async def cancel(self, task_id: str, reason: str) -> TaskRow:
+    async def cancel(self, task_id: str, reason: str, *, by: str = "") -> TaskRow:
         """Cancel a task: nothing more is scheduled, running steps are CANCELLED (their calls abandoned)."""
         async with self.engine.begin() as conn:
             row = (await conn.execute(sa.select(TASKS.c.state).where(TASKS.c.task_id == task_id))).first()
@@ -616,6 +635,10 @@ class PlannerStore:
                     raise FailedPreconditionError(f"task {task_id} already ended {state}; it cannot be cancelled")
             else:
                 await self._end_task(conn, task_id, "CANCELLED", error=f"cancelled: {reason}" if reason else "cancelled")
+                await append_audit(
+                    conn,
+                    [AuditEntry("task.cancel", resource=f"tasks/{task_id}", actor=by, detail={"reason": reason[:500]})],
+                )
         return await self.get_task(task_id)
 
     async def decide(self, task_id: str, step_id: str, *, approve: bool, by: str, comment: str) -> dict[str, Any]:
@@ -643,6 +666,17 @@ class PlannerStore:
                 .values(state=decision, decided_by=by, comment=comment, decided_at=now)
             )
             await self._after_decision(conn, task_id, step_id, decision, by, comment, now)
+            await append_audit(
+                conn,
+                [
+                    AuditEntry(
+                        "step.approve" if approve else "step.reject",
+                        resource=f"tasks/{task_id}/steps/{step_id}",
+                        actor=by,
+                        detail={"comment": comment[:500]},
+                    )
+                ],
+            )
             row = (await conn.execute(sa.select(APPROVALS).where(APPROVALS.c.id == approval.id))).one()
         return dict(row._mapping)
 
@@ -701,7 +735,7 @@ class PlannerStore:
             sa.select(TASKS.c.task_id)
             .where(TASKS.c.state.in_(("RUNNING", "WAITING_APPROVAL")), TASKS.c.deadline_at < now)
             .limit(100)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, key_share=True)
         )
         async with self.engine.begin() as conn:
             for row in (await conn.execute(approvals)).all():
@@ -711,6 +745,11 @@ class PlannerStore:
                     )
                 )
                 await self._after_decision(conn, row.task_id, row.step_id, "TIMED_OUT", "", "", now)
+                await append_audit(
+                    conn,
+                    [AuditEntry("step.approval_timeout", resource=f"tasks/{row.task_id}/steps/{row.step_id}",
+                                actor=self.owner, outcome="DEADLINE_EXCEEDED")],
+                )
                 ended += 1
             for row in (await conn.execute(tasks)).all():
                 await self._end_task(conn, row.task_id, "FAILED", error="DEADLINE_EXCEEDED: the task ran past its deadline")

@@ -13,7 +13,7 @@ import pytest
 
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
-from agentmesh.v1 import task_pb2
+from agentmesh.v1 import audit_pb2, audit_pb2_grpc, task_pb2
 from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
 from tests.integration.planner_agents import Worker
@@ -79,7 +79,7 @@ steps:
 async def worker(planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity) -> AsyncIterator[Worker]:
     """One registered instance of the test agent; the planner learns the test playbooks."""
     issue_identity("agent", "testing/worker")
-    settings = mesh_settings.replace(lease_ttl=2.0, planner_address=planner_mesh.planner.address)
+    settings = mesh_settings.replace(lease_ttl=10.0, planner_address=planner_mesh.planner.address)
     agent = Worker(settings)
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
         async with asyncio.timeout(10):
@@ -294,6 +294,11 @@ async def test_a_refund_above_the_limit_waits_for_approval_granted_rejected_or_t
         ("refund", task_pb2.APPROVAL_STATE_APPROVED, "customer is right", "refund above 100")
     ]
     assert explained.approvals[0].decide_time.ToDatetime() >= explained.approvals[0].request_time.ToDatetime()
+    audit = audit_pb2_grpc.AuditServiceStub(planner_mesh.channels[-1])
+    records = await audit.ListAuditRecords(
+        audit_pb2.ListAuditRecordsRequest(resource=f"tasks/{granted.task_id}/steps/refund"), timeout=10
+    )
+    assert [(r.action, r.actor.rsplit("/", 1)[-1]) for r in records.records] == [("step.approve", "ops")]
 
     rejected = await planner_mesh.submit("refund", {"amount": 900}, playbook="refund")
     await _waiting(planner_mesh, rejected.task_id)
@@ -311,7 +316,7 @@ async def test_a_refund_above_the_limit_waits_for_approval_granted_rejected_or_t
 
 SUBTASKS = """
 name: {name}
-defaults: {{agent: {{names: [testing/worker]}}, timeout: 20, retry: {{max_attempts: 2, initial_backoff: 0.05}}}}
+defaults: {{agent: {{names: [testing/worker]}}, timeout: 20, retry: {{max_attempts: 4, initial_backoff: 0.5}}}}
 steps:
   - {{id: spawn, skill: spawn, input: {{playbook: {child}, count: {count}}}}}
 """
@@ -408,3 +413,40 @@ async def test_a_model_made_plan_naming_an_undiscovered_agent_is_rejected_and_re
     assert rejected.proposed["steps"][0]["agent"]["names"] == ["ghost/agent"]
     assert explanation.plan.strategy == task_pb2.PLAN_STRATEGY_CAPABILITY_MATCH
     assert "testing/worker" in explanation.plan.reason
+
+
+EVERYTHING = """
+name: everything
+defaults: {agent: {names: [testing/worker]}, timeout: 20}
+steps:
+  - {id: first, skill: shout, input: {text: "${task.input.text}"}}
+  - id: spawn
+    skill: spawn
+    depends_on: [first]
+    input: {playbook: leaf, count: 1}
+    approval: {reason: starting sub-tasks needs a human, timeout: 30}
+"""
+
+
+async def test_the_explanation_of_a_finished_task_has_every_part(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    planner_mesh.add_playbook(LEAF)
+    planner_mesh.add_playbook(EVERYTHING)
+    task = await planner_mesh.submit("everything", {"text": "all"}, playbook="everything")
+    await _waiting(planner_mesh, task.task_id)
+    await planner_mesh.stub().ApproveStep(
+        task_pb2.ApproveStepRequest(task_id=task.task_id, step_id="spawn", comment="go"), timeout=10
+    )
+    explanation = await _settled(planner_mesh, task.task_id)
+    assert explanation.task.state == task_pb2.TASK_STATE_SUCCEEDED, explanation.task.error
+    assert explanation.plan.content_hash and [p.plan_id for p in explanation.plan_versions] == [explanation.plan.plan_id]
+    assert {c.step_id for c in explanation.collaborators} == {"first", "spawn"}
+    assert {s.step_id for s in explanation.substitutions} == {"first"}
+    assert [(a.step_id, a.state) for a in explanation.attempts] == [
+        ("first", task_pb2.STEP_STATE_SUCCEEDED),
+        ("spawn", task_pb2.STEP_STATE_SUCCEEDED),
+    ]
+    assert [(a.step_id, a.decided_by.rsplit("/", 1)[-1], a.comment) for a in explanation.approvals] == [("spawn", "ops", "go")]
+    (sub,) = explanation.subtasks
+    assert sub.task.state == task_pb2.TASK_STATE_SUCCEEDED and sub.attempts and sub.plan.steps[0].step_id == "leaf"
+    reply = await planner_mesh.stub().ExplainTask(task_pb2.ExplainTaskRequest(task_id=task.task_id, max_depth=1), timeout=10)
+    assert not reply.explanation.subtasks and reply.elapsed.ToTimedelta().total_seconds() > 0
