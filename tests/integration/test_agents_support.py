@@ -126,7 +126,7 @@ async def test_every_agent_describes_itself_on_the_mesh(support: Support) -> Non
         card = (await stub.Describe(agent_pb2.DescribeRequest())).card
         assert (card.name, card.namespace) == (name, "support")
         assert card.purpose and card.description and card.owner
-        assert card.spiffe_id == f"spiffe://agentmesh.test/agent/{name}"
+        assert card.spiffe_id == f"spiffe://agentmesh.test/agent/support/{name}"  # derived from the card
         skills[name] = [s.name for s in card.skills]
         assert all(json_format.MessageToDict(s.input_schema)["type"] == "object" for s in card.skills)
     assert skills == {
