@@ -28,7 +28,7 @@ from agentmesh.services.registry.model import (
 )
 from agentmesh.services.registry.routing import RoutePolicy, choose_version
 from agentmesh.services.registry.text import Bm25Plan, TextIndex, tokenize
-from agentmesh.services.registry.visibility import VisibilityIndex
+from agentmesh.services.registry.visibility import VisibilityIndex, warm_scanner
 
 __all__ = ["AgentIndex"]
 
@@ -295,6 +295,7 @@ class AgentIndex:
     def prepare(self) -> None:
         """Finish a bulk load: build the structures queries would otherwise build on first use."""
         self._text.prepare(len(self._slots))
+        warm_scanner()
 
     def version_records(self, namespace: str, name: str) -> list[VersionRecord]:
         """Every known version of ``namespace/name``, lowest first."""
