@@ -105,13 +105,13 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     console_mesh: ConsoleMesh, browser_factory: Callable[[str], Browser], tmp_path: Path
 ) -> None:
     mesh = console_mesh
-    finished = await mesh.submit("console_chain", "hello console")
-    assert (await mesh.wait(finished)).state == task_pb2.TASK_STATE_SUCCEEDED
-    waiting = await mesh.submit("console_guarded", "needs a look")
-    await mesh.wait(waiting, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
-
-    b = await asyncio.to_thread(browser_factory, mesh.url)
     run = asyncio.to_thread
+    starting = asyncio.create_task(run(browser_factory, mesh.url))  # chromium starts while the tasks run
+    finished = await mesh.submit("console_chain", "hello console")
+    waiting = await mesh.submit("console_guarded", "needs a look")
+    assert (await mesh.wait(finished)).state == task_pb2.TASK_STATE_SUCCEEDED
+    await mesh.wait(waiting, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
+    b = await starting
     # No token yet: every page sends the operator to sign in.
     await run(b.open, "/")
     await run(b.until, lambda d: "/login" in d.current_url, "the login page")

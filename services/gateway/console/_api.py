@@ -7,6 +7,7 @@ Replies are the contract's messages as JSON (proto field names), so the pages re
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -21,12 +22,18 @@ from google.protobuf.message import Message
 from agentmesh.services.gateway.console._upstream import GatewayClient
 from agentmesh.v1 import registry_pb2, task_pb2
 
-__all__ = ["CLIENT_KEY", "api_routes", "http_status"]
+__all__ = ["CLIENT_KEY", "WATCHES_KEY", "Watches", "api_routes", "cancel_watches", "http_status"]
 
 logger = logging.getLogger(__name__)
 
 CLIENT_KEY: web.AppKey[GatewayClient] = web.AppKey("gateway_client", GatewayClient)
 _AUTHORIZATION: web.RequestKey[str] = web.RequestKey("authorization", str)
+# Open WatchAgents calls, cancelled when the console shuts down (a browser's stream must not hold the stop).
+class Watches(set[Any]):
+    """The open WatchAgents calls of one console."""
+
+
+WATCHES_KEY: web.AppKey[Watches] = web.AppKey("watches", Watches)
 _BEARER = re.compile(r"^Bearer [A-Za-z0-9\-_.~+/]+=*$")
 _TIMEOUT = 15.0
 # A watch is re-opened by the page when it ends; bounded so a stream never outlives a token for long.
@@ -127,24 +134,38 @@ async def watch_agents(request: web.Request) -> web.StreamResponse:
     call = _client(request).registry.WatchAgents(
         registry_pb2.WatchAgentsRequest(since_revision=since), metadata=_metadata(request), timeout=_WATCH_SECONDS
     )
-    # The first event tells whether the gateway admitted the call, before any byte of the answer is sent.
-    iterator = call.__aiter__()
+    watches = request.app[WATCHES_KEY]
+    watches.add(call)
     try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-    await response.prepare(request)
-    try:
-        if first is not None:
-            await response.write(_event(first))
-            async for event in iterator:
-                await response.write(_event(event))
-    except grpc.aio.AioRpcError as exc:
-        await response.write(f"event: end\ndata: {json.dumps({'error': exc.code().name})}\n\n".encode())
-    except (ConnectionResetError, OSError):  # the page went away
+        # The first event tells whether the gateway admitted the call, before any byte of the answer is sent.
+        iterator = call.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            first = None
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        try:
+            if first is not None:
+                await response.write(_event(first))
+                async for event in iterator:
+                    await response.write(_event(event))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                await response.write(f"event: end\ndata: {json.dumps({'error': exc.code().name})}\n\n".encode())
+        except (asyncio.CancelledError, ConnectionResetError, OSError):  # shutting down, or the page went away
+            pass
+        return response
+    finally:
+        watches.discard(call)
         call.cancel()
-    return response
+
+
+async def cancel_watches(app: web.Application) -> None:
+    """on_shutdown: end every open watch so stopping never waits for a browser to hang up."""
+    watches: Watches = app[WATCHES_KEY]
+    for call in tuple(watches):
+        call.cancel()
 
 
 def _event(event: Message) -> bytes:

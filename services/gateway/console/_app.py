@@ -6,7 +6,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from agentmesh.services.gateway.console._api import CLIENT_KEY, Handler, api_routes, require_token
+from agentmesh.services.gateway.console._api import (
+    CLIENT_KEY,
+    WATCHES_KEY,
+    Handler,
+    Watches,
+    api_routes,
+    cancel_watches,
+    require_token,
+)
 from agentmesh.services.gateway.console._upstream import GatewayClient
 
 __all__ = ["SECURITY_HEADERS", "build_app"]
@@ -60,6 +68,8 @@ def build_app(client: GatewayClient) -> web.Application:
     app[CLIENT_KEY] = client
     api = web.Application(middlewares=[require_token])
     api[CLIENT_KEY] = client
+    api[WATCHES_KEY] = Watches()
+    api.on_shutdown.append(cancel_watches)
     api.add_routes(api_routes())
     app.add_subapp("/api/", api)
     app.add_routes([web.get(route, _page(name)) for route, name in _PAGES.items()])

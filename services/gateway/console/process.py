@@ -69,7 +69,10 @@ class ConsoleServer(Serving):
 
     async def start(self) -> None:
         """Bind and serve."""
-        runner = web.AppRunner(build_app(self.client), access_log=None)
+        # handler_cancellation: a page that goes away ends its watch at once; shutdown_timeout bounds a stop.
+        runner = web.AppRunner(
+            build_app(self.client), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.settings.bind_host, self._requested_port, ssl_context=_tls(self.settings))
         await site.start()
