@@ -9,7 +9,7 @@ replica flushes many lease expiries with one statement (:meth:`RegistryStore.flu
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +51,8 @@ _WRITER_LOCK = 0x6167656E7473
 # policy_bits: bits 0..62 (63 stays clear so masks fit a signed BIGINT).
 _MAX_POLICY_BIT = 62
 _CHUNK = 1000
+# Rows of the snapshot streamed at a time: a replica holds one chunk of raw rows, not the whole table.
+_SNAPSHOT_CHUNK = 1000
 
 
 def epoch(moment: dt.datetime) -> float:
@@ -611,20 +613,27 @@ class RegistryStore:
         return found
 
     @staticmethod
-    async def _version_rows(conn: AsyncConnection, where: Any) -> list[VersionRow]:
+    def _version_select(where: Any) -> Any:
         # The JSON card is read only for rows without card_proto: parsing JSON cards is ~100x slower.
         card_json = sa.case((versions.c.card_proto.is_(None), versions.c.card), else_=sa.null())
-        rows = await conn.execute(
-            sa.select(
-                versions.c.id, card_json.label("card"), versions.c.card_hash, versions.c.card_proto
-            ).where(where)
+        return sa.select(versions.c.id, card_json.label("card"), versions.c.card_hash, versions.c.card_proto).where(
+            where
         )
+
+    @classmethod
+    async def _version_rows(cls, conn: AsyncConnection, where: Any) -> list[VersionRow]:
+        rows = await conn.execute(cls._version_select(where))
         return [VersionRow(row.id, row.card, row.card_hash, row.card_proto) for row in rows]
 
-    async def load_snapshot(
+    async def load_snapshot_in_chunks(
         self,
-    ) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]], list[RevocationRow]]:
-        """A consistent copy: (revision, versions, instances with expiry, routing policies, revocations)."""
+        take_versions: Callable[[list[VersionRow]], Awaitable[None]],
+        take_instances: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        chunk: int = _SNAPSHOT_CHUNK,
+    ) -> tuple[int, list[dict[str, Any]], list[RevocationRow]]:
+        """A consistent copy, streamed: versions, then instances (with expiry), ``chunk`` rows at a time to the
+        callbacks (awaited in turn, so at most one chunk is held at once); returns (revision, routing policies,
+        revocations)."""
         async with self._reader() as conn:
             if self.is_postgres:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -632,17 +641,34 @@ class RegistryStore:
                 revision = int(
                     await conn.scalar(sa.select(sa.func.coalesce(sa.func.max(events.c.revision), 0))) or 0
                 )
-                version_rows = await self._version_rows(conn, sa.true())
-                instance_rows = [
-                    dict(row._mapping)
-                    for row in await conn.execute(
-                        sa.select(instances, leases.c.expires_at).select_from(
-                            instances.join(leases, leases.c.instance_id == instances.c.instance_id)
-                        )
+                streamed = await conn.stream(self._version_select(sa.true()))
+                async for part in streamed.partitions(chunk):
+                    await take_versions([VersionRow(row.id, row.card, row.card_hash, row.card_proto) for row in part])
+                streamed_instances = await conn.stream(
+                    sa.select(instances, leases.c.expires_at).select_from(
+                        instances.join(leases, leases.c.instance_id == instances.c.instance_id)
                     )
-                ]
+                )
+                async for part in streamed_instances.partitions(chunk):
+                    await take_instances([dict(row._mapping) for row in part])
                 policy_rows = [dict(row._mapping) for row in await conn.execute(sa.select(policies_table))]
                 revocation_rows = [_revocation_row(row) for row in await conn.execute(sa.select(revocations))]
+        return revision, policy_rows, revocation_rows
+
+    async def load_snapshot(
+        self,
+    ) -> tuple[int, list[VersionRow], list[dict[str, Any]], list[dict[str, Any]], list[RevocationRow]]:
+        """A consistent copy: (revision, versions, instances with expiry, routing policies, revocations)."""
+        version_rows: list[VersionRow] = []
+        instance_rows: list[dict[str, Any]] = []
+
+        async def take_versions(rows: list[VersionRow]) -> None:
+            version_rows.extend(rows)
+
+        async def take_instances(rows: list[dict[str, Any]]) -> None:
+            instance_rows.extend(rows)
+
+        revision, policy_rows, revocation_rows = await self.load_snapshot_in_chunks(take_versions, take_instances)
         return revision, version_rows, instance_rows, policy_rows, revocation_rows
 
     async def prune_events(self, before: dt.datetime) -> int:
