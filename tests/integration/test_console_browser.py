@@ -163,7 +163,7 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     left = await run(b.wait_css, "#step-left[open]")
     left_text = await run(lambda: left.text)
     assert "testing/worker@1.0.0" in left_text and "steps.first.output.text" in left_text
-    assert len(await run(b.css, "#timeline rect.bar")) == 4
+    assert len(await run(b.css, "#timeline rect.bar")) >= 4  # one bar per attempt (a retry adds one)
     await run(b.driver.execute_script, "window.scrollTo(0, 0);")
     await run(b.screenshot, "task-dag.png")
 

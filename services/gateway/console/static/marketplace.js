@@ -29,6 +29,10 @@ function skillView(skill) {
   );
 }
 
+function pills(values) {
+  return values.length ? values.map((v) => el("span", { class: "pill" }, v)) : ["—"];
+}
+
 function agentView(agentKey, group) {
   const newest = group[group.length - 1].card || {};
   const weights = (policies.get(agentKey) || {}).weights || {};
@@ -43,9 +47,9 @@ function agentView(agentKey, group) {
     el("dl", {},
       el("dt", {}, "owner"), el("dd", { class: "owner" }, newest.owner || "—"),
       el("dt", {}, "policies"), el("dd", { class: "policies" },
-        ...(newest.policies || []).map((p) => el("span", { class: "pill" }, p))),
+        ...pills(newest.policies || [])),
       el("dt", {}, "labels"), el("dd", {},
-        ...Object.entries(newest.labels || {}).map(([k, v]) => el("span", { class: "pill" }, `${k}=${v}`)))),
+        ...pills(Object.entries(newest.labels || {}).map(([k, v]) => `${k}=${v}`)))),
     el("table", { class: "versions" },
       el("thead", {}, el("tr", {}, el("th", {}, "version"), el("th", {}, "routing weight"), el("th", {}, "instances"))),
       el("tbody", {}, ...versions.map((version) =>

@@ -256,7 +256,7 @@ function render(explanation) {
   const steps = plan.steps || [];
   const state = enumName(task.state, "TASK_STATE_");
   const pending = (explanation.approvals || []).filter((a) => enumName(a.state, "APPROVAL_STATE_") === "PENDING");
-  clear(main).append(
+  const sections = [
     el("section", { class: "card", id: "summary" },
       el("h2", {}, "Task ", el("code", { id: "task-id" }, task.task_id || taskId), " ",
         el("span", { id: "task-state", class: "state state-" + state.toLowerCase() }, state)),
@@ -281,7 +281,9 @@ function render(explanation) {
     section("Collaborators and why they were chosen", "collaborators", collaborators(explanation.collaborators || [])),
     section("Plan versions", "plan-versions", planVersions(explanation)),
     section("Sub-tasks", "subtasks", subtaskTree(explanation.subtasks || [])),
-    section("Approvals", "approvals", approvals(explanation.approvals || [], load)));
+    section("Approvals", "approvals", approvals(explanation.approvals || [], load)),
+  ];
+  clear(main).append(...sections.filter(Boolean));
 }
 
 async function load() {
