@@ -93,3 +93,39 @@ async def test_discovery_reasons_and_hostile_cards_come_back_as_data(console_mes
     status, _, body = await _get(console_mesh, "/api/agents", token=token)
     hostile = next(i["card"] for i in body["instances"] if i["card"]["name"] == "hostile")
     assert hostile["description"] == HOSTILE_DESCRIPTION
+
+
+async def test_the_gateway_process_serves_the_console_beside_its_public_port(
+    recording_planner: Any, mesh_settings: Any, issue_identity: Any, migrated_database_url: str, tmp_path: Any
+) -> None:
+    """What `agentmesh gateway` runs: the gateway and, on console_port, the console calling it on loopback."""
+    import ssl
+
+    from agentmesh._server import MeshServer
+    from agentmesh.services.gateway.console.process import GatewayWithConsole, build_server
+    from agentmesh.services.gateway.devtokens import DevIssuer
+
+    issue_identity("service", "gateway")
+    settings = mesh_settings.replace(
+        planner_address=recording_planner.address,
+        database_url=migrated_database_url,
+        gateway_jwks=str(tmp_path / "jwks" / "jwks.json"),
+        readiness_interval=0.1,
+        console_port=0,
+    )
+    issuer = DevIssuer(tmp_path / "jwks", issuer=settings.gateway_jwt_issuer, audience=settings.gateway_jwt_audience)
+    issuer.rotate()
+    assert isinstance(build_server(settings.replace(console_port=-1), port=0), MeshServer)  # -1: no console
+    server = build_server(settings, port=0)
+    assert isinstance(server, GatewayWithConsole)
+    tls = ssl.create_default_context(cafile=str(settings.home / "ca" / "ca.pem"))
+    token = issuer.issue(subject="alice", tenant="acme", scopes=["tasks:read"])
+    async with server, aiohttp.ClientSession() as session:
+        base = f"https://127.0.0.1:{server.console.port}"
+        async with session.get(base + "/api/tasks/t-1", ssl=tls) as response:
+            assert response.status == 401
+        async with session.get(base + "/api/tasks/t-1", ssl=tls, headers={"Authorization": f"Bearer {token}"}) as response:
+            assert response.status == 200, await response.text()
+            assert (await response.json())["explanation"]["task"]["task_id"] == "t-1"
+    forwarded = [c for c in recording_planner.calls if c.method == "ExplainTask"]
+    assert forwarded and forwarded[0].metadata["x-agentmesh-delegation"]  # it went through the gateway
