@@ -81,6 +81,15 @@ async def test_the_gateway_scopes_decide_what_the_api_shows(console_mesh: Consol
     explanation = body["explanation"]
     assert [s["step_id"] for s in explanation["plan"]["steps"]] == ["gated"]
     assert explanation["approvals"][0]["decided_by"]
+    # The decision (and the refused attempt) were audited by the gateway.
+    from agentmesh.v1 import audit_pb2, audit_pb2_grpc
+
+    async with gateway.channel() as channel:
+        records = (await audit_pb2_grpc.AuditServiceStub(channel).ListAuditRecords(
+            audit_pb2.ListAuditRecordsRequest(page_size=200), metadata=gateway.bearer(["audit:read"]), timeout=10
+        )).records
+    approvals = [r for r in records if r.action.endswith("/ApproveStep")]
+    assert {r.outcome for r in approvals} >= {"OK", "PERMISSION_DENIED"}, [(r.action, r.outcome) for r in records]
 
 
 async def test_discovery_reasons_and_hostile_cards_come_back_as_data(console_mesh: ConsoleMesh) -> None:
