@@ -178,7 +178,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
         explanation = await _db(views.explain(self._engine.store, _task_id(request.task_id), request.max_depth))
         task = explanation.task
-        end = task.update_time.ToDatetime() if task.state in (4, 5, 6) else dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        ended = task.state in (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
+        end = task.update_time.ToDatetime() if ended else dt.datetime.now(dt.UTC).replace(tzinfo=None)
         elapsed = views._duration(max(0.0, (end - task.create_time.ToDatetime()).total_seconds()))
         return task_pb2.ExplainTaskResponse(explanation=explanation, elapsed=elapsed)
 

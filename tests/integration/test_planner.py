@@ -15,7 +15,7 @@ from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
 from agentmesh.v1 import audit_pb2, audit_pb2_grpc, task_pb2
 from tests.fixtures.certs import IssueIdentity
-from tests.fixtures.planner import PlannerMesh
+from tests.fixtures.planner import FINAL, PlannerMesh
 from tests.integration.planner_agents import Worker
 
 FAN_OUT = """
@@ -336,7 +336,7 @@ async def _settled(planner_mesh: PlannerMesh, root: str, within: float = 60.0) -
             nodes, pending = [tree], False
             while nodes:
                 node = nodes.pop()
-                pending |= node.task.state not in (4, 5, 6)
+                pending |= node.task.state not in FINAL
                 nodes += list(node.subtasks)
             if not pending:
                 return tree

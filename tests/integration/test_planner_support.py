@@ -47,7 +47,11 @@ async def support_mesh(
     # One process hosts every workload here, so they share a circuit breaker per address: agents' heartbeat
     # streams ended by the registry (GOAWAY) must not open the planner's way to discovery.
     planner = await start_planner(
-        migrated_postgres_url, registry.address, planner_lease_ttl=5.0, breaker_failure_threshold=1000
+        migrated_postgres_url,
+        registry.address,
+        planner_lease_ttl=5.0,
+        breaker_failure_threshold=1000,
+        triton_url=triton_url,
     )
     for name in ("triage", "sentiment", "kb-search", "crm", "responder", "quality-check"):
         issue_identity("agent", f"support/{name}")
@@ -130,3 +134,14 @@ async def test_the_demo_ticket_runs_the_support_playbook_on_the_planner_and_expl
     assert any(a.model_usages for a in explanation.attempts)  # models used are part of the execution log
     # The drawing has the tree and the timeline.
     assert "timeline" in text and "chosen because" in text and "responder_1" in text
+
+    # No playbook fits this goal: MiniLM on Triton composes the plan from the discovered skills' descriptions.
+    async with create_channel(planner.address, settings, kind="client", name="ops") as channel:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
+        request = task_pb2.SubmitTaskRequest(goal="score how happy or unhappy this message sounds")
+        request.input.update({"text": "This is the third time the app crashed, I am so fed up."})
+        made = (await stub.SubmitTask(request, timeout=60)).task
+        explained = (await stub.ExplainTask(task_pb2.ExplainTaskRequest(task_id=made.task_id), timeout=30)).explanation
+    assert explained.plan.strategy == task_pb2.PLAN_STRATEGY_LLM, explained.plan_rejections
+    assert explained.plan.steps[0].skill == "score_sentiment"
+    assert explained.plan.steps[0].agent_query.visibility.names == ["support/sentiment"]
