@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agentmesh.agents.kb_search import load_articles
 from tests.integration.test_agents_support import Support, by_id, support, ticket_input
 
 __all__ = ["support"]  # the module-scoped fixture of the six agents, shared with test_agents_support
@@ -68,8 +69,8 @@ async def test_a_double_charge_is_billing_and_the_reply_addresses_the_double_cha
 
 
 async def test_a_cancellation_reply_to_a_double_charge_fails_the_ask_check(support: Support) -> None:
-    cancel = (await _articles(support, "How do I cancel my subscription?", top_k=1))["articles"]
-    assert cancel[0]["article_id"] == "kb-cancel-subscription"
+    article = next(a for a in load_articles() if a.article_id == "kb-cancel-subscription")
+    cancel = [{"article_id": article.article_id, "title": article.title, "body": article.body}]
     wrong = await support.call(
         "responder",
         "draft_reply",
