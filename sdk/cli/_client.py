@@ -99,12 +99,14 @@ def gateway_channel(address: str, settings: Settings, token: str) -> grpc.aio.Ch
     def with_token(details: Any) -> Any:
         return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), bearer))
 
-    class Bearer(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    # grpc.aio files an interceptor under ONE kind (the first it matches), so each kind needs its own object.
+    class UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
         async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
             return await continuation(with_token(details), request)
 
+    class StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
         async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
             return await continuation(with_token(details), request)
 
-    interceptors: Any = [Bearer()]
+    interceptors: Any = [UnaryBearer(), StreamBearer()]
     return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), interceptors=interceptors)

@@ -184,3 +184,37 @@ async def test_a_step_is_approved_through_the_gateway_only_with_the_approve_scop
     outcomes = [(r.outcome, r.on_behalf_of) for r in records]
     assert ("PERMISSION_DENIED", "acme/dana") in outcomes
     assert ("OK", "acme/erin") in outcomes
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_the_cli_submits_explains_and_lists_agents_through_the_gateway_with_a_token(
+    mesh: tuple[PlannerMesh, Any],
+) -> None:
+    import os
+    import sys
+
+    _, gateway = mesh
+    env = {
+        **os.environ,
+        "AGENTMESH_HOME": str(gateway.settings.home),
+        "AGENTMESH_TOKEN": gateway.token(["tasks:submit", "tasks:read", "agents:read"], subject="cli-user"),
+        "COLUMNS": "200",
+    }
+
+    async def agentmesh(*argv: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentmesh.cli", *argv, "--gateway", gateway.address,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err.decode()
+        return out.decode()
+
+    submitted = await agentmesh("submit", "shout it", "--playbook", "shout_once", "--input", '{"text": "hi"}')
+    task_id = submitted.split()[1]
+    async with gateway.channel() as channel:
+        await _wait(task_pb2_grpc.TaskServiceStub(channel), task_id, gateway.bearer(["tasks:read"]))
+    explained = await agentmesh("explain", task_id)
+    assert "only" in explained and "worker" in explained
+    listed = await agentmesh("agents", "list")
+    assert "worker" in listed
