@@ -507,7 +507,7 @@ class AgentIndex:
                             dense[candidates] = scores
                         values = dense[np.array(family, dtype=np.intp)].tolist()
                         score_of = {s: v for s, v in zip(family, values, strict=True) if not np.isnan(v)}
-                    by_version = {slots_of[s].card.version: s for s in score_of}
+                    by_version = {slots_of[s].version: s for s in score_of}
                     version, why = choose_version(policies.get(key), list(by_version), query.routing_key)
                     routed = by_version[version]
                     picked.append((agent, routed, score_of[routed], why))
@@ -562,7 +562,7 @@ class AgentIndex:
                 reasons.append(why)
             reasons += fixed
             if query.version_constraint is not None:
-                reasons.append(f"version {record.card.version}{satisfies}")
+                reasons.append(f"version {record.version}{satisfies}")
             matched_skill = query.skill
             if hits is not None:
                 reasons.append(intent_reasons[position])

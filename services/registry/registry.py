@@ -89,7 +89,7 @@ def _version_record(row: VersionRow) -> VersionRecord:
     else:
         card = json_format.ParseDict(row.card or {}, agent_pb2.AgentCard(), ignore_unknown_fields=True)
     # Stored cards were validated on registration; Version() alone skips the normal-form check.
-    return VersionRecord(row.version_id, card, Version(card.version), row.card_hash)
+    return VersionRecord(row.version_id, card, Version(card.version), row.card_hash, card_bytes=row.card_proto)
 
 
 def _instance_record(data: dict[str, Any]) -> InstanceRecord:
@@ -345,7 +345,7 @@ class Registry:
             record = self.index.versions.get(instance.version_id) if instance is not None else None
             if instance is None or record is None:
                 return None
-            return WatchEvent(row.revision, kind, record.card.namespace, instance, record, None, reason, when)
+            return WatchEvent(row.revision, kind, record.namespace, instance, record, None, reason, when)
         if kind == "STATE_CHANGED":
             instance = self.index.set_state(row.instance_id, _STATE_VALUES[payload["state"]])
             if instance is None:
@@ -370,7 +370,7 @@ class Registry:
     ) -> WatchEvent:
         record = self.index.versions[instance.version_id]
         snapshot = dataclasses.replace(instance)
-        return WatchEvent(revision, kind, record.card.namespace, snapshot, record, None, reason, when)
+        return WatchEvent(revision, kind, record.namespace, snapshot, record, None, reason, when)
 
     # ------------------------------------------------------------------ registration and leases
 
@@ -464,8 +464,8 @@ class Registry:
             record = self.index.versions[instance.version_id]
             revision = await self.store.set_state(
                 instance.instance_id,
-                record.card.namespace,
-                record.card.name,
+                record.namespace,
+                record.name,
                 _STATE_NAMES[state],
                 from_epoch(self._clock()),
             )
@@ -482,8 +482,8 @@ class Registry:
         record = self.index.versions[instance.version_id]
         revision = await self.store.deregister(
             instance.instance_id,
-            record.card.namespace,
-            record.card.name,
+            record.namespace,
+            record.name,
             from_epoch(self._clock()),
             "deregistered",
         )
@@ -501,7 +501,7 @@ class Registry:
             )
         if version:
             parse_version(version, "version")
-            chosen = next((r for r in records if r.card.version == version), None)
+            chosen = next((r for r in records if r.version == version), None)
             if chosen is None:
                 raise NotFoundError(
                     f"agent {namespace}/{name} has no version {version}",
@@ -518,8 +518,7 @@ class Registry:
         if self._sorted_keys is None:
             keys = []
             for instance, record in self.index.iter_instances():
-                card = record.card
-                keys.append((card.namespace, card.name, card.version, instance.instance_id))
+                keys.append((record.namespace, record.name, record.version, instance.instance_id))
             keys.sort()
             self._sorted_keys = keys
         return self._sorted_keys
@@ -632,10 +631,10 @@ class Registry:
                 revision = self.revision
                 snapshot = [
                     WatchEvent(
-                        revision, "SNAPSHOT", record.card.namespace, dataclasses.replace(instance), record
+                        revision, "SNAPSHOT", record.namespace, dataclasses.replace(instance), record
                     )
                     for instance, record in self.index.iter_instances()
-                    if not namespace or record.card.namespace == namespace
+                    if not namespace or record.namespace == namespace
                 ]
                 snapshot += [
                     WatchEvent(revision, "ROUTING_CHANGED", p.namespace, policy=p, reason=p.reason)

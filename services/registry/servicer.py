@@ -117,7 +117,7 @@ def _fill_instance(
     proto.load = instance.load
     card = proto.card  # filled in place: one copy of the card, not two
     if not basic:
-        card.CopyFrom(record.card)
+        card.MergeFromString(record.card_bytes)  # parsed straight into the answer
     elif record.basic_card is not None:
         card.MergeFromString(record.basic_card)  # the BASIC view, serialized when the index took the card
     else:
@@ -143,10 +143,10 @@ class InstanceProtos:
     def __init__(self, capacity: int = 32_768, *, basic: bool = False) -> None:
         self._capacity = capacity
         self._basic = basic
-        # instance id -> [instance, card, state, load, expires_at, proto]
+        # instance id -> [instance, version record, state, load, expires_at, proto]
         self._entries: dict[str, list[Any]] = {}
-        # instance id -> the instance and card it was last built from, uncached
-        self._seen: dict[str, tuple[InstanceRecord, agent_pb2.AgentCard]] = {}
+        # instance id -> the instance and version record (its card) it was last built from, uncached
+        self._seen: dict[str, tuple[InstanceRecord, VersionRecord]] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -163,25 +163,25 @@ class InstanceProtos:
             target.CopyFrom(self.get(instance, record))
             return
         seen = self._seen.get(instance.instance_id)
-        if seen is not None and seen[0] is instance and seen[1] is record.card:
+        if seen is not None and seen[0] is instance and seen[1] is record:
             del self._seen[instance.instance_id]
             target.CopyFrom(self.get(instance, record))
             return
         _fill_instance(target, instance, record, self._basic)
         if seen is None and len(self._seen) >= self._capacity:
             del self._seen[next(iter(self._seen))]
-        self._seen[instance.instance_id] = (instance, record.card)
+        self._seen[instance.instance_id] = (instance, record)
 
     def get(self, instance: InstanceRecord, record: VersionRecord) -> registry_pb2.AgentInstance:
         """The current ``AgentInstance`` of ``instance``, kept; the caller copies it, never changes it."""
         entry = self._entries.get(instance.instance_id)
-        if entry is None or entry[0] is not instance or entry[1] is not record.card:
+        if entry is None or entry[0] is not instance or entry[1] is not record:
             proto = instance_proto(instance, record, basic=self._basic)
             if entry is None and len(self._entries) >= self._capacity:
                 del self._entries[next(iter(self._entries))]
             self._entries[instance.instance_id] = [
                 instance,
-                record.card,
+                record,
                 instance.state,
                 instance.load,
                 instance.expires_at,
@@ -405,7 +405,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._ready()
         view: AgentView = self.registry.get_agent(request.namespace, request.name, request.version)
         card = agent_pb2.AgentCard()
-        card.CopyFrom(view.version.card)
+        card.MergeFromString(view.version.card_bytes)
         response = registry_pb2.GetAgentResponse(
             card=card, instances=[instance_proto(i, view.version) for i in view.instances]
         )
