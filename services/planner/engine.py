@@ -235,6 +235,7 @@ class TaskEngine:
     async def _claim_loop(self) -> None:
         backoff = 0.1
         while not self._stopping:
+            self._wake.clear()  # before claiming: work that appears during the claim wakes the next round at once
             room = self.settings.planner_max_in_flight - len(self._running)
             claimed: list[Claimed] = []
             if room > 0:
@@ -253,7 +254,6 @@ class TaskEngine:
                 task.add_done_callback(functools.partial(self._done, step))
             if len(claimed) >= self.settings.planner_claim_batch and room > len(claimed):
                 continue  # more may be waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.planner_poll_interval)
 
@@ -425,7 +425,7 @@ class TaskEngine:
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
         self._wake.set()
-        if recorded:
+        if recorded == "ended":
             with contextlib.suppress(Exception):
                 task = await self.store.get_task(claimed.task_id)
                 if task.state in FINAL_TASK_STATES:

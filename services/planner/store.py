@@ -431,11 +431,12 @@ class PlannerStore:
                     ],
                 )
 
-    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd) -> bool:
-        """Record how an attempt ended and move the plan on; False when the lease was lost meanwhile."""
+    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd) -> str:
+        """Record how an attempt ended and move the plan on: "lost" when the lease was lost meanwhile (or the
+        task had already ended), "ended" when this ended the task, else "recorded"."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            task_state = await self._lock_task(conn, claimed.task_id)
+            task_state, task_input = await self._lock_task(conn, claimed.task_id, with_input=True)
             await conn.execute(
                 sa.update(ATTEMPTS)
                 .where(ATTEMPTS.c.plan_step_id == claimed.row_id, ATTEMPTS.c.attempt == claimed.attempt)
@@ -453,7 +454,7 @@ class PlannerStore:
             if task_state in FINAL_TASK_STATES:
                 # Cancelled or failed meanwhile: the attempt is recorded; the step stays as the task left it.
                 await self._events(conn, claimed.task_id, [("ATTEMPT", claimed.step_id, end.state, claimed.attempt)])
-                return False
+                return "lost"
             if end.state == "SUCCEEDED":
                 values: dict[str, Any] = {"state": "SUCCEEDED", "output": end.output, "finished_at": now}
             elif end.retryable and claimed.attempt < claimed.max_attempts:
@@ -474,7 +475,7 @@ class PlannerStore:
                 sa.update(STEPS).where(*held).values(**values, lease_owner=None, lease_expires_at=None, updated_at=now)
             )
             if changed.rowcount == 0:
-                return False
+                return "lost"
             await self._events(
                 conn,
                 claimed.task_id,
@@ -486,28 +487,25 @@ class PlannerStore:
                     conn, claimed.task_id, "FAILED",
                     error=f"step {claimed.step_id} failed: {end.error_code} {end.error_message}".strip(),
                 )
-            elif values["state"] == "SUCCEEDED":
-                task_input = (
-                    await conn.execute(sa.select(TASKS.c.input).where(TASKS.c.task_id == claimed.task_id))
-                ).scalar_one()
-                await self._advance(conn, claimed.task_id, claimed.plan_id, task_input)
-        return True
+                return "ended"
+            if values["state"] == "SUCCEEDED" and await self._advance(conn, claimed.task_id, claimed.plan_id, task_input):
+                return "ended"
+        return "recorded"
 
-    async def fail_claimed(self, claimed: Claimed, error_code: str, message: str) -> None:
-        """Fail a claimed step before any call was made (no agent, bad template, task deadline passed)."""
-        await self.finish_attempt(claimed, AttemptEnd("FAILED", error_code=error_code, error_message=message))
-
-    async def _lock_task(self, conn: AsyncConnection, task_id: str) -> str:
-        query = sa.select(TASKS.c.state).where(TASKS.c.task_id == task_id)
+    async def _lock_task(self, conn: AsyncConnection, task_id: str, *, with_input: bool = False) -> Any:
+        """Lock a task row for a transition; its state (and input, when asked: one round trip for both)."""
+        columns = (TASKS.c.state, TASKS.c.input) if with_input else (TASKS.c.state,)
+        query = sa.select(*columns).where(TASKS.c.task_id == task_id)
         if self.postgres:
             # FOR NO KEY UPDATE: serializes a task's transitions, yet lets rows referencing the task (attempts,
             # events; their foreign keys take KEY SHARE) be inserted meanwhile, so claims never wait on it.
             query = query.with_for_update(key_share=True)
-        return str((await conn.execute(query)).scalar_one())
+        row = (await conn.execute(query)).one()
+        return (str(row.state), row.input) if with_input else str(row.state)
 
-    async def _advance(self, conn: AsyncConnection, task_id: str, plan_id: str, task_input: dict[str, Any]) -> None:
+    async def _advance(self, conn: AsyncConnection, task_id: str, plan_id: str, task_input: dict[str, Any]) -> bool:
         """Move every pending step whose dependencies are done to READY, SKIPPED or WAITING_APPROVAL; end the task
-        when every step is done. Runs until nothing changes (a skip can unblock or skip its dependents)."""
+        when every step is done (then True). Runs until nothing changes (a skip can unblock or skip its dependents)."""
         document = await self.plan(plan_id)
         rows = (
             await conn.execute(
@@ -578,6 +576,8 @@ class PlannerStore:
                 {sid: outputs[sid] for sid in states if sid in outputs}, []
             )
             await self._end_task(conn, task_id, "SUCCEEDED", output=output)
+            return True
+        return False
 
     async def _end_task(
         self, conn: AsyncConnection, task_id: str, state: str, *, error: str = "", output: dict[str, Any] | None = None
