@@ -15,4 +15,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve the gateway until SIGTERM or Ctrl-C."""
     # The CLI is the composition root: it names the service module, the SDK never imports it.
-    return run_service(args, "agentmesh.services.gateway.server", "gateway")
+    # The console (issue 15) is served by the same process unless AGENTMESH_CONSOLE_PORT=-1; its build_server
+    # builds the gateway with services.gateway.server.build_server unchanged.
+    return run_service(args, "agentmesh.services.gateway.console.process", "gateway")

@@ -42,7 +42,7 @@ class ConsoleServer(Serving):
     def __init__(self, settings: Settings, client: GatewayClient, *, port: int | None = None) -> None:
         self.settings = settings
         self.client = client
-        self._requested_port = settings.console_port if port is None else port
+        self.requested_port = settings.console_port if port is None else port
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -74,12 +74,12 @@ class ConsoleServer(Serving):
             build_app(self.client), access_log=None, handler_cancellation=True, shutdown_timeout=2.0
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.bind_host, self._requested_port, ssl_context=_tls(self.settings))
+        site = web.TCPSite(runner, self.settings.bind_host, self.requested_port, ssl_context=_tls(self.settings))
         await site.start()
         self._runner = runner
         server = site._server  # the bound socket tells the port when 0 was asked for
         sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._requested_port
+        self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
         logger.info("console serving on %s", self.url)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -101,6 +101,11 @@ class GatewayWithConsole(Serving):
         await self.gateway.start()
         try:
             await self.console.start()
+        except OSError as exc:  # the port is taken: the console is an aid, the gateway serves on without it
+            logger.error(
+                "console not started on port %s: %s; the gateway serves without it (AGENTMESH_CONSOLE_PORT)",
+                self.console.requested_port, exc,
+            )
         except BaseException:
             await self.gateway.stop(grace=0.5)
             raise
