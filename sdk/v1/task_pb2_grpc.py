@@ -75,6 +75,11 @@ class TaskServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.FromString,
                 _registered_method=True)
+        self.GetPlaybook = channel.unary_unary(
+                '/agentmesh.v1.TaskService/GetPlaybook',
+                request_serializer=agentmesh_dot_v1_dot_task__pb2.GetPlaybookRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_task__pb2.GetPlaybookResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -137,6 +142,14 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPlaybook(self, request, context):
+        """GetPlaybook returns a playbook's description and the JSON Schema its task input must satisfy (the gateway
+        checks submissions against it before anything is stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,6 +192,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.RejectStep,
                     request_deserializer=agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.SerializeToString,
+            ),
+            'GetPlaybook': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlaybook,
+                    request_deserializer=agentmesh_dot_v1_dot_task__pb2.GetPlaybookRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_task__pb2.GetPlaybookResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +416,33 @@ class TaskService:
             '/agentmesh.v1.TaskService/RejectStep',
             agentmesh_dot_v1_dot_task__pb2.RejectStepRequest.SerializeToString,
             agentmesh_dot_v1_dot_task__pb2.RejectStepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlaybook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TaskService/GetPlaybook',
+            agentmesh_dot_v1_dot_task__pb2.GetPlaybookRequest.SerializeToString,
+            agentmesh_dot_v1_dot_task__pb2.GetPlaybookResponse.FromString,
             options,
             channel_credentials,
             insecure,

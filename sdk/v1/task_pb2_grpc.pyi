@@ -49,6 +49,10 @@ class TaskServiceStub:
     """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission)."""
     RejectStep: _grpc.UnaryUnaryMultiCallable[_task_pb2.RejectStepRequest, _task_pb2.RejectStepResponse]
     """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
+    GetPlaybook: _grpc.UnaryUnaryMultiCallable[_task_pb2.GetPlaybookRequest, _task_pb2.GetPlaybookResponse]
+    """GetPlaybook returns a playbook's description and the JSON Schema its task input must satisfy (the gateway
+    checks submissions against it before anything is stored).
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -71,6 +75,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """ApproveStep lets a step that waits for approval run (caller needs the `approve` permission)."""
     RejectStep: _aio.UnaryUnaryMultiCallable[_task_pb2.RejectStepRequest, _task_pb2.RejectStepResponse]  # type: ignore[assignment]
     """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
+    GetPlaybook: _aio.UnaryUnaryMultiCallable[_task_pb2.GetPlaybookRequest, _task_pb2.GetPlaybookResponse]  # type: ignore[assignment]
+    """GetPlaybook returns a playbook's description and the JSON Schema its task input must satisfy (the gateway
+    checks submissions against it before anything is stored).
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService accepts tasks, plans them into steps and runs each step on the right agent."""
@@ -138,5 +146,15 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_pb2.RejectStepResponse, _abc.Awaitable[_task_pb2.RejectStepResponse]]:
         """RejectStep refuses a step that waits for approval; the step fails and so does its task."""
+
+    @_abc_1.abstractmethod
+    def GetPlaybook(
+        self,
+        request: _task_pb2.GetPlaybookRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_pb2.GetPlaybookResponse, _abc.Awaitable[_task_pb2.GetPlaybookResponse]]:
+        """GetPlaybook returns a playbook's description and the JSON Schema its task input must satisfy (the gateway
+        checks submissions against it before anything is stored).
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -190,6 +190,17 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         approval = await self._decide(request, context, approve=True)
         return task_pb2.ApproveStepResponse(approval=approval)
 
+    async def GetPlaybook(
+        self, request: task_pb2.GetPlaybookRequest, context: grpc.aio.ServicerContext
+    ) -> task_pb2.GetPlaybookResponse:
+        """A playbook's description and input schema (NOT_FOUND for an unknown name); the gateway validates with it."""
+        if not request.name:
+            raise InvalidArgumentError("name is required", field="name")
+        playbook = self._engine.planner.playbooks.get(request.name)
+        reply = task_pb2.GetPlaybookResponse(name=playbook.name, description=playbook.description)
+        reply.input_schema.update(playbook.source.get("input_schema") or {})
+        return reply
+
     async def RejectStep(
         self, request: task_pb2.RejectStepRequest, context: grpc.aio.ServicerContext
     ) -> task_pb2.RejectStepResponse:

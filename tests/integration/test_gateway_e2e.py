@@ -25,6 +25,7 @@ from tests.integration.test_gateway_node import run_node_client
 SHOUT = """
 name: shout_once
 match: [shout]
+input_schema: {type: object, required: [text], properties: {text: {type: string, maxLength: 500}}}
 defaults: {agent: {names: [testing/worker]}, timeout: 10}
 steps:
   - {id: only, skill: shout, input: {text: "${task.input.text}"}}
@@ -218,3 +219,47 @@ async def test_the_cli_submits_explains_and_lists_agents_through_the_gateway_wit
     assert "only" in explained and "worker" in explained
     listed = await agentmesh("agents", "list")
     assert "worker" in listed
+
+
+async def test_input_breaking_the_playbook_schema_or_size_is_refused_before_anything_is_stored(
+    mesh: tuple[PlannerMesh, Any],
+) -> None:
+    import grpc
+
+    from agentmesh._errors import from_rpc_error
+
+    planner_mesh, gateway = mesh
+    metadata = gateway.bearer(["tasks:submit"])
+    engine = create_async_engine(planner_mesh.database_url)
+
+    async def counts() -> dict[str, int]:
+        async with engine.connect() as connection:
+            return {
+                table: int((await connection.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())
+                for table in ("tasks", "plans", "plan_steps")
+            }
+
+    def submission(playbook: str, data: dict[str, Any]) -> task_pb2.SubmitTaskRequest:
+        request = task_pb2.SubmitTaskRequest(goal="shout", playbook=playbook)
+        request.input.update(data)
+        return request
+
+    try:
+        before = await counts()
+        cases = {
+            "INPUT_SCHEMA_VIOLATION": submission("shout_once", {"words": "no text field"}),
+            "REQUEST_TOO_LARGE": submission("shout_once", {"text": "x" * 70_000}),
+        }
+        async with gateway.channel() as channel:
+            tasks = task_pb2_grpc.TaskServiceStub(channel)
+            for reason, request in cases.items():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await tasks.SubmitTask(request, metadata=metadata, timeout=10)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert from_rpc_error(caught.value).reason == reason
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await tasks.SubmitTask(submission("no-such-playbook", {"text": "hi"}), metadata=metadata, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert await counts() == before
+    finally:
+        await engine.dispose()
