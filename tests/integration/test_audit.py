@@ -198,6 +198,7 @@ async def test_audit_reads_go_through_the_gateway_with_the_audit_read_scope(
         assert refusal.action == "/agentmesh.v1.AuditService/ListAuditRecords"
         assert (refusal.outcome, refusal.on_behalf_of) == ("PERMISSION_DENIED", "acme/alice")
         assert refusal.actor.endswith("/service/gateway") and refusal.previous_hash == "0" * 64
+        assert len(refusal.trace_id) == 32  # the call's trace, sampled or not
         verdict = await stub.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(), metadata=gateway.bearer(["audit:read"]), timeout=10)
         assert verdict.valid and verdict.records_checked == 1
 
