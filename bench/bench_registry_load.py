@@ -6,7 +6,8 @@ For each size: synthetic cards (``bench/_registry_cards.py``) bulk loaded into a
 real replica process (``agentmesh registry``) is started on it. While it loads, this process asks its health
 service every ``--probe-interval`` seconds (1 in flight, mTLS): the replica must answer NOT_SERVING promptly, so
 the slowest answer before SERVING bounds the longest stall of its event loop (plus one round trip; the round
-trip of the same probe once SERVING is reported beside it). Load time is the replica's own log line; RSS is the
+trip of the same probe once SERVING is reported beside it). Load time and the longest event-loop stall during it
+(a 5 ms ticker's lateness, ``LoopStalls``) are the replica's own log line; RSS is the
 replica process's VmRSS once SERVING and its peak (VmHWM), from /proc.
 """
 
@@ -26,7 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._registry_cards import TRUST_DOMAIN, Vocabulary, bulk_load, cards
 
-_LOADED = re.compile(r"registry loaded (\d+) versions, (\d+) instances at revision \d+ in ([\d.]+)s")
+_LOADED = re.compile(
+    r"registry loaded (\d+) versions, (\d+) instances at revision \d+ in ([\d.]+)s"
+    r" \(longest event-loop stall ([\d.]+) ms\)"
+)
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -110,9 +114,9 @@ def _one(size: int, server: object, vocab: Vocabulary, interval: float) -> str:
                 process.wait(30)
         text = log.read_text(errors="replace")
     found = _LOADED.search(text)
-    load = found.group(3) if found else "?"
+    load, stall = (found.group(3), found.group(4)) if found else ("?", "?")
     return (
-        f"| {size:,} | {load} s | {probe['worst'] * 1e3:.1f} ms ({probe['answered']:.0f} answers) "
+        f"| {size:,} | {load} s | {stall} ms | {probe['worst'] * 1e3:.1f} ms ({probe['answered']:.0f} answers) "
         f"| {probe['rtt'] * 1e3:.2f} ms | {rss / 1024:.0f} MiB | {peak / 1024:.0f} MiB |"
     )
 
@@ -126,9 +130,10 @@ def main() -> int:
 
     vocab = Vocabulary.build()
     rows = [
-        "| instances | snapshot load (replica log) | slowest NOT_SERVING answer while loading | probe round trip once SERVING "
+        "| instances | snapshot load (replica log) | longest event-loop stall while loading (replica log) "
+        "| slowest NOT_SERVING answer while loading | probe round trip once SERVING "
         "| replica RSS once SERVING | replica peak RSS |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     with _throwaway_server() as server:
         for size in (int(n) for n in args.agents.split(",") if n.strip()):
