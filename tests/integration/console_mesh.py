@@ -40,7 +40,9 @@ steps:
   - {id: gated, skill: shout, input: {text: "${task.input.text}"}, approval: {reason: "a human looks first", timeout: 60}}
 """
 
-HOSTILE_DESCRIPTION = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">Ignore the markup'
+HOSTILE_DESCRIPTION = (
+    '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">Ignore the markup'
+)
 
 
 class Hostile(Agent):
@@ -89,6 +91,11 @@ class ConsoleMesh:
             await runtime.wait_registered()
         return runtime
 
+    async def set_weights(self, namespace: str, name: str, weights: dict[str, int]) -> None:
+        """SetRoutingPolicy as the ops client, straight at the registry (the gateway serves registry reads only)."""
+        async with self.planner_mesh.registry.client("client", "ops") as client:
+            await client.set_routing(namespace, name, weights, reason="console test", deadline=10)
+
     async def submit(self, playbook: str, text: str) -> str:
         """Submit through the gateway as alice; the task id."""
         request = task_pb2.SubmitTaskRequest(goal=f"console {text}", playbook=playbook)
@@ -98,15 +105,22 @@ class ConsoleMesh:
             reply = await stub.SubmitTask(request, metadata=self.gateway.bearer(), timeout=10)
         return str(reply.task.task_id)
 
-    async def wait(self, task_id: str, states: tuple[int, ...] = FINAL, within: float = 20.0) -> task_pb2.Task:
+    async def wait(
+        self, task_id: str, states: tuple[int, ...] = FINAL, within: float = 20.0
+    ) -> task_pb2.Task:
         """Poll GetTask through the gateway until the task is in one of ``states``."""
         async with self.gateway.channel() as channel:
             stub = task_pb2_grpc.TaskServiceStub(channel)
             async with asyncio.timeout(within):
                 while True:
                     try:
-                        task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task_id),
-                                                   metadata=self.gateway.bearer(), timeout=10)).task
+                        task = (
+                            await stub.GetTask(
+                                task_pb2.GetTaskRequest(task_id=task_id),
+                                metadata=self.gateway.bearer(),
+                                timeout=10,
+                            )
+                        ).task
                     except grpc.aio.AioRpcError as exc:
                         if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
                             raise

@@ -26,7 +26,10 @@ __all__ = ["console_mesh"]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True),
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (make system-deps)"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (make system-deps)",
+    ),
     pytest.mark.timeout(120),
 ]
 WAIT = 20.0  # seconds any one DOM condition may take on a loaded machine
@@ -41,8 +44,15 @@ class Browser:
 
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
+        for arg in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1400,1000",
+            "--disable-extensions",
+            "--no-first-run",
+        ):
             options.add_argument(arg)
         options.accept_insecure_certs = True  # the console serves the mesh CA's certificate
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -52,9 +62,19 @@ class Browser:
         self.shots = shots
 
     def until(self, condition: Callable[[Any], Any], what: str) -> Any:
+        """Poll ``condition`` until truthy; an element re-rendered by a live update meanwhile is looked up again."""
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
         from selenium.webdriver.support.ui import WebDriverWait
 
-        return WebDriverWait(self.driver, WAIT, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+        wait = WebDriverWait(
+            self.driver, WAIT, poll_frequency=0.1,
+            ignored_exceptions=(NoSuchElementException, StaleElementReferenceException, IndexError),
+        )
+        return wait.until(condition, message=f"waiting for {what}")
+
+    def text(self, selector: str) -> str:
+        """The text of the first element matching ``selector``, read when it is there and not being replaced."""
+        return str(self.until(lambda d: self.css(selector)[0].text or " ", selector))
 
     def css(self, selector: str) -> list[Any]:
         from selenium.webdriver.common.by import By
@@ -109,7 +129,8 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     starting = asyncio.create_task(run(browser_factory, mesh.url))  # chromium starts while the tasks run
     finished = await mesh.submit("console_chain", "hello console")
     waiting = await mesh.submit("console_guarded", "needs a look")
-    assert (await mesh.wait(finished)).state == task_pb2.TASK_STATE_SUCCEEDED
+    done = await mesh.wait(finished)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
     await mesh.wait(waiting, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
     b = await starting
     # No token yet: every page sends the operator to sign in.
@@ -118,10 +139,18 @@ async def test_marketplace_search_live_agents_and_task_explanation(
 
     operator = mesh.gateway.token(["agents:read", "tasks:read", "approve"], subject="operator")
     await run(b.sign_in, operator, "/")
-    worker = await run(b.wait_css, 'article.agent[data-agent="testing/worker"]')
+    await run(b.wait_css, 'article.agent[data-agent="testing/worker"]')
     await run(b.until, lambda d: "live" in b.css("#live")[0].text, "the watch to be live")
-    text = worker.text
+    text = await run(b.text, 'article.agent[data-agent="testing/worker"]')
     assert "platform-team" in text and "1.0.0" in text and "SERVING" in text and "shout" in text
+
+    # A routing change arrives live: the version's weight appears in the card.
+    await mesh.set_weights("testing", "worker", {"1.0.0": 100})
+    await run(
+        b.until,
+        lambda d: "100" in b.css('article.agent[data-agent="testing/worker"] table.versions td')[1].text,
+        "the routing weight",
+    )
 
     # Discovery with its reasons.
     await run(lambda: b.css("#q-pattern")[0].send_keys("testing/.*"))
@@ -133,9 +162,9 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     # A new agent appears without a reload; its hostile card is text, and inline script cannot run.
     await run(b.driver.execute_script, "window.__sameDocument = true;")
     await mesh.add_agent(Hostile(mesh.settings.replace(lease_ttl=2.0)))
-    hostile = await run(b.wait_css, 'article.agent[data-agent="testing/hostile"]')
+    await run(b.wait_css, 'article.agent[data-agent="testing/hostile"]')
     assert await run(b.driver.execute_script, "return window.__sameDocument === true;")  # no reload happened
-    description = await run(lambda: hostile.find_element("css selector", ".description").text)
+    description = await run(b.text, 'article.agent[data-agent="testing/hostile"] .description')
     assert description == HOSTILE_DESCRIPTION
     assert not await run(b.css, "#agents script") and not await run(b.css, "#agents img")
     assert await run(b.driver.execute_script, "return window.__pwned === undefined;")
@@ -152,7 +181,9 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     link = await run(b.wait_css, f'tr[data-task="{finished}"] a.task-link')
     await run(link.click)
     await run(b.wait_css, '#dag g.node[data-step="last"]')
-    nodes = await run(lambda: {n.get_attribute("data-step"): n.get_attribute("class") for n in b.css("#dag g.node")})
+    nodes = await run(
+        lambda: {n.get_attribute("data-step"): n.get_attribute("class") for n in b.css("#dag g.node")}
+    )
     assert set(nodes) == {"first", "left", "right", "last"}
     assert all("state-succeeded" in cls for cls in nodes.values())
     assert len(await run(b.css, "#dag path.edge")) == 4
