@@ -20,11 +20,13 @@ pytestmark = [pytest.mark.triton, pytest.mark.postgres, pytest.mark.slow]
 
 
 async def test_an_injection_ticket_is_flagged_and_no_pii_reaches_the_reply(
-    support_mesh: tuple[Any, Settings], start_gateway: Any  # noqa: F811
+    support_mesh: tuple[Any, Settings],  # noqa: F811  (the imported fixture)
+    start_gateway: Any,
 ) -> None:
     planner, settings = support_mesh
     gateway = await start_gateway(
-        planner=planner.address, database_url=planner.database.url.render_as_string(hide_password=False),
+        planner=planner.address,
+        database_url=planner.database.url.render_as_string(hide_password=False),
         registry_address=settings.registry_address,
     )
     ticket = {
@@ -42,8 +44,16 @@ async def test_an_injection_ticket_is_flagged_and_no_pii_reaches_the_reply(
         async with asyncio.timeout(180):
             while task.state not in FINAL:
                 await asyncio.sleep(0.2)
-                task = (await tasks.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), metadata=metadata, timeout=30)).task
-        explanation = (await tasks.ExplainTask(task_pb2.ExplainTaskRequest(task_id=task.task_id), metadata=metadata, timeout=30)).explanation
+                task = (
+                    await tasks.GetTask(
+                        task_pb2.GetTaskRequest(task_id=task.task_id), metadata=metadata, timeout=30
+                    )
+                ).task
+        explanation = (
+            await tasks.ExplainTask(
+                task_pb2.ExplainTaskRequest(task_id=task.task_id), metadata=metadata, timeout=30
+            )
+        ).explanation
     stored_input = json_format.MessageToDict(explanation.task.input)
     assert stored_input["_screening"]["suspected_prompt_injection"] is True
     assert "tom.becker@example.com" not in json.dumps(stored_input)
@@ -52,4 +62,6 @@ async def test_an_injection_ticket_is_flagged_and_no_pii_reaches_the_reply(
     for customer in customers:
         for field in ("email", "phone", "street"):
             value = customer.get(field)
-            assert not value or value not in reply, f"{field} of {customer.get('customer_id')} reached the reply"
+            assert not value or value not in reply, (
+                f"{field} of {customer.get('customer_id')} reached the reply"
+            )
