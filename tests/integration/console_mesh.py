@@ -24,7 +24,7 @@ from tests.integration.planner_agents import TextIn, TextOut, Worker
 CHAIN = """
 name: console_chain
 match: [console]
-defaults: {agent: {names: [testing/worker]}, timeout: 10}
+defaults: {agent: {names: [testing/worker]}, timeout: 10, retry: {max_attempts: 3, initial_backoff: 0.05}}
 steps:
   - {id: first, skill: shout, input: {text: "${task.input.text}"}}
   - {id: left, skill: shout, depends_on: [first], input: {text: "left ${steps.first.output.text}"}}
@@ -137,7 +137,7 @@ async def console_mesh(
     """Registry, planner, the Worker agent, a gateway and the console on a free port."""
     issue_identity("agent", "testing/worker")
     issue_identity("agent", "testing/hostile")
-    agent = Worker(mesh_settings.replace(lease_ttl=2.0))
+    agent = Worker(mesh_settings)  # the default lease: a loaded machine must not expire it mid-test
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
         async with asyncio.timeout(15):
             await runtime.wait_registered()

@@ -93,7 +93,7 @@ async def test_the_gateway_scopes_decide_what_the_api_shows(console_mesh: Consol
 
 
 async def test_discovery_reasons_and_hostile_cards_come_back_as_data(console_mesh: ConsoleMesh) -> None:
-    await console_mesh.add_agent(Hostile(console_mesh.settings.replace(lease_ttl=2.0)))
+    await console_mesh.add_agent(Hostile(console_mesh.settings))
     token = console_mesh.gateway.token(["agents:read"])
     status, _, body = await _get(console_mesh, "/api/agents/discover?pattern=testing/.%2A&intent=shout+the+text", token=token)
     assert status == 200, body

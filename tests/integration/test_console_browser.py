@@ -161,7 +161,7 @@ async def test_marketplace_search_live_agents_and_task_explanation(
 
     # A new agent appears without a reload; its hostile card is text, and inline script cannot run.
     await run(b.driver.execute_script, "window.__sameDocument = true;")
-    await mesh.add_agent(Hostile(mesh.settings.replace(lease_ttl=2.0)))
+    await mesh.add_agent(Hostile(mesh.settings))
     await run(b.wait_css, 'article.agent[data-agent="testing/hostile"]')
     assert await run(b.driver.execute_script, "return window.__sameDocument === true;")  # no reload happened
     description = await run(b.text, 'article.agent[data-agent="testing/hostile"] .description')
