@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from google.protobuf import json_format
@@ -75,6 +75,11 @@ _EVENT_BATCH = 1000
 _PRUNE_EVERY = 60.0
 # Change-log events about the revocation set rather than about agents: never shown to WatchAgents.
 _REVOCATION_EVENTS = frozenset({"REVOKED", "UNREVOKED"})
+# Change-log events that keep replicas agreeing on what ranking and rollback use: never shown to WatchAgents.
+_SHARED_EVENTS = frozenset({"LOAD_CHANGED", "OUTCOME"})
+# A reported load is shared (one change-log event) when it moves this far from the shared value: ranking and
+# reasons use the shared value, so every replica answers alike; small jitter costs no write.
+_LOAD_STEP = 0.1
 _MAX_REASON = 512
 
 
@@ -116,7 +121,7 @@ def _index_versions(index: AgentIndex, rows: list[VersionRow]) -> None:
     gc.freeze()
 
 
-def _index_instances(index: AgentIndex, rows: list[dict[str, Any]]) -> None:
+def _index_instances(index: AgentIndex, rows: list[Mapping[str, Any]]) -> None:
     """Add snapshot instances to ``index`` (not yet in use: a worker thread may do it)."""
     for row in rows:
         index.put_instance(
@@ -221,14 +226,15 @@ class Registry:
 
     async def _load(self) -> None:
         # Streamed in chunks, each indexed on a worker thread: the event loop goes on answering (health says
-        # NOT_SERVING meanwhile) with stalls of a few ms, and one chunk of raw rows is held at a time.
+        # NOT_SERVING meanwhile), and one chunk of raw rows is held at a time. Chunks stay small: while the
+        # worker holds the GIL, each socket call of the loop waits up to a switch interval (5 ms) to get it back.
         started = time.perf_counter()
         index = AgentIndex()
 
         async def take_versions(rows: list[VersionRow]) -> None:
             await asyncio.to_thread(_index_versions, index, rows)
 
-        async def take_instances(rows: list[dict[str, Any]]) -> None:
+        async def take_instances(rows: list[Mapping[str, Any]]) -> None:
             await asyncio.to_thread(_index_instances, index, rows)
 
         async with LoopStalls() as stalls:
@@ -326,6 +332,9 @@ class Registry:
         if kind in _REVOCATION_EVENTS:
             self._apply_revocation(row)
             return None
+        if kind in _SHARED_EVENTS:
+            self._apply_shared(row, when)
+            return None
         if kind == "REGISTERED":
             version_id = int(payload["version_id"])
             fresh = loaded.get(version_id)
@@ -360,6 +369,17 @@ class Registry:
             return WatchEvent(row.revision, kind, policy.namespace, None, None, policy, policy.reason, when)
         logger.warning("unknown registry event %s at revision %d", kind, row.revision)
         return None
+
+    def _apply_shared(self, row: EventRow, when: float) -> None:
+        if row.event_type == "LOAD_CHANGED":
+            instance = self.index.instances.get(row.instance_id)
+            if instance is not None:
+                self.index.set_load(instance, float(row.payload["load"]))
+            return
+        policy = self.policies.get(f"{row.namespace}/{row.name}")
+        if policy is not None and policy.canary is not None:
+            key = (row.namespace, row.name, str(row.payload["version"]))
+            self._outcomes.record(key, bool(row.payload["success"]), policy.canary.window, at=when)
 
     @staticmethod
     def _outcome_keys(policy: RoutePolicy) -> list[tuple[str, str, str]]:
@@ -459,7 +479,14 @@ class Registry:
         instance = self._owned(lease_id, caller) or await self._find_lease(lease_id, caller)
         self.leases.renew(instance, self._clock())
         self.lapses.revive(self.index, instance)
-        self.index.set_load(instance, load)
+        if abs(load - instance.load) >= _LOAD_STEP:
+            record = self.index.versions[instance.version_id]
+            revision = await self.store.set_load(
+                instance.instance_id, record.namespace, record.name, round(load, 2), from_epoch(self._clock())
+            )
+            if revision is None:
+                raise NotFoundError(f"lease {lease_id!r} expired; register again", metadata={"lease_id": lease_id})
+            await self.sync(revision)
         if state != agent_pb2.SERVING_STATE_UNSPECIFIED and state != instance.state:
             record = self.index.versions[instance.version_id]
             revision = await self.store.set_state(
@@ -607,7 +634,10 @@ class Registry:
         if policy is None or policy.canary is None or version not in policy.canaries():
             return False
         key = (namespace, name, version)
-        failures, total = self._outcomes.record(key, success, policy.canary.window)
+        # Through the change log, so every replica counts it: min_requests counts the reports to all of them.
+        revision = await self.store.record_outcome(namespace, name, version, success, from_epoch(self._clock()))
+        await self.sync(revision)
+        failures, total = self._outcomes.counts(key, policy.canary.window)
         reason = rollback_reason(policy, version, failures, total)
         if reason is None:
             return False
@@ -659,7 +689,7 @@ class Registry:
                         if row.revision > self.revision:
                             break
                         last = row.revision
-                        if row.event_type in _REVOCATION_EVENTS:
+                        if row.event_type in _REVOCATION_EVENTS or row.event_type in _SHARED_EVENTS:
                             continue
                         event = self._replayed(row)
                         if not namespace or event.namespace == namespace:

@@ -9,10 +9,10 @@ replica flushes many lease expiries with one statement (:meth:`RegistryStore.flu
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -52,7 +52,7 @@ _WRITER_LOCK = 0x6167656E7473
 _MAX_POLICY_BIT = 62
 _CHUNK = 1000
 # Rows of the snapshot streamed at a time: a replica holds one chunk of raw rows, not the whole table.
-_SNAPSHOT_CHUNK = 1000
+_SNAPSHOT_CHUNK = 500
 
 
 def epoch(moment: dt.datetime) -> float:
@@ -478,6 +478,27 @@ class RegistryStore:
             payload = {"instance_id": instance_id, "state": state}
             return await self._append(conn, "STATE_CHANGED", namespace, name, instance_id, payload, now)
 
+    async def set_load(
+        self, instance_id: str, namespace: str, name: str, load: float, now: dt.datetime
+    ) -> int | None:
+        """Record a reported load that ranking uses (every replica applies it); ``None`` when the instance is gone."""
+        async with self._writer() as conn:
+            updated = await conn.execute(
+                sa.update(instances).where(instances.c.instance_id == instance_id).values(load=load, updated_at=now)
+            )
+            if updated.rowcount == 0:  # type: ignore[attr-defined]
+                return None
+            payload = {"instance_id": instance_id, "load": load}
+            return await self._append(conn, "LOAD_CHANGED", namespace, name, instance_id, payload, now)
+
+    async def record_outcome(
+        self, namespace: str, name: str, version: str, success: bool, now: dt.datetime
+    ) -> int:
+        """Append one call outcome of a canary version, so that every replica counts it; its revision."""
+        async with self._writer() as conn:
+            payload = {"version": version, "success": success}
+            return await self._append(conn, "OUTCOME", namespace, name, "", payload, now)
+
     async def flush_leases(self, expiries: dict[str, dt.datetime]) -> None:
         """Move many lease expiries forward with one statement (never backwards)."""
         if not expiries:
@@ -628,7 +649,7 @@ class RegistryStore:
     async def load_snapshot_in_chunks(
         self,
         take_versions: Callable[[list[VersionRow]], Awaitable[None]],
-        take_instances: Callable[[list[dict[str, Any]]], Awaitable[None]],
+        take_instances: Callable[[list[Mapping[str, Any]]], Awaitable[None]],
         chunk: int = _SNAPSHOT_CHUNK,
     ) -> tuple[int, list[dict[str, Any]], list[RevocationRow]]:
         """A consistent copy, streamed: versions, then instances (with expiry), ``chunk`` rows at a time to the
@@ -650,7 +671,7 @@ class RegistryStore:
                     )
                 )
                 async for part in streamed_instances.partitions(chunk):
-                    await take_instances([dict(row._mapping) for row in part])
+                    await take_instances([cast(Mapping[str, Any], row._mapping) for row in part])
                 policy_rows = [dict(row._mapping) for row in await conn.execute(sa.select(policies_table))]
                 revocation_rows = [_revocation_row(row) for row in await conn.execute(sa.select(revocations))]
         return revision, policy_rows, revocation_rows
@@ -665,8 +686,8 @@ class RegistryStore:
         async def take_versions(rows: list[VersionRow]) -> None:
             version_rows.extend(rows)
 
-        async def take_instances(rows: list[dict[str, Any]]) -> None:
-            instance_rows.extend(rows)
+        async def take_instances(rows: list[Mapping[str, Any]]) -> None:
+            instance_rows.extend(dict(row) for row in rows)
 
         revision, policy_rows, revocation_rows = await self.load_snapshot_in_chunks(take_versions, take_instances)
         return revision, version_rows, instance_rows, policy_rows, revocation_rows
