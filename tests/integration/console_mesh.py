@@ -40,6 +40,13 @@ steps:
   - {id: gated, skill: shout, input: {text: "${task.input.text}"}, approval: {reason: "a human looks first", timeout: 60}}
 """
 
+PARENT = """
+name: console_parent
+defaults: {agent: {names: [testing/worker]}, timeout: 20, retry: {max_attempts: 3, initial_backoff: 0.2}}
+steps:
+  - {id: spawn, skill: spawn, input: {playbook: console_chain, count: 2}}
+"""
+
 HOSTILE_DESCRIPTION = (
     '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">Ignore the markup'
 )
@@ -137,12 +144,14 @@ async def console_mesh(
     """Registry, planner, the Worker agent, a gateway and the console on a free port."""
     issue_identity("agent", "testing/worker")
     issue_identity("agent", "testing/hostile")
-    agent = Worker(mesh_settings)  # the default lease: a loaded machine must not expire it mid-test
+    # The default lease (a loaded machine must not expire it mid-test); sub-tasks go to the test planner.
+    agent = Worker(mesh_settings.replace(planner_address=planner_mesh.planner.address))
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
         async with asyncio.timeout(15):
             await runtime.wait_registered()
         planner_mesh.add_playbook(CHAIN)
         planner_mesh.add_playbook(GUARDED)
+        planner_mesh.add_playbook(PARENT)
         gateway = await start_gateway(
             planner=planner_mesh.planner.address,
             database_url=planner_mesh.database_url,

@@ -138,3 +138,17 @@ async def test_the_gateway_process_serves_the_console_beside_its_public_port(
             assert (await response.json())["explanation"]["task"]["task_id"] == "t-1"
     forwarded = [c for c in recording_planner.calls if c.method == "ExplainTask"]
     assert forwarded and forwarded[0].metadata["x-agentmesh-delegation"]  # it went through the gateway
+
+
+async def test_a_task_explanation_carries_its_sub_task_tree(console_mesh: ConsoleMesh) -> None:
+    from agentmesh.v1 import task_pb2
+
+    parent = await console_mesh.submit("console_parent", "fan out")
+    assert (await console_mesh.wait(parent)).state == task_pb2.TASK_STATE_SUCCEEDED
+    token = console_mesh.gateway.token(["tasks:read"])
+    status, _, body = await _get(console_mesh, f"/api/tasks/{parent}", token=token)
+    assert status == 200, body
+    subtasks = body["explanation"]["subtasks"]
+    assert len(subtasks) == 2
+    assert {s["task"]["parent_step_id"] for s in subtasks} == {"spawn"}
+    assert all(s["task"]["parent_task_id"] == parent for s in subtasks)

@@ -129,6 +129,7 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     starting = asyncio.create_task(run(browser_factory, mesh.url))  # chromium starts while the tasks run
     finished = await mesh.submit("console_chain", "hello console")
     waiting = await mesh.submit("console_guarded", "needs a look")
+    parent = await mesh.submit("console_parent", "fan out")
     done = await mesh.wait(finished)
     assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
     await mesh.wait(waiting, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
@@ -204,6 +205,11 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     await run(approve.click)
     done = await mesh.wait(waiting)
     assert done.state == task_pb2.TASK_STATE_SUCCEEDED
+
+    # A task that started sub-tasks shows their tree, each linking to its own explanation.
+    assert (await mesh.wait(parent)).state == task_pb2.TASK_STATE_SUCCEEDED
+    await run(b.open, f"/task?id={parent}")
+    await run(b.until, lambda d: len(b.css("#subtasks ul.tree > li > a")) == 2, "two sub-tasks")
 
     # A token without agents:read and approve: no agent is shown, no approve button.
     reader = mesh.gateway.token(["tasks:read"], subject="reader")

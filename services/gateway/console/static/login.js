@@ -1,9 +1,20 @@
 import { setToken } from "./common.js";
 
+// Where to go after signing in: only a page of this console (an absolute, protocol-relative or
+// backslash-tricked URL resolves to another origin and is ignored).
+function nextPage() {
+  const next = new URLSearchParams(location.search).get("next") || "/";
+  try {
+    const url = new URL(next, location.origin);
+    if (url.origin === location.origin) return url.pathname + url.search;
+  } catch (e) {
+    // not a URL: fall through
+  }
+  return "/";
+}
+
 document.getElementById("login").addEventListener("submit", (event) => {
   event.preventDefault();
   setToken(document.getElementById("token").value);
-  const next = new URLSearchParams(location.search).get("next") || "/";
-  // Only a path on this console: never an absolute or protocol-relative URL.
-  location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/");
+  location.assign(nextPage());
 });
