@@ -234,6 +234,7 @@ class TaskEngine:
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
+        idle = self.settings.planner_poll_interval
         while not self._stopping:
             self._wake.clear()  # before claiming: work that appears during the claim wakes the next round at once
             room = self.settings.planner_max_in_flight - len(self._running)
@@ -254,8 +255,11 @@ class TaskEngine:
                 task.add_done_callback(functools.partial(self._done, step))
             if len(claimed) >= self.settings.planner_claim_batch and room > len(claimed):
                 continue  # more may be waiting
+            # Idle polls (only other replicas' work and lapsed leases can appear unannounced) back off to 4x the
+            # interval; local work wakes the loop at once.
+            idle = self.settings.planner_poll_interval if claimed else min(idle * 2, 4 * self.settings.planner_poll_interval)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.planner_poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=idle)
 
     def _abandon(self, row_id: int) -> None:
         """Stop the agent call of a step this replica no longer owns (the step task then ends unrecorded)."""

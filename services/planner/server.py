@@ -39,7 +39,9 @@ class PlannerServer(Serving):
         url = database_url or settings.resolved_database_url
         # Enough connections for a claim batch's worth of step transitions at once (PostgreSQL; SQLite is one writer).
         pool = {"pool_size": 20, "max_overflow": 20} if url.startswith("postgres") else {}
-        self.database = create_async_engine(url, pool_pre_ping=True, **pool)
+        # No pre-ping (a round trip per checkout): a connection lost with the database fails once, is dropped from
+        # the pool, and the engine's loops try again.
+        self.database = create_async_engine(url, **pool)
         self.replica_id = f"planner-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.registry: RegistryClient | None = None  # made in start(): a channel belongs to the running loop
         self.inference: Any = None  # InferenceClient for model-made plans, when Triton is configured
