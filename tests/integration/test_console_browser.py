@@ -84,6 +84,10 @@ class Browser:
     def wait_css(self, selector: str) -> Any:
         return self.until(lambda d: (self.css(selector) or [None])[0], selector)
 
+    def click(self, selector: str) -> None:
+        """Click the first element matching ``selector`` once it is there (looked up again if re-rendered)."""
+        self.until(lambda d: self.css(selector)[0].click() or True, selector)
+
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
 
@@ -201,8 +205,7 @@ async def test_marketplace_search_live_agents_and_task_explanation(
 
     # A step awaiting approval: the operator (approve scope) approves it from the page.
     await run(b.open, f"/task?id={waiting}")
-    approve = await run(b.wait_css, '#pending-approvals tr[data-step="gated"] button.approve')
-    await run(approve.click)
+    await run(b.click, '#pending-approvals tr[data-step="gated"] button.approve')
     done = await mesh.wait(waiting)
     assert done.state == task_pb2.TASK_STATE_SUCCEEDED
 
@@ -220,8 +223,11 @@ async def test_marketplace_search_live_agents_and_task_explanation(
     third = await mesh.submit("console_guarded", "another look")
     await mesh.wait(third, (task_pb2.TASK_STATE_WAITING_APPROVAL,))
     await run(b.open, f"/task?id={third}")
-    row = await run(b.wait_css, '#pending-approvals tr[data-step="gated"]')
-    assert "needs the approve scope" in await run(lambda: row.text)
+    assert "needs the approve scope" in await run(b.text, '#pending-approvals tr[data-step="gated"]')
     assert not await run(b.css, "button.approve")
+    # A token the gateway refuses (401) is dropped and the operator is asked to sign in again.
+    await run(b.sign_in, "not.a.token", "/tasks")
+    await run(b.until, lambda d: "refused=1" in d.current_url and b.css("#refused")[0].is_displayed(), "refused")
+    assert await run(b.driver.execute_script, "return sessionStorage.length;") == 0
     logs = await run(b.driver.get_log, "browser")
-    assert not [entry for entry in logs if "Uncaught" in entry.get("message", "")], logs
+    assert not [entry for entry in logs if "Uncaught" in entry.get("message", "")], logs  # no script error

@@ -46,9 +46,10 @@ export class ApiError extends Error {
   }
 }
 
-function toLogin() {
+function toLogin(refused) {
   const next = location.pathname + location.search;
-  location.assign("/login?next=" + encodeURIComponent(next));
+  if (refused) sessionStorage.removeItem(TOKEN_KEY);
+  location.assign("/login?next=" + encodeURIComponent(next) + (refused ? "&refused=1" : ""));
 }
 
 // fetch with the bearer token; 401 sends the operator to the login page.
@@ -60,7 +61,7 @@ export async function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {}, { Authorization: "Bearer " + token() });
   const response = await fetch("/api" + path, Object.assign({}, options, { headers, cache: "no-store" }));
   if (response.status === 401) {
-    toLogin();
+    toLogin(true);
     throw new ApiError(401, "the token was refused");
   }
   return response;

@@ -13,6 +13,8 @@ function nextPage() {
   return "/";
 }
 
+if (new URLSearchParams(location.search).get("refused")) document.getElementById("refused").hidden = false;
+
 document.getElementById("login").addEventListener("submit", (event) => {
   event.preventDefault();
   setToken(document.getElementById("token").value);

@@ -283,8 +283,17 @@ function render(explanation) {
     section("Sub-tasks", "subtasks", subtaskTree(explanation.subtasks || [])),
     section("Approvals", "approvals", approvals(explanation.approvals || [], load)),
   ];
+  const open = new Set([...document.querySelectorAll("details.step[open]")].map((d) => d.id));
   clear(main).append(...sections.filter(Boolean));
+  for (const id of open) {
+    const details = document.getElementById(id);
+    if (details) details.open = true;
+  }
 }
+
+// Not refreshed: final tasks, and tasks waiting for a decision (an operator may be typing a comment).
+const SETTLED = new Set(["SUCCEEDED", "FAILED", "CANCELLED", "WAITING_APPROVAL"]);
+let refresh = null;
 
 async function load() {
   if (!taskId) {
@@ -293,7 +302,11 @@ async function load() {
   }
   try {
     const reply = await apiJson("/tasks/" + encodeURIComponent(taskId));
-    render(reply.explanation || {});
+    const explanation = reply.explanation || {};
+    render(explanation);
+    // A task still in flight is read again every few seconds (steps change colour as they run).
+    clearTimeout(refresh);
+    if (!SETTLED.has(enumName((explanation.task || {}).state, "TASK_STATE_"))) refresh = setTimeout(load, 3000);
   } catch (error) {
     if (error.status !== 401) clear(main).append(explainError(error, "tasks:read"));
   }
