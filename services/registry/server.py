@@ -11,6 +11,8 @@ from agentmesh._settings import Settings
 from agentmesh.services.registry.registry import Registry
 from agentmesh.services.registry.servicer import RegistryServicer
 from agentmesh.services.registry.store import RegistryStore
+from agentmesh.services.registry.text import kernels
+from agentmesh.services.registry.visibility import warm_scanner
 from agentmesh.v1 import registry_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "RegistryServer", "build_server", "serve"]
@@ -74,6 +76,10 @@ class RegistryServer(Serving):
 
     async def start(self) -> None:
         """Serve at once (NOT_SERVING), load the registry in the background, then report SERVING."""
+        # The process's one-time costs first, before listening: numba's import and kernels, the RE2 scanner. Paid
+        # beside the load (on its worker thread), parts of them hold the GIL for 100s of ms: the loop stalls.
+        kernels().warm()
+        warm_scanner()
         await self.server.start()
         self._loader = asyncio.create_task(self._load(), name="registry-load")
 
