@@ -267,10 +267,10 @@ class Registry:
             await asyncio.sleep(self.settings.registry_poll_interval)
             try:
                 await self.sync()
-                # Look ahead a flush interval (at least two polls): a lease renewed through another replica
+                # Look ahead two flush intervals (or polls): a lease renewed through another replica
                 # is read from the database well before this replica's own record of it runs out.
                 now = self._clock()
-                ahead = max(2 * self.settings.registry_poll_interval, self.leases.flush_interval)
+                ahead = 2 * max(self.settings.registry_poll_interval, self.leases.flush_interval)
                 await self.lapses.judge(self.index, now, now + ahead)
                 self._healthy = True
             except Exception:

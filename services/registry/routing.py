@@ -102,15 +102,24 @@ def choose_version(policy: RoutePolicy | None, versions: Sequence[str], routing_
 class OutcomeWindows:
     """Sliding windows of call outcomes per ``(namespace, name, version)``."""
 
-    def __init__(self, clock: object = time.monotonic) -> None:
+    def __init__(self, clock: object = time.time) -> None:
         self._clock = clock
         self._windows: dict[tuple[str, str, str], deque[tuple[float, bool]]] = {}
 
-    def record(self, key: tuple[str, str, str], success: bool, window: float) -> tuple[int, int]:
-        """Add one outcome; returns ``(failures, total)`` within the last ``window`` seconds."""
+    def record(
+        self, key: tuple[str, str, str], success: bool, window: float, at: float | None = None
+    ) -> tuple[int, int]:
+        """Add one outcome (at epoch ``at``, default now); returns ``(failures, total)`` within ``window`` s."""
         now: float = self._clock()  # type: ignore[operator]
-        outcomes = self._windows.setdefault(key, deque())
-        outcomes.append((now, success))
+        self._windows.setdefault(key, deque()).append((now if at is None else at, success))
+        return self.counts(key, window)
+
+    def counts(self, key: tuple[str, str, str], window: float) -> tuple[int, int]:
+        """``(failures, total)`` of ``key`` within the last ``window`` seconds."""
+        now: float = self._clock()  # type: ignore[operator]
+        outcomes = self._windows.get(key)
+        if not outcomes:
+            return 0, 0
         while outcomes and outcomes[0][0] < now - window:
             outcomes.popleft()
         failures = sum(1 for _, ok in outcomes if not ok)
