@@ -97,3 +97,11 @@ def test_network_policies_deny_by_default_and_open_only_the_mesh_paths() -> None
     assert agents_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "planner"}}}]
     triton_from = policies["triton-ingress"]["spec"]["ingress"][0]["from"]
     assert triton_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "agent"}}}]
+
+
+def test_services_that_write_the_database_get_its_url_from_the_secret() -> None:
+    deployments = _of_kind("Deployment")
+    for name in ("registry", "planner", "gateway"):
+        env = deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]
+        (url,) = [e for e in env if e["name"] == "AGENTMESH_DATABASE_URL"]
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "agentmesh-database", "key": "url"}, name
