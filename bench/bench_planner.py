@@ -172,6 +172,15 @@ async def _attempt_times(url: str, task_ids: list[str]) -> tuple[list[float], in
                 (task_ids,),
             )
         ).fetchall()
+        errors = await (
+            await conn.execute(
+                "SELECT error_code, left(error_message, 80), count(*) FROM step_attempts WHERE task_id = ANY(%s) "
+                "AND state = 'FAILED' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 3",
+                (task_ids,),
+            )
+        ).fetchall()
+    if errors:
+        print(f"failed attempts: {errors}", file=sys.stderr)
     return [float(r[0]) * 1000 for r in rows if r[0] is not None], sum(1 for r in rows if r[1] != "SUCCEEDED")
 
 
@@ -332,14 +341,15 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
         if not args.skip_crash:
             async with create_channel(planner, settings, kind="client", name="ops") as channel:
                 stub = task_pb2_grpc.TaskServiceStub(channel)
+                # A standby replica, as in production (its start-up is not part of the recovery).
+                second_port = free_port()
+                children.append(_spawn(["planner", "--port", str(second_port)], env, logs / "planner2.log"))
+                await _serving(f"127.0.0.1:{second_port}", settings)
                 slow_ids = await _submit_all(stub, "slow", 20)
                 await asyncio.sleep(1.0)  # the calls are in flight
             first.send_signal(signal.SIGKILL)
             killed = time.time()
             first.wait()
-            second_port = free_port()
-            children.append(_spawn(["planner", "--port", str(second_port)], env, logs / "planner2.log"))
-            await _serving(f"127.0.0.1:{second_port}", settings)
             await _wait_done(url, slow_ids)
             import psycopg
 
