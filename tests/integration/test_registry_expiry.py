@@ -16,6 +16,7 @@ import pytest
 from agentmesh._registry_client import RegistryClient
 from agentmesh.v1 import registry_pb2
 from tests.fixtures.registry import FAST_REGISTRY, RegistryReplica, StartRegistry, make_card
+from tests.integration.test_registry import eventually
 
 LEASE_TTL = 0.6
 SLACK = 0.1  # the bound the issue sets: never discoverable after expiry + 100 ms
@@ -87,6 +88,11 @@ async def test_a_replica_keeps_an_agent_heartbeating_elsewhere_and_drops_it_on_t
         second = await start_registry(url)
         async with first.client("agent", "support/elsewhere") as agent, second.client("client", "ops") as ops:
             lease = (await agent.register(_card("elsewhere"), lease_ttl=LEASE_TTL)).lease
+
+            async def known_on_second() -> bool:
+                return bool((await ops.discover(names=["support/elsewhere"])).candidates)
+
+            await eventually(known_on_second, 1.0, "the registration reaching the second replica")
             stop = time.monotonic() + 4 * LEASE_TTL
             while time.monotonic() < stop:  # renewals only reach the first replica (and its batched flush)
                 await agent.heartbeat(lease.lease_id)
