@@ -160,7 +160,9 @@ AUDIT = "/agentmesh.v1.AuditService/"
         ("agent/docs/summarizer", REG + "DiscoverAgents", True),
         ("agent/docs/summarizer", AGENT + "Describe", True),
         ("agent/docs/summarizer", AGENT + "Invoke", False),
-        ("agent/docs/summarizer", TASK + "SubmitTask", False),
+        # Sub-tasks: the policy lets agents submit; the planner accepts only a running parent step's token.
+        ("agent/docs/summarizer", TASK + "SubmitTask", True),
+        ("agent/docs/summarizer", TASK + "CancelTask", False),
         ("agent/docs/summarizer", REG + "SetRoutingPolicy", False),
         ("service/planner", AGENT + "Invoke", True),
         ("service/planner", AGENT + "InvokeStream", True),
