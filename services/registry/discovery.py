@@ -10,7 +10,7 @@ per pattern and agent, off the event loop when many names are left (``visibility
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -292,9 +292,10 @@ class AgentIndex:
 
     # ------------------------------------------------------------------ reads
 
-    def prepare(self) -> None:
-        """Finish a bulk load: build the structures queries would otherwise build on first use."""
-        self._text.prepare(len(self._slots))
+    def prepare(self, step: Callable[[], None] = lambda: None) -> None:
+        """Finish a bulk load: build the structures queries would otherwise build on first use (``step`` is called
+        between small pieces of the work)."""
+        self._text.prepare(len(self._slots), step)
         warm_scanner()
 
     def version_records(self, namespace: str, name: str) -> list[VersionRecord]:

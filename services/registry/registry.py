@@ -42,7 +42,7 @@ from agentmesh._errors import (
 )
 from agentmesh._settings import Settings
 from agentmesh.security import RevocationSet, SpiffeId, agent_spiffe_id, format_serial, parse_serial
-from agentmesh.services.registry._stalls import LoopStalls
+from agentmesh.services.registry._stalls import LoopStalls, Pacer
 from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.leases import Lapses, LeaseBook
 from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
@@ -114,30 +114,36 @@ def _instance_record(data: dict[str, Any]) -> InstanceRecord:
 
 def _index_versions(index: AgentIndex, rows: list[VersionRow]) -> None:
     """Add snapshot versions to ``index`` (not yet in use: a worker thread may do it)."""
+    pace = Pacer()
     for row in rows:
         index.put_version(_version_record(row))
+        pace()
     # The index is long-lived: out of the collector's generations at once, so no collection during the load
     # (nor after it) walks what is already loaded; a full collection over 100k cards holds the GIL for ~1 s.
     gc.freeze()
 
 
+def _snapshot_instance(row: Mapping[str, Any]) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=row["instance_id"],
+        lease_id=row["lease_id"],
+        version_id=int(row["agent_version_id"]),
+        endpoint=row["endpoint"],
+        state=_STATE_VALUES[row["state"]],
+        load=float(row["load"]),
+        ttl=float(row["lease_ttl_seconds"]),
+        registered_by=row["registered_by"],
+        registered_at=epoch(row["registered_at"]),
+        expires_at=epoch(row["expires_at"]),
+    )
+
+
 def _index_instances(index: AgentIndex, rows: list[Mapping[str, Any]]) -> None:
     """Add snapshot instances to ``index`` (not yet in use: a worker thread may do it)."""
+    pace = Pacer()
     for row in rows:
-        index.put_instance(
-            InstanceRecord(
-                instance_id=row["instance_id"],
-                lease_id=row["lease_id"],
-                version_id=int(row["agent_version_id"]),
-                endpoint=row["endpoint"],
-                state=_STATE_VALUES[row["state"]],
-                load=float(row["load"]),
-                ttl=float(row["lease_ttl_seconds"]),
-                registered_by=row["registered_by"],
-                registered_at=epoch(row["registered_at"]),
-                expires_at=epoch(row["expires_at"]),
-            )
-        )
+        index.put_instance(_snapshot_instance(row))
+        pace()
     gc.freeze()
 
 
@@ -241,7 +247,7 @@ class Registry:
             revision, policy_rows, revocation_rows = await self.store.load_snapshot_in_chunks(
                 take_versions, take_instances
             )
-            await asyncio.to_thread(index.prepare)
+            await asyncio.to_thread(index.prepare, Pacer())
         self.index = index
         self.lapses.reset(index)
         self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}

@@ -16,7 +16,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import ModuleType
 
 import numpy as np
@@ -314,10 +314,12 @@ class TextIndex:
             dense = self._dense[term] = np.concatenate([dense, np.zeros(size - len(dense), dtype=np.float32)])
         return dense
 
-    def prepare(self, size: int) -> None:
-        """Build the arrays of every term in a few documents or more now (after a bulk load), not on first query."""
+    def prepare(self, size: int, step: Callable[[], None] = lambda: None) -> None:
+        """Build the arrays of every term in a few documents or more now (after a bulk load), not on first query;
+        ``step`` is called between terms (a worker thread paces itself there)."""
         dense_from = self._dense_threshold()
         for term, postings in self._postings.items():
+            step()
             if len(postings) >= dense_from:
                 self._dense_array(term, size)
             elif len(postings) >= PREPARED_MIN:
