@@ -38,7 +38,14 @@ from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
 from agentmesh.services.planner.playbooks import PlaybookLibrary
 from agentmesh.services.planner.rules import OutputRejected, check_output
-from agentmesh.services.planner.store import FINAL_TASK_STATES, AttemptEnd, Claimed, PlannerStore, TaskRow
+from agentmesh.services.planner.store import (
+    FINAL_TASK_STATES,
+    AttemptEnd,
+    ClaimAhead,
+    Claimed,
+    PlannerStore,
+    TaskRow,
+)
 from agentmesh.services.planner.templates import resolve
 from agentmesh.services.planner.tokens import StepTokens
 from agentmesh.storage import utcnow
@@ -105,6 +112,7 @@ class TaskEngine:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=10_000)
         self._stopping = False
+        self._starved = False  # the last claim round was cut short by the in-flight bound
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -188,10 +196,13 @@ class TaskEngine:
             "depth": depth,
             "deadline_at": utcnow() + dt.timedelta(seconds=timeout),
         }
+        claim = self._claim_ahead()
         task = await _db(
-            self.store.create_task(values, outcome.plan, reason=outcome.reason, rejections=outcome.rejections)
+            self.store.create_task(
+                values, outcome.plan, reason=outcome.reason, rejections=outcome.rejections, claim=claim
+            )
         )
-        self._wake.set()
+        self._start_claimed(claim)
         if task.state in FINAL_TASK_STATES:
             await self._notify(task)
         return task
@@ -238,6 +249,7 @@ class TaskEngine:
         while not self._stopping:
             self._wake.clear()  # before claiming: work that appears during the claim wakes the next round at once
             room = self.settings.planner_max_in_flight - len(self._running)
+            self._starved = room < self.settings.planner_claim_batch
             claimed: list[Claimed] = []
             if room > 0:
                 try:
@@ -249,10 +261,7 @@ class TaskEngine:
                     backoff = min(2.0, backoff * 2)
                     continue
             for step in claimed:
-                self._abandon(step.row_id)  # our own lease lapsed while the call ran: that call is stale
-                task = asyncio.create_task(self._execute(step), name=f"step-{step.task_id}-{step.step_id}")
-                self._running[step.row_id] = (step, task)
-                task.add_done_callback(functools.partial(self._done, step))
+                self._spawn(step)
             if len(claimed) >= self.settings.planner_claim_batch and room > len(claimed):
                 continue  # more may be waiting
             # Idle polls (only other replicas' work and lapsed leases can appear unannounced) back off to 4x the
@@ -260,6 +269,26 @@ class TaskEngine:
             idle = self.settings.planner_poll_interval if claimed else min(idle * 2, 4 * self.settings.planner_poll_interval)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=idle)
+
+    def _spawn(self, step: Claimed) -> None:
+        """Run one claimed step as its own asyncio task."""
+        self._abandon(step.row_id)  # our own lease lapsed while the call ran: that call is stale
+        task = asyncio.create_task(self._execute(step), name=f"step-{step.task_id}-{step.step_id}")
+        self._running[step.row_id] = (step, task)
+        task.add_done_callback(functools.partial(self._done, step))
+
+    def _claim_ahead(self) -> ClaimAhead:
+        """What a transition may claim for this replica at once: none while stopped, else the room left."""
+        running = bool(self._loops) and not self._stopping
+        room = self.settings.planner_max_in_flight - len(self._running) if running else 0
+        return ClaimAhead(max(0, min(room, self.settings.planner_claim_batch)), self.settings.planner_lease_ttl)
+
+    def _start_claimed(self, claim: ClaimAhead) -> None:
+        """Run the steps a transition claimed; wake the claim loop for runnable steps it left behind."""
+        for step in claim.steps:
+            self._spawn(step)
+        if claim.ready_left:
+            self._wake.set()
 
     def _abandon(self, row_id: int) -> None:
         """Stop the agent call of a step this replica no longer owns (the step task then ends unrecorded)."""
@@ -271,7 +300,8 @@ class TaskEngine:
         current = self._running.get(step.row_id)
         if current is not None and current[0] is step:
             del self._running[step.row_id]
-        self._wake.set()
+        if self._starved:  # room for steps the last claim round had to leave
+            self._wake.set()
 
     async def _renew_loop(self) -> None:
         interval = self.settings.planner_lease_ttl / 3
@@ -418,8 +448,9 @@ class TaskEngine:
         backoff = 0.1
         give_up = time.monotonic() + max(30.0, 6 * self.settings.planner_lease_ttl)
         while True:
+            claim = self._claim_ahead()
             try:
-                recorded = await self.store.finish_attempt(claimed, end)
+                recorded = await self.store.finish_attempt(claimed, end, claim)
                 break
             except Exception as exc:
                 if time.monotonic() > give_up:
@@ -428,7 +459,7 @@ class TaskEngine:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
-        self._wake.set()
+        self._start_claimed(claim)
         if recorded == "ended":
             with contextlib.suppress(Exception):
                 task = await self.store.get_task(claimed.task_id)

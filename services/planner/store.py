@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,7 +36,7 @@ from agentmesh.storage import (
     utcnow,
 )
 
-__all__ = ["AttemptEnd", "Claimed", "PlannerStore", "TaskRow"]
+__all__ = ["AttemptEnd", "ClaimAhead", "Claimed", "PlannerStore", "TaskRow"]
 
 TASKS = Task.__table__
 PLANS = Plan.__table__
@@ -113,6 +113,21 @@ class AttemptEnd:
     replayed: bool = False
 
 
+@dataclass
+class ClaimAhead:
+    """Ask a transition to claim, in its own transaction, up to ``limit`` steps it makes runnable.
+
+    After the transition commits, ``steps`` holds the steps claimed for this replica (with a ``lease_ttl``
+    lease, exactly as :meth:`PlannerStore.claim` would), and ``ready_left`` says whether it left runnable
+    steps for the claim loop (more than ``limit``, or a retry waiting for its backoff).
+    """
+
+    limit: int
+    lease_ttl: float
+    steps: list[Claimed] = field(default_factory=list)
+    ready_left: bool = False
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
@@ -124,9 +139,13 @@ class PlannerStore:
         self.engine = engine
         # Reads never take SQLite's write lock (transactions begin IMMEDIATE by default); PostgreSQL ignores it.
         self.reader = engine.execution_options(sqlite_begin="DEFERRED")
-        self.owner = owner
         self.postgres = engine.dialect.name == "postgresql"
+        # Single-statement reads on the hot path: on PostgreSQL in autocommit, so no BEGIN and ROLLBACK round trips.
+        self.single = engine.execution_options(isolation_level="AUTOCOMMIT") if self.postgres else self.reader
+        self.owner = owner
         self._plans: dict[str, PlanDocument] = {}
+        # What a step attempt reads of its task never changes (input, deadline, identities): read once per task.
+        self._tasks: dict[str, TaskRow] = {}
 
     # ---- tasks and plans ---------------------------------------------------------------------------------
 
@@ -147,6 +166,7 @@ class PlannerStore:
         *,
         reason: str,
         rejections: Sequence[tuple[str, str, Any]] = (),
+        claim: ClaimAhead | None = None,
     ) -> TaskRow:
         """Store a task with its first plan and steps, and mark the steps that can start; idempotent on request id.
 
@@ -154,6 +174,7 @@ class PlannerStore:
         ``(submitted_by, request_id)`` made (a concurrent duplicate loses the insert and reads the winner).
         """
         task_id = values["task_id"]
+        ahead = _Ahead(claim)
         document = PlanDocument.parse(plan)
         plan_id = _new_id("plan")
         now = utcnow()
@@ -199,9 +220,10 @@ class PlannerStore:
                             for s, r, p in rejections
                         ],
                     )
-                await self._events(conn, task_id, [("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
                 self._plans[plan_id] = document
-                await self._advance(conn, task_id, plan_id, values["input"])
+                await self._advance(conn, task_id, plan_id, values["input"], ahead=ahead,
+                                    events=[("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
+            ahead.publish()
         except IntegrityError:
             if values.get("request_id"):
                 existing = await self.find_request(values["submitted_by"], values["request_id"])
@@ -212,11 +234,17 @@ class PlannerStore:
 
     async def get_task(self, task_id: str) -> TaskRow:
         """One task; NotFoundError when there is none."""
-        async with self.reader.connect() as conn:
+        async with self.single.connect() as conn:
             row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).first()
         if row is None:
             raise NotFoundError(f"no task {task_id!r}")
-        return TaskRow.of(row)
+        return self._remember(TaskRow.of(row))
+
+    def _remember(self, task: TaskRow) -> TaskRow:
+        if len(self._tasks) >= 10_000:
+            self._tasks.clear()
+        self._tasks[task.task_id] = task
+        return task
 
     async def list_tasks(
         self,
@@ -264,7 +292,7 @@ class PlannerStore:
         """A plan document (immutable, so cached forever)."""
         document = self._plans.get(plan_id)
         if document is None:
-            async with self.reader.connect() as conn:
+            async with self.single.connect() as conn:
                 doc = (await conn.execute(sa.select(PLANS.c.plan).where(PLANS.c.plan_id == plan_id))).scalar_one()
             document = self._plans[plan_id] = PlanDocument.parse(doc)
         return document
@@ -289,9 +317,18 @@ class PlannerStore:
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        claim = (
+        claim = self._claiming(STEPS.c.id.in_(runnable.scalar_subquery()), now, lease_ttl)
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(claim)).all()
+            if rows:
+                await self._events(conn, None, [("STEP_STATE", r.step_id, "RUNNING", r.attempt_count, r.task_id) for r in rows])
+        return [Claimed(*row) for row in rows]
+
+    def _claiming(self, where: Any, now: dt.datetime, lease_ttl: float) -> Any:
+        """The UPDATE that leases the steps ``where`` selects to this replica, returning them as ``Claimed``."""
+        return (
             sa.update(STEPS)
-            .where(STEPS.c.id.in_(runnable.scalar_subquery()))
+            .where(where)
             .values(
                 state="RUNNING",
                 lease_owner=self.owner,
@@ -312,11 +349,6 @@ class PlannerStore:
                 STEPS.c.agent_endpoint,
             )
         )
-        async with self.engine.begin() as conn:
-            rows = (await conn.execute(claim)).all()
-            if rows:
-                await self._events(conn, None, [("STEP_STATE", r.step_id, "RUNNING", r.attempt_count, r.task_id) for r in rows])
-        return [Claimed(*row) for row in rows]
 
     async def renew(self, row_ids: Sequence[int], lease_ttl: float) -> set[int]:
         """Extend the leases this replica still holds on running steps; returns the ids still held."""
@@ -350,8 +382,8 @@ class PlannerStore:
 
     async def step_inputs(self, claimed: Claimed) -> tuple[TaskRow, Scope]:
         """The task of a claimed step and what its templates may refer to (succeeded outputs)."""
-        async with self.reader.connect() as conn:
-            task = TaskRow.of((await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == claimed.task_id))).one())
+        task = self._tasks.get(claimed.task_id) or await self.get_task(claimed.task_id)
+        async with self.single.connect() as conn:
             outputs = {
                 r.step_id: r.output
                 for r in await conn.execute(
@@ -431,9 +463,16 @@ class PlannerStore:
                     ],
                 )
 
-    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd) -> str:
+    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd, claim: ClaimAhead | None = None) -> str:
         """Record how an attempt ended and move the plan on: "lost" when the lease was lost meanwhile (or the
-        task had already ended), "ended" when this ended the task, else "recorded"."""
+        task had already ended), "ended" when this ended the task, else "recorded". With ``claim``, the steps
+        this unblocks are claimed for this replica in the same transaction (no claim round trip, no wait)."""
+        ahead = _Ahead(claim)
+        result = await self._finish(claimed, end, ahead)
+        ahead.publish()
+        return result
+
+    async def _finish(self, claimed: Claimed, end: AttemptEnd, ahead: _Ahead) -> str:
         now = utcnow()
         async with self.engine.begin() as conn:
             task_state, task_input = await self._lock_task(conn, claimed.task_id, with_input=True)
@@ -476,19 +515,19 @@ class PlannerStore:
             )
             if changed.rowcount == 0:
                 return "lost"
-            await self._events(
-                conn,
-                claimed.task_id,
-                [("ATTEMPT", claimed.step_id, end.state, claimed.attempt),
-                 ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt)],
-            )
+            events: list[tuple[Any, ...]] = [("ATTEMPT", claimed.step_id, end.state, claimed.attempt),
+                                             ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt)]
+            if values["state"] == "SUCCEEDED":
+                ended = await self._advance(conn, claimed.task_id, claimed.plan_id, task_input, ahead=ahead, events=events)
+                return "ended" if ended else "recorded"
+            await self._events(conn, claimed.task_id, events)
+            if values["state"] == "READY":
+                ahead.ready_left = True
             if values["state"] == "FAILED":
                 await self._end_task(
                     conn, claimed.task_id, "FAILED",
                     error=f"step {claimed.step_id} failed: {end.error_code} {end.error_message}".strip(),
                 )
-                return "ended"
-            if values["state"] == "SUCCEEDED" and await self._advance(conn, claimed.task_id, claimed.plan_id, task_input):
                 return "ended"
         return "recorded"
 
@@ -503,9 +542,21 @@ class PlannerStore:
         row = (await conn.execute(query)).one()
         return (str(row.state), row.input) if with_input else str(row.state)
 
-    async def _advance(self, conn: AsyncConnection, task_id: str, plan_id: str, task_input: dict[str, Any]) -> bool:
+    async def _advance(
+        self,
+        conn: AsyncConnection,
+        task_id: str,
+        plan_id: str,
+        task_input: dict[str, Any],
+        *,
+        ahead: _Ahead | None = None,
+        events: Sequence[tuple[Any, ...]] = (),
+    ) -> bool:
         """Move every pending step whose dependencies are done to READY, SKIPPED or WAITING_APPROVAL; end the task
-        when every step is done (then True). Runs until nothing changes (a skip can unblock or skip its dependents)."""
+        when every step is done (then True). Runs until nothing changes (a skip can unblock or skip its dependents).
+
+        With ``ahead``, up to its limit of the steps made READY are claimed at once (RUNNING under this replica's
+        lease, as a claim would). ``events`` are written with the ones this adds (one INSERT)."""
         document = await self.plan(plan_id)
         rows = (
             await conn.execute(
@@ -551,8 +602,17 @@ class PlannerStore:
                     new = "READY"
                 states[step_id] = changes[step_id] = new
                 progress = True
+        running: list[tuple[Any, ...]] = []
         for new in ("READY", "SKIPPED", "WAITING_APPROVAL"):
             ids = [s for s, v in changes.items() if v == new]
+            if new == "READY" and ids and ahead is not None and ahead.limit > 0:
+                take, ids = ids[: ahead.limit], ids[ahead.limit :]
+                where = sa.and_(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(take), STEPS.c.state == "PENDING")
+                rows = (await conn.execute(self._claiming(where, now, ahead.lease_ttl))).all()
+                ahead.steps += [Claimed(*row) for row in rows]
+                running = [("STEP_STATE", row.step_id, "RUNNING", row.attempt_count) for row in rows]
+            if new == "READY" and ids and ahead is not None:
+                ahead.ready_left = True
             if ids:
                 extra = {"finished_at": now} if new == "SKIPPED" else {}
                 await conn.execute(
@@ -560,7 +620,7 @@ class PlannerStore:
                     .where(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(ids), STEPS.c.state == "PENDING")
                     .values(state=new, updated_at=now, **extra)
                 )
-        events = [("STEP_STATE", s, v, 0) for s, v in changes.items()]
+        events = [*events, *(("STEP_STATE", s, v, 0) for s, v in changes.items()), *running]
         if approvals:
             await conn.execute(sa.insert(APPROVALS), approvals)
             await conn.execute(
@@ -797,3 +857,19 @@ class PlannerStore:
                     sa.select(TASKS.c.task_id).where(TASKS.c.parent_task_id == task_id).order_by(TASKS.c.created_at)
                 ),
             }
+
+
+class _Ahead:
+    """A transition's claims, handed to its :class:`ClaimAhead` only once the transaction has committed."""
+
+    def __init__(self, claim: ClaimAhead | None) -> None:
+        self.claim = claim
+        self.limit = claim.limit if claim is not None else 0
+        self.lease_ttl = claim.lease_ttl if claim is not None else 0.0
+        self.steps: list[Claimed] = []
+        self.ready_left = False
+
+    def publish(self) -> None:
+        if self.claim is not None:
+            self.claim.steps = self.steps
+            self.claim.ready_left = self.ready_left
