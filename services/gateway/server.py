@@ -28,16 +28,23 @@ _HARD_LIMIT_FACTOR = 4
 
 
 class _Upstream:
-    """One lazily opened mTLS channel to a mesh service, shared by every call."""
+    """One lazily opened mTLS channel to a replicated mesh service, shared by every call.
 
-    def __init__(self, address: str, settings: Settings) -> None:
+    ``address`` may list every replica; the server is verified by ``identity`` (kind/name), so any replica
+    answers and a dead one is left within a second.
+    """
+
+    def __init__(self, address: str, settings: Settings, identity: str) -> None:
         self._address = address
         self._settings = settings
+        self._identity = identity
         self._channel: grpc.aio.Channel | None = None
 
     def __call__(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = create_channel(self._address, self._settings, kind="service", name=SERVICE_NAME)
+            self._channel = create_channel(
+                self._address, self._settings, kind="service", name=SERVICE_NAME, server_identity=self._identity
+            )
         return self._channel
 
 
@@ -57,7 +64,8 @@ def build_server(
 
     install_log_redaction()  # whatever a handler logs about a request, no PII reaches the log sink
     engine = create_async_engine(settings.resolved_database_url)
-    planner, registry = _Upstream(settings.planner_address, settings), _Upstream(settings.registry_address, settings)
+    planner = _Upstream(settings.planner_address, settings, "service/planner")
+    registry = _Upstream(settings.registry_address, settings, "service/registry")
     gate = Gate(
         settings,
         verifier=TokenVerifier.from_settings(settings),
