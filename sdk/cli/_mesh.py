@@ -115,6 +115,17 @@ class LocalMesh:
                 from agentmesh.cli._demo import run_demo
 
                 return await run_demo(self.settings, ticket_id=ticket_id, console=console)
+            from rich.markup import escape
+
+            from agentmesh.cli._token import how_to_call
+
+            if self.settings.console_port >= 0:
+                console.print(f"console: https://127.0.0.1:{self.settings.console_port}/ (paste a dev token)")
+            # soft_wrap: the commands stay one line each, ready to copy.
+            console.print(
+                "call it through the gateway (TLS + a dev bearer token):\n" + escape(how_to_call(self.settings)),
+                soft_wrap=True,
+            )
             console.print("serving; crashed processes are restarted; Ctrl-C stops the mesh")
             await self._watch(stop)
             return 0

@@ -71,6 +71,9 @@ async def test_triton_killed_under_up_is_restarted_and_the_agents_recover_in_pla
     try:
         await _wait_for(lines, "mesh ready", 300, "the mesh starting")
         assert f"Triton 127.0.0.1:{ports['triton']}" in "\n".join(lines)  # AGENTMESH_TRITON_PORT honoured
+        # It says how to call the mesh: a dev token command and a grpcurl line through the gateway.
+        await _wait_for(lines, r"grpcurl -cacert \S+ -H .*localhost:" + str(ports["gateway"]), 30, "how to call it")
+        assert any("agentmesh token issue" in line for line in lines)
         triton_pid = int((await _wait_for(_log(home, "triton"), r"triton ready: .*\(pid (\d+)\)", 5, "pid")).group(1))
         settings = Settings(home=home, trust_domain="agentmesh.local", registry_address=f"127.0.0.1:{ports['registry']}")
         async with RegistryClient(settings, kind="client", name="ops") as ops:
