@@ -806,10 +806,10 @@ class Registry:
             await self.sync(revision)
         return record, removed
 
-    async def unrevoke(self, spiffe_id: str, certificate_serial: str) -> RevocationRow:
+    async def unrevoke(self, spiffe_id: str, certificate_serial: str, caller: str | None = None) -> RevocationRow:
         """Lift a revocation; returns it as it was."""
         kind, subject = self._subject(spiffe_id, certificate_serial)
-        record, revision = await self.store.unrevoke(kind, subject, from_epoch(self._clock()))
+        record, revision = await self.store.unrevoke(kind, subject, from_epoch(self._clock()), caller or "")
         logger.warning("unrevoked %s", subject)
         await self.sync(revision)
         return record

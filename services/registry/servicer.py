@@ -516,7 +516,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.UnrevokeIdentityRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.UnrevokeIdentityResponse:
         await self._ready()
-        record = await self.registry.unrevoke(*_subject(request))
+        record = await self.registry.unrevoke(*_subject(request), _caller())
         return registry_pb2.UnrevokeIdentityResponse(revocation=revocation_proto(record))
 
     async def ListRevocations(

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh._errors import AlreadyExistsError, NotFoundError, PermissionDeniedError
+from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.storage import (
     Agent,
     AgentInstance,
@@ -438,9 +439,12 @@ class RegistryStore:
                     ],
                 )
             revision = await self._append(conn, "REVOKED", "", "", "", row.payload(), now)
+            await _audit_revocation(conn, "identity.revoke", subject_kind, subject, revoked_by, reason, len(doomed))
         return row, len(doomed), revision
 
-    async def unrevoke(self, subject_kind: str, subject: str, now: dt.datetime) -> tuple[RevocationRow, int]:
+    async def unrevoke(
+        self, subject_kind: str, subject: str, now: dt.datetime, unrevoked_by: str = ""
+    ) -> tuple[RevocationRow, int]:
         """Lift the revocation of ``subject``; returns it and the event revision (NotFoundError when none)."""
         async with self._writer() as conn:
             key = (revocations.c.subject_kind == subject_kind, revocations.c.subject == subject)
@@ -450,6 +454,7 @@ class RegistryStore:
             await conn.execute(sa.delete(revocations).where(*key))
             row = _revocation_row(existing)
             revision = await self._append(conn, "UNREVOKED", "", "", "", row.payload(), now)
+            await _audit_revocation(conn, "identity.unrevoke", subject_kind, subject, unrevoked_by, "", 0)
         return row, revision
 
     async def deregister(
@@ -706,3 +711,12 @@ class RegistryStore:
         except Exception:
             return False
         return True
+
+
+async def _audit_revocation(
+    conn: AsyncConnection, action: str, subject_kind: str, subject: str, actor: str, reason: str, removed: int
+) -> None:
+    """Append the (un)revocation to the audit trail in the same transaction as the change itself."""
+    resource = f"revocations/{subject_kind.lower()}/{subject}"
+    detail = {"reason": reason, "instances_removed": removed} if action == "identity.revoke" else {}
+    await append_audit(conn, [AuditEntry(action=action, resource=resource, actor=actor, detail=detail)])

@@ -100,3 +100,24 @@ def test_the_certs_cli_issues_an_agent_its_card_derived_identity(
     # A bare name is not an agent identity: the card's namespace is part of it.
     assert main(["certs", "issue", "--home", home, "--kind", "agent", "--name", "triage"]) == 1
     assert "NAMESPACE/NAME" in capsys.readouterr().err
+
+
+async def test_revocations_are_audited_in_the_same_transaction_and_the_chain_stays_valid(
+    registry: RegistryReplica,
+) -> None:
+    from agentmesh.audit import verify_chain
+    from agentmesh.storage import AuditRecord
+
+    ops_id = f"spiffe://{TRUST_DOMAIN}/client/ops"
+    async with registry.client("client", "ops") as ops:
+        await ops.revoke(spiffe_id=TRIAGE_ID, reason="key leaked in a paste")
+        await ops.unrevoke(spiffe_id=TRIAGE_ID)
+    async with registry.server.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(AuditRecord).order_by(AuditRecord.sequence))).all()
+    trail = [(r.action, r.resource, r.actor) for r in rows]
+    resource = f"revocations/spiffe_id/{TRIAGE_ID}"
+    assert ("identity.revoke", resource, ops_id) in trail
+    assert ("identity.unrevoke", resource, ops_id) in trail
+    revoke = next(r for r in rows if r.action == "identity.revoke")
+    assert revoke.detail["reason"] == "key leaked in a paste"
+    assert (await verify_chain(registry.server.engine)).valid
