@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     )
     from agentmesh._settings import Settings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS: dict[str, str] = {
     "create_channel": "agentmesh._channel",
