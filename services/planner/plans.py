@@ -122,13 +122,21 @@ def plan_schema() -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
+@cache
+def _plan_validator() -> Any:
+    """The plan schema's validator, its schema checked once (``jsonschema.validate`` checks it on every call)."""
+    schema = plan_schema()
+    validator = jsonschema.validators.validator_for(schema)
+    validator.check_schema(schema)
+    return validator(schema)
+
+
 def validate_plan(doc: Any) -> None:
     """Raise InvalidArgumentError unless ``doc`` is a well-formed DAG plan document."""
-    try:
-        jsonschema.validate(doc, plan_schema())
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path)
-        raise InvalidArgumentError(f"plan is not valid at '{where}': {exc.message}", field="plan") from None
+    error = jsonschema.exceptions.best_match(_plan_validator().iter_errors(doc))  # the error validate() raises
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise InvalidArgumentError(f"plan is not valid at '{where}': {error.message}", field="plan") from None
     seen: set[str] = set()
     for step in doc["steps"]:
         if step["id"] in seen:

@@ -52,6 +52,87 @@ FINAL_TASK_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 DONE_STEP_STATES = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELLED"})
 
 
+def _p(name: str, column: Any = None, **kwargs: Any) -> Any:
+    """A bound parameter of a hot-path statement (typed like ``column``)."""
+    return sa.bindparam(f"p_{name}", type_=None if column is None else column.type, **kwargs)
+
+
+# The hot path's statements, built (and their cache keys computed) once: per step, only parameters change.
+_CLAIMED = (STEPS.c.id, STEPS.c.task_id, STEPS.c.plan_id, STEPS.c.step_id, STEPS.c.attempt_count,
+            STEPS.c.max_attempts, STEPS.c.idempotency_key, STEPS.c.agent_instance_id, STEPS.c.agent_endpoint)
+_LEASE = {
+    "state": "RUNNING",
+    "lease_owner": _p("owner", STEPS.c.lease_owner),
+    "lease_expires_at": _p("lease", STEPS.c.lease_expires_at),
+    "attempt_count": STEPS.c.attempt_count + 1,
+    "started_at": sa.func.coalesce(STEPS.c.started_at, _p("now", STEPS.c.started_at)),
+    "updated_at": _p("now", STEPS.c.updated_at),
+}
+_RUNNABLE = (
+    sa.select(STEPS.c.id)
+    .where(
+        sa.or_(
+            sa.and_(
+                STEPS.c.state == "READY",
+                sa.or_(STEPS.c.not_before.is_(None), STEPS.c.not_before <= _p("now", STEPS.c.not_before)),
+            ),
+            sa.and_(STEPS.c.state == "RUNNING", STEPS.c.lease_expires_at < _p("now", STEPS.c.lease_expires_at)),
+        )
+    )
+    .order_by(STEPS.c.id)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = sa.update(STEPS).where(STEPS.c.id.in_(_RUNNABLE.scalar_subquery())).values(_LEASE).returning(*_CLAIMED)
+_CLAIM_UNBLOCKED = (
+    sa.update(STEPS)
+    .where(
+        STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id),
+        STEPS.c.step_id.in_(_p("ids", STEPS.c.step_id, expanding=True)),
+        STEPS.c.state == "PENDING",
+    )
+    .values(_LEASE)
+    .returning(*_CLAIMED)
+)
+_OUTPUTS = sa.select(STEPS.c.step_id, STEPS.c.output).where(
+    STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id), STEPS.c.state == "SUCCEEDED"
+)
+_PLAN_STEPS = sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output).where(
+    STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id)
+)
+_AGENT = ("agent_namespace", "agent_name", "agent_version", "agent_endpoint", "agent_instance_id")
+_SET_AGENT = (
+    sa.update(STEPS)
+    .where(STEPS.c.id == _p("row_id", STEPS.c.id))
+    .values({**{c: _p(c, STEPS.c[c]) for c in _AGENT}, "input": _p("input", STEPS.c.input)})
+)
+_END_ATTEMPT = (
+    sa.update(ATTEMPTS)
+    .where(ATTEMPTS.c.plan_step_id == _p("row_id", ATTEMPTS.c.plan_step_id),
+           ATTEMPTS.c.attempt == _p("attempt", ATTEMPTS.c.attempt))
+    .values({c: _p(c, ATTEMPTS.c[c])
+             for c in ("state", "error_code", "error_message", "finished_at", "model_usages", "replayed")})
+)
+_END_COLUMNS = {
+    "SUCCEEDED": ("output", "finished_at"),
+    "READY": ("not_before", "error_code", "error_message"),
+    "FAILED": ("error_code", "error_message", "finished_at"),
+}
+_END_STEP = {
+    state: sa.update(STEPS)
+    .where(
+        STEPS.c.id == _p("row_id", STEPS.c.id),
+        STEPS.c.lease_owner == _p("owner", STEPS.c.lease_owner),
+        STEPS.c.attempt_count == _p("attempt", STEPS.c.attempt_count),
+        STEPS.c.state == "RUNNING",
+    )
+    .values({"state": state, **{c: _p(c, STEPS.c[c]) for c in columns}, "lease_owner": None,
+             "lease_expires_at": None, "updated_at": _p("now", STEPS.c.updated_at)})
+    for state, columns in _END_COLUMNS.items()
+}
+_INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
+
+
 @dataclass(frozen=True)
 class TaskRow:
     """A task as stored."""
@@ -144,6 +225,10 @@ class PlannerStore:
         self.single = engine.execution_options(isolation_level="AUTOCOMMIT") if self.postgres else self.reader
         self.owner = owner
         self._plans: dict[str, PlanDocument] = {}
+        lock = sa.select(TASKS.c.state).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
+        # FOR NO KEY UPDATE: serializes a task's transitions, yet lets rows referencing the task (attempts,
+        # events; their foreign keys take KEY SHARE) be inserted meanwhile, so claims never wait on it.
+        self._lock = lock.with_for_update(key_share=True) if self.postgres else lock
         # What a step attempt reads of its task never changes (input, deadline, identities): read once per task.
         self._tasks: dict[str, TaskRow] = {}
 
@@ -301,54 +386,16 @@ class PlannerStore:
 
     async def claim(self, limit: int, lease_ttl: float) -> list[Claimed]:
         """Claim up to ``limit`` runnable steps (ready, or running under a lapsed lease) with a fresh lease."""
-        now = utcnow()
-        runnable = (
-            sa.select(STEPS.c.id)
-            .where(
-                sa.or_(
-                    sa.and_(
-                        STEPS.c.state == "READY",
-                        sa.or_(STEPS.c.not_before.is_(None), STEPS.c.not_before <= now),
-                    ),
-                    sa.and_(STEPS.c.state == "RUNNING", STEPS.c.lease_expires_at < now),
-                )
-            )
-            .order_by(STEPS.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        claim = self._claiming(STEPS.c.id.in_(runnable.scalar_subquery()), now, lease_ttl)
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(claim)).all()
+            rows = (await conn.execute(_CLAIM, {**self._lease(lease_ttl), "p_limit": limit})).all()
             if rows:
                 await self._events(conn, None, [("STEP_STATE", r.step_id, "RUNNING", r.attempt_count, r.task_id) for r in rows])
         return [Claimed(*row) for row in rows]
 
-    def _claiming(self, where: Any, now: dt.datetime, lease_ttl: float) -> Any:
-        """The UPDATE that leases the steps ``where`` selects to this replica, returning them as ``Claimed``."""
-        return (
-            sa.update(STEPS)
-            .where(where)
-            .values(
-                state="RUNNING",
-                lease_owner=self.owner,
-                lease_expires_at=now + dt.timedelta(seconds=lease_ttl),
-                attempt_count=STEPS.c.attempt_count + 1,
-                started_at=sa.func.coalesce(STEPS.c.started_at, now),
-                updated_at=now,
-            )
-            .returning(
-                STEPS.c.id,
-                STEPS.c.task_id,
-                STEPS.c.plan_id,
-                STEPS.c.step_id,
-                STEPS.c.attempt_count,
-                STEPS.c.max_attempts,
-                STEPS.c.idempotency_key,
-                STEPS.c.agent_instance_id,
-                STEPS.c.agent_endpoint,
-            )
-        )
+    def _lease(self, lease_ttl: float) -> dict[str, Any]:
+        """The parameters of a claim: this replica's lease of ``lease_ttl`` seconds from now."""
+        now = utcnow()
+        return {"p_owner": self.owner, "p_lease": now + dt.timedelta(seconds=lease_ttl), "p_now": now}
 
     async def renew(self, row_ids: Sequence[int], lease_ttl: float) -> set[int]:
         """Extend the leases this replica still holds on running steps; returns the ids still held."""
@@ -386,11 +433,7 @@ class PlannerStore:
         async with self.single.connect() as conn:
             outputs = {
                 r.step_id: r.output
-                for r in await conn.execute(
-                    sa.select(STEPS.c.step_id, STEPS.c.output).where(
-                        STEPS.c.plan_id == claimed.plan_id, STEPS.c.state == "SUCCEEDED"
-                    )
-                )
+                for r in await conn.execute(_OUTPUTS, {"p_plan_id": claimed.plan_id})
             }
         document = await self.plan(claimed.plan_id)
         return task, Scope(task.input, outputs, document.aliases)
@@ -407,46 +450,34 @@ class PlannerStore:
     ) -> None:
         """Record an attempt before its call: the agent and instance chosen (so a retry can go back to it)."""
         now = utcnow()
+        chosen = {f"agent_{key}": agent.get(key, "") for key in ("namespace", "name", "version", "endpoint", "instance_id")}
         async with self.engine.begin() as conn:
             await conn.execute(
-                sa.update(STEPS)
-                .where(STEPS.c.id == claimed.row_id)
-                .values(
-                    agent_namespace=agent.get("namespace", ""),
-                    agent_name=agent.get("name", ""),
-                    agent_version=agent.get("version", ""),
-                    agent_endpoint=agent.get("endpoint", ""),
-                    agent_instance_id=agent.get("instance_id", ""),
-                    input=step_input,
-                )
+                _SET_AGENT, {"p_row_id": claimed.row_id, "p_input": step_input, **{f"p_{k}": v for k, v in chosen.items()}}
             )
             await conn.execute(
-                sa.insert(ATTEMPTS).values(
-                    plan_step_id=claimed.row_id,
-                    task_id=claimed.task_id,
-                    step_id=claimed.step_id,
-                    attempt=claimed.attempt,
-                    agent_namespace=agent.get("namespace", ""),
-                    agent_name=agent.get("name", ""),
-                    agent_version=agent.get("version", ""),
-                    agent_endpoint=agent.get("endpoint", ""),
-                    agent_instance_id=agent.get("instance_id", ""),
-                    state="RUNNING",
-                    trace_id=trace_id,
-                    planner=self.owner,
-                    started_at=now,
-                )
+                _INSERT[ATTEMPTS.name],
+                {
+                    "plan_step_id": claimed.row_id,
+                    "task_id": claimed.task_id,
+                    "step_id": claimed.step_id,
+                    "attempt": claimed.attempt,
+                    **chosen,
+                    "state": "RUNNING",
+                    "trace_id": trace_id,
+                    "planner": self.owner,
+                    "started_at": now,
+                },
             )
             if choice is not None:
                 await conn.execute(
-                    sa.insert(CHOICES).values(
-                        task_id=claimed.task_id, plan_id=claimed.plan_id, step_id=claimed.step_id,
-                        attempt=claimed.attempt, created_at=now, **choice,
-                    )
+                    _INSERT[CHOICES.name],
+                    {"task_id": claimed.task_id, "plan_id": claimed.plan_id, "step_id": claimed.step_id,
+                     "attempt": claimed.attempt, "created_at": now, **choice},
                 )
             if substitutions:
                 await conn.execute(
-                    sa.insert(SUBSTITUTIONS),
+                    _INSERT[SUBSTITUTIONS.name],
                     [
                         {
                             "task_id": claimed.task_id,
@@ -477,19 +508,18 @@ class PlannerStore:
         async with self.engine.begin() as conn:
             task_state, task_input = await self._lock_task(conn, claimed.task_id, with_input=True)
             await conn.execute(
-                sa.update(ATTEMPTS)
-                .where(ATTEMPTS.c.plan_step_id == claimed.row_id, ATTEMPTS.c.attempt == claimed.attempt)
-                .values(
-                    state=end.state,
-                    error_code=end.error_code,
-                    error_message=end.error_message[:4000],
-                    finished_at=now,
-                    model_usages=list(end.model_usages),
-                    replayed=end.replayed,
-                )
+                _END_ATTEMPT,
+                {
+                    "p_row_id": claimed.row_id,
+                    "p_attempt": claimed.attempt,
+                    "p_state": end.state,
+                    "p_error_code": end.error_code,
+                    "p_error_message": end.error_message[:4000],
+                    "p_finished_at": now,
+                    "p_model_usages": list(end.model_usages),
+                    "p_replayed": end.replayed,
+                },
             )
-            held = (STEPS.c.id == claimed.row_id, STEPS.c.lease_owner == self.owner,
-                    STEPS.c.attempt_count == claimed.attempt, STEPS.c.state == "RUNNING")
             if task_state in FINAL_TASK_STATES:
                 # Cancelled or failed meanwhile: the attempt is recorded; the step stays as the task left it.
                 await self._events(conn, claimed.task_id, [("ATTEMPT", claimed.step_id, end.state, claimed.attempt)])
@@ -511,7 +541,9 @@ class PlannerStore:
                     "finished_at": now,
                 }
             changed = await conn.execute(
-                sa.update(STEPS).where(*held).values(**values, lease_owner=None, lease_expires_at=None, updated_at=now)
+                _END_STEP[values["state"]],
+                {"p_row_id": claimed.row_id, "p_owner": self.owner, "p_attempt": claimed.attempt, "p_now": now,
+                 **{f"p_{k}": v for k, v in values.items() if k != "state"}},
             )
             if changed.rowcount == 0:
                 return "lost"
@@ -532,15 +564,15 @@ class PlannerStore:
         return "recorded"
 
     async def _lock_task(self, conn: AsyncConnection, task_id: str, *, with_input: bool = False) -> Any:
-        """Lock a task row for a transition; its state (and input, when asked: one round trip for both)."""
-        columns = (TASKS.c.state, TASKS.c.input) if with_input else (TASKS.c.state,)
-        query = sa.select(*columns).where(TASKS.c.task_id == task_id)
-        if self.postgres:
-            # FOR NO KEY UPDATE: serializes a task's transitions, yet lets rows referencing the task (attempts,
-            # events; their foreign keys take KEY SHARE) be inserted meanwhile, so claims never wait on it.
-            query = query.with_for_update(key_share=True)
-        row = (await conn.execute(query)).one()
-        return (str(row.state), row.input) if with_input else str(row.state)
+        """Lock a task row for a transition; its state (and input, when asked: a task's input never changes)."""
+        state = str((await conn.execute(self._lock, {"p_task_id": task_id})).scalar_one())
+        if not with_input:
+            return state
+        task = self._tasks.get(task_id)
+        if task is None:
+            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).one()
+            task = self._remember(TaskRow.of(row))
+        return state, task.input
 
     async def _advance(
         self,
@@ -558,11 +590,7 @@ class PlannerStore:
         With ``ahead``, up to its limit of the steps made READY are claimed at once (RUNNING under this replica's
         lease, as a claim would). ``events`` are written with the ones this adds (one INSERT)."""
         document = await self.plan(plan_id)
-        rows = (
-            await conn.execute(
-                sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output).where(STEPS.c.plan_id == plan_id)
-            )
-        ).all()
+        rows = (await conn.execute(_PLAN_STEPS, {"p_plan_id": plan_id})).all()
         states = {r.step_id: r.state for r in rows}
         outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
         now = utcnow()
@@ -607,8 +635,8 @@ class PlannerStore:
             ids = [s for s, v in changes.items() if v == new]
             if new == "READY" and ids and ahead is not None and ahead.limit > 0:
                 take, ids = ids[: ahead.limit], ids[ahead.limit :]
-                where = sa.and_(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(take), STEPS.c.state == "PENDING")
-                rows = (await conn.execute(self._claiming(where, now, ahead.lease_ttl))).all()
+                lease = {**self._lease(ahead.lease_ttl), "p_plan_id": plan_id, "p_ids": take}
+                rows = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
                 ahead.steps += [Claimed(*row) for row in rows]
                 running = [("STEP_STATE", row.step_id, "RUNNING", row.attempt_count) for row in rows]
             if new == "READY" and ids and ahead is not None:
@@ -667,7 +695,7 @@ class PlannerStore:
     ) -> None:
         now = utcnow()
         await conn.execute(
-            sa.insert(EVENTS),
+            _INSERT[EVENTS.name],
             [
                 {
                     "task_id": e[4] if len(e) > 4 else task_id,
