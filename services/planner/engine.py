@@ -46,7 +46,7 @@ from agentmesh.services.planner.store import (
     PlannerStore,
     TaskRow,
 )
-from agentmesh.services.planner.templates import resolve
+from agentmesh.services.planner.templates import refers_to_steps, resolve
 from agentmesh.services.planner.tokens import StepTokens
 from agentmesh.storage import utcnow
 from agentmesh.v1 import agent_pb2
@@ -360,9 +360,9 @@ class TaskEngine:
             await self._record(claimed, end)
 
     async def _attempt(self, claimed: Claimed) -> AttemptEnd | None:
-        task, scope = await self.store.step_inputs(claimed)
         document = await self.store.plan(claimed.plan_id)
         spec = document.steps[claimed.step_id]
+        task, scope = await self.store.step_inputs(claimed, outputs=refers_to_steps(spec.input))
         trace_id = telemetry.current_trace_id()
         now = utcnow()
         if task.deadline_at is not None and task.deadline_at <= now:

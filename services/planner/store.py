@@ -427,16 +427,15 @@ class PlannerStore:
                 renewed |= {row.id for row in await conn.execute(query)}
             return renewed
 
-    async def step_inputs(self, claimed: Claimed) -> tuple[TaskRow, Scope]:
-        """The task of a claimed step and what its templates may refer to (succeeded outputs)."""
+    async def step_inputs(self, claimed: Claimed, *, outputs: bool = True) -> tuple[TaskRow, Scope]:
+        """The task of a claimed step and what its templates may refer to (succeeded outputs, unless not asked)."""
         task = self._tasks.get(claimed.task_id) or await self.get_task(claimed.task_id)
-        async with self.single.connect() as conn:
-            outputs = {
-                r.step_id: r.output
-                for r in await conn.execute(_OUTPUTS, {"p_plan_id": claimed.plan_id})
-            }
+        done: dict[str, Any] = {}
+        if outputs:
+            async with self.single.connect() as conn:
+                done = {r.step_id: r.output for r in await conn.execute(_OUTPUTS, {"p_plan_id": claimed.plan_id})}
         document = await self.plan(claimed.plan_id)
-        return task, Scope(task.input, outputs, document.aliases)
+        return task, Scope(task.input, done, document.aliases)
 
     async def start_attempt(
         self,

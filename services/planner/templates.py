@@ -17,7 +17,7 @@ from typing import Any
 
 from agentmesh.audit import redact_json
 
-__all__ = ["Scope", "Substitution", "resolve"]
+__all__ = ["Scope", "Substitution", "refers_to_steps", "resolve"]
 
 _REFERENCE = re.compile(r"\$\{([^{}]*)\}")
 _MISSING: Any = object()
@@ -82,6 +82,17 @@ def _walk(value: Any, parts: list[str]) -> Any:
         else:
             return _MISSING
     return value
+
+
+def refers_to_steps(template: Any) -> bool:
+    """Whether a template refers to any step's output (else it resolves without them)."""
+    if isinstance(template, dict):
+        return any(refers_to_steps(v) for v in template.values())
+    if isinstance(template, list):
+        return any(refers_to_steps(v) for v in template)
+    if not isinstance(template, str) or "${" not in template:
+        return False
+    return any(not match.group(1).strip().startswith("task.") for match in _REFERENCE.finditer(template))
 
 
 def resolve(template: Any, scope: Scope) -> tuple[Any, list[Substitution]]:
