@@ -129,6 +129,8 @@ async def test_gateway_is_not_serving_until_the_planner_is(
     planner: MeshServer, mesh_settings: Settings, issue_identity
 ) -> None:
     issue_identity("service", "gateway")
+    # The gateway writes audit records, so it also needs the (migrated) database the planner uses.
+    mesh_settings = mesh_settings.replace(database_url=planner.settings.database_url)
     unreachable = mesh_settings.replace(planner_address="127.0.0.1:1", readiness_interval=0.05)
     async with build_gateway(unreachable, port=0) as gateway:
         channel = create_channel(gateway.address, mesh_settings, kind="client", name="ops")
