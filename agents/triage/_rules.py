@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import yaml
@@ -17,6 +18,7 @@ __all__ = [
     "INTENTS",
     "PRIORITIES",
     "PROTOTYPES_FILE",
+    "Intent",
     "IntentScores",
     "assess_priority",
     "cue_bonus",
@@ -28,7 +30,7 @@ __all__ = [
 PROTOTYPES_FILE = Path(__file__).with_name("prototypes.yaml")
 CUES_FILE = Path(__file__).with_name("cues.yaml")
 # The first seven are the original intents; the others cover the rest of the knowledge base's topics.
-INTENTS = (
+Intent = Literal[
     "refund",
     "billing",
     "shipping",
@@ -41,7 +43,8 @@ INTENTS = (
     "data",
     "outage",
     "integrations",
-)
+]
+INTENTS: tuple[str, ...] = get_args(Intent)
 # Added to an intent's combined similarity per keyword cue of it in the ticket (at most two count).
 # Calibrated on the dev split of the evaluation set only.
 CUE_WEIGHT = 0.1

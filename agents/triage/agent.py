@@ -14,6 +14,7 @@ from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.triage._rules import (
     INTENTS,
+    Intent,
     assess_priority,
     cue_bonus,
     intent_scores,
@@ -23,20 +24,6 @@ from agentmesh.agents.triage._rules import (
 
 __all__ = ["TriageAgent", "TriageOutput"]
 
-Intent = Literal[
-    "refund",
-    "billing",
-    "shipping",
-    "technical",
-    "account",
-    "cancellation",
-    "other",
-    "privacy",
-    "plans",
-    "data",
-    "outage",
-    "integrations",
-]
 Priority = Literal["low", "normal", "high", "urgent"]
 
 
