@@ -240,9 +240,15 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return self._stream(call, span)
 
     async def _stream(self, call: Any, span: trace.Span) -> AsyncIterator[Any]:
+        # A stream tells the breaker about the endpoint once: its first response (healthy) or a failure before
+        # it. A long-lived stream (a watch) must not hold the half-open probe until it ends, which would refuse
+        # every other call to the endpoint meanwhile, and its later end (a replica stopping) is not a failed call.
         breaker = self._breaker
         try:
             async for response in call:
+                if breaker is not None:
+                    breaker.record_success()
+                    breaker = None
                 yield response
         except BaseException as exc:
             if breaker is not None:

@@ -214,3 +214,46 @@ def test_with_deadline_bounds_and_nested_blocks_only_shrink() -> None:
         with with_deadline(1.0):
             assert remaining_budget(None) <= 1.0  # type: ignore[operator]
     assert remaining_budget(None) is None
+
+
+async def test_a_long_lived_stream_does_not_hold_the_half_open_probe() -> None:
+    """A watch admitted as the half-open probe settles the breaker with its first message, so other calls to
+    the endpoint are admitted while it stays open, and its later end counts as no failure."""
+    from opentelemetry import trace
+
+    from agentmesh.resilience import CircuitBreaker
+    from agentmesh.resilience._interceptor import MeshClientInterceptor
+
+    now = [0.0]
+    breaker = CircuitBreaker("127.0.0.1:9", failure_threshold=1, reset_timeout=1.0, clock=lambda: now[0])
+    breaker.record_failure()  # open
+    now[0] = 2.0  # past the reset timeout: the next call is the probe
+    policy = MeshClientInterceptor(
+        tracer=trace.get_tracer("test"), breaker=breaker, retry=None, default_deadline=None
+    )
+    release = asyncio.Event()
+
+    class Watch:
+        def __aiter__(self) -> Watch:
+            self.sent = False
+            return self
+
+        async def __anext__(self) -> str:
+            if not self.sent:
+                self.sent = True
+                return "snapshot"
+            await release.wait()
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, None, None, "replica stopping")
+
+    async def start(details: object, request: object) -> Watch:
+        return Watch()
+
+    details = grpc.aio.ClientCallDetails("/agentmesh.v1.RegistryService/WatchRevocations", None, None, None, None)
+    stream = await policy.intercept_unary_stream(start, details, b"")
+    assert await stream.__anext__() == "snapshot"
+    breaker.before_call()  # admitted: the watch settled the probe with its first message
+    breaker.record_success()
+    release.set()
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stream.__anext__()
+    assert breaker.state.name == "CLOSED"  # the watch's end did not count as a failure
