@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agentmesh.audit import luhn_valid
+
 __all__ = ["PiiMatch", "find_pii", "first_name", "mask_email", "mask_phone", "redact_pii", "split_sentences"]
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
@@ -29,16 +31,6 @@ class PiiMatch:
     text: str
 
 
-def _luhn(digits: str) -> bool:
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = int(char)
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
-    return total % 10 == 0
-
-
 def find_pii(text: str) -> list[PiiMatch]:
     """Emails, payment card numbers (Luhn-valid) and phone numbers (7-15 digits) in ``text``, in order."""
     found: list[PiiMatch] = [PiiMatch("email", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
@@ -49,7 +41,7 @@ def find_pii(text: str) -> list[PiiMatch]:
 
     for match in _CARD.finditer(text):
         digits = re.sub(r"\D", "", match.group())
-        if 13 <= len(digits) <= 19 and _luhn(digits) and free(match.start(), match.end()):
+        if 13 <= len(digits) <= 19 and luhn_valid(digits) and free(match.start(), match.end()):
             found.append(PiiMatch("card", match.start(), match.end(), match.group()))
             taken.append((match.start(), match.end()))
     for match in _PHONE.finditer(text):

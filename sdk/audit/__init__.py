@@ -17,6 +17,7 @@ from agentmesh.audit._redact import (
     RedactingFilter,
     contains_pii,
     install_log_redaction,
+    luhn_valid,
     redact,
     redact_json,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "contains_pii",
     "format_record_time",
     "install_log_redaction",
+    "luhn_valid",
     "record_hash",
     "record_to_proto",
     "redact",

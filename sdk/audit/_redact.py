@@ -13,7 +13,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["PII_MARKERS", "RedactingFilter", "contains_pii", "install_log_redaction", "redact", "redact_json"]
+__all__ = [
+    "PII_MARKERS",
+    "RedactingFilter",
+    "contains_pii",
+    "install_log_redaction",
+    "luhn_valid",
+    "redact",
+    "redact_json",
+]
 
 EMAIL_MARKER = "[email]"
 PHONE_MARKER = "[phone]"
@@ -47,7 +55,8 @@ _ADDRESS = re.compile(
 )
 
 
-def _luhn_valid(digits: str) -> bool:
+def luhn_valid(digits: str) -> bool:
+    """Whether a string of digits passes the Luhn checksum (how card numbers are told from other numbers)."""
     total = 0
     for index, char in enumerate(reversed(digits)):
         value = int(char)
@@ -59,7 +68,7 @@ def _luhn_valid(digits: str) -> bool:
 
 def _card(match: re.Match[str]) -> str:
     digits = re.sub(r"\D", "", match.group())
-    return CARD_MARKER if _luhn_valid(digits) else match.group()
+    return CARD_MARKER if luhn_valid(digits) else match.group()
 
 
 def _phone(match: re.Match[str]) -> str:
