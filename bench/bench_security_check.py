@@ -24,23 +24,23 @@ import asyncio
 import importlib.util
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench._bare_mtls
 
 from agentmesh._settings import Settings
 from agentmesh.security import (
     CertificateAuthority,
     RevocationSet,
     ServerSecurity,
-    add_port,
-    channel_credentials,
     server_security,
 )
+from bench._bare_mtls import bare_echo_server, echo_latencies, raw_call
 
 METHOD = "/agentmesh.v1.AgentService/Invoke"
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,14 +99,13 @@ async def _run(calls: int, repeat: int, rounds: int, revoked: int, baseline_rev:
 
     def timed_isolated(checker: Any, auth: dict[str, list[bytes]]) -> float:
         # Fresh auth dicts (new bytes, as gRPC builds them per call) made outside the timed loop.
-        contexts = [_Captured({k: [bytes(bytearray(v)) for v in vs] for k, vs in auth.items()}) for _ in range(repeat)]
+        contexts = [
+            _Captured({k: [bytes(bytearray(v)) for v in vs] for k, vs in auth.items()}) for _ in range(repeat)
+        ]
         start = time.thread_time()
         for captured in contexts:
             checker.check(METHOD, captured)
         return (time.thread_time() - start) / repeat * 1e6
-
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
 
     async def measure(request: bytes, context: Any) -> bytes:
         auth = context.auth_context()
@@ -114,40 +113,18 @@ async def _run(calls: int, repeat: int, rounds: int, revoked: int, baseline_rev:
             samples["auth_context_us"].append(timed(context.auth_context))
             for name, checker in variants.items():
                 samples[name].append(timed(lambda checker=checker: checker.check(METHOD, context)))
-                samples.setdefault(name.replace("check", "isolated"), []).append(timed_isolated(checker, auth))
+                samples.setdefault(name.replace("check", "isolated"), []).append(
+                    timed_isolated(checker, auth)
+                )
         for name, values in samples.items():
             # The minimum over rounds is the least disturbed by other work on the machine; the median is kept too.
             measured[name] = min(values)
             measured[name.replace("_us", "_median_us")] = statistics.median(values)
         return request
 
-    server = grpc.aio.server()
-    handlers = {
-        "Echo": grpc.unary_unary_rpc_method_handler(echo),
-        "Measure": grpc.unary_unary_rpc_method_handler(measure),
-    }
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Security", handlers)])
-    port = add_port(server, "127.0.0.1:0", settings, "service", "bench-server")
-    await server.start()
-    try:
-        credentials = channel_credentials(settings, "service", "planner")
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            echo_call = channel.unary_unary(
-                "/bench.Security/Echo", request_serializer=None, response_deserializer=None
-            )
-            for _ in range(200):  # warm up the connection and the code paths
-                await echo_call(b"x", timeout=5)
-            latencies = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                await echo_call(b"x", timeout=5)
-                latencies.append(time.perf_counter() - start)
-            measure_call = channel.unary_unary(
-                "/bench.Security/Measure", request_serializer=None, response_deserializer=None
-            )
-            await measure_call(b"x", timeout=600)
-    finally:
-        await server.stop(0)
+    async with bare_echo_server(settings, {"Measure": measure}) as channel:
+        latencies = await echo_latencies(channel, calls)
+        await raw_call(channel, "Measure")(b"x", timeout=600)
     measured["bare_p50_us"] = statistics.median(latencies) * 1e6
     measured["check_share_of_call"] = measured["check_us"] / measured["bare_p50_us"]
     for prefix in ("check", "isolated"):
@@ -173,8 +150,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="bare unary calls for the baseline p50")
     parser.add_argument("--repeat", type=int, default=20000, help="check repetitions inside the handler")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of every variant")
-    parser.add_argument("--revoked", type=int, default=1000, help="revoked identities (or serials) in the set")
-    parser.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the check before revocation")
+    parser.add_argument(
+        "--revoked", type=int, default=1000, help="revoked identities (or serials) in the set"
+    )
+    parser.add_argument(
+        "--baseline-rev", default=BASELINE_REV, help="git revision of the check before revocation"
+    )
     args = parser.parse_args()
     figures = asyncio.run(_run(args.calls, args.repeat, args.rounds, args.revoked, args.baseline_rev))
     for name, value in figures.items():

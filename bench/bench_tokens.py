@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench._bare_mtls
 
 from agentmesh._settings import Settings
 from agentmesh.security import (
@@ -33,41 +34,11 @@ from agentmesh.security import (
     DelegationIssuer,
     DelegationVerifier,
     TokenKind,
-    add_port,
-    channel_credentials,
 )
+from bench._bare_mtls import bare_p50_us
 
 TRUST_DOMAIN = "agentmesh.local"
 AUDIENCE = f"spiffe://{TRUST_DOMAIN}/agent/support/crm"
-
-
-async def _bare_p50_us(settings: Settings, calls: int) -> float:
-    async def echo(request: bytes, context: Any) -> bytes:
-        return request
-
-    server = grpc.aio.server()
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Tokens", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
-    server.add_generic_rpc_handlers([handler])
-    port = add_port(server, "127.0.0.1:0", settings, "service", "bench-server")
-    await server.start()
-    try:
-        credentials = channel_credentials(settings, "service", "planner")
-        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            call = channel.unary_unary(
-                "/bench.Tokens/Echo", request_serializer=None, response_deserializer=None
-            )
-            for _ in range(200):  # warm up the connection and the code paths
-                await call(b"x", timeout=5)
-            latencies = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                await call(b"x", timeout=5)
-                latencies.append(time.perf_counter() - start)
-    finally:
-        await server.stop(0)
-    return statistics.median(latencies) * 1e6
 
 
 def _median_us(items: list[Any], run: Callable[[Any], object]) -> float:
@@ -118,7 +89,7 @@ async def _run(calls: int, tokens: int) -> dict[str, float]:
     ca.issue("service", "bench-server")
     ca.issue("service", "planner")
     settings = Settings(home=home, trust_domain=TRUST_DOMAIN)
-    measured = {"bare_p50_us": await _bare_p50_us(settings, calls)}
+    measured = {"bare_p50_us": await bare_p50_us(settings, calls)}
     measured.update(_token_costs(settings, tokens))
     for name in ("issue", "cold_new_signer", "cold", "cached"):
         measured[f"{name}_share_of_call"] = measured[f"{name}_us"] / measured["bare_p50_us"]
