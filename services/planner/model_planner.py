@@ -60,19 +60,27 @@ class EmbeddingPlanner:
         texts = [goal] + [f"{skill.replace('_', ' ')}: {description}" for _, skill, description in skills]
         vectors = (await self._inference.embed(texts, deadline=self._deadline)).embeddings
         similarity = vectors[1:] @ vectors[0]
-        order = [int(i) for i in np.argsort(-similarity) if similarity[i] >= self._min_similarity][: self._max_steps]
+        ranked = [int(i) for i in np.argsort(-similarity) if similarity[i] >= self._min_similarity]
+        # One step per skill; other agents offering the same skill become its alternatives (for a re-plan).
+        order: list[int] = []
+        for index in ranked:
+            if all(skills[index][1] != skills[i][1] for i in order):
+                order.append(index)
+        order = order[: self._max_steps]
         if not order:
             return None
         steps = []
         for rank, index in enumerate(order):
             agent, skill, description = skills[index]
-            steps.append(
-                {
-                    "id": f"{skill}_{rank + 1}"[:63],
-                    "description": f"{description} (similarity {float(similarity[index]):.2f} to the goal)",
-                    "skill": skill,
-                    "agent": {"names": [agent]},
-                    "input": {key: f"${{task.input.{key}}}" for key in task_input},
-                }
-            )
+            step: dict[str, Any] = {
+                "id": f"{skill}_{rank + 1}"[:63],
+                "description": f"{description} (similarity {float(similarity[index]):.2f} to the goal)",
+                "skill": skill,
+                "agent": {"names": [agent]},
+                "input": {key: f"${{task.input.{key}}}" for key in task_input},
+            }
+            others = list(dict.fromkeys(a for i in ranked if skills[i][1] == skill and (a := skills[i][0]) != agent))
+            if others:
+                step["alternatives"] = [{"agent": {"names": [a]}} for a in others[:2]]
+            steps.append(step)
         return {"strategy": "LLM", "goal": goal, "steps": steps}

@@ -17,7 +17,7 @@ from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.plans import validate_plan
 from agentmesh.services.planner.playbooks import PlaybookLibrary
 
-__all__ = ["ModelPlanner", "PlanOutcome", "Planner"]
+__all__ = ["ModelPlanner", "PlanOutcome", "Planner", "alternatives_of", "capability_plan", "check_references"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Planner:
                 rejections.append(("LLM", exc.message, proposal))
                 logger.info("model-made plan rejected: %s", exc.message)
         if candidates:
-            return PlanOutcome(capability_plan(goal, task_input, candidates[0]), _why(candidates[0]), rejections)
+            return PlanOutcome(capability_plan(goal, task_input, candidates), _why(candidates[0]), rejections)
         raise FailedPreconditionError(
             f"no plan for {goal!r}: no playbook matches and discovery found no agent for it"
             + (f" (rejected: {rejections[-1][1]})" if rejections else "")
@@ -92,32 +92,51 @@ def check_references(proposal: Any, candidates: list[dict[str, Any]]) -> None:
     for step in proposal["steps"]:
         if step.get("kind", "agent") != "agent":
             continue
-        names = (step.get("agent") or {}).get("names") or []
-        if not names:
-            raise FailedPreconditionError(f"step {step['id']!r} names no agent", reason="PLAN_UNKNOWN_AGENT")
-        unknown = [n for n in names if n not in agents]
-        if unknown:
-            raise FailedPreconditionError(
-                f"step {step['id']!r} names {unknown}, which discovery did not return for this task",
-                reason="PLAN_UNKNOWN_AGENT",
-            )
+        # An alternative is a reference too (a re-plan would call it): it must name discovered agents as well.
+        for where, part in [("", step), *((f" alternative {i + 1}", a) for i, a in enumerate(step.get("alternatives", [])))]:
+            if where and "agent" not in part:
+                continue  # the alternative keeps the step's agent (checked above)
+            names = (part.get("agent") or {}).get("names") or []
+            if not names:
+                raise FailedPreconditionError(f"step {step['id']!r}{where} names no agent", reason="PLAN_UNKNOWN_AGENT")
+            unknown = [n for n in names if n not in agents]
+            if unknown:
+                raise FailedPreconditionError(
+                    f"step {step['id']!r}{where} names {unknown}, which discovery did not return for this task",
+                    reason="PLAN_UNKNOWN_AGENT",
+                )
 
 
-def capability_plan(goal: str, task_input: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
-    """One step to the best discovered skill, fed the whole task input."""
-    return {
-        "strategy": "CAPABILITY_MATCH",
-        "goal": goal,
-        "steps": [
-            {
-                "id": "main",
-                "description": f"{best['matched_skill']} on {best['namespace']}/{best['name']}",
-                "skill": best["matched_skill"],
-                "agent": {"names": [f"{best['namespace']}/{best['name']}"]},
-                "input": {key: f"${{task.input.{key}}}" for key in task_input},
-            }
-        ],
+def capability_plan(goal: str, task_input: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step to the best discovered skill, fed the whole task input; the next-ranked other agents are its
+    alternatives (a re-plan goes to them if the best one fails for good)."""
+    best = candidates[0]
+    step: dict[str, Any] = {
+        "id": "main",
+        "description": f"{best['matched_skill']} on {best['namespace']}/{best['name']}",
+        "skill": best["matched_skill"],
+        "agent": {"names": [f"{best['namespace']}/{best['name']}"]},
+        "input": {key: f"${{task.input.{key}}}" for key in task_input},
     }
+    alternatives = alternatives_of(best, candidates)
+    if alternatives:
+        step["alternatives"] = alternatives
+    return {"strategy": "CAPABILITY_MATCH", "goal": goal, "steps": [step]}
+
+
+def alternatives_of(chosen: dict[str, Any], candidates: list[dict[str, Any]], limit: int = 2) -> list[dict[str, Any]]:
+    """Other discovered agents (ranked order, one entry each) offering a skill, as plan-step alternatives."""
+    seen = {f"{chosen['namespace']}/{chosen['name']}"}
+    alternatives: list[dict[str, Any]] = []
+    for c in candidates:
+        agent = f"{c['namespace']}/{c['name']}"
+        if agent in seen or not c.get("matched_skill") or len(alternatives) >= limit:
+            continue
+        seen.add(agent)
+        alternatives.append(
+            {"description": f"{c['matched_skill']} on {agent}", "skill": c["matched_skill"], "agent": {"names": [agent]}}
+        )
+    return alternatives
 
 
 def _why(best: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ capability matching) produces::
     {"strategy": "PLAYBOOK", "playbook": "support", "goal": "...",
      "steps": [{"id": "triage", "skill": "classify_ticket", "agent": {...discovery query...},
                 "input": {...template...}, "depends_on": [], "when": "", "accept": {"rule": "", "schema": {}},
-                "timeout": 30.0, "retry": {...}, "approval": null, "kind": "agent", "description": ""}],
+                "timeout": 30.0, "retry": {...}, "approval": null, "kind": "agent", "description": "",
+                "alternatives": [{"agent": {...}, "skill": "...", ...}]}],
      "aliases": {"responder": ["responder_1", "responder_2"]},
      "output": {...template...}}
 
@@ -69,6 +70,7 @@ class StepSpec:
     timeout: float = 0.0
     retry: RetrySpec = RetrySpec()
     approval: dict[str, Any] | None = None
+    alternatives: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> StepSpec:
@@ -89,6 +91,7 @@ class StepSpec:
             timeout=float(doc.get("timeout") or 0.0),
             retry=RetrySpec(**retry) if retry else RetrySpec(),
             approval=doc.get("approval") or None,
+            alternatives=tuple(doc.get("alternatives") or ()),
         )
 
 

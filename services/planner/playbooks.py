@@ -119,6 +119,9 @@ def _with_defaults(step: dict[str, Any], defaults: dict[str, Any]) -> dict[str, 
         for key in ("timeout", "retry"):
             if key in defaults and key not in merged:
                 merged[key] = copy.deepcopy(defaults[key])
+        for alternative in merged.get("alternatives", ()):
+            if "agent" in alternative:  # an alternative's agent stays inside the playbook's defaults (e.g. its namespace)
+                alternative["agent"] = {**defaults.get("agent", {}), **alternative["agent"]}
     return merged
 
 
@@ -132,6 +135,9 @@ def _unroll(loop: dict[str, Any], defaults: dict[str, Any], aliases: dict[str, l
             copy_ = _with_defaults(step, defaults)
             copy_["id"] = f"{step['id']}_{r}"
             copy_["input"] = _rename(copy_.get("input", {}), names, r)
+            for alternative in copy_.get("alternatives", ()):
+                if "input" in alternative:
+                    alternative["input"] = _rename(alternative["input"], names, r)
             depends = [f"{d}_{r}" if d in names else d for d in step.get("depends_on", ())]
             conditions = [_rename(step["when"], names, r)] if step.get("when") else []
             if r > 1:
