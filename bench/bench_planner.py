@@ -105,8 +105,9 @@ def _env(home: Path, url: str, registry: str, playbooks: Path, **extra: str) -> 
     }
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "agentmesh.cli", *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+def _spawn(argv: list[str], env: dict[str, str], log: Path, profile: str = "") -> subprocess.Popen[bytes]:
+    python = [sys.executable, "-m", "cProfile", "-o", profile] if profile else [sys.executable]
+    return subprocess.Popen([*python, "-m", "agentmesh.cli", *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 async def _serving(address: str, settings: Any) -> None:
@@ -311,7 +312,7 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
         children.append(_spawn(["agent", "run", "bench_noop:Noop", "--port", "0"], env, logs / "agent.log"))
         endpoint = await _agent_endpoint(settings.replace(registry_address=registry))
         planner = f"127.0.0.1:{planner_port}"
-        first = _spawn(["planner", "--port", str(planner_port)], env, logs / "planner.log")
+        first = _spawn(["planner", "--port", str(planner_port)], env, logs / "planner.log", args.profile)
         children.append(first)
         await _serving(planner, settings)
         async with create_channel(planner, settings, kind="client", name="ops") as channel:
@@ -320,6 +321,7 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             steps = args.tasks * args.width
             started = time.perf_counter()
             ids = await _submit_all(stub, "wide", args.tasks)
+            submitted = time.perf_counter() - started
             finished = await _wait_done(url, ids)
             rate = steps / (finished - started)
             times, failed = await _attempt_times(url, ids)
@@ -327,7 +329,8 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             report.append(
                 f"throughput: planner {rate:,.0f} steps/s ({args.tasks} tasks x {args.width} parallel steps, {failed} failed), "
                 f"attempt p50 {_pct(times, 0.5):.1f} ms p99 {_pct(times, 0.99):.1f} ms; bare loop {bare_rate:,.0f} steps/s "
-                f"(p50 {_pct(bare_times, 0.5):.1f} ms p99 {_pct(bare_times, 0.99):.1f} ms); ratio {rate / bare_rate:.2f}x"
+                f"(p50 {_pct(bare_times, 0.5):.1f} ms p99 {_pct(bare_times, 0.99):.1f} ms); ratio {rate / bare_rate:.2f}x; "
+                f"submissions took {submitted:.2f} s of the planner's {finished - started:.2f} s"
             )
             call_p50 = await _bare_call_p50(settings, endpoint)
             started = time.perf_counter()
@@ -388,6 +391,7 @@ def main() -> int:
     parser.add_argument("--chain", type=int, default=30)
     parser.add_argument("--lease-ttl", type=float, default=5.0)
     parser.add_argument("--skip-crash", action="store_true")
+    parser.add_argument("--profile", default="", help="write a cProfile of the (first) planner process to this file")
     args = parser.parse_args()
 
     from agentmesh.security import CertificateAuthority

@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,8 @@ from agentmesh._errors import (
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
+from agentmesh.audit import AuditEntry
+from agentmesh.services.planner.batching import GroupCommit
 from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
 from agentmesh.services.planner.playbooks import PlaybookLibrary
@@ -41,6 +43,8 @@ from agentmesh.services.planner.rules import OutputRejected, check_output
 from agentmesh.services.planner.store import (
     FINAL_TASK_STATES,
     AttemptEnd,
+    AttemptFinish,
+    AttemptStart,
     ClaimAhead,
     Claimed,
     PlannerStore,
@@ -113,6 +117,10 @@ class TaskEngine:
         self._outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=10_000)
         self._stopping = False
         self._starved = False  # the last claim round was cut short by the in-flight bound
+        # Group commit: attempt starts, and attempt ends with their audit records, of concurrent steps share
+        # one transaction each (a lone step's write starts at once; under load batches grow by themselves).
+        self._starts: GroupCommit[AttemptStart, None] = GroupCommit(self._write_starts, name="planner-starts")
+        self._finishes: GroupCommit[AttemptFinish, str] = GroupCommit(self._write_finishes, name="planner-finishes")
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -277,11 +285,12 @@ class TaskEngine:
         self._running[step.row_id] = (step, task)
         task.add_done_callback(functools.partial(self._done, step))
 
-    def _claim_ahead(self) -> ClaimAhead:
-        """What a transition may claim for this replica at once: none while stopped, else the room left."""
+    def _claim_ahead(self, freed: int = 0, batch: int = 0) -> ClaimAhead:
+        """What a transition may claim for this replica at once: none while stopped, else the room left (with
+        ``freed`` steps about to end), at most ``batch`` (default the claim batch)."""
         running = bool(self._loops) and not self._stopping
-        room = self.settings.planner_max_in_flight - len(self._running) if running else 0
-        return ClaimAhead(max(0, min(room, self.settings.planner_claim_batch)), self.settings.planner_lease_ttl)
+        room = self.settings.planner_max_in_flight - len(self._running) + freed if running else 0
+        return ClaimAhead(max(0, min(room, batch or self.settings.planner_claim_batch)), self.settings.planner_lease_ttl)
 
     def _start_claimed(self, claim: ClaimAhead) -> None:
         """Run the steps a transition claimed; wake the claim loop for runnable steps it left behind."""
@@ -347,8 +356,9 @@ class TaskEngine:
     async def _execute(self, claimed: Claimed) -> None:
         tracer = telemetry.get_tracer()
         with tracer.start_as_current_span(f"step {claimed.step_id}", attributes={"task_id": claimed.task_id}):
+            facts: dict[str, str] = {}
             try:
-                end = await self._attempt(claimed)
+                end = await self._attempt(claimed, facts)
             except _Abandoned:
                 return  # lease lost, task cancelled or planner stopping: the step is someone else's now
             except Exception as exc:  # database trouble before the call: the lease lapses and it is retried
@@ -357,13 +367,34 @@ class TaskEngine:
                 return
             if end is None:
                 return
-            await self._record(claimed, end)
+            await self._record(claimed, end, self._audit_entry(claimed, end, facts))
 
-    async def _attempt(self, claimed: Claimed) -> AttemptEnd | None:
+    def _audit_entry(self, claimed: Claimed, end: AttemptEnd, facts: dict[str, str]) -> AuditEntry:
+        """The audit record of one attempt: who ran it for whom, on which agent and models, and how it ended."""
+        models = [(str(u.get("model", "")), str(u.get("version", ""))) for u in end.model_usages]
+        detail: dict[str, Any] = {"attempt": claimed.attempt, "state": end.state}
+        if facts.get("agent"):
+            detail["agent"] = facts["agent"]
+        if len(models) > 1:
+            detail["models"] = [f"{name}@{version}" for name, version in models]
+        return AuditEntry(
+            "step.attempt",
+            resource=f"tasks/{claimed.task_id}/steps/{claimed.step_id}",
+            outcome="OK" if end.state == "SUCCEEDED" else (end.error_code or "UNKNOWN"),
+            actor=self.identity,
+            on_behalf_of=facts.get("on_behalf_of", ""),
+            trace_id=facts.get("trace_id", ""),
+            model_name=models[0][0] if models else "",
+            model_version=models[0][1] if models else "",
+            detail=detail,
+        )
+
+    async def _attempt(self, claimed: Claimed, facts: dict[str, str]) -> AttemptEnd | None:
         document = await self.store.plan(claimed.plan_id)
         spec = document.steps[claimed.step_id]
         task, scope = await self.store.step_inputs(claimed, outputs=refers_to_steps(spec.input))
         trace_id = telemetry.current_trace_id()
+        facts.update(on_behalf_of=task.on_behalf_of, trace_id=trace_id)
         now = utcnow()
         if task.deadline_at is not None and task.deadline_at <= now:
             return AttemptEnd("FAILED", error_code="DEADLINE_EXCEEDED", error_message="the task's deadline passed")
@@ -373,21 +404,21 @@ class TaskEngine:
         step_input, substitutions = resolve(spec.input, scope)
         if spec.kind == "escalate":
             agent = {"namespace": "planner", "name": "escalate", "version": "", "endpoint": "", "instance_id": ""}
-            await self.store.start_attempt(claimed, agent=agent, step_input=step_input, trace_id=trace_id,
-                                           choice=None, substitutions=substitutions)
+            await self._starts.submit(AttemptStart(claimed, agent, step_input, trace_id, None, substitutions))
             return AttemptEnd("SUCCEEDED", output={**step_input, "escalated": True})
         try:
             choice = await self.dispatcher.choose(spec, previous_instance_id=claimed.previous_instance_id)
         except MeshError as exc:
             # No agent to call (none discovered, registry away): recorded as an attempt without an agent.
             miss = {"query": self.dispatcher.query_of(spec), "candidates": [], "chosen": {}, "reason": exc.message}
-            await self.store.start_attempt(claimed, agent={}, step_input=step_input, trace_id=trace_id,
-                                           choice=miss, substitutions=substitutions)
+            await self._starts.submit(AttemptStart(claimed, {}, step_input, trace_id, miss, substitutions))
             retryable = isinstance(exc, UnavailableError | FailedPreconditionError)
             return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=retryable,
                               backoff=spec.retry.backoff(claimed.attempt))
-        await self.store.start_attempt(claimed, agent=choice.agent, step_input=step_input, trace_id=trace_id,
-                                       choice=choice.record(), substitutions=substitutions)
+        facts["agent"] = f"{choice.namespace}/{choice.name}@{choice.version}"
+        await self._starts.submit(
+            AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
+        )
         timeout = spec.timeout or self.settings.planner_step_timeout
         if task.deadline_at is not None:
             timeout = min(timeout, (task.deadline_at - now).total_seconds())
@@ -443,14 +474,14 @@ class TaskEngine:
                               model_usages=usages, replayed=reply.replayed)
         return AttemptEnd("SUCCEEDED", output=output, model_usages=usages, replayed=reply.replayed)
 
-    async def _record(self, claimed: Claimed, end: AttemptEnd) -> None:
-        """Record the end of an attempt, retrying through a database outage while the lease could still hold."""
+    async def _record(self, claimed: Claimed, end: AttemptEnd, audit: AuditEntry) -> None:
+        """Record the end of an attempt (group commit), retrying through a database outage while the lease could
+        still hold. Returns once it is committed, so nothing depends on a result that is not."""
         backoff = 0.1
         give_up = time.monotonic() + max(30.0, 6 * self.settings.planner_lease_ttl)
         while True:
-            claim = self._claim_ahead()
             try:
-                recorded = await self.store.finish_attempt(claimed, end, claim)
+                recorded = await self._finishes.submit(AttemptFinish(claimed, end, audit))
                 break
             except Exception as exc:
                 if time.monotonic() > give_up:
@@ -459,12 +490,28 @@ class TaskEngine:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(1.0, backoff * 2)
-        self._start_claimed(claim)
         if recorded == "ended":
             with contextlib.suppress(Exception):
                 task = await self.store.get_task(claimed.task_id)
                 if task.state in FINAL_TASK_STATES:
                     await self._notify(task)
+
+    async def _write_starts(self, starts: Sequence[AttemptStart]) -> list[None]:
+        await self.store.start_attempts(starts)
+        return [None] * len(starts)
+
+    async def _write_finishes(self, finishes: Sequence[AttemptFinish]) -> list[str]:
+        """One transaction for the ends of many attempts; then run what it claimed and tell who waits."""
+        claim = self._claim_ahead(freed=len(finishes), batch=self.settings.planner_max_in_flight)
+        results = await self.store.finish_attempts(finishes, claim)
+        self._start_claimed(claim)
+        told: set[str] = set()  # a task that ended is announced by one of its steps only
+        for index, finish in enumerate(finishes):
+            if results[index] == "ended":
+                if finish.claimed.task_id in told:
+                    results[index] = "recorded"
+                told.add(finish.claimed.task_id)
+        return results
 
     def _report(self, agent: dict[str, str], success: bool, code: str, latency: float) -> None:
         with contextlib.suppress(asyncio.QueueFull):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from agentmesh.storage import (
     utcnow,
 )
 
-__all__ = ["AttemptEnd", "ClaimAhead", "Claimed", "PlannerStore", "TaskRow"]
+__all__ = ["AttemptEnd", "AttemptFinish", "AttemptStart", "ClaimAhead", "Claimed", "PlannerStore", "TaskRow"]
 
 TASKS = Task.__table__
 PLANS = Plan.__table__
@@ -101,7 +101,8 @@ _OUTPUTS = sa.select(STEPS.c.step_id, STEPS.c.output).where(
 _PLAN_STEPS = sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output).where(
     STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id)
 )
-_AGENT = ("agent_namespace", "agent_name", "agent_version", "agent_endpoint", "agent_instance_id")
+_AGENT_KEYS = ("namespace", "name", "version", "endpoint", "instance_id")
+_AGENT = tuple(f"agent_{key}" for key in _AGENT_KEYS)
 _SET_AGENT = (
     sa.update(STEPS)
     .where(STEPS.c.id == _p("row_id", STEPS.c.id))
@@ -131,6 +132,12 @@ _END_STEP = {
              "lease_expires_at": None, "updated_at": _p("now", STEPS.c.updated_at)})
     for state, columns in _END_COLUMNS.items()
 }
+_END_TASK = (
+    sa.update(TASKS)
+    .where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id), TASKS.c.state.notin_(FINAL_TASK_STATES))
+    .values(state=_p("state", TASKS.c.state), error=_p("error", TASKS.c.error), output=_p("output", TASKS.c.output),
+            updated_at=_p("now", TASKS.c.updated_at))
+)
 _INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
 
 
@@ -195,6 +202,38 @@ class AttemptEnd:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class AttemptStart:
+    """An attempt to record before its call: the instance chosen (so a retry can go back to it) and why."""
+
+    claimed: Claimed
+    agent: Mapping[str, str]
+    step_input: dict[str, Any]
+    trace_id: str
+    choice: dict[str, Any] | None = None
+    substitutions: Sequence[Substitution] = ()
+
+
+@dataclass(frozen=True)
+class AttemptFinish:
+    """How an attempt ended, and its audit record (appended in the transaction that records the end)."""
+
+    claimed: Claimed
+    end: AttemptEnd
+    audit: AuditEntry | None = None
+
+
+def _step_end(claimed: Claimed, end: AttemptEnd, now: dt.datetime) -> dict[str, Any]:
+    """The step's columns after an attempt: SUCCEEDED, READY again (a retry after its backoff) or FAILED."""
+    if end.state == "SUCCEEDED":
+        return {"state": "SUCCEEDED", "output": end.output, "finished_at": now}
+    if end.retryable and claimed.attempt < claimed.max_attempts:
+        return {"state": "READY", "not_before": now + dt.timedelta(seconds=end.backoff),
+                "error_code": end.error_code, "error_message": end.error_message[:4000]}
+    return {"state": "FAILED", "error_code": end.error_code, "error_message": end.error_message[:4000],
+            "finished_at": now}
+
+
 @dataclass
 class ClaimAhead:
     """Ask a transition to claim, in its own transaction, up to ``limit`` steps it makes runnable.
@@ -230,6 +269,12 @@ class PlannerStore:
         # FOR NO KEY UPDATE: serializes a task's transitions, yet lets rows referencing the task (attempts,
         # events; their foreign keys take KEY SHARE) be inserted meanwhile, so claims never wait on it.
         self._lock = lock.with_for_update(key_share=True) if self.postgres else lock
+        many = (
+            sa.select(TASKS.c.task_id, TASKS.c.state)
+            .where(TASKS.c.task_id.in_(sa.bindparam("p_task_ids", expanding=True)))
+            .order_by(TASKS.c.task_id)
+        )
+        self._lock_many = many.with_for_update(key_share=True) if self.postgres else many
         # What a step attempt reads of its task never changes (input, deadline, identities): read once per task.
         self._tasks: dict[str, TaskRow] = {}
 
@@ -443,134 +488,133 @@ class PlannerStore:
         document = await self.plan(claimed.plan_id)
         return task, Scope(task.input, done, document.aliases)
 
-    async def start_attempt(
-        self,
-        claimed: Claimed,
-        *,
-        agent: dict[str, str],
-        step_input: dict[str, Any],
-        trace_id: str,
-        choice: dict[str, Any] | None,
-        substitutions: Sequence[Substitution],
-    ) -> None:
-        """Record an attempt before its call: the agent and instance chosen (so a retry can go back to it)."""
+    async def start_attempts(self, starts: Sequence[AttemptStart]) -> None:
+        """Record attempts before their calls, all in one transaction (group commit): the agent and instance
+        chosen (so a retry can go back to it), the choice and the substitutions. A few statements however many."""
         now = utcnow()
-        chosen = {f"agent_{key}": agent.get(key, "") for key in ("namespace", "name", "version", "endpoint", "instance_id")}
+        agents: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        choices: list[dict[str, Any]] = []
+        substitutions: list[dict[str, Any]] = []
+        for start in sorted(starts, key=lambda s: s.claimed.row_id):  # one lock order for step rows
+            claimed = start.claimed
+            chosen = {f"agent_{key}": start.agent.get(key, "") for key in _AGENT_KEYS}
+            agents.append({"p_row_id": claimed.row_id, "p_input": start.step_input,
+                           **{f"p_{k}": v for k, v in chosen.items()}})
+            attempts.append({"plan_step_id": claimed.row_id, "task_id": claimed.task_id, "step_id": claimed.step_id,
+                             "attempt": claimed.attempt, **chosen, "state": "RUNNING", "trace_id": start.trace_id,
+                             "planner": self.owner, "started_at": now})
+            if start.choice is not None:
+                choices.append({"task_id": claimed.task_id, "plan_id": claimed.plan_id, "step_id": claimed.step_id,
+                                "attempt": claimed.attempt, "created_at": now, **start.choice})
+            substitutions += [
+                {"task_id": claimed.task_id, "step_id": claimed.step_id, "attempt": claimed.attempt,
+                 "field_path": s.field_path, "template": s.template, "value": s.value, "source": s.source,
+                 "source_step_id": s.source_step_id, "created_at": now}
+                for s in start.substitutions
+            ]
         async with self.engine.begin() as conn:
-            await conn.execute(
-                _SET_AGENT, {"p_row_id": claimed.row_id, "p_input": step_input, **{f"p_{k}": v for k, v in chosen.items()}}
-            )
-            await conn.execute(
-                _INSERT[ATTEMPTS.name],
-                {
-                    "plan_step_id": claimed.row_id,
-                    "task_id": claimed.task_id,
-                    "step_id": claimed.step_id,
-                    "attempt": claimed.attempt,
-                    **chosen,
-                    "state": "RUNNING",
-                    "trace_id": trace_id,
-                    "planner": self.owner,
-                    "started_at": now,
-                },
-            )
-            if choice is not None:
-                await conn.execute(
-                    _INSERT[CHOICES.name],
-                    {"task_id": claimed.task_id, "plan_id": claimed.plan_id, "step_id": claimed.step_id,
-                     "attempt": claimed.attempt, "created_at": now, **choice},
-                )
+            await conn.execute(_SET_AGENT, agents)
+            await conn.execute(_INSERT[ATTEMPTS.name], attempts)
+            if choices:
+                await conn.execute(_INSERT[CHOICES.name], choices)
             if substitutions:
-                await conn.execute(
-                    _INSERT[SUBSTITUTIONS.name],
-                    [
-                        {
-                            "task_id": claimed.task_id,
-                            "step_id": claimed.step_id,
-                            "attempt": claimed.attempt,
-                            "field_path": s.field_path,
-                            "template": s.template,
-                            "value": s.value,
-                            "source": s.source,
-                            "source_step_id": s.source_step_id,
-                            "created_at": now,
-                        }
-                        for s in substitutions
-                    ],
-                )
+                await conn.execute(_INSERT[SUBSTITUTIONS.name], substitutions)
 
-    async def finish_attempt(self, claimed: Claimed, end: AttemptEnd, claim: ClaimAhead | None = None) -> str:
-        """Record how an attempt ended and move the plan on: "lost" when the lease was lost meanwhile (or the
-        task had already ended), "ended" when this ended the task, else "recorded". With ``claim``, the steps
-        this unblocks are claimed for this replica in the same transaction (no claim round trip, no wait)."""
+    async def finish_attempts(self, finishes: Sequence[AttemptFinish], claim: ClaimAhead | None = None) -> list[str]:
+        """Record how attempts ended and move their plans on, all in ONE transaction (group commit), with each
+        attempt's audit record. Per attempt: "lost" when the lease was lost meanwhile (or the task had already
+        ended), "ended" when the task ended, else "recorded". With ``claim``, the steps this unblocks are claimed
+        for this replica in the same transaction (no claim round trip, no wait), up to its limit in all."""
         ahead = _Ahead(claim)
-        result = await self._finish(claimed, end, ahead)
-        ahead.publish()
-        return result
-
-    async def _finish(self, claimed: Claimed, end: AttemptEnd, ahead: _Ahead) -> str:
-        now = utcnow()
         async with self.engine.begin() as conn:
-            task_state, task_input = await self._lock_task(conn, claimed.task_id, with_input=True)
-            await conn.execute(
-                _END_ATTEMPT,
-                {
-                    "p_row_id": claimed.row_id,
-                    "p_attempt": claimed.attempt,
-                    "p_state": end.state,
-                    "p_error_code": end.error_code,
-                    "p_error_message": end.error_message[:4000],
-                    "p_finished_at": now,
-                    "p_model_usages": list(end.model_usages),
-                    "p_replayed": end.replayed,
-                },
-            )
-            if task_state in FINAL_TASK_STATES:
+            results = await self._finish(conn, finishes, ahead)
+        ahead.publish()
+        return results
+
+    async def _finish(self, conn: AsyncConnection, finishes: Sequence[AttemptFinish], ahead: _Ahead) -> list[str]:
+        now = utcnow()
+        task_ids = sorted({f.claimed.task_id for f in finishes})
+        # Task rows in one order (every batch, every replica): two batches never wait on each other in a cycle.
+        states: dict[str, str] = {
+            row.task_id: row.state for row in await conn.execute(self._lock_many, {"p_task_ids": task_ids})
+        }
+        await conn.execute(
+            _END_ATTEMPT,
+            [
+                {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
+                 "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
+                 "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
+                for f in finishes
+            ],
+        )
+        results = ["recorded"] * len(finishes)
+        events: list[tuple[Any, ...]] = []
+        succeeded: dict[str, str] = {}  # task -> plan to advance
+        failed: dict[str, AttemptFinish] = {}  # task -> its first step that failed for good
+        for index in sorted(range(len(finishes)), key=lambda i: (finishes[i].claimed.task_id, finishes[i].claimed.row_id)):
+            claimed, end = finishes[index].claimed, finishes[index].end
+            if states.get(claimed.task_id) in FINAL_TASK_STATES:
                 # Cancelled or failed meanwhile: the attempt is recorded; the step stays as the task left it.
-                await self._events(conn, claimed.task_id, [("ATTEMPT", claimed.step_id, end.state, claimed.attempt)])
-                return "lost"
-            if end.state == "SUCCEEDED":
-                values: dict[str, Any] = {"state": "SUCCEEDED", "output": end.output, "finished_at": now}
-            elif end.retryable and claimed.attempt < claimed.max_attempts:
-                values = {
-                    "state": "READY",
-                    "not_before": now + dt.timedelta(seconds=end.backoff),
-                    "error_code": end.error_code,
-                    "error_message": end.error_message[:4000],
-                }
-            else:
-                values = {
-                    "state": "FAILED",
-                    "error_code": end.error_code,
-                    "error_message": end.error_message[:4000],
-                    "finished_at": now,
-                }
+                events.append(("ATTEMPT", claimed.step_id, end.state, claimed.attempt, claimed.task_id))
+                results[index] = "lost"
+                continue
+            values = _step_end(claimed, end, now)
             changed = await conn.execute(
                 _END_STEP[values["state"]],
                 {"p_row_id": claimed.row_id, "p_owner": self.owner, "p_attempt": claimed.attempt, "p_now": now,
                  **{f"p_{k}": v for k, v in values.items() if k != "state"}},
             )
             if changed.rowcount == 0:
-                return "lost"
-            events: list[tuple[Any, ...]] = [("ATTEMPT", claimed.step_id, end.state, claimed.attempt),
-                                             ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt)]
+                results[index] = "lost"
+                continue
+            events += [("ATTEMPT", claimed.step_id, end.state, claimed.attempt, claimed.task_id),
+                       ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt, claimed.task_id)]
             if values["state"] == "SUCCEEDED":
-                ended = await self._advance(conn, claimed.task_id, claimed.plan_id, task_input, ahead=ahead, events=events)
-                return "ended" if ended else "recorded"
-            await self._events(conn, claimed.task_id, events)
-            if values["state"] == "READY":
+                succeeded.setdefault(claimed.task_id, claimed.plan_id)
+            elif values["state"] == "READY":
                 ahead.ready_left = True
-            if values["state"] == "FAILED":
+            else:
+                failed.setdefault(claimed.task_id, finishes[index])
+        ended: set[str] = set()
+        for task_id in task_ids:
+            if task_id in failed:
+                claimed, end = failed[task_id].claimed, failed[task_id].end
+                task_input = await self._task_input(conn, task_id)
+                await self._flush_events(conn, events)  # re-planning writes its own events after these
                 if await replanning.after_failure(
-                    self, conn, claimed.task_id, claimed.plan_id, claimed.step_id, task_input, ahead
+                    self, conn, task_id, claimed.plan_id, claimed.step_id, task_input, ahead
                 ):
-                    return "recorded"  # the task goes on under a new plan version (now, or once siblings end)
+                    continue  # the task goes on under a new plan version (now, or once siblings end)
                 await self._end_task(
-                    conn, claimed.task_id, "FAILED",
+                    conn, task_id, "FAILED", sink=events,
                     error=f"step {claimed.step_id} failed: {end.error_code} {end.error_message}".strip(),
                 )
-                return "ended"
-        return "recorded"
+                ended.add(task_id)
+            elif task_id in succeeded:
+                task_input = await self._task_input(conn, task_id)
+                if await self._advance(conn, task_id, succeeded[task_id], task_input, ahead=ahead, sink=events):
+                    ended.add(task_id)
+        await self._flush_events(conn, events)
+        await append_audit(conn, [f.audit for f in finishes if f.audit is not None])  # last: the chain lock
+        return [
+            "ended" if result == "recorded" and f.claimed.task_id in ended else result
+            for f, result in zip(finishes, results, strict=True)
+        ]
+
+    async def _task_input(self, conn: AsyncConnection, task_id: str) -> dict[str, Any]:
+        """A task's input (it never changes: read once per task)."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).one()
+            task = self._remember(TaskRow.of(row))
+        return task.input
+
+    async def _flush_events(self, conn: AsyncConnection, events: list[tuple[Any, ...]]) -> None:
+        """Insert the events collected so far (each carries its task id) and empty the list."""
+        if events:
+            await self._events(conn, None, events)
+            events.clear()
 
     async def _lock_task(self, conn: AsyncConnection, task_id: str, *, with_input: bool = False) -> Any:
         """Lock a task row for a transition; its state (and input, when asked: a task's input never changes)."""
@@ -592,16 +636,20 @@ class PlannerStore:
         *,
         ahead: _Ahead | None = None,
         events: Sequence[tuple[Any, ...]] = (),
+        sink: list[tuple[Any, ...]] | None = None,
     ) -> bool:
         """Move every pending step whose dependencies are done to READY, SKIPPED or WAITING_APPROVAL; end the task
         when every step is done (then True). Runs until nothing changes (a skip can unblock or skip its dependents).
 
         With ``ahead``, up to its limit of the steps made READY are claimed at once (RUNNING under this replica's
-        lease, as a claim would). ``events`` are written with the ones this adds (one INSERT)."""
+        lease, as a claim would). ``events`` are written with the ones this adds (one INSERT), or, with ``sink``,
+        added to it (each with its task id) for the caller to write."""
         document = await self.plan(plan_id)
         rows = (await conn.execute(_PLAN_STEPS, {"p_plan_id": plan_id})).all()
         states = {r.step_id: r.state for r in rows}
         if "FAILED" in states.values():  # only while a re-plan waits for this plan's running steps
+            if sink:
+                await self._flush_events(conn, sink)
             if events:
                 await self._events(conn, task_id, events)
             return await replanning.resume(self, conn, task_id, plan_id, task_input, ahead)
@@ -651,6 +699,7 @@ class PlannerStore:
                 lease = {**self._lease(ahead.lease_ttl), "p_plan_id": plan_id, "p_ids": take}
                 rows = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
                 ahead.steps += [Claimed(*row) for row in rows]
+                ahead.limit -= len(rows)
                 running = [("STEP_STATE", row.step_id, "RUNNING", row.attempt_count) for row in rows]
             if new == "READY" and ids and ahead is not None:
                 ahead.ready_left = True
@@ -669,39 +718,58 @@ class PlannerStore:
             )
             events += [("APPROVAL", a["step_id"], "PENDING", 0) for a in approvals]
             events.append(("TASK_STATE", "", "WAITING_APPROVAL", 0))
-        if events:
+        if sink is not None:
+            sink += [(*e[:4], task_id) for e in events]
+        elif events:
             await self._events(conn, task_id, events)
         if all(v in DONE_STEP_STATES for v in states.values()):
             scope = Scope(task_input, outputs, document.aliases)
             output, _ = resolve(document.doc.get("output") or {}, scope) if document.doc.get("output") else (
                 {sid: outputs[sid] for sid in states if sid in outputs}, []
             )
-            await self._end_task(conn, task_id, "SUCCEEDED", output=output)
+            approvals_possible = any(spec.approval is not None for spec in document.steps.values())
+            await self._end_task(conn, task_id, "SUCCEEDED", output=output, sink=sink, steps_done=True,
+                                 approvals=approvals_possible)
             return True
         return False
 
     async def _end_task(
-        self, conn: AsyncConnection, task_id: str, state: str, *, error: str = "", output: dict[str, Any] | None = None
+        self,
+        conn: AsyncConnection,
+        task_id: str,
+        state: str,
+        *,
+        error: str = "",
+        output: dict[str, Any] | None = None,
+        sink: list[tuple[Any, ...]] | None = None,
+        steps_done: bool = False,
+        approvals: bool = True,
     ) -> None:
-        """Put a task in a final state; steps not done are SKIPPED (CANCELLED when cancelling)."""
+        """Put a task in a final state; steps not done are SKIPPED (CANCELLED when cancelling), pending approvals
+        rejected. ``steps_done``: every step is known done (no UPDATE); ``approvals=False``: the plan has no
+        approval steps (no UPDATE); ``sink``: the event is added there instead of written."""
         now = utcnow()
         leftover = "CANCELLED" if state == "CANCELLED" else "SKIPPED"
+        if not steps_done:
+            await conn.execute(
+                sa.update(STEPS)
+                .where(STEPS.c.task_id == task_id, STEPS.c.state.notin_(DONE_STEP_STATES))
+                .values(state=leftover, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+            )
+        if approvals:
+            await conn.execute(
+                sa.update(APPROVALS)
+                .where(APPROVALS.c.task_id == task_id, APPROVALS.c.state == "PENDING")
+                .values(state="REJECTED", comment=f"task {state.lower()}", decided_at=now)
+            )
         await conn.execute(
-            sa.update(STEPS)
-            .where(STEPS.c.task_id == task_id, STEPS.c.state.notin_(DONE_STEP_STATES))
-            .values(state=leftover, lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now)
+            _END_TASK,
+            {"p_task_id": task_id, "p_state": state, "p_error": error[:4000], "p_output": output, "p_now": now},
         )
-        await conn.execute(
-            sa.update(APPROVALS)
-            .where(APPROVALS.c.task_id == task_id, APPROVALS.c.state == "PENDING")
-            .values(state="REJECTED", comment=f"task {state.lower()}", decided_at=now)
-        )
-        await conn.execute(
-            sa.update(TASKS)
-            .where(TASKS.c.task_id == task_id, TASKS.c.state.notin_(FINAL_TASK_STATES))
-            .values(state=state, error=error[:4000], output=output, updated_at=now)
-        )
-        await self._events(conn, task_id, [("TASK_STATE", "", state, 0)])
+        if sink is not None:
+            sink.append(("TASK_STATE", "", state, 0, task_id))
+        else:
+            await self._events(conn, task_id, [("TASK_STATE", "", state, 0)])
 
     async def _events(
         self, conn: AsyncConnection, task_id: str | None, events: Sequence[tuple[Any, ...]]

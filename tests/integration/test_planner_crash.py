@@ -156,6 +156,77 @@ async def test_a_second_planner_finishes_every_task_of_a_killed_one_and_no_skill
     print(f"crash-to-resume {took:.2f}s with a {LEASE_TTL}s lease")
 
 
+FAST_CHAIN = """
+name: fast
+defaults: {agent: {names: [testing/worker]}, timeout: 20}
+steps:
+  - {id: one, skill: shout, input: {text: "${task.input.n}"}}
+  - {id: two, skill: shout, depends_on: [one], input: {text: "${steps.one.output.text}!"}}
+  - {id: three, skill: shout, depends_on: [one], input: {text: "${steps.one.output.text}?"}}
+"""
+
+
+async def test_two_planners_audit_every_step_attempt_in_one_valid_chain(
+    two_workers: tuple[RegistryReplica, list[Worker]],
+    start_planner: StartPlanner,
+    migrated_postgres_url: str,
+    mesh_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    import sqlalchemy as sa
+
+    from agentmesh.audit import verify_chain
+    from agentmesh.storage import create_async_engine
+
+    registry, _ = two_workers
+    (tmp_path / "fast.yaml").write_text(FAST_CHAIN)
+    planners = [
+        await start_planner(migrated_postgres_url, registry.address, planner_playbooks_path=tmp_path)
+        for _ in range(2)
+    ]
+    channels = [create_channel(p.address, mesh_settings, kind="client", name="ops") for p in planners]
+    try:
+        stubs = [task_pb2_grpc.TaskServiceStub(c) for c in channels]
+
+        async def one(n: int) -> str:  # every other task to each planner, all at once: both append concurrently
+            request = task_pb2.SubmitTaskRequest(goal="fast", playbook="fast", request_id=f"a{n}")
+            request.input.update({"n": f"t{n}"})
+            return str((await stubs[n % 2].SubmitTask(request, timeout=30)).task.task_id)
+
+        task_ids = list(await asyncio.gather(*(one(n) for n in range(24))))
+        tasks = await _wait_all(stubs[0], task_ids, within=120)
+        assert [t.state for t in tasks] == [task_pb2.TASK_STATE_SUCCEEDED] * len(task_ids), [t.error for t in tasks]
+    finally:
+        for channel in channels:
+            await channel.close()
+    engine = create_async_engine(migrated_postgres_url)
+    try:
+        verdict = await verify_chain(engine)
+        assert verdict.valid, verdict.message
+        async with engine.connect() as conn:
+            attempts = (
+                await conn.execute(
+                    sa.text("SELECT task_id, step_id, attempt, state, trace_id, planner FROM step_attempts "
+                            "WHERE task_id = ANY(:ids)"),
+                    {"ids": task_ids},
+                )
+            ).all()
+            records = (
+                await conn.execute(sa.text("SELECT resource, actor, outcome, trace_id, detail FROM audit_records "
+                                           "WHERE action = 'step.attempt'"))
+            ).all()
+    finally:
+        await engine.dispose()
+    assert len(attempts) == 3 * len(task_ids)
+    assert len({a.planner for a in attempts}) == 2  # both replicas ran steps (and appended)
+    audited = {(r.resource, r.detail["attempt"]): r for r in records}
+    assert len(audited) == len(records) == len(attempts)
+    for attempt in attempts:
+        record = audited[f"tasks/{attempt.task_id}/steps/{attempt.step_id}", attempt.attempt]
+        assert record.actor == f"spiffe://{mesh_settings.trust_domain}/service/planner"
+        assert record.outcome == "OK" and attempt.state == "SUCCEEDED"
+        assert record.trace_id == attempt.trace_id and record.detail["agent"] == "testing/worker@1.0.0"
+
 
 class RestartablePostgres:
     """A PostgreSQL server of this test's own, stopped and started again on the same port."""
