@@ -136,6 +136,11 @@ class Settings:
     gateway_injection_policy: str = "flag"
     # Mesh console (web UI served by the gateway process over HTTPS with the gateway's certificate); -1: off.
     console_port: int = 7444
+    # Keyed PII pseudonyms (HMAC-SHA256): a file holding the mesh's pseudonym secret. Where one is set (or
+    # <home>/pseudonym.key exists, as `agentmesh up` makes it), redaction at the gateway replaces an email or
+    # phone number by a stable pseudonym such as "[email:kpbf...]" that the CRM agent indexes its customers by;
+    # without one, by a plain marker ("[email]").
+    pseudonym_key_file: str = ""
 
     @property
     def resolved_database_url(self) -> str:
