@@ -7,8 +7,10 @@ real replica process (``agentmesh registry``) is started on it. While it loads, 
 service every ``--probe-interval`` seconds (1 in flight, mTLS): the replica must answer NOT_SERVING promptly, so
 the slowest answer before SERVING bounds the longest stall of its event loop (plus one round trip; the round
 trip of the same probe once SERVING is reported beside it). Load time and the longest event-loop stall during it
-(a 5 ms ticker's lateness, ``LoopStalls``) are the replica's own log line; RSS is the
-replica process's VmRSS once SERVING and its peak (VmHWM), from /proc.
+(a 5 ms ticker's lateness, ``LoopStalls``) are the replica's own log line, with where the loop's thread was during
+that stall (running, runnable but waiting for a CPU: the machine is busy, or blocked on the GIL; Linux schedstat);
+RSS is the replica process's VmRSS once SERVING and its peak (VmHWM), from /proc. The machine's 1-minute load
+average is sampled while each replica loads.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from bench._registry_cards import TRUST_DOMAIN, Vocabulary, bulk_load, cards
 
 _LOADED = re.compile(
     r"registry loaded (\d+) versions, (\d+) instances at revision \d+ in ([\d.]+)s"
-    r" \(longest event-loop stall ([\d.]+) ms\)"
+    r" \(longest event-loop stall ([\d.]+) ms: ([\d.]+) ms running on the loop, ([\d.]+) ms waiting for a CPU,"
+    r" ([\d.]+) ms waiting for the GIL\)"
 )
 
 
@@ -57,8 +60,10 @@ async def _probe(address: str, home: Path, process: subprocess.Popen[bytes], int
         options=list(replica_options(settings, "service/registry")),
     )
     worst, answered, serving_rtts = 0.0, 0, []
+    loads = [os.getloadavg()[0]]
     try:
         while process.poll() is None:
+            loads.append(os.getloadavg()[0])
             started = time.perf_counter()
             status = await check_health(channel, within=30.0)  # type: ignore[arg-type]
             took = time.perf_counter() - started
@@ -71,9 +76,15 @@ async def _probe(address: str, home: Path, process: subprocess.Popen[bytes], int
                     break
             await asyncio.sleep(interval)
     finally:
-        await channel.close()
+        await channel.close(None)
     serving_rtts.sort()
-    return {"worst": worst, "answered": answered, "rtt": serving_rtts[len(serving_rtts) // 2] if serving_rtts else 0}
+    return {
+        "worst": worst,
+        "answered": answered,
+        "rtt": serving_rtts[len(serving_rtts) // 2] if serving_rtts else 0,
+        "load_low": min(loads),
+        "load_high": max(loads),
+    }
 
 
 def _one(size: int, server: object, vocab: Vocabulary, interval: float) -> str:
@@ -114,10 +125,12 @@ def _one(size: int, server: object, vocab: Vocabulary, interval: float) -> str:
                 process.wait(30)
         text = log.read_text(errors="replace")
     found = _LOADED.search(text)
-    load, stall = (found.group(3), found.group(4)) if found else ("?", "?")
+    load, stall, running, waiting, gil = found.groups()[2:] if found else ("?",) * 5
     return (
-        f"| {size:,} | {load} s | {stall} ms | {probe['worst'] * 1e3:.1f} ms ({probe['answered']:.0f} answers) "
-        f"| {probe['rtt'] * 1e3:.2f} ms | {rss / 1024:.0f} MiB | {peak / 1024:.0f} MiB |"
+        f"| {size:,} | {load} s | {stall} ms | {running} / {waiting} / {gil} ms "
+        f"| {probe['worst'] * 1e3:.1f} ms ({probe['answered']:.0f} answers) "
+        f"| {probe['rtt'] * 1e3:.2f} ms | {rss / 1024:.0f} MiB | {peak / 1024:.0f} MiB "
+        f"| {probe['load_low']:.1f}-{probe['load_high']:.1f} |"
     )
 
 
@@ -131,9 +144,10 @@ def main() -> int:
     vocab = Vocabulary.build()
     rows = [
         "| instances | snapshot load (replica log) | longest event-loop stall while loading (replica log) "
+        "| of it: running on the loop / waiting for a CPU / waiting for the GIL "
         "| slowest NOT_SERVING answer while loading | probe round trip once SERVING "
-        "| replica RSS once SERVING | replica peak RSS |",
-        "|---|---|---|---|---|---|---|",
+        "| replica RSS once SERVING | replica peak RSS | load average (1 min) while loading |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     with _throwaway_server() as server:
         for size in (int(n) for n in args.agents.split(",") if n.strip()):

@@ -24,7 +24,7 @@ from agentmesh.services.registry.model import InstanceRecord
 from agentmesh.services.registry.store import RegistryStore, epoch, from_epoch
 from agentmesh.v1 import agent_pb2
 
-__all__ = ["Lapses", "LeaseBook"]
+__all__ = ["Lapses", "LeaseBook", "track_loaded"]
 
 NOT_SERVING = agent_pb2.SERVING_STATE_NOT_SERVING
 
@@ -78,6 +78,11 @@ class LeaseBook:
         return await self._store.expire_due(from_epoch(now), from_epoch(now))
 
 
+def track_loaded(due: list[tuple[float, str]], instance: InstanceRecord) -> None:
+    """Add a loaded instance to ``due``, the heap :meth:`Lapses.reset` takes."""
+    heapq.heappush(due, (instance.expires_at, instance.instance_id))
+
+
 class Lapses:
     """Instances whose lease passed, hidden from answers (as NOT_SERVING) until renewed or swept.
 
@@ -91,11 +96,12 @@ class Lapses:
         self._hidden: dict[str, int] = {}  # instance id -> the state it had when its lease passed
         self._due: list[tuple[float, str]] = []
 
-    def reset(self, index: AgentIndex) -> None:
-        """Track every instance of a freshly loaded index (and nothing else)."""
+    def reset(self, due: list[tuple[float, str]]) -> None:
+        """Track the instances of a freshly loaded index (and nothing else): ``due`` is a heap of (expiry, instance
+        id) built with :func:`track_loaded` as the index was loaded (heapifying 100k entries at once would hold the
+        event loop for tens of ms)."""
         self._hidden.clear()
-        self._due = [(i.expires_at, i.instance_id) for i in index.instances.values()]
-        heapq.heapify(self._due)
+        self._due = due
 
     def track(self, instance: InstanceRecord) -> None:
         """Judge ``instance`` when its lease comes due (call when an instance joins the index)."""

@@ -53,7 +53,7 @@ _WRITER_LOCK = 0x6167656E7473
 _MAX_POLICY_BIT = 62
 _CHUNK = 1000
 # Rows of the snapshot streamed at a time: a replica holds one chunk of raw rows, not the whole table.
-_SNAPSHOT_CHUNK = 500
+_SNAPSHOT_CHUNK = 250
 
 
 def epoch(moment: dt.datetime) -> float:

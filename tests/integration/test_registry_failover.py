@@ -1,7 +1,7 @@
 """Registry failover: clients given several replica addresses move to a live one, verified by identity.
 
-A real agent process (``agentmesh agent run``) gets two replica addresses; the replica it heartbeats to is
-killed with SIGKILL. The agent's heartbeats re-home on the other replica within a second, without
+A real agent process (``agentmesh agent run``) gets two replica addresses (or one DNS name with an A and an AAAA
+record); the replica it heartbeats to is killed with SIGKILL. The agent's heartbeats re-home on the other replica within a second, without
 registering again, and the agent never expires there.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from agentmesh._registry_client import REGISTRY_IDENTITY, RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.v1 import registry_pb2
 from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.dns import dns_server
 from tests.fixtures.registry import StartRegistry, make_card
 from tests.integration.test_agent_cli import free_port
 from tests.integration.test_registry import eventually
@@ -186,3 +188,81 @@ async def test_an_ops_client_given_two_replicas_moves_on_when_one_stops(
 
 async def _count(ops: RegistryClient) -> bool:
     return len((await ops.discover(names=["support/refunds"])).candidates) == 1
+
+
+async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_survives_a_sigkill(
+    mesh_settings: Settings,
+    issue_identity: IssueIdentity,
+    spawn: Callable[..., Awaitable[_Process]],
+    _postgres_migrated_pool: Any,
+) -> None:
+    """One DNS name, two records (A 127.0.0.1, AAAA ::1), a replica behind each on the same port: the agent is
+    given only the name (served by a test DNS server that gRPC's resolver is pointed at), is verified against the
+    registry's SPIFFE identity rather than that name, and re-homes when its replica is SIGKILLed."""
+    if not _ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    issue_identity("service", "registry")
+    issue_identity("client", "ops")
+    issue_identity("agent", "testing/echo")
+    port = free_port()
+    with _postgres_migrated_pool.database() as url:
+        fast = {"database_url": url, "lease_flush_interval": "0.1", "registry_poll_interval": "0.05"}
+        async with dns_server({"replicas.agentmesh.test": ["127.0.0.1", "::1"]}) as dns:
+            # The agent starts while only the IPv6 replica is up, so that is the one it heartbeats to.
+            first = await spawn("registry", "--port", str(port), env=_env(mesh_settings, bind_host="[::1]", **fast))
+            await _serving(f"[::1]:{port}", mesh_settings, first)
+            name = f"dns://127.0.0.1:{dns.port}/replicas.agentmesh.test:{port}"
+            agent = await spawn(
+                "agent", "run", "tests.integration.echo_agent", "--port", str(free_port()),
+                env=_env(mesh_settings, registry_address=name, lease_ttl=str(LEASE_TTL)),
+            )  # fmt: skip
+            second = await spawn("registry", "--port", str(port), env=_env(mesh_settings, bind_host="127.0.0.1", **fast))
+            await _serving(f"127.0.0.1:{port}", mesh_settings, second)
+            async with RegistryClient(mesh_settings, kind="client", name="ops", address=f"127.0.0.1:{port}") as survivor:
+
+                async def discoverable() -> bool:
+                    answer = await survivor.discover(names=["testing/echo"])
+                    return len(answer.candidates) == 1
+
+                await eventually(discoverable, 30.0, "the agent registering")
+                assert ("replicas.agentmesh.test", 28) in dns.queries  # the name was looked up for AAAA and A
+                assert ("replicas.agentmesh.test", 1) in dns.queries
+                ends: list[int] = []
+                expiring = (registry_pb2.AGENT_EVENT_TYPE_EXPIRED, registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED)
+
+                async def watch() -> None:
+                    async for event in survivor.watch(namespace="testing"):
+                        if event.type in expiring:
+                            ends.append(event.type)
+
+                watcher = asyncio.create_task(watch())
+                await asyncio.sleep(LEASE_TTL)  # routine renewals through the IPv6 replica
+                first.process.send_signal(signal.SIGKILL)
+                killed_at = time.time()
+
+                async def renewed_by_survivor() -> bool:
+                    instance = (await survivor.get_agent("testing", "echo")).instances[0]
+                    renewed_at = instance.lease_expire_time.ToNanoseconds() / 1e9 - LEASE_TTL
+                    return renewed_at > killed_at
+
+                await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the IPv4 replica")
+                deadline = time.monotonic() + 3 * LEASE_TTL
+                while time.monotonic() < deadline:
+                    assert await discoverable(), "the agent vanished from the surviving replica"
+                    await asyncio.sleep(0.1)
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            assert ends == []
+            assert agent.output().count("registered instance") == 1, agent.output()
+            await agent.stop()
+            await second.stop()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

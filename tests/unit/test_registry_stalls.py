@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
-from agentmesh.services.registry._stalls import LoopStalls, Pacer
+import pytest
+
+from agentmesh.services.registry._stalls import LoopStalls, Pacer, quick_handoff
 
 
 def _busy(seconds: float) -> None:
@@ -44,3 +48,37 @@ def test_a_pacer_rests_only_once_its_work_slice_is_over() -> None:
     before = time.perf_counter()
     pace()
     assert time.perf_counter() - before >= 0.02
+
+
+def test_quick_handoff_shortens_the_switch_interval_only_inside() -> None:
+    before = sys.getswitchinterval()
+    with quick_handoff(0.0005):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    assert sys.getswitchinterval() == before
+
+
+async def test_a_loop_waiting_on_a_gil_holding_worker_gets_its_turn_within_a_handoff() -> None:
+    def hold() -> None:  # pure Python, no pacing: holds the GIL but for the interpreter's forced switches
+        until = time.perf_counter() + 0.4
+        while time.perf_counter() < until:
+            sum(range(50))
+
+    with quick_handoff():
+        async with LoopStalls(tick=0.001) as stalls:
+            await asyncio.to_thread(hold)
+    # Each wake-up waits for the worker to hand the GIL over (0.5 ms) rather than the default 5 ms; loose bound,
+    # the machine is shared.
+    assert stalls.longest < 0.25
+
+
+async def test_a_stall_spent_running_on_the_loop_is_told_apart_from_waiting() -> None:
+    async with LoopStalls() as stalls:
+        await asyncio.sleep(0.02)
+        _busy(0.08)
+        await asyncio.sleep(0.02)
+    worst = stalls.worst
+    assert worst.seconds == stalls.longest
+    if Path("/proc/thread-self/schedstat").exists():
+        assert worst.on_cpu + worst.cpu_wait > 0.05  # busy on the loop (or waiting for a CPU to be)
+        assert worst.blocked < 0.03
+    assert "ms running on the loop" in worst.describe()
