@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 NODE_STAMP := tests/node_modules/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
@@ -17,11 +18,16 @@ help: ## list the targets
 
 $(PY):
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+# scripts/pyinstall.sh installs with uv (pip when uv cannot be had). `dev` is everything the tests and lint
+# need; the demo and `make up` need only the runtime and the local inference stack.
+$(STAMP): pyproject.toml scripts/pyinstall.sh | $(PY)
+	scripts/pyinstall.sh $(VENV) dev
+	touch $(STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml scripts/pyinstall.sh | $(PY)
+	scripts/pyinstall.sh $(VENV) inference
+	touch $(DEMO_STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev and inference extras
 
@@ -61,10 +67,10 @@ release-contract: $(STAMP) ## freeze the contract for release VERSION (e.g. make
 test: $(STAMP) system-deps node-deps lint ## install what is needed and run the whole test suite
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-demo: $(STAMP) ## install what is needed, start the mesh locally, run a sample task, print its explanation
+demo: $(DEMO_STAMP) ## install what is needed, start the mesh locally, run a sample task, print its explanation
 	$(BIN)/agentmesh up --demo
 
-up: $(STAMP) ## run the whole mesh locally until Ctrl-C
+up: $(DEMO_STAMP) ## run the whole mesh locally until Ctrl-C
 	$(BIN)/agentmesh up
 
 bench: $(STAMP) system-deps ## run the benchmarks (figures go to bench/RESULTS.md)

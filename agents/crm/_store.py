@@ -103,6 +103,12 @@ class CrmStore:
         async with self._sessions() as session:
             return (await session.scalars(query)).first()
 
+    async def contacts(self) -> list[tuple[str, str, str]]:
+        """Every customer's ``(customer_id, email, phone)``: what the pseudonym index is built from."""
+        query = select(CustomerRow.customer_id, CustomerRow.email, CustomerRow.phone)
+        async with self._sessions() as session:
+            return [(row[0], row[1], row[2]) for row in (await session.execute(query)).all()]
+
     async def ping(self) -> bool:
         """Whether the database answers."""
         try:

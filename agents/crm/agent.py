@@ -19,6 +19,7 @@ from agentmesh.agents.crm._privacy import (
     refused_token_reason,
 )
 from agentmesh.agents.crm._store import SEED_FILE, CrmStore, CustomerRow
+from agentmesh.audit import Pseudonyms, is_pseudonym
 from agentmesh.security import agent_spiffe_id
 
 __all__ = ["REFUSED_TOKENS", "CrmAgent", "Customer", "LookupInput", "LookupOutput", "Order", "customer_view"]
@@ -31,7 +32,8 @@ REFUSED_TOKENS = Counter(
 
 
 class LookupInput(BaseModel):
-    """Who to look up: a customer id, or else an email address."""
+    """Who to look up: a customer id, or else an email address (or its keyed pseudonym, as the gateway's
+    redaction leaves it: ``[email:...]``)."""
 
     email: str = Field(default="", max_length=320)
     customer_id: str = Field(default="", max_length=32)
@@ -116,6 +118,9 @@ class CrmAgent(Agent):
             else frozenset({planner_identity(self.settings.trust_domain)})
         )
         self.store: CrmStore | None = None
+        # The mesh's keyed pseudonyms (None without a secret) and the customers indexed by them.
+        self.pseudonyms: Pseudonyms | None = None
+        self._by_pseudonym: dict[str, str] = {}
 
     @property
     def spiffe_id(self) -> str:
@@ -124,13 +129,29 @@ class CrmAgent(Agent):
         return agent_spiffe_id(self.settings.trust_domain, self.card.namespace, self.card.name)
 
     async def startup(self) -> None:
-        """Open the database (``<home>/agents/crm/crm.db`` unless a URL was given) and seed it."""
+        """Open the database (``<home>/agents/crm/crm.db`` unless a URL was given), seed it, and index the
+        customers by the pseudonyms of their email and phone when the mesh has a pseudonym secret."""
         self.store = (
             CrmStore(self.database_url)
             if self.database_url
             else CrmStore.at(Path(self.settings.home) / "agents" / "crm" / "crm.db")
         )
         await self.store.create(self.seed)
+        self.pseudonyms = Pseudonyms.from_settings(self.settings)
+        await self.index_pseudonyms()
+
+    async def index_pseudonyms(self) -> int:
+        """(Re)build the pseudonym index from the database; how many customers it holds (0 without a secret)."""
+        if self.store is None or self.pseudonyms is None:
+            return 0
+        index: dict[str, str] = {}
+        for customer_id, email, phone in await self.store.contacts():
+            if email:
+                index[self.pseudonyms.email(email)] = customer_id
+            if phone:
+                index[self.pseudonyms.phone(phone)] = customer_id
+        self._by_pseudonym = index
+        return len({*index.values()})
 
     async def shutdown(self) -> None:
         """Close the database."""
@@ -148,7 +169,10 @@ class CrmAgent(Agent):
         """Find the customer and mask personal fields for callers that may not see them."""
         if self.store is None:
             raise FailedPreconditionError("the CRM database is not open yet")
-        row = await self.store.find(email=request.email, customer_id=request.customer_id)
+        email, customer_id = request.email, request.customer_id
+        if not customer_id and is_pseudonym(email):  # a redacted ticket: find the customer by pseudonym
+            email, customer_id = "", self._by_pseudonym.get(email.strip(), "")
+        row = await self.store.find(email=email, customer_id=customer_id) if email or customer_id else None
         refusal = pii_refusal(
             requested=request.include_pii,
             caller=ctx.caller,

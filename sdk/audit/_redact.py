@@ -3,7 +3,8 @@
 Redaction lives here, in ``agentmesh``, so every service applies the same rules (the gateway to what it
 forwards, the audit trail to what it records, :class:`RedactingFilter` to log records); agents never have to.
 Each kind of value becomes a fixed marker (``[email]``, ``[phone]``, ``[card]``, ``[address]``), so a reader
-still sees *that* something was there. Patterns are plain ``re`` with no nested quantifiers (linear here).
+still sees *that* something was there; given the mesh's :class:`Pseudonyms`, emails and phone numbers become
+keyed pseudonyms instead (``[email:kpbf...]``), which a holder of the secret can match but nobody can reverse. Patterns are plain ``re`` with no nested quantifiers (linear here).
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
+
+from agentmesh.audit._pseudonyms import Pseudonyms
 
 __all__ = [
     "PII_MARKERS",
@@ -71,35 +75,36 @@ def _card(match: re.Match[str]) -> str:
     return CARD_MARKER if luhn_valid(digits) else match.group()
 
 
-def _phone(match: re.Match[str]) -> str:
+def _phone(match: re.Match[str], pseudonyms: Pseudonyms | None = None) -> str:
     text = match.group()
     digits = sum(char.isdigit() for char in text)
     international = text.startswith("+")
     # Plain grouped numbers need more digits than "+CC" ones, so dates, amounts and order ids survive.
     if (international and 7 <= digits <= 15) or (not international and 9 <= digits <= 15):
         if not _ISO_DATE.fullmatch(text):
-            return PHONE_MARKER
+            return pseudonyms.phone(text) if pseudonyms is not None else PHONE_MARKER
     return text
 
 
-def redact(text: str) -> str:
-    """``text`` with every email, card number, phone number and street address replaced by a marker."""
+def redact(text: str, pseudonyms: Pseudonyms | None = None) -> str:
+    """``text`` with every email, card number, phone number and street address replaced by a marker (emails
+    and phone numbers by their keyed pseudonyms when ``pseudonyms`` is given)."""
     if not text:
         return text
-    text = _EMAIL.sub(EMAIL_MARKER, text)
+    text = _EMAIL.sub(EMAIL_MARKER if pseudonyms is None else lambda m: pseudonyms.email(m.group()), text)
     text = _CARD.sub(_card, text)
     text = _ADDRESS.sub(ADDRESS_MARKER, text)
-    return _PHONE.sub(_phone, text)
+    return _PHONE.sub(_phone if pseudonyms is None else partial(_phone, pseudonyms=pseudonyms), text)
 
 
-def redact_json(value: Any) -> Any:
+def redact_json(value: Any, pseudonyms: Pseudonyms | None = None) -> Any:
     """A copy of a JSON-like value (dicts, lists, strings, numbers) with every string redacted; keys too."""
     if isinstance(value, str):
-        return redact(value)
+        return redact(value, pseudonyms)
     if isinstance(value, Mapping):
-        return {redact(str(key)): redact_json(item) for key, item in value.items()}
+        return {redact(str(key), pseudonyms): redact_json(item, pseudonyms) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [redact_json(item) for item in value]
+        return [redact_json(item, pseudonyms) for item in value]
     return value
 
 

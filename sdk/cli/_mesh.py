@@ -148,31 +148,39 @@ class LocalMesh:
 
             await asyncio.to_thread(upgrade, self.settings.resolved_database_url)
             triton_url = self.settings.triton_url
-            if not triton_url:
-                status.update("starting Triton (first start exports MiniLM to ONNX; later starts take seconds)")
+            # Everything starts at once: most of a cold start is each process importing its libraries (and
+            # Triton's first start exporting MiniLM), which overlap. Services wait for the database only;
+            # agents retry their registration and prepare their Triton models once Triton answers.
+            local_triton = not triton_url
+            if local_triton:
                 # The configured port (AGENTMESH_TRITON_PORT): a restarted Triton comes back where agents look.
                 self._spawn("triton", ["triton", "--port", str(self.settings.triton_port)])
                 triton_url = f"127.0.0.1:{self.settings.triton_port}"
-                await self._wait_triton(triton_url)
             os.environ["AGENTMESH_TRITON_URL"] = triton_url
             self.settings = self.settings.replace(triton_url=triton_url)
             for service in self.services:
-                status.update(f"starting the {service}")
                 port = getattr(self.settings, f"{service}_port")
                 self._spawn(service, [service, "--port", str(port)])
+            for index, module in enumerate(self.agents):
+                port = self.settings.agent_port + index if self.settings.agent_port else 0
+                self._spawn(f"agent-{module}", ["agent", "run", module, "--port", str(port)])
+            if local_triton:
+                status.update("starting Triton (first start exports MiniLM to ONNX; later starts take seconds)")
+                await self._wait_triton(triton_url)
             for service in self.services:
                 status.update(f"waiting for the {service} to report SERVING")
                 await self._wait_serving(service, f"127.0.0.1:{getattr(self.settings, f'{service}_port')}")
-            for index, module in enumerate(self.agents):
-                status.update(f"starting agent {module}")
-                port = self.settings.agent_port + index if self.settings.agent_port else 0
-                self._spawn(f"agent-{module}", ["agent", "run", module, "--port", str(port)])
             status.update(f"waiting for {len(self.agents)} agents to register")
             await self._wait_registered()
         return triton_url
 
     def _ensure_certificates(self) -> None:
+        from agentmesh.audit import PSEUDONYM_KEY_NAME, ensure_pseudonym_key
         from agentmesh.security import CertificateAuthority
+
+        # The mesh's pseudonym secret: the gateway redacts emails to keyed pseudonyms the CRM agent can match.
+        if not self.settings.pseudonym_key_file:
+            ensure_pseudonym_key(self.settings.home / PSEUDONYM_KEY_NAME)
 
         authority = CertificateAuthority.load_or_init(self.settings.home, self.settings.trust_domain)
         workloads = [("service", s) for s in self.services] + [_OPS]

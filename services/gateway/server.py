@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentmesh._channel import create_channel
 from agentmesh._server import MeshServer
 from agentmesh._settings import Settings
-from agentmesh.audit import AuditLog, install_log_redaction
+from agentmesh.audit import AuditLog, Pseudonyms, install_log_redaction
 from agentmesh.services.gateway.auth import TokenVerifier
 from agentmesh.services.gateway.gate import DelegationMinter, Gate
 from agentmesh.services.gateway.limits import RateLimiter
@@ -79,6 +79,7 @@ def build_server(
         registry=registry,
         schemas=schemas if schemas is not None else PlaybookSchemas(planner),
         injection_policy=settings.gateway_injection_policy,
+        pseudonyms=Pseudonyms.from_settings(settings),
     )
 
     async def ready() -> bool:

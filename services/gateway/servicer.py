@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 
 from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError, from_rpc_error
 from agentmesh._server import ServiceBinding, bind
-from agentmesh.audit import redact, redact_json
+from agentmesh.audit import Pseudonyms, redact, redact_json
 from agentmesh.services.gateway.gate import Admitted, Gate
 from agentmesh.services.gateway.screening import SCREENING_FIELD, screen
 from agentmesh.services.gateway.validation import SchemaSource, validate_input
@@ -53,23 +53,24 @@ def permission_for(service: str, method: str) -> str | None:
     return write
 
 
-def redact_message(message: Message) -> None:
-    """Redact PII in place: free-text string fields and every Struct, in nested messages too."""
+def redact_message(message: Message, pseudonyms: Pseudonyms | None = None) -> None:
+    """Redact PII in place: free-text string fields and every Struct, in nested messages too (emails and
+    phone numbers become keyed pseudonyms when the mesh has a pseudonym secret)."""
     for field, value in message.ListFields():
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             items = value if field.is_repeated else [value]
             for item in items:
                 if isinstance(item, struct_pb2.Struct):
-                    cleaned = redact_json(json_format.MessageToDict(item))
+                    cleaned = redact_json(json_format.MessageToDict(item), pseudonyms)
                     item.Clear()
                     item.update(cleaned)
                 elif isinstance(item, Message):
-                    redact_message(item)
+                    redact_message(item, pseudonyms)
         elif field.type == FieldDescriptor.TYPE_STRING and field.name in _TEXT_FIELDS:
             if field.is_repeated:
-                value[:] = [redact(v) for v in value]
+                value[:] = [redact(v, pseudonyms) for v in value]
             else:
-                setattr(message, field.name, redact(value))
+                setattr(message, field.name, redact(value, pseudonyms))
 
 
 def _resource(request: Message, reply: Message | None) -> str:
@@ -104,6 +105,7 @@ class PublicService:
         channel: Channel,
         gate: Gate,
         prepare: Mapping[str, Prepare] | None = None,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.full_name = descriptor.full_name
         self._service = descriptor.name
@@ -112,6 +114,7 @@ class PublicService:
         self._stub: Any = None
         self._gate = gate
         self._prepare = dict(prepare or {})
+        self._pseudonyms = pseudonyms
         handlers = {m.name: self._handler(m) for m in descriptor.methods}
         self.servicer = type(f"Public{descriptor.name}", (base,), handlers)()
 
@@ -141,7 +144,7 @@ class PublicService:
                     await gate.refused(full, error, call.principal, context)
                     raise
             elif mutating:
-                redact_message(request)
+                redact_message(request, self._pseudonyms)
             return call, request
 
         if method.server_streaming:
@@ -205,7 +208,9 @@ def _replace_struct(struct: struct_pb2.Struct, value: dict[str, Any]) -> None:
     struct.update(value)
 
 
-def submit_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
+def submit_preparer(
+    schemas: SchemaSource, injection_policy: str, pseudonyms: Pseudonyms | None = None
+) -> Prepare:
     """SubmitTask's checks: the input against its playbook's schema, the injection screen, then redaction."""
 
     async def prepare(request: Message, call: Admitted) -> Message:
@@ -216,13 +221,15 @@ def submit_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
         forwarded = task_pb2.SubmitTaskRequest()
         forwarded.CopyFrom(request)
         _replace_struct(forwarded.input, checked)
-        redact_message(forwarded)
+        redact_message(forwarded, pseudonyms)
         return forwarded
 
     return prepare
 
 
-def message_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
+def message_preparer(
+    schemas: SchemaSource, injection_policy: str, pseudonyms: Pseudonyms | None = None
+) -> Prepare:
     """SendMessage's checks: the message (and the task it starts) screened and checked like a submission."""
 
     async def prepare(request: Message, call: Admitted) -> Message:
@@ -243,26 +250,41 @@ def message_preparer(schemas: SchemaSource, injection_policy: str) -> Prepare:
                 injection_policy,
             )
             _replace_struct(forwarded.task.input, task_input)
-        redact_message(forwarded)
+        redact_message(forwarded, pseudonyms)
         return forwarded
 
     return prepare
 
 
 def public_services(
-    gate: Gate, *, planner: Channel, registry: Channel, schemas: SchemaSource, injection_policy: str
+    gate: Gate,
+    *,
+    planner: Channel,
+    registry: Channel,
+    schemas: SchemaSource,
+    injection_policy: str,
+    pseudonyms: Pseudonyms | None = None,
 ) -> list[ServiceBinding]:
-    """The four services the gateway serves, wired to their upstreams, ready to add to a MeshServer."""
+    """The four services the gateway serves, wired to their upstreams, ready to add to a MeshServer.
+
+    ``pseudonyms``: the mesh's keyed pseudonyms, which redaction then puts in place of emails and phone
+    numbers (None: plain markers)."""
     from agentmesh.v1 import audit_pb2_grpc, conversation_pb2_grpc, registry_pb2_grpc, task_pb2_grpc
 
     wiring: list[tuple[Any, Any, str, Channel, Mapping[str, Prepare]]] = [
-        (task_pb2, task_pb2_grpc, "TaskService", planner, {"SubmitTask": submit_preparer(schemas, injection_policy)}),
+        (
+            task_pb2,
+            task_pb2_grpc,
+            "TaskService",
+            planner,
+            {"SubmitTask": submit_preparer(schemas, injection_policy, pseudonyms)},
+        ),
         (
             conversation_pb2,
             conversation_pb2_grpc,
             "ConversationService",
             planner,
-            {"SendMessage": message_preparer(schemas, injection_policy)},
+            {"SendMessage": message_preparer(schemas, injection_policy, pseudonyms)},
         ),
         (audit_pb2, audit_pb2_grpc, "AuditService", planner, {}),
         (registry_pb2, registry_pb2_grpc, "RegistryService", registry, {}),
@@ -276,6 +298,7 @@ def public_services(
             channel,
             gate,
             prepare=prepare,
+            pseudonyms=pseudonyms,
         )
         bindings.append(bind(public.servicer, getattr(stubs, f"add_{name}Servicer_to_server"), public.full_name))
     return bindings

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from agentmesh.agents.quality_check import QualityCheckAgent
 from agentmesh.agents.responder import ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent
 from agentmesh.agents.triage import TriageAgent
+from agentmesh.audit import ensure_pseudonym_key, is_pseudonym
 from agentmesh.cli._demo import run_demo
 from agentmesh.v1 import task_pb2, task_pb2_grpc
 from tests.fixtures.certs import IssueIdentity
@@ -43,8 +45,12 @@ async def support_mesh(
     migrated_postgres_url: str,
     issue_identity: IssueIdentity,
     triton_url: str,
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[Any, Settings]]:
-    """Registry and planner on one PostgreSQL database, the six support agents registered and serving."""
+    """Registry and planner on one PostgreSQL database, the six support agents registered and serving.
+
+    The returned settings name a pseudonym secret (``pseudonym_key_file``) that the CRM agent indexes its
+    customers by; a gateway started with it puts the same pseudonyms in place of emails."""
     registry = await start_registry(migrated_postgres_url)
     # One process hosts every workload here, so they share a circuit breaker per address: agents' heartbeat
     # streams ended by the registry (GOAWAY) must not open the planner's way to discovery.
@@ -63,6 +69,7 @@ async def support_mesh(
         planner_address=planner.address,
         shutdown_grace=2.0,
         breaker_failure_threshold=1000,
+        pseudonym_key_file=str(ensure_pseudonym_key(tmp_path / "secrets" / "pseudonym.key")),
     )
     runtimes = [AgentRuntime(agent(settings), port=0) for agent in AGENTS]
     try:
@@ -106,7 +113,12 @@ async def test_the_demo_ticket_goes_through_the_gateway_runs_the_support_playboo
     support_mesh: tuple[Any, Settings], start_gateway: StartGateway, migrated_postgres_url: str
 ) -> None:
     planner, settings = support_mesh
-    gateway = await start_gateway(planner=planner.address, database_url=migrated_postgres_url)
+    # The gateway holds the mesh's pseudonym secret, as `agentmesh up` arranges.
+    gateway = await start_gateway(
+        planner=planner.address,
+        database_url=migrated_postgres_url,
+        pseudonym_key_file=settings.pseudonym_key_file,
+    )
     output = io.StringIO()
     status = await run_demo(
         settings,
@@ -126,9 +138,14 @@ async def test_the_demo_ticket_goes_through_the_gateway_runs_the_support_playboo
     assert task.state == task_pb2.TASK_STATE_SUCCEEDED
     assert task.output["intent"] == "refund" and task.output["passed"] is True, text
     reply = task.output["reply"]
-    # The gateway redacts the sender's email before the task is stored, so the CRM step looks up "[email]" and
-    # finds no one: the reply is not personalised (a known gap: keyed pseudonyms shared by gateway and CRM).
+    # The gateway replaces the sender's email by its keyed pseudonym before the task is stored; the CRM agent
+    # indexes its customers by the same pseudonym, so the reply is personalised for the right customer.
     assert "maria.lopez@example.com" not in reply and "refund" in reply.lower()
+    assert reply.startswith("Hi Maria,"), reply
+    stored = json_format.MessageToDict(task.input)["ticket"]["email"]
+    assert is_pseudonym(stored, "email"), stored
+    crm = json_format.MessageToDict(next(s for s in explanation.plan.steps if s.step_id == "crm").output)
+    assert crm["found"] and crm["customer"]["customer_id"] == "C-1001" and crm["masked"], crm
     # The reply cites the knowledge base, and the customer's email never reached the planner's tables: the
     # gateway redacted it before anything was stored.
     assert task.output["citations"] and all(str(c).startswith("kb-") for c in task.output["citations"]), reply
