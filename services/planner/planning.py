@@ -70,7 +70,10 @@ class Planner:
                 rejections.append(("LLM", exc.message, proposal))
                 logger.info("model-made plan rejected: %s", exc.message)
         if candidates:
-            return PlanOutcome(capability_plan(goal, task_input, candidates), _why(candidates[0]), rejections)
+            reason = _why(candidates[0])
+            if rejections:  # the plan replaces a rejected proposal: say so where the plan says why it exists
+                reason += f"; instead of the {rejections[-1][0]} plan, rejected: {rejections[-1][1]}"
+            return PlanOutcome(capability_plan(goal, task_input, candidates), reason, rejections)
         raise FailedPreconditionError(
             f"no plan for {goal!r}: no playbook matches and discovery found no agent for it"
             + (f" (rejected: {rejections[-1][1]})" if rejections else "")

@@ -57,7 +57,7 @@ def test_each_replan_takes_the_next_alternative_and_keeps_the_rest() -> None:
 
 
 def test_an_alternative_must_change_something_the_schema_knows() -> None:
-    doc = {"strategy": "PLAYBOOK", "steps": [{"id": "a", "skill": "s", "alternatives": [{}]}]}
+    doc: dict[str, Any] = {"strategy": "PLAYBOOK", "steps": [{"id": "a", "skill": "s", "alternatives": [{}]}]}
     with pytest.raises(InvalidArgumentError):
         validate_plan(doc)
     doc["steps"][0]["alternatives"] = [{"depends_on": ["x"]}]
@@ -76,7 +76,7 @@ def test_capability_matching_lists_the_other_discovered_agents_as_alternatives()
 
 
 def test_a_model_made_plan_whose_alternative_names_an_undiscovered_agent_is_rejected() -> None:
-    proposal = {
+    proposal: dict[str, Any] = {
         "strategy": "LLM",
         "steps": [{"id": "a", "skill": "s", "agent": {"names": ["ns/a"]}, "alternatives": [{"agent": {"names": ["ns/zz"]}}]}],
     }
@@ -84,3 +84,25 @@ def test_a_model_made_plan_whose_alternative_names_an_undiscovered_agent_is_reje
         check_references(proposal, [_candidate("a", "s")])
     proposal["steps"][0]["alternatives"] = [{"agent": {"names": ["ns/b"]}}]
     check_references(proposal, [_candidate("a", "s"), _candidate("b", "s")])
+
+
+async def test_a_capability_plan_made_after_a_rejected_model_plan_says_why_it_exists() -> None:
+    from agentmesh.services.planner.planning import Planner
+    from agentmesh.services.planner.playbooks import PlaybookLibrary
+
+    class Discovery:
+        async def discover(self, query: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+            return [_candidate("a", "s"), _candidate("b", "s")], 0.0
+
+    async def model(goal: str, task_input: dict[str, Any], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"strategy": "LLM", "steps": [{"id": "x", "skill": "s", "agent": {"names": ["ghost/agent"]}}]}
+
+    planner = Planner(PlaybookLibrary(), Discovery(), model)  # type: ignore[arg-type]
+    outcome = await planner.plan("do the thing", {"x": 1})
+    assert outcome.plan["strategy"] == "CAPABILITY_MATCH"
+    assert outcome.plan["steps"][0]["alternatives"] == [
+        {"description": "s on ns/b", "skill": "s", "agent": {"names": ["ns/b"]}}
+    ]
+    (rejected,) = outcome.rejections
+    assert rejected[0] == "LLM" and "ghost/agent" in rejected[1]
+    assert "instead of the LLM plan, rejected:" in outcome.reason and "ghost/agent" in outcome.reason
