@@ -41,8 +41,11 @@ def create_channel(
     if server_identity:
         options += replica_options(settings, server_identity)
         target = replica_target(target)
+    credentials = None
     if settings.insecure_dev:
         logger.warning("INSECURE: %s/%s connects to %s in plaintext", kind, name, target)
-        return mesh_channel(target, settings, name, None, options)
-    credentials = security.channel_credentials(settings, kind, name)
-    return mesh_channel(target, settings, name, credentials, options)
+    else:
+        credentials = security.channel_credentials(settings, kind, name)
+    # MeshChannel derives from grpc.aio's runtime Channel class, which grpc-stubs does not relate to the
+    # grpc.aio.Channel it describes (the type every stub and caller takes).
+    return mesh_channel(target, settings, name, credentials, options, server_identity)  # type: ignore[return-value]

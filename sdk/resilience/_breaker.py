@@ -1,4 +1,4 @@
-"""A circuit breaker per endpoint: closed → open after consecutive failures → half-open probe → closed.
+"""A circuit breaker per endpoint (and expected server identity): closed → open after consecutive failures → half-open probe → closed.
 
 pybreaker was considered; its async support is tied to Tornado, and the mesh needs a breaker that costs
 nothing on the per-call fast path, so the state machine is here (small, tested). The state of every breaker
@@ -208,19 +208,28 @@ class CircuitBreaker:
         BREAKER_TRANSITIONS.labels(self.endpoint, state.name.lower()).inc()
 
 
-_breakers: dict[str, CircuitBreaker] = {}
+_breakers: dict[tuple[str, str], CircuitBreaker] = {}
 _breakers_lock = threading.Lock()
 
 
-def breaker_for(endpoint: str, *, failure_threshold: int = 5, reset_timeout: float = 10.0) -> CircuitBreaker:
-    """The process-wide breaker of ``endpoint`` (created on first use), shared by all its channels."""
-    breaker = _breakers.get(endpoint)
+def breaker_for(
+    endpoint: str, *, identity: str = "", failure_threshold: int = 5, reset_timeout: float = 10.0
+) -> CircuitBreaker:
+    """The process-wide breaker of ``endpoint`` reached as ``identity`` (created on first use), shared by every
+    channel to that endpoint that expects that server identity.
+
+    ``identity`` is the server identity a channel verifies (``kind/name``; empty: the endpoint's own host name).
+    Channels to one address that expect different identities have different breakers: a channel failing
+    because the server there is not the one it expects does not open the circuit of a channel that finds the
+    server it expects. The breaker's name (its metrics label, its errors) says both: ``host:port as kind/name``.
+    """
+    key = (endpoint, identity)
+    breaker = _breakers.get(key)
     if breaker is None:
         with _breakers_lock:
-            breaker = _breakers.get(endpoint)
+            breaker = _breakers.get(key)
             if breaker is None:
-                breaker = CircuitBreaker(
-                    endpoint, failure_threshold=failure_threshold, reset_timeout=reset_timeout
-                )
-                _breakers[endpoint] = breaker
+                name = f"{endpoint} as {identity}" if identity else endpoint
+                breaker = CircuitBreaker(name, failure_threshold=failure_threshold, reset_timeout=reset_timeout)
+                _breakers[key] = breaker
     return breaker

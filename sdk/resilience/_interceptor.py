@@ -354,12 +354,16 @@ class MeshChannel(_aio_channel.Channel):
         return _UnaryUnary(self._policy, multicallable, method)
 
 
-def client_policy(target: str, settings: Settings, service_name: str) -> MeshClientInterceptor:
-    """The policy ``create_channel`` applies to calls to ``target`` (the breaker is shared per endpoint)."""
+def client_policy(
+    target: str, settings: Settings, service_name: str, server_identity: str = ""
+) -> MeshClientInterceptor:
+    """The policy ``create_channel`` applies to calls to ``target`` expecting the server ``server_identity``
+    (``kind/name``, empty: the target's host name); the breaker is shared per target and server identity."""
     return MeshClientInterceptor(
         tracer=get_tracer(configure_tracing(settings, service_name)),
         breaker=breaker_for(
             target,
+            identity=server_identity,
             failure_threshold=settings.breaker_failure_threshold,
             reset_timeout=settings.breaker_reset_timeout,
         ),
@@ -378,6 +382,10 @@ def mesh_channel(
     service_name: str,
     credentials: grpc.ChannelCredentials | None,
     options: Sequence[tuple[str, Any]] = (),
+    server_identity: str = "",
 ) -> MeshChannel:
-    """A channel to ``target`` (plaintext when ``credentials`` is None) with the mesh's client policy."""
-    return MeshChannel(target, options, credentials, client_policy(target, settings, service_name))
+    """A channel to ``target`` (plaintext when ``credentials`` is None) with the mesh's client policy; its breaker
+    is the one of ``target`` as ``server_identity`` (see :func:`client_policy`)."""
+    return MeshChannel(
+        target, options, credentials, client_policy(target, settings, service_name, server_identity)
+    )

@@ -21,7 +21,7 @@ from agentmesh._channel import create_channel
 from agentmesh._errors import ResourceExhaustedError, UnavailableError
 from agentmesh._server import MeshServer
 from agentmesh._settings import Settings
-from agentmesh.resilience import with_deadline
+from agentmesh.resilience import BreakerState, with_deadline
 from tests.fixtures.certs import IssueIdentity
 from tests.integration.test_telemetry import binding, policy_settings, raw_method
 
@@ -200,3 +200,28 @@ async def test_resource_exhausted_with_retry_info_is_retried(tuned: Settings) ->
     finally:
         await server.stop(0)
     assert calls == 2 and time.monotonic() - started >= 0.02
+
+
+async def test_a_channel_expecting_another_identity_at_the_same_address_keeps_its_own_breaker(
+    tuned: Settings,
+) -> None:
+    """A registry channel failing at an address does not open the circuit of a planner channel to that address:
+    the breaker is shared per address and expected server identity, not per address."""
+    target = f"127.0.0.1:{_closed_port()}"
+    settings = tuned.replace(retry_max_attempts=1)
+    async with (
+        create_channel(target, settings, kind="client", name="caller", server_identity="service/registry") as registry,
+        create_channel(target, settings, kind="client", name="caller", server_identity="service/planner") as planner,
+    ):
+        for _ in range(settings.breaker_failure_threshold):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await raw_method(registry, "/t.Backend/Call")(b"x")
+        with pytest.raises(grpc.aio.AioRpcError) as fast:
+            await raw_method(registry, "/t.Backend/Call")(b"x")
+        assert (fast.value.details() or "").startswith(f"circuit open for {target} as service/registry")
+        with pytest.raises(grpc.aio.AioRpcError) as tried:  # attempted (and refused), not failed fast
+            await raw_method(planner, "/t.Backend/Call")(b"x")
+        assert "circuit open" not in (tried.value.details() or "")
+    assert REGISTRY.get_sample_value(
+        "agentmesh_circuit_breaker_state", {"endpoint": f"{target} as service/registry"}
+    ) == BreakerState.OPEN

@@ -21,6 +21,7 @@ from agentmesh.resilience import (
     CircuitBreaker,
     CircuitOpenError,
     RetryPolicy,
+    breaker_for,
     is_idempotent_method,
     remaining_budget,
     with_deadline,
@@ -257,3 +258,21 @@ async def test_a_long_lived_stream_does_not_hold_the_half_open_probe() -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await stream.__anext__()
     assert breaker.state.name == "CLOSED"  # the watch's end did not count as a failure
+
+
+def test_one_address_expected_as_two_identities_has_two_breakers() -> None:
+    registry = breaker_for("unit-shared:7400", identity="service/registry", failure_threshold=1)
+    planner = breaker_for("unit-shared:7400", identity="service/planner", failure_threshold=1)
+    assert registry is not planner
+    assert breaker_for("unit-shared:7400", identity="service/registry") is registry  # shared per identity
+    assert breaker_for("unit-shared:7400") is not registry  # a channel verifying the address's own name
+    registry.before_call()
+    registry.record_failure()
+    assert registry.state is BreakerState.OPEN
+    assert planner.state is BreakerState.CLOSED
+    planner.before_call()  # admitted: the planner channel's circuit is its own
+    planner.record_success()
+    with pytest.raises(CircuitOpenError, match="circuit open for unit-shared:7400 as service/registry"):
+        registry.before_call()
+    assert _gauge("unit-shared:7400 as service/registry") == BreakerState.OPEN
+    assert _gauge("unit-shared:7400 as service/planner") == BreakerState.CLOSED
