@@ -251,7 +251,7 @@ class Registry:
 
         async with LoopStalls() as stalls:
             with quick_handoff():
-                revision, policy_rows, revocation_rows = await self.store.load_snapshot_in_chunks(
+                revision, policy_rows, revocation_rows, outcome_rows = await self.store.load_snapshot_in_chunks(
                     take_versions, take_instances
                 )
                 await asyncio.to_thread(index.prepare, Pacer())
@@ -260,6 +260,7 @@ class Registry:
                 self.policies = {f"{p['namespace']}/{p['name']}": _policy(p) for p in policy_rows}
                 self.revocation_records = {(r.subject_kind, r.subject): r for r in revocation_rows}
                 self.revision = revision
+                await self._recount_outcomes(outcome_rows)
                 self._revocations_changed()
                 self._sorted_keys = None
                 self._loaded = self._healthy = True
@@ -391,10 +392,28 @@ class Registry:
             if instance is not None:
                 self.index.set_load(instance, float(row.payload["load"]))
             return
+        self._count_outcome(self._outcomes, row, when)
+
+    def _count_outcome(self, outcomes: OutcomeWindows, row: EventRow, when: float) -> None:
         policy = self.policies.get(f"{row.namespace}/{row.name}")
         if policy is not None and policy.canary is not None:
             key = (row.namespace, row.name, str(row.payload["version"]))
-            self._outcomes.record(key, bool(row.payload["success"]), policy.canary.window, at=when)
+            outcomes.record(key, bool(row.payload["success"]), policy.canary.window, at=when)
+
+    async def _recount_outcomes(self, rows: list[EventRow]) -> None:
+        """Canary outcome counts as the replicas that were up have them: the recent OUTCOME events replayed, each
+        routing change in between resetting its agent's counts as it did on them (so a replica that starts after
+        outcomes were reported makes the same rollback decision as its peers)."""
+        outcomes = OutcomeWindows()
+        for position, row in enumerate(rows):
+            if row.event_type == "ROUTING_CHANGED":
+                for key in self._outcome_keys(_policy(row.payload)):
+                    outcomes.reset(key)
+            else:
+                self._count_outcome(outcomes, row, epoch(row.created_at))
+            if position % 1000 == 999:
+                await asyncio.sleep(0)  # a busy canary's window can hold many: the loop keeps its turns
+        self._outcomes = outcomes
 
     @staticmethod
     def _outcome_keys(policy: RoutePolicy) -> list[tuple[str, str, str]]:

@@ -656,10 +656,11 @@ class RegistryStore:
         take_versions: Callable[[list[VersionRow]], Awaitable[None]],
         take_instances: Callable[[list[Mapping[str, Any]]], Awaitable[None]],
         chunk: int = _SNAPSHOT_CHUNK,
-    ) -> tuple[int, list[dict[str, Any]], list[RevocationRow]]:
+    ) -> tuple[int, list[dict[str, Any]], list[RevocationRow], list[EventRow]]:
         """A consistent copy, streamed: versions, then instances (with expiry), ``chunk`` rows at a time to the
         callbacks (awaited in turn, so at most one chunk is held at once); returns (revision, routing policies,
-        revocations)."""
+        revocations, the OUTCOME and ROUTING_CHANGED events within the longest canary window, oldest first: what
+        a replica's canary outcome counts are rebuilt from)."""
         async with self._reader() as conn:
             if self.is_postgres:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
@@ -679,7 +680,21 @@ class RegistryStore:
                     await take_instances([cast(Mapping[str, Any], row._mapping) for row in part])
                 policy_rows = [dict(row._mapping) for row in await conn.execute(sa.select(policies_table))]
                 revocation_rows = [_revocation_row(row) for row in await conn.execute(sa.select(revocations))]
-        return revision, policy_rows, revocation_rows
+                windows = [float((p.get("canary") or {}).get("window_seconds", 0)) for p in policy_rows]
+                outcome_rows: list[EventRow] = []
+                if max(windows, default=0.0) > 0:
+                    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(windows))
+                    found = await conn.execute(
+                        sa.select(events)
+                        .where(
+                            events.c.revision <= revision,
+                            events.c.created_at >= since,
+                            events.c.event_type.in_(("OUTCOME", "ROUTING_CHANGED")),
+                        )
+                        .order_by(events.c.revision)
+                    )
+                    outcome_rows = [EventRow(**row._mapping) for row in found]
+        return revision, policy_rows, revocation_rows, outcome_rows
 
     async def load_snapshot(
         self,
@@ -694,7 +709,7 @@ class RegistryStore:
         async def take_instances(rows: list[Mapping[str, Any]]) -> None:
             instance_rows.extend(dict(row) for row in rows)
 
-        revision, policy_rows, revocation_rows = await self.load_snapshot_in_chunks(take_versions, take_instances)
+        revision, policy_rows, revocation_rows, _ = await self.load_snapshot_in_chunks(take_versions, take_instances)
         return revision, version_rows, instance_rows, policy_rows, revocation_rows
 
     async def prune_events(self, before: dt.datetime) -> int:

@@ -101,3 +101,39 @@ async def _has_policy(ops: RegistryClient) -> bool:
         return (await ops.get_routing("support", "triage")).canary.min_requests == 4
     except NotFoundError:
         return False
+
+
+async def test_a_replica_started_after_outcomes_were_reported_counts_them_too(
+    start_registry: StartRegistry, _postgres_migrated_pool: Any
+) -> None:
+    """Replica B is stopped, three canary failures are reported through A, and B starts again: it rebuilt the
+    counts from the change log at load, so it answers as A does and the fourth failure, reported to it, rolls the
+    canary back (min_requests 4 counted over both replicas and B's restart)."""
+    with _postgres_migrated_pool.database() as url:
+        first, second = await _replicas(start_registry, url)
+        async with first.client("agent", "support/triage") as agent:
+            await agent.register(_card("triage", "1.0.0", 9001))
+            await agent.register(_card("triage", "2.0.0", 9002))
+        async with first.client("client", "ops") as ops_a:
+            await ops_a.set_routing(
+                "support", "triage", {"1.0.0": 90, "2.0.0": 10}, max_error_rate=0.5, min_requests=4, window=60
+            )
+            await second.server.stop(grace=0)  # B goes away before the outcomes
+            async with first.client("service", "planner") as via_a:
+                rolled = [await via_a.report_outcome("support", "triage", "2.0.0", success=False) for _ in range(3)]
+            assert rolled == [False, False, False]
+            restarted = await start_registry(url)  # B again: a fresh process state, loaded from the database
+            async with restarted.client("client", "ops") as ops_b:
+                for routing_key in ("alice", "bob", "carol"):
+                    a = await ops_a.discover(skill="classify_ticket", routing_key=routing_key)
+                    b = await ops_b.discover(skill="classify_ticket", routing_key=routing_key)
+                    assert _answer(a) == _answer(b)
+                async with restarted.client("service", "planner") as via_b:
+                    assert await via_b.report_outcome("support", "triage", "2.0.0", success=False) is True
+                for ops in (ops_a, ops_b):
+
+                    async def rolled_back(ops: RegistryClient = ops) -> bool:
+                        policy = await ops.get_routing("support", "triage")
+                        return policy.weights["2.0.0"] == 0 and "4/4 calls failed" in policy.reason
+
+                    await eventually(rolled_back, 1.0, "the rollback on both replicas")
