@@ -14,9 +14,10 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -204,8 +205,18 @@ class MeshServer(Serving):
 
 
 
-class _MeshInterceptor(grpc.aio.ServerInterceptor):
-    """Identity, authorization, telemetry and error mapping, in one wrapper per call."""
+if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
+    _ServerInterceptor = grpc.aio.ServerInterceptor[bytes | Message, Message]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class _MeshInterceptor(_ServerInterceptor):
+    """Identity, authorization, telemetry and error mapping, in one wrapper per call.
+
+    Every method passes through it, so its handlers take any request message (or the raw bytes of one: unary
+    and server-streaming requests are parsed inside the wrapper) and answer any response message.
+    """
 
     def __init__(self, *, security: Any, telemetry: Any) -> None:
         self._security = security
@@ -213,13 +224,13 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[bytes | Message, Message]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[bytes | Message, Message]:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method = handler_call_details.method
         if handler.unary_unary:
             # Requests are parsed inside the wrapper, after the identity check, so bad bytes get INVALID_ARGUMENT.
             return grpc.unary_unary_rpc_method_handler(
@@ -243,7 +254,7 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(
         self, behavior: Callable[..., Any], method: str, deserializer: Callable[[bytes], Any] | None
     ) -> Callable[..., Awaitable[Any]]:
-        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> Any:
             observation = self._telemetry.start(method, context)
             try:
                 self._security.check(method, context)
@@ -259,7 +270,7 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(
         self, behavior: Callable[..., Any], method: str, deserializer: Callable[[bytes], Any] | None
     ) -> Callable[..., Any]:
-        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> Any:
             observation = self._telemetry.start(method, context)
             try:
                 self._security.check(method, context)
@@ -273,7 +284,7 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
         return stream
 
     def _wrap_bidi(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-        async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def bidi(requests: Any, context: grpc.aio.ServicerContext[Message, Message]) -> Any:
             observation = self._telemetry.start(method, context)
             try:
                 self._security.check(method, context)
@@ -286,7 +297,9 @@ class _MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return bidi
 
-    async def _fail(self, exc: BaseException, method: str, context: grpc.aio.ServicerContext, observation: Any) -> None:
+    async def _fail(
+        self, exc: BaseException, method: str, context: grpc.aio.ServicerContext[Any, Message], observation: Any
+    ) -> None:
         """Record the failure and, for mesh errors and bugs, abort with a precise status (never a traceback)."""
         if isinstance(exc, grpc.aio.AbortError) or isinstance(exc, asyncio.CancelledError):
             observation.end(context.code() or grpc.StatusCode.CANCELLED)

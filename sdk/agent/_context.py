@@ -42,9 +42,13 @@ class Progress:
 class UsageLike(Protocol):
     """Anything that says which model answered and how long it took (e.g. an inference result)."""
 
-    model_name: str
-    model_version: str
-    latency: float | timedelta
+    # Read-only: frozen dataclasses and properties qualify.
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def latency(self) -> float | timedelta: ...
 
 
 ProgressSink = Callable[[Progress], Awaitable[None]]

@@ -66,7 +66,7 @@ class Registration:
         self._client: RegistryClient | None = None
         self._stream: HeartbeatStream | None = None
         self.streaming = True  # heartbeats over StreamHeartbeats; False once the registry turned it down
-        self._reported = agent_pb2.SERVING_STATE_UNSPECIFIED  # state the registry acknowledged on this stream
+        self._reported: int = agent_pb2.SERVING_STATE_UNSPECIFIED  # state the registry acknowledged on this stream
         self._task: asyncio.Task[None] | None = None
         self._registered = asyncio.Event()
         self.lease_id = ""

@@ -56,20 +56,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.card = card  # the runtime sets the endpoint once the port is known
 
     async def Describe(
-        self, request: agent_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: agent_pb2.DescribeRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.DescribeRequest, agent_pb2.DescribeResponse],
     ) -> agent_pb2.DescribeResponse:
         """The agent's card."""
         return agent_pb2.DescribeResponse(card=self.card)
 
     async def Invoke(
-        self, request: agent_pb2.InvokeRequest, context: grpc.aio.ServicerContext
+        self,
+        request: agent_pb2.InvokeRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.InvokeRequest, agent_pb2.InvokeResponse],
     ) -> agent_pb2.InvokeResponse:
         """Run one skill (or replay an idempotent result)."""
         result = await self._runner.invoke(_invocation(request, context))
         return self._response(result)
 
     async def InvokeStream(
-        self, request: agent_pb2.InvokeStreamRequest, context: grpc.aio.ServicerContext
+        self,
+        request: agent_pb2.InvokeStreamRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.InvokeStreamRequest, agent_pb2.InvokeStreamResponse],
     ) -> AsyncIterator[agent_pb2.InvokeStreamResponse]:
         """Run one skill, streaming its progress events, then its result."""
         invocation = _invocation(request.invocation, context)
@@ -105,7 +111,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
 
-def _invocation(request: agent_pb2.InvokeRequest, context: grpc.aio.ServicerContext) -> Invocation:
+def _invocation(request: agent_pb2.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Invocation:
     remaining = context.time_remaining()
     return Invocation(
         skill=request.skill,

@@ -43,7 +43,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in _COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            command: Command = importlib.import_module(module_name)  # type: ignore[assignment]
+            command: Command = importlib.import_module(module_name)
             command.configure(sub)
             sub.set_defaults(_run=command.run)
     return parser

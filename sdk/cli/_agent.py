@@ -53,11 +53,9 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the agent class, build it with the settings, and serve it until SIGTERM."""
     from pydantic import ValidationError
 
-    from agentmesh._settings import Settings
     from agentmesh.agent import AgentInfo, run_agent
 
     settings = settings_from_args(args)
-    assert isinstance(settings, Settings)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: an agent module in the current folder imports
     try:

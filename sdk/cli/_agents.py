@@ -12,7 +12,13 @@ agentmesh agents revocations
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    import grpc
+
+    from agentmesh._settings import Settings
+    from agentmesh.v1 import agent_pb2
 
 
 def _agent_name(value: str) -> tuple[str, str]:
@@ -113,7 +119,14 @@ def _add_subject_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spiffe-id", default="", help="any identity, e.g. spiffe://TD/service/planner")
 
 
-def _subject(args: argparse.Namespace, trust_domain: str) -> dict[str, str]:
+class _Subject(TypedDict, total=False):
+    """Whom revoke/unrevoke target (keyword arguments of RegistryClient.revoke and .unrevoke)."""
+
+    spiffe_id: str
+    certificate_serial: str
+
+
+def _subject(args: argparse.Namespace, trust_domain: str) -> _Subject:
     """The revoke/unrevoke target: exactly one of NAMESPACE/NAME, --spiffe-id and --serial."""
     from agentmesh._errors import InvalidArgumentError
     from agentmesh.security import agent_spiffe_id
@@ -137,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
 
-    async def body(channel: Any, settings: Any) -> Any:
+    async def body(channel: grpc.aio.Channel, settings: Settings) -> Any:
         from agentmesh._registry_client import RegistryClient
 
         client = RegistryClient(settings, kind="client", name=args.identity, channel=channel)
@@ -154,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
                     break
             return instances
         if args.action == "get":
-            return await client.get_agent(*args.agent, args.version)
+            namespace, name = args.agent
+            return await client.get_agent(namespace, name, args.version)
         if args.action == "discover":
             from agentmesh.v1 import registry_pb2
 
@@ -179,10 +193,12 @@ def run(args: argparse.Namespace) -> int:
             return await client.unrevoke(**_subject(args, settings.trust_domain))
         if args.action == "revocations":
             return await client.list_revocations()
+        namespace, name = args.agent
         if args.weights is None:
-            return await client.get_routing(*args.agent)
+            return await client.get_routing(namespace, name)
         return await client.set_routing(
-            *args.agent,
+            namespace,
+            name,
             args.weights,
             max_error_rate=args.max_error_rate,
             min_requests=args.min_requests,
@@ -215,10 +231,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state(value: int) -> str:
+def _state(value: agent_pb2.ServingState.ValueType) -> str:
     from agentmesh.v1 import agent_pb2
 
-    return agent_pb2.ServingState.Name(value).removeprefix("SERVING_STATE_")  # type: ignore[arg-type]
+    return agent_pb2.ServingState.Name(value).removeprefix("SERVING_STATE_")
 
 
 def _print(console: Any, action: str, reply: Any) -> None:

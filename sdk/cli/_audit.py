@@ -6,6 +6,12 @@ Directly from the planner with a client certificate, or through the gateway with
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+
+    from agentmesh._settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,15 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from agentmesh.cli._client import call, print_json
     from agentmesh.v1 import audit_pb2, audit_pb2_grpc
 
-    async def body(channel: object, settings: object) -> object:
-        stub = audit_pb2_grpc.AuditServiceStub(channel)  # type: ignore[arg-type]
+    async def body(
+        channel: grpc.aio.Channel, settings: Settings
+    ) -> audit_pb2.VerifyAuditChainResponse | audit_pb2.ListAuditRecordsResponse:
+        stub = audit_pb2_grpc.AuditServiceStub(channel)
         if args.action == "verify":
-            request = audit_pb2.VerifyAuditChainRequest(from_sequence=args.from_sequence, to_sequence=args.to_sequence)
-            return await stub.VerifyAuditChain(request, timeout=120)
-        request = audit_pb2.ListAuditRecordsRequest(
+            verify = audit_pb2.VerifyAuditChainRequest(from_sequence=args.from_sequence, to_sequence=args.to_sequence)
+            return await stub.VerifyAuditChain(verify, timeout=120)
+        listing = audit_pb2.ListAuditRecordsRequest(
             page_size=args.limit, actor=args.actor, resource=args.resource, action=args.action, outcome=args.outcome
         )
-        return await stub.ListAuditRecords(request, timeout=30)
+        return await stub.ListAuditRecords(listing, timeout=30)
 
     reply = call(args, "planner_address", body)
     if args.json:
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         verdict = "intact" if reply.valid else f"BROKEN at record {reply.first_invalid_sequence}: {reply.message}"
         print(f"audit chain {verdict} ({reply.records_checked} records, head {reply.head_hash[:16]})")
     else:
-        for record in reply.records:  # type: ignore[attr-defined]
+        for record in reply.records:
             who = f"{record.actor} for {record.on_behalf_of}" if record.on_behalf_of else record.actor
             print(
                 f"{record.sequence:>8} {record.record_time.ToJsonString()} {who} {record.action} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import grpc
@@ -46,7 +46,9 @@ def add_client_arguments(parser: argparse.ArgumentParser, *, default_address_set
     )
 
 
-def call(args: argparse.Namespace, address_setting: str, body: Callable[..., Awaitable[T]]) -> T:
+def call(
+    args: argparse.Namespace, address_setting: str, body: Callable[[grpc.aio.Channel, Settings], Awaitable[T]]
+) -> T:
     """Open an mTLS channel as ``client/<identity>`` to the service and run ``body(channel, settings)``."""
     import asyncio
 
@@ -90,23 +92,11 @@ def gateway_channel(address: str, settings: Settings, token: str) -> grpc.aio.Ch
     """A TLS channel to the gateway (no client certificate) that sends ``authorization: Bearer`` on every call."""
     import grpc
 
+    from agentmesh.cli._bearer import bearer_interceptors
     from agentmesh.security import ca_paths
 
     ca = ca_paths(settings.home)[0]
     roots = ca.read_bytes() if ca.exists() else None
-    bearer = ("authorization", f"Bearer {token}")
-
-    def with_token(details: Any) -> Any:
-        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()), bearer))
-
-    # grpc.aio files an interceptor under ONE kind (the first it matches), so each kind needs its own object.
-    class UnaryBearer(grpc.aio.UnaryUnaryClientInterceptor):
-        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-            return await continuation(with_token(details), request)
-
-    class StreamBearer(grpc.aio.UnaryStreamClientInterceptor):
-        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-            return await continuation(with_token(details), request)
-
-    interceptors: Any = [UnaryBearer(), StreamBearer()]
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=roots), interceptors=interceptors)
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    # grpc-stubs leaves the type of a client interceptor open on purpose (_PartialStubMustCastOrIgnore).
+    return grpc.aio.secure_channel(address, credentials, interceptors=bearer_interceptors(token))  # type: ignore[arg-type]

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from agentmesh._settings import Settings
+
+if TYPE_CHECKING:
+    from agentmesh.v1 import task_pb2, task_pb2_grpc
 
 _TICKET_FIELDS = ("id", "email", "subject", "text")
 _DEMO_SCOPES = ("tasks:read", "tasks:submit")
@@ -86,7 +89,7 @@ async def run_demo(
     console.print(f"[bold]Submitting {1 + len(others)} support ticket(s) through the gateway[/] ({address}, dev token)")
     channel = gateway_channel(address, settings, token or dev_token(settings))
     try:
-        stub = task_pb2_grpc.TaskServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = task_pb2_grpc.TaskServiceStub(channel)
         # The rest run concurrently in the background while the shown one is followed step by step.
         background = [asyncio.ensure_future(stub.SubmitTask(_request(t), timeout=30)) for t in others]
         task = await submit_and_follow(channel, _request(shown), console=console, within=300.0)
@@ -97,7 +100,7 @@ async def run_demo(
                 finals.append(await _wait(stub, task_id))
         reply = await stub.ExplainTask(task_pb2.ExplainTaskRequest(task_id=task.task_id), timeout=30)
     finally:
-        await channel.close()
+        await channel.close(None)
     render_explanation(console, reply)
     succeeded = sum(1 for s in finals if s == task_pb2.TASK_STATE_SUCCEEDED)
     console.print(f"[bold]{succeeded} of {len(finals)} ticket task(s) succeeded[/]")
@@ -105,7 +108,9 @@ async def run_demo(
     return 0 if succeeded == len(finals) else 1
 
 
-async def _wait(stub: Any, task_id: str, *, within: float = 300.0) -> int:
+async def _wait(
+    stub: task_pb2_grpc.TaskServiceAsyncStub, task_id: str, *, within: float = 300.0
+) -> task_pb2.TaskState.ValueType:
     """Poll GetTask until the task ends; its final state."""
     from agentmesh.v1 import task_pb2
 
@@ -114,5 +119,5 @@ async def _wait(stub: Any, task_id: str, *, within: float = 300.0) -> int:
         while True:
             task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task_id), timeout=10)).task
             if task.state in final:
-                return int(task.state)
+                return task.state
             await asyncio.sleep(0.2)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import grpc
+
+    from agentmesh._settings import Settings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,10 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from agentmesh.cli._client import call, print_json
     from agentmesh.v1 import task_pb2, task_pb2_grpc
 
-    async def explain(channel: object, settings: object) -> task_pb2.ExplainTaskResponse:
-        stub = task_pb2_grpc.TaskServiceStub(channel)  # type: ignore[arg-type]
+    async def explain(channel: grpc.aio.Channel, settings: Settings) -> task_pb2.ExplainTaskResponse:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
         request = task_pb2.ExplainTaskRequest(task_id=args.task_id, max_depth=args.max_depth)
-        return await stub.ExplainTask(request, timeout=30)  # type: ignore[no-any-return]
+        return await stub.ExplainTask(request, timeout=30)
 
     reply = call(args, "planner_address", explain)
     if args.json:

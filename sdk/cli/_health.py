@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             return await check_health(channel, args.service, within=args.timeout)
         finally:
-            await channel.close()
+            await channel.close(None)
 
     status = asyncio.run(probe())
     print(status)

@@ -11,11 +11,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
 from agentmesh._settings import Settings
+
+if TYPE_CHECKING:  # grpc loads only when a channel is opened
+    import grpc
 
 console = Console(stderr=True)
 
@@ -258,7 +261,7 @@ class LocalMesh:
         finally:
             await client.close()
 
-    def ops_channel(self, address: str, server_identity: str = "") -> object:
+    def ops_channel(self, address: str, server_identity: str = "") -> grpc.aio.Channel:
         from agentmesh._channel import create_channel
 
         return create_channel(address, self.settings, kind=_OPS[0], name=_OPS[1], server_identity=server_identity)
@@ -269,19 +272,19 @@ class LocalMesh:
         channel = self.ops_channel(address)
 
         async def ready() -> bool:
-            return await check_health(channel) == "SERVING"  # type: ignore[arg-type]
+            return await check_health(channel) == "SERVING"
 
         try:
             await self._poll(service, ready)
         finally:
-            await channel.close()  # type: ignore[attr-defined]
+            await channel.close(None)
 
     async def _wait_registered(self) -> None:
         from agentmesh.cli._agent import resolve_agent_class
         from agentmesh.v1 import registry_pb2, registry_pb2_grpc
 
         channel = self.ops_channel(self.settings.registry_address)
-        registry = registry_pb2_grpc.RegistryServiceStub(channel)  # type: ignore[arg-type]
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
         wanted = {resolve_agent_class(m).card.name for m in self.agents}
 
         async def ready() -> bool:
@@ -291,7 +294,7 @@ class LocalMesh:
         try:
             await self._poll("agent registration", ready)
         finally:
-            await channel.close()  # type: ignore[attr-defined]
+            await channel.close(None)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

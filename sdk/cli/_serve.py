@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agentmesh._settings import Settings
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, *, default_port_setting: str) -> None:
@@ -22,7 +26,7 @@ def add_server_arguments(parser: argparse.ArgumentParser, *, default_port_settin
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> object:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from agentmesh._settings import Settings
 
@@ -33,7 +37,7 @@ def settings_from_args(args: argparse.Namespace) -> object:
         overrides["metrics_port"] = args.metrics_port
     if getattr(args, "insecure_dev", False):
         overrides["insecure_dev"] = True
-    return Settings.from_env(**overrides)
+    return Settings.from_env(None, **overrides)
 
 
 def run_service(args: argparse.Namespace, server_module: str, service_name: str) -> int:
@@ -41,9 +45,9 @@ def run_service(args: argparse.Namespace, server_module: str, service_name: str)
     from agentmesh import telemetry
 
     settings = settings_from_args(args)
-    telemetry.configure_logging(settings)  # type: ignore[arg-type]
-    telemetry.configure_tracing(settings, service_name)  # type: ignore[arg-type]
-    telemetry.start_metrics_server(settings)  # type: ignore[arg-type]
+    telemetry.configure_logging(settings)
+    telemetry.configure_tracing(settings, service_name)
+    telemetry.start_metrics_server(settings)
     module = importlib.import_module(server_module)
     server = module.build_server(settings, port=args.port)
     telemetry.run(server.serve_until_signalled())

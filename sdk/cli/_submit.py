@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import grpc
+    from rich.console import Console
+
+    from agentmesh._settings import Settings
+    from agentmesh.v1 import task_pb2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         goal=args.goal, input=task_input, playbook=args.playbook, request_id=args.request_id
     )
 
-    async def submit(channel: object, settings: object) -> task_pb2.Task:
+    async def submit(channel: grpc.aio.Channel, settings: Settings) -> task_pb2.Task:
         from rich.console import Console
 
         console = Console(stderr=True, quiet=args.json)
@@ -62,7 +69,14 @@ def run(args: argparse.Namespace) -> int:
     return 0 if task.state == task_pb2.TASK_STATE_SUCCEEDED else 1
 
 
-async def submit_and_follow(channel: Any, request: Any, *, console: Any, wait: bool = True, within: float = 300.0) -> Any:
+async def submit_and_follow(
+    channel: grpc.aio.Channel,
+    request: task_pb2.SubmitTaskRequest,
+    *,
+    console: Console,
+    wait: bool = True,
+    within: float = 300.0,
+) -> task_pb2.Task:
     """Submit ``request`` on ``channel`` and, when ``wait``, follow WatchTask with a live status line until the
     task ends (resuming from the last cursor if the stream breaks); returns the final Task."""
     import asyncio

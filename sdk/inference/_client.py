@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from agentmesh._errors import (
     DeadlineExceededError,
@@ -110,7 +111,7 @@ class InferenceClient:
         self.breaker_reset_timeout = breaker_reset_timeout or settings.breaker_reset_timeout
         self.catalog = catalog if catalog is not None else default_catalog()
         self._connection_key: tuple[str, int] | None = None
-        self._prototypes: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self._prototypes: dict[tuple[str, tuple[str, ...]], npt.NDArray[np.float32]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -226,7 +227,7 @@ class InferenceClient:
     async def infer(
         self,
         model: str,
-        inputs: Mapping[str, np.ndarray],
+        inputs: Mapping[str, npt.NDArray[np.generic]],
         *,
         outputs: Sequence[str] | None = None,
         version: str = "",
@@ -473,7 +474,7 @@ def _checked_texts(texts: Sequence[str]) -> list[str]:
     return texts
 
 
-def _text_column(texts: Sequence[str]) -> np.ndarray:
+def _text_column(texts: Sequence[str]) -> npt.NDArray[np.object_]:
     return np.array([t.encode("utf-8") for t in texts], dtype=object).reshape(-1, 1)
 
 

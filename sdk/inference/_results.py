@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Classification", "ClassificationResult", "EmbeddingResult", "InferenceResult", "SentimentResult"]
 
@@ -15,7 +16,7 @@ class InferenceResult:
 
     model: str
     version: str
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, npt.NDArray[np.generic]]
     latency_s: float
 
 
@@ -25,7 +26,7 @@ class EmbeddingResult:
 
     model: str
     version: str
-    embeddings: np.ndarray  # float32, shape (len(texts), dims)
+    embeddings: npt.NDArray[np.float32]  # shape (len(texts), dims)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
@@ -35,7 +36,7 @@ class EmbeddingResult:
         """Embedding width (384 for MiniLM)."""
         return int(self.embeddings.shape[1])
 
-    def similarity(self, other: EmbeddingResult | np.ndarray) -> np.ndarray:
+    def similarity(self, other: EmbeddingResult | npt.ArrayLike) -> npt.NDArray[np.float32]:
         """Cosine similarity matrix (rows: these texts, columns: ``other``'s)."""
         matrix = (
             other.embeddings if isinstance(other, EmbeddingResult) else np.asarray(other, dtype=np.float32)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from typing import ClassVar
+
+from sqlalchemy import MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncAttrs
 from sqlalchemy.orm import DeclarativeBase
 
@@ -27,3 +29,6 @@ class Base(AsyncAttrs, DeclarativeBase):
     """
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model here is mapped to a table (no mapping to a join or a select): say so, so that
+    # ``Model.__table__`` types as the Table that insert()/update()/delete() take.
+    __table__: ClassVar[Table]

@@ -15,7 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 
 from agentmesh._settings import Settings
@@ -152,7 +152,8 @@ class UnsampledChildren:
         id_generator = getattr(tracer, "id_generator", None)
         if not isinstance(sampler, ParentBased) or id_generator is None:
             return None
-        description = sampler.get_description()
+        declared: Sampler = sampler  # ParentBased leaves get_description unannotated; Sampler declares its str
+        description = declared.get_description()
         if not all(f"{delegate}:{_ALWAYS_OFF}" in description for delegate in _UNSAMPLED_DELEGATES):
             return None
         return cls(id_generator.generate_span_id)

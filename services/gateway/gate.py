@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
@@ -25,7 +25,7 @@ from agentmesh.services.gateway.auth import Principal, TokenVerifier, bearer_tok
 from agentmesh.services.gateway.limits import RateLimiter
 from agentmesh.services.gateway.validation import check_size
 
-__all__ = ["DELEGATION_METADATA_KEY", "Admitted", "DelegationMinter", "Gate"]
+__all__ = ["DELEGATION_METADATA_KEY", "Admitted", "DelegationMinter", "Gate", "PublicContext"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 DELEGATION_METADATA_KEY = "x-agentmesh-delegation"
 _DELEGATION_TTL = 120.0
 _DELEGATION_REUSE = 60.0  # a minted token is reused while it has more than this many seconds left
+
+# The context of a call at the gateway: the public services are proxied generically, any method, any message.
+PublicContext: TypeAlias = grpc.aio.ServicerContext[Message, Message]
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class Gate:
         self._delegation = delegation
 
     async def admit(
-        self, method: str, permission: str, request: Message, context: grpc.aio.ServicerContext
+        self, method: str, permission: str, request: Message, context: PublicContext
     ) -> Admitted:
         """Authenticate, authorize, rate-limit and size-check the call; refusals are audited, then raised."""
         principal: Principal | None = None
@@ -131,7 +134,7 @@ class Gate:
         method: str,
         error: MeshError,
         principal: Principal | None,
-        context: grpc.aio.ServicerContext,
+        context: PublicContext,
         resource: str = "",
     ) -> None:
         """Append the audit record of a refusal (best effort: the caller is refused either way)."""

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError, from_rpc_error
 from agentmesh._server import ServiceBinding, bind
 from agentmesh.audit import Pseudonyms, redact, redact_json
-from agentmesh.services.gateway.gate import Admitted, Gate
+from agentmesh.services.gateway.gate import Admitted, Gate, PublicContext
 from agentmesh.services.gateway.screening import SCREENING_FIELD, screen
 from agentmesh.services.gateway.validation import SchemaSource, validate_input
 from agentmesh.v1 import audit_pb2, conversation_pb2, registry_pb2, task_pb2
@@ -89,7 +89,7 @@ def _resource(request: Message, reply: Message | None) -> str:
     return ""
 
 
-def _timeout(context: grpc.aio.ServicerContext) -> float:
+def _timeout(context: PublicContext) -> float:
     remaining = context.time_remaining()
     return _DEFAULT_TIMEOUT if remaining is None else max(0.001, min(remaining, 3600.0))
 
@@ -131,7 +131,7 @@ class PublicService:
         prepare = self._prepare.get(method.name)
         gate = self._gate
 
-        async def admit(request: Message, context: grpc.aio.ServicerContext) -> tuple[Admitted, Message]:
+        async def admit(request: Message, context: PublicContext) -> tuple[Admitted, Message]:
             if permission is None:
                 error = PermissionDeniedError(f"{full} is not served at the gateway (read-only there)")
                 await gate.refused(full, error, None, context)
@@ -149,7 +149,7 @@ class PublicService:
 
         if method.server_streaming:
 
-            async def stream(_servicer: object, request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+            async def stream(_servicer: object, request: Message, context: PublicContext) -> AsyncIterator[Message]:
                 call, request = await admit(request, context)
                 # A watch lasts as long as its caller wants: the caller's deadline, or none.
                 upstream = getattr(self.stub(), method.name)(
@@ -163,7 +163,7 @@ class PublicService:
 
             return stream
 
-        async def unary(_servicer: object, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        async def unary(_servicer: object, request: Message, context: PublicContext) -> Message:
             call, request = await admit(request, context)
             try:
                 reply: Message = await getattr(self.stub(), method.name)(

@@ -58,7 +58,7 @@ def message_proto(record: MessageRecord) -> conversation_pb2.ConversationMessage
     message = conversation_pb2.ConversationMessage(
         message_id=record.message_id,
         version=record.version,
-        role=_ROLE_VALUES[record.role],  # type: ignore[arg-type]
+        role=_ROLE_VALUES[record.role],
         author=record.author,
         on_behalf_of=record.on_behalf_of,
         text=record.text,
@@ -73,13 +73,13 @@ def message_proto(record: MessageRecord) -> conversation_pb2.ConversationMessage
     return message
 
 
-def _role(value: int) -> str | None:
+def _role(value: conversation_pb2.MessageRole.ValueType) -> str | None:
     """The role named by the request; None (the caller's own role) when unset."""
     if value == conversation_pb2.MESSAGE_ROLE_UNSPECIFIED:
         return None
     if value not in _ROLE_NAMES:
         raise InvalidArgumentError(f"role {value} is not a MessageRole", field="role")
-    return _ROLE_NAMES[value]  # type: ignore[index]
+    return _ROLE_NAMES[value]
 
 
 def _data(request: Any, field: str = "data") -> dict[str, Any] | None:
@@ -102,7 +102,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         self.conversations = conversations
         self._verifier = verifier
 
-    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+    def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         """The caller's identity and, when it forwards a verified end-user token, the end user it acts for."""
         identity = security.current_identity()
         uri = identity.uri if identity is not None else None
@@ -113,7 +113,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         return Caller(uri, end_user=claims.subject, tenant=claims.tenant)
 
     async def CreateConversation(
-        self, request: conversation_pb2.CreateConversationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.CreateConversationRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.CreateConversationRequest, conversation_pb2.CreateConversationResponse],
     ) -> conversation_pb2.CreateConversationResponse:
         record = await self.conversations.create(
             self._caller(context), title=request.title, labels=dict(request.labels), request_id=request.request_id
@@ -121,7 +123,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         return conversation_pb2.CreateConversationResponse(conversation=conversation_proto(record))
 
     async def GetConversation(
-        self, request: conversation_pb2.GetConversationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.GetConversationRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.GetConversationRequest, conversation_pb2.GetConversationResponse],
     ) -> conversation_pb2.GetConversationResponse:
         record, messages = await self.conversations.get(
             self._caller(context),
@@ -132,7 +136,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         )
 
     async def ListConversations(
-        self, request: conversation_pb2.ListConversationsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.ListConversationsRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.ListConversationsRequest, conversation_pb2.ListConversationsResponse],
     ) -> conversation_pb2.ListConversationsResponse:
         page, next_token = await self.conversations.list_page(
             self._caller(context),
@@ -146,7 +152,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         )
 
     async def SendMessage(
-        self, request: conversation_pb2.SendMessageRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.SendMessageRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.SendMessageRequest, conversation_pb2.SendMessageResponse],
     ) -> conversation_pb2.SendMessageResponse:
         sent = await self.conversations.send(
             self._caller(context),
@@ -166,7 +174,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
         )
 
     async def WatchConversation(
-        self, request: conversation_pb2.WatchConversationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.WatchConversationRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.WatchConversationRequest, conversation_pb2.WatchConversationResponse],
     ) -> AsyncIterator[conversation_pb2.WatchConversationResponse]:
         caller = self._caller(context)
         async for change in self.conversations.watch(caller, request.conversation_id, request.since_version):
@@ -177,7 +187,9 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
             )
 
     async def RollbackConversation(
-        self, request: conversation_pb2.RollbackConversationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: conversation_pb2.RollbackConversationRequest,
+        context: grpc.aio.ServicerContext[conversation_pb2.RollbackConversationRequest, conversation_pb2.RollbackConversationResponse],
     ) -> conversation_pb2.RollbackConversationResponse:
         record, _notice = await self.conversations.rollback(
             self._caller(context),

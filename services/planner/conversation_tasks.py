@@ -33,11 +33,17 @@ AppendResult = Callable[[str, str, str, str, "dict[str, Any] | None"], Awaitable
 class FinishedTask(Protocol):
     """What the engine's finish listener hands over (the planner's TaskView has these fields)."""
 
-    task_id: str
-    state: str
-    output: dict[str, Any] | None
-    error: str
-    conversation_id: str | None
+    # Read-only: the engine's frozen TaskRow qualifies.
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def output(self) -> dict[str, Any] | None: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def conversation_id(self) -> str | None: ...
 
 
 def answer_of(outcome: TaskOutcome) -> tuple[str, str, dict[str, Any] | None]:

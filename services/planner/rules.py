@@ -15,6 +15,9 @@ from typing import Any
 
 import celpy
 import jsonschema
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError
 
 from agentmesh._errors import InvalidArgumentError
 
@@ -33,7 +36,7 @@ def compile_rule(rule: str) -> Any:
     """The compiled CEL program of ``rule``; InvalidArgumentError when it does not compile."""
     try:
         return _ENV.program(_ENV.compile(rule))
-    except celpy.CELParseError as exc:
+    except CELParseError as exc:
         raise InvalidArgumentError(f"CEL rule {rule!r} does not compile: {exc}", field="plan") from None
 
 
@@ -41,10 +44,10 @@ def evaluate(rule: str, variables: dict[str, Any]) -> tuple[bool, str]:
     """``(holds, why_not)`` of a CEL rule over JSON ``variables``; an evaluation error counts as false."""
     program = compile_rule(rule)
     try:
-        result = program.evaluate({name: celpy.json_to_cel(value) for name, value in variables.items()})
+        result = program.evaluate({name: json_to_cel(value) for name, value in variables.items()})
     except Exception as exc:  # celpy raises assorted errors for missing keys and type mismatches
         return False, f"{rule!r} could not be evaluated: {exc}"
-    if isinstance(result, celpy.CELEvalError):
+    if isinstance(result, CELEvalError):
         return False, f"{rule!r} could not be evaluated: {result.args[0] if result.args else result}"
     if isinstance(result, celpy.celtypes.BoolType):
         return bool(result), "" if result else f"{rule!r} is false"

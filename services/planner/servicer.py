@@ -51,7 +51,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     def _caller(self) -> Any:
         return security.current_identity()
 
-    def _user_claims(self, context: grpc.aio.ServicerContext) -> DelegationClaims | None:
+    def _user_claims(self, context: grpc.aio.ServicerContext[Any, Any]) -> DelegationClaims | None:
         """The end user's token the gateway forwarded, verified (audience = the planner)."""
         token = dict(context.invocation_metadata() or ()).get(DELEGATION_METADATA, "")
         if not token:
@@ -64,7 +64,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     # ---- RPCs --------------------------------------------------------------------------------------------
 
     async def SubmitTask(
-        self, request: task_pb2.SubmitTaskRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.SubmitTaskRequest,
+        context: grpc.aio.ServicerContext[task_pb2.SubmitTaskRequest, task_pb2.SubmitTaskResponse],
     ) -> task_pb2.SubmitTaskResponse:
         """Store a task, plan it and start it (idempotent on request_id)."""
         caller = self._caller()
@@ -114,12 +116,18 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             "scopes": tuple(claims.scopes),
         }
 
-    async def GetTask(self, request: task_pb2.GetTaskRequest, context: grpc.aio.ServicerContext) -> task_pb2.GetTaskResponse:
+    async def GetTask(
+        self,
+        request: task_pb2.GetTaskRequest,
+        context: grpc.aio.ServicerContext[task_pb2.GetTaskRequest, task_pb2.GetTaskResponse],
+    ) -> task_pb2.GetTaskResponse:
         """One task."""
         return task_pb2.GetTaskResponse(task=views.task_proto(await self._engine.get(_task_id(request.task_id))))
 
     async def ListTasks(
-        self, request: task_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.ListTasksRequest,
+        context: grpc.aio.ServicerContext[task_pb2.ListTasksRequest, task_pb2.ListTasksResponse],
     ) -> task_pb2.ListTasksResponse:
         """A page of tasks, newest first, filtered by state, conversation, submitter or parent."""
         if request.page_size < 0:
@@ -142,7 +150,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         return task_pb2.ListTasksResponse(tasks=[views.task_proto(t) for t in page], next_page_token=token)
 
     async def WatchTask(
-        self, request: task_pb2.WatchTaskRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.WatchTaskRequest,
+        context: grpc.aio.ServicerContext[task_pb2.WatchTaskRequest, task_pb2.WatchTaskResponse],
     ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
         task_id = _task_id(request.task_id)
@@ -165,7 +175,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
                 task = await self._engine.get(task_id)
 
     async def CancelTask(
-        self, request: task_pb2.CancelTaskRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.CancelTaskRequest,
+        context: grpc.aio.ServicerContext[task_pb2.CancelTaskRequest, task_pb2.CancelTaskResponse],
     ) -> task_pb2.CancelTaskResponse:
         """Stop scheduling, cancel running steps, end CANCELLED."""
         caller = self._caller()
@@ -173,7 +185,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         return task_pb2.CancelTaskResponse(task=views.task_proto(task))
 
     async def ExplainTask(
-        self, request: task_pb2.ExplainTaskRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.ExplainTaskRequest,
+        context: grpc.aio.ServicerContext[task_pb2.ExplainTaskRequest, task_pb2.ExplainTaskResponse],
     ) -> task_pb2.ExplainTaskResponse:
         """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
         explanation = await _db(views.explain(self._engine.store, _task_id(request.task_id), request.max_depth))
@@ -184,14 +198,18 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         return task_pb2.ExplainTaskResponse(explanation=explanation, elapsed=elapsed)
 
     async def ApproveStep(
-        self, request: task_pb2.ApproveStepRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.ApproveStepRequest,
+        context: grpc.aio.ServicerContext[task_pb2.ApproveStepRequest, task_pb2.ApproveStepResponse],
     ) -> task_pb2.ApproveStepResponse:
         """Let a step waiting for approval run."""
         approval = await self._decide(request, context, approve=True)
         return task_pb2.ApproveStepResponse(approval=approval)
 
     async def GetPlaybook(
-        self, request: task_pb2.GetPlaybookRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.GetPlaybookRequest,
+        context: grpc.aio.ServicerContext[task_pb2.GetPlaybookRequest, task_pb2.GetPlaybookResponse],
     ) -> task_pb2.GetPlaybookResponse:
         """A playbook's description and input schema (NOT_FOUND for an unknown name); the gateway validates with it."""
         if not request.name:
@@ -202,13 +220,21 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         return reply
 
     async def RejectStep(
-        self, request: task_pb2.RejectStepRequest, context: grpc.aio.ServicerContext
+        self,
+        request: task_pb2.RejectStepRequest,
+        context: grpc.aio.ServicerContext[task_pb2.RejectStepRequest, task_pb2.RejectStepResponse],
     ) -> task_pb2.RejectStepResponse:
         """Refuse a step waiting for approval; its task fails."""
         approval = await self._decide(request, context, approve=False)
         return task_pb2.RejectStepResponse(approval=approval)
 
-    async def _decide(self, request: Any, context: grpc.aio.ServicerContext, *, approve: bool) -> task_pb2.Approval:
+    async def _decide(
+        self,
+        request: task_pb2.ApproveStepRequest | task_pb2.RejectStepRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        approve: bool,
+    ) -> task_pb2.Approval:
         if not request.step_id:
             raise InvalidArgumentError("step_id is required", field="step_id")
         caller = self._caller()

@@ -200,6 +200,7 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     comment = str(body.get("comment", "")) if isinstance(body, dict) else ""
     fields = {"task_id": request.match_info["task_id"], "step_id": request.match_info["step_id"], "comment": comment}
     stub = _client(request).tasks
+    reply: task_pb2.ApproveStepResponse | task_pb2.RejectStepResponse
     if approve:
         reply = await stub.ApproveStep(task_pb2.ApproveStepRequest(**fields), metadata=_metadata(request), timeout=_TIMEOUT)
     else:

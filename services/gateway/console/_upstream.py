@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
 
@@ -39,14 +38,14 @@ class GatewayClient:
         return self._channel
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> registry_pb2_grpc.RegistryServiceAsyncStub:
         """RegistryService stub (the gateway serves its reads)."""
-        return registry_pb2_grpc.RegistryServiceStub(self._open())  # type: ignore[no-untyped-call]
+        return registry_pb2_grpc.RegistryServiceStub(self._open())
 
     @property
-    def tasks(self) -> Any:
+    def tasks(self) -> task_pb2_grpc.TaskServiceAsyncStub:
         """TaskService stub."""
-        return task_pb2_grpc.TaskServiceStub(self._open())  # type: ignore[no-untyped-call]
+        return task_pb2_grpc.TaskServiceStub(self._open())
 
     async def close(self) -> None:
         """Close the channel."""
