@@ -105,3 +105,19 @@ def test_services_that_write_the_database_get_its_url_from_the_secret() -> None:
         env = deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]
         (url,) = [e for e in env if e["name"] == "AGENTMESH_DATABASE_URL"]
         assert url["valueFrom"]["secretKeyRef"] == {"name": "agentmesh-database", "key": "url"}, name
+
+
+def test_only_the_gateway_and_the_crm_agent_hold_the_pseudonym_key() -> None:
+    holders = set()
+    for name, deployment in _of_kind("Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        if secrets.get("pseudonym") != "agentmesh-pseudonym":
+            continue
+        holders.add(name)
+        (container,) = pod["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "pseudonym")
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert mount["readOnly"] is True
+        assert env["AGENTMESH_PSEUDONYM_KEY_FILE"] == f"{mount['mountPath']}/key", name
+    assert holders == {"gateway", "agent-crm"}
