@@ -111,7 +111,7 @@ def test_only_the_gateway_and_the_crm_agent_hold_the_pseudonym_key() -> None:
     holders = set()
     for name, deployment in _of_kind("Deployment").items():
         pod = deployment["spec"]["template"]["spec"]
-        secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
         if secrets.get("pseudonym") != "agentmesh-pseudonym":
             continue
         holders.add(name)
