@@ -121,6 +121,12 @@ async def _serving(address: str, settings: Any) -> None:
         await channel.close()
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -319,10 +325,12 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             stub = task_pb2_grpc.TaskServiceStub(channel)
             await _wait_done(url, await _submit_all(stub, "wide", 5))  # warm: channels, discovery, plans
             steps = args.tasks * args.width
+            cpu = _cpu(first.pid)
             started = time.perf_counter()
             ids = await _submit_all(stub, "wide", args.tasks)
             submitted = time.perf_counter() - started
             finished = await _wait_done(url, ids)
+            cpu = (_cpu(first.pid) - cpu) * 1000 / steps
             rate = steps / (finished - started)
             times, failed = await _attempt_times(url, ids)
             bare_rate, bare_times = await _bare_loop(url, settings, endpoint, steps, in_flight=256)
@@ -330,16 +338,20 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
                 f"throughput: planner {rate:,.0f} steps/s ({args.tasks} tasks x {args.width} parallel steps, {failed} failed), "
                 f"attempt p50 {_pct(times, 0.5):.1f} ms p99 {_pct(times, 0.99):.1f} ms; bare loop {bare_rate:,.0f} steps/s "
                 f"(p50 {_pct(bare_times, 0.5):.1f} ms p99 {_pct(bare_times, 0.99):.1f} ms); ratio {rate / bare_rate:.2f}x; "
-                f"submissions took {submitted:.2f} s of the planner's {finished - started:.2f} s"
+                f"submissions took {submitted:.2f} s of the planner's {finished - started:.2f} s; planner CPU "
+                f"{cpu:.2f} ms per step (submission included)"
             )
             call_p50 = await _bare_call_p50(settings, endpoint)
+            cpu = _cpu(first.pid)
             started = time.perf_counter()
             chain_ids = await _submit_all(stub, "chain", 1)
             finished = await _wait_done(url, chain_ids)
             per_step = (finished - started) * 1000 / args.chain
+            cpu = (_cpu(first.pid) - cpu) * 1000 / args.chain
             report.append(
                 f"overhead at 1 in flight: {per_step:.2f} ms per step over a {args.chain}-step chain (submit to done) vs "
-                f"bare mTLS Invoke p50 {call_p50:.2f} ms: planner overhead {per_step - call_p50:.2f} ms per step"
+                f"bare mTLS Invoke p50 {call_p50:.2f} ms: planner overhead {per_step - call_p50:.2f} ms per step; planner CPU "
+                f"{cpu:.2f} ms per step"
             )
         if not args.skip_crash:
             async with create_channel(planner, settings, kind="client", name="ops") as channel:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
@@ -63,13 +63,7 @@ async def append_audit(
     if not entries:
         return []
     connection = await target.connection() if isinstance(target, AsyncSession) else target
-    if connection.dialect.name == "postgresql":
-        await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK_KEY})
-    head = (
-        await connection.execute(
-            select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
-        )
-    ).first()
+    head = await _locked_head(connection)
     sequence, previous = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
     moment = utcnow()
     rows = []
@@ -93,6 +87,27 @@ async def append_audit(
         rows.append({**fields, "record_hash": previous})
     await connection.execute(insert(AuditRecord), rows)
     return [AuditRecord(**row) for row in rows]
+
+
+_HEAD = select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
+_PG_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+_PG_HEAD = "SELECT sequence, record_hash FROM audit_records ORDER BY sequence DESC LIMIT 1"
+
+
+async def _locked_head(connection: AsyncConnection) -> Any:
+    """Take the chain lock (held to the end of the transaction) and read the chain's head: (sequence, hash) or None.
+
+    On PostgreSQL both go in one round trip (a pipeline: the head is read after the lock is granted, with a
+    snapshot of its own, so it is the head every other appender sees). SQLite's write lock is already held.
+    """
+    if connection.dialect.name != "postgresql":
+        return (await connection.execute(_HEAD)).first()
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None  # a connection in a transaction has its psycopg connection
+    async with driver.pipeline():
+        await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
+        head = await driver.execute(_PG_HEAD)
+    return await head.fetchone()
 
 
 @dataclass

@@ -8,9 +8,10 @@ batches on PostgreSQL (SQLite transactions are IMMEDIATE, one writer at a time, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +140,8 @@ _END_TASK = (
             updated_at=_p("now", TASKS.c.updated_at))
 )
 _INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
+# Inserts that fetch nothing back (no implicit RETURNING of the new key): they can go in a pipeline.
+_BLIND_INSERT = {table.name: sa.insert(table).inline() for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS)}
 
 
 @dataclass(frozen=True)
@@ -513,13 +516,33 @@ class PlannerStore:
                  "source_step_id": s.source_step_id, "created_at": now}
                 for s in start.substitutions
             ]
-        async with self.engine.begin() as conn:
+        async with self._pipelined() as conn:
             await conn.execute(_SET_AGENT, agents)
-            await conn.execute(_INSERT[ATTEMPTS.name], attempts)
+            await conn.execute(_BLIND_INSERT[ATTEMPTS.name], attempts)
             if choices:
-                await conn.execute(_INSERT[CHOICES.name], choices)
+                await conn.execute(_BLIND_INSERT[CHOICES.name], choices)
             if substitutions:
-                await conn.execute(_INSERT[SUBSTITUTIONS.name], substitutions)
+                await conn.execute(_BLIND_INSERT[SUBSTITUTIONS.name], substitutions)
+
+    @contextlib.asynccontextmanager
+    async def _pipelined(self) -> AsyncIterator[AsyncConnection]:
+        """A write-only transaction: on PostgreSQL its statements are pipelined (sent without waiting, COMMIT
+        waits once: one round trip), elsewhere a plain transaction. Nothing inside may read a result (rows or
+        rowcounts are not there yet); an error surfaces at the end, and the connection is then discarded."""
+        if not self.postgres:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # a checked-out connection has its psycopg connection
+            try:
+                async with driver.pipeline():
+                    yield conn
+                    await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                raise
 
     async def finish_attempts(self, finishes: Sequence[AttemptFinish], claim: ClaimAhead | None = None) -> list[str]:
         """Record how attempts ended and move their plans on, all in ONE transaction (group commit), with each
