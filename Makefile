@@ -21,13 +21,14 @@ $(PY):
 
 # scripts/pyinstall.sh installs with uv (pip when uv cannot be had). `dev` is everything the tests and lint
 # need; the demo and `make up` need only the runtime and the local inference stack.
-$(STAMP): pyproject.toml scripts/pyinstall.sh | $(PY)
+$(STAMP): pyproject.toml | $(PY)
 	scripts/pyinstall.sh $(VENV) dev
 	touch $(STAMP) $(DEMO_STAMP)
 
-$(DEMO_STAMP): pyproject.toml scripts/pyinstall.sh | $(PY)
-	scripts/pyinstall.sh $(VENV) inference
-	touch $(DEMO_STAMP)
+# A current dev install already holds everything the demo needs.
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	@if [ $(STAMP) -nt pyproject.toml ]; then touch $(DEMO_STAMP); \
+	else scripts/pyinstall.sh $(VENV) inference && touch $(DEMO_STAMP); fi
 
 install: $(STAMP) ## create .venv and install the project with its dev and inference extras
 
