@@ -12,6 +12,14 @@ every poll each replica hides instances whose lease has passed as far as it and 
 it is hidden). The sweep expires leases as soon as their stored expiry has passed. Both are safe because a
 granted TTL is at least :attr:`LeaseBook.min_ttl` (two flush intervals): an agent renewing every third of
 its TTL always has a renewal in the database that reaches beyond the next flush.
+
+There is no grace period. The SDK renews every third of the TTL, so an agent whose renewals stop for a whole
+TTL (a heartbeat more than ~2/3 of the TTL late: a process paused by a long GC, a frozen VM, a partition) leaves
+discovery at the exact expiry, although it may still be alive; the next sweep (within one flush interval) writes
+the EXPIRED event. A renewal that arrives after the expiry but before that sweep revives the same lease (the
+instance is shown again); after the sweep the heartbeat is answered NOT_FOUND and the SDK registers the agent
+again at once (a new instance id: one EXPIRED and one REGISTERED event). Where pauses that long are expected,
+raise the TTL (``AGENTMESH_LEASE_TTL``, or ``lease_ttl`` at registration): the tolerated pause is 2/3 of it.
 """
 
 from __future__ import annotations
