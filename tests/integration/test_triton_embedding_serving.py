@@ -35,13 +35,12 @@ def parameter(config: dict[str, object], key: str) -> str:
 async def test_served_config_batches_small_on_one_thread_per_instance(inference: InferenceClient) -> None:
     config = await inference.model_config("minilm_embedding")
     batching = config["dynamic_batching"]
-    # Small preferred batches: a request waits behind at most one short batch (p99 at 64 in flight).
-    preferred = [int(size) for size in batching["preferred_batch_size"]]
-    assert preferred and max(preferred) <= 16
     # A lone request pays at most 1 ms of queue delay (concurrency-1 latency within 1.25x of batch 1).
     assert 0 < int(batching.get("max_queue_delay_microseconds", 0)) <= 1000
-    # Requests of up to 32 texts still run whole.
-    assert int(config["max_batch_size"]) == 32
+    # The batch cap that holds under load is max_batch_size (Triton grows a pending batch up to it while
+    # the instances are busy): it bounds how long a request waits behind one batch.
+    max_batch = int(config["max_batch_size"])
+    assert 8 <= max_batch <= 32
     # One single-thread instance per core; KIND_CPU also loads on a GPU Triton (onnxruntime picks CUDA there).
     (group,) = config["instance_group"]
     assert group["kind"] == "KIND_CPU" and int(group["count"]) >= 2
@@ -49,7 +48,7 @@ async def test_served_config_batches_small_on_one_thread_per_instance(inference:
     assert parameter(config, "execution_provider") == "auto"
     # Runs are split by length on CPU, never padded to a fixed 128/256.
     assert int(parameter(config, "run_overhead_tokens")) > 0
-    assert int(parameter(config, "session_batch")) >= max(preferred)
+    assert int(parameter(config, "session_batch")) >= max_batch
 
 
 def test_mixed_lengths_run_in_tight_groups_and_similar_lengths_together() -> None:
