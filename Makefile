@@ -52,9 +52,11 @@ node-deps: $(NODE_STAMP) ## install the Node.js test client's packages (@grpc/gr
 gen: $(STAMP) ## regenerate sdk/v1 stubs (+ .pyi) from protos/
 	$(PY) protos/generate.py
 
-lint: $(STAMP) ## ruff, mypy, buf lint, buf breaking against the last released contract
+lint: $(STAMP) ## ruff, mypy --strict, buf lint, buf breaking against the last released contract
 	$(BIN)/ruff check .
-	$(BIN)/mypy sdk services agents
+	@# mypy --strict (pyproject.toml) over the agentmesh package, seen through its import names.
+	scripts/typecheck_tree.sh
+	$(BIN)/mypy
 	$(BIN)/buf lint
 	@# Released contracts are committed as buf images, so the check works in clones that carry no tags.
 	@image=$$(ls protos/releases/v*.binpb 2>/dev/null | sort -V | tail -n 1); \

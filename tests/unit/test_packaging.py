@@ -6,6 +6,7 @@ import importlib
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +62,38 @@ def test_nothing_else_at_the_top_level() -> None:
     top = {line.split("/", 1)[0] for line in tracked.splitlines()}
     assert top == {".ci", ".gitignore", "Makefile", "README.md", "agents", "bench", "buf.yaml", "deploy", "protos",
                    "pyproject.toml", "sdk", "services", "tests"}
+
+
+def _mypy_config() -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    return config
+
+
+def test_mypy_is_strict_over_the_whole_package() -> None:
+    # `make lint` runs `mypy` with no arguments: strict mode over agentmesh.* (sdk, services, agents).
+    config = _mypy_config()
+    assert config["strict"] is True
+    assert config["packages"] == ["agentmesh"]
+    assert "scripts/typecheck_tree.sh\n\t$(BIN)/mypy\n" in (ROOT / "Makefile").read_text()
+    for override in config.get("overrides", []):
+        assert not override.get("ignore_errors"), override
+        assert not override.get("follow_imports"), override
+        modules = override["module"] if isinstance(override["module"], list) else [override["module"]]
+        # Relaxations name the modules they cover; none covers the whole package.
+        assert not {"agentmesh", "agentmesh.*", "agentmesh.services.*"} & set(modules), override
+
+
+def test_typecheck_tree_lays_out_every_package() -> None:
+    # mypy sees the import names only through these links; a package it cannot find would go unchecked.
+    subprocess.run([ROOT / "scripts" / "typecheck_tree.sh"], check=True)
+    base = ROOT / _mypy_config()["mypy_path"].replace("$MYPY_CONFIG_FILE_DIR/", "")
+    for package in _package_folders():
+        init = base.joinpath(*package.split("."), "__init__.py")
+        assert init.resolve() == (ROOT / _folder_of(package) / "__init__.py").resolve(), package
+
+
+def _folder_of(package: str) -> Path:
+    for folder, import_name in sorted(ROOTS.items(), key=lambda item: -len(item[1])):
+        if package == import_name or package.startswith(import_name + "."):
+            return Path(folder, *package[len(import_name) :].split(".")[1:])
+    raise AssertionError(package)
