@@ -48,8 +48,13 @@ if [ -x "$venv/bin/uv" ] || "$py" -m pip install -q uv; then
   skip='/site-packages/(torch|transformers|sentence_transformers|huggingface_hub|sympy|mpmath|scipy|sklearn'
   skip+='|networkx|onnx|onnxscript|mypy|mypyc|selenium|trio|gevent|kubernetes_validate|pip|setuptools|_pytest)/'
   site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  # A file that does not compile (some packages ship Python 2 examples) is only imported never: not an error.
+  # The registry's numba kernels into numba's on-disk cache (~8 s of CPU), beside the bytecode, so that the
+  # registry's first start does not compile them while everything else starts too.
+  "$py" -c 'from agentmesh.services.registry import _kernels; _kernels.warm()' >/dev/null 2>&1 &
+  warming=$!
+  # A file that does not compile (some packages ship Python 2 examples) is never imported: not an error.
   "$py" -m compileall -q -j 0 -x "$skip" "$site" "$root/sdk" "$root/services" "$root/agents" >/dev/null || true
+  wait "$warming" || echo "numba kernels not warmed (the registry compiles them at its first start)"
 else
   echo "uv could not be installed: installing with pip (slower)"
   "$py" -m pip install -q --upgrade pip
