@@ -11,18 +11,20 @@ Every figure comes from the agents themselves, in-process, on a real (local, CPU
   for the right customer) and the catch rate of deliberately bad drafts made from them: off-topic (another
   ticket's answer), an uncited claim, another customer's personal data, the wrong customer.
 
-The held-out split is never used to tune anything; ``--calibrate-sentiment`` fits the sentiment blend on
-the dev split only and prints the config values.
+The held-out split is never used to tune anything; ``--calibrate-sentiment`` fits the sentiment model's
+head on the dev split only (cross-validated) and, with ``--write``, writes it to the model folder.
 
     .venv/bin/python bench/bench_support_quality.py            # both splits, its own Triton
     .venv/bin/python bench/bench_support_quality.py --split dev --triton-url 127.0.0.1:8001
-    .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment
+    .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
+    .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import tempfile
 from collections import Counter
@@ -36,10 +38,10 @@ import numpy as np
 
 from agentmesh._settings import Settings
 from agentmesh.agent import SkillContext
-from agentmesh.agents._support import Article, Ticket, split_sentences
-from agentmesh.agents._support._triton import MAX_SENTENCES
+from agentmesh.agents._support import Article, Ticket
 from agentmesh.agents.examples import EvalTicket, load_eval
 from agentmesh.agents.kb_search import KbSearchAgent, SearchInput, load_articles
+from agentmesh.agents.kb_search._kb import CONFIDENT_SCORE, KEYWORD_WEIGHT
 from agentmesh.agents.quality_check import CheckInput, QualityCheckAgent
 from agentmesh.agents.responder import DraftInput, ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent, SentimentInput
@@ -54,6 +56,7 @@ _CLAIMS = (
     "You will receive a full refund within 24 hours without returning anything.",
     "This is covered by our lifetime warranty on every product we sell.",
 )
+SENTIMENT_FOLDER = Path(__file__).resolve().parent.parent / "sdk" / "inference" / "models" / "sentiment" / "1"
 BAD_KINDS = ("off-topic", "uncited claim", "another customer's PII", "wrong customer")
 
 
@@ -332,97 +335,186 @@ async def _started(url: str) -> Agents:
 # --- sentiment calibration (dev only) ---------------------------------------------------------------------
 
 
-async def _sentiment_features(url: str) -> list[tuple[str, np.ndarray]]:
+def _signals_module() -> Any:
+    """``signals.py`` of the shipped sentiment model (the head and the signal names), imported by path."""
+    path = SENTIMENT_FOLDER / "signals.py"
+    spec = importlib.util.spec_from_file_location("sentiment_signals", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def _sentiment_features(url: str, tickets: Sequence[EvalTicket]) -> np.ndarray:
+    """The served model's FEATURES of each ticket's text (what its head reads)."""
     client = InferenceClient(url, deadline=60.0)
     try:
         rows = []
-        for ticket in load_eval("dev"):
-            sentences = split_sentences(ticket.text)[:MAX_SENTENCES]
-            texts = [ticket.text, *sentences] if len(sentences) > 1 else [ticket.text]
-            column = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        for start in range(0, len(tickets), 32):
+            column = np.array([[t.text.encode("utf-8")] for t in tickets[start : start + 32]], dtype=object)
             result = await client.infer("sentiment", {"TEXT": column}, outputs=["FEATURES"])
-            rows.append((ticket.sentiment, np.asarray(result.outputs["FEATURES"], dtype=np.float64)))
-        return rows
+            rows.append(np.asarray(result.outputs["FEATURES"], dtype=np.float64))
+        return np.vstack(rows)
     finally:
         await client.close()
 
 
-def _message_scores(rows: Sequence[tuple[str, np.ndarray]], p: Sequence[float]) -> np.ndarray:
-    lexicon, positive, negative, frustration, margin, bias = p[:6]
-    scores = []
-    for _, f in rows:
-        over = np.maximum(f[:, 3:6] - f[:, 6:7] + margin, 0)  # negative, frustration, positive
-        s = np.clip(
-            lexicon * f[:, 0]
-            + positive * over[:, 2]
-            - negative * over[:, 0]
-            - frustration * over[:, 1]
-            + bias,
-            -1,
-            1,
-        )
-        scores.append(
-            s[0] if len(s) < 2 else np.clip(0.5 * s[0] + 0.5 * s[1:][np.argmax(np.abs(s[1:]))], -1, 1)
-        )
-    return np.array(scores)
+def _balance(labels: np.ndarray, power: float) -> np.ndarray:
+    counts = np.bincount(labels, minlength=3).astype(np.float64)
+    return np.asarray((1.0 / counts[labels]) ** power)
 
 
-def _accuracy(rows: Sequence[tuple[str, np.ndarray]], p: Sequence[float]) -> float:
-    s = _message_scores(rows, p)
-    labels = np.where(s <= -p[6], "negative", np.where(s >= p[7], "positive", "neutral"))
-    return float(np.mean(labels == np.array([label for label, _ in rows])))
+def _cross_validated(
+    signals: Any, x: np.ndarray, y: np.ndarray, l2: float, power: float, repeats: int = 3
+) -> tuple[float, np.ndarray]:
+    """Accuracy of the head over ``repeats`` stratified 5-fold splits, and how often each ticket was wrong."""
+    accuracies, wrong = [], np.zeros(len(y), dtype=int)
+    for repeat in range(repeats):
+        rng = np.random.default_rng(repeat)
+        folds: list[list[int]] = [[] for _ in range(5)]
+        for label in range(3):
+            for k, i in enumerate(rng.permutation(np.flatnonzero(y == label))):
+                folds[k % 5].append(int(i))
+        predicted = np.zeros(len(y), dtype=int)
+        for fold in folds:
+            test = np.array(fold)
+            train = np.setdiff1d(np.arange(len(y)), test)
+            head = signals.Head.fit(x[train], y[train], l2, _balance(y[train], power), steps=600)
+            predicted[test] = head.probabilities(x[test]).argmax(axis=1)
+        accuracies.append(float(np.mean(predicted == y)))
+        wrong += predicted != y
+    return float(np.mean(accuracies)), wrong
 
 
-def _search(
-    rows: Sequence[tuple[str, np.ndarray]], rng: np.random.Generator, n: int
-) -> tuple[float, list[float]]:
-    best: tuple[float, list[float]] = (-1.0, [])
-    for _ in range(n):
-        p = [rng.uniform(0.2, 1.2), *rng.uniform(0, 6, 3), rng.uniform(-0.05, 0.1), rng.uniform(-0.2, 0.1)]
-        p += [rng.uniform(0.1, 0.35), rng.uniform(0.15, 0.4)]
-        if (a := _accuracy(rows, p)) > best[0]:
-            best = (a, p)
-    accuracy, params = best
-    for _ in range(n // 2):  # local refinement
-        p = [
-            x * rng.uniform(0.85, 1.15) if i not in (4, 5) else x + rng.normal(0, 0.02)
-            for i, x in enumerate(params)
-        ]
-        if (a := _accuracy(rows, p)) >= accuracy:
-            accuracy, params = a, p
-    return accuracy, params
-
-
-async def calibrate_sentiment(url: str) -> None:
-    """Random search of the blend on the dev split, with 5-fold cross-validation as an honest estimate."""
-    rows = await _sentiment_features(url)
-    rng = np.random.default_rng(2)
-    order = rng.permutation(len(rows))
-    folds = np.array_split(order, 5)
-    held = []
-    for fold in folds:
-        train = [rows[i] for i in order if i not in set(fold)]
-        _, params = _search(train, rng, 800)
-        held.append(_accuracy([rows[i] for i in fold], params))
-    accuracy, params = _search(rows, rng, 2000)
-    names = (
-        "lexicon_weight",
-        "positive_weight",
-        "negative_weight",
-        "frustration_weight",
-        "neutral_margin",
-        "blend_bias",
+async def calibrate_sentiment(url: str, write: bool) -> None:
+    """Fit the sentiment head on the dev split: the L2 penalty and class balance chosen by repeated 5-fold
+    cross-validation (an honest estimate for unseen tickets), then the head fitted on all of dev and written
+    to the model folder's ``head.npz``. The held-out split is not read.
+    """
+    signals = _signals_module()
+    tickets = load_eval("dev")
+    x = await _sentiment_features(url, tickets)
+    y = np.array([signals.CLASSES.index(t.sentiment) for t in tickets])
+    results = {
+        (l2, power): _cross_validated(signals, x, y, l2, power)
+        for l2 in (0.03, 0.1, 0.3, 1.0)
+        for power in (0.0, 0.5)
+    }
+    for (l2, power), (accuracy, _) in results.items():
+        print(f"l2 {l2:<5} class balance {power}: 5-fold cross-validated dev accuracy {accuracy:.3f}")
+    (l2, power), (accuracy, wrong) = max(results.items(), key=lambda item: (item[1][0], item[0][0]))
+    head = signals.Head.fit(x, y, l2, _balance(y, power))
+    fitted = float(np.mean(head.probabilities(x).argmax(axis=1) == y))
+    print(
+        f"chosen l2 {l2}, class balance {power}: cross-validated {accuracy:.3f}, on all of dev {fitted:.3f}"
     )
-    print(f"dev accuracy {accuracy:.3f}; 5-fold cross-validated {np.mean(held):.3f}")
-    for name, value in zip(names, params, strict=False):
-        print(f'parameters: {{ key: "{name}" value: {{ string_value: "{value:.3f}" }} }}')
-    print(f"agents/_support/_sentiment.py: NEGATIVE_AT = {-params[6]:.3f}, POSITIVE_AT = {params[7]:.3f}")
+    print("dev tickets wrong in most cross-validation repeats:")
+    for ticket, count in zip(tickets, wrong, strict=True):
+        if count >= 2:
+            print(f"- {ticket.id} {ticket.sentiment} ({ticket.lang}): {ticket.text[:100]}")
+    if write:
+        head.save(SENTIMENT_FOLDER / "head.npz")
+        print(f"wrote {SENTIMENT_FOLDER / 'head.npz'}")
 
 
-async def main(splits: list[str], url: str | None, calibrate: bool) -> None:
+# --- kb-search calibration (dev only) ----------------------------------------------------------------------
+
+
+async def _kb_evidence(url: str) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """Per dev ticket and article: the best passage's cosine, the keyword phrases found, and the labelled
+    articles (indices)."""
+    agent = KbSearchAgent(Settings.from_env(triton_url=url, default_deadline=120.0))
+    await agent.startup()
+    try:
+        await agent.ensure_prepared()
+        tickets = load_eval("dev")
+        queries = [Ticket(subject=t.subject, text=t.text).as_text() for t in tickets]
+        vectors = await agent.embed_in_batches(queries, None)
+        similarities = vectors @ agent._passage_vectors.T
+        owners = np.array([p.article for p in agent.passages])
+        cosine = np.stack(
+            [similarities[:, owners == a].max(axis=1) for a in range(len(agent.articles))], axis=1
+        )
+        keywords = np.array([[len(m.find(q)) for m in agent._matchers] for q in queries])
+        ids = [a.article_id for a in agent.articles]
+        return cosine, keywords, [[ids.index(i) for i in t.articles] for t in tickets]
+    finally:
+        await agent.shutdown()
+
+
+def _kb_counts(
+    cosine: np.ndarray,
+    keywords: np.ndarray,
+    gold: list[list[int]],
+    rows: np.ndarray,
+    setting: tuple[float, float],
+) -> np.ndarray:
+    """(top-1, top-3, answerable, no match, unanswerable) over ``rows`` with (keyword weight, floor)."""
+    weight, floor = setting
+    scores = cosine[rows] + weight * np.minimum(keywords[rows], 2)
+    order, best = np.argsort(-scores, axis=1), scores.max(axis=1)
+    counts = np.zeros(5)
+    for j, i in enumerate(rows):
+        confident = best[j] >= floor
+        if gold[i]:
+            counts[0] += confident and order[j, 0] in gold[i]
+            counts[1] += confident and bool(set(order[j, :3]) & set(gold[i]))
+            counts[2] += 1
+        else:
+            counts[3] += not confident
+            counts[4] += 1
+    return counts
+
+
+def _kb_objective(counts: np.ndarray) -> float:
+    return float((counts[0] + counts[1]) / max(counts[2], 1) + 0.5 * counts[3] / max(counts[4], 1))
+
+
+async def calibrate_kb(url: str) -> None:
+    """Grid search of kb-search's keyword weight and confidence floor on the dev split, with 5-fold
+    cross-validation of the choice as an estimate for unseen tickets. The held-out split is not read.
+    """
+    cosine, keywords, gold = await _kb_evidence(url)
+    rows = np.arange(len(gold))
+    grid = [
+        (weight, round(float(floor), 2))
+        for weight in (0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4)
+        for floor in np.arange(0.25, 0.5, 0.01)
+    ]
+
+    def chosen(subset: np.ndarray) -> tuple[float, float]:
+        return max(grid, key=lambda g: (_kb_objective(_kb_counts(cosine, keywords, gold, subset, g)), -g[0]))
+
+    held = np.zeros(5)
+    for repeat in range(3):
+        for fold in np.array_split(np.random.default_rng(repeat).permutation(rows), 5):
+            held += _kb_counts(cosine, keywords, gold, fold, chosen(np.setdiff1d(rows, fold)))
+    best = chosen(rows)
+    counts = _kb_counts(cosine, keywords, gold, rows, best)
+    print(f"best on dev: KEYWORD_WEIGHT = {best[0]}, CONFIDENT_SCORE = {best[1]}")
+    print(
+        f"  dev top-1 {_pct(int(counts[0]), int(counts[2]))}, top-3 {_pct(int(counts[1]), int(counts[2]))}, "
+        f"no confident match when none answers {_pct(int(counts[3]), int(counts[4]))}"
+    )
+    print(
+        f"  5-fold cross-validated: top-1 {held[0] / held[2]:.3f}, top-3 {held[1] / held[2]:.3f}, "
+        f"no match {held[3] / held[4]:.3f}"
+    )
+    for weight, floor in (best, (KEYWORD_WEIGHT, CONFIDENT_SCORE)):
+        counts = _kb_counts(cosine, keywords, gold, rows, (weight, floor))
+        print(
+            f"  weight {weight}, floor {floor}: top-1 {int(counts[0])}, top-3 {int(counts[1])} of "
+            f"{int(counts[2])}; no match {int(counts[3])} of {int(counts[4])}"
+        )
+
+
+async def main(splits: list[str], url: str | None, calibrate: str | None, write: bool) -> None:
     async with _triton(url) as triton_url:
-        if calibrate:
-            await calibrate_sentiment(triton_url)
+        if calibrate == "sentiment":
+            await calibrate_sentiment(triton_url, write)
+            return
+        if calibrate == "kb":
+            await calibrate_kb(triton_url)
             return
         agents = await _started(triton_url)
         try:
@@ -441,7 +533,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--split", choices=("dev", "heldout", "both"), default="both")
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")
-    parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment blend on dev")
+    parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")
+    parser.add_argument("--write", action="store_true", help="with --calibrate-sentiment: write head.npz")
+    parser.add_argument("--calibrate-kb", action="store_true", help="fit kb-search's weight and floor on dev")
     args = parser.parse_args()
     chosen = ["dev", "heldout"] if args.split == "both" else [args.split]
-    asyncio.run(main(chosen, args.triton_url, args.calibrate_sentiment))
+    calibrate = "sentiment" if args.calibrate_sentiment else "kb" if args.calibrate_kb else None
+    asyncio.run(main(chosen, args.triton_url, calibrate, args.write))

@@ -7,7 +7,6 @@ responder, quality_check).
 from __future__ import annotations
 
 from agentmesh.agents._support._models import Article, Ticket
-from agentmesh.agents._support._sentiment import blend_sentiment, sentiment_label
 from agentmesh.agents._support._text import (
     PiiMatch,
     find_pii,
@@ -24,12 +23,10 @@ __all__ = [
     "PiiMatch",
     "Ticket",
     "TritonAgent",
-    "blend_sentiment",
     "find_pii",
     "first_name",
     "mask_email",
     "mask_phone",
     "redact_pii",
-    "sentiment_label",
     "split_sentences",
 ]

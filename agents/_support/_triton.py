@@ -13,8 +13,6 @@ import numpy as np
 from agentmesh._errors import MeshError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, ModelUsage, SkillContext
-from agentmesh.agents._support._sentiment import blend_sentiment
-from agentmesh.agents._support._text import split_sentences
 from agentmesh.inference import EmbeddingResult, InferenceClient, SentimentResult
 
 __all__ = ["MAX_SENTENCES", "TritonAgent"]
@@ -103,13 +101,12 @@ class TritonAgent(Agent):
         _record(ctx, result.model, result.version, started)
         return result
 
-    async def message_sentiment(self, text: str, ctx: SkillContext | None) -> float:
-        """A message's sentiment in [-1, 1]: the model's score of the whole, blended with its most polar
-        sentence (one Triton call for all of them).
+    async def message_sentiment(self, text: str, ctx: SkillContext | None) -> tuple[float, str]:
+        """A message's sentiment: the model's score in [-1, 1] and label (negative / neutral / positive).
+        The model reads the whole message (its sentences included), so one text is one Triton row.
         """
-        sentences = split_sentences(text)[:MAX_SENTENCES]
-        result = await self.sentiment([text, *sentences] if len(sentences) > 1 else [text], ctx)
-        return blend_sentiment(result.scores[0], result.scores[1:])
+        result = await self.sentiment([text], ctx)
+        return result.scores[0], result.labels[0]
 
     async def embed_reusing(
         self, fresh: Sequence[str], reusable: Sequence[str], ctx: SkillContext | None

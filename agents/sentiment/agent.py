@@ -1,4 +1,5 @@
-"""sentiment: how the customer feels, from Triton's sentiment model (lexicon + MiniLM prototypes)."""
+"""sentiment: how the customer feels, from Triton's sentiment model (VADER, multilingual cues and MiniLM
+prototypes, read by a head fitted on the dev split of the support evaluation set)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
-from agentmesh.agents._support import TritonAgent, sentiment_label
+from agentmesh.agents._support import TritonAgent
 
 __all__ = ["SentimentAgent", "SentimentInput", "SentimentOutput"]
 
@@ -44,6 +45,6 @@ class SentimentAgent(TritonAgent):
 
     @skill(description="Score a message's sentiment: label negative/neutral/positive and a score in [-1, 1].")
     async def score_sentiment(self, message: SentimentInput, ctx: SkillContext) -> SentimentOutput:
-        """The model's score of the whole message blended with its most polar sentence."""
-        score = await self.message_sentiment(message.text, ctx)
-        return SentimentOutput(label=sentiment_label(score), score=round(score, 4))  # type: ignore[arg-type]
+        """The model's score and label of the whole message."""
+        score, label = await self.message_sentiment(message.text, ctx)
+        return SentimentOutput(label=label, score=round(score, 4))  # type: ignore[arg-type]

@@ -74,7 +74,7 @@ class TriageAgent(TritonAgent):
         whole = ticket.as_text()
         segments = [whole, *([ticket.subject.strip()] if ticket.subject.strip() else [])]
         segments += split_sentences(ticket.text)[:MAX_SENTENCES]
-        embedded, score = await asyncio.gather(
+        embedded, (score, _) = await asyncio.gather(
             self.embed(segments, ctx), self.message_sentiment(ticket.text, ctx)
         )
         result = intent_scores(

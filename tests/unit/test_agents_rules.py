@@ -10,13 +10,11 @@ import pytest
 from agentmesh.agents._support import (
     Article,
     Ticket,
-    blend_sentiment,
     find_pii,
     first_name,
     mask_email,
     mask_phone,
     redact_pii,
-    sentiment_label,
     split_sentences,
 )
 from agentmesh.agents.crm import CrmStore, customer_view, may_see_pii, pii_refusal, planner_identity
@@ -96,34 +94,6 @@ def test_sentences_split_on_punctuation_and_blank_lines() -> None:
         "I want a refund!",
         "Can you help?",
         "Thanks.",
-    ]
-
-
-@pytest.mark.parametrize(
-    ("whole", "sentences", "expected"),
-    [
-        (-0.18, [-0.17, -0.32], -0.25),  # the most upset sentence pulls a worried message to negative
-        (0.62, [0.4, 0.05, 0.78], 0.70),
-        (-0.1, [0.3, -0.9], -0.5),  # one polite phrase does not cancel a furious one
-        (0.3, [], 0.3),
-        (0.3, [0.9], 0.3),  # a one-sentence message is its own whole
-    ],
-)
-def test_message_sentiment_blends_the_whole_with_its_most_polar_sentence(
-    whole: float, sentences: list[float], expected: float
-) -> None:
-    assert blend_sentiment(whole, sentences) == pytest.approx(expected, abs=1e-6)
-
-
-def test_sentiment_labels_use_the_calibrated_thresholds() -> None:
-    assert [sentiment_label(s) for s in (-0.6, -0.4, -0.39, 0.0, 0.44, 0.45, 1.0)] == [
-        "negative",
-        "negative",
-        "neutral",
-        "neutral",
-        "neutral",
-        "positive",
-        "positive",
     ]
 
 

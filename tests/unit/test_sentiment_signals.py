@@ -1,0 +1,83 @@
+"""The sentiment model's signals and head (sdk/inference/models/sentiment/1/signals.py), without Triton:
+the cues a lexicon misses are read in four languages, and the head served is the head fitted."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+FOLDER = Path(__file__).resolve().parents[2] / "sdk" / "inference" / "models" / "sentiment" / "1"
+
+
+@pytest.fixture(scope="module")
+def signals() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sentiment_signals", FOLDER / "signals.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _no_embedding(texts: list[str]) -> np.ndarray:
+    raise AssertionError("lexical signals need no embedding")
+
+
+def _cues(signals: ModuleType, text: str) -> dict[str, float]:
+    values = signals.Signals(FOLDER, _no_embedding).lexical(text)
+    return {name: v for name, v in zip(signals.SIGNALS, values, strict=False) if name.startswith("cue_")}
+
+
+@pytest.mark.parametrize(
+    ("text", "cue"),
+    [
+        ("My order is still missing after three weeks.", "cue_waited"),
+        ("Llevo dos semanas esperando el paquete.", "cue_waited"),
+        ("Ich warte seit zwei Wochen auf meine Bestellung.", "cue_waited"),
+        ("J'attends ma commande depuis trois semaines.", "cue_waited"),
+        ("The app crashes, so I can't do my job today.", "cue_blocked"),
+        ("Seit einer Stunde können wir nicht arbeiten.", "cue_blocked"),
+        ("La aplicación se cierra y no puedo trabajar.", "cue_blocked"),
+        ("This is the third time I write and nobody answers.", "cue_repeated"),
+        ("J'ai écrit plusieurs fois, personne ne répond.", "cue_repeated"),
+        ("Someone placed orders I never placed, I think I was hacked.", "cue_wronged"),
+        ("Muchas gracias, todo perfecto.", "cue_thanks"),
+        ("I would like to change my delivery address.", "cue_request"),
+    ],
+)
+def test_cues_a_lexicon_misses_are_read_in_four_languages(signals: ModuleType, text: str, cue: str) -> None:
+    cues = _cues(signals, text)
+    assert cues[cue] >= 1, cues
+
+
+def test_a_calm_question_carries_no_frustration_cue(signals: ModuleType) -> None:
+    cues = _cues(signals, "How do I export our orders to a CSV file?")
+    frustration = ("cue_waited", "cue_repeated", "cue_blocked", "cue_wronged", "cue_damaged", "cue_upset")
+    assert all(cues[c] == 0 for c in frustration), cues
+    assert cues["cue_request"] >= 1
+
+
+def test_the_head_learns_separable_classes_and_survives_a_round_trip(
+    signals: ModuleType, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[-2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    y = np.repeat(np.arange(3), 30)
+    x = centres[y] + rng.normal(0, 0.3, (90, 2))
+    head = signals.Head.fit(x, y, l2=0.01)
+    assert np.mean(head.probabilities(x).argmax(axis=1) == y) > 0.95
+    head.save(tmp_path / "head.npz")
+    loaded = signals.Head.load(tmp_path / "head.npz")
+    np.testing.assert_allclose(loaded.probabilities(x), head.probabilities(x), atol=1e-6)
+    probabilities = loaded.probabilities(np.array([[-2.0, 0.0], [2.0, 0.0]]))
+    assert probabilities.shape == (2, 3) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert probabilities[0].argmax() == 0 and probabilities[1].argmax() == 2
+
+
+def test_the_shipped_head_reads_the_signals_the_model_computes(signals: ModuleType) -> None:
+    head = signals.Head.load(FOLDER / "head.npz")
+    assert head.weights.shape == (len(signals.SIGNALS), len(signals.CLASSES))
+    assert head.mean.shape == head.scale.shape == (len(signals.SIGNALS),)
