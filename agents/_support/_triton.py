@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from agentmesh._errors import MeshError
 from agentmesh._settings import Settings
@@ -40,7 +41,7 @@ class TritonAgent(Agent):
         self._given_inference = inference
         self._prepared = False
         self._prepare_lock = asyncio.Lock()
-        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._vectors: OrderedDict[str, npt.NDArray[np.float32]] = OrderedDict()
         self._vectors_model: tuple[str, str] | None = None
 
     async def startup(self) -> None:
@@ -87,7 +88,7 @@ class TritonAgent(Agent):
 
     async def embed_in_batches(
         self, texts: Sequence[str], ctx: SkillContext | None, batch: int = 32
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.float32]:
         """Embeddings of many texts (prototypes, a knowledge base), one batch after another: each call has
         its own deadline, so preparing on a busy Triton is slow rather than failing.
         """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
@@ -63,7 +64,7 @@ class KbSearchAgent(TritonAgent):
     articles: list[KbArticle]
     passages: list[Passage]
     _matchers: list[PhraseMatcher]
-    _passage_vectors: np.ndarray
+    _passage_vectors: npt.NDArray[np.float32]
 
     async def prepare(self, ctx: SkillContext | None) -> None:
         """Load the shipped articles and embed their passages."""

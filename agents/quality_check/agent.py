@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
@@ -94,8 +95,8 @@ class QualityCheckAgent(TritonAgent):
         owner="support-platform",
     )
 
-    _prototypes: np.ndarray
-    _owners: np.ndarray
+    _prototypes: npt.NDArray[np.float32]
+    _owners: npt.NDArray[np.int_]
     _cues: dict[str, PhraseMatcher]
 
     async def prepare(self, ctx: SkillContext | None) -> None:

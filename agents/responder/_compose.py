@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agentmesh.agents._support import Article, find_pii, redact_pii, split_sentences
 from agentmesh.agents._support._replies import CLOSING, ESCALATION, SIGNATURE, SORRY, TOPICS
@@ -99,8 +100,8 @@ def candidate_sentences(articles: Sequence[Article]) -> list[Candidate]:
 
 
 def select_sentences(
-    ticket_similarity: np.ndarray,
-    sentence_vectors: np.ndarray,
+    ticket_similarity: npt.NDArray[np.floating[Any]],
+    sentence_vectors: npt.NDArray[np.float32],
     candidates: Sequence[Candidate],
     plan: ReplyPlan,
 ) -> list[int]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
 from agentmesh.agents._support._keywords import PhraseMatcher
@@ -95,16 +96,16 @@ def load_cues(path: Path = CUES_FILE) -> dict[str, PhraseMatcher]:
     return {intent: PhraseMatcher(str(c) for c in raw.get(intent) or []) for intent in INTENTS}
 
 
-def cue_bonus(text: str, cues: dict[str, PhraseMatcher], intents: tuple[str, ...] = INTENTS) -> np.ndarray:
+def cue_bonus(text: str, cues: dict[str, PhraseMatcher], intents: tuple[str, ...] = INTENTS) -> npt.NDArray[np.float64]:
     """Per intent: :data:`CUE_WEIGHT` for each of its cues found in ``text`` (at most two)."""
     return np.array([CUE_WEIGHT * min(2, len(cues[i].find(text))) for i in intents], dtype=np.float64)
 
 
 def intent_scores(
-    similarities: np.ndarray,
-    owners: np.ndarray,
+    similarities: npt.NDArray[np.floating[Any]],
+    owners: npt.NDArray[np.int_],
     intents: tuple[str, ...] = INTENTS,
-    bonus: np.ndarray | None = None,
+    bonus: npt.NDArray[np.floating[Any]] | None = None,
 ) -> IntentScores:
     """Intent probabilities from cosine similarities of the ticket's segments to the prototypes.
 

@@ -6,6 +6,7 @@ import asyncio
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
@@ -55,8 +56,8 @@ class TriageAgent(TritonAgent):
         owner="support-platform",
     )
 
-    _prototypes: np.ndarray
-    _owners: np.ndarray
+    _prototypes: npt.NDArray[np.float32]
+    _owners: npt.NDArray[np.int_]
     _cues: dict[str, PhraseMatcher]
 
     async def prepare(self, ctx: SkillContext | None) -> None:
