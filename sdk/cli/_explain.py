@@ -90,6 +90,13 @@ def _draw(explanation: Any, tree: Any) -> None:
         f"plan v{plan.version} {strategy}{' ' + plan.playbook if plan.playbook else ''} "
         f"hash {plan.content_hash[:12]} — {escape(plan.reason)}"
     )
+    for earlier in explanation.plan_versions[:-1]:  # re-planned: what each earlier version was and how it ended
+        failed = [s.step_id for s in earlier.steps if s.state == task_pb2.STEP_STATE_FAILED]
+        plan_node.add(
+            f"[yellow]earlier plan v{earlier.version}[/] hash {earlier.content_hash[:12]}"
+            + (f", failed: {', '.join(failed)}" if failed else "")
+            + f" — {escape(earlier.reason)}"
+        )
     for rejected in explanation.plan_rejections:
         plan_node.add(f"[yellow]rejected {_name(task_pb2.PlanStrategy, rejected.strategy, 'PLAN_STRATEGY_')} plan:[/] "
                       f"{escape(rejected.reason)}")

@@ -6,12 +6,15 @@ Finished steps keep their outputs (nothing runs twice), and ExplainTask shows bo
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 
 import pytest
+from rich.console import Console
 
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentInfo, AgentRuntime
+from agentmesh.cli._explain import render_explanation
 from agentmesh.v1 import task_pb2
 from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
@@ -118,3 +121,10 @@ async def test_a_step_whose_agent_disappears_is_replanned_into_version_two_and_t
         (3, task_pb2.STEP_STATE_SUCCEEDED, "worker"),
     ]
     assert [a.attempt for a in explanation.attempts if a.step_id in ("first", "side")] == [1, 1]
+
+    # `agentmesh explain` draws the current version and the one it replaced, with why.
+    drawing = io.StringIO()
+    render_explanation(Console(file=drawing, width=300), task_pb2.ExplainTaskResponse(explanation=explanation))
+    text = drawing.getvalue()
+    assert "plan v2 PLAYBOOK handover" in text and "earlier plan v1" in text and "failed: second" in text
+    assert "the worker shouts instead" in text
