@@ -66,7 +66,7 @@ class HeartbeatStream:
         """Renew a lease over the stream, reporting state and load, and wait for the renewed lease."""
         reply = await self._send(lease_id, state, load, deadline, acknowledge=True)
         assert reply is not None
-        return reply.lease  # type: ignore[no-any-return]
+        return reply.lease
 
     async def renew(
         self,
@@ -147,7 +147,7 @@ class RegistryClient:
         self.channel = channel or create_channel(
             self.address, settings, kind=kind, name=name, server_identity=REGISTRY_IDENTITY
         )
-        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)  # type: ignore[no-untyped-call]
+        self.stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -191,7 +191,7 @@ class RegistryClient:
 
     def heartbeat_stream(self) -> HeartbeatStream:
         """Open a long-lived heartbeat stream: one message per heartbeat instead of one call (see :class:`HeartbeatStream`)."""
-        return HeartbeatStream(self.stub.StreamHeartbeats())
+        return HeartbeatStream(self.stub.StreamHeartbeats(None))
 
     async def deregister(self, lease_id: str, *, deadline: float | None = None) -> None:
         """Remove an instance at once."""

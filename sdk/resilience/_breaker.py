@@ -74,7 +74,7 @@ def error_code(exc: BaseException) -> grpc.StatusCode | None:
     if isinstance(exc, MeshError):
         return exc.code
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return exc.code()  # type: ignore[no-any-return]
+        return exc.code()
     return None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc.aio import AioRpcError, ClientCallDetails, Metadata
@@ -46,7 +46,15 @@ class _Method:
         }
 
 
-class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
+if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
+
+
+class MeshClientInterceptor(_UnaryUnaryBase):
     """Deadline (default, ``with_deadline`` block or inbound budget), breaker, retries, tracing.
 
     Unary calls get ``default_deadline`` when the caller set none; server streams (watches) are long-lived
@@ -260,7 +268,7 @@ class MeshClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         span.end()
 
 
-class _UnaryStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):
+class _UnaryStreamInterceptor(_UnaryStreamBase):
     """Files :meth:`MeshClientInterceptor.intercept_unary_stream` under server-streaming calls."""
 
     def __init__(self, core: MeshClientInterceptor) -> None:
@@ -340,7 +348,7 @@ class MeshChannel(_aio_channel.Channel):
         super().__init__(target, options, core_credentials, None, stream_interceptors)
         self._policy = policy
 
-    def unary_unary(  # type: ignore[override]
+    def unary_unary(
         self,
         method: str,
         request_serializer: Callable[[Any], bytes] | None = None,

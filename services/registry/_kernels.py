@@ -88,7 +88,7 @@ def _first_pending(cursors: Any, sp_slots: Any, sp_end: Any, size: int) -> int:
 
 
 @numba.njit(cache=True, inline="always")
-def _worse(score_a: Any, slot_a: Any, score_b: Any, slot_b: Any) -> bool:
+def _worse(score_a: float, slot_a: int, score_b: float, slot_b: int) -> bool:
     """Whether (score_a, slot_a) ranks below (score_b, slot_b): a lower score, or the same and a higher slot."""
     return score_a < score_b or (score_a == score_b and slot_a > slot_b)
 

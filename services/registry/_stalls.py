@@ -44,22 +44,20 @@ class _ThreadTimes:
 
 @dataclasses.dataclass(frozen=True)
 class Stall:
-    """One late wake-up of the loop, in seconds, and where its thread was meanwhile: running (this process's
-    code on the loop), runnable but waiting for a CPU (the OS running other work: a busy machine), or neither
+    """One late wake-up of the loop: ``seconds`` late, and where the loop's thread was from the moment it went to
+    sleep until it woke: ``on_cpu`` running (this process's code on the loop), ``cpu_wait`` runnable but waiting
+    for a CPU (the OS running other work: a busy machine), ``gil_wait`` neither, beyond the sleep it asked for
     (blocked: waiting for the GIL held by another thread of the process)."""
 
     seconds: float = 0.0
     on_cpu: float = 0.0
     cpu_wait: float = 0.0
-
-    @property
-    def blocked(self) -> float:
-        return max(0.0, self.seconds - self.on_cpu - self.cpu_wait)
+    gil_wait: float = 0.0
 
     def describe(self) -> str:
         return (
             f"{1000 * self.seconds:.1f} ms: {1000 * self.on_cpu:.1f} ms running on the loop, "
-            f"{1000 * self.cpu_wait:.1f} ms waiting for a CPU, {1000 * self.blocked:.1f} ms waiting for the GIL"
+            f"{1000 * self.cpu_wait:.1f} ms waiting for a CPU, {1000 * self.gil_wait:.1f} ms waiting for the GIL"
         )
 
 
@@ -84,10 +82,12 @@ class LoopStalls:
             while True:
                 asked, (cpu_before, wait_before) = time.perf_counter(), times()
                 await asyncio.sleep(self._tick)
-                late = time.perf_counter() - asked - self._tick
+                slept = time.perf_counter() - asked
+                late = slept - self._tick
                 if late > self.worst.seconds:
                     on_cpu, waiting = times()
-                    self.worst = Stall(late, min(late, on_cpu - cpu_before), min(late, waiting - wait_before))
+                    on_cpu, waiting = on_cpu - cpu_before, waiting - wait_before
+                    self.worst = Stall(late, on_cpu, waiting, max(0.0, late - on_cpu - waiting))
         finally:
             times.close()
 

@@ -65,7 +65,7 @@ __all__ = ["AgentView", "Registry"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_NAMES = {
+_STATE_NAMES: dict[int, str] = {
     agent_pb2.SERVING_STATE_SERVING: "SERVING",
     agent_pb2.SERVING_STATE_DRAINING: "DRAINING",
     agent_pb2.SERVING_STATE_NOT_SERVING: "NOT_SERVING",
@@ -669,20 +669,19 @@ class Registry:
             return False
         key = (namespace, name, version)
         # Through the change log, so every replica counts it: min_requests counts the reports to all of them.
-        revision = await self.store.record_outcome(namespace, name, version, success, from_epoch(self._clock()))
-        await self.sync(revision)
+        await self.sync(
+            await self.store.record_outcome(namespace, name, version, success, from_epoch(self._clock()))
+        )
         failures, total = self._outcomes.counts(key, policy.canary.window)
         reason = rollback_reason(policy, version, failures, total)
         if reason is None:
             return False
         logger.warning("%s/%s: %s", namespace, name, reason)
-        revision = await self.store.rollback_version(
-            namespace, name, version, reason, from_epoch(self._clock())
-        )
+        rolled_back = await self.store.rollback_version(namespace, name, version, reason, from_epoch(self._clock()))
         self._outcomes.reset(key)
-        if revision is None:
+        if rolled_back is None:
             return False  # another replica rolled it back first
-        await self.sync(revision)
+        await self.sync(rolled_back)
         return True
 
     # ------------------------------------------------------------------ watch

@@ -280,7 +280,7 @@ def _parse_page_token(request: registry_pb2.ListAgentsRequest) -> tuple[str, str
     raise InvalidArgumentError("page_token is not a token this registry issued", field="page_token")
 
 
-def _event_type(name: str) -> int:
+def _event_type(name: str) -> registry_pb2.AgentEventType.ValueType:
     return registry_pb2.AgentEventType.Value(f"AGENT_EVENT_TYPE_{name}")
 
 
@@ -316,7 +316,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 task.cancel()
 
     @contextlib.contextmanager
-    def _open_stream(self, advice: str, context: grpc.aio.ServicerContext) -> Iterator[None]:
+    def _open_stream(self, advice: str, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[None]:
         # Tracks a long-lived stream so that end_streams() can end it; its cancellation then reads UNAVAILABLE
         # (or PERMISSION_DENIED when its caller was revoked while it was open).
         task = asyncio.current_task()
@@ -342,7 +342,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise UnavailableError("the registry is loading or cannot reach its database; retry shortly")
 
     async def RegisterAgent(
-        self, request: registry_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.RegisterAgentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.RegisterAgentResponse:
         await self._ready()
         if not request.HasField("card"):
@@ -357,7 +357,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def Heartbeat(
-        self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.HeartbeatResponse:
         response = registry_pb2.HeartbeatResponse()
         await self._renew(request, _caller(), response.lease)
@@ -366,7 +366,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def StreamHeartbeats(
         self,
         requests: AsyncIterator[registry_pb2.StreamHeartbeatsRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[registry_pb2.StreamHeartbeatsResponse]:
         await self._ready()
         caller = _caller()  # verified once for the whole stream by the server's interceptor
@@ -393,14 +393,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             _fill_lease(lease, instance)
 
     async def DeregisterAgent(
-        self, request: registry_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.DeregisterAgentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.DeregisterAgentResponse:
         await self._ready()
         await self.registry.deregister(request.lease_id, _caller())
         return registry_pb2.DeregisterAgentResponse()
 
     async def GetAgent(
-        self, request: registry_pb2.GetAgentRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.GetAgentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.GetAgentResponse:
         await self._ready()
         view: AgentView = self.registry.get_agent(request.namespace, request.name, request.version)
@@ -414,7 +414,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return response
 
     async def ListAgents(
-        self, request: registry_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.ListAgentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.ListAgentsResponse:
         await self._ready()
         if request.page_size < 0:
@@ -432,7 +432,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def DiscoverAgents(
-        self, request: registry_pb2.DiscoverAgentsRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.DiscoverAgentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.DiscoverAgentsResponse:
         await self._ready()
         protos = self._basic_protos if request.view == registry_pb2.INSTANCE_VIEW_BASIC else self._protos
@@ -441,7 +441,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return discovery_response(self.registry.discover(query), protos)
 
     async def WatchAgents(
-        self, request: registry_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.WatchAgentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
         await self._ready()
         if request.since_revision < 0:
@@ -451,7 +451,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 yield _watch_response(event)
 
     async def SetRoutingPolicy(
-        self, request: registry_pb2.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.SetRoutingPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.SetRoutingPolicyResponse:
         await self._ready()
         policy = request.policy
@@ -487,7 +487,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.SetRoutingPolicyResponse(policy=policy_proto(stored))
 
     async def GetRoutingPolicy(
-        self, request: registry_pb2.GetRoutingPolicyRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.GetRoutingPolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.GetRoutingPolicyResponse:
         await self._ready()
         return registry_pb2.GetRoutingPolicyResponse(
@@ -495,7 +495,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def ReportOutcome(
-        self, request: registry_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.ReportOutcomeResponse:
         await self._ready()
         validate_agent_name(request.namespace, request.name)
@@ -506,21 +506,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.ReportOutcomeResponse(rolled_back=rolled_back)
 
     async def RevokeIdentity(
-        self, request: registry_pb2.RevokeIdentityRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.RevokeIdentityRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.RevokeIdentityResponse:
         await self._ready()
         record, removed = await self.registry.revoke(*_subject(request), request.reason, _caller())
         return registry_pb2.RevokeIdentityResponse(revocation=revocation_proto(record), removed_instances=removed)
 
     async def UnrevokeIdentity(
-        self, request: registry_pb2.UnrevokeIdentityRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.UnrevokeIdentityRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.UnrevokeIdentityResponse:
         await self._ready()
         record = await self.registry.unrevoke(*_subject(request), _caller())
         return registry_pb2.UnrevokeIdentityResponse(revocation=revocation_proto(record))
 
     async def ListRevocations(
-        self, request: registry_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> registry_pb2.ListRevocationsResponse:
         await self._ready()
         return registry_pb2.ListRevocationsResponse(
@@ -529,7 +529,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def WatchRevocations(
-        self, request: registry_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
+        self, request: registry_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[registry_pb2.WatchRevocationsResponse]:
         await self._ready()
         with self._open_stream("follow the revocation set on another one", context):
@@ -563,7 +563,7 @@ def _watch_response(event: WatchEvent) -> registry_pb2.WatchAgentsResponse:
     response = registry_pb2.WatchAgentsResponse(
         revision=event.revision,
         type=_event_type(event.event_type),
-        reason=event.reason,  # type: ignore[arg-type]
+        reason=event.reason,
     )
     if event.instance is not None and event.version is not None:
         response.instance.CopyFrom(instance_proto(event.instance, event.version))

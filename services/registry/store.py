@@ -172,7 +172,7 @@ class RegistryStore:
             )
             .returning(events.c.revision)
         )
-        return int(revision)  # type: ignore[arg-type]
+        return int(revision)
 
     async def _policy_mask(self, conn: AsyncConnection, policies: Sequence[str]) -> int:
         """The bitmask of ``policies`` (bits assigned once in ``policy_bits``; bits beyond 62 are left out)."""
@@ -223,7 +223,7 @@ class RegistryStore:
             version_id = int(
                 await conn.scalar(
                     sa.insert(versions).values(**values, created_at=now).returning(versions.c.id)
-                )  # type: ignore[arg-type]
+                )
             )
         else:
             await conn.execute(sa.update(versions).where(versions.c.id == version_id).values(**values))
@@ -286,7 +286,7 @@ class RegistryStore:
                 )
             ).first()
             if row is None:
-                version_id = await self._write_version(conn, None, agent_id, card, card_hash, card_proto, now)  # type: ignore[arg-type]
+                version_id = await self._write_version(conn, None, agent_id, card, card_hash, card_proto, now)
             else:
                 version_id = int(row.id)
                 if row.card_hash != card_hash:
@@ -315,7 +315,7 @@ class RegistryStore:
                     for stale_id in stale:
                         payload = {"instance_id": stale_id, "reason": "lease expired; card replaced"}
                         await self._append(conn, "EXPIRED", namespace, name, stale_id, payload, now)
-                    await self._write_version(conn, version_id, agent_id, card, card_hash, card_proto, now)  # type: ignore[arg-type]
+                    await self._write_version(conn, version_id, agent_id, card, card_hash, card_proto, now)
             existing = (
                 await conn.execute(
                     sa.select(instances.c.instance_id, instances.c.lease_id, instances.c.registered_at).where(
@@ -345,7 +345,7 @@ class RegistryStore:
                 updated = await conn.execute(
                     sa.update(leases).where(leases.c.instance_id == instance_id).values(expires_at=expires)
                 )
-                if updated.rowcount == 0:  # type: ignore[attr-defined]
+                if updated.rowcount == 0:
                     await conn.execute(sa.insert(leases).values(instance_id=instance_id, expires_at=expires))
             else:
                 await conn.execute(
@@ -463,7 +463,7 @@ class RegistryStore:
         """Delete an instance at once; returns the event revision, or ``None`` when it was already gone."""
         async with self._writer() as conn:
             deleted = await conn.execute(sa.delete(instances).where(instances.c.instance_id == instance_id))
-            if deleted.rowcount == 0:  # type: ignore[attr-defined]
+            if deleted.rowcount == 0:
                 return None
             payload = {"instance_id": instance_id, "reason": reason}
             return await self._append(conn, "DEREGISTERED", namespace, name, instance_id, payload, now)
@@ -478,7 +478,7 @@ class RegistryStore:
                 .where(instances.c.instance_id == instance_id)
                 .values(state=state, updated_at=now)
             )
-            if updated.rowcount == 0:  # type: ignore[attr-defined]
+            if updated.rowcount == 0:
                 return None
             payload = {"instance_id": instance_id, "state": state}
             return await self._append(conn, "STATE_CHANGED", namespace, name, instance_id, payload, now)
@@ -491,7 +491,7 @@ class RegistryStore:
             updated = await conn.execute(
                 sa.update(instances).where(instances.c.instance_id == instance_id).values(load=load, updated_at=now)
             )
-            if updated.rowcount == 0:  # type: ignore[attr-defined]
+            if updated.rowcount == 0:
                 return None
             payload = {"instance_id": instance_id, "load": load}
             return await self._append(conn, "LOAD_CHANGED", namespace, name, instance_id, payload, now)
@@ -580,7 +580,7 @@ class RegistryStore:
     ) -> int:
         key = (policies_table.c.namespace == namespace, policies_table.c.name == name)
         updated = await conn.execute(sa.update(policies_table).where(*key).values(**values, updated_at=now))
-        if updated.rowcount == 0:  # type: ignore[attr-defined]
+        if updated.rowcount == 0:
             await conn.execute(
                 sa.insert(policies_table).values(namespace=namespace, name=name, **values, updated_at=now)
             )
@@ -716,7 +716,7 @@ class RegistryStore:
         """Delete change-log rows older than ``before`` (watchers resuming from earlier must re-snapshot)."""
         async with self.engine.begin() as conn:
             deleted = await conn.execute(sa.delete(events).where(events.c.created_at < before))
-            return int(deleted.rowcount or 0)  # type: ignore[attr-defined]
+            return int(deleted.rowcount or 0)
 
     async def ping(self) -> bool:
         """Whether the database answers."""
