@@ -26,10 +26,10 @@ ARTICLES_FILE = Path(__file__).with_name("articles.yaml")
 # Added to an article's score per keyword phrase of it found in the query (at most two count): an exact
 # term such as "doppelt abgebucht" or "csv" is strong evidence the English embedding model may miss.
 # Calibrated on the dev split of the evaluation set only (bench_support_quality.py --calibrate-kb).
-KEYWORD_WEIGHT = 0.3
+KEYWORD_WEIGHT = 0.4
 # Below this best score there is no confident match: kb-search returns no article and the responder
 # escalates to a person instead of citing something unrelated. Calibrated with KEYWORD_WEIGHT on dev only.
-CONFIDENT_SCORE = 0.38
+CONFIDENT_SCORE = 0.42
 
 
 @dataclass(frozen=True)

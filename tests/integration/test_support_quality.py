@@ -1,6 +1,7 @@
 """The support behaviours a team lead would check, through the agents served over mTLS on a real Triton:
 a double charge is triaged, answered and reviewed as a double charge; frustration without strong words is
-negative; the knowledge base covers CSV export and seats and says when it has no answer (the responder
+negative, in Spanish, German and French too, and polite requests are not; the knowledge base covers CSV
+export and seats, finds articles for tickets in those languages, and says when it has no answer (the responder
 then escalates); feedback changes every draft; quality-check catches bad drafts and escalates the last.
 Each assertion is one a wrong model or a wrong rule would fail.
 """
@@ -125,6 +126,50 @@ async def test_the_knowledge_base_answers_csv_export_and_seats_and_admits_when_i
     assert draft["escalate"] and not draft.get("citations") and draft["escalation_reason"]
     verdict = await _review(support, ticket, draft, [], escalated=True)
     assert verdict["action"] == "escalate", verdict
+
+
+async def test_frustration_in_spanish_german_and_french_is_negative_and_plain_asks_are_not(
+    support: Support,
+) -> None:
+    # VADER knows English words only: waiting, unanswered mails and being unable to work must still count in
+    # other languages, and polite English requests (which VADER reads as mildly positive) stay neutral.
+    texts = {
+        "es waited": "Llevo tres semanas esperando mi pedido y nadie contesta a mis correos.",
+        "de cannot work": "Die App stürzt seit gestern ständig ab, wir können nicht arbeiten.",
+        "fr unanswered": "J'attends mon remboursement depuis un mois et personne ne me répond.",
+        "es invoices": "¿Cómo puedo descargar mis facturas?",
+        "de add user": "Wie kann ich einen weiteren Benutzer zu unserem Team hinzufügen?",
+        "en would like": "I would like to update the email address on my account, please.",
+        "en invoice please": "Could you please send me the invoice for order NW-20031?",
+        "fr thanks": "Merci beaucoup, tout est arrivé en parfait état !",
+    }
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
+    )
+    got = dict(zip(texts, answers, strict=True))
+    for name in ("es waited", "de cannot work", "fr unanswered"):
+        assert got[name]["label"] == "negative" and got[name]["score"] < -0.3, (name, got[name])
+    for name in ("es invoices", "de add user", "en would like", "en invoice please"):
+        assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])
+    assert got["fr thanks"]["label"] == "positive" and got["fr thanks"]["score"] > 0.5
+
+
+async def test_tickets_in_spanish_german_and_french_find_their_article_and_unrelated_ones_none(
+    support: Support,
+) -> None:
+    double, password, export, rain, rain_de = await asyncio.gather(
+        _articles(support, "Me cobraron dos veces el mismo pedido."),
+        _articles(support, "Ich habe mein Passwort vergessen und komme nicht in mein Konto."),
+        _articles(support, "Je voudrais exporter toutes mes commandes en CSV."),
+        _articles(support, "¿Va a llover mañana en Madrid?"),
+        _articles(support, "Wird es morgen in Hamburg regnen?"),
+    )
+    assert double["confident"] and double["articles"][0]["article_id"] == "kb-double-charge"
+    assert password["confident"] and password["articles"][0]["article_id"] == "kb-password-reset"
+    assert export["confident"] and export["articles"][0]["article_id"] == "kb-data-export"
+    for unrelated in (rain, rain_de):
+        assert not unrelated["confident"] and unrelated["articles"] == [], unrelated
+        assert unrelated["best_score"] < min(double["best_score"], password["best_score"])
 
 
 async def test_feedback_changes_the_draft_for_every_intent_including_other(support: Support) -> None:
