@@ -58,9 +58,11 @@ def _ip_version(host: str) -> int | None:
 def replica_target(addresses: str) -> str:
     """One gRPC target for ``addresses``: a single address as given, several as a static address list.
 
-    A single name goes to gRPC's DNS resolver, which returns every address the name has (re-resolved when
-    connections fail). Several addresses that are all IP literals become an ``ipv4:``/``ipv6:`` list; host
-    names among several are resolved here, once.
+    A single name goes to gRPC's DNS resolver, which returns every address the name has, IPv4 and IPv6 (A and
+    AAAA records; re-resolved when connections fail); ``dns://<server>/<name>:<port>`` asks a given DNS server.
+    Several addresses that are all IP literals become an ``ipv4:``/``ipv6:`` list; host names among several are
+    resolved here, once. A gRPC address list holds one family, so a list mixing IPv4 and IPv6 keeps the IPv4
+    addresses only: to mix families, give one DNS name.
     """
     entries = split_addresses(addresses)
     if len(entries) == 1:
