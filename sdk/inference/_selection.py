@@ -118,7 +118,7 @@ DEFAULT_MODELS = (
         Tier.SMALL,
         latency_ms=12.0,
         cost_per_1k=1.2,
-        description="lexicon + MiniLM prototype sentiment in [-1, 1]",
+        description="VADER + cues + MiniLM prototypes, read by a fitted head: sentiment in [-1, 1]",
     ),
 )
 
