@@ -22,13 +22,15 @@ from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
 from agentmesh.storage import AuditRecord, async_session_factory, utcnow
 
-__all__ = ["CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit"]
+__all__ = ["AUDIT_INSERT", "CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit", "chain_rows", "queue_chain_head"]
 
 logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the audit chain (ASCII "audit").
 CHAIN_LOCK_KEY = 0x6175646974
 _OUTCOME_LENGTH = 32
+# The insert of chained rows: nothing is fetched back (every column is given), so it can go in a pipeline.
+AUDIT_INSERT = insert(AuditRecord).inline()
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,14 @@ async def append_audit(
         return []
     connection = await target.connection() if isinstance(target, AsyncSession) else target
     head = await _locked_head(connection)
+    rows = chain_rows(entries, head)
+    await connection.execute(AUDIT_INSERT, rows)
+    return [AuditRecord(**row) for row in rows]
+
+
+def chain_rows(entries: Sequence[AuditEntry], head: Any) -> list[dict[str, Any]]:
+    """The rows that append ``entries`` after ``head`` ((sequence, hash) of the last record, or None): redacted,
+    numbered, timed and hash-linked. Only valid while the caller holds the chain lock it read ``head`` under."""
     sequence, previous = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
     moment = utcnow()
     rows = []
@@ -85,8 +95,15 @@ async def append_audit(
         }
         previous = record_hash(**fields)
         rows.append({**fields, "record_hash": previous})
-    await connection.execute(insert(AuditRecord), rows)
-    return [AuditRecord(**row) for row in rows]
+    return rows
+
+
+async def queue_chain_head(driver: Any) -> Any:
+    """Queue, in the caller's psycopg pipeline (PostgreSQL), the chain lock and the read of the head; returns the
+    cursor to ``fetchone()`` the head from once the pipeline has synced. Use with :func:`chain_rows` and
+    :data:`AUDIT_INSERT` inside one transaction."""
+    await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
+    return await driver.execute(_PG_HEAD)
 
 
 _HEAD = select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
@@ -105,8 +122,7 @@ async def _locked_head(connection: AsyncConnection) -> Any:
     driver = (await connection.get_raw_connection()).driver_connection
     assert driver is not None  # a connection in a transaction has its psycopg connection
     async with driver.pipeline():
-        await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
-        head = await driver.execute(_PG_HEAD)
+        head = await queue_chain_head(driver)
     return await head.fetchone()
 
 

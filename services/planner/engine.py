@@ -360,7 +360,14 @@ class TaskEngine:
             try:
                 end = await self._attempt(claimed, facts)
             except _Abandoned:
-                return  # lease lost, task cancelled or planner stopping: the step is someone else's now
+                # Lease lost or task cancelled: the step is someone else's now (or no one's); the attempt still
+                # ends in the execution log and the audit trail (planner stopping: the lease lapses as in a crash).
+                if not self._stopping:
+                    end = AttemptEnd("FAILED", error_code="ABORTED",
+                                     error_message="the call was abandoned: the step's lease was lost or the task ended")
+                    with contextlib.suppress(Exception):
+                        await self._finishes.submit(AttemptFinish(claimed, end, self._audit_entry(claimed, end, facts)))
+                return
             except Exception as exc:  # database trouble before the call: the lease lapses and it is retried
                 logger.warning("step %s/%s attempt %d could not start (%s)", claimed.task_id, claimed.step_id,
                                claimed.attempt, _brief(exc))

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agentmesh._errors import FailedPreconditionError, NotFoundError
 from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.services.planner import replanning
+from agentmesh.services.planner.pipelined import CLAIM_UNBLOCKED, finish_pipelined
 from agentmesh.services.planner.plans import PlanDocument, content_hash
 from agentmesh.services.planner.rules import evaluate
 from agentmesh.services.planner.templates import Scope, Substitution, resolve
@@ -99,7 +100,7 @@ _CLAIM_UNBLOCKED = (
 _OUTPUTS = sa.select(STEPS.c.step_id, STEPS.c.output).where(
     STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id), STEPS.c.state == "SUCCEEDED"
 )
-_PLAN_STEPS = sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output).where(
+_PLAN_STEPS = sa.select(STEPS.c.step_id, STEPS.c.state, STEPS.c.output, STEPS.c.attempt_count).where(
     STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id)
 )
 _AGENT_KEYS = ("namespace", "name", "version", "endpoint", "instance_id")
@@ -139,9 +140,9 @@ _END_TASK = (
     .values(state=_p("state", TASKS.c.state), error=_p("error", TASKS.c.error), output=_p("output", TASKS.c.output),
             updated_at=_p("now", TASKS.c.updated_at))
 )
-_INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
+_INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS)}
 # Inserts that fetch nothing back (no implicit RETURNING of the new key): they can go in a pipeline.
-_BLIND_INSERT = {table.name: sa.insert(table).inline() for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS)}
+_BLIND_INSERT = {table.name: sa.insert(table).inline() for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
 
 
 @dataclass(frozen=True)
@@ -549,6 +550,12 @@ class PlannerStore:
         attempt's audit record. Per attempt: "lost" when the lease was lost meanwhile (or the task had already
         ended), "ended" when the task ended, else "recorded". With ``claim``, the steps this unblocks are claimed
         for this replica in the same transaction (no claim round trip, no wait), up to its limit in all."""
+        if self.postgres:
+            ahead = _Ahead(claim)
+            results = await finish_pipelined(self, finishes, ahead)
+            if results is not None:
+                ahead.publish()
+                return results
         ahead = _Ahead(claim)
         async with self.engine.begin() as conn:
             results = await self._finish(conn, finishes, ahead)
@@ -660,15 +667,21 @@ class PlannerStore:
         ahead: _Ahead | None = None,
         events: Sequence[tuple[Any, ...]] = (),
         sink: list[tuple[Any, ...]] | None = None,
+        rows: Sequence[Any] | None = None,
     ) -> bool:
         """Move every pending step whose dependencies are done to READY, SKIPPED or WAITING_APPROVAL; end the task
         when every step is done (then True). Runs until nothing changes (a skip can unblock or skip its dependents).
 
         With ``ahead``, up to its limit of the steps made READY are claimed at once (RUNNING under this replica's
         lease, as a claim would). ``events`` are written with the ones this adds (one INSERT), or, with ``sink``,
-        added to it (each with its task id) for the caller to write."""
+        added to it (each with its task id) for the caller to write.
+
+        With ``rows`` (the plan's steps as already read: step_id, state, output, attempt_count), the caller runs
+        this inside a psycopg pipeline (PostgreSQL): nothing is read, claims are queued (``ahead.deferred``)."""
         document = await self.plan(plan_id)
-        rows = (await conn.execute(_PLAN_STEPS, {"p_plan_id": plan_id})).all()
+        pipelined = rows is not None
+        if rows is None:
+            rows = (await conn.execute(_PLAN_STEPS, {"p_plan_id": plan_id})).all()
         states = {r.step_id: r.state for r in rows}
         if "FAILED" in states.values():  # only while a re-plan waits for this plan's running steps
             if sink:
@@ -676,54 +689,25 @@ class PlannerStore:
             if events:
                 await self._events(conn, task_id, events)
             return await replanning.resume(self, conn, task_id, plan_id, task_input, ahead)
-        outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
         now = utcnow()
-        changes: dict[str, str] = {}
-        approvals: list[dict[str, Any]] = []
-        progress = True
-        while progress:
-            progress = False
-            for step_id, state in states.items():
-                if state != "PENDING":
-                    continue
-                spec = document.steps[step_id]
-                deps = [states[d] for d in spec.depends_on]
-                if any(d not in DONE_STEP_STATES for d in deps):
-                    continue
-                scope = Scope(task_input, outputs, document.aliases)
-                if any(d != "SUCCEEDED" for d in deps):
-                    new = "SKIPPED"
-                elif spec.when and not evaluate(spec.when, scope.cel_activation())[0]:
-                    new = "SKIPPED"
-                elif spec.approval is not None and (
-                    not spec.approval.get("when") or evaluate(spec.approval["when"], scope.cel_activation())[0]
-                ):
-                    new = "WAITING_APPROVAL"
-                    timeout = float(spec.approval.get("timeout") or 3600.0)
-                    approvals.append(
-                        {
-                            "task_id": task_id,
-                            "step_id": step_id,
-                            "state": "PENDING",
-                            "reason": spec.approval.get("reason", ""),
-                            "requested_at": now,
-                            "deadline_at": now + dt.timedelta(seconds=timeout),
-                        }
-                    )
-                else:
-                    new = "READY"
-                states[step_id] = changes[step_id] = new
-                progress = True
+        outputs, changes, approvals = _plan_changes(document, states, rows, task_input, task_id, now)
         running: list[tuple[Any, ...]] = []
         for new in ("READY", "SKIPPED", "WAITING_APPROVAL"):
             ids = [s for s, v in changes.items() if v == new]
             if new == "READY" and ids and ahead is not None and ahead.limit > 0:
                 take, ids = ids[: ahead.limit], ids[ahead.limit :]
                 lease = {**self._lease(ahead.lease_ttl), "p_plan_id": plan_id, "p_ids": take}
-                rows = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
-                ahead.steps += [Claimed(*row) for row in rows]
-                ahead.limit -= len(rows)
-                running = [("STEP_STATE", row.step_id, "RUNNING", row.attempt_count) for row in rows]
+                if pipelined:  # under the task's lock every one of them is PENDING: each is claimed
+                    driver = (await conn.get_raw_connection()).driver_connection
+                    assert driver is not None
+                    ahead.deferred.append(await driver.execute(CLAIM_UNBLOCKED, {k[2:]: v for k, v in lease.items()}))
+                    attempts = {r.step_id: r.attempt_count + 1 for r in rows}
+                    running = [("STEP_STATE", step_id, "RUNNING", attempts[step_id]) for step_id in take]
+                    ahead.limit -= len(take)
+                else:
+                    claimed = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
+                    ahead.take(claimed)
+                    running = [("STEP_STATE", row.step_id, "RUNNING", row.attempt_count) for row in claimed]
             if new == "READY" and ids and ahead is not None:
                 ahead.ready_left = True
             if ids:
@@ -735,7 +719,7 @@ class PlannerStore:
                 )
         events = [*events, *(("STEP_STATE", s, v, 0) for s, v in changes.items()), *running]
         if approvals:
-            await conn.execute(sa.insert(APPROVALS), approvals)
+            await conn.execute(sa.insert(APPROVALS).inline(), approvals)
             await conn.execute(
                 sa.update(TASKS).where(TASKS.c.task_id == task_id).values(state="WAITING_APPROVAL", updated_at=now)
             )
@@ -746,13 +730,8 @@ class PlannerStore:
         elif events:
             await self._events(conn, task_id, events)
         if all(v in DONE_STEP_STATES for v in states.values()):
-            scope = Scope(task_input, outputs, document.aliases)
-            output, _ = resolve(document.doc.get("output") or {}, scope) if document.doc.get("output") else (
-                {sid: outputs[sid] for sid in states if sid in outputs}, []
-            )
-            approvals_possible = any(spec.approval is not None for spec in document.steps.values())
-            await self._end_task(conn, task_id, "SUCCEEDED", output=output, sink=sink, steps_done=True,
-                                 approvals=approvals_possible)
+            await self._end_task(conn, task_id, "SUCCEEDED", output=_task_output(document, states, outputs, task_input),
+                                 sink=sink, steps_done=True, approvals=_has_approvals(document))
             return True
         return False
 
@@ -799,7 +778,7 @@ class PlannerStore:
     ) -> None:
         now = utcnow()
         await conn.execute(
-            _INSERT[EVENTS.name],
+            _BLIND_INSERT[EVENTS.name],
             [
                 {
                     "task_id": e[4] if len(e) > 4 else task_id,
@@ -991,6 +970,68 @@ class PlannerStore:
             }
 
 
+def _plan_changes(
+    document: PlanDocument, states: dict[str, str], rows: Sequence[Any], task_input: dict[str, Any], task_id: str,
+    now: dt.datetime,
+) -> tuple[dict[str, Any], dict[str, str], list[dict[str, Any]]]:
+    """What a plan's step states make of its pending steps: READY, SKIPPED or WAITING_APPROVAL (until nothing
+    changes: a skip can unblock or skip its dependents). Updates ``states``; returns the succeeded outputs, the
+    changes and the approval rows to insert."""
+    outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
+    changes: dict[str, str] = {}
+    approvals: list[dict[str, Any]] = []
+    progress = True
+    while progress:
+        progress = False
+        for step_id, state in states.items():
+            if state != "PENDING":
+                continue
+            spec = document.steps[step_id]
+            deps = [states[d] for d in spec.depends_on]
+            if any(d not in DONE_STEP_STATES for d in deps):
+                continue
+            scope = Scope(task_input, outputs, document.aliases)
+            if any(d != "SUCCEEDED" for d in deps):
+                new = "SKIPPED"
+            elif spec.when and not evaluate(spec.when, scope.cel_activation())[0]:
+                new = "SKIPPED"
+            elif spec.approval is not None and (
+                not spec.approval.get("when") or evaluate(spec.approval["when"], scope.cel_activation())[0]
+            ):
+                new = "WAITING_APPROVAL"
+                timeout = float(spec.approval.get("timeout") or 3600.0)
+                approvals.append(
+                    {
+                        "task_id": task_id,
+                        "step_id": step_id,
+                        "state": "PENDING",
+                        "reason": spec.approval.get("reason", ""),
+                        "requested_at": now,
+                        "deadline_at": now + dt.timedelta(seconds=timeout),
+                    }
+                )
+            else:
+                new = "READY"
+            states[step_id] = changes[step_id] = new
+            progress = True
+    return outputs, changes, approvals
+
+
+def _task_output(
+    document: PlanDocument, states: dict[str, str], outputs: dict[str, Any], task_input: dict[str, Any]
+) -> dict[str, Any]:
+    """A finished plan's output: its ``output`` template resolved, else every succeeded step's output."""
+    if document.doc.get("output"):
+        output, _ = resolve(document.doc["output"], Scope(task_input, outputs, document.aliases))
+        return dict(output)
+    return {sid: outputs[sid] for sid in states if sid in outputs}
+
+
+def _has_approvals(document: PlanDocument) -> bool:
+    """Whether any step of a plan may wait for an approval."""
+    return any(spec.approval is not None for spec in document.steps.values())
+
+
 class _Ahead:
     """A transition's claims, handed to its :class:`ClaimAhead` only once the transaction has committed."""
 
@@ -1000,6 +1041,11 @@ class _Ahead:
         self.lease_ttl = claim.lease_ttl if claim is not None else 0.0
         self.steps: list[Claimed] = []
         self.ready_left = False
+        self.deferred: list[Any] = []  # claims queued in a pipeline: cursors to read once it has synced
+
+    def take(self, rows: Sequence[Any]) -> None:
+        """Claimed step rows (as returned by a claim), to run once the transaction has committed."""
+        self.steps += [Claimed(*row) for row in rows]
 
     def publish(self) -> None:
         if self.claim is not None:

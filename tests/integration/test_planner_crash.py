@@ -217,14 +217,15 @@ async def test_two_planners_audit_every_step_attempt_in_one_valid_chain(
             ).all()
     finally:
         await engine.dispose()
-    assert len(attempts) == 3 * len(task_ids)
+    # One attempt per step, unless a lease lapsed on this busy machine (then the abandoned one is audited ABORTED).
+    assert len({(a.task_id, a.step_id) for a in attempts if a.state == "SUCCEEDED"}) == 3 * len(task_ids)
     assert len({a.planner for a in attempts}) == 2  # both replicas ran steps (and appended)
     audited = {(r.resource, r.detail["attempt"]): r for r in records}
     assert len(audited) == len(records) == len(attempts)
     for attempt in attempts:
         record = audited[f"tasks/{attempt.task_id}/steps/{attempt.step_id}", attempt.attempt]
         assert record.actor == f"spiffe://{mesh_settings.trust_domain}/service/planner"
-        assert record.outcome == "OK" and attempt.state == "SUCCEEDED"
+        assert (record.outcome, attempt.state) in {("OK", "SUCCEEDED"), ("ABORTED", "FAILED")}
         assert record.trace_id == attempt.trace_id and record.detail["agent"] == "testing/worker@1.0.0"
 
 
