@@ -234,9 +234,18 @@ def server_cpu_seconds(triton: LocalTriton, model: str) -> float:
     return total / _TICKS
 
 
-def make_repository(home: Path, target: Path) -> None:
-    """The shipped repository plus a batch-size-1 twin of minilm_embedding."""
+def make_repository(home: Path, target: Path, max_batch: int | None = None) -> None:
+    """The shipped repository plus a batch-size-1 twin of minilm_embedding; ``max_batch`` overrides the
+    served model's max_batch_size (to compare batch caps; the sentiment model is not loaded here).
+    """
     prepare_model_repository(home, target=target)
+    if max_batch is not None:
+        shipped = target / MODEL / "config.pbtxt"
+        config, replaced = re.subn(
+            r"(?m)^max_batch_size: \d+$", f"max_batch_size: {max_batch}", shipped.read_text()
+        )
+        assert replaced == 1, "max_batch_size not found"
+        shipped.write_text(config)
     twin = target / BATCH1
     shutil.copytree(target / MODEL, twin)
     config = (twin / "config.pbtxt").read_text()
@@ -443,6 +452,7 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=9.0, help="measured seconds per served point")
     parser.add_argument("--bound-seconds", type=float, default=1.5, help="measured seconds per bound point")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved slices the seconds are split into")
+    parser.add_argument("--max-batch", type=int, help="override the served model's max_batch_size")
     parser.add_argument("--write", action="store_true", help="append this run to bench/RESULTS.md")
     args = parser.parse_args()
     home = Settings.from_env().home.resolve()
@@ -451,7 +461,7 @@ async def main() -> int:
         served[(BATCH1, 1)] = Served(BATCH1, 1)
     with tempfile.TemporaryDirectory(prefix="bench-embeddings-") as scratch:
         repository = Path(scratch) / "repository"
-        make_repository(home, repository)
+        make_repository(home, repository, args.max_batch)
         folder = repository / MODEL / "1"
         bound = Bound(folder, served_parameters(folder)) if args.bound else None
         triton = LocalTriton(
