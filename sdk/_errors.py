@@ -8,13 +8,22 @@ the same class with :func:`from_rpc_error`, so code on both sides catches ``NotF
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict, Unpack
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "agentmesh.dev"
+
+
+class _Options(TypedDict, total=False):
+    """The keyword arguments every MeshError takes (subclasses pass them on)."""
+
+    reason: str | None
+    metadata: Mapping[str, str] | None
 
 
 class MeshError(Exception):
@@ -55,8 +64,8 @@ class InvalidArgumentError(MeshError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, *, field: str = "", **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, message: str, *, field: str = "", **kwargs: Unpack[_Options]) -> None:
+        super().__init__(message, **kwargs)
         self.field = field
         if field:
             self.metadata.setdefault("field", field)
@@ -116,8 +125,8 @@ class ResourceExhaustedError(MeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Unpack[_Options]) -> None:
+        super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
     def _extra_details(self) -> list[any_pb2.Any]:
@@ -185,6 +194,7 @@ def from_rpc_error(error: grpc.RpcError) -> MeshError:
     field = ""
     retry_after: float | None = None
     # grpc.aio errors are not grpc.Call instances but carry the same trailing metadata (with the details).
+    # grpc_status types from_call for grpc.Call only.
     status = rpc_status.from_call(error) if isinstance(error, grpc.Call | grpc.aio.AioRpcError) else None  # type: ignore[arg-type]
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
@@ -210,8 +220,8 @@ def from_rpc_error(error: grpc.RpcError) -> MeshError:
     return result
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 

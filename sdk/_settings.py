@@ -158,11 +158,11 @@ class Settings:
             if raw is not None:
                 values[field.name] = _parse(field.name, raw, hints[field.name])
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]  # each value was parsed to its field's type at run time
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # field names and types: the caller's
 
 
 def _parse(name: str, raw: str, kind: object) -> object:

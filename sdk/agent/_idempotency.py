@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from agentmesh._errors import InvalidArgumentError
 
@@ -125,7 +125,7 @@ class IdempotencyCache(Generic[T]):
                 raise _reuse(key, skill, entry.fingerprint, call)
             if entry.running is None:
                 self._entries.move_to_end(slot)
-                return entry.result, True  # type: ignore[return-value]
+                return cast(T, entry.result), True  # a finished entry holds its result
             try:
                 # shield: a waiter that gives up must not cancel the run the first caller is waiting on.
                 return await asyncio.shield(entry.running), True

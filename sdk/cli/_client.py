@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import grpc
+    from google.protobuf.message import Message
 
     from agentmesh._settings import Settings
 
@@ -81,11 +82,11 @@ def call(
     return asyncio.run(main())
 
 
-def print_json(message: object, *, indent: int | None = 2) -> None:
+def print_json(message: Message, *, indent: int | None = 2) -> None:
     """Print a protobuf message as JSON (indented; ``indent=None``: on one line)."""
     from google.protobuf import json_format
 
-    print(json_format.MessageToJson(message, indent=indent))  # type: ignore[arg-type]
+    print(json_format.MessageToJson(message, indent=indent))
 
 
 def gateway_channel(address: str, settings: Settings, token: str) -> grpc.aio.Channel:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -230,13 +231,13 @@ class LocalMesh:
                 f"{child.tail(5)})",
             )
 
-    async def _poll(self, what: str, ready: object) -> None:
+    async def _poll(self, what: str, ready: Callable[[], Awaitable[bool]]) -> None:
         from agentmesh._errors import DeadlineExceededError
 
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             self._supervise()
-            if await ready():  # type: ignore[operator]
+            if await ready():
                 return
             await asyncio.sleep(0.1)
         crashed = [child for child in self._children if child.restarts]

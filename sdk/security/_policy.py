@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,16 @@ class AuthzRule:
     identities: tuple[str, ...]
     methods: tuple[str, ...]
 
+    _identity_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _method_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_identity_re", _compile(self.identities))
         object.__setattr__(self, "_method_re", _compile(self.methods))
 
     def allows(self, identity: str, method: str) -> bool:
         """Whether this rule lets ``identity`` call ``method``."""
-        return bool(self._identity_re.fullmatch(identity)) and bool(self._method_re.fullmatch(method))  # type: ignore[attr-defined]
+        return bool(self._identity_re.fullmatch(identity)) and bool(self._method_re.fullmatch(method))
 
 
 class AuthzPolicy:

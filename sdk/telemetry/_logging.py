@@ -63,17 +63,20 @@ class _TextFormatter(logging.Formatter):
         return redact(f"{line} trace_id={trace_id}" if trace_id else line)
 
 
+class _MeshHandler(logging.StreamHandler[TextIO]):
+    """The handler configure_logging installs (a second call replaces it rather than adding another)."""
+
+
 def configure_logging(settings: Settings, stream: TextIO | None = None) -> logging.Handler:
     """Send the root logger to ``stream`` (stderr) as JSON lines (``log_format=json``) or text, at ``log_level``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _MeshHandler(stream or sys.stderr)
     if settings.log_format.strip().lower() == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_agentmesh", False)]:
+    for old in [h for h in root.handlers if isinstance(h, _MeshHandler)]:
         root.removeHandler(old)
-    handler._agentmesh = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     return handler

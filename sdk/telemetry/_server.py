@@ -55,12 +55,16 @@ class CallObservation:
     __slots__ = ("_call_token", "_metrics", "_otel_token", "_span", "_started")
 
     def __init__(
-        self, span: trace.Span, otel_token: object, call_token: object, metrics: MethodMetrics
+        self,
+        span: trace.Span,
+        otel_token: contextvars.Token[otel_context.Context],
+        call_token: contextvars.Token[Any],
+        metrics: MethodMetrics,
     ) -> None:
         self._span = span
         self._otel_token = otel_token
         self._call_token = call_token
-        self._metrics = metrics
+        self._metrics: MethodMetrics | None = metrics
         self._started = time.perf_counter()
         metrics.in_flight.inc()
 
@@ -69,7 +73,7 @@ class CallObservation:
         metrics = self._metrics
         if metrics is None:
             return
-        self._metrics = None  # type: ignore[assignment]
+        self._metrics = None
         seconds = time.perf_counter() - self._started
         metrics.in_flight.dec()
         if code is _OK:
@@ -86,8 +90,8 @@ class CallObservation:
                 span.record_exception(error)
         span.end()
         try:
-            otel_context.detach(self._otel_token)  # type: ignore[arg-type]
-            inbound_call.reset(self._call_token)  # type: ignore[arg-type]
+            otel_context.detach(self._otel_token)
+            inbound_call.reset(self._call_token)
         except ValueError:  # ended in another context (a cancelled stream): the task is gone anyway
             pass
 

@@ -110,10 +110,13 @@ class JwksCache:
         return self.source.startswith(("https://", "http://"))
 
     def _fetch(self) -> Mapping[str, Any]:
+        document: Mapping[str, Any]  # a JWK set: {"keys": [...]}
         if self._is_url:
             with urllib.request.urlopen(self.source, timeout=5.0) as response:
-                return json.loads(response.read(1_000_000))  # type: ignore[no-any-return]
-        return json.loads(Path(self.source).read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+                document = json.loads(response.read(1_000_000))
+        else:
+            document = json.loads(Path(self.source).read_text(encoding="utf-8"))
+        return document
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:

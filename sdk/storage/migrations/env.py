@@ -8,7 +8,7 @@ whole upgrade (the engine begins SQLite transactions explicitly, so DDL is trans
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection
 from sqlalchemy.pool import NullPool
 
 from agentmesh.storage._engine import create_engine, sync_url
@@ -17,8 +17,9 @@ from agentmesh.storage._models import metadata
 config = context.config
 
 
-def _url() -> object:
-    return config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or None
+def _url() -> str | URL | None:
+    url: str | URL | None = config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or None
+    return url
 
 
 def _set_sqlite_foreign_keys(connection: Connection, enabled: bool) -> None:
@@ -55,7 +56,7 @@ def _run(connection: Connection) -> None:
 
 def run_migrations_offline() -> None:
     """Emit the SQL instead of running it (``alembic upgrade --sql``)."""
-    url = sync_url(_url())  # type: ignore[arg-type]
+    url = sync_url(_url())
     context.configure(
         url=url,
         target_metadata=metadata,
@@ -68,7 +69,7 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     """Run the migrations on a connection of our own engine (same pragmas as the services)."""
-    engine = create_engine(_url(), poolclass=NullPool)  # type: ignore[arg-type]
+    engine = create_engine(_url(), poolclass=NullPool)
     try:
         with engine.connect() as connection:
             _run(connection)
