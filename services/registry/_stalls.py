@@ -104,17 +104,29 @@ class LoopStalls:
                 await self._task
 
 
+_handoff_users = 0
+_handoff_saved = 0.0
+
+
 @contextlib.contextmanager
 def quick_handoff(seconds: float = HANDOFF_SECONDS) -> Iterator[None]:
     """While inside, a thread asking for the GIL gets it from a CPU-bound holder within ``seconds`` (CPython's
     switch interval, 5 ms by default). The event loop asks for the GIL after every wait and socket call, so with a
-    worker thread busy beside it each of those could cost it up to 5 ms: a health answer needs several."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, seconds))
+    worker thread busy beside it each of those could cost it up to 5 ms: a health answer needs several.
+
+    The interval is the process's: loads that overlap (replicas in one test process) share the shortened one, and
+    the last to leave restores the interval the first found."""
+    global _handoff_users, _handoff_saved
+    if _handoff_users == 0:
+        _handoff_saved = sys.getswitchinterval()
+    _handoff_users += 1
+    sys.setswitchinterval(min(sys.getswitchinterval(), seconds))
     try:
         yield
     finally:
-        sys.setswitchinterval(before)
+        _handoff_users -= 1
+        if _handoff_users == 0:
+            sys.setswitchinterval(_handoff_saved)
 
 
 class Pacer:

@@ -84,3 +84,14 @@ async def test_a_stall_spent_running_on_the_loop_is_told_apart_from_waiting() ->
         assert worst.on_cpu + worst.cpu_wait > 0.05  # busy on the loop (or waiting for a CPU to be)
         assert worst.gil_wait < 0.03
     assert "ms running on the loop" in worst.describe()
+
+
+def test_overlapping_handoffs_restore_the_interval_the_first_found() -> None:
+    before = sys.getswitchinterval()
+    first, second = quick_handoff(0.0005), quick_handoff(0.0005)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # not last in, first out: the second load is still running
+    assert sys.getswitchinterval() == pytest.approx(0.0005)
+    second.__exit__(None, None, None)
+    assert sys.getswitchinterval() == before
