@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import yaml
 
 from agentmesh.agents._support._keywords import PhraseMatcher
@@ -89,17 +90,17 @@ def passages_of(articles: list[KbArticle]) -> list[Passage]:
     return passages
 
 
-def keyword_bonus(query: str, matchers: list[PhraseMatcher]) -> np.ndarray:
+def keyword_bonus(query: str, matchers: list[PhraseMatcher]) -> npt.NDArray[np.float32]:
     """Per article: :data:`KEYWORD_WEIGHT` for each of its keyword phrases in ``query`` (at most two)."""
     return np.array([KEYWORD_WEIGHT * min(2, len(m.find(query))) for m in matchers], dtype=np.float32)
 
 
 def rank_articles(
-    query: np.ndarray,
-    passage_vectors: np.ndarray,
+    query: npt.NDArray[np.float32],
+    passage_vectors: npt.NDArray[np.float32],
     passages: list[Passage],
     top_k: int,
-    bonus: np.ndarray | None = None,
+    bonus: npt.NDArray[np.float32] | None = None,
 ) -> list[tuple[int, float, Passage]]:
     """Articles ranked by their best passage's cosine similarity to ``query`` (unit vectors) plus the
     article's ``bonus`` (keyword evidence): ``(article index, score, best passage)``, best first, at most

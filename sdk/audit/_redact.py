@@ -110,7 +110,7 @@ def redact_json(value: Any, pseudonyms: Pseudonyms | None = None) -> Any:
 
 def contains_pii(value: Any) -> bool:
     """Whether redacting ``value`` would change it (a cheap test for logs and assertions)."""
-    return redact_json(value) != value
+    return bool(redact_json(value) != value)
 
 
 class RedactingFilter(logging.Filter):

@@ -54,7 +54,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self._engine = engine
 
     async def ListAuditRecords(
-        self, request: audit_pb2.ListAuditRecordsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: audit_pb2.ListAuditRecordsRequest,
+        context: grpc.aio.ServicerContext[audit_pb2.ListAuditRecordsRequest, audit_pb2.ListAuditRecordsResponse],
     ) -> audit_pb2.ListAuditRecordsResponse:
         """One page of records in sequence order; the page token is the last sequence returned."""
         if request.page_size < 0:
@@ -89,7 +91,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         )
 
     async def VerifyAuditChain(
-        self, request: audit_pb2.VerifyAuditChainRequest, context: grpc.aio.ServicerContext
+        self,
+        request: audit_pb2.VerifyAuditChainRequest,
+        context: grpc.aio.ServicerContext[audit_pb2.VerifyAuditChainRequest, audit_pb2.VerifyAuditChainResponse],
     ) -> audit_pb2.VerifyAuditChainResponse:
         """Recompute the chain over the range asked and report the first broken record."""
         if request.from_sequence < 0 or request.to_sequence < 0:

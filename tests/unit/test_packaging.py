@@ -61,7 +61,7 @@ def test_nothing_else_at_the_top_level() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     top = {line.split("/", 1)[0] for line in tracked.splitlines()}
     assert top == {".ci", ".gitignore", "Makefile", "README.md", "agents", "bench", "buf.yaml", "deploy", "protos",
-                   "pyproject.toml", "sdk", "services", "tests"}
+                   "pyproject.toml", "scripts", "sdk", "services", "tests"}
 
 
 def _mypy_config() -> dict[str, Any]:
