@@ -191,6 +191,27 @@ async def _attempt_times(url: str, task_ids: list[str]) -> tuple[list[float], in
     return [float(r[0]) * 1000 for r in rows if r[0] is not None], sum(1 for r in rows if r[1] != "SUCCEEDED")
 
 
+async def _chain_gaps(url: str, task_id: str) -> str:
+    """Where a chain's time goes, per step (medians): step claimed -> attempt recorded as started -> attempt
+    ended -> the next step claimed."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT s.started_at, a.started_at, a.finished_at FROM plan_steps s JOIN step_attempts a "
+                "ON a.plan_step_id = s.id WHERE s.task_id = %s ORDER BY s.position",
+                (task_id,),
+            )
+        ).fetchall()
+    ms = lambda a, b: (b - a).total_seconds() * 1000  # noqa: E731
+    start = [ms(r[0], r[1]) for r in rows]
+    call = [ms(r[1], r[2]) for r in rows]
+    gap = [ms(rows[i][2], rows[i + 1][0]) for i in range(len(rows) - 1)]
+    return (f"claimed->started {statistics.median(start):.1f} ms, started->ended {statistics.median(call):.1f} ms, "
+            f"ended->next claimed {statistics.median(gap):.1f} ms (medians)")
+
+
 async def _bare_loop(url: str, settings: Any, endpoint: str, steps: int, in_flight: int) -> tuple[float, list[float]]:
     """The baseline: claim with SKIP LOCKED in batches, call the agent over mTLS, record; same in-flight bound."""
     import contextlib
@@ -347,11 +368,12 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             chain_ids = await _submit_all(stub, "chain", 1)
             finished = await _wait_done(url, chain_ids)
             per_step = (finished - started) * 1000 / args.chain
+            gaps = await _chain_gaps(url, chain_ids[0])
             cpu = (_cpu(first.pid) - cpu) * 1000 / args.chain
             report.append(
                 f"overhead at 1 in flight: {per_step:.2f} ms per step over a {args.chain}-step chain (submit to done) vs "
                 f"bare mTLS Invoke p50 {call_p50:.2f} ms: planner overhead {per_step - call_p50:.2f} ms per step; planner CPU "
-                f"{cpu:.2f} ms per step"
+                f"{cpu:.2f} ms per step; {gaps}"
             )
         if not args.skip_crash:
             async with create_channel(planner, settings, kind="client", name="ops") as channel:

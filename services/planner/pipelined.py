@@ -24,7 +24,7 @@ from agentmesh.storage import utcnow
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
 
-__all__ = ["CLAIM_UNBLOCKED", "finish_pipelined"]
+__all__ = ["CLAIM_UNBLOCKED", "StepRow", "finish_pipelined"]
 
 _LOCK_TASKS = "SELECT task_id, state FROM tasks WHERE task_id = ANY(%s) ORDER BY task_id FOR NO KEY UPDATE"
 _RELEASE = "lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s"
@@ -89,7 +89,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                 head = await queue_chain_head(driver) if audit else None
             states = {row[0]: row[1] for row in await locked.fetchall()}
             results, events, advance = await _outcomes(finishes, ends, ended, states, ahead, final=FINAL_TASK_STATES)
-            rows = {task_id: [_Row(*row) for row in await steps[task_id].fetchall()] for task_id in advance}
+            rows = {task_id: [StepRow(*row) for row in await steps[task_id].fetchall()] for task_id in advance}
             if any(row.state == "FAILED" for task_rows in rows.values() for row in task_rows):
                 raise _Fallback()  # a plan waiting to be re-planned
             if any(task_id not in store._tasks for task_id in advance):
@@ -148,7 +148,7 @@ async def _outcomes(
     return results, events, sorted(advance)
 
 
-class _Row:
+class StepRow:
     """A plan step as read by the pipeline (what :meth:`PlannerStore._advance` looks at)."""
 
     __slots__ = ("attempt_count", "output", "state", "step_id")

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agentmesh._errors import FailedPreconditionError, NotFoundError
 from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.services.planner import replanning
-from agentmesh.services.planner.pipelined import CLAIM_UNBLOCKED, finish_pipelined
+from agentmesh.services.planner.pipelined import CLAIM_UNBLOCKED, StepRow, finish_pipelined
 from agentmesh.services.planner.plans import PlanDocument, content_hash
 from agentmesh.services.planner.rules import evaluate
 from agentmesh.services.planner.templates import Scope, Substitution, resolve
@@ -286,7 +286,7 @@ class PlannerStore:
 
     async def find_request(self, submitted_by: str, request_id: str) -> TaskRow | None:
         """The task an earlier submission with this request id made, if any."""
-        async with self.reader.connect() as conn:
+        async with self.single.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(TASKS).where(TASKS.c.submitted_by == submitted_by, TASKS.c.request_id == request_id)
@@ -314,10 +314,13 @@ class PlannerStore:
         plan_id = _new_id("plan")
         now = utcnow()
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(TASKS).values(**values, state="RUNNING", created_at=now, updated_at=now))
+            # One round trip on PostgreSQL (a pipeline; the first steps' claims are read once it has synced).
+            async with self._pipelined() as conn:
                 await conn.execute(
-                    sa.insert(PLANS).values(
+                    sa.insert(TASKS).inline().values(**values, state="RUNNING", created_at=now, updated_at=now)
+                )
+                await conn.execute(
+                    sa.insert(PLANS).inline().values(
                         plan_id=plan_id,
                         task_id=task_id,
                         strategy=plan["strategy"],
@@ -330,7 +333,7 @@ class PlannerStore:
                     )
                 )
                 await conn.execute(
-                    sa.insert(STEPS),
+                    sa.insert(STEPS).inline(),
                     [
                         {
                             "plan_id": plan_id,
@@ -349,15 +352,18 @@ class PlannerStore:
                 )
                 if rejections:
                     await conn.execute(
-                        sa.insert(REJECTIONS),
+                        sa.insert(REJECTIONS).inline(),
                         [
                             {"task_id": task_id, "strategy": s, "reason": r, "proposed": p, "created_at": now}
                             for s, r, p in rejections
                         ],
                     )
                 self._plans[plan_id] = document
-                await self._advance(conn, task_id, plan_id, values["input"], ahead=ahead,
-                                    events=[("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
+                fresh = [StepRow(step_id, "PENDING", None, 0) for step_id in document.steps] if self.postgres else None
+                ended = await self._advance(conn, task_id, plan_id, values["input"], ahead=ahead, rows=fresh,
+                                            events=[("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
+            for cursor in ahead.deferred:
+                ahead.take(await cursor.fetchall())
             ahead.publish()
         except IntegrityError:
             if values.get("request_id"):
@@ -365,7 +371,9 @@ class PlannerStore:
                 if existing is not None:
                     return existing
             raise
-        return await self.get_task(task_id)
+        if ended or _has_approvals(document):
+            return await self.get_task(task_id)  # it ended, or may wait for an approval already: as stored
+        return self._remember(TaskRow(**values, state="RUNNING", output=None, error="", created_at=now, updated_at=now))
 
     async def get_task(self, task_id: str) -> TaskRow:
         """One task; NotFoundError when there is none."""
