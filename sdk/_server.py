@@ -25,6 +25,10 @@ from agentmesh import security, telemetry
 from agentmesh._errors import InternalError, InvalidArgumentError, MeshError, UnimplementedError
 from agentmesh._settings import Settings
 
+if TYPE_CHECKING:
+    from agentmesh.security import ServerSecurity
+    from agentmesh.telemetry import CallObservation, ServerTelemetry
+
 logger = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
@@ -218,7 +222,7 @@ class _MeshInterceptor(_ServerInterceptor):
     and server-streaming requests are parsed inside the wrapper) and answer any response message.
     """
 
-    def __init__(self, *, security: Any, telemetry: Any) -> None:
+    def __init__(self, *, security: ServerSecurity, telemetry: ServerTelemetry) -> None:
         self._security = security
         self._telemetry = telemetry
 
@@ -298,7 +302,7 @@ class _MeshInterceptor(_ServerInterceptor):
         return bidi
 
     async def _fail(
-        self, exc: BaseException, method: str, context: grpc.aio.ServicerContext[Any, Message], observation: Any
+        self, exc: BaseException, method: str, context: grpc.aio.ServicerContext[Any, Message], observation: CallObservation
     ) -> None:
         """Record the failure and, for mesh errors and bugs, abort with a precise status (never a traceback)."""
         if isinstance(exc, grpc.aio.AbortError) or isinstance(exc, asyncio.CancelledError):
