@@ -184,7 +184,7 @@ class Served:
     seconds: float = 0.0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
-    inferences: int = 0  # Triton's counters: texts and model executions while measured (warm-up included)
+    inferences: int = 0  # Triton's counters: texts and model executions while measured
     executions: int = 0
 
     @property
@@ -201,7 +201,7 @@ class Served:
 
     @property
     def server_cpu_ms(self) -> float:
-        """CPU ms of tritonserver and this model's stubs per sentence (warm-up sentences not counted)."""
+        """CPU ms of tritonserver and this model's stubs per sentence."""
         return self.server_cpu / len(self.latencies) * 1000 if self.latencies else 0.0
 
     @property
@@ -268,10 +268,11 @@ async def execution_counts(stats: Any, model: str) -> tuple[int, int]:
     return int(found.get("inference_count", 0)), int(found.get("execution_count", 0))
 
 
-async def drive(client: InferenceClient, point: Served, seconds: float) -> None:
-    """``point.concurrency`` callers embedding one sentence per request for ``seconds`` after a warm-up."""
-    stop_at = 0.0
-    recording = False
+async def drive(client: InferenceClient, point: Served, seconds: float, *, record: bool = True) -> None:
+    """``point.concurrency`` callers embedding one sentence per request for ``seconds``; with ``record``,
+    their latencies and the wall time go into ``point`` (without: a warm-up that fills the pipeline).
+    """
+    stop_at = time.perf_counter() + seconds
 
     async def caller(offset: int) -> None:
         index = offset
@@ -280,16 +281,13 @@ async def drive(client: InferenceClient, point: Served, seconds: float) -> None:
             index += 1
             started = time.perf_counter()
             await client.embed([text], model=point.model)
-            if recording:
+            if record:
                 point.latencies.append(time.perf_counter() - started)
 
-    stop_at = time.perf_counter() + 0.3  # warm-up: fill the pipeline
-    await asyncio.gather(*(caller(i) for i in range(point.concurrency)))
-    recording = True
     started = time.perf_counter()
-    stop_at = started + seconds
     await asyncio.gather(*(caller(i) for i in range(point.concurrency)))
-    point.seconds += time.perf_counter() - started
+    if record:
+        point.seconds += time.perf_counter() - started
 
 
 # --- load on the machine --------------------------------------------------------------------------------
@@ -481,6 +479,7 @@ async def main() -> int:
                             for spot in bound.points:
                                 await asyncio.to_thread(bound.measure, spot, args.bound_seconds / args.rounds)
                         for point in served.values():
+                            await drive(client, point, 0.3, record=False)  # CPU and counters after it
                             before = server_cpu_seconds(triton, point.model)
                             counted = await execution_counts(stats, point.model)
                             client_before = time.process_time()
