@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import struct_pb2
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from agentmesh import telemetry
 from agentmesh._errors import (
@@ -355,7 +358,9 @@ class TaskEngine:
 
     async def _execute(self, claimed: Claimed) -> None:
         tracer = telemetry.get_tracer()
-        with tracer.start_as_current_span(f"step {claimed.step_id}", attributes={"task_id": claimed.task_id}):
+        parent = self._task_trace(claimed.task_id)
+        with tracer.start_as_current_span(f"step {claimed.step_id}", context=parent,
+                                          attributes={"task_id": claimed.task_id}):
             facts: dict[str, str] = {}
             try:
                 end = await self._attempt(claimed, facts)
@@ -375,6 +380,21 @@ class TaskEngine:
             if end is None:
                 return
             await self._record(claimed, end, self._audit_entry(claimed, end, facts))
+
+    def _task_trace(self, task_id: str) -> otel_context.Context:
+        """The trace a step's span belongs to: its task's (the submission's trace id, as stored), whichever
+        transaction claimed it; a new trace when the task is not cached here. Sampled as a new trace of that
+        id would be (the ratio sampler's rule), so a task's steps are all sampled or none."""
+        task = self.store.cached_task(task_id)
+        if task is None or len(task.trace_id) != 32:
+            return otel_context.Context()
+        trace_id = int(task.trace_id, 16)
+        sampled = (trace_id & 0xFFFFFFFFFFFFFFFF) < round(self.settings.trace_sampling * 2**64)
+        span = trace.NonRecordingSpan(trace.SpanContext(
+            trace_id=trace_id, span_id=random.getrandbits(64) or 1, is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED if sampled else trace.TraceFlags.DEFAULT),
+        ))
+        return trace.set_span_in_context(span, otel_context.Context())
 
     def _audit_entry(self, claimed: Claimed, end: AttemptEnd, facts: dict[str, str]) -> AuditEntry:
         """The audit record of one attempt: who ran it for whom, on which agent and models, and how it ended."""

@@ -383,6 +383,10 @@ class PlannerStore:
             raise NotFoundError(f"no task {task_id!r}")
         return self._remember(TaskRow.of(row))
 
+    def cached_task(self, task_id: str) -> TaskRow | None:
+        """A task this process read or stored lately (its fixed fields: input, identities, trace id), if cached."""
+        return self._tasks.get(task_id)
+
     def _remember(self, task: TaskRow) -> TaskRow:
         if len(self._tasks) >= 10_000:
             self._tasks.clear()

@@ -220,6 +220,9 @@ async def test_two_planners_audit_every_step_attempt_in_one_valid_chain(
     # One attempt per step, unless a lease lapsed on this busy machine (then the abandoned one is audited ABORTED).
     assert len({(a.task_id, a.step_id) for a in attempts if a.state == "SUCCEEDED"}) == 3 * len(task_ids)
     assert len({a.planner for a in attempts}) == 2  # both replicas ran steps (and appended)
+    # Every step of a task is in its task's trace (whichever batch claimed it), and tasks do not share one.
+    traces = {a.task_id: a.trace_id for a in attempts}
+    assert all(a.trace_id == traces[a.task_id] for a in attempts) and len(set(traces.values())) == len(task_ids)
     audited = {(r.resource, r.detail["attempt"]): r for r in records}
     assert len(audited) == len(records) == len(attempts)
     for attempt in attempts:
