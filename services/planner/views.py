@@ -311,7 +311,9 @@ def event_proto(row: Any, task: TaskRow) -> task_pb2.WatchTaskResponse:
     event = task_pb2.WatchTaskResponse(
         type=_EVENT_TYPES[row.type], task=task_proto(task), event_time=_ts(row.created_at), cursor=str(row.id)
     )
-    if row.type == "STEP_STATE":
+    if row.type == "PLAN_CREATED":
+        event.plan.version = row.attempt or 1  # the version made (a re-plan's event carries it); ExplainTask has the rest
+    elif row.type == "STEP_STATE":
         event.step.step_id = row.step_id
         event.step.state = task_pb2.StepState.Value(f"STEP_STATE_{row.state}")
     elif row.type == "ATTEMPT":

@@ -122,6 +122,11 @@ async def test_a_step_whose_agent_disappears_is_replanned_into_version_two_and_t
     ]
     assert [a.attempt for a in explanation.attempts if a.step_id in ("first", "side")] == [1, 1]
 
+    # WatchTask told of both plans as they were made.
+    stream = planner_mesh.stub().WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    made = [e.plan.version async for e in stream if e.type == task_pb2.TASK_EVENT_TYPE_PLAN_CREATED]
+    assert made == [1, 2]
+
     # `agentmesh explain` draws the current version and the one it replaced, with why.
     drawing = io.StringIO()
     render_explanation(Console(file=drawing, width=300), task_pb2.ExplainTaskResponse(explanation=explanation))
