@@ -190,33 +190,49 @@ async def _count(ops: RegistryClient) -> bool:
     return len((await ops.discover(names=["support/refunds"])).candidates) == 1
 
 
-async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_survives_a_sigkill(
+@pytest.mark.parametrize(
+    ("first_host", "records"),
+    [
+        pytest.param("::1", ["127.0.0.1", "::1"], id="an-ipv4-and-an-ipv6-address"),
+        # Where there is no IPv6 loopback: the same through two IPv4 loopback addresses (127.0.0.0/8 is loopback).
+        pytest.param("127.0.0.2", ["127.0.0.1", "127.0.0.2"], id="two-ipv4-addresses"),
+    ],
+)
+async def test_an_agent_given_one_dns_name_with_many_addresses_survives_a_sigkill(
+    first_host: str,
+    records: list[str],
     mesh_settings: Settings,
     issue_identity: IssueIdentity,
     spawn: Callable[..., Awaitable[_Process]],
     _postgres_migrated_pool: Any,
 ) -> None:
-    """One DNS name, two records (A 127.0.0.1, AAAA ::1), a replica behind each on the same port: the agent is
-    given only the name (served by a test DNS server that gRPC's resolver is pointed at), is verified against the
-    registry's SPIFFE identity rather than that name, and re-homes when its replica is SIGKILLed."""
-    if not _ipv6_loopback():
-        pytest.skip("no IPv6 loopback on this machine")
+    """One DNS name, two records (A 127.0.0.1 and AAAA ::1, or A 127.0.0.1 and A 127.0.0.2), a replica behind each
+    on the same port: the agent is given only the name (served by a test DNS server that gRPC's resolver is pointed
+    at), is verified against the registry's SPIFFE identity rather than that name, and re-homes when its replica is
+    SIGKILLed."""
+    if not _can_listen(first_host):
+        pytest.skip(f"cannot listen on {first_host} on this machine")
+    first_address = f"[{first_host}]" if ":" in first_host else first_host
     issue_identity("service", "registry")
     issue_identity("client", "ops")
     issue_identity("agent", "testing/echo")
     port = free_port()
     with _postgres_migrated_pool.database() as url:
         fast = {"database_url": url, "lease_flush_interval": "0.1", "registry_poll_interval": "0.05"}
-        async with dns_server({"replicas.agentmesh.test": ["127.0.0.1", "::1"]}) as dns:
-            # The agent starts while only the IPv6 replica is up, so that is the one it heartbeats to.
-            first = await spawn("registry", "--port", str(port), env=_env(mesh_settings, bind_host="[::1]", **fast))
-            await _serving(f"[::1]:{port}", mesh_settings, first)
+        async with dns_server({"replicas.agentmesh.test": records}) as dns:
+            # The agent starts while only the first replica is up, so that is the one it heartbeats to.
+            first = await spawn(
+                "registry", "--port", str(port), env=_env(mesh_settings, bind_host=first_address, **fast)
+            )
+            await _serving(f"{first_address}:{port}", mesh_settings, first)
             name = f"dns://127.0.0.1:{dns.port}/replicas.agentmesh.test:{port}"
             agent = await spawn(
                 "agent", "run", "tests.integration.echo_agent", "--port", str(free_port()),
                 env=_env(mesh_settings, registry_address=name, lease_ttl=str(LEASE_TTL)),
             )  # fmt: skip
-            second = await spawn("registry", "--port", str(port), env=_env(mesh_settings, bind_host="127.0.0.1", **fast))
+            second = await spawn(
+                "registry", "--port", str(port), env=_env(mesh_settings, bind_host="127.0.0.1", **fast)
+            )
             await _serving(f"127.0.0.1:{port}", mesh_settings, second)
             async with RegistryClient(mesh_settings, kind="client", name="ops", address=f"127.0.0.1:{port}") as survivor:
 
@@ -225,8 +241,8 @@ async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_surv
                     return len(answer.candidates) == 1
 
                 await eventually(discoverable, 30.0, "the agent registering")
-                assert ("replicas.agentmesh.test", 28) in dns.queries  # the name was looked up for AAAA and A
-                assert ("replicas.agentmesh.test", 1) in dns.queries
+                assert ("replicas.agentmesh.test", 1) in dns.queries  # the name was looked up (A, and AAAA)
+                assert ("replicas.agentmesh.test", 28) in dns.queries
                 ends: list[int] = []
                 expiring = (registry_pb2.AGENT_EVENT_TYPE_EXPIRED, registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED)
 
@@ -236,7 +252,7 @@ async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_surv
                             ends.append(event.type)
 
                 watcher = asyncio.create_task(watch())
-                await asyncio.sleep(LEASE_TTL)  # routine renewals through the IPv6 replica
+                await asyncio.sleep(LEASE_TTL)  # routine renewals through the first replica
                 first.process.send_signal(signal.SIGKILL)
                 killed_at = time.time()
 
@@ -245,7 +261,7 @@ async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_surv
                     renewed_at = instance.lease_expire_time.ToNanoseconds() / 1e9 - LEASE_TTL
                     return renewed_at > killed_at
 
-                await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the IPv4 replica")
+                await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the other replica")
                 deadline = time.monotonic() + 3 * LEASE_TTL
                 while time.monotonic() < deadline:
                     assert await discoverable(), "the agent vanished from the surviving replica"
@@ -259,10 +275,11 @@ async def test_an_agent_given_one_dns_name_with_an_ipv4_and_an_ipv6_replica_surv
             await second.stop()
 
 
-def _ipv6_loopback() -> bool:
+def _can_listen(host: str) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
     except OSError:
         return False
     return True
