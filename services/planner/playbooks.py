@@ -14,7 +14,7 @@ import copy
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -55,6 +55,7 @@ class Playbook:
     description: str
     match: tuple[str, ...]
     source: dict[str, Any]
+    _rendered: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the validated plan, once
 
     @classmethod
     def from_yaml(cls, text: str) -> Playbook:
@@ -83,7 +84,15 @@ class Playbook:
         return sum(1 for word in self.match if word in lowered)
 
     def render(self, goal: str) -> dict[str, Any]:
-        """The plan document this playbook makes (loops unrolled, defaults merged)."""
+        """The plan document this playbook makes (loops unrolled, defaults merged). Built and validated once
+        per playbook (the goal, a plain string, is the only per-task part): a copy of it per task."""
+        if not self._rendered:
+            self._rendered.update(self._render())
+        doc = copy.deepcopy(self._rendered)
+        doc["goal"] = goal
+        return doc
+
+    def _render(self) -> dict[str, Any]:
         from agentmesh.services.planner.plans import validate_plan
 
         defaults = self.source.get("defaults", {})
@@ -103,7 +112,7 @@ class Playbook:
                         field="playbook",
                     )
                 steps.append(_with_defaults(entry, defaults))
-        doc: dict[str, Any] = {"strategy": "PLAYBOOK", "playbook": self.name, "goal": goal, "steps": steps}
+        doc: dict[str, Any] = {"strategy": "PLAYBOOK", "playbook": self.name, "goal": "", "steps": steps}
         if aliases:
             doc["aliases"] = aliases
         if "output" in self.source:
