@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import grpc
+    from rich.console import Console
+    from rich.tree import Tree
 
     from agentmesh._settings import Settings
+    from agentmesh.v1 import task_pb2
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def _name(enum: Any, value: int, prefix: str) -> str:
     return str(enum.Name(value)).removeprefix(prefix)
 
 
-def render_explanation(console: Any, reply: Any) -> None:
+def render_explanation(console: Console, reply: task_pb2.ExplainTaskResponse) -> None:
     """Draw an ExplainTaskResponse: a tree of the task, its plan, choices, substitutions, attempts and
     sub-tasks; then a timeline of the attempts; then the task's output."""
     from google.protobuf import json_format
@@ -78,7 +81,7 @@ def render_explanation(console: Any, reply: Any) -> None:
         console.print_json(json.dumps(json_format.MessageToDict(task.output), ensure_ascii=False))
 
 
-def _draw(explanation: Any, tree: Any) -> None:
+def _draw(explanation: task_pb2.TaskExplanation, tree: Tree) -> None:
     from google.protobuf import json_format
     from rich.markup import escape
 
@@ -159,7 +162,7 @@ def _draw(explanation: Any, tree: Any) -> None:
                                  f"{escape(sub_task.task.goal)}"))
 
 
-def _timeline(console: Any, explanation: Any) -> None:
+def _timeline(console: Console, explanation: task_pb2.TaskExplanation) -> None:
     from rich.table import Table
 
     from agentmesh.v1 import task_pb2
