@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
     import grpc
+    from rich.console import Console
 
     from agentmesh._settings import Settings
-    from agentmesh.v1 import agent_pb2
+    from agentmesh.v1 import agent_pb2, registry_pb2
 
 
 def _agent_name(value: str) -> tuple[str, str]:
@@ -237,7 +238,7 @@ def _state(value: agent_pb2.ServingState.ValueType) -> str:
     return agent_pb2.ServingState.Name(value).removeprefix("SERVING_STATE_")
 
 
-def _print(console: Any, action: str, reply: Any) -> None:
+def _print(console: Console, action: str, reply: Any) -> None:
     from rich.table import Table
 
     if action == "list":
@@ -319,13 +320,13 @@ def _print(console: Any, action: str, reply: Any) -> None:
         _print_policy(console, reply)
 
 
-def _revoked_subject(revocation: Any) -> str:
+def _revoked_subject(revocation: registry_pb2.Revocation) -> str:
     if revocation.WhichOneof("subject") == "certificate_serial":
         return f"certificate {revocation.certificate_serial}"
     return str(revocation.spiffe_id)
 
 
-def _print_policy(console: Any, policy: Any) -> None:
+def _print_policy(console: Console, policy: registry_pb2.RoutingPolicy) -> None:
     from rich.table import Table
 
     table = Table(title=f"routing of {policy.namespace}/{policy.name}")
