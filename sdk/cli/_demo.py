@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -45,7 +45,7 @@ def load_ticket(ticket_id: str | None) -> dict[str, str]:
     raise SystemExit(f"no example ticket {ticket_id!r}; ids: {[t.get('id') for t in tickets]}")
 
 
-def _request(ticket: dict[str, str]) -> Any:
+def _request(ticket: dict[str, str]) -> task_pb2.SubmitTaskRequest:
     from agentmesh.v1 import task_pb2
 
     request = task_pb2.SubmitTaskRequest(
