@@ -24,7 +24,7 @@ from agentmesh import security
 from agentmesh._errors import InvalidArgumentError, PermissionDeniedError
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
-from agentmesh.security import DelegationClaims, TokenKind
+from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
 from agentmesh.services.planner import views
 from agentmesh.services.planner.engine import SubmitRequest, TaskEngine, _db
 from agentmesh.services.planner.store import FINAL_TASK_STATES
@@ -48,7 +48,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
 
     # ---- identity ----------------------------------------------------------------------------------------
 
-    def _caller(self) -> Any:
+    def _caller(self) -> SpiffeId | None:
         return security.current_identity()
 
     def _user_claims(self, context: grpc.aio.ServicerContext[Any, Any]) -> DelegationClaims | None:
