@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from prometheus_client import Histogram
 
 from agentmesh._errors import InvalidArgumentError, MeshError, NotFoundError, UnavailableError
 from agentmesh.agent._agent import Agent
@@ -77,7 +78,7 @@ class SkillRunner:
         self._idle.set()
         self._draining = False
         self._in_flight_gauge = SKILL_IN_FLIGHT.labels(self.name)
-        self._latencies: dict[tuple[str, str], Any] = {}
+        self._latencies: dict[tuple[str, str], Histogram] = {}
 
     @property
     def in_flight(self) -> int:
@@ -197,7 +198,7 @@ class SkillRunner:
             self._latency(spec.name, outcome).observe(duration)
         return InvocationResult(output=output, model_usages=tuple(ctx.model_usages), duration=duration)
 
-    def _latency(self, skill: str, outcome: str) -> Any:
+    def _latency(self, skill: str, outcome: str) -> Histogram:
         # labels() takes a lock and builds a key on every call; resolve each child once.
         child = self._latencies.get((skill, outcome))
         if child is None:
