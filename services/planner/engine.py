@@ -161,6 +161,8 @@ class TaskEngine:
             task.cancel()
         await asyncio.gather(*self._loops, *(t for _, t in self._running.values()), return_exceptions=True)
         self._loops.clear()
+        with contextlib.suppress(TimeoutError):  # writes already queued end (bounded: one transaction each)
+            await asyncio.wait_for(asyncio.gather(self._starts.close(), self._finishes.close()), timeout=grace)
         await self.dispatcher.close()
 
     def add_finish_listener(self, callback: Callable[[TaskRow], Awaitable[None]]) -> None:
