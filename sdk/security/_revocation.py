@@ -18,12 +18,15 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
 from agentmesh._errors import InvalidArgumentError, MeshError
 from agentmesh._settings import Settings
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = [
     "RevocationFollower",
@@ -76,13 +79,13 @@ def certificate_serial(pem: bytes) -> int:
     return serial
 
 
-def peer_certificate_serial(context: Any) -> int | None:
+def peer_certificate_serial(context: grpc.aio.ServicerContext[Any, Any]) -> int | None:
     """The serial of the certificate the caller of this RPC presented (``None`` without one)."""
-    pems = context.auth_context().get(_PEER_CERT)
-    if not pems:
+    pem = next(iter(context.auth_context().get(_PEER_CERT) or ()), None)
+    if not pem:
         return None
     try:
-        return certificate_serial(pems[0])
+        return certificate_serial(pem)
     except ValueError:
         return None
 
