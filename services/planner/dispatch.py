@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from agentmesh._channel import create_channel
-from agentmesh._errors import FailedPreconditionError, UnavailableError, from_rpc_error
+from agentmesh._errors import FailedPreconditionError, MeshError, UnavailableError, from_rpc_error
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.services.planner.plans import StepSpec
@@ -126,6 +126,8 @@ class Dispatcher:
         reason = f"ranked first of {len(candidates)}: {'; '.join(chosen['reasons']) or 'best score'}{cached}"
         if previous_instance_id:
             earlier = next((c for c in candidates if c["instance_id"] == previous_instance_id), None)
+            if earlier is None:
+                earlier = await self._live_instance(candidates, previous_instance_id)
             if earlier is not None:
                 chosen = earlier
                 reason = (
@@ -148,6 +150,27 @@ class Dispatcher:
             candidates=candidates,
             reason=reason,
         )
+
+    async def _live_instance(self, candidates: list[dict[str, Any]], instance_id: str) -> dict[str, Any] | None:
+        """The earlier attempt's instance, if it still serves one of the candidates' versions.
+
+        Discovery answers one instance per agent version (the least loaded), so a live earlier instance can be
+        missing from it while another instance of the same version is picked; going there would run the skill
+        again beside the result the earlier instance holds. Its version's live instances (GetAgent) tell."""
+        if self.registry is None:
+            return None
+        versions = list(dict.fromkeys((c["namespace"], c["name"], c["version"]) for c in candidates))[:3]
+        for namespace, name, version in versions:
+            try:
+                answer = await self.registry.get_agent(namespace, name, version, deadline=2.0)
+            except MeshError:
+                continue  # the registry cannot say: the best candidate it is
+            for instance in answer.instances:
+                if instance.instance_id == instance_id and instance.state == agent_pb2.SERVING_STATE_SERVING:
+                    like = next(c for c in candidates if (c["namespace"], c["name"], c["version"]) == (namespace, name, version))
+                    return {**like, "endpoint": instance.card.endpoint or like["endpoint"], "instance_id": instance_id,
+                            "spiffe_id": instance.card.spiffe_id or like["spiffe_id"]}
+        return None
 
     def forget(self, spec: StepSpec) -> None:
         """Drop the cached answer of a step's query (its instance failed to answer)."""
