@@ -18,7 +18,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,9 @@ class TaskEngine:
         self._loops: list[asyncio.Task[None]] = []
         self._finish_listeners: list[Callable[[TaskRow], Awaitable[None]]] = []
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Watchers of a task's events (WatchTask): woken when this replica commits a write of that task, so a
+        # local change is streamed at once; other replicas' changes are seen by the watcher's own poll.
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
         self._outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=10_000)
         self._stopping = False
         self._starved = False  # the last claim round was cut short by the in-flight bound
@@ -244,6 +247,30 @@ class TaskEngine:
                 self._waiters.setdefault(task_id, []).append(future)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(future, timeout=0.5)
+
+    async def changed(self, task_id: str, *, within: float) -> None:
+        """Return when this replica commits a write of the task, or after ``within`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(task_id, []).append(future)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout=within)
+        finally:
+            watchers = self._watchers.get(task_id)
+            if watchers is not None:
+                with contextlib.suppress(ValueError):
+                    watchers.remove(future)
+                if not watchers:
+                    del self._watchers[task_id]
+
+    def _touch(self, task_ids: Iterable[str]) -> None:
+        """Wake the watchers of tasks whose writes were just committed."""
+        if not self._watchers:
+            return
+        for task_id in set(task_ids):
+            for future in self._watchers.pop(task_id, []):
+                if not future.done():
+                    future.set_result(None)
 
     async def cancel(self, task_id: str, reason: str, *, by: str = "") -> TaskRow:
         """Cancel a task; calls running here stop at once, other replicas' at their next renewal."""
@@ -527,12 +554,14 @@ class TaskEngine:
 
     async def _write_starts(self, starts: Sequence[AttemptStart]) -> list[None]:
         await self.store.start_attempts(starts)
+        self._touch(start.claimed.task_id for start in starts)
         return [None] * len(starts)
 
     async def _write_finishes(self, finishes: Sequence[AttemptFinish]) -> list[str]:
         """One transaction for the ends of many attempts; then run what it claimed and tell who waits."""
         claim = self._claim_ahead(freed=len(finishes), batch=self.settings.planner_max_in_flight)
         results = await self.store.finish_attempts(finishes, claim)
+        self._touch(finish.claimed.task_id for finish in finishes)
         self._start_claimed(claim)
         told: set[str] = set()  # a task that ended is announced by one of its steps only
         for index, finish in enumerate(finishes):
@@ -549,6 +578,7 @@ class TaskEngine:
             )
 
     async def _notify(self, task: TaskRow) -> None:
+        self._touch((task.task_id,))
         for future in self._waiters.pop(task.task_id, []):
             if not future.done():
                 future.set_result(None)

@@ -9,7 +9,6 @@ user's token behind the gateway, or an identity in ``planner_approver_identities
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import datetime as dt
@@ -171,7 +170,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             if not events and task.state in FINAL_TASK_STATES:
                 return
             if not events:
-                await asyncio.sleep(0.05)
+                # Woken at once by this replica's own writes; the timeout is the poll for other replicas'.
+                await self._engine.changed(task_id, within=0.05)
                 task = await self._engine.get(task_id)
 
     async def CancelTask(
