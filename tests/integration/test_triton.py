@@ -193,7 +193,8 @@ async def test_prepared_repository_is_self_contained_and_reused(triton: LocalTri
     onnx = target / "minilm_embedding" / "1" / "model.onnx"
     assert onnx.is_file() and not onnx.is_symlink()
     assert (target / "minilm_embedding" / "1" / "tokenizer.json").is_file()
-    assert (target / "sentiment" / "1" / "lexicon.tsv").is_file()
+    for name in ("lexicon.tsv", "signals.py", "head.npz"):  # the sentiment model's signals and fitted head
+        assert (target / "sentiment" / "1" / name).is_file()
     inode = onnx.stat().st_ino
     prepare_model_repository(triton.home, target=target)
     assert onnx.stat().st_ino == inode  # unchanged files are not copied again
