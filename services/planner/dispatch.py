@@ -184,8 +184,8 @@ class Dispatcher:
         if channel is None:
             channel = self._channels[endpoint] = create_channel(endpoint, self._settings, kind="service", name="planner")
         try:
-            stub = agent_pb2_grpc.AgentServiceStub(channel)  # type: ignore[no-untyped-call]
-            return await stub.Invoke(request, timeout=deadline)  # type: ignore[no-any-return]
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            return await stub.Invoke(request, timeout=deadline)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
