@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2
 from opentelemetry import context as otel_context
@@ -61,6 +61,8 @@ from agentmesh.v1 import agent_pb2
 __all__ = ["SubmitRequest", "TaskEngine", "TaskView"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 TaskView = TaskRow
 
@@ -614,7 +616,7 @@ def _brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-async def _db(call: Awaitable[Any]) -> Any:
+async def _db(call: Awaitable[_T]) -> _T:
     """Run a store call; a database that cannot be reached is UNAVAILABLE to the caller (safe to retry)."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
