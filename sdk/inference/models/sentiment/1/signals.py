@@ -116,6 +116,7 @@ CUES: dict[str, str] = {
         r"\bwhole (?:afternoon|morning|day)\b|\bhours\b|\bno puedo\b|\bno podemos\b|\bkann nicht\b|"
         r"\bkonnen nicht\b|\bkann ich nicht\b|\bkonnen wir nicht\b|\bnicht arbeiten\b|\bne peux\b|"
         r"\bne pouvons\b|\bimpossible\b|\bunmoglich\b|\bimposible\b|\bnothing (?:loads|works)\b"
+        r"|\b(?:very|extremely|painfully|really|so) slow\b|\btim(?:e|es|ing) out\b"
     ),
     "urgent": (
         r"\burgent\w*\b|\bimmediately\b|\basap\b|\bright now\b|\btoday\b|\bat once\b|\bdringend\b|"
@@ -127,6 +128,7 @@ CUES: dict[str, str] = {
         r"\bfraud\w*\b|\bdispute\b|\bmy bank\b|\bscam\w*\b|\bnot acceptable\b|\bunacceptable\b|\bridiculous\b|"
         r"\bi cancelled\b|\bpromised\b|\bmisleading\b|\bsin (?:mi )?permiso\b|\bohne (?:meine )?zustimmung\b|"
         r"\bsans (?:mon )?accord\b|\bgehackt\b|\bpirate\b"
+        r"|\bhaven'?t (?:bought|ordered|made)\b|\bdidn'?t (?:make|buy|order|authori[sz]e)\b|\bque no hice\b|\bnicht bestellt\b|\bwithout (?:any )?(?:warning|reminder|notice|telling me)\b|\bsin avisar\b|\bohne vorwarnung\b|\bsans prevenir\b|\bnobody told me\b|\bneither of us\b"
     ),
     "money_back": (
         r"\bmoney back\b|\bwant (?:a|my) refund\b|\brefund (?:now|today|immediately)\b|\bdevuelvan el dinero\b|"
@@ -143,6 +145,7 @@ CUES: dict[str, str] = {
         r"\bmolest[oa]\b|\benfadad[oa]\b|\bharto\b|\bdecepcion\w*\b|\binaceptable\b|\bverargert\b|"
         r"\benttauscht\b|\bargerlich\b|\bfrustrierend\b|\bunzumutbar\b|\bdecu\b|\bdecue\b|\bpenible\b|"
         r"\bmecontent\w*\b|\benerve\w*\b|\binacceptable\b|\bagace\w*\b"
+        r"|\bnot (?:happy|pleased|impressed)\b|\bno estoy (?:nada )?content[oa]\b|\bnicht zufrieden\b|\bpas content\w*\b|\bpas satisfait\w*\b|\bworried\b|\bconcerned\b|\bsorgen\b|\bpreocupad[oa]\b|\binquiet\w*\b"
     ),
     "thanks": (
         r"\bthanks?\b|\bthank you\b|\bgreat\b|\blove\b|\bhappy\b|\bwell done\b|\bamazing\b|\bexcellent\b|"
