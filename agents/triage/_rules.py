@@ -96,7 +96,9 @@ def load_cues(path: Path = CUES_FILE) -> dict[str, PhraseMatcher]:
     return {intent: PhraseMatcher(str(c) for c in raw.get(intent) or []) for intent in INTENTS}
 
 
-def cue_bonus(text: str, cues: dict[str, PhraseMatcher], intents: tuple[str, ...] = INTENTS) -> npt.NDArray[np.float64]:
+def cue_bonus(
+    text: str, cues: dict[str, PhraseMatcher], intents: tuple[str, ...] = INTENTS
+) -> npt.NDArray[np.float64]:
     """Per intent: :data:`CUE_WEIGHT` for each of its cues found in ``text`` (at most two)."""
     return np.array([CUE_WEIGHT * min(2, len(cues[i].find(text))) for i in intents], dtype=np.float64)
 
