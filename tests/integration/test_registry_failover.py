@@ -127,42 +127,48 @@ async def test_an_agent_given_two_replicas_survives_a_sigkill_without_expiring(
             env=_env(mesh_settings, registry_address=",".join(addresses), lease_ttl=str(LEASE_TTL)),
         )  # fmt: skip
         async with RegistryClient(mesh_settings, kind="client", name="ops", address=addresses[1]) as survivor:
-
-            async def discoverable() -> bool:
-                answer = await survivor.discover(names=["testing/echo"])
-                return len(answer.candidates) == 1
-
-            await eventually(discoverable, 30.0, "the agent registering")
-            ends: list[int] = []
-            expiring = (registry_pb2.AGENT_EVENT_TYPE_EXPIRED, registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED)
-
-            async def watch() -> None:
-                async for event in survivor.watch(namespace="testing"):
-                    if event.type in expiring:
-                        ends.append(event.type)
-
-            watcher = asyncio.create_task(watch())
-            await asyncio.sleep(LEASE_TTL)  # a few routine renewals through the first replica
-            replicas[0].process.send_signal(signal.SIGKILL)
-            killed_at = time.time()
-
-            async def renewed_by_survivor() -> bool:
-                instance = (await survivor.get_agent("testing", "echo")).instances[0]
-                renewed_at = instance.lease_expire_time.ToNanoseconds() / 1e9 - LEASE_TTL
-                return renewed_at > killed_at
-
-            await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the surviving replica")
-            deadline = time.monotonic() + 3 * LEASE_TTL
-            while time.monotonic() < deadline:  # several lease lifetimes on the survivor alone
-                assert await discoverable(), "the agent vanished from the surviving replica"
-                await asyncio.sleep(0.1)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        assert ends == []
+            await _outlives_a_sigkill_of_its_replica(survivor, replicas[0])
         assert agent.output().count("registered instance") == 1, agent.output()
         await agent.stop()
         await replicas[1].stop()
+
+
+async def _outlives_a_sigkill_of_its_replica(survivor: RegistryClient, replica: _Process) -> None:
+    """The agent registers; ``replica`` (the one it heartbeats to) is SIGKILLed; its heartbeats reach ``survivor``
+    within a second and it stays discoverable there for several lease lifetimes, never expiring."""
+
+    async def discoverable() -> bool:
+        answer = await survivor.discover(names=["testing/echo"])
+        return len(answer.candidates) == 1
+
+    await eventually(discoverable, 30.0, "the agent registering")
+    ends: list[int] = []
+    expiring = (registry_pb2.AGENT_EVENT_TYPE_EXPIRED, registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED)
+
+    async def watch() -> None:
+        async for event in survivor.watch(namespace="testing"):
+            if event.type in expiring:
+                ends.append(event.type)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(LEASE_TTL)  # a few routine renewals through the replica about to die
+    replica.process.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+
+    async def renewed_by_survivor() -> bool:
+        instance = (await survivor.get_agent("testing", "echo")).instances[0]
+        renewed_at = instance.lease_expire_time.ToNanoseconds() / 1e9 - LEASE_TTL
+        return renewed_at > killed_at
+
+    await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the surviving replica")
+    deadline = time.monotonic() + 3 * LEASE_TTL
+    while time.monotonic() < deadline:  # several lease lifetimes on the survivor alone
+        assert await discoverable(), "the agent vanished from the surviving replica"
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    assert ends == []
 
 
 async def test_an_ops_client_given_two_replicas_moves_on_when_one_stops(
@@ -235,41 +241,9 @@ async def test_an_agent_given_one_dns_name_with_many_addresses_survives_a_sigkil
             )
             await _serving(f"127.0.0.1:{port}", mesh_settings, second)
             async with RegistryClient(mesh_settings, kind="client", name="ops", address=f"127.0.0.1:{port}") as survivor:
-
-                async def discoverable() -> bool:
-                    answer = await survivor.discover(names=["testing/echo"])
-                    return len(answer.candidates) == 1
-
-                await eventually(discoverable, 30.0, "the agent registering")
-                assert ("replicas.agentmesh.test", 1) in dns.queries  # the name was looked up (A, and AAAA)
-                assert ("replicas.agentmesh.test", 28) in dns.queries
-                ends: list[int] = []
-                expiring = (registry_pb2.AGENT_EVENT_TYPE_EXPIRED, registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED)
-
-                async def watch() -> None:
-                    async for event in survivor.watch(namespace="testing"):
-                        if event.type in expiring:
-                            ends.append(event.type)
-
-                watcher = asyncio.create_task(watch())
-                await asyncio.sleep(LEASE_TTL)  # routine renewals through the first replica
-                first.process.send_signal(signal.SIGKILL)
-                killed_at = time.time()
-
-                async def renewed_by_survivor() -> bool:
-                    instance = (await survivor.get_agent("testing", "echo")).instances[0]
-                    renewed_at = instance.lease_expire_time.ToNanoseconds() / 1e9 - LEASE_TTL
-                    return renewed_at > killed_at
-
-                await eventually(renewed_by_survivor, 1.0, "a heartbeat reaching the other replica")
-                deadline = time.monotonic() + 3 * LEASE_TTL
-                while time.monotonic() < deadline:
-                    assert await discoverable(), "the agent vanished from the surviving replica"
-                    await asyncio.sleep(0.1)
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            assert ends == []
+                await _outlives_a_sigkill_of_its_replica(survivor, first)
+            assert ("replicas.agentmesh.test", 1) in dns.queries  # the name was looked up (A, and AAAA)
+            assert ("replicas.agentmesh.test", 28) in dns.queries
             assert agent.output().count("registered instance") == 1, agent.output()
             await agent.stop()
             await second.stop()
