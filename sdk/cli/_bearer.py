@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+
+from agentmesh._grpc_bases import UnaryStreamClientBase, UnaryUnaryClientBase
 
 __all__ = ["bearer_interceptors"]
 
-if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
-    _UnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Message, Message]
-    _StreamBase = grpc.aio.UnaryStreamClientInterceptor[Message, Message]
-else:
-    _UnaryBase = grpc.aio.UnaryUnaryClientInterceptor
-    _StreamBase = grpc.aio.UnaryStreamClientInterceptor
 
 
 class _Bearer:
@@ -29,12 +24,12 @@ class _Bearer:
 
 
 # grpc.aio files an interceptor under ONE kind (the first it matches), so each kind needs its own object.
-class _UnaryBearer(_Bearer, _UnaryBase):
+class _UnaryBearer(_Bearer, UnaryUnaryClientBase):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self.with_token(details), request)
 
 
-class _StreamBearer(_Bearer, _StreamBase):
+class _StreamBearer(_Bearer, UnaryStreamClientBase):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(self.with_token(details), request)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from grpc.aio import AioRpcError, ClientCallDetails, Metadata
@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AnyValue
 
+from agentmesh._grpc_bases import UnaryStreamClientBase, UnaryUnaryClientBase
 from agentmesh._settings import Settings
 from agentmesh.resilience._breaker import CircuitBreaker, CircuitOpenError, CircuitOpenRpcError, breaker_for
 from agentmesh.resilience._deadline import remaining_budget
@@ -46,15 +47,9 @@ class _Method:
         }
 
 
-if TYPE_CHECKING:  # generic in grpc-stubs only, not at run time
-    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-else:
-    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
 
 
-class MeshClientInterceptor(_UnaryUnaryBase):
+class MeshClientInterceptor(UnaryUnaryClientBase):
     """Deadline (default, ``with_deadline`` block or inbound budget), breaker, retries, tracing.
 
     Unary calls get ``default_deadline`` when the caller set none; server streams (watches) are long-lived
@@ -268,7 +263,7 @@ class MeshClientInterceptor(_UnaryUnaryBase):
         span.end()
 
 
-class _UnaryStreamInterceptor(_UnaryStreamBase):
+class _UnaryStreamInterceptor(UnaryStreamClientBase):
     """Files :meth:`MeshClientInterceptor.intercept_unary_stream` under server-streaming calls."""
 
     def __init__(self, core: MeshClientInterceptor) -> None:
