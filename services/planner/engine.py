@@ -118,7 +118,6 @@ class TaskEngine:
         self._calls: dict[int, asyncio.Future[agent_pb2.InvokeResponse]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._finish_listeners: list[Callable[[TaskRow], Awaitable[None]]] = []
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         # Watchers of a task's events (WatchTask): woken when this replica commits a write of that task, so a
         # local change is streamed at once; other replicas' changes are seen by the watcher's own poll.
         self._watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -237,18 +236,6 @@ class TaskEngine:
     async def get(self, task_id: str) -> TaskRow:
         """One task."""
         return await _db(self.store.get_task(task_id))
-
-    async def wait(self, task_id: str, *, within: float | None = None) -> TaskRow:
-        """Wait until a task reaches a final state (polls the database, so it sees other replicas' work)."""
-        async with asyncio.timeout(within):
-            while True:
-                task = await self.get(task_id)
-                if task.state in FINAL_TASK_STATES:
-                    return task
-                future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                self._waiters.setdefault(task_id, []).append(future)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, timeout=0.5)
 
     async def changed(self, task_id: str, *, within: float) -> None:
         """Return when this replica commits a write of the task, or after ``within`` seconds."""
@@ -581,9 +568,6 @@ class TaskEngine:
 
     async def _notify(self, task: TaskRow) -> None:
         self._touch((task.task_id,))
-        for future in self._waiters.pop(task.task_id, []):
-            if not future.done():
-                future.set_result(None)
         for callback in self._finish_listeners:
             try:
                 await callback(task)
