@@ -8,8 +8,6 @@ processes (planner replicas, the gateway) wait for the lock instead of forking t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from agentmesh._group_commit import GroupCommit
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
 from agentmesh.storage import AuditRecord, async_session_factory, utcnow
@@ -126,12 +125,6 @@ async def _locked_head(connection: AsyncConnection) -> Any:
     return await head.fetchone()
 
 
-@dataclass
-class _Pending:
-    entries: Sequence[AuditEntry]
-    done: asyncio.Future[list[AuditRecord]]
-
-
 class AuditLog:
     """Appends in transactions of its own, committing concurrent appends together (group commit).
 
@@ -143,42 +136,24 @@ class AuditLog:
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
         self._sessions: async_sessionmaker[AsyncSession] = async_session_factory(engine)
-        self._max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._writer: asyncio.Task[None] | None = None
+        # A failed transaction fails every append in it (no one-by-one retry); max_batch counts records.
+        self._batches: GroupCommit[Sequence[AuditEntry], list[AuditRecord]] = GroupCommit(
+            self._write, max_batch=max_batch, weight=len, alone_on_failure=False, name="audit-writer"
+        )
 
     async def append(self, *entries: AuditEntry) -> list[AuditRecord]:
         """Append ``entries`` and wait until they are committed; returns them as stored."""
-        done: asyncio.Future[list[AuditRecord]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(entries, done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="audit-writer")
-        return await done
+        return await self._batches.submit(entries)
 
-    async def _write(self) -> None:
-        while self._queue:
-            batch, taken = [], 0
-            while self._queue and taken < self._max_batch:
-                pending = self._queue.pop(0)
-                batch.append(pending)
-                taken += len(pending.entries)
-            try:
-                async with self._sessions.begin() as session:
-                    records = await append_audit(session, [e for p in batch for e in p.entries])
-            except Exception as exc:
-                for pending in batch:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                continue
-            start = 0
-            for pending in batch:
-                count = len(pending.entries)
-                if not pending.done.done():
-                    pending.done.set_result(records[start : start + count])
-                start += count
+    async def _write(self, batch: Sequence[Sequence[AuditEntry]]) -> list[list[AuditRecord]]:
+        async with self._sessions.begin() as session:
+            records = await append_audit(session, [entry for entries in batch for entry in entries])
+        results, start = [], 0
+        for entries in batch:
+            results.append(records[start : start + len(entries)])
+            start += len(entries)
+        return results
 
     async def close(self) -> None:
         """Wait for queued appends to be written."""
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                await self._writer
+        await self._batches.close()

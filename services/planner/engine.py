@@ -34,11 +34,11 @@ from agentmesh._errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from agentmesh._group_commit import GroupCommit
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.audit import AuditEntry
-from agentmesh.services.planner.batching import GroupCommit
 from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
 from agentmesh.services.planner.playbooks import PlaybookLibrary

@@ -1,4 +1,4 @@
-"""Group commit of the planner's attempt writes: concurrent writes share a flush, a bad one fails alone."""
+"""Group commit (the planner's attempt writes, the audit log): concurrent writes share a flush."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from agentmesh.services.planner.batching import GroupCommit
+from agentmesh._group_commit import GroupCommit
 
 
 async def test_concurrent_items_share_flushes_and_each_gets_its_own_result() -> None:
@@ -59,3 +59,39 @@ async def test_batches_respect_their_bound(max_batch: int) -> None:
     batcher: GroupCommit[int, int] = GroupCommit(flush, max_batch=max_batch)
     await asyncio.gather(*(batcher.submit(n) for n in range(10)))
     assert max(sizes) <= max_batch
+
+
+async def test_a_weighted_batch_stops_once_its_weight_reaches_the_bound() -> None:
+    flushes: list[list[tuple[int, ...]]] = []
+
+    async def flush(items: Sequence[tuple[int, ...]]) -> list[int]:
+        flushes.append(list(items))
+        await asyncio.sleep(0.01)
+        return [len(item) for item in items]
+
+    batcher: GroupCommit[tuple[int, ...], int] = GroupCommit(flush, max_batch=5, weight=len)
+    items = [tuple(range(n % 4 + 1)) for n in range(20)]
+    assert await asyncio.gather(*(batcher.submit(item) for item in items)) == [len(item) for item in items]
+    for batch in flushes:  # full batches hold at least one item and stop as soon as the weight reaches 5
+        assert batch and sum(map(len, batch[:-1])) < 5
+
+
+async def test_without_alone_on_failure_a_failing_batch_fails_every_caller_in_it() -> None:
+    calls: list[list[int]] = []
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        calls.append(list(items))
+        await asyncio.sleep(0.01)
+        if 13 in items:
+            raise RuntimeError("bad item")
+        return list(items)
+
+    batcher: GroupCommit[int, int] = GroupCommit(flush, alone_on_failure=False)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0)  # the first flush is running: the next two share the second flush
+    rest = [asyncio.ensure_future(batcher.submit(n)) for n in (12, 13)]
+    assert await first == 0
+    for future in rest:
+        with pytest.raises(RuntimeError, match="bad item"):
+            await future
+    assert calls == [[0], [12, 13]]  # no one-by-one retry
