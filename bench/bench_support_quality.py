@@ -1,5 +1,6 @@
 """Support answer quality on the labelled evaluation set (agents/examples/eval): accuracy per skill on the
-dev split and on the held-out split, the gap between them, and a confusion table for intent.
+dev split and on the held-out split, the gap between them, and a confusion table for intent; the probe
+split (tickets written after the held-out figures, never calibrated on) on request.
 
 Every figure comes from the agents themselves, in-process, on a real (local, CPU) Triton:
 
@@ -9,13 +10,17 @@ Every figure comes from the agents themselves, in-process, on a real (local, CPU
   ticket it does not answer gets "no confident match" (so nothing unrelated is cited);
 - quality-check: false rejects of good drafts (the responder's draft from the labelled intent and articles,
   for the right customer) and the catch rate of deliberately bad drafts made from them: off-topic (another
-  ticket's answer), an uncited claim, another customer's personal data, the wrong customer.
+  ticket's answer), an uncited claim, another customer's personal data, the wrong customer;
+- end to end (the playbook's drafting loop on what triage and kb-search returned): a reply sent citing a
+  labelled article, no-match tickets escalated, drafts failing three reviews escalated with reasons,
+  regenerated drafts differing from the rejected one, double-charge replies about the double charge.
 
 The held-out split is never used to tune anything; ``--calibrate-sentiment`` fits the sentiment model's
 head on the dev split only (cross-validated) and, with ``--write``, writes it to the model folder.
 
     .venv/bin/python bench/bench_support_quality.py            # both splits, its own Triton
     .venv/bin/python bench/bench_support_quality.py --split dev --triton-url 127.0.0.1:8001
+    .venv/bin/python bench/bench_support_quality.py --split all     # dev, held-out and probe
     .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
@@ -43,6 +48,7 @@ from agentmesh.agents.examples import EvalTicket, load_eval
 from agentmesh.agents.kb_search import KbSearchAgent, SearchInput, load_articles
 from agentmesh.agents.kb_search._kb import CONFIDENT_SCORE, KEYWORD_WEIGHT
 from agentmesh.agents.quality_check import CheckInput, QualityCheckAgent
+from agentmesh.agents.quality_check._checks import MAX_DRAFTS
 from agentmesh.agents.responder import DraftInput, ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent, SentimentInput
 from agentmesh.agents.triage import INTENTS, TriageAgent
@@ -103,6 +109,16 @@ class Figures:
     caught: Counter[str] = field(default_factory=Counter)
     confusion: Counter[tuple[str, str]] = field(default_factory=Counter)
     misses: list[str] = field(default_factory=list)
+    # End to end: the drafting loop on triage's intent and kb-search's articles.
+    sent_cited: int = 0
+    unmatched: int = 0
+    unmatched_escalated: int = 0
+    exhausted: int = 0
+    exhausted_with_reasons: int = 0
+    revised: int = 0
+    revised_differs: int = 0
+    double_charge: int = 0
+    double_charge_addressed: int = 0
 
 
 def _customer_for(ticket: EvalTicket, crm: list[dict[str, Any]]) -> dict[str, Any]:
@@ -154,6 +170,75 @@ def _bad_drafts(
     ]
 
 
+_DOUBLE_CHARGE_WORDS = ("duplicate", "charged twice", "two charges")
+
+
+async def _end_to_end(
+    agents: Agents,
+    ticket: EvalTicket,
+    message: Ticket,
+    intent: str,
+    found: list[Article],
+    customer: dict[str, Any],
+    figures: Figures,
+) -> None:
+    """The playbook's drafting loop on triage's intent and kb-search's articles: draft, review, redraft with
+    the reasons, at most :data:`MAX_DRAFTS` drafts; then what a support lead would check of the outcome.
+    """
+    feedback: list[str] = []
+    previous = ""
+    for attempt in range(1, MAX_DRAFTS + 1):
+        draft = await agents.responder.draft_reply(
+            DraftInput(ticket=message, intent=intent, articles=found, customer=customer, feedback=feedback),
+            _ctx("draft"),
+        )
+        if attempt > 1:
+            figures.revised += 1
+            figures.revised_differs += draft.reply != previous
+            if draft.reply == previous:
+                figures.misses.append(f"{ticket.id} end to end: draft {attempt} repeats the rejected one")
+        verdict = await agents.review.check_reply(
+            CheckInput(
+                ticket=message,
+                reply=draft.reply,
+                citations=draft.citations,
+                articles=found,
+                customer=customer,
+                attempt=attempt,
+                escalated=draft.escalate,
+            ),
+            _ctx("check"),
+        )
+        if verdict.passed or verdict.action == "escalate":
+            break
+        feedback, previous = verdict.reasons, draft.reply
+    if not verdict.passed:
+        figures.exhausted += 1
+        reasons = [r for r in verdict.reasons if not r.startswith("escalate:")]
+        figures.exhausted_with_reasons += verdict.action == "escalate" and bool(reasons)
+        figures.misses.append(f"{ticket.id} end to end: escalated after {attempt} drafts: {reasons}")
+    if not ticket.articles:
+        figures.unmatched += 1
+        escalated = draft.escalate and verdict.action == "escalate"
+        figures.unmatched_escalated += escalated
+        if not escalated:
+            figures.misses.append(f"{ticket.id} end to end: no article answers it but not escalated")
+        return
+    sent = verdict.passed and verdict.action == "send" and bool(set(draft.citations) & set(ticket.articles))
+    figures.sent_cited += sent
+    if not sent and verdict.passed:
+        figures.misses.append(
+            f"{ticket.id} end to end: {verdict.action} citing {draft.citations}, labelled {ticket.articles}"
+        )
+    if "kb-double-charge" in ticket.articles:
+        figures.double_charge += 1
+        reply = draft.reply.lower()
+        addressed = verdict.passed and any(w in reply for w in _DOUBLE_CHARGE_WORDS) and "cancel" not in reply
+        figures.double_charge_addressed += addressed
+        if not addressed:
+            figures.misses.append(f"{ticket.id} end to end: double charge reply misses it: {draft.citations}")
+
+
 async def evaluate(agents: Agents, split: str) -> Figures:
     """Every skill on every ticket of ``split``."""
     tickets = load_eval(split)  # type: ignore[arg-type]
@@ -196,6 +281,7 @@ async def evaluate(agents: Agents, split: str) -> Figures:
                 figures.misses.append(f"{ticket.id} no article expected -> {found_ids}")
 
         customer = _customer_for(ticket, crm)
+        await _end_to_end(agents, ticket, message, triaged.intent, found.articles, customer, figures)
         articles = gold_articles(ticket)
         message, reply, citations = await _good_draft(agents, ticket, articles, customer)
         verdict = await agents.review.check_reply(
@@ -276,22 +362,35 @@ def report(results: dict[str, Figures]) -> str:
         ),
         ("good drafts falsely rejected", lambda f: (f.false_rejects, f.good), "<= 5%"),
         ("unanswerable tickets escalated", lambda f: (f.escalations_flagged, f.escalations), "-"),
+        ("end to end: reply sent citing a labelled article", lambda f: (f.sent_cited, f.answerable), "-"),
+        ("end to end: no-article tickets escalated", lambda f: (f.unmatched_escalated, f.unmatched), "-"),
+        (
+            "end to end: failing 3 drafts, escalated with reasons",
+            lambda f: (f.exhausted_with_reasons, f.exhausted),
+            "-",
+        ),
+        (
+            "end to end: redrafts differ from the rejected draft",
+            lambda f: (f.revised_differs, f.revised),
+            "-",
+        ),
+        (
+            "end to end: double-charge reply about the double charge",
+            lambda f: (f.double_charge_addressed, f.double_charge),
+            "-",
+        ),
     ]
     splits = list(results)
-    head = (
-        "| skill | "
-        + " | ".join(splits)
-        + (" | gap (dev - held-out) |" if len(splits) == 2 else "|")
-        + " target |"
-    )
-    lines = [head, "|" + "---|" * (len(splits) + (3 if len(splits) == 2 else 2))]
+    gap = "dev" in splits and "heldout" in splits
+    head = "| skill | " + " | ".join(splits) + (" | gap (dev - held-out) |" if gap else " |") + " target |"
+    lines = [head, "|" + "---|" * (len(splits) + (3 if gap else 2))]
     for name, get, target in rows:
         cells = [_pct(*get(results[s])) for s in splits]
-        gap = ""
-        if len(splits) == 2:
-            a, b = (_rate(*get(results[s])) for s in splits)
-            gap = f" {100 * (a - b):+.1f} pt |"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" |{gap} {target} |")
+        difference = ""
+        if gap:
+            a, b = (_rate(*get(results[s])) for s in ("dev", "heldout"))
+            difference = f" {100 * (a - b):+.1f} pt |"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" |{difference} {target} |")
     for split in splits:
         confusion = results[split].confusion
         used = [i for i in INTENTS if any(k[0] == i or k[1] == i for k in confusion)]
@@ -531,12 +630,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--split", choices=("dev", "heldout", "both"), default="both")
+    parser.add_argument(
+        "--split",
+        choices=("dev", "heldout", "probe", "both", "all"),
+        default="both",
+        help="both: dev and held-out; all: dev, held-out and probe",
+    )
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")
     parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")
     parser.add_argument("--write", action="store_true", help="with --calibrate-sentiment: write head.npz")
     parser.add_argument("--calibrate-kb", action="store_true", help="fit kb-search's weight and floor on dev")
     args = parser.parse_args()
-    chosen = ["dev", "heldout"] if args.split == "both" else [args.split]
+    groups = {"both": ["dev", "heldout"], "all": ["dev", "heldout", "probe"]}
+    chosen = groups.get(args.split, [args.split])
     calibrate = "sentiment" if args.calibrate_sentiment else "kb" if args.calibrate_kb else None
     asyncio.run(main(chosen, args.triton_url, calibrate, args.write))

@@ -1,8 +1,10 @@
-"""The support evaluation set (``eval/dev.jsonl`` and ``eval/heldout.jsonl``): tickets written for this
-project, each labelled with what a support lead would answer.
+"""The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``): tickets
+written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
-never is: it only measures (bench/bench_support_quality.py).
+never is: it only measures (bench/bench_support_quality.py). The probe split (40 tickets) was written after
+the held-out figures were recorded, as a user trying the agents on tickets nobody had tuned for; it is never
+used for calibration (no ``--calibrate-*`` option reads it), only to find and report weaknesses.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["EVAL_DIR", "EvalTicket", "load_eval"]
+__all__ = ["EVAL_DIR", "EvalTicket", "Split", "load_eval"]
 
 EVAL_DIR = Path(__file__).with_name("eval")
 
@@ -34,7 +36,10 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-def load_eval(split: Literal["dev", "heldout"]) -> list[EvalTicket]:
+Split = Literal["dev", "heldout", "probe"]
+
+
+def load_eval(split: Split) -> list[EvalTicket]:
     """The tickets of one split, in file order."""
     path = EVAL_DIR / f"{split}.jsonl"
     lines = path.read_text(encoding="utf-8").splitlines()
