@@ -104,9 +104,26 @@ class RetryPolicy:
         deadline: float | None = None,
     ) -> T:
         """Await ``fn()`` until it succeeds, fails for good, runs out of attempts or would pass ``deadline``."""
+        # The first attempt runs without tenacity (most calls succeed at once, and building its loop costs
+        # ~25 us a call); a retryable failure is then replayed as tenacity's first attempt, so the waits,
+        # the attempt count and the deadline are the policy's as before.
+        try:
+            return await fn()
+        except Exception as exc:
+            if self.max_attempts <= 1 or not self.is_retryable(exc, idempotent=idempotent):
+                raise
+            first: Exception | None = exc
+
+        async def again() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await fn()
+
         async for attempt in self.retrying(idempotent=idempotent, deadline=deadline):
             with attempt:
-                return await fn()
+                return await again()
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
 
