@@ -73,6 +73,14 @@ def _candidate(c: registry_pb2.Candidate) -> dict[str, Any]:
     }
 
 
+def _key(query: dict[str, Any]) -> str:
+    return repr(sorted(query.items()))
+
+
+def _age_note(age: float) -> str:
+    return f" (discovery answer {age * 1000:.0f} ms old)" if age else ""
+
+
 class Dispatcher:
     """Discovery with a short per-query cache, instance choice, and one channel per agent endpoint."""
 
@@ -100,7 +108,7 @@ class Dispatcher:
 
     async def discover(self, query: dict[str, Any], *, fresh: bool = False) -> tuple[list[dict[str, Any]], float]:
         """Ranked candidates for a query and the answer's age in seconds (cached for a short while)."""
-        key = repr(sorted(query.items()))
+        key = _key(query)
         now = time.monotonic()
         cached = self._answers.get(key)
         if cached is not None and not fresh and now - cached[0] < self._settings.planner_discovery_cache_ttl:
@@ -113,6 +121,18 @@ class Dispatcher:
         self._answers[key] = (time.monotonic(), candidates)
         return candidates, 0.0
 
+    def peek(self, spec: StepSpec) -> Choice | None:
+        """A first attempt's instance from a fresh cached discovery answer, without waiting; None when the answer
+        is not cached (or has aged out), or lists no candidate: then :meth:`choose` asks the registry."""
+        query = self.query_of(spec)
+        cached = self._answers.get(_key(query))
+        if cached is None:
+            return None
+        age = time.monotonic() - cached[0]
+        if age >= self._settings.planner_discovery_cache_ttl or not cached[1]:
+            return None
+        return self._choice(query, cached[1], cached[1][0], self._ranked_first(cached[1], age))
+
     async def choose(self, spec: StepSpec, *, previous_instance_id: str = "") -> Choice:
         """The instance for an attempt: the earlier attempt's while it lives, else the best candidate."""
         query = self.query_of(spec)
@@ -121,10 +141,10 @@ class Dispatcher:
             candidates, age = await self.discover(query, fresh=True)
         if not candidates:
             raise FailedPreconditionError(f"discovery found no live agent offering skill {spec.skill!r}")
-        cached = f" (discovery answer {age * 1000:.0f} ms old)" if age else ""
         chosen = candidates[0]
-        reason = f"ranked first of {len(candidates)}: {'; '.join(chosen['reasons']) or 'best score'}{cached}"
+        reason = self._ranked_first(candidates, age)
         if previous_instance_id:
+            cached = _age_note(age)
             earlier = next((c for c in candidates if c["instance_id"] == previous_instance_id), None)
             if earlier is None:
                 earlier = await self._live_instance(candidates, previous_instance_id)
@@ -136,6 +156,14 @@ class Dispatcher:
                 )
             else:
                 reason = f"the earlier attempt's instance {previous_instance_id} is gone; {reason}"
+        return self._choice(query, candidates, chosen, reason)
+
+    @staticmethod
+    def _ranked_first(candidates: list[dict[str, Any]], age: float) -> str:
+        first = candidates[0]
+        return f"ranked first of {len(candidates)}: {'; '.join(first['reasons']) or 'best score'}{_age_note(age)}"
+
+    def _choice(self, query: dict[str, Any], candidates: list[dict[str, Any]], chosen: dict[str, Any], reason: str) -> Choice:
         spiffe_id = chosen["spiffe_id"] or (
             f"spiffe://{self._settings.trust_domain}/agent/{chosen['namespace']}/{chosen['name']}"
         )
@@ -174,7 +202,7 @@ class Dispatcher:
 
     def forget(self, spec: StepSpec) -> None:
         """Drop the cached answer of a step's query (its instance failed to answer)."""
-        self._answers.pop(repr(sorted(self.query_of(spec).items())), None)
+        self._answers.pop(_key(self.query_of(spec)), None)
 
     async def invoke(
         self, endpoint: str, request: agent_pb2.InvokeRequest, deadline: float

@@ -39,7 +39,7 @@ from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.audit import AuditEntry
-from agentmesh.services.planner.dispatch import Dispatcher
+from agentmesh.services.planner.dispatch import Choice, Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
 from agentmesh.services.planner.playbooks import PlaybookLibrary
 from agentmesh.services.planner.rules import OutputRejected, check_output
@@ -51,9 +51,11 @@ from agentmesh.services.planner.store import (
     ClaimAhead,
     Claimed,
     PlannerStore,
+    Prestart,
+    StartRequest,
     TaskRow,
 )
-from agentmesh.services.planner.templates import refers_to_steps, resolve
+from agentmesh.services.planner.templates import Scope, refers_to_steps, resolve
 from agentmesh.services.planner.tokens import StepTokens
 from agentmesh.storage import utcnow
 from agentmesh.v1 import agent_pb2
@@ -299,10 +301,10 @@ class TaskEngine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=idle)
 
-    def _spawn(self, step: Claimed) -> None:
-        """Run one claimed step as its own asyncio task."""
+    def _spawn(self, step: Claimed, prestart: Prestart | None = None) -> None:
+        """Run one claimed step as its own asyncio task (its attempt already recorded as started with ``prestart``)."""
         self._abandon(step.row_id)  # our own lease lapsed while the call ran: that call is stale
-        task = asyncio.create_task(self._execute(step), name=f"step-{step.task_id}-{step.step_id}")
+        task = asyncio.create_task(self._execute(step, prestart), name=f"step-{step.task_id}-{step.step_id}")
         self._running[step.row_id] = (step, task)
         task.add_done_callback(functools.partial(self._done, step))
 
@@ -311,12 +313,37 @@ class TaskEngine:
         ``freed`` steps about to end), at most ``batch`` (default the claim batch)."""
         running = bool(self._loops) and not self._stopping
         room = self.settings.planner_max_in_flight - len(self._running) + freed if running else 0
-        return ClaimAhead(max(0, min(room, batch or self.settings.planner_claim_batch)), self.settings.planner_lease_ttl)
+        return ClaimAhead(max(0, min(room, batch or self.settings.planner_claim_batch)), self.settings.planner_lease_ttl,
+                          prepare=self._prepare)
+
+    def _prepare(self, request: StartRequest) -> Prestart | None:
+        """A first attempt's start, made without waiting so the claiming transaction records it: the plan and
+        task are cached here and a fresh discovery answer picks the agent. None (the attempt starts on its own,
+        as any other) for anything else: a retry (it goes back to its earlier instance), an escalation, a
+        template that does not resolve."""
+        document = self.store.cached_plan(request.plan_id)
+        task = self.store.cached_task(request.task_id)
+        if document is None or task is None or request.attempt != 1:
+            return None
+        spec = document.steps[request.step_id]
+        if spec.kind == "escalate":
+            return None
+        choice = self.dispatcher.peek(spec)
+        if choice is None:
+            return None
+        try:
+            step_input, substitutions = resolve(spec.input, Scope(request.task_input, dict(request.outputs), document.aliases))
+        except Exception:
+            return None
+        claimed = Claimed(0, request.task_id, request.plan_id, request.step_id, request.attempt, 0, "", "", "")
+        trace_id = task.trace_id if len(task.trace_id) == 32 else ""
+        start = AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
+        return Prestart(start, choice)
 
     def _start_claimed(self, claim: ClaimAhead) -> None:
         """Run the steps a transition claimed; wake the claim loop for runnable steps it left behind."""
         for step in claim.steps:
-            self._spawn(step)
+            self._spawn(step, claim.prestarted.get((step.plan_id, step.step_id)))
         if claim.ready_left:
             self._wake.set()
 
@@ -374,14 +401,14 @@ class TaskEngine:
 
     # ---- one attempt -------------------------------------------------------------------------------------
 
-    async def _execute(self, claimed: Claimed) -> None:
+    async def _execute(self, claimed: Claimed, prestart: Prestart | None = None) -> None:
         tracer = telemetry.get_tracer()
         parent = self._task_trace(claimed.task_id)
         with tracer.start_as_current_span(f"step {claimed.step_id}", context=parent,
                                           attributes={"task_id": claimed.task_id}):
             facts: dict[str, str] = {}
             try:
-                end = await self._attempt(claimed, facts)
+                end = await self._attempt(claimed, facts, prestart)
             except _Abandoned:
                 # Lease lost or task cancelled: the step is someone else's now (or no one's); the attempt still
                 # ends in the execution log and the audit trail (planner stopping: the lease lapses as in a crash).
@@ -434,10 +461,13 @@ class TaskEngine:
             detail=detail,
         )
 
-    async def _attempt(self, claimed: Claimed, facts: dict[str, str]) -> AttemptEnd | None:
+    async def _attempt(self, claimed: Claimed, facts: dict[str, str], prestart: Prestart | None = None) -> AttemptEnd | None:
         document = await self.store.plan(claimed.plan_id)
         spec = document.steps[claimed.step_id]
-        task, scope = await self.store.step_inputs(claimed, outputs=refers_to_steps(spec.input))
+        if prestart is not None:  # recorded as started by the transaction that claimed the step
+            task = self.store.cached_task(claimed.task_id) or await self.store.get_task(claimed.task_id)
+        else:
+            task, scope = await self.store.step_inputs(claimed, outputs=refers_to_steps(spec.input))
         trace_id = telemetry.current_trace_id()
         facts.update(on_behalf_of=task.on_behalf_of, trace_id=trace_id)
         now = utcnow()
@@ -446,24 +476,28 @@ class TaskEngine:
         if claimed.attempt > claimed.max_attempts + 2:
             return AttemptEnd("FAILED", error_code="ABORTED",
                               error_message=f"{claimed.attempt - 1} attempts were lost with their planners")
-        step_input, substitutions = resolve(spec.input, scope)
-        if spec.kind == "escalate":
-            agent = {"namespace": "planner", "name": "escalate", "version": "", "endpoint": "", "instance_id": ""}
-            await self._starts.submit(AttemptStart(claimed, agent, step_input, trace_id, None, substitutions))
-            return AttemptEnd("SUCCEEDED", output={**step_input, "escalated": True})
-        try:
-            choice = await self.dispatcher.choose(spec, previous_instance_id=claimed.previous_instance_id)
-        except MeshError as exc:
-            # No agent to call (none discovered, registry away): recorded as an attempt without an agent.
-            miss = {"query": self.dispatcher.query_of(spec), "candidates": [], "chosen": {}, "reason": exc.message}
-            await self._starts.submit(AttemptStart(claimed, {}, step_input, trace_id, miss, substitutions))
-            retryable = isinstance(exc, UnavailableError | FailedPreconditionError)
-            return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=retryable,
-                              backoff=spec.retry.backoff(claimed.attempt))
+        if prestart is not None:
+            choice: Choice = prestart.call
+            step_input = prestart.start.step_input
+        else:
+            step_input, substitutions = resolve(spec.input, scope)
+            if spec.kind == "escalate":
+                agent = {"namespace": "planner", "name": "escalate", "version": "", "endpoint": "", "instance_id": ""}
+                await self._starts.submit(AttemptStart(claimed, agent, step_input, trace_id, None, substitutions))
+                return AttemptEnd("SUCCEEDED", output={**step_input, "escalated": True})
+            try:
+                choice = await self.dispatcher.choose(spec, previous_instance_id=claimed.previous_instance_id)
+            except MeshError as exc:
+                # No agent to call (none discovered, registry away): recorded as an attempt without an agent.
+                miss = {"query": self.dispatcher.query_of(spec), "candidates": [], "chosen": {}, "reason": exc.message}
+                await self._starts.submit(AttemptStart(claimed, {}, step_input, trace_id, miss, substitutions))
+                retryable = isinstance(exc, UnavailableError | FailedPreconditionError)
+                return AttemptEnd("FAILED", error_code=exc.code.name, error_message=exc.message, retryable=retryable,
+                                  backoff=spec.retry.backoff(claimed.attempt))
+            await self._starts.submit(
+                AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
+            )
         facts["agent"] = f"{choice.namespace}/{choice.name}@{choice.version}"
-        await self._starts.submit(
-            AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
-        )
         timeout = spec.timeout or self.settings.planner_step_timeout
         if task.deadline_at is not None:
             timeout = min(timeout, (task.deadline_at - now).total_seconds())

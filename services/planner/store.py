@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,17 @@ from agentmesh.storage import (
     utcnow,
 )
 
-__all__ = ["AttemptEnd", "AttemptFinish", "AttemptStart", "ClaimAhead", "Claimed", "PlannerStore", "TaskRow"]
+__all__ = [
+    "AttemptEnd",
+    "AttemptFinish",
+    "AttemptStart",
+    "ClaimAhead",
+    "Claimed",
+    "PlannerStore",
+    "Prestart",
+    "StartRequest",
+    "TaskRow",
+]
 
 TASKS = Task.__table__
 PLANS = Plan.__table__
@@ -109,6 +119,18 @@ _SET_AGENT = (
     sa.update(STEPS)
     .where(STEPS.c.id == _p("row_id", STEPS.c.id))
     .values({**{c: _p(c, STEPS.c[c]) for c in _AGENT}, "input": _p("input", STEPS.c.input)})
+)
+# An attempt started by the transaction that claims its step (row id not read yet: found by plan and step).
+_THIS_STEP = (STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id), STEPS.c.step_id == _p("step_id", STEPS.c.step_id))
+_PRESET_AGENT = (
+    sa.update(STEPS)
+    .where(*_THIS_STEP)
+    .values({**{c: _p(c, STEPS.c[c]) for c in _AGENT}, "input": _p("input", STEPS.c.input)})
+)
+_PRESTART_ATTEMPT = sa.insert(ATTEMPTS).inline().values(
+    plan_step_id=sa.select(STEPS.c.id).where(*_THIS_STEP).scalar_subquery(),
+    **{c: _p(c, ATTEMPTS.c[c]) for c in ("task_id", "step_id", "attempt", *_AGENT, "state", "trace_id", "planner",
+                                         "started_at")},
 )
 _END_ATTEMPT = (
     sa.update(ATTEMPTS)
@@ -238,6 +260,26 @@ def _step_end(claimed: Claimed, end: AttemptEnd, now: dt.datetime) -> dict[str, 
             "finished_at": now}
 
 
+@dataclass(frozen=True)
+class StartRequest:
+    """A step a transition is about to claim, for :attr:`ClaimAhead.prepare`."""
+
+    task_id: str
+    plan_id: str
+    step_id: str
+    attempt: int
+    outputs: Mapping[str, Any]  # the plan's succeeded steps' outputs, as the claiming transaction reads them
+    task_input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prestart:
+    """An attempt start made by :attr:`ClaimAhead.prepare`: what is recorded, and what the caller keeps for the call."""
+
+    start: AttemptStart
+    call: Any
+
+
 @dataclass
 class ClaimAhead:
     """Ask a transition to claim, in its own transaction, up to ``limit`` steps it makes runnable.
@@ -251,6 +293,10 @@ class ClaimAhead:
     lease_ttl: float
     steps: list[Claimed] = field(default_factory=list)
     ready_left: bool = False
+    # On PostgreSQL, ``prepare(StartRequest)`` may make a claimed step's attempt start (agent chosen, input
+    # resolved) without waiting; the claiming transaction then records it too (no separate start round trip).
+    prepare: Callable[[StartRequest], Prestart | None] | None = None
+    prestarted: dict[tuple[str, str], Prestart] = field(default_factory=dict)  # by (plan id, step id)
 
 
 def _new_id(prefix: str) -> str:
@@ -359,6 +405,8 @@ class PlannerStore:
                         ],
                     )
                 self._plans[plan_id] = document
+                task = self._remember(TaskRow(**values, state="RUNNING", output=None, error="", created_at=now,
+                                              updated_at=now))  # before its first steps are claimed and started
                 fresh = [StepRow(step_id, "PENDING", None, 0) for step_id in document.steps] if self.postgres else None
                 ended = await self._advance(conn, task_id, plan_id, values["input"], ahead=ahead, rows=fresh,
                                             events=[("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
@@ -373,7 +421,7 @@ class PlannerStore:
             raise
         if ended or _has_approvals(document):
             return await self.get_task(task_id)  # it ended, or may wait for an approval already: as stored
-        return self._remember(TaskRow(**values, state="RUNNING", output=None, error="", created_at=now, updated_at=now))
+        return task
 
     async def get_task(self, task_id: str) -> TaskRow:
         """One task; NotFoundError when there is none."""
@@ -382,6 +430,10 @@ class PlannerStore:
         if row is None:
             raise NotFoundError(f"no task {task_id!r}")
         return self._remember(TaskRow.of(row))
+
+    def cached_plan(self, plan_id: str) -> PlanDocument | None:
+        """A plan document this process stored or read, if cached (plans are immutable)."""
+        return self._plans.get(plan_id)
 
     def cached_task(self, task_id: str) -> TaskRow | None:
         """A task this process read or stored lately (its fixed fields: input, identities, trace id), if cached."""
@@ -507,19 +559,53 @@ class PlannerStore:
     async def start_attempts(self, starts: Sequence[AttemptStart]) -> None:
         """Record attempts before their calls, all in one transaction (group commit): the agent and instance
         chosen (so a retry can go back to it), the choice and the substitutions. A few statements however many."""
+        ordered = sorted(starts, key=lambda s: s.claimed.row_id)  # one lock order for step rows
+        agents, attempts, choices, substitutions = self._start_rows(ordered)
+        async with self._pipelined() as conn:
+            await conn.execute(_SET_AGENT, [{"p_row_id": s.claimed.row_id, **a} for s, a in zip(ordered, agents, strict=True)])
+            await conn.execute(_BLIND_INSERT[ATTEMPTS.name],
+                               [{"plan_step_id": s.claimed.row_id, **a} for s, a in zip(ordered, attempts, strict=True)])
+            await self._start_log(conn, choices, substitutions)
+
+    async def _prestart(
+        self, conn: AsyncConnection, ahead: _Ahead, task_id: str, plan_id: str, task_input: dict[str, Any],
+        rows: Sequence[Any], take: Sequence[str], attempts: Mapping[str, int],
+    ) -> None:
+        """Inside a claiming pipeline: record the attempt starts ``ahead``'s ``prepare`` makes for claimed steps."""
+        prepare = ahead.claim.prepare if ahead.claim is not None else None
+        if prepare is None:
+            return
+        outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
+        made = [prepare(StartRequest(task_id, plan_id, step_id, attempts[step_id], outputs, task_input)) for step_id in take]
+        prestarts = [p for p in made if p is not None]
+        if not prestarts:
+            return
+        agents, started, choices, substitutions = self._start_rows([p.start for p in prestarts])
+        where = [{"p_plan_id": plan_id, "p_step_id": p.start.claimed.step_id} for p in prestarts]
+        await conn.execute(_PRESET_AGENT, [{**w, **a} for w, a in zip(where, agents, strict=True)])
+        await conn.execute(_PRESTART_ATTEMPT, [
+            {**w, **{f"p_{k}": v for k, v in a.items()}} for w, a in zip(where, started, strict=True)
+        ])
+        await self._start_log(conn, choices, substitutions)
+        ahead.prestarted.update({(plan_id, p.start.claimed.step_id): p for p in prestarts})
+
+    def _start_rows(
+        self, starts: Sequence[AttemptStart]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """What recording attempt starts writes: step agent columns (as parameters), attempt rows (without the
+        step row id), collaborator choices and substitutions."""
         now = utcnow()
         agents: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
         choices: list[dict[str, Any]] = []
         substitutions: list[dict[str, Any]] = []
-        for start in sorted(starts, key=lambda s: s.claimed.row_id):  # one lock order for step rows
+        for start in starts:
             claimed = start.claimed
             chosen = {f"agent_{key}": start.agent.get(key, "") for key in _AGENT_KEYS}
-            agents.append({"p_row_id": claimed.row_id, "p_input": start.step_input,
-                           **{f"p_{k}": v for k, v in chosen.items()}})
-            attempts.append({"plan_step_id": claimed.row_id, "task_id": claimed.task_id, "step_id": claimed.step_id,
-                             "attempt": claimed.attempt, **chosen, "state": "RUNNING", "trace_id": start.trace_id,
-                             "planner": self.owner, "started_at": now})
+            agents.append({"p_input": start.step_input, **{f"p_{k}": v for k, v in chosen.items()}})
+            attempts.append({"task_id": claimed.task_id, "step_id": claimed.step_id, "attempt": claimed.attempt,
+                             **chosen, "state": "RUNNING", "trace_id": start.trace_id, "planner": self.owner,
+                             "started_at": now})
             if start.choice is not None:
                 choices.append({"task_id": claimed.task_id, "plan_id": claimed.plan_id, "step_id": claimed.step_id,
                                 "attempt": claimed.attempt, "created_at": now, **start.choice})
@@ -529,13 +615,14 @@ class PlannerStore:
                  "source_step_id": s.source_step_id, "created_at": now}
                 for s in start.substitutions
             ]
-        async with self._pipelined() as conn:
-            await conn.execute(_SET_AGENT, agents)
-            await conn.execute(_BLIND_INSERT[ATTEMPTS.name], attempts)
-            if choices:
-                await conn.execute(_BLIND_INSERT[CHOICES.name], choices)
-            if substitutions:
-                await conn.execute(_BLIND_INSERT[SUBSTITUTIONS.name], substitutions)
+        return agents, attempts, choices, substitutions
+
+    @staticmethod
+    async def _start_log(conn: AsyncConnection, choices: list[dict[str, Any]], substitutions: list[dict[str, Any]]) -> None:
+        if choices:
+            await conn.execute(_BLIND_INSERT[CHOICES.name], choices)
+        if substitutions:
+            await conn.execute(_BLIND_INSERT[SUBSTITUTIONS.name], substitutions)
 
     @contextlib.asynccontextmanager
     async def _pipelined(self) -> AsyncIterator[AsyncConnection]:
@@ -716,6 +803,7 @@ class PlannerStore:
                     attempts = {r.step_id: r.attempt_count + 1 for r in rows}
                     running = [("STEP_STATE", step_id, "RUNNING", attempts[step_id]) for step_id in take]
                     ahead.limit -= len(take)
+                    await self._prestart(conn, ahead, task_id, plan_id, task_input, rows, take, attempts)
                 else:
                     claimed = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
                     ahead.take(claimed)
@@ -1054,6 +1142,7 @@ class _Ahead:
         self.steps: list[Claimed] = []
         self.ready_left = False
         self.deferred: list[Any] = []  # claims queued in a pipeline: cursors to read once it has synced
+        self.prestarted: dict[tuple[str, str], Prestart] = {}
 
     def take(self, rows: Sequence[Any]) -> None:
         """Claimed step rows (as returned by a claim), to run once the transaction has committed."""
@@ -1063,3 +1152,4 @@ class _Ahead:
         if self.claim is not None:
             self.claim.steps = self.steps
             self.claim.ready_left = self.ready_left
+            self.claim.prestarted = self.prestarted
