@@ -73,6 +73,10 @@ def _candidate(c: registry_pb2.Candidate) -> dict[str, Any]:
     }
 
 
+_KEEP_WARM = 30.0  # seconds a discovery query is kept fresh after a step last asked it
+_AWAY_PAUSE = 5.0  # seconds between refresh rounds while the registry does not answer (its breaker counts them)
+
+
 def _key(query: dict[str, Any]) -> str:
     return repr(sorted(query.items()))
 
@@ -88,6 +92,7 @@ class Dispatcher:
         self._settings = settings
         self.registry = registry
         self._answers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._used: dict[str, tuple[dict[str, Any], float]] = {}  # query by key, and when a step last asked it
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def query_of(self, spec: StepSpec) -> dict[str, Any]:
@@ -106,10 +111,15 @@ class Dispatcher:
             "view": "BASIC",
         }
 
-    async def discover(self, query: dict[str, Any], *, fresh: bool = False) -> tuple[list[dict[str, Any]], float]:
-        """Ranked candidates for a query and the answer's age in seconds (cached for a short while)."""
+    async def discover(
+        self, query: dict[str, Any], *, fresh: bool = False, refresh: bool = False
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Ranked candidates for a query and the answer's age in seconds (cached for a short while); with
+        ``refresh``, the cache is being kept fresh (not a use of the query)."""
         key = _key(query)
         now = time.monotonic()
+        if not refresh:
+            self._used[key] = (query, now)
         cached = self._answers.get(key)
         if cached is not None and not fresh and now - cached[0] < self._settings.planner_discovery_cache_ttl:
             return cached[1], now - cached[0]
@@ -121,14 +131,39 @@ class Dispatcher:
         self._answers[key] = (time.monotonic(), candidates)
         return candidates, 0.0
 
+    async def keep_fresh(self) -> None:
+        """Run until cancelled: re-ask, every half cache lifetime, the queries steps asked in the last
+        ``_KEEP_WARM`` seconds, so a step finds a fresh answer without waiting for the registry (and starts in
+        the transaction that claims it); a query no step asked for that long is forgotten."""
+        interval = self._settings.planner_discovery_cache_ttl / 2
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for key, (query, used) in list(self._used.items()):
+                if now - used > _KEEP_WARM:
+                    del self._used[key]
+                    self._answers.pop(key, None)
+                    continue
+                answered = self._answers.get(key)
+                if answered is not None and now - answered[0] < interval:
+                    continue
+                try:
+                    await self.discover(query, fresh=True, refresh=True)
+                except Exception as exc:  # the registry away: steps ask on their own; few probes from here meanwhile
+                    logger.debug("refreshing discovery answers paused (%s)", exc)
+                    await asyncio.sleep(_AWAY_PAUSE)
+                    break
+
     def peek(self, spec: StepSpec) -> Choice | None:
         """A first attempt's instance from a fresh cached discovery answer, without waiting; None when the answer
         is not cached (or has aged out), or lists no candidate: then :meth:`choose` asks the registry."""
         query = self.query_of(spec)
-        cached = self._answers.get(_key(query))
+        key, now = _key(query), time.monotonic()
+        self._used[key] = (query, now)
+        cached = self._answers.get(key)
         if cached is None:
             return None
-        age = time.monotonic() - cached[0]
+        age = now - cached[0]
         if age >= self._settings.planner_discovery_cache_ttl or not cached[1]:
             return None
         return self._choice(query, cached[1], cached[1][0], self._ranked_first(cached[1], age))

@@ -146,6 +146,7 @@ class TaskEngine:
             ("renew", self._renew_loop),
             ("sweep", self._sweep_loop),
             ("outcomes", self._outcome_loop),
+            ("discovery", self.dispatcher.keep_fresh),
         ):
             self._loops.append(asyncio.create_task(loop(), name=f"planner-{name}"))
 
@@ -179,7 +180,9 @@ class TaskEngine:
 
     async def submit(self, request: SubmitRequest) -> TaskRow:
         """Store a task with its plan and start running it; the same (submitter, request id) returns the same task."""
-        if request.request_id:
+        if request.request_id and request.parent_task_id:
+            # A sub-task's repeat is answered before the fan-out bound counts it again. Any other repeat is
+            # caught by the (submitter, request id) unique key when it is stored: no read on the common path.
             existing = await _db(self.store.find_request(request.submitted_by, request.request_id))
             if existing is not None:
                 return existing
