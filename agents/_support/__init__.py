@@ -9,6 +9,7 @@ from __future__ import annotations
 from agentmesh.agents._support._models import Article, Ticket
 from agentmesh.agents._support._text import (
     PiiMatch,
+    find_injection,
     find_pii,
     first_name,
     mask_email,
@@ -23,6 +24,7 @@ __all__ = [
     "PiiMatch",
     "Ticket",
     "TritonAgent",
+    "find_injection",
     "find_pii",
     "first_name",
     "mask_email",

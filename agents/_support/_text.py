@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from agentmesh.audit import luhn_valid
 
-__all__ = ["PiiMatch", "find_pii", "first_name", "mask_email", "mask_phone", "redact_pii", "split_sentences"]
+__all__ = [
+    "PiiMatch",
+    "find_injection",
+    "find_pii",
+    "first_name",
+    "mask_email",
+    "mask_phone",
+    "redact_pii",
+    "split_sentences",
+]
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
 # 13-19 digits, optionally grouped by spaces or dashes (payment card numbers); confirmed by the Luhn check.
@@ -18,6 +27,17 @@ _PHONE = re.compile(
 )
 # ISO dates and times look like grouped digits but are not personal data.
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
+# Text addressed to an assistant rather than to support staff: attempts to override its instructions or role
+# (prompt injection). A ticket carrying it is answered by a person, never by a drafted reply.
+_INJECTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+)*(?:previous|prior|above|earlier|"
+    r"preceding|system|original)\s+(?:instructions?|prompts?|rules?|messages?)\b|"
+    r"\byou\s+are\s+now\s+(?:in\s+)?(?:an?\s+)?(?:admin|developer|debug|god|jailbreak|unrestricted|dan)\b|"
+    r"\b(?:admin|developer|debug|god)\s+mode\b|\bsystem\s+prompt\b|\bnew\s+instructions\s*:|"
+    r"\bignora\s+(?:todas\s+)?las\s+instrucciones\b|\bignoriere\s+(?:alle\s+)?(?:vorherigen\s+)?anweisungen\b|"
+    r"\bignore[zr]?\s+(?:toutes\s+)?(?:les\s+)?instructions\b",
+    re.I,
+)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
@@ -29,6 +49,14 @@ class PiiMatch:
     start: int
     end: int
     text: str
+
+
+def find_injection(text: str) -> str | None:
+    """The first phrase of ``text`` that addresses an assistant's instructions or role (prompt injection,
+    e.g. "ignore all previous instructions", "you are now in admin mode"), or None.
+    """
+    match = _INJECTION.search(text)
+    return " ".join(match.group(0).split()) if match else None
 
 
 def find_pii(text: str) -> list[PiiMatch]:

@@ -136,9 +136,11 @@ def relevance_problems(
     paragraph_similarities: Sequence[float] = (),
     threshold: float = RELEVANCE_THRESHOLD,
     paragraph_threshold: float = PARAGRAPH_THRESHOLD,
+    paragraph_articles: Sequence[Sequence[str]] = (),
 ) -> list[str]:
     """A reason when the reply's similarity to the ticket is below ``threshold``, and one per cited
-    paragraph (numbered from 1) below ``paragraph_threshold``.
+    paragraph (numbered from 1) below ``paragraph_threshold``, naming the articles it cites
+    (``paragraph_articles``, per paragraph) so that the redraft can leave them out.
     """
     problems = []
     if similarity < threshold:
@@ -148,9 +150,11 @@ def relevance_problems(
         )
     for number, value in enumerate(paragraph_similarities, 1):
         if value < paragraph_threshold:
+            cited = paragraph_articles[number - 1] if number <= len(paragraph_articles) else ()
+            which = f" ({', '.join(f'[{c}]' for c in cited)})" if cited else ""
             problems.append(
-                f"relevance: cited paragraph {number} is off-topic for this ticket (similarity {value:.2f} < "
-                f"{paragraph_threshold:.2f}); drop it or quote an article that answers the question"
+                f"relevance: cited paragraph {number}{which} is off-topic for this ticket (similarity "
+                f"{value:.2f} < {paragraph_threshold:.2f}); drop it or quote an article that answers the question"
             )
     return problems
 
@@ -213,21 +217,30 @@ def claim_problems(
     return problems
 
 
-def ask_problems(ticket: Mapping[str, float], reply: Mapping[str, float], threshold: float) -> list[str]:
+def ask_problems(
+    ticket: Mapping[str, float], reply: Mapping[str, float], threshold: float, cites_best: bool = True
+) -> list[str]:
     """A reason when the reply's content answers another kind of question than the ticket asks: their
-    most likely intents differ and are not :data:`RELATED_INTENTS`, and the overlap of the two intent
-    distributions (sum of the smaller probability per intent) is below ``threshold``.
+    most likely intents differ and are not :data:`RELATED_INTENTS`, and either the overlap of the two intent
+    distributions (sum of the smaller probability per intent) is below ``threshold`` or the reply does not
+    cite the best retrieved article (``cites_best`` false: it answers from a weaker match, so a partial
+    overlap of the distributions is no evidence that it answers this ticket).
     """
     overlap = sum(min(p, reply.get(intent, 0.0)) for intent, p in ticket.items())
     asked = max(ticket, key=lambda i: ticket[i])
     answered = max(reply, key=lambda i: reply[i]) if reply else "nothing"
     # A reply whose content reads as "other" (how to reach us, thanks) answers nothing else by mistake.
     related = asked == answered or answered == "other" or {asked, answered} in RELATED_INTENTS
-    if overlap >= threshold or related:
+    if related or (overlap >= threshold and cites_best):
         return []
+    detail = (
+        f"overlap {overlap:.2f} < {threshold:.2f}"
+        if overlap < threshold
+        else f"overlap {overlap:.2f}, quoting a weaker match than the best retrieved article"
+    )
     return [
-        f"ask: the ticket asks about {asked!r} but the reply answers {answered!r} (overlap {overlap:.2f} < "
-        f"{threshold:.2f}); answer the customer's actual question"
+        f"ask: the ticket asks about {asked!r} but the reply answers {answered!r} ({detail}); answer the "
+        "customer's actual question"
     ]
 
 

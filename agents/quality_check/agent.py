@@ -185,13 +185,19 @@ class QualityCheckAgent(TritonAgent):
         source_vectors = vectors[at + 1 + len(stated) :]
         anchors = np.vstack([ticket_vectors[0], reference_vector])
         similarity = float((anchors @ reply_vector).max())
-        problems = relevance_problems(similarity, [float((anchors @ v).max()) for v in paragraph_vectors])
+        problems = relevance_problems(
+            similarity,
+            [float((anchors @ v).max()) for v in paragraph_vectors],
+            paragraph_articles=[[c for c in request.citations if f"[{c}]" in p] for p in paragraphs],
+        )
         asked = intent_scores(
             ticket_vectors @ self._prototypes.T, self._owners, bonus=cue_bonus(ticket_text, self._cues)
         )
         answer_rows = np.vstack([content_vector[None, :], stated_vectors])
         answered = intent_scores(answer_rows @ self._prototypes.T, self._owners)
-        problems += ask_problems(asked.scores, answered.scores, ASK_THRESHOLD)
+        problems += ask_problems(
+            asked.scores, answered.scores, ASK_THRESHOLD, top.article_id in request.citations
+        )
         support = (
             (stated_vectors @ source_vectors.T).max(axis=1).tolist()
             if len(source_vectors) and len(stated)

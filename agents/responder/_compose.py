@@ -23,6 +23,7 @@ __all__ = [
     "compose_reply",
     "customer_context",
     "plan_from_feedback",
+    "quotable_articles",
     "select_sentences",
 ]
 
@@ -34,6 +35,7 @@ _ORDER_STATUS = {
 }
 # Sentences shorter than this say too little to answer anything on their own.
 _MIN_WORDS = 6
+_ARTICLE_MARK = re.compile(r"\[([A-Za-z0-9_.-]+)\]")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class ReplyPlan:
     cite_top_article: bool = True
     use_customer: bool = True  # greet by name and mention the order or plan from the customer's record
     only_top_article: bool = False  # quote only the best article (the others did not answer the ask)
+    exclude: frozenset[str] = frozenset()  # articles a review found off-topic for this ticket: not quoted
 
 
 def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -> ReplyPlan:
@@ -63,7 +66,8 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
     whole reply off-topic → more sentences, a lower similarity bar and the subject restated; one cited
     paragraph off-topic → only sentences close to the ticket; not answering the ask → only the best
     article, subject restated; an unsupported claim → only sentences close to the ticket; the wrong
-    customer or their data → nothing from the customer record; too long → fewer sentences. Any other
+    customer or their data → nothing from the customer record; too long → fewer sentences; a cited paragraph
+    off-topic that names its articles (``[kb-...]``) → those articles are not quoted again. Any other
     reason still changes the draft (the subject is restated), so a regenerated draft never repeats a
     rejected one. A citation is always made and PII always redacted, and the greeting and closing are
     always there.
@@ -75,6 +79,14 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
     plan = dataclasses.replace(plan, restate_subject=True)
     if "cited paragraph" in text or "claim:" in text:
         plan = dataclasses.replace(plan, min_similarity=max(plan.min_similarity, 0.45))
+    off_topic = {
+        article
+        for reason in feedback
+        if "cited paragraph" in reason.lower()
+        for article in _ARTICLE_MARK.findall(reason)
+    }
+    if off_topic:
+        plan = dataclasses.replace(plan, exclude=plan.exclude | off_topic)
     if "the reply is off-topic" in text:
         plan = dataclasses.replace(plan, sentences=max(plan.sentences, 5), min_similarity=0.15)
     if "ask:" in text:
@@ -84,6 +96,21 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
     if "too long" in text:
         plan = dataclasses.replace(plan, sentences=2)
     return plan
+
+
+def quotable_articles(articles: Sequence[Article], plan: ReplyPlan, floor: float) -> list[Article]:
+    """The retrieved articles a reply may quote: the best one always (unless a review excluded it and
+    another is left); the others only when kb-search scored them at or above ``floor`` on their own (an
+    article below its confidence floor would not have been returned alone, so it answers something else),
+    and none a review found off-topic. Unscored articles (score 0, e.g. chosen by a person) all count.
+    """
+    if not articles:
+        return []
+    kept = [a for a in articles if a.article_id not in plan.exclude] or list(articles[:1])
+    if plan.only_top_article:
+        return kept[:1]
+    scored = any(a.score > 0 for a in kept)
+    return [kept[0], *(a for a in kept[1:] if not scored or a.score >= floor)]
 
 
 def candidate_sentences(articles: Sequence[Article]) -> list[Candidate]:

@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 
 from agentmesh._errors import FailedPreconditionError
 from agentmesh.agent import AgentInfo, ModelUsage, SkillContext, skill
-from agentmesh.agents._support import Article, Ticket, TritonAgent, first_name, redact_pii
+from agentmesh.agents._support import Article, Ticket, TritonAgent, find_injection, first_name, redact_pii
+from agentmesh.agents.kb_search._kb import CONFIDENT_SCORE
 from agentmesh.agents.responder._compose import (
     SIGNATURE,
     Candidate,
@@ -26,6 +27,7 @@ from agentmesh.agents.responder._compose import (
     compose_reply,
     customer_context,
     plan_from_feedback,
+    quotable_articles,
     select_sentences,
 )
 
@@ -87,13 +89,18 @@ class ResponderAgent(TritonAgent):
     async def draft_reply(self, request: DraftInput, ctx: SkillContext) -> DraftOutput:
         """Generative when a generation model is served, extractive otherwise."""
         name = first_name(str((request.customer or {}).get("name", "")))
-        if not request.articles:
+        injected = find_injection(request.ticket.as_text())
+        if not request.articles or injected:
             return DraftOutput(
                 reply=compose_escalation(first_name=name, intent=request.intent),
                 citations=[],
                 model="template",
                 escalate=True,
-                escalation_reason="no knowledge-base article answers this ticket confidently",
+                escalation_reason=(
+                    f"the ticket addresses an assistant's instructions ({injected!r}); a person must read it"
+                    if injected
+                    else "no knowledge-base article answers this ticket confidently"
+                ),
             )
         generator = await self._generator()
         if generator is not None and request.articles:
@@ -111,7 +118,7 @@ class ResponderAgent(TritonAgent):
         # feedback then changes the plan on every path.
         base = ReplyPlan(sentences=1) if request.intent == "other" else ReplyPlan()
         plan = plan_from_feedback(request.feedback, base)
-        articles = request.articles[:1] if plan.only_top_article else request.articles
+        articles = quotable_articles(request.articles, plan, CONFIDENT_SCORE)
         candidates = candidate_sentences(articles)
         quoted: list[Candidate] = []
         model = "extractive"
