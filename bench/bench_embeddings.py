@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -182,10 +183,12 @@ class Served:
     concurrency: int
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
-    server_cpu: float = 0.0
+    server_cpu: float = 0.0  # tritonserver and this model's stubs
+    tritonserver_cpu: float = 0.0  # of which the tritonserver process (the rest: the python stubs)
     client_cpu: float = 0.0
     inferences: int = 0  # Triton's counters: texts and model executions while measured
     executions: int = 0
+    batches: Counter[int] = field(default_factory=Counter)  # executions by batch size while measured
 
     @property
     def sentences_per_s(self) -> float:
@@ -205,6 +208,11 @@ class Served:
         return self.server_cpu / len(self.latencies) * 1000 if self.latencies else 0.0
 
     @property
+    def tritonserver_cpu_ms(self) -> float:
+        """CPU ms of the tritonserver process per sentence (its gRPC frontend and scheduler)."""
+        return self.tritonserver_cpu / len(self.latencies) * 1000 if self.latencies else 0.0
+
+    @property
     def client_cpu_ms(self) -> float:
         """CPU ms of the calling (bench) process per sentence."""
         return self.client_cpu / len(self.latencies) * 1000 if self.latencies else 0.0
@@ -217,9 +225,11 @@ def _proc_stat(pid: str) -> list[str] | None:
         return None
 
 
-def server_cpu_seconds(triton: LocalTriton, model: str) -> float:
-    """CPU seconds used so far by tritonserver and the stub processes of ``model`` (Linux /proc)."""
-    total = 0
+def server_cpu_seconds(triton: LocalTriton, model: str) -> tuple[float, float]:
+    """CPU seconds used so far by tritonserver and the stub processes of ``model``, and by tritonserver
+    alone (Linux /proc).
+    """
+    total = server = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or (fields := _proc_stat(entry.name)) is None:
             continue
@@ -231,7 +241,9 @@ def server_cpu_seconds(triton: LocalTriton, model: str) -> float:
             continue
         if int(entry.name) == triton.pid or f"/{model}/1/model.py".encode() in command:
             total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+            if int(entry.name) == triton.pid:
+                server += int(fields[11]) + int(fields[12])
+    return total / _TICKS, server / _TICKS
 
 
 def make_repository(home: Path, target: Path, max_batch: int | None = None) -> None:
@@ -262,10 +274,33 @@ def served_parameters(folder: Path) -> dict[str, int]:
     return {key: int(found[key]) for key in ("session_batch", "run_overhead_tokens", "max_tokens")}
 
 
-async def execution_counts(stats: Any, model: str) -> tuple[int, int]:
-    """Triton's (inference_count, execution_count) of ``model`` so far."""
+async def execution_counts(stats: Any, model: str) -> tuple[int, int, Counter[int]]:
+    """Triton's inference_count, execution_count and executions by batch size of ``model`` so far."""
     found = (await stats.get_inference_statistics(model, as_json=True))["model_stats"][0]
-    return int(found.get("inference_count", 0)), int(found.get("execution_count", 0))
+    batches = Counter(
+        {int(b["batch_size"]): int(b["compute_infer"].get("count", 0)) for b in found.get("batch_stats", [])}
+    )
+    return int(found.get("inference_count", 0)), int(found.get("execution_count", 0)), batches
+
+
+def in_process_cost_ms(bound: Bound, batches: Counter[int]) -> float | None:
+    """CPU ms per sentence that ``Embedder`` took in-process in this run (the bound's two one-thread
+    processes, runs split as served) at the batch sizes Triton ran, ``batches`` (executions by size),
+    interpolated between the measured sizes: what the stubs' model work costs without serving.
+    """
+    label = LAYOUTS[1][0]
+    measured = {p.batch: p.cpu_ms for p in bound.points if p.layout == label and (p.split or p.batch == 1)}
+    sizes = sorted(measured)
+    sentences = sum(size * count for size, count in batches.items())
+    if not sentences or not all(measured.values()):
+        return None
+    total = 0.0
+    for size, count in batches.items():
+        upper = next((s for s in sizes if s >= size), sizes[-1])
+        lower = max((s for s in sizes if s <= size), default=sizes[0])
+        share = 0.0 if upper == lower else (size - lower) / (upper - lower)
+        total += size * count * (measured[lower] + share * (measured[upper] - measured[lower]))
+    return total / sentences
 
 
 async def drive(client: InferenceClient, point: Served, seconds: float, *, record: bool = True) -> None:
@@ -387,19 +422,40 @@ def report(
             "",
         ]
     lines += [
-        "| model | concurrency | sent/s | p50 ms | p99 ms | mean batch | CPU ms/sentence (server + client) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | concurrency | sent/s | p50 ms | p99 ms | mean batch | CPU ms/sentence (server + client) "
+        "| of which tritonserver |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in served.values():
         lines.append(
             f"| {point.model} | {point.concurrency} | {point.sentences_per_s:.0f} | {point.p50_ms:.1f} "
             f"| {point.percentile_ms(0.99):.1f} | {point.inferences / max(1, point.executions):.1f} "
-            f"| {point.server_cpu_ms:.2f} + {point.client_cpu_ms:.2f} |"
+            f"| {point.server_cpu_ms:.2f} + {point.client_cpu_ms:.2f} | {point.tritonserver_cpu_ms:.2f} |"
         )
     lines.append("")
     c64 = served.get((MODEL, 64))
     if c64 is not None:
         p99 = c64.percentile_ms(0.99)
+        sentences = sum(size * count for size, count in c64.batches.items()) or 1
+        shares = [
+            sum(size * count for size, count in c64.batches.items() if low <= size <= high) / sentences
+            for low, high in ((1, 4), (5, 16), (17, 31), (32, 1 << 30))
+        ]
+        mix = in_process_cost_ms(bound, c64.batches) if bound is not None else None
+        lines.append(
+            "- Concurrency 64, batches Triton ran (share of sentences in batches of 1-4 / 5-16 / 17-31 / 32+ "
+            "texts): "
+            + " / ".join(f"{share:.0%}" for share in shares)
+            + ". Not a target: "
+            + (
+                f"in-process, `Embedder` costs {mix:.2f} CPU ms/sentence at this batch mix (the bound's "
+                f"one-thread points); served spends {c64.server_cpu_ms - c64.tritonserver_cpu_ms:.2f} in the "
+                f"stubs, {c64.tritonserver_cpu_ms:.2f} in tritonserver and {c64.client_cpu_ms:.2f} in the client."
+                if mix is not None
+                else f"served spends {c64.server_cpu_ms - c64.tritonserver_cpu_ms:.2f} CPU ms/sentence in the "
+                f"stubs, {c64.tritonserver_cpu_ms:.2f} in tritonserver and {c64.client_cpu_ms:.2f} in the client."
+            )
+        )
         if bound is not None:
             ratio = c64.sentences_per_s / bound.best().sentences_per_s
             verdicts.append(ratio >= THROUGHPUT_TARGET)
@@ -480,15 +536,18 @@ async def main() -> int:
                                 await asyncio.to_thread(bound.measure, spot, args.bound_seconds / args.rounds)
                         for point in served.values():
                             await drive(client, point, 0.3, record=False)  # CPU and counters after it
-                            before = server_cpu_seconds(triton, point.model)
+                            before, server_before = server_cpu_seconds(triton, point.model)
                             counted = await execution_counts(stats, point.model)
                             client_before = time.process_time()
                             await drive(client, point, args.seconds / args.rounds)
                             point.client_cpu += time.process_time() - client_before
-                            point.server_cpu += server_cpu_seconds(triton, point.model) - before
-                            inferences, executions = await execution_counts(stats, point.model)
+                            after, server_after = server_cpu_seconds(triton, point.model)
+                            point.server_cpu += after - before
+                            point.tritonserver_cpu += server_after - server_before
+                            inferences, executions, batches = await execution_counts(stats, point.model)
                             point.inferences += inferences - counted[0]
                             point.executions += executions - counted[1]
+                            point.batches.update(batches - counted[2])
                         progress = [
                             f"{p.model} c={p.concurrency} {p.sentences_per_s:.0f}/s" for p in served.values()
                         ]
