@@ -85,6 +85,26 @@ async def test_more_texts_than_a_batch_come_back_in_order(inference: InferenceCl
         np.testing.assert_allclose(result.embeddings[index], single.embeddings[0], atol=2e-5)
 
 
+async def test_raw_infer_takes_str_bytes_and_object_arrays_alike(inference: InferenceClient) -> None:
+    # infer() serialises BYTES inputs itself: str (UTF-8), bytes and numpy S/U arrays are one tensor to Triton.
+    texts = ["Rückerstattung für meine Bestellung, bitte", REFUND]
+    reference = (await inference.embed(texts)).embeddings
+    for column in (
+        np.array([[t] for t in texts], dtype=object),
+        np.array([[t.encode()] for t in texts], dtype=object),
+        np.array([[t] for t in texts]),  # dtype <U
+        np.array([[t.encode()] for t in texts]),  # dtype S
+    ):
+        result = await inference.infer("minilm_embedding", {"TEXT": column}, outputs=["EMBEDDING"])
+        assert (result.model, result.version) == ("minilm_embedding", "1")
+        assert result.outputs["EMBEDDING"].shape == (2, 384)
+        np.testing.assert_array_equal(result.outputs["EMBEDDING"], reference)
+    labels = (await inference.infer("sentiment", {"TEXT": np.array([[REFUND]], dtype=object)})).outputs[
+        "LABEL"
+    ]
+    assert labels.shape == (1, 1) and labels[0, 0] in (b"negative", b"neutral", b"positive")
+
+
 async def test_concurrent_callers_are_batched_by_triton(triton_url: str, inference: InferenceClient) -> None:
     stats_client = triton_aio.InferenceServerClient(triton_url)
     try:
