@@ -2,9 +2,9 @@
 circuit breakers, metadata caching, model selection, and Prometheus metrics.
 
 Calls go straight to the KServe v2 gRPC stub (``tritonclient.grpc.service_pb2_grpc``) with requests built
-here, not through ``tritonclient``'s client object: an embedding request then costs about 0.35 ms of the
-caller's CPU instead of 0.53 ms (its request and input wrappers, per-call retry loop and task). Responses
-are read with ``tritonclient.grpc.InferResult``.
+here, not through ``tritonclient``'s client object: a one-text embedding at 64 in flight then costs about
+0.41 ms of the caller's CPU instead of 0.53 ms (its request and input wrappers, per-call retry loop and
+task). Responses are read with ``tritonclient.grpc.InferResult``.
 """
 
 from __future__ import annotations
