@@ -11,7 +11,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
-from agentmesh.agents._support import Article, Ticket, TritonAgent, split_sentences
+from agentmesh.agents._support import Article, Ticket, TritonAgent, find_injection, split_sentences
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.quality_check._checks import (
@@ -118,7 +118,10 @@ class QualityCheckAgent(TritonAgent):
         reply = request.reply.strip()
         ticket_text = request.ticket.as_text()
         retrieved = [a.article_id for a in request.articles]
-        holding = request.escalated or not request.articles
+        # A ticket addressing an assistant's instructions is a person's to answer, whatever was retrieved
+        # (the responder escalates it; a draft that answers it anyway fails as a holding reply with claims).
+        injected = find_injection(ticket_text)
+        holding = request.escalated or not request.articles or injected is not None
         problems = [
             *personal_data_problems(reply, request.customer, ticket_text, request.pii_allowed),
             *customer_problems(reply, request.customer, ticket_text),
@@ -145,7 +148,11 @@ class QualityCheckAgent(TritonAgent):
         if holding:
             # The holding reply may go out (if it passed), but a person must answer the ticket.
             action = "escalate"
-            reasons.append("escalate: no knowledge-base article answers this ticket; a person must reply")
+            reasons.append(
+                f"escalate: the ticket addresses an assistant's instructions ({injected!r}); a person must reply"
+                if injected
+                else "escalate: no knowledge-base article answers this ticket; a person must reply"
+            )
         elif not result.passed and request.attempt >= MAX_DRAFTS:
             action = "escalate"
             reasons.append(f"escalate: draft {request.attempt} of {MAX_DRAFTS} still fails the review")

@@ -336,5 +336,20 @@ async def test_a_ticket_with_instructions_for_the_assistant_is_escalated_to_a_pe
     assert draft["escalate"] and not draft.get("citations"), draft
     assert "previous instructions" in draft["escalation_reason"]
     assert "500" not in draft["reply"] and "@" not in draft["reply"]
-    verdict = await _review(support, ticket, draft, found["articles"], customer=CUSTOMER, escalated=True)
-    assert verdict["action"] == "escalate", verdict
+    # As the playbook calls it (no escalate flag passed on): the holding reply passes, a person answers.
+    verdict = await _review(support, ticket, draft, found["articles"], customer=CUSTOMER)
+    assert verdict["passed"] and verdict["action"] == "escalate", verdict
+    assert any("instructions" in r for r in verdict["reasons"] if r.startswith("escalate:")), verdict
+    # A draft that answers it anyway is not sent.
+    answered = await support.call(
+        "responder",
+        "draft_reply",
+        {
+            "ticket": {"subject": "Refund", "text": "Where is my refund?"},
+            "intent": "refund",
+            "articles": found["articles"],
+            "customer": CUSTOMER,
+        },
+    )
+    anyway = await _review(support, ticket, answered, found["articles"], customer=CUSTOMER)
+    assert not anyway["passed"] and anyway["action"] == "escalate", anyway
