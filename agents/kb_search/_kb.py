@@ -15,6 +15,7 @@ __all__ = [
     "ARTICLES_FILE",
     "CONFIDENT_SCORE",
     "KEYWORD_WEIGHT",
+    "PASSAGE_WORDS",
     "KbArticle",
     "Passage",
     "keyword_bonus",
@@ -31,6 +32,9 @@ KEYWORD_WEIGHT = 0.4
 # Below this best score there is no confident match: kb-search returns no article and the responder
 # escalates to a person instead of citing something unrelated. Calibrated with KEYWORD_WEIGHT on dev only.
 CONFIDENT_SCORE = 0.42
+# Words per embedded passage at most: MiniLM reads 128 tokens (~0.75 words per token in English, fewer in
+# Spanish, German and French).
+PASSAGE_WORDS = 80
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,28 @@ def passages_of(articles: list[KbArticle]) -> list[Passage]:
         paragraphs = article.paragraphs
         lead = paragraphs[0] if paragraphs else article.title
         passages.append(Passage(index, article.title, lead))
-        if article.keywords:
-            passages.append(Passage(index, f"{article.title}. {', '.join(article.keywords)}", lead))
+        passages.extend(
+            Passage(index, f"{article.title}. {', '.join(group)}", lead)
+            for group in _keyword_groups(article.title, article.keywords)
+        )
         passages.extend(Passage(index, f"{article.title}. {p}", p) for p in paragraphs)
     return passages
+
+
+def _keyword_groups(title: str, keywords: tuple[str, ...]) -> list[list[str]]:
+    """The keywords in order, in as few groups as keep each "title. keywords" passage within
+    :data:`PASSAGE_WORDS` (a long list would be cut off by the embedding model's window).
+    """
+    groups: list[list[str]] = []
+    words = len(title.split())
+    for keyword in keywords:
+        size = len(keyword.split())
+        if not groups or words + size > PASSAGE_WORDS:
+            groups.append([])
+            words = len(title.split())
+        groups[-1].append(keyword)
+        words += size
+    return groups
 
 
 def keyword_bonus(query: str, matchers: list[PhraseMatcher]) -> npt.NDArray[np.float32]:
