@@ -284,25 +284,6 @@ async def test_a_review_naming_an_off_topic_article_makes_the_redraft_leave_it_o
     assert again["passed"] and again["action"] == "send", again
 
 
-async def test_sarcasm_and_being_unable_to_work_are_negative_and_real_praise_is_positive(
-    support: Support,
-) -> None:
-    texts = {
-        "sarcasm en": "Fantastic, yet another delivery date missed. Loving the silence from your side too.",
-        "not able to work": "Since Monday the app closes when I open a customer, I haven't been able to "
-        "get any work done.",
-        "es whole morning": "El panel lleva toda la mañana sin cargar y los clientes esperan.",
-        "praise": "Fantastic service, the new blender is great. Thank you!",
-    }
-    answers = await asyncio.gather(
-        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
-    )
-    got = dict(zip(texts, answers, strict=True))
-    for name in ("sarcasm en", "not able to work", "es whole morning"):
-        assert got[name]["label"] == "negative" and got[name]["score"] < 0, (name, got[name])
-    assert got["praise"]["label"] == "positive" and got["praise"]["score"] > 0.5, got["praise"]
-
-
 async def test_fresh_phrasings_in_french_spanish_and_german_find_their_article(support: Support) -> None:
     cases = {
         "La théière est arrivée fendue, je voudrais être remboursé.": {

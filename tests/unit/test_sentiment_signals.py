@@ -46,11 +46,6 @@ def _cues(signals: ModuleType, text: str) -> dict[str, float]:
         ("Someone placed orders I never placed, I think I was hacked.", "cue_wronged"),
         ("Muchas gracias, todo perfecto.", "cue_thanks"),
         ("I would like to change my delivery address.", "cue_request"),
-        ("I haven't been able to get any work done since the update.", "cue_blocked"),
-        ("El panel lleva toda la mañana sin cargar.", "cue_blocked"),
-        ("Es ya la segunda vez que pasa.", "cue_repeated"),
-        ("Estoy bastante cansada de revisar cada cargo.", "cue_upset"),
-        ("Laut Tracking zugestellt, aber bei mir ist nichts angekommen.", "cue_waited"),
     ],
 )
 def test_cues_a_lexicon_misses_are_read_in_four_languages(signals: ModuleType, text: str, cue: str) -> None:
@@ -63,16 +58,6 @@ def test_a_calm_question_carries_no_frustration_cue(signals: ModuleType) -> None
     frustration = ("cue_waited", "cue_repeated", "cue_blocked", "cue_wronged", "cue_damaged", "cue_upset")
     assert all(cues[c] == 0 for c in frustration), cues
     assert cues["cue_request"] >= 1
-
-
-def test_ironic_praise_counts_as_upset_and_is_hidden_from_vader(signals: ModuleType) -> None:
-    model = signals.Signals(FOLDER, _no_embedding)
-    names = list(signals.SIGNALS)
-    ironic = model.lexical("Great, another week without my order. Really loving the suspense.")
-    sincere = model.lexical("Great service, thank you so much, I love the new kettle.")
-    assert ironic[names.index("cue_upset")] >= 2 and ironic[names.index("cue_thanks")] == 0
-    assert ironic[names.index("vader")] < 0.3 < sincere[names.index("vader")]
-    assert sincere[names.index("cue_upset")] == 0 and sincere[names.index("cue_thanks")] >= 2
 
 
 def test_the_head_learns_separable_classes_and_survives_a_round_trip(
