@@ -67,7 +67,8 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
     paragraph off-topic → only sentences close to the ticket; not answering the ask → only the best
     article, subject restated; an unsupported claim → only sentences close to the ticket; the wrong
     customer or their data → nothing from the customer record; too long → fewer sentences; a cited paragraph
-    off-topic that names its articles (``[kb-...]``) → those articles are not quoted again. Any other
+    off-topic that names its articles (``[kb-...]``) → those are left out and only the best article left is
+    quoted. Any other
     reason still changes the draft (the subject is restated), so a regenerated draft never repeats a
     rejected one. A citation is always made and PII always redacted, and the greeting and closing are
     always there.
@@ -86,7 +87,9 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
         for article in _ARTICLE_MARK.findall(reason)
     }
     if off_topic:
-        plan = dataclasses.replace(plan, exclude=plan.exclude | off_topic)
+        # The review sees one draft at a time: quoting the next weaker article instead would only trade one
+        # off-topic paragraph for another, so the redraft keeps to the best article that is left.
+        plan = dataclasses.replace(plan, exclude=plan.exclude | off_topic, only_top_article=True)
     if "the reply is off-topic" in text:
         plan = dataclasses.replace(plan, sentences=max(plan.sentences, 5), min_similarity=0.15)
     if "ask:" in text:

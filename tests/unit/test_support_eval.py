@@ -88,8 +88,11 @@ def test_a_reply_quotes_only_articles_that_match_on_their_own_and_none_a_review_
     )
     assert len(reasons) == 1 and "[kb-data-export]" in reasons[0]
     plan = plan_from_feedback(reasons)
-    assert plan.exclude == {"kb-data-export"}
+    assert plan.exclude == {"kb-data-export"} and plan.only_top_article
     assert [a.article_id for a in quotable_articles(unscored, plan, floor=0.42)] == ["kb-double-charge"]
+    # Not the next weaker article instead (a review sees one draft at a time; that would oscillate).
+    three = [*unscored, article("kb-lost-package", 0.0)]
+    assert [a.article_id for a in quotable_articles(three, plan, floor=0.42)] == ["kb-double-charge"]
     # Excluding every article still leaves the best one (the review then escalates if it still fails).
     only = plan_from_feedback(["relevance: cited paragraph 1 ([kb-double-charge]) is off-topic"])
     assert [a.article_id for a in quotable_articles(unscored[:1], only, floor=0.42)] == ["kb-double-charge"]
