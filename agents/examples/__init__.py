@@ -1,5 +1,6 @@
 """Example support tickets shipped with the agents (``tickets.json``), each with its expected triage, and
-the labelled evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``).
+the labelled evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, and ``eval/probe.jsonl``: fresh tickets
+written after the held-out figures, never calibrated on).
 
 Used by the tests, the demo, the benchmarks and anyone trying the agents: ``load_tickets()``, ``load_eval()``.
 """
