@@ -2,7 +2,10 @@
 
 One run starts the bundled tritonserver with the shipped ``minilm_embedding`` (dynamic batching) and, when
 concurrency 1 is measured, ``minilm_embedding_b1`` (the same model and instances with dynamic batching
-removed: every request of one text runs alone). Each is driven with one text per request.
+removed: every request of one text runs alone). Each is driven by callers that embed one text per call
+through the SDK's ``InferenceClient`` as agents use it: calls made in the same loop turn share a request
+(the client's default, ``merge_concurrent``); ``--one-request-per-call`` sends each call alone, so that
+Triton's dynamic batcher does all the batching.
 
 ``--bound`` also measures, in the same run, the best in-process ONNX Runtime throughput on these cores with
 the same sentences and the very code Triton runs (``Embedder`` from the served ``model.py``: tokenize, pad
@@ -304,7 +307,7 @@ def in_process_cost_ms(bound: Bound, batches: Counter[int]) -> float | None:
 
 
 async def drive(client: InferenceClient, point: Served, seconds: float, *, record: bool = True) -> None:
-    """``point.concurrency`` callers embedding one sentence per request for ``seconds``; with ``record``,
+    """``point.concurrency`` callers embedding one sentence per call for ``seconds``; with ``record``,
     their latencies and the wall time go into ``point`` (without: a warm-up that fills the pipeline).
     """
     stop_at = time.perf_counter() + seconds
@@ -507,6 +510,11 @@ async def main() -> int:
     parser.add_argument("--bound-seconds", type=float, default=1.5, help="measured seconds per bound point")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved slices the seconds are split into")
     parser.add_argument("--max-batch", type=int, help="override the served model's max_batch_size")
+    parser.add_argument(
+        "--one-request-per-call",
+        action="store_true",
+        help="turn off the client's merging of concurrent calls (each embed call is its own request)",
+    )
     parser.add_argument("--write", action="store_true", help="append this run to bench/RESULTS.md")
     args = parser.parse_args()
     home = Settings.from_env().home.resolve()
@@ -526,7 +534,12 @@ async def main() -> int:
         )
         own: dict[str, set[int] | int | None] = {"pids": {os.getpid(), *(bound.pids if bound else ())}}
         try:
-            async with triton, InferenceClient(triton.grpc_url, deadline=60.0) as client:
+            async with (
+                triton,
+                InferenceClient(
+                    triton.grpc_url, deadline=60.0, merge_concurrent=not args.one_request_per_call
+                ) as client,
+            ):
                 own["group"] = triton.pid
                 stats = triton_aio.InferenceServerClient(triton.grpc_url)
                 with watch_load(own) as load:

@@ -33,6 +33,7 @@ from agentmesh._errors import (
 )
 from agentmesh._settings import Settings
 from agentmesh.inference._local import RECONNECT_CHANNEL_ARGS
+from agentmesh.inference._merging import TextCallMerger
 from agentmesh.inference._metrics import (
     TRITON_BATCH_SIZE,
     TRITON_LATENCY,
@@ -80,6 +81,8 @@ class _Connection:
     configs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     metadata: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     ready_models: tuple[float, frozenset[str]] | None = None
+    # Config and metadata fetches in flight, by (method, model, version): concurrent first callers share one.
+    fetching: dict[tuple[str, str, str], asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     reachable: bool | None = None  # what the last readiness check found (None: not checked yet)
 
 
@@ -106,6 +109,13 @@ class InferenceClient:
     Clients of the same URL in the same event loop share one gRPC channel and the metadata cache; the
     per-model circuit breakers (``agentmesh.resilience``, endpoint ``triton:<url>/<model>``) are
     process-wide. Create one per process (or per agent) and ``await client.close()`` at the end.
+
+    With ``merge_concurrent`` (the default), text calls of one model that fit in one batch and are made in
+    the same event-loop turn (concurrent tickets, or the callers one batched answer has just woken) go to
+    Triton as one request: its per-request cost, here and in tritonserver, is paid once, and Triton gets
+    whole batches. A lone call is not delayed. Each caller still gets only its own rows, its own
+    cancellation, and the shared request's error if that request fails (a refused batch is retried per
+    caller, so one caller's bad input does not fail the others).
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class InferenceClient:
         breaker_failure_threshold: int | None = None,
         breaker_reset_timeout: float | None = None,
         catalog: ModelCatalog | None = None,
+        merge_concurrent: bool = True,
     ) -> None:
         settings = settings or Settings.from_env()
         self.url = url or settings.triton_url or f"127.0.0.1:{settings.triton_port}"
@@ -129,6 +140,8 @@ class InferenceClient:
         self.catalog = catalog if catalog is not None else default_catalog()
         self._connection_key: tuple[str, int] | None = None
         self._prototypes: dict[tuple[str, tuple[str, ...]], npt.NDArray[np.float32]] = {}
+        # Text calls (embed, sentiment, classify) of one model made in the same loop turn share a request.
+        self._merger = TextCallMerger(self._infer_texts) if merge_concurrent else None
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -308,16 +321,31 @@ class InferenceClient:
         from tritonclient.grpc import service_pb2
 
         key = (model, version)
-        if key not in cache:
-            fetch = getattr(self._connection().stub, method)
-            request = getattr(service_pb2, f"{method}Request")(name=model, version=version)
+        found = cache.get(key)
+        if found is not None:
+            return found
+        # One fetch per model however many callers arrive before it is cached: they then resume together
+        # (and their text calls can share a request).
+        fetching = self._connection().fetching
+        flight = fetching.get((method, *key))
+        if flight is not None:
+            return await asyncio.shield(flight)
+        fetch = getattr(self._connection().stub, method)
+        request = getattr(service_pb2, f"{method}Request")(name=model, version=version)
 
-            async def attempt(seconds_left: float) -> Any:
-                return _as_json(await fetch(request, timeout=seconds_left))
+        async def attempt(seconds_left: float) -> Any:
+            return _as_json(await fetch(request, timeout=seconds_left))
 
-            response, _ = await self._call(model, attempt, deadline)
-            cache[key] = dict(response.get(part, response) if part else response)
-        return cache[key]
+        async def fetched() -> dict[str, Any]:
+            try:
+                response, _ = await self._call(model, attempt, deadline)
+            finally:
+                del fetching[(method, *key)]
+            found = cache[key] = dict(response.get(part, response) if part else response)
+            return found
+
+        flight = fetching[(method, *key)] = asyncio.ensure_future(fetched())
+        return await asyncio.shield(flight)
 
     async def is_ready(self, *, deadline: float = 1.0) -> bool:
         """Whether the server answers and reports ready (never raises).
@@ -405,22 +433,22 @@ class InferenceClient:
             texts
         )
         if len(texts) <= chunk:  # one request: no task to gather
-            return [
-                await self.infer(model, {"TEXT": _text_column(texts)}, outputs=outputs, deadline=deadline)
-            ]
+            if self._merger is not None:
+                return [await self._merger.call(model, texts, outputs, deadline, chunk)]
+            return [await self._infer_texts(model, texts, outputs, deadline)]
         return list(
             await asyncio.gather(
                 *(
-                    self.infer(
-                        model,
-                        {"TEXT": _text_column(texts[i : i + chunk])},
-                        outputs=outputs,
-                        deadline=deadline,
-                    )
+                    self._infer_texts(model, texts[i : i + chunk], outputs, deadline)
                     for i in range(0, len(texts), chunk)
                 )
             )
         )
+
+    def _infer_texts(
+        self, model: str, texts: list[str], outputs: list[str] | None, deadline: float | None
+    ) -> Awaitable[InferenceResult]:
+        return self.infer(model, {"TEXT": _text_column(texts)}, outputs=outputs, deadline=deadline)
 
     async def sentiment(
         self, texts: Sequence[str], *, model: str | None = None, deadline: float | None = None

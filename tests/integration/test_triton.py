@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -22,6 +24,8 @@ from agentmesh.inference import (
 )
 
 pytestmark = pytest.mark.triton
+
+T = TypeVar("T")
 
 REFUND = "I want a refund"
 MONEY_BACK = "How do I get my money back"
@@ -105,7 +109,8 @@ async def test_raw_infer_takes_str_bytes_and_object_arrays_alike(inference: Infe
     assert labels.shape == (1, 1) and labels[0, 0] in (b"negative", b"neutral", b"positive")
 
 
-async def test_concurrent_callers_are_batched_by_triton(triton_url: str, inference: InferenceClient) -> None:
+async def triton_counts(triton_url: str, texts: int, run: Awaitable[T]) -> tuple[T, int, int]:
+    """``run``'s result and the inferences (texts) and model executions Triton counted while it ran."""
     stats_client = triton_aio.InferenceServerClient(triton_url)
     try:
 
@@ -115,23 +120,61 @@ async def test_concurrent_callers_are_batched_by_triton(triton_url: str, inferen
             return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
         before = await counts()
-        texts = [f"where is my order {i}?" for i in range(48)]
-        results = await asyncio.gather(*(inference.embed([t]) for t in texts))
+        result = await run
         # Triton records statistics when a request is released, which can trail the response on a busy
-        # machine: poll (bounded) until all 48 are counted rather than reading once.
+        # machine: poll (bounded) until all texts are counted rather than reading once.
         loop = asyncio.get_running_loop()
         give_up = loop.time() + 10
         after = await counts()
-        while after[0] - before[0] < 48 and loop.time() < give_up:
+        while after[0] - before[0] < texts and loop.time() < give_up:
             await asyncio.sleep(0.05)
             after = await counts()
     finally:
         await stats_client.close()
-    inferences, executions = after[0] - before[0], after[1] - before[1]
+    return result, after[0] - before[0], after[1] - before[1]
+
+
+def requests_sent(model: str) -> float:
+    return REGISTRY.get_sample_value("agentmesh_triton_request_batch_size_count", {"model": model}) or 0.0
+
+
+async def test_concurrent_requests_are_batched_by_triton(triton_url: str, inference: InferenceClient) -> None:
+    texts = [f"where is my order {i}?" for i in range(48)]
+    async with InferenceClient(triton_url, deadline=30.0, merge_concurrent=False) as alone:
+        sent = requests_sent("minilm_embedding")
+        results, inferences, executions = await triton_counts(
+            triton_url, 48, asyncio.gather(*(alone.embed([t]) for t in texts))
+        )
+        assert requests_sent("minilm_embedding") == sent + 48  # one request per call ...
     assert inferences == 48
-    assert executions < inferences  # several requests shared one model execution
+    assert executions < inferences  # ... and several requests shared one model execution
     expected = (await inference.embed(texts)).embeddings
     np.testing.assert_allclose(np.concatenate([r.embeddings for r in results]), expected, atol=2e-5)
+
+
+async def test_concurrent_calls_share_whole_batch_requests(
+    triton_url: str, inference: InferenceClient
+) -> None:
+    texts = [f"my parcel {i} arrived damaged" for i in range(40)]
+    await inference.embed(["warm"])  # the model's config is fetched once, by the first call
+    sent = requests_sent("minilm_embedding")
+    results, inferences, executions = await triton_counts(
+        triton_url, 40, asyncio.gather(*(inference.embed([t]) for t in texts))
+    )
+    # 40 calls of one loop turn leave as two requests (the model's max batch is 32), run as two executions.
+    assert requests_sent("minilm_embedding") == sent + 2
+    assert (inferences, executions) == (40, 2)
+    assert all(len(r) == 1 and (r.model, r.version) == ("minilm_embedding", "1") for r in results)
+    async with InferenceClient(triton_url, deadline=30.0, merge_concurrent=False) as alone:
+        for text, result in zip(texts[:5], results, strict=False):  # each caller got its own row
+            np.testing.assert_allclose(result.embeddings, (await alone.embed([text])).embeddings, atol=2e-5)
+    sent = requests_sent("sentiment")
+    angry, thanks = await asyncio.gather(
+        inference.sentiment(["I am so angry, your support is useless and nobody answers."]),
+        inference.sentiment(["Thank you so much, the replacement arrived and works great."]),
+    )
+    assert requests_sent("sentiment") == sent + 1
+    assert angry.scores[0] < -0.3 < 0.3 < thanks.scores[0]
 
 
 async def test_angry_tickets_score_negative_and_thanks_positive(inference: InferenceClient) -> None:
