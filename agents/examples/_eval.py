@@ -1,10 +1,13 @@
-"""The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``): tickets
+"""The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``,
+``eval/fresh.jsonl``): tickets
 written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
 never is: it only measures (bench/bench_support_quality.py). The probe split (40 tickets) was written after
 the held-out figures were recorded, as a user trying the agents on tickets nobody had tuned for; it is never
-used for calibration (no ``--calibrate-*`` option reads it), only to find and report weaknesses.
+used for calibration (no ``--calibrate-*`` option reads it), only to find and report weaknesses. The fresh
+split (48 tickets, session 5) was written the same way after the probe's fixes, before any sentiment tuning of
+that session, and is likewise only measured.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-Split = Literal["dev", "heldout", "probe"]
+Split = Literal["dev", "heldout", "probe", "fresh"]
 
 
 def load_eval(split: Split) -> list[EvalTicket]:
