@@ -49,7 +49,8 @@ class Planner:
         self._model = model
 
     async def plan(self, goal: str, task_input: dict[str, Any], playbook: str = "") -> PlanOutcome:
-        """The plan of a new task; FailedPreconditionError when no strategy can make one."""
+        """The plan of a new task, validated against the plan schema (the store trusts it);
+        FailedPreconditionError when no strategy can make one."""
         if playbook:
             return PlanOutcome(self.playbooks.get(playbook).render(goal), f"playbook {playbook!r} was requested")
         matched = self.playbooks.match(goal, task_input)
@@ -73,7 +74,9 @@ class Planner:
             reason = _why(candidates[0])
             if rejections:  # the plan replaces a rejected proposal: say so where the plan says why it exists
                 reason += f"; instead of the {rejections[-1][0]} plan, rejected: {rejections[-1][1]}"
-            return PlanOutcome(capability_plan(goal, task_input, candidates), reason, rejections)
+            plan = capability_plan(goal, task_input, candidates)
+            validate_plan(plan)  # built from discovery's answer: checked like any plan before it is stored
+            return PlanOutcome(plan, reason, rejections)
         raise FailedPreconditionError(
             f"no plan for {goal!r}: no playbook matches and discovery found no agent for it"
             + (f" (rejected: {rejections[-1][1]})" if rejections else "")

@@ -350,13 +350,14 @@ class PlannerStore:
         claim: ClaimAhead | None = None,
     ) -> TaskRow:
         """Store a task with its first plan and steps, and mark the steps that can start; idempotent on request id.
+        ``plan`` must be valid already (what ``Planner.plan`` returns is).
 
         Returns the stored task: the new one, or the one an earlier submission with the same
         ``(submitted_by, request_id)`` made (a concurrent duplicate loses the insert and reads the winner).
         """
         task_id = values["task_id"]
         ahead = _Ahead(claim)
-        document = PlanDocument.parse(plan)
+        document = PlanDocument.trusted(plan)  # Planner.plan validated it (a playbook's once, at render)
         plan_id = _new_id("plan")
         now = utcnow()
         try:
@@ -498,7 +499,7 @@ class PlannerStore:
         if document is None:
             async with self.single.connect() as conn:
                 doc = (await conn.execute(sa.select(PLANS.c.plan).where(PLANS.c.plan_id == plan_id))).scalar_one()
-            document = self._plans[plan_id] = PlanDocument.parse(doc)
+            document = self._plans[plan_id] = PlanDocument.trusted(doc)  # validated before it was stored
         return document
 
     # ---- durable execution -------------------------------------------------------------------------------
