@@ -13,21 +13,24 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agentmesh._errors import InvalidArgumentError
+from agentmesh._errors import DeadlineExceededError, InvalidArgumentError
 from agentmesh.inference._results import InferenceResult
 
 __all__ = ["TextCallMerger"]
 
 # (model, texts, outputs, deadline) -> the model's result for ``texts``, in order.
 Run = Callable[[str, list[str], list[str] | None, float | None], Awaitable[InferenceResult]]
-# Calls merge only when they agree on everything but their texts.
-_Key = tuple[str, tuple[str, ...] | None, float | None, int]
+# Calls merge when they agree on the model, outputs, batch limit and whether they give a deadline; the
+# deadlines themselves differ (each agent passes what is left of its own caller's).
+_Key = tuple[str, tuple[str, ...] | None, bool, int]
 
 
 @dataclass(slots=True)
 class _Waiter:
     texts: list[str]
     future: asyncio.Future[InferenceResult]
+    end: float | None = None  # the caller's own deadline, loop time
+    timer: asyncio.TimerHandle | None = None
 
 
 class TextCallMerger:
@@ -44,17 +47,21 @@ class TextCallMerger:
         """``run(model, texts, outputs, deadline)``, sent together with the other calls of this loop turn
         (at most ``limit`` texts per request; ``texts`` must fit in one).
         """
-        key: _Key = (model, tuple(outputs) if outputs else None, deadline, limit)
+        key: _Key = (model, tuple(outputs) if outputs else None, deadline is not None, limit)
         loop = asyncio.get_running_loop()
         waiters = self._pending.get(key)
         if waiters is None:
             waiters = self._pending[key] = []
             loop.call_soon(self._flush, key)
-        future: asyncio.Future[InferenceResult] = loop.create_future()
-        waiters.append(_Waiter(texts, future))
-        # A caller that gives up (cancelled, timed out) only drops its own future: the shared request
+        waiter = _Waiter(texts, loop.create_future())
+        if deadline is not None:
+            # The shared request runs until the latest of its callers' deadlines; each caller keeps its own.
+            waiter.end = loop.time() + deadline
+            waiter.timer = loop.call_later(max(deadline, 0.0), _expire, waiter, model, deadline)
+        waiters.append(waiter)
+        # A caller that gives up (cancelled, deadline passed) only drops its own future: the shared request
         # goes on for the others.
-        return await future
+        return await waiter.future
 
     def _flush(self, key: _Key) -> None:
         limit = key[3]
@@ -77,7 +84,10 @@ class TextCallMerger:
         waiters = [w for w in waiters if not w.future.done()]  # callers that gave up before the send
         if not waiters:
             return
-        model, outputs, deadline, _ = key
+        model, outputs, timed, _ = key
+        deadline = None
+        if timed:
+            deadline = max(w.end for w in waiters if w.end is not None) - asyncio.get_running_loop().time()
         texts = waiters[0].texts if len(waiters) == 1 else [t for w in waiters for t in w.texts]
         try:
             result = await self._run(model, texts, list(outputs) if outputs else None, deadline)
@@ -90,6 +100,8 @@ class TextCallMerger:
             return
         except asyncio.CancelledError:
             for waiter in waiters:
+                if waiter.timer is not None:
+                    waiter.timer.cancel()
                 waiter.future.cancel()
             raise
         except Exception as exc:  # the same error for every caller that shared the request
@@ -114,11 +126,25 @@ class TextCallMerger:
 
 
 def _settle(waiter: _Waiter, result: InferenceResult) -> None:
+    if waiter.timer is not None:
+        waiter.timer.cancel()
     if not waiter.future.done():
         waiter.future.set_result(result)
 
 
 def _fail(waiters: list[_Waiter], exc: Exception) -> None:
     for waiter in waiters:
+        if waiter.timer is not None:
+            waiter.timer.cancel()
         if not waiter.future.done():
             waiter.future.set_exception(exc)
+
+
+def _expire(waiter: _Waiter, model: str, deadline: float) -> None:
+    if not waiter.future.done():
+        waiter.future.set_exception(
+            DeadlineExceededError(
+                f"deadline of {deadline:.3f} s passed calling Triton model {model!r}",
+                metadata={"model": model},
+            )
+        )

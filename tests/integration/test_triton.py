@@ -159,7 +159,10 @@ async def test_concurrent_calls_share_whole_batch_requests(
     await inference.embed(["warm"])  # the model's config is fetched once, by the first call
     sent = requests_sent("minilm_embedding")
     results, inferences, executions = await triton_counts(
-        triton_url, 40, asyncio.gather(*(inference.embed([t]) for t in texts))
+        # Each with its own deadline, as agents pass what is left of their caller's.
+        triton_url,
+        40,
+        asyncio.gather(*(inference.embed([t], deadline=20.0 + i / 100) for i, t in enumerate(texts))),
     )
     # 40 calls of one loop turn leave as two requests (the model's max batch is 32), run as two executions.
     assert requests_sent("minilm_embedding") == sent + 2

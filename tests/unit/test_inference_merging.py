@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from agentmesh._errors import InvalidArgumentError, UnavailableError
+from agentmesh._errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from agentmesh.inference._merging import TextCallMerger
 from agentmesh.inference._results import InferenceResult
 
@@ -63,7 +63,7 @@ async def test_requests_respect_the_batch_limit_without_splitting_a_caller() -> 
     assert [len(r.outputs["LENGTH"]) for r in results] == [3, 3, 2, 1]
 
 
-async def test_different_models_or_deadlines_are_not_merged() -> None:
+async def test_different_models_are_not_merged_and_deadlines_merge_up_to_the_latest() -> None:
     fake = FakeModel()
     merger = TextCallMerger(fake.run)
     await asyncio.gather(
@@ -71,12 +71,30 @@ async def test_different_models_or_deadlines_are_not_merged() -> None:
         merger.call("other", ["b"], None, None, 32),
         merger.call("m", ["c"], None, 2.0, 32),
         merger.call("m", ["d"], None, None, 32),
+        merger.call("m", ["e"], None, 5.0, 32),
     )
-    assert sorted((m, t, d is None) for m, t, d in fake.requests) == [
-        ("m", ["a", "d"], True),
-        ("m", ["c"], False),
-        ("other", ["b"], True),
+    assert sorted((m, t) for m, t, _ in fake.requests) == [
+        ("m", ["a", "d"]),
+        ("m", ["c", "e"]),
+        ("other", ["b"]),
     ]
+    deadlines = {tuple(t): d for _, t, d in fake.requests}
+    assert deadlines[("a", "d")] is None  # the client's default deadline
+    assert 4.9 < (deadlines[("c", "e")] or 0) <= 5.0  # the latest of the callers' own
+
+
+async def test_each_caller_keeps_its_own_deadline_in_a_shared_request() -> None:
+    fake = FakeModel()
+    fake.release.clear()
+    merger = TextCallMerger(fake.run)
+    hurried = asyncio.ensure_future(merger.call("m", ["quick"], None, 0.05, 32))
+    patient = asyncio.ensure_future(merger.call("m", ["slow"], None, 10.0, 32))
+    with pytest.raises(DeadlineExceededError, match=r"0\.050 s"):
+        await hurried
+    assert not patient.done()  # the shared request goes on for the caller that can still wait
+    fake.release.set()
+    assert (await patient).outputs["LENGTH"].tolist() == [[4]]
+    assert [t for _, t, _ in fake.requests] == [["quick", "slow"]]
 
 
 async def test_a_failed_request_fails_every_caller_that_shared_it() -> None:
