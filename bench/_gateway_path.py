@@ -6,8 +6,9 @@ machine load:
 
 - *hop*: ``GetTask`` of a finished task — gateway (TLS + JWT, admission, delegation token, forward over mTLS)
   vs the planner over mTLS as ``client/ops``;
-- *task*: ``SubmitTask`` of a one-step playbook then ``GetTask`` every millisecond until it has finished:
-  gateway → planner → agent vs planner → agent.
+- *task*: ``SubmitTask`` of a one-step playbook, then ``GetTask`` every millisecond until it has finished
+  (or, with ``--watch``, one ``WatchTask`` stream that the planner pushes the task's events into: no polling
+  traffic in the shared event loop): gateway → planner → agent vs planner → agent.
 """
 
 from __future__ import annotations
@@ -47,7 +48,21 @@ async def _finish(stub: Any, task_id: str, metadata: Any) -> None:
     raise TimeoutError(f"task {task_id} did not finish within 60 s")
 
 
-async def bench_gateway_path(tasks: int) -> None:
+async def _watch(stub: Any, task_id: str, metadata: Any) -> None:
+    from agentmesh.v1 import task_pb2
+
+    final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
+    stream = stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id), metadata=metadata, timeout=60)
+    async for event in stream:
+        if event.task.state in final:
+            stream.cancel()
+            if event.task.state != task_pb2.TASK_STATE_SUCCEEDED:
+                raise RuntimeError(f"task {task_id} ended {event.task.state}: {event.task.error}")
+            return
+    raise RuntimeError(f"the watch of task {task_id} ended before the task did")
+
+
+async def bench_gateway_path(tasks: int, watch: bool = False) -> None:
     import grpc
 
     from agentmesh._channel import create_channel
@@ -115,7 +130,7 @@ async def bench_gateway_path(tasks: int) -> None:
                     hop_time = time.perf_counter() - started
                     started = time.perf_counter()
                     task = (await stub.SubmitTask(request, metadata=metadata, timeout=10)).task
-                    await _finish(stub, task.task_id, metadata)
+                    await (_watch if watch else _finish)(stub, task.task_id, metadata)
                     if round_ >= 20:
                         hop[name].append(hop_time * 1000)
                         full[name].append((time.perf_counter() - started) * 1000)

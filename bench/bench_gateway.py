@@ -14,6 +14,7 @@ the gateway (TLS + JWT) and directly to the planner (mTLS) in the same run, and 
 
     .venv/bin/python bench/bench_gateway.py --audit --processes 1 2 4 --records 400 --in-flight 8
     .venv/bin/python bench/bench_gateway.py --gateway --tasks 300
+    .venv/bin/python bench/bench_gateway.py --gateway --tasks 60 --watch   # WatchTask instead of GetTask polling
 """
 
 from __future__ import annotations
@@ -151,6 +152,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=400, help="records per appender process")
     parser.add_argument("--in-flight", type=int, default=8, help="appends in flight per process")
     parser.add_argument("--tasks", type=int, default=300, help="tasks per path for --gateway")
+    parser.add_argument("--watch", action="store_true", help="--gateway: follow each task with WatchTask, not polling")
     parser.add_argument("--worker", nargs=5, metavar=("URL", "MODE", "RECORDS", "IN_FLIGHT", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -162,7 +164,7 @@ def main() -> int:
     if args.gateway:
         from bench._gateway_path import bench_gateway_path
 
-        asyncio.run(bench_gateway_path(args.tasks))
+        asyncio.run(bench_gateway_path(args.tasks, args.watch))
     return 0
 
 

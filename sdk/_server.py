@@ -305,6 +305,9 @@ class _MeshInterceptor(_ServerInterceptor):
         self, exc: BaseException, method: str, context: grpc.aio.ServicerContext[Any, Message], observation: CallObservation
     ) -> None:
         """Record the failure and, for mesh errors and bugs, abort with a precise status (never a traceback)."""
+        if isinstance(exc, GeneratorExit):  # the client cancelled a response stream: nothing left to answer
+            observation.end(grpc.StatusCode.CANCELLED, detach=False)
+            return
         if isinstance(exc, grpc.aio.AbortError) or isinstance(exc, asyncio.CancelledError):
             observation.end(context.code() or grpc.StatusCode.CANCELLED)
             return

@@ -68,8 +68,11 @@ class CallObservation:
         self._started = time.perf_counter()
         metrics.in_flight.inc()
 
-    def end(self, code: grpc.StatusCode, error: BaseException | None = None) -> None:
-        """Record the call's outcome (status code and, for failures, the error) and close its span."""
+    def end(self, code: grpc.StatusCode, error: BaseException | None = None, *, detach: bool = True) -> None:
+        """Record the call's outcome (status code and, for failures, the error) and close its span.
+
+        ``detach=False`` for a response stream the client cancelled: grpc closes its generator from another
+        context, where the call's context cannot (and need not) be restored."""
         metrics = self._metrics
         if metrics is None:
             return
@@ -89,6 +92,8 @@ class CallObservation:
             if error is not None and not isinstance(error, grpc.aio.AbortError):
                 span.record_exception(error)
         span.end()
+        if not detach:
+            return
         try:
             otel_context.detach(self._otel_token)
             inbound_call.reset(self._call_token)

@@ -6,6 +6,7 @@ Each test is a story a user of TaskService would tell: submit, watch, cancel, ex
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -236,6 +237,23 @@ async def test_watch_task_streams_events_and_resumes_from_a_cursor(planner_mesh:
         e async for e in stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, cursor=middle.cursor), timeout=30)
     ]
     assert [e.cursor for e in resumed] == [e.cursor for e in events[len(events) // 2 + 1 :]]
+
+
+async def test_a_watch_the_client_cancels_ends_quietly(
+    planner_mesh: PlannerMesh, worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    task = await planner_mesh.submit("fan", {"text": "c"}, playbook="fan")
+    await planner_mesh.wait(task.task_id)
+    caplog.clear()
+    for _ in range(3):  # e.g. grpcurl stopped with Ctrl-C, or a client that has seen what it waited for
+        stream = planner_mesh.stub().WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id), timeout=30)
+        first = await stream.read()
+        assert first.type == task_pb2.TASK_EVENT_TYPE_TASK_STATE
+        stream.cancel()
+    # The server still answers, and cancelling logged no error (no "unhandled error", no failed abort).
+    assert (await planner_mesh.stub().GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)).task.task_id
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 REFUND = """
