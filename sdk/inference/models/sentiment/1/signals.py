@@ -116,6 +116,8 @@ CUES: dict[str, str] = {
         r"\b(?:second|third|fourth|fifth|sixth|2nd|3rd|4th|5th|umpteenth) (?:time|one)\b|\bonce again\b|"
         r"\bzum (?:zweiten|dritten|vierten|funften|wiederholten|x-ten) mal\b|\b(?:segunda|tercera|cuarta|quinta) vez\b|"
         r"\b(?:deuxieme|troisieme|quatrieme|cinquieme|enieme) fois\b|\bencore (?:une|un)\b|\bya van\b|"
+        r"\bin a row\b|\byet another\b|\bseguid[oa]s\b|\bd'affilee\b|"
+        r"\bhintereinander\b|\bnacheinander\b|\botra semana (?:mas )?sin\b|\bencore une semaine\b|"
         r"\botra vez\b|\bvarias veces\b|\bnadie\b|\bde nuevo\b|\bschon wieder\b|\bmehrmals\b|\bniemand\b|"
         r"\bwieder\b|\bkeine antwort\b|\bplusieurs fois\b|\bpersonne\b|\bencore une fois\b|\baucune reponse\b"
     ),
@@ -146,11 +148,16 @@ CUES: dict[str, str] = {
     "money_back": (
         r"\bmoney back\b|\bwant (?:a|my) refund\b|\brefund (?:now|today|immediately)\b|\bdevuelvan el dinero\b|"
         r"\bmi dinero\b|\bmein geld\b|\bgeld zuruck\b|\bmon argent\b|\bremboursez-moi\b|\bje veux etre rembourse"
+        r"|\b(?:i'?d like|i want|i would like|give me|i expect) (?:a |my )?(?:full )?refund\b|\brather have (?:my|the) money\b"
+        r"|\bnot (?:a |another )(?:replacement|exchange|new one)\b|\bno (?:un|otr[oa]) (?:cambio|recambio)\b"
+        r"|\bkeinen ersatz\b|\bpas (?:un|d'|de) ?(?:echange|remplacement)\b"
     ),
     "damaged": (
         r"\bbroken\b|\bcracked\b|\bdamaged\b|\bdefective\b|\bfaulty\b|\bsmashed\b|\bcrushed\b|\bdead\b|"
         r"\broto\b|\brota\b|\bdanad[oa]\b|\bdefectuos[oa]\b|\bkaputt\b|\bbeschadigt\b|\bdefekt\b|\bcasse\b|"
         r"\bcassee\b|\babime\b|\babimee\b|\bendommage\w*\b"
+        r"|\bsnapped\b|\bshattered\b|\btorn\b|\bripped\b|\bdented\b|\bscratched\b|\bleak\w*\b|\brot[oa]s\b"
+        r"|\bzerbrochen\b|\bgebrochen\b|\bzerkratzt\b|\bbrise\w*\b|\bfendue?s?\b|\braye\w*\b"
         r"|\bempty\b|\bnothing (?:came|arrived|inside|in (?:it|the box))\b|\bmissing\b|\bvacio\b|\bvide\b|\bfehlt\b"
         r"|\bmanque\b|\bfalta\b"
     ),
