@@ -191,3 +191,15 @@ def test_feedback_changes_the_plan_on_every_path_including_other() -> None:
     )  # type: ignore[arg-type]
     assert with_name.startswith("Hi Maria,") and "NW-1" in with_name
     assert without.startswith("Hello,") and "NW-1" not in without
+
+
+def test_the_fresh_split_is_new_and_labelled_like_the_others() -> None:
+    earlier = load_eval("dev") + load_eval("heldout") + load_eval("probe")
+    fresh = load_eval("fresh")
+    assert len(fresh) >= 40 and all(t.id.startswith("f") for t in fresh)
+    assert not {t.text for t in fresh} & {t.text for t in earlier}
+    assert not {t.id for t in fresh} & {t.id for t in earlier}
+    ids = {a.article_id for a in load_articles()}
+    assert all(set(t.articles) <= ids for t in fresh)
+    assert {t.lang for t in fresh} == {"en", "es", "de", "fr"}
+    assert set(Counter(t.sentiment for t in fresh)) == {"negative", "neutral", "positive"}

@@ -192,7 +192,9 @@ _PRAISE = (
 )
 # Ironic praise: a praise word opening a sentence as an exclamation ("Great, ...", "Na toll.", "Génial, mon
 # colis..."), or an ironic set phrase; it counts (and is hidden from VADER) only in a message reporting trouble.
-_OPENER = re.compile(rf"^(?:oh|ah|na|just|really|how|que|wie|quel)?\s*(?:{_PRAISE})(?:\s+(?:news|job|service))?\s*[,.!…:;-]+")
+_OPENER = re.compile(
+    rf"^(?:oh|ah|na|just|really|how|que|wie|quel)?\s*(?:{_PRAISE})(?:\s+(?:news|job|service))?\s*[,.!…:;-]+"
+)
 _IRONIC_SENTENCE = re.compile(
     r"^(?:(?:just )?what i (?:needed|wanted)|love (?:that|it) for me|thanks? (?:a lot |so much )?for nothing|"
     rf"(?:really |just )?(?:{_PRAISE}) timing|(?:muy|tres|sehr|very) professionn?\w*|bravo pour\b|"
@@ -238,7 +240,8 @@ def _without_ironic_praise(sentences: list[str]) -> tuple[list[str], int]:
     """The sentences with ironic praise left out (an opening praise word, or a whole ironic set phrase),
     and how many were found: VADER would read "Great, third time this month" as praise.
     """
-    kept, found = [], 0
+    kept: list[str] = []
+    found = 0
     for sentence in sentences:
         folded = _fold(sentence)
         if _IRONIC_SENTENCE.match(folded):
