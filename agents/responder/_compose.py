@@ -25,6 +25,7 @@ __all__ = [
     "plan_from_feedback",
     "quotable_articles",
     "select_sentences",
+    "varied_plans",
 ]
 
 _ORDER_STATUS = {
@@ -99,6 +100,22 @@ def plan_from_feedback(feedback: Sequence[str], base: ReplyPlan | None = None) -
     if "too long" in text:
         plan = dataclasses.replace(plan, sentences=2)
     return plan
+
+
+def varied_plans(plan: ReplyPlan) -> list[ReplyPlan]:
+    """Other plans to try, in order, when ``plan`` reproduced a rejected draft word for word: a wider quote
+    (one more sentence, a lower bar), the best article alone or all confident ones, the customer's record
+    left out or used, a shorter quote."""
+    return [
+        dataclasses.replace(
+            plan, sentences=plan.sentences + 1, min_similarity=min(plan.min_similarity, 0.15)
+        ),
+        dataclasses.replace(plan, only_top_article=not plan.only_top_article),
+        dataclasses.replace(plan, use_customer=not plan.use_customer),
+        dataclasses.replace(
+            plan, sentences=max(1, plan.sentences - 1), restate_subject=not plan.restate_subject
+        ),
+    ]
 
 
 def quotable_articles(articles: Sequence[Article], plan: ReplyPlan, floor: float) -> list[Article]:

@@ -29,6 +29,7 @@ from agentmesh.agents.responder._compose import (
     plan_from_feedback,
     quotable_articles,
     select_sentences,
+    varied_plans,
 )
 
 __all__ = ["DraftInput", "DraftOutput", "ResponderAgent"]
@@ -48,6 +49,11 @@ class DraftInput(BaseModel):
     )
     feedback: list[str] = Field(
         default_factory=list, description="quality_check reasons from a rejected draft."
+    )
+    previous_reply: str = Field(
+        default="",
+        max_length=20_000,
+        description="The rejected draft itself: a regenerated draft never repeats it word for word.",
     )
 
 
@@ -118,6 +124,18 @@ class ResponderAgent(TritonAgent):
         # feedback then changes the plan on every path.
         base = ReplyPlan(sentences=1) if request.intent == "other" else ReplyPlan()
         plan = plan_from_feedback(request.feedback, base)
+        draft = await self._extract_with(plan, request, name, ctx)
+        rejected = " ".join(request.previous_reply.split())
+        # The same reasons twice make the same plan: vary it until the draft differs from the rejected one.
+        for vary in varied_plans(plan) if rejected else ():
+            if " ".join(draft.reply.split()) != rejected:
+                break
+            draft = await self._extract_with(vary, request, name, ctx)
+        return draft
+
+    async def _extract_with(
+        self, plan: ReplyPlan, request: DraftInput, name: str, ctx: SkillContext
+    ) -> DraftOutput:
         articles = quotable_articles(request.articles, plan, CONFIDENT_SCORE)
         candidates = candidate_sentences(articles)
         quoted: list[Candidate] = []

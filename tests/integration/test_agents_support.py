@@ -573,3 +573,35 @@ async def test_an_off_topic_draft_fails_and_the_regenerated_one_passes(support: 
         support, ticket, redraft["draft"]["reply"], redraft["draft"]["citations"], redraft["articles"]
     )
     assert again["passed"], again
+
+
+async def test_the_same_reasons_twice_still_give_a_new_draft(support: Support) -> None:
+    # The playbook's third round gets the second round's reasons, which can repeat the first round's: the same
+    # reasons make the same plan, so without the rejected draft the responder would write it again word for word.
+    ticket = by_id("t04-double-charge")
+    articles = (
+        await support.call(
+            "kb-search", "search_articles", {"query": f"{ticket.subject} {ticket.text}", "top_k": 3}
+        )
+    )["articles"]
+    reasons = ["ask: the ticket asks about 'shipping' but the reply answers 'billing' (overlap 0.07 < 0.15)"]
+    request = {"ticket": ticket_input(ticket), "intent": "billing", "articles": articles, "feedback": reasons}
+    second = await support.call("responder", "draft_reply", request)
+    assert (await support.call("responder", "draft_reply", request))["reply"] == second[
+        "reply"
+    ]  # deterministic
+    third = await support.call("responder", "draft_reply", {**request, "previous_reply": second["reply"]})
+    assert third["reply"] != second["reply"]
+    assert third["citations"] and set(third["citations"]) <= {a["article_id"] for a in articles}
+    fourth = await support.call("responder", "draft_reply", {**request, "previous_reply": third["reply"]})
+    assert fourth["reply"] != third["reply"]
+
+
+def test_the_support_playbook_gives_each_redraft_the_rejected_draft() -> None:
+    from agentmesh.services.planner.playbooks import PlaybookLibrary
+
+    plan = PlaybookLibrary.shipped().get("support").render("a ticket")
+    inputs = {s["id"]: s.get("input", {}) for s in plan["steps"]}
+    assert "previous_reply" not in inputs["responder_1"]
+    assert inputs["responder_2"]["previous_reply"] == "${steps.responder_1.output.reply}"
+    assert inputs["responder_3"]["previous_reply"] == "${steps.responder_2.output.reply}"
