@@ -605,3 +605,52 @@ def test_the_support_playbook_gives_each_redraft_the_rejected_draft() -> None:
     assert "previous_reply" not in inputs["responder_1"]
     assert inputs["responder_2"]["previous_reply"] == "${steps.responder_1.output.reply}"
     assert inputs["responder_3"]["previous_reply"] == "${steps.responder_2.output.reply}"
+
+
+ODD_TICKETS = [
+    ("", "?"),
+    ("", "   \n\t  ok  "),
+    ("HELP", "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"),
+    ("订单", "我的订单三个星期还没到，我很生气。"),  # noqa: RUF001 (Chinese punctuation)
+    ("طلب", "لم يصل طلبي منذ ثلاثة أسابيع"),
+    ("emoji", "😡😡😡 my parcel 📦 never came 🙄"),
+    ("<script>alert(1)</script>", "<b>refund</b> please &amp; thanks <img src=x onerror=alert(1)>"),
+    ("SQL", "'; DROP TABLE tasks; -- where is my order?"),
+    ("template", "My name is ${task.input.ticket.email} and {{7*7}} and %s %d"),
+    ("long", "I was charged twice. " * 900),
+    ("only pii", "jane.doe@example.com +1 415 555 0100 4111 1111 1111 1111"),
+]
+
+
+@pytest.mark.parametrize(("subject", "text"), ODD_TICKETS, ids=[t[0] or t[1][:8] for t in ODD_TICKETS])
+async def test_odd_tickets_get_a_reply_or_an_escalation_never_an_error(
+    support: Support, subject: str, text: str
+) -> None:
+    ticket = {"subject": subject, "text": text}
+    triage, sentiment, retrieved = await asyncio.gather(
+        support.call("triage", "classify_ticket", ticket),
+        support.call("sentiment", "score_sentiment", {"text": text}),
+        support.call("kb-search", "search_articles", {"query": f"{subject} {text}", "top_k": 3}),
+    )
+    assert triage["intent"] and triage["priority"]
+    assert sentiment["label"] in ("negative", "neutral", "positive") and -1.0 <= sentiment["score"] <= 1.0
+    draft = await support.call(
+        "responder",
+        "draft_reply",
+        {"ticket": ticket, "intent": triage["intent"], "articles": retrieved.get("articles", [])},
+    )
+    assert draft["reply"].strip()
+    assert draft.get("escalate") or draft["citations"]  # a cited answer, or a person takes over
+    for secret in ("jane.doe@example.com", "4111 1111 1111 1111", "555 0100", "<script>", "onerror"):
+        assert secret not in draft["reply"]
+    verdict = await support.call(
+        "quality-check",
+        "check_reply",
+        {
+            "ticket": ticket,
+            "reply": draft["reply"],
+            "citations": draft["citations"],
+            "articles": retrieved.get("articles", []),
+        },
+    )
+    assert isinstance(verdict["passed"], bool) and (verdict["passed"] or verdict["reasons"])
