@@ -40,7 +40,15 @@ async def test_killed_triton_fails_fast_opens_breaker_and_restart_is_used_again(
     breaker = client.breaker("minilm_embedding")
     try:
         before = await client.embed([TEXT])
+        # Killed with 24 callers in flight, whose calls share requests: each caller gets its answer or
+        # UNAVAILABLE within its deadline; none is left waiting.
+        in_flight = [asyncio.ensure_future(client.embed([f"{TEXT} {i}"])) for i in range(24)]
+        for _ in range(3):  # the calls' turn, the merge, the request's send
+            await asyncio.sleep(0)
         await triton.kill()
+        async with asyncio.timeout(6.0):
+            outcomes = await asyncio.gather(*in_flight, return_exceptions=True)
+        assert all(isinstance(o, EmbeddingResult | UnavailableError) for o in outcomes), outcomes
 
         started = time.perf_counter()
         with pytest.raises(UnavailableError):
