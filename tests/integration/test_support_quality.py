@@ -334,3 +334,51 @@ async def test_a_ticket_with_instructions_for_the_assistant_is_escalated_to_a_pe
     )
     anyway = await _review(support, ticket, answered, found["articles"], customer=CUSTOMER)
     assert not anyway["passed"] and anyway["action"] == "escalate", anyway
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap of the shipped sentiment model: ironic praise reads as praise and these phrasings of "
+    "frustration as neutral; the session-5 candidate that passed this (cc3d58c) was reverted after scoring "
+    "89.2% < 90% on held-out (bench/RESULTS.md, issue 12, session 5)",
+)
+async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_same_words_is_not(
+    support: Support,
+) -> None:
+    # Each negative text here reads neutral or positive with the shipped model (ironic praise is read as
+    # praise; "haven't been able to", "nicht mehr", a refund instead of a replacement are not cues); the
+    # positive and neutral ones guard against a fix that makes everything negative.
+    negative = {
+        "en sarcasm": "Great, third time this month the app ate my work.",
+        "en ironic, dead item": "Lovely, the replacement charger is dead on arrival as well.",
+        "de sarcasm": "Wunderbar, schon wieder kein Paket und keine Antwort.",
+        "es sarcasm": "Genial, la tercera vez que me bloquean la cuenta esta semana.",
+        "fr sarcasm": "Super, encore une commande perdue. Bravo.",
+        "en cannot work": "Our tills have been offline since this morning and we haven't been able to take "
+        "a single payment.",
+        "de cannot work": "Seit der Umstellung kann ich mich nicht mehr anmelden und die Lohnabrechnung "
+        "bleibt liegen.",
+        "en refund not replacement": "The stand lamp arrived with the shade torn. I'd like a full refund "
+        "please, not a new lamp.",
+        "en days waited": "My return was received eleven days ago and the refund still hasn't reached my card.",
+    }
+    # The same opening words meant sincerely, and calm asks about time and swaps.
+    positive = {
+        "en praise": "Brilliant, that solved it. Thanks a million!",
+        "es praise": "Genial, ya funciona todo. ¡Mil gracias por la ayuda!",
+    }
+    neutral = {
+        "en how many days": "Could you tell me how many days a refund takes to reach my card?",
+        "en swap": "Is it possible to swap the blue kettle for the white one?",
+    }
+    texts = {**negative, **positive, **neutral}
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
+    )
+    got = dict(zip(texts, answers, strict=True))
+    for name in negative:
+        assert got[name]["label"] == "negative" and got[name]["score"] < -0.3, (name, got[name])
+    for name in positive:
+        assert got[name]["label"] == "positive" and got[name]["score"] > 0.5, (name, got[name])
+    for name in neutral:
+        assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])

@@ -81,30 +81,3 @@ def test_the_shipped_head_reads_the_signals_the_model_computes(signals: ModuleTy
     head = signals.Head.load(FOLDER / "head.npz")
     assert head.weights.shape == (len(signals.SIGNALS), len(signals.CLASSES))
     assert head.mean.shape == head.scale.shape == (len(signals.SIGNALS),)
-
-
-def _signal(signals: ModuleType, text: str, name: str) -> float:
-    values = signals.Signals(FOLDER, _no_embedding).lexical(text)
-    return dict(zip(signals.SIGNALS, values, strict=False))[name]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "Great, the courier lost my parcel again.",
-        "Na toll. Zum zweiten Mal fehlt ein Teil.",
-        "Estupendo, otra vez el pedido equivocado.",
-        "Génial, le colis est arrivé cassé.",
-    ],
-)
-def test_ironic_praise_amid_trouble_is_counted_and_not_read_as_praise(signals: ModuleType, text: str) -> None:
-    assert _signal(signals, text, "ironic_praise") >= 1
-    assert _signal(signals, text, "vader") <= 0.0  # the praise word is hidden from VADER
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["Great, that fixed it, thank you!", "Perfect, I'll pick it up on Friday.", "Super Service, danke!"],
-)
-def test_praise_without_trouble_is_not_ironic(signals: ModuleType, text: str) -> None:
-    assert _signal(signals, text, "ironic_praise") == 0
