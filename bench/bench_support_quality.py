@@ -190,7 +190,8 @@ async def _end_to_end(
     previous = ""
     for attempt in range(1, MAX_DRAFTS + 1):
         draft = await agents.responder.draft_reply(
-            DraftInput(ticket=message, intent=intent, articles=found, customer=customer, feedback=feedback),
+            DraftInput(ticket=message, intent=intent, articles=found, customer=customer, feedback=feedback,
+                       previous_reply=previous),
             _ctx("draft"),
         )
         if attempt > 1:

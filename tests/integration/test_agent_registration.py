@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format
 
 from agentmesh._channel import create_channel
-from agentmesh._errors import NotFoundError
+from agentmesh._errors import NotFoundError, UnavailableError
 from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import AgentRuntime
@@ -39,10 +39,11 @@ def agent_settings(mesh_settings: Settings, issue_identity: IssueIdentity) -> Se
 
 
 async def instance_of(ops: RegistryClient) -> registry_pb2.AgentInstance | None:
-    """The echo agent's live instance as the registry reports it, or None."""
+    """The echo agent's live instance as the registry reports it, or None (also while a restarted registry
+    is still loading: it answers UNAVAILABLE, retry shortly)."""
     try:
         view = await ops.get_agent("testing", "echo")
-    except NotFoundError:
+    except (NotFoundError, UnavailableError):
         return None
     return view.instances[0] if view.instances else None
 
