@@ -106,7 +106,7 @@ def _env(home: Path, url: str, registry: str, playbooks: Path, **extra: str) -> 
 
 
 def _spawn(argv: list[str], env: dict[str, str], log: Path, profile: str = "") -> subprocess.Popen[bytes]:
-    python = [sys.executable, "-m", "cProfile", "-o", profile] if profile else [sys.executable]
+    python = [sys.executable, str(Path(__file__).with_name("_cpu_profile.py")), profile] if profile else [sys.executable]
     return subprocess.Popen([*python, "-m", "agentmesh.cli", *argv], env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
@@ -433,7 +433,7 @@ def main() -> int:
     parser.add_argument("--chains", type=int, default=1, help="chain tasks run one after another (overhead: their median)")
     parser.add_argument("--lease-ttl", type=float, default=5.0)
     parser.add_argument("--skip-crash", action="store_true")
-    parser.add_argument("--profile", default="", help="write a cProfile of the (first) planner process to this file")
+    parser.add_argument("--profile", default="", help="write a CPU-time cProfile of the (first) planner process to this file")
     args = parser.parse_args()
 
     from agentmesh.security import CertificateAuthority
