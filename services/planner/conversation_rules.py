@@ -40,6 +40,7 @@ __all__ = [
     "check_text",
     "check_version",
     "filter_fingerprint",
+    "has_nul",
     "page_token",
     "parse_page_token",
 ]
@@ -177,17 +178,18 @@ def check_json(value: dict[str, Any] | None, field: str) -> None:
     encoded = json.dumps(value, separators=(",", ":"))
     if len(encoded) > MAX_DATA_BYTES:
         raise InvalidArgumentError(f"{field} is larger than {MAX_DATA_BYTES} bytes as JSON", field=field)
-    if _has_nul(value):  # nor can JSONB
+    if has_nul(value):  # nor can JSONB
         raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL text and JSONB cannot)."""
     if isinstance(value, str):
         return "\x00" in value
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(has_nul(v) for v in value)
     return False
 
 

@@ -24,7 +24,9 @@ from agentmesh._errors import InvalidArgumentError, PermissionDeniedError
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
+from agentmesh.services.planner import task_rules as rules
 from agentmesh.services.planner import views
+from agentmesh.services.planner.conversation_rules import check_request_id, check_text
 from agentmesh.services.planner.engine import SubmitRequest, TaskEngine, _db
 from agentmesh.services.planner.store import FINAL_TASK_STATES
 from agentmesh.v1 import conversation_pb2_grpc, task_pb2, task_pb2_grpc
@@ -71,15 +73,16 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         caller = self._caller()
         caller_uri = caller.uri if caller is not None else ""
         submit: dict[str, Any] = {
-            "goal": request.goal,
-            "input": struct_to_dict(request.input),
+            "goal": rules.check_goal(request.goal),
+            "input": rules.check_input(struct_to_dict(request.input)),
             "playbook": request.playbook,
-            "conversation_id": request.conversation_id or None,
-            "request_id": request.request_id,
+            "conversation_id": rules.check_id(request.conversation_id, "conversation_id", required=False) or None,
+            "request_id": check_request_id(request.request_id) or "",
             "submitted_by": caller_uri,
         }
+        rules.check_id(request.parent_task_id, "parent_task_id", required=False)
         if request.HasField("timeout"):
-            submit["timeout_seconds"] = request.timeout.ToNanoseconds() / 1e9
+            submit["timeout_seconds"] = rules.check_timeout(request.timeout.ToNanoseconds() / 1e9)
         if caller is not None and caller.kind == "agent":
             submit.update(await self._subtask_of(request, caller_uri))
         else:
@@ -133,7 +136,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             raise InvalidArgumentError("page_size must not be negative", field="page_size")
         size = min(request.page_size or 50, _MAX_PAGE)
         after = _decode_token(request.page_token) if request.page_token else None
-        state = task_pb2.TaskState.Name(request.state).removeprefix("TASK_STATE_") if request.state else ""
+        state = rules.check_state(request.state)
+        check_text(request.submitted_by, "submitted_by", rules.MAX_IDENTITY)
+        rules.check_id(request.conversation_id, "conversation_id", required=False)
+        rules.check_id(request.parent_task_id, "parent_task_id", required=False)
         rows = await _db(
             self._engine.store.list_tasks(
                 limit=size + 1,
@@ -155,11 +161,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     ) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
         task_id = _task_id(request.task_id)
+        cursor = rules.check_cursor(request.cursor)
         task = await self._engine.get(task_id)
-        try:
-            cursor = int(request.cursor or 0)
-        except ValueError:
-            raise InvalidArgumentError(f"cursor {request.cursor!r} is not one this server returned", field="cursor") from None
         while True:
             events = await _db(self._engine.store.events_after(task_id, cursor))
             if events:
@@ -181,7 +184,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     ) -> task_pb2.CancelTaskResponse:
         """Stop scheduling, cancel running steps, end CANCELLED."""
         caller = self._caller()
-        task = await self._engine.cancel(_task_id(request.task_id), request.reason, by=caller.uri if caller else "")
+        reason = check_text(request.reason, "reason", rules.MAX_COMMENT)
+        task = await self._engine.cancel(_task_id(request.task_id), reason, by=caller.uri if caller else "")
         return task_pb2.CancelTaskResponse(task=views.task_proto(task))
 
     async def ExplainTask(
@@ -235,8 +239,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         *,
         approve: bool,
     ) -> task_pb2.Approval:
-        if not request.step_id:
-            raise InvalidArgumentError("step_id is required", field="step_id")
+        task_id = _task_id(request.task_id)
+        step_id = rules.check_id(request.step_id, "step_id")
+        comment = check_text(request.comment[: rules.MAX_COMMENT], "comment", rules.MAX_COMMENT)
         caller = self._caller()
         caller_uri = caller.uri if caller is not None else ""
         claims = self._user_claims(context)
@@ -248,9 +253,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             decided_by = caller_uri
         else:
             raise PermissionDeniedError(f"{caller_uri or 'the caller'} lacks the {APPROVE_SCOPE!r} permission")
-        row = await self._engine.decide(
-            _task_id(request.task_id), request.step_id, approve=approve, by=decided_by, comment=request.comment[:2000]
-        )
+        row = await self._engine.decide(task_id, step_id, approve=approve, by=decided_by, comment=comment)
         return views.approval_proto(row)
 
 
@@ -259,9 +262,7 @@ class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
 
 
 def _task_id(task_id: str) -> str:
-    if not task_id:
-        raise InvalidArgumentError("task_id is required", field="task_id")
-    return task_id
+    return rules.check_id(task_id, "task_id")
 
 
 def _encode_token(created_at: dt.datetime, task_id: str) -> str:
@@ -271,7 +272,7 @@ def _encode_token(created_at: dt.datetime, task_id: str) -> str:
 def _decode_token(token: str) -> tuple[dt.datetime, str]:
     try:
         created, task_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return dt.datetime.fromisoformat(created), str(task_id)
+        return dt.datetime.fromisoformat(created), rules.check_id(task_id, "page_token")
     except (ValueError, binascii.Error, TypeError):
         raise InvalidArgumentError("page_token is not one this server returned", field="page_token") from None
 

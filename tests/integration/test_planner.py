@@ -470,3 +470,53 @@ async def test_the_explanation_of_a_finished_task_has_every_part(planner_mesh: P
     assert sub.task.state == task_pb2.TASK_STATE_SUCCEEDED and sub.attempts and sub.plan.steps[0].step_id == "leaf"
     reply = await planner_mesh.stub().ExplainTask(task_pb2.ExplainTaskRequest(task_id=task.task_id, max_depth=1), timeout=10)
     assert not reply.explanation.subtasks and reply.elapsed.ToTimedelta().total_seconds() > 0
+
+
+async def test_malformed_requests_get_invalid_argument_never_internal(planner_mesh: PlannerMesh, worker: Worker) -> None:
+    from google.protobuf import duration_pb2
+
+    stub = planner_mesh.stub()
+    task = await planner_mesh.submit("fan", {"text": "ok"}, playbook="fan")
+
+    def submit(**fields: object) -> task_pb2.SubmitTaskRequest:
+        request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan")
+        request.input.update({"text": "x"})
+        for name, value in fields.items():
+            if name == "input":
+                request.input.Clear()
+                request.input.update(value)  # type: ignore[arg-type]
+            elif name == "timeout":
+                request.timeout.CopyFrom(value)  # type: ignore[arg-type]
+            else:
+                setattr(request, name, value)
+        return request
+
+    async def watch(cursor: str) -> None:
+        async for _ in stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task.task_id, cursor=cursor), timeout=10):
+            pass
+
+    calls = {
+        "input": stub.SubmitTask(submit(input={"text": "a\x00b"}), timeout=10),
+        "goal": stub.SubmitTask(submit(goal="a\x00b"), timeout=10),
+        "request_id": stub.SubmitTask(submit(request_id="r" * 300), timeout=10),
+        "conversation_id": stub.SubmitTask(submit(conversation_id="c" * 300), timeout=10),
+        "timeout": stub.SubmitTask(submit(timeout=duration_pb2.Duration(seconds=-5)), timeout=10),
+        "timeout ": stub.SubmitTask(submit(timeout=duration_pb2.Duration(seconds=10**12)), timeout=10),
+        "task_id": stub.GetTask(task_pb2.GetTaskRequest(task_id="task-\x00"), timeout=10),
+        "state": stub.ListTasks(task_pb2.ListTasksRequest(state=99), timeout=10),
+        "submitted_by": stub.ListTasks(task_pb2.ListTasksRequest(submitted_by="a\x00"), timeout=10),
+        # base64 of ["2020-01-01", "\u0000"]: a forged token naming an impossible task id
+        "page_token": stub.ListTasks(
+            task_pb2.ListTasksRequest(page_token="WyIyMDIwLTAxLTAxIiwgIlx1MDAwMCJd"), timeout=10
+        ),
+        "cursor": watch("99999999999999999999999"),
+        "cursor ": watch("-5"),
+        "reason": stub.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="a\x00"), timeout=10),
+        "step_id": stub.ApproveStep(task_pb2.ApproveStepRequest(task_id=task.task_id, step_id="s\x00"), timeout=10),
+    }
+    for field, call in calls.items():
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, refused.value.details())
+        assert field.strip() in refused.value.details(), (field, refused.value.details())
+    assert (await planner_mesh.wait(task.task_id)).state == task_pb2.TASK_STATE_SUCCEEDED
