@@ -61,7 +61,7 @@ class PlannerServer(Serving):
             readiness=database_ready,
             services=[
                 bind(
-                    TaskServicer(self.engine, settings),
+                    TaskServicer(self.engine, settings, self.conversations.store),
                     task_pb2_grpc.add_TaskServiceServicer_to_server,
                     "agentmesh.v1.TaskService",
                 ),

@@ -20,15 +20,16 @@ from typing import Any
 import grpc
 
 from agentmesh import security
-from agentmesh._errors import InvalidArgumentError, PermissionDeniedError
+from agentmesh._errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
 from agentmesh.services.planner import task_rules as rules
 from agentmesh.services.planner import views
-from agentmesh.services.planner.conversation_rules import check_request_id, check_text
+from agentmesh.services.planner.conversation_rules import Caller, check_request_id, check_text
+from agentmesh.services.planner.conversations_store import ConversationStore
 from agentmesh.services.planner.engine import SubmitRequest, TaskEngine, _db
-from agentmesh.services.planner.store import FINAL_TASK_STATES
+from agentmesh.services.planner.store import FINAL_TASK_STATES, TaskRow
 from agentmesh.v1 import conversation_pb2_grpc, task_pb2, task_pb2_grpc
 
 __all__ = ["ConversationServicer", "TaskServicer"]
@@ -36,13 +37,15 @@ __all__ = ["ConversationServicer", "TaskServicer"]
 DELEGATION_METADATA = "x-agentmesh-delegation"
 APPROVE_SCOPE = "approve"
 _MAX_PAGE = 1000
+_MAX_SCAN = 5000  # tasks one ListTasks call reads at most while skipping those the caller may not see
 
 
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):
     """TaskService: submit, list, watch, cancel, explain, approve."""
 
-    def __init__(self, engine: TaskEngine, settings: Settings) -> None:
+    def __init__(self, engine: TaskEngine, settings: Settings, conversations: ConversationStore | None = None) -> None:
         self._engine = engine
+        self._conversations = conversations
         self._settings = settings
         td = settings.trust_domain
         self._approvers = [p.strip().replace("{trust_domain}", td) for p in settings.planner_approver_identities.split(",") if p.strip()]
@@ -61,6 +64,22 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         if claims.kind != TokenKind.END_USER:
             raise PermissionDeniedError("the delegation metadata must carry an end-user token", reason="TOKEN_WRONG_KIND")
         return claims
+
+    def _viewer(self, context: grpc.aio.ServicerContext[Any, Any]) -> rules.Viewer:
+        """The caller, and the end user it acts for behind the gateway."""
+        caller = self._caller()
+        viewer = rules.Viewer(caller.uri, caller.kind) if caller is not None else rules.Viewer()
+        claims = self._user_claims(context)
+        if claims is not None:
+            viewer = rules.Viewer(viewer.identity, viewer.kind, end_user=claims.subject, tenant=claims.tenant)
+        return viewer
+
+    async def _visible(self, task_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> TaskRow:
+        """The task, if the caller may see it; NOT_FOUND (as for a task that does not exist) if not."""
+        task = await self._engine.get(_task_id(task_id))
+        if not self._viewer(context).may_see(task.tenant, task.submitted_by):
+            raise NotFoundError(f"no task {task_id!r}")
+        return task
 
     # ---- RPCs --------------------------------------------------------------------------------------------
 
@@ -85,14 +104,29 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             submit["timeout_seconds"] = rules.check_timeout(request.timeout.ToNanoseconds() / 1e9)
         if caller is not None and caller.kind == "agent":
             submit.update(await self._subtask_of(request, caller_uri))
+            viewer = rules.Viewer(caller_uri, caller.kind)
         else:
+            viewer = self._viewer(context)
             if request.parent_task_id:
-                submit["parent_task_id"] = request.parent_task_id
+                submit["parent_task_id"] = (await self._visible(request.parent_task_id, context)).task_id
             claims = self._user_claims(context)
             if claims is not None:
                 submit.update(on_behalf_of=claims.subject, tenant=claims.tenant, scopes=tuple(claims.scopes))
+        if submit["conversation_id"]:
+            await self._check_conversation(submit["conversation_id"], viewer)
+        submit["request_id"] = viewer.request_key(
+            submit["request_id"], submit.get("parent_task_id") or "", submit.get("parent_step_id", "")
+        )
         task = await self._engine.submit(SubmitRequest(**submit))
         return task_pb2.SubmitTaskResponse(task=views.task_proto(task))
+
+    async def _check_conversation(self, conversation_id: str, viewer: rules.Viewer) -> None:
+        """NOT_FOUND unless the conversation exists and the caller may write in it (its result will be)."""
+        if self._conversations is None:
+            return
+        conversation = await self._conversations.get(conversation_id)
+        if not Caller(viewer.identity, end_user=viewer.end_user, tenant=viewer.tenant).may_see(conversation):
+            raise NotFoundError(f"conversation {conversation_id!r} does not exist", metadata={"conversation_id": conversation_id})
 
     async def _subtask_of(self, request: task_pb2.SubmitTaskRequest, caller: str) -> dict[str, Any]:
         """An agent's submission: a sub-task of the step it runs now, proven by that step's token."""
@@ -124,7 +158,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         context: grpc.aio.ServicerContext[task_pb2.GetTaskRequest, task_pb2.GetTaskResponse],
     ) -> task_pb2.GetTaskResponse:
         """One task."""
-        return task_pb2.GetTaskResponse(task=views.task_proto(await self._engine.get(_task_id(request.task_id))))
+        return task_pb2.GetTaskResponse(task=views.task_proto(await self._visible(request.task_id, context)))
 
     async def ListTasks(
         self,
@@ -140,18 +174,36 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         check_text(request.submitted_by, "submitted_by", rules.MAX_IDENTITY)
         rules.check_id(request.conversation_id, "conversation_id", required=False)
         rules.check_id(request.parent_task_id, "parent_task_id", required=False)
-        rows = await _db(
-            self._engine.store.list_tasks(
-                limit=size + 1,
-                after=after,
-                state=state,
-                conversation_id=request.conversation_id,
-                submitted_by=request.submitted_by,
-                parent_task_id=request.parent_task_id,
+        viewer = self._viewer(context)
+        # Tasks the caller may not see are skipped; a scan that reaches its bound first ends the page early,
+        # with a token to go on from where it stopped.
+        found: list[TaskRow] = []
+        scanned = 0
+        while True:
+            rows = await _db(
+                self._engine.store.list_tasks(
+                    limit=size + 1,
+                    after=after,
+                    state=state,
+                    conversation_id=request.conversation_id,
+                    submitted_by=request.submitted_by,
+                    parent_task_id=request.parent_task_id,
+                )
             )
-        )
-        page, more = rows[:size], len(rows) > size
-        token = _encode_token(page[-1].created_at, page[-1].task_id) if more and page else ""
+            for row in rows:
+                scanned += 1
+                after = (row.created_at, row.task_id)
+                if viewer.may_see(row.tenant, row.submitted_by):
+                    found.append(row)
+                    if len(found) > size:
+                        break
+            if len(found) > size or len(rows) <= size or scanned >= _MAX_SCAN:
+                break
+        if len(found) > size:
+            page, token = found[:size], _encode_token(found[size - 1].created_at, found[size - 1].task_id)
+        else:
+            page = found
+            token = _encode_token(*after) if after is not None and len(rows) > size else ""
         return task_pb2.ListTasksResponse(tasks=[views.task_proto(t) for t in page], next_page_token=token)
 
     async def WatchTask(
@@ -162,7 +214,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
         task_id = _task_id(request.task_id)
         cursor = rules.check_cursor(request.cursor)
-        task = await self._engine.get(task_id)
+        task = await self._visible(task_id, context)
         while True:
             events = await _db(self._engine.store.events_after(task_id, cursor))
             if events:
@@ -185,7 +237,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """Stop scheduling, cancel running steps, end CANCELLED."""
         caller = self._caller()
         reason = check_text(request.reason, "reason", rules.MAX_COMMENT)
-        task = await self._engine.cancel(_task_id(request.task_id), reason, by=caller.uri if caller else "")
+        visible = await self._visible(request.task_id, context)
+        task = await self._engine.cancel(visible.task_id, reason, by=caller.uri if caller else "")
         return task_pb2.CancelTaskResponse(task=views.task_proto(task))
 
     async def ExplainTask(
@@ -194,7 +247,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         context: grpc.aio.ServicerContext[task_pb2.ExplainTaskRequest, task_pb2.ExplainTaskResponse],
     ) -> task_pb2.ExplainTaskResponse:
         """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
-        explanation = await _db(views.explain(self._engine.store, _task_id(request.task_id), request.max_depth))
+        visible = await self._visible(request.task_id, context)
+        explanation = await _db(views.explain(self._engine.store, visible.task_id, request.max_depth))
         task = explanation.task
         ended = task.state in (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
         end = task.update_time.ToDatetime() if ended else dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -253,6 +307,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             decided_by = caller_uri
         else:
             raise PermissionDeniedError(f"{caller_uri or 'the caller'} lacks the {APPROVE_SCOPE!r} permission")
+        await self._visible(task_id, context)
         row = await self._engine.decide(task_id, step_id, approve=approve, by=decided_by, comment=comment)
         return views.approval_proto(row)
 

@@ -4,6 +4,8 @@ width, cursors are 64-bit), never INTERNAL."""
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from agentmesh._errors import InvalidArgumentError
@@ -16,6 +18,7 @@ __all__ = [
     "MAX_ID",
     "MAX_IDENTITY",
     "MAX_TIMEOUT",
+    "Viewer",
     "check_cursor",
     "check_goal",
     "check_id",
@@ -30,6 +33,43 @@ MAX_GOAL = 10_000
 MAX_COMMENT = 2_000
 MAX_TIMEOUT = 30 * 24 * 3600.0  # a task's whole deadline: at most 30 days
 _MAX_CURSOR = 2**63 - 1  # event ids are BIGINT
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who calls TaskService, and so which tasks it may see and whose request ids it shares.
+
+    Behind the gateway (a verified end-user token) a caller sees the tasks of its own tenant only, and its
+    request ids are its end user's; an agent sees only the sub-tasks it submitted, and its request ids are
+    those of the parent's step it runs; other workloads (ops clients, services) see every task.
+    """
+
+    identity: str = ""  # SPIFFE id ("" only under --insecure-dev)
+    kind: str = ""  # of the identity: client, service, agent
+    end_user: str = ""
+    tenant: str = ""
+
+    def may_see(self, tenant: str, submitted_by: str) -> bool:
+        """Whether this caller may see (read, watch, explain, cancel, decide on) a task of ``tenant`` submitted
+        by ``submitted_by``; any other is NOT_FOUND to it, so other tenants' tasks cannot even be probed."""
+        if self.end_user:
+            return tenant == self.tenant
+        if self.kind == "agent":
+            return submitted_by == self.identity
+        return True
+
+    def request_key(self, request_id: str, parent_task_id: str = "", parent_step_id: str = "") -> str:
+        """``request_id`` as stored (unique per submitting workload): scoped to the end user, or to the parent's
+        step an agent runs, so one user's or one task's id never finds another's task."""
+        if not request_id:
+            return ""
+        if self.end_user:
+            prefix, scope = "user", (self.tenant, self.end_user)
+        elif self.kind == "agent":
+            prefix, scope = "step", (parent_task_id, parent_step_id)
+        else:
+            return request_id
+        return f"{prefix}:{hashlib.sha256(chr(0).join((*scope, request_id)).encode()).hexdigest()}"
 
 
 def check_id(value: str, field: str, *, required: bool = True) -> str:

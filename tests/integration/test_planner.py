@@ -520,3 +520,131 @@ async def test_malformed_requests_get_invalid_argument_never_internal(planner_me
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, refused.value.details())
         assert field.strip() in refused.value.details(), (field, refused.value.details())
     assert (await planner_mesh.wait(task.task_id)).state == task_pb2.TASK_STATE_SUCCEEDED
+
+
+async def test_behind_the_gateway_a_tenant_sees_and_reuses_request_ids_of_its_own_tasks_only(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    from agentmesh.security import DelegationIssuer, TokenKind
+
+    settings = planner_mesh.settings
+    gateway = planner_mesh.stub("service", "gateway")
+    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
+    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
+
+    def acting_for(user: str, tenant: str) -> tuple[tuple[str, str], ...]:
+        token = issuer.issue(
+            kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant=tenant, scopes=["approve"]
+        )
+        return (("x-agentmesh-delegation", token),)
+
+    alice, bob, carol = acting_for("alice", "acme"), acting_for("bob", "globex"), acting_for("carol", "acme")
+
+    async def submit(who: tuple[tuple[str, str], ...], text: str, **fields: str) -> task_pb2.Task:
+        request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan", request_id="order-1", **fields)
+        request.input.update({"text": text})
+        return (await gateway.SubmitTask(request, metadata=who, timeout=10)).task
+
+    mine = await submit(alice, "alice's secret")
+    # The same request id from another end user is another task: never alice's, with her input.
+    theirs = await submit(bob, "bob's")
+    assert theirs.task_id != mine.task_id and theirs.input["text"] == "bob's"
+    assert (await submit(alice, "alice's secret")).task_id == mine.task_id  # her own retry: her task
+
+    slow = task_pb2.SubmitTaskRequest(goal="slow", playbook="slow")
+    waiting = (await gateway.SubmitTask(slow, metadata=alice, timeout=10)).task
+    # Another tenant cannot read, watch, explain, cancel, decide on, or list alice's tasks: they do not exist for it.
+    for call in (
+        gateway.GetTask(task_pb2.GetTaskRequest(task_id=mine.task_id), metadata=bob, timeout=10),
+        gateway.ExplainTask(task_pb2.ExplainTaskRequest(task_id=mine.task_id), metadata=bob, timeout=10),
+        gateway.WatchTask(task_pb2.WatchTaskRequest(task_id=mine.task_id), metadata=bob, timeout=10).read(),
+        gateway.CancelTask(task_pb2.CancelTaskRequest(task_id=waiting.task_id), metadata=bob, timeout=10),
+        gateway.ApproveStep(task_pb2.ApproveStepRequest(task_id=waiting.task_id, step_id="wait"), metadata=bob, timeout=10),
+        gateway.SubmitTask(
+            task_pb2.SubmitTaskRequest(goal="x", playbook="fan", parent_task_id=waiting.task_id), metadata=bob, timeout=10
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as hidden:
+            await call
+        assert hidden.value.code() == grpc.StatusCode.NOT_FOUND, hidden.value.details()
+    listed = await gateway.ListTasks(task_pb2.ListTasksRequest(page_size=1), metadata=bob, timeout=10)
+    assert [t.task_id for t in listed.tasks] == [theirs.task_id] and not listed.next_page_token
+    # Someone of alice's own tenant (an approver, say) does see them; ops clients see every task.
+    seen = await gateway.ListTasks(task_pb2.ListTasksRequest(page_size=10), metadata=carol, timeout=10)
+    assert {t.task_id for t in seen.tasks} == {mine.task_id, waiting.task_id}
+    everything = await planner_mesh.stub().ListTasks(task_pb2.ListTasksRequest(), timeout=10)
+    assert {t.task_id for t in everything.tasks} == {mine.task_id, theirs.task_id, waiting.task_id}
+    cancelled = await gateway.CancelTask(task_pb2.CancelTaskRequest(task_id=waiting.task_id), metadata=carol, timeout=10)
+    assert cancelled.task.state == task_pb2.TASK_STATE_CANCELLED
+
+
+async def test_a_task_joins_only_a_conversation_that_exists_and_its_end_user_may_write_in(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    from agentmesh.security import DelegationIssuer, TokenKind
+    from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
+
+    settings = planner_mesh.settings
+    tasks = planner_mesh.stub("service", "gateway")
+    conversations = conversation_pb2_grpc.ConversationServiceStub(planner_mesh.channels[-1])  # type: ignore[no-untyped-call]
+    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
+    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
+
+    def acting_for(user: str) -> tuple[tuple[str, str], ...]:
+        token = issuer.issue(kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant="acme", scopes=[])
+        return (("x-agentmesh-delegation", token),)
+
+    created = await conversations.CreateConversation(
+        conversation_pb2.CreateConversationRequest(title="alice's"), metadata=acting_for("alice"), timeout=10
+    )
+    for conversation_id, who in (
+        ("no-such-conversation", acting_for("alice")),
+        (created.conversation.conversation_id, acting_for("bob")),
+    ):
+        request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan", conversation_id=conversation_id)
+        request.input.update({"text": "x"})
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await tasks.SubmitTask(request, metadata=who, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "conversation" in refused.value.details()
+    request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan", conversation_id=created.conversation.conversation_id)
+    request.input.update({"text": "x"})
+    task = (await tasks.SubmitTask(request, metadata=acting_for("alice"), timeout=10)).task
+    assert task.conversation_id == created.conversation.conversation_id
+
+
+async def test_an_agent_reusing_a_request_id_under_another_parent_gets_a_new_sub_task(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    from agentmesh.security import DelegationIssuer, TokenKind
+
+    planner_mesh.add_playbook(LEAF)
+    settings = planner_mesh.settings
+    agent_id = f"spiffe://{settings.trust_domain}/agent/testing/worker"
+    steps = DelegationIssuer.from_settings(settings, "service", "planner")
+    as_agent = planner_mesh.stub("agent", "testing/worker")
+    parents = [await planner_mesh.submit("slow", {}, playbook="slow") for _ in range(2)]
+    children = []
+    for parent in parents:
+        async with asyncio.timeout(20):  # the parent's step is running: the agent may start sub-tasks
+            while True:
+                explained = await planner_mesh.explain(parent.task_id)
+                if explained.plan.steps and explained.plan.steps[0].state == task_pb2.STEP_STATE_RUNNING:
+                    break
+                await asyncio.sleep(0.05)
+        token = steps.issue(
+            kind=TokenKind.STEP, audience=agent_id, subject="alice", tenant="acme", scopes=[],
+            task_id=parent.task_id, step_id="wait",
+        )
+        request = task_pb2.SubmitTaskRequest(
+            goal="leaf", playbook="leaf", parent_task_id=parent.task_id, delegation_token=token, request_id="child"
+        )
+        children.append((await as_agent.SubmitTask(request, timeout=10)).task)
+    assert children[0].task_id != children[1].task_id
+    assert [c.parent_task_id for c in children] == [p.task_id for p in parents]
+    # An agent reads the sub-tasks it started, and no other task.
+    assert (await as_agent.GetTask(task_pb2.GetTaskRequest(task_id=children[0].task_id), timeout=10)).task.task_id
+    with pytest.raises(grpc.aio.AioRpcError) as hidden:
+        await as_agent.GetTask(task_pb2.GetTaskRequest(task_id=parents[0].task_id), timeout=10)
+    assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
+    for parent in parents:
+        await planner_mesh.stub().CancelTask(task_pb2.CancelTaskRequest(task_id=parent.task_id), timeout=10)
