@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from agentmesh import security
-from agentmesh._errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from agentmesh._errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
@@ -118,6 +118,12 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             submit["request_id"], submit.get("parent_task_id") or "", submit.get("parent_step_id", "")
         )
         task = await self._engine.submit(SubmitRequest(**submit))
+        if submit["request_id"] and _differs(task, submit):
+            raise AlreadyExistsError(
+                f"request_id {request.request_id!r} already submitted task {task.task_id} with another "
+                "goal, input, playbook, parent or conversation",
+                metadata={"task_id": task.task_id},
+            )
         return task_pb2.SubmitTaskResponse(task=views.task_proto(task))
 
     async def _check_conversation(self, conversation_id: str, viewer: rules.Viewer) -> None:
@@ -314,6 +320,17 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
 
 class ConversationServicer(conversation_pb2_grpc.ConversationServiceServicer):
     """ConversationService (helper P2 replaces this with the real one)."""
+
+
+def _differs(task: TaskRow, submit: dict[str, Any]) -> bool:
+    """Whether a stored task is not what a submission with its request id asks for (a reused request id)."""
+    return (
+        task.goal != submit["goal"]
+        or task.input != submit["input"]
+        or (bool(submit["playbook"]) and task.playbook != submit["playbook"])
+        or (task.parent_task_id or "") != (submit.get("parent_task_id") or "")
+        or (task.conversation_id or "") != (submit["conversation_id"] or "")
+    )
 
 
 def _task_id(task_id: str) -> str:

@@ -134,6 +134,14 @@ async def test_submitting_twice_with_one_request_id_makes_one_task(planner_mesh:
     again = await planner_mesh.submit("fan", {"text": "a"}, playbook="fan", request_id="req-1")
     other = await planner_mesh.submit("fan", {"text": "a"}, playbook="fan", request_id="req-2")
     assert first.task_id == again.task_id != other.task_id
+    # The same request id with another body is a client bug: refused, naming the task it made, not a second task.
+    for changed in ({"text": "b"}, {"text": "a", "extra": 1}):
+        with pytest.raises(grpc.aio.AioRpcError) as reused:
+            await planner_mesh.submit("fan", changed, playbook="fan", request_id="req-1")
+        assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS and first.task_id in reused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await planner_mesh.submit("another goal", {"text": "a"}, playbook="fan", request_id="req-1")
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     await planner_mesh.wait(first.task_id)
     await planner_mesh.wait(other.task_id)
 
