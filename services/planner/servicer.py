@@ -65,19 +65,20 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             raise PermissionDeniedError("the delegation metadata must carry an end-user token", reason="TOKEN_WRONG_KIND")
         return claims
 
-    def _viewer(self, context: grpc.aio.ServicerContext[Any, Any]) -> rules.Viewer:
-        """The caller, and the end user it acts for behind the gateway."""
+    def _viewer(self, claims: DelegationClaims | None) -> rules.Viewer:
+        """The caller, and the end user it acts for behind the gateway (``claims``: its verified token)."""
         caller = self._caller()
-        viewer = rules.Viewer(caller.uri, caller.kind) if caller is not None else rules.Viewer()
-        claims = self._user_claims(context)
-        if claims is not None:
-            viewer = rules.Viewer(viewer.identity, viewer.kind, end_user=claims.subject, tenant=claims.tenant)
-        return viewer
+        return rules.Viewer(
+            caller.uri if caller is not None else "",
+            caller.kind if caller is not None else "",
+            end_user=claims.subject if claims is not None else "",
+            tenant=claims.tenant if claims is not None else "",
+        )
 
-    async def _visible(self, task_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> TaskRow:
-        """The task, if the caller may see it; NOT_FOUND (as for a task that does not exist) if not."""
+    async def _visible(self, task_id: str, viewer: rules.Viewer) -> TaskRow:
+        """The task, if ``viewer`` may see it; NOT_FOUND (as for a task that does not exist) if not."""
         task = await self._engine.get(_task_id(task_id))
-        if not self._viewer(context).may_see(task.tenant, task.submitted_by):
+        if not viewer.may_see(task.tenant, task.submitted_by):
             raise NotFoundError(f"no task {task_id!r}")
         return task
 
@@ -106,10 +107,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             submit.update(await self._subtask_of(request, caller_uri))
             viewer = rules.Viewer(caller_uri, caller.kind)
         else:
-            viewer = self._viewer(context)
-            if request.parent_task_id:
-                submit["parent_task_id"] = (await self._visible(request.parent_task_id, context)).task_id
             claims = self._user_claims(context)
+            viewer = self._viewer(claims)
+            if request.parent_task_id:
+                submit["parent_task_id"] = (await self._visible(request.parent_task_id, viewer)).task_id
             if claims is not None:
                 submit.update(on_behalf_of=claims.subject, tenant=claims.tenant, scopes=tuple(claims.scopes))
         if submit["conversation_id"]:
@@ -164,7 +165,8 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         context: grpc.aio.ServicerContext[task_pb2.GetTaskRequest, task_pb2.GetTaskResponse],
     ) -> task_pb2.GetTaskResponse:
         """One task."""
-        return task_pb2.GetTaskResponse(task=views.task_proto(await self._visible(request.task_id, context)))
+        task = await self._visible(request.task_id, self._viewer(self._user_claims(context)))
+        return task_pb2.GetTaskResponse(task=views.task_proto(task))
 
     async def ListTasks(
         self,
@@ -180,7 +182,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         check_text(request.submitted_by, "submitted_by", rules.MAX_IDENTITY)
         rules.check_id(request.conversation_id, "conversation_id", required=False)
         rules.check_id(request.parent_task_id, "parent_task_id", required=False)
-        viewer = self._viewer(context)
+        viewer = self._viewer(self._user_claims(context))
         # Tasks the caller may not see are skipped; a scan that reaches its bound first ends the page early,
         # with a token to go on from where it stopped.
         found: list[TaskRow] = []
@@ -220,7 +222,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
         task_id = _task_id(request.task_id)
         cursor = rules.check_cursor(request.cursor)
-        task = await self._visible(task_id, context)
+        task = await self._visible(task_id, self._viewer(self._user_claims(context)))
         while True:
             events = await _db(self._engine.store.events_after(task_id, cursor))
             if events:
@@ -243,7 +245,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """Stop scheduling, cancel running steps, end CANCELLED."""
         caller = self._caller()
         reason = check_text(request.reason, "reason", rules.MAX_COMMENT)
-        visible = await self._visible(request.task_id, context)
+        visible = await self._visible(request.task_id, self._viewer(self._user_claims(context)))
         task = await self._engine.cancel(visible.task_id, reason, by=caller.uri if caller else "")
         return task_pb2.CancelTaskResponse(task=views.task_proto(task))
 
@@ -253,7 +255,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         context: grpc.aio.ServicerContext[task_pb2.ExplainTaskRequest, task_pb2.ExplainTaskResponse],
     ) -> task_pb2.ExplainTaskResponse:
         """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
-        visible = await self._visible(request.task_id, context)
+        if request.max_depth < 0:
+            raise InvalidArgumentError(f"max_depth must not be negative, got {request.max_depth}", field="max_depth")
+        visible = await self._visible(request.task_id, self._viewer(self._user_claims(context)))
         explanation = await _db(views.explain(self._engine.store, visible.task_id, request.max_depth))
         task = explanation.task
         ended = task.state in (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
@@ -313,7 +317,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             decided_by = caller_uri
         else:
             raise PermissionDeniedError(f"{caller_uri or 'the caller'} lacks the {APPROVE_SCOPE!r} permission")
-        await self._visible(task_id, context)
+        await self._visible(task_id, self._viewer(claims))
         row = await self._engine.decide(task_id, step_id, approve=approve, by=decided_by, comment=comment)
         return views.approval_proto(row)
 

@@ -521,6 +521,7 @@ async def test_malformed_requests_get_invalid_argument_never_internal(planner_me
         "cursor ": watch("-5"),
         "reason": stub.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id, reason="a\x00"), timeout=10),
         "step_id": stub.ApproveStep(task_pb2.ApproveStepRequest(task_id=task.task_id, step_id="s\x00"), timeout=10),
+        "max_depth": stub.ExplainTask(task_pb2.ExplainTaskRequest(task_id=task.task_id, max_depth=-1), timeout=10),
     }
     for field, call in calls.items():
         with pytest.raises(grpc.aio.AioRpcError) as refused:
