@@ -657,3 +657,26 @@ async def test_an_agent_reusing_a_request_id_under_another_parent_gets_a_new_sub
     assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
     for parent in parents:
         await planner_mesh.stub().CancelTask(task_pb2.CancelTaskRequest(task_id=parent.task_id), timeout=10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PlannerStore.decide (lead-owned store.py) does not check the approval's deadline: until the next "
+    "sweep marks it TIMED_OUT, a late ApproveStep still approves a timed-out step",
+)
+async def test_an_approval_that_timed_out_cannot_be_granted_before_the_sweep_notices(
+    planner_mesh: PlannerMesh, worker: Worker
+) -> None:
+    planner_mesh.add_playbook(REFUND.replace("name: refund", "name: refund-late").replace('"${task.input.wait}"', "0.3"))
+    task = await planner_mesh.submit("refund", {"amount": 500}, playbook="refund-late")
+    assert (await _waiting(planner_mesh, task.task_id)).state == task_pb2.TASK_STATE_WAITING_APPROVAL
+    # The sweep that times approvals out runs every 0.5 s; stop it so the decision itself must see the deadline.
+    for loop in planner_mesh.planner.engine._loops:
+        if loop.get_name() == "planner-sweep":
+            loop.cancel()
+    await asyncio.sleep(0.6)  # past the approval's 0.3 s deadline
+    with pytest.raises(grpc.aio.AioRpcError) as late:
+        await planner_mesh.stub().ApproveStep(
+            task_pb2.ApproveStepRequest(task_id=task.task_id, step_id="refund", comment="too late"), timeout=10
+        )
+    assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "timed out" in late.value.details()
