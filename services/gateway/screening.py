@@ -27,8 +27,10 @@ _MARKERS: dict[str, re.Pattern[str]] = {
         r"new persona|developer mode|jailbreak|do anything now)\b",
         "prompt-extraction": r"\b(?:system prompt|your (?:hidden |initial |original )?instructions|"
         r"reveal (?:your|the) (?:prompt|instructions|configuration))\b",
-        "role-tags": r"(?:<\|im_start\|>|<\|system\|>|\[/?INST\]|<system>|^\s*#{2,}\s*(?:system|instruction)s?\b|"
-        r"^\s*(?:system|assistant)\s*:)",
+        # Only horizontal blanks after ^: with MULTILINE, ^\s* would span newlines from every line start
+        # (quadratic in a run of blank lines).
+        "role-tags": r"(?:<\|im_start\|>|<\|system\|>|\[/?INST\]|<system>|^[ \t]*#{2,}[ \t]*(?:system|instruction)s?\b|"
+        r"^[ \t]*(?:system|assistant)[ \t]*:)",
         "other-customer-data": r"\b(?:another|other|different|all|every)\s+(?:customer|user|client|account)s?'?s?"
         r"(?:\W+\w+){0,3}?\W+(?:records?|data|details|emails?|address(?:es)?|phone|card|orders?|information|info)\b|"
         r"\b(?:records?|data|details|emails?|address(?:es)?|phone numbers?|orders?|information)\s+(?:of|for|about|from)\s+"

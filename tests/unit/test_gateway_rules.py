@@ -68,3 +68,22 @@ def test_the_shipped_example_tickets_are_not_flagged() -> None:
     tickets = json.loads(resources.files("agentmesh.agents.examples").joinpath("tickets.json").read_text())
     flagged = [t["id"] for t in tickets if screen(t["subject"], t["text"]).flagged]
     assert flagged == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * 16_000,  # blank lines: ^\s* under MULTILINE once spanned them from every line start (quadratic)
+        " \n" * 8_000,
+        "ignore the " * 100_000,  # ~1 MB of near-matches
+        "another customer , " * 60_000,
+        "send it - " * 100_000,
+        "## \n" * 250_000,
+    ],
+)
+def test_the_screen_takes_linear_time_on_pathological_input(text: str) -> None:
+    import time
+
+    started = time.perf_counter()
+    screen({"text": text})
+    assert time.perf_counter() - started < 1.0
