@@ -34,8 +34,9 @@ ADDRESS_MARKER = "[address]"
 PII_MARKERS = (ADDRESS_MARKER, CARD_MARKER, EMAIL_MARKER, PHONE_MARKER)
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}")
-# 13-19 digits, optionally grouped by single spaces or dashes; kept only when the Luhn check passes.
-_CARD = re.compile(r"(?<![\d.])\d(?:[ -]?\d){12,18}(?![\d.])")
+# 13-19 digits, optionally grouped by single spaces or dashes; kept only when the Luhn check passes. Not part
+# of a decimal number (digit.digit), but a full stop ending the sentence or opening it ("no.4111...") is fine.
+_CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")
 # International (+CC ...) or grouped national numbers; the digit count is checked in _phone().
 _PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}|\(\d{1,5}\)|\d{2,5})(?:[ .-]?\(?\d{1,5}\)?){1,5}(?![\w])")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

@@ -24,6 +24,8 @@ from agentmesh.audit import (
     [
         ("write to maria.lopez@example.com today", "write to [email] today"),
         ("card 4111 1111 1111 1111 and 4111-1111-1111-1111", "card [card] and [card]"),
+        ("My card is 4111 1111 1111 1111.", "My card is [card]."),
+        ("card no.4111111111111111, exp 12/29", "card no.[card], exp 12/29"),
         ("call +34 612 345 678 or +1 415 555 0142", "call [phone] or [phone]"),
         ("or (415) 555-0142, or 030 1234 5678", "or [phone], or [phone]"),
         ("I live at 880 Market Street, Apt 4 in SF", "I live at [address] in SF"),
