@@ -27,7 +27,19 @@ logger = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key of the audit chain (ASCII "audit").
 CHAIN_LOCK_KEY = 0x6175646974
-_OUTCOME_LENGTH = 32
+# Widths of the audit_records columns. PostgreSQL refuses a longer value or a NUL character, and one refused row
+# fails every record group-committed with it (a caller chooses e.g. the task id recorded as the resource), so
+# values are fitted before they are hashed: NUL becomes U+FFFD, an over-long value is cut and ends in "…".
+_WIDTHS = {
+    "actor": 512,
+    "on_behalf_of": 512,
+    "action": 256,
+    "resource": 512,
+    "outcome": 32,
+    "trace_id": 32,
+    "model_name": 128,
+    "model_version": 64,
+}
 # The insert of chained rows: nothing is fetched back (every column is given), so it can go in a pipeline.
 AUDIT_INSERT = insert(AuditRecord).inline()
 
@@ -81,20 +93,26 @@ def chain_rows(entries: Sequence[AuditEntry], head: Any) -> list[dict[str, Any]]
         fields: dict[str, Any] = {
             "sequence": sequence,
             "record_time": moment,
-            "actor": entry.actor,
-            "on_behalf_of": redact(entry.on_behalf_of),
-            "action": entry.action,
-            "resource": redact(entry.resource),
-            "outcome": entry.outcome[:_OUTCOME_LENGTH],
+            "actor": _fit(entry.actor, "actor"),
+            "on_behalf_of": _fit(redact(entry.on_behalf_of), "on_behalf_of"),
+            "action": _fit(entry.action, "action"),
+            "resource": _fit(redact(entry.resource), "resource"),
+            "outcome": _fit(entry.outcome, "outcome"),
             "detail": json_safe(redact_json(dict(entry.detail))),
-            "trace_id": entry.trace_id,
-            "model_name": entry.model_name,
-            "model_version": entry.model_version,
+            "trace_id": _fit(entry.trace_id, "trace_id"),
+            "model_name": _fit(entry.model_name, "model_name"),
+            "model_version": _fit(entry.model_version, "model_version"),
             "previous_hash": previous,
         }
         previous = record_hash(**fields)
         rows.append({**fields, "record_hash": previous})
     return rows
+
+
+def _fit(text: str, column: str) -> str:
+    """``text`` as the column ``column`` can store it (see :data:`_WIDTHS`)."""
+    text, width = text.replace("\x00", "\ufffd"), _WIDTHS[column]
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 async def queue_chain_head(driver: Any) -> Any:

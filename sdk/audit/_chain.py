@@ -34,17 +34,20 @@ def format_record_time(moment: dt.datetime) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` as plain JSON the chain can encode: unknown types become strings, unsafe integers text."""
+    """``value`` as plain JSON the chain can encode and PostgreSQL can store: unknown types become strings,
+    unsafe integers text, NUL characters (which JSONB refuses) U+FFFD."""
 
     def fix(item: Any) -> Any:
-        if isinstance(item, bool) or item is None or isinstance(item, str):
+        if isinstance(item, str):
+            return item.replace("\x00", "\ufffd")
+        if isinstance(item, bool) or item is None:
             return item
         if isinstance(item, int):
             return item if abs(item) <= _MAX_SAFE_INTEGER else str(item)
         if isinstance(item, float):
             return item if item == item and item not in (float("inf"), float("-inf")) else str(item)
         if isinstance(item, Mapping):
-            return {str(key): fix(sub) for key, sub in item.items()}
+            return {str(key).replace("\x00", "\ufffd"): fix(sub) for key, sub in item.items()}
         if isinstance(item, list | tuple):
             return [fix(sub) for sub in item]
         return str(item)

@@ -226,3 +226,29 @@ async def test_agentmesh_audit_works_through_the_gateway_with_a_token(
         outputs.append(out.decode())
     assert "tasks/t2" in outputs[0] and "tasks/t3" not in outputs[0]
     assert outputs[1].startswith("audit chain intact (5 records")
+
+
+@pytest.mark.postgres
+async def test_a_hostile_value_cannot_make_postgresql_refuse_a_batch_of_records(migrated_postgres_url: str) -> None:
+    # A caller picks the task id the gateway records as the resource: over-long or with a NUL character, it once
+    # made PostgreSQL refuse the insert, and with it every record group-committed in the same transaction.
+    engine = create_async_engine(migrated_postgres_url)
+    log = AuditLog(engine)
+    hostile = [
+        AuditEntry("/agentmesh.v1.TaskService/CancelTask", resource="tasks/" + "x" * 5_000, outcome="INVALID_ARGUMENT"),
+        AuditEntry("/agentmesh.v1.TaskService/CancelTask", resource="tasks/a\x00b", detail={"message": "id a\x00b", "k\x00": 1}),
+        AuditEntry("/agentmesh.v1.TaskService/SubmitTask", on_behalf_of="acme/" + "u" * 600, trace_id="t" * 40),
+    ]
+    try:
+        stored = await asyncio.gather(
+            log.append(AuditEntry("/agentmesh.v1.TaskService/SubmitTask", resource="tasks/honest")),
+            *(log.append(entry) for entry in hostile),
+        )
+        assert [len(records) for records in stored] == [1, 1, 1, 1]
+        assert (await verify_chain(engine)).valid
+        async with engine.connect() as connection:
+            rows = (await connection.execute(sa.text("SELECT resource, detail::text FROM audit_records"))).all()
+        assert len(rows) == 4 and all(len(resource) <= 512 and "\x00" not in resource for resource, _ in rows)
+        assert "tasks/honest" in {resource for resource, _ in rows}
+    finally:
+        await engine.dispose()
