@@ -102,6 +102,7 @@ class JwksCache:
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._loaded_at = float("-inf")
+        self._loads = 0  # attempts so far: a call that queued behind a refetch sees it and does not repeat it
         self._stamp: tuple[int, int, int] | None = None
         self._lock = asyncio.Lock()
 
@@ -130,8 +131,12 @@ class JwksCache:
             return self._clock() - self._loaded_at > self._ttl
         return self._file_stamp() != self._stamp
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, seen: int) -> None:
+        """Reload the keys, unless another call did since its caller saw ``seen`` loads: calls that queued
+        on the lock behind one refetch share it instead of each fetching again."""
         async with self._lock:
+            if self._loads != seen:
+                return
             stamp = None if self._is_url else self._file_stamp()
             try:
                 document = await asyncio.to_thread(self._fetch)
@@ -151,15 +156,17 @@ class JwksCache:
                 return  # keep serving with the keys we have
             finally:
                 self._loaded_at = self._clock()
+                self._loads += 1
             self._keys, self._stamp = keys, stamp
 
     async def key(self, kid: str) -> jwt.PyJWK:
         """The key named ``kid``; raises UnauthenticatedError when the JWKS has no such key."""
         if self._stale():
-            await self._refresh()
+            await self._refresh(self._loads)
         found = self._keys.get(kid)
+        seen = self._loads
         if found is None and self._clock() - self._loaded_at >= self._min_refresh:
-            await self._refresh()
+            await self._refresh(seen)
             found = self._keys.get(kid)
         if found is None:
             raise UnauthenticatedError(f"the token's signing key {kid!r} is not in the JWKS", reason="UNKNOWN_KEY")

@@ -63,3 +63,25 @@ def test_symmetric_or_none_algorithms_cannot_be_pinned(tmp_path: Path) -> None:
     for algorithms in (["HS256"], ["none"], []):
         with pytest.raises(ValueError):
             TokenVerifier(JwksCache(str(tmp_path / "jwks.json")), issuer="i", audience="a", algorithms=algorithms)
+
+
+async def test_a_flood_of_unknown_key_ids_costs_one_refetch(served_jwks: tuple[str, DevIssuer]) -> None:
+    import asyncio
+
+    url, _issuer = served_jwks
+    clock = [0.0]
+    cache = JwksCache(url, ttl=300.0, min_refresh=10.0, clock=lambda: clock[0])
+    fetches: list[float] = []
+    fetch = cache._fetch
+
+    def counted() -> object:
+        fetches.append(clock[0])
+        return fetch()
+
+    cache._fetch = counted  # type: ignore[method-assign]
+    with pytest.raises(UnauthenticatedError):
+        await cache.key("warm-up")  # the first load
+    clock[0] = 11.0
+    results = await asyncio.gather(*(cache.key(f"made-up-{n}") for n in range(50)), return_exceptions=True)
+    assert all(isinstance(r, UnauthenticatedError) and r.reason == "UNKNOWN_KEY" for r in results)
+    assert len(fetches) == 2  # the first load, then one refetch for all 50 concurrent calls (not one each)
