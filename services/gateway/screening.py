@@ -9,6 +9,7 @@ quality_check can see it. Patterns are plain alternations without nested quantif
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,25 @@ _MARKERS: dict[str, re.Pattern[str]] = {
 }
 
 
+# Disguises undone before matching: NFKC folds full-width and other compatibility letters to ASCII; format
+# characters (zero-width spaces and joiners, soft hyphens, BOM) are dropped; Cyrillic and Greek letters that
+# look Latin are read as the Latin letter.
+_HOMOGLYPHS = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u0501\u04cf\u0410\u0412\u0415\u041a\u041c"
+    "\u041d\u041e\u0420\u0421\u0422\u0425\u0406\u0408\u0405\u03bf\u03b1\u03b9\u03ba\u03bd\u03c1\u03c4"
+    "\u039f\u0391\u0392\u0395\u0397\u0399\u039a\u039c\u039d\u03a1\u03a4\u03a7\u0396",
+    "aeopcyxijsdlABEKMHOPCTXIJSoaikvptOABEHIKMNPTXZ",
+)
+
+
+def _undisguised(text: str) -> str:
+    if text.isascii():
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(char for char in text if unicodedata.category(char) != "Cf")
+    return text.translate(_HOMOGLYPHS)
+
+
 @dataclass(frozen=True)
 class ScreenResult:
     """Which markers the screened text matched (empty: nothing suspicious)."""
@@ -69,6 +89,6 @@ def _strings(value: Any) -> Iterator[str]:
 
 def screen(*values: Any) -> ScreenResult:
     """Screen every string in ``values`` (texts, JSON-like inputs) for prompt-injection markers."""
-    text = "\n".join(s for value in values for s in _strings(value))[:_MAX_SCANNED_CHARS]
+    text = _undisguised("\n".join(s for value in values for s in _strings(value))[:_MAX_SCANNED_CHARS])
     found = tuple(name for name, pattern in _MARKERS.items() if pattern.search(text))
     return ScreenResult(found)
