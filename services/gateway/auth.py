@@ -288,11 +288,21 @@ class TokenVerifier:
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
     raw_scopes = claims.get("scope", claims.get("scp", ""))
-    scopes = raw_scopes.split() if isinstance(raw_scopes, str) else [str(s) for s in raw_scopes or ()]
+    if isinstance(raw_scopes, str):
+        scopes = raw_scopes.split()
+    elif isinstance(raw_scopes, list) and all(isinstance(s, str) for s in raw_scopes):
+        scopes = raw_scopes
+    else:  # a number or an object is not a scope list: refused, not guessed at (nor an INTERNAL error)
+        raise UnauthenticatedError(
+            "the bearer token's scope claim is neither a space-separated string nor a list of strings",
+            reason="TOKEN_MALFORMED",
+        )
     tenant = claims.get("tenant") or claims.get("tid") or _DEFAULT_TENANT
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise UnauthenticatedError("the bearer token has no subject", reason="TOKEN_MALFORMED")
+    if not isinstance(tenant, str):
+        raise UnauthenticatedError("the bearer token's tenant claim is not a string", reason="TOKEN_MALFORMED")
     return Principal(
         subject=subject,
         tenant=str(tenant),

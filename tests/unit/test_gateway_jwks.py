@@ -85,3 +85,42 @@ async def test_a_flood_of_unknown_key_ids_costs_one_refetch(served_jwks: tuple[s
     results = await asyncio.gather(*(cache.key(f"made-up-{n}") for n in range(50)), return_exceptions=True)
     assert all(isinstance(r, UnauthenticatedError) and r.reason == "UNKNOWN_KEY" for r in results)
     assert len(fetches) == 2  # the first load, then one refetch for all 50 concurrent calls (not one each)
+
+
+@pytest.mark.parametrize(
+    ("claims", "scopes"),
+    [
+        ({"scope": "tasks:read approve"}, {"tasks:read", "approve"}),
+        ({"scope": ["tasks:read", "approve"]}, {"tasks:read", "approve"}),
+        ({"scp": ["tasks:read"]}, {"tasks:read"}),
+        ({"scope": 5}, None),  # was a TypeError (INTERNAL at the gateway)
+        ({"scope": {"tasks:submit": True}}, None),  # was read as granting tasks:submit
+        ({"scope": ["tasks:read", 1]}, None),
+        ({"scope": "tasks:read", "tenant": {"id": "acme"}}, None),  # was the tenant "{'id': 'acme'}"
+    ],
+)
+async def test_scope_and_tenant_claims_of_the_wrong_type_are_refused(
+    tmp_path: Path, claims: dict[str, object], scopes: set[str] | None
+) -> None:
+    import time
+
+    import jwt
+
+    issuer = DevIssuer(tmp_path, issuer="https://issuer.test", audience="api")
+    key, kid = issuer._key()
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": "https://issuer.test", "aud": "api", "sub": "alice", "exp": now + 600, **claims},
+        key,
+        algorithm="ES256",
+        headers={"kid": kid},
+    )
+    verifier = TokenVerifier(
+        JwksCache(str(issuer.jwks_path)), issuer="https://issuer.test", audience="api", algorithms=["ES256"]
+    )
+    if scopes is not None:
+        assert (await verifier.verify(token)).scopes == scopes
+        return
+    with pytest.raises(UnauthenticatedError) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "TOKEN_MALFORMED" and token not in refused.value.message
