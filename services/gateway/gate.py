@@ -2,7 +2,7 @@
 and an audit record for every refusal and every mutating call.
 
 The order is fixed: bearer token (UNAUTHENTICATED) → scope (PERMISSION_DENIED) → rate limit
-(RESOURCE_EXHAUSTED with RetryInfo) → size (INVALID_ARGUMENT). Nothing reaches the planner before all
+(RESOURCE_EXHAUSTED with RetryInfo) → size and JSON numbers (INVALID_ARGUMENT). Nothing reaches the planner before all
 four pass, and nothing is stored but the audit record of a refusal.
 """
 
@@ -23,7 +23,7 @@ from agentmesh._settings import Settings
 from agentmesh.audit import AuditEntry, AuditLog, redact
 from agentmesh.services.gateway.auth import Principal, TokenVerifier, bearer_token
 from agentmesh.services.gateway.limits import RateLimiter
-from agentmesh.services.gateway.validation import check_size
+from agentmesh.services.gateway.validation import check_json_numbers, check_size
 
 __all__ = ["DELEGATION_METADATA_KEY", "Admitted", "DelegationMinter", "Gate", "PublicContext"]
 
@@ -113,11 +113,13 @@ class Gate:
         """Authenticate, authorize, rate-limit and size-check the call; refusals are audited, then raised."""
         principal: Principal | None = None
         try:
-            metadata: Mapping[str, Any] = dict(context.invocation_metadata() or ())
+            pairs = tuple(context.invocation_metadata() or ())
+            metadata: Mapping[str, Any] = dict(pairs)
             principal = await self._verifier.verify(bearer_token(metadata))
             principal.require(permission, method)
             self._limiter.admit(principal.key, principal.tenant)
             check_size(request, self.settings.gateway_max_request_bytes, method)
+            check_json_numbers(request)
         except MeshError as error:
             await self.refused(method, error, principal, context)
             raise

@@ -7,19 +7,21 @@ an RPC for that (``TaskService.GetPlaybook``), and caches the answer for a short
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import grpc
 import jsonschema
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from agentmesh._errors import InvalidArgumentError, NotFoundError, from_rpc_error
 from agentmesh.v1 import task_pb2
 
-__all__ = ["PlaybookSchemas", "SchemaSource", "StaticSchemas", "check_size", "validate_input"]
+__all__ = ["PlaybookSchemas", "SchemaSource", "StaticSchemas", "check_json_numbers", "check_size", "validate_input"]
 
 _SCHEMA_TTL = 30.0
 _GET_PLAYBOOK = "GetPlaybook"
@@ -33,6 +35,46 @@ def check_size(request: Message, limit: int, method: str) -> None:
             f"the request to {method} is {size:,} bytes; the gateway accepts at most {limit:,}",
             reason="REQUEST_TOO_LARGE",
             metadata={"size": str(size), "limit": str(limit)},
+        )
+
+
+def _non_finite(message: Message, path: str) -> Iterator[str]:
+    def at(name: object) -> str:
+        return f"{path}.{name}" if path else str(name)
+
+    if isinstance(message, struct_pb2.Value):
+        kind = message.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(message.number_value):
+            yield path
+        elif kind in ("struct_value", "list_value"):
+            yield from _non_finite(getattr(message, kind), path)
+    elif isinstance(message, struct_pb2.Struct):
+        for key, value in message.fields.items():
+            yield from _non_finite(value, at(key))
+    elif isinstance(message, struct_pb2.ListValue):
+        for index, value in enumerate(message.values):
+            yield from _non_finite(value, at(index))
+    else:
+        for field, value in message.ListFields():
+            if field.type != FieldDescriptor.TYPE_MESSAGE:
+                continue
+            if not field.is_repeated:
+                yield from _non_finite(value, at(field.name))
+            elif isinstance(value, Mapping):  # a map field: the values may be messages
+                for key, item in value.items():
+                    if isinstance(item, Message):
+                        yield from _non_finite(item, at(f"{field.name}.{key}"))
+            else:
+                for index, item in enumerate(value):
+                    yield from _non_finite(item, at(f"{field.name}.{index}"))
+
+
+def check_json_numbers(request: Message) -> None:
+    """Refuse NaN or an infinity in a Struct or Value of ``request`` (INVALID_ARGUMENT naming the field):
+    JSON has no such numbers, so the input could be neither checked against its schema nor stored."""
+    for field in _non_finite(request, ""):
+        raise InvalidArgumentError(
+            f"{field} is NaN or infinite, which JSON cannot hold", field=field, reason="INPUT_NOT_JSON"
         )
 
 

@@ -259,3 +259,18 @@ async def test_the_jwks_key_rotates_without_a_restart(gateway: Any) -> None:
     for token in (before, after):
         reply = await _submit(gateway, [("authorization", f"Bearer {token}")])
         assert reply.task.task_id
+
+
+async def test_nan_or_infinity_in_the_input_is_invalid_argument_naming_the_field(
+    gateway: Any, recording_planner: Any
+) -> None:
+    for number in (float("nan"), float("inf")):
+        request = task_pb2.SubmitTaskRequest(goal="help")
+        request.input.update({"order": {"lines": [{"qty": 1}]}})
+        request.input["order"]["lines"][0]["qty"] = number  # was INTERNAL: JSON has no NaN or Infinity
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _submit(gateway, gateway.bearer(), request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert from_rpc_error(caught.value).field == "input.order.lines.0.qty"
+    assert recording_planner.calls == []
+
