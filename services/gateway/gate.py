@@ -18,7 +18,7 @@ import grpc
 from google.protobuf.message import Message
 
 from agentmesh import telemetry
-from agentmesh._errors import MeshError
+from agentmesh._errors import MeshError, UnauthenticatedError
 from agentmesh._settings import Settings
 from agentmesh.audit import AuditEntry, AuditLog, redact
 from agentmesh.services.gateway.auth import Principal, TokenVerifier, bearer_token
@@ -114,6 +114,12 @@ class Gate:
         principal: Principal | None = None
         try:
             pairs = tuple(context.invocation_metadata() or ())
+            if sum(1 for key, _ in pairs if key == "authorization") > 1:
+                # Which one counts would depend on who reads the headers (a proxy may check the first).
+                raise UnauthenticatedError(
+                    "the call carries more than one authorization header; send exactly one bearer token",
+                    reason="TOKEN_AMBIGUOUS",
+                )
             metadata: Mapping[str, Any] = dict(pairs)
             principal = await self._verifier.verify(bearer_token(metadata))
             principal.require(permission, method)

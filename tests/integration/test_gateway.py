@@ -274,3 +274,15 @@ async def test_nan_or_infinity_in_the_input_is_invalid_argument_naming_the_field
         assert from_rpc_error(caught.value).field == "input.order.lines.0.qty"
     assert recording_planner.calls == []
 
+
+async def test_two_authorization_headers_are_refused_whichever_comes_first(gateway: Any, recording_planner: Any) -> None:
+    token = gateway.token()
+    for headers in (
+        [("authorization", "Bearer junk"), ("authorization", f"Bearer {token}")],  # the last one was used
+        [("authorization", f"Bearer {token}"), ("authorization", f"Bearer {token}")],
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _submit(gateway, headers)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert token not in caught.value.details()
+    assert recording_planner.calls == []
