@@ -33,7 +33,8 @@ CARD_MARKER = "[card]"
 ADDRESS_MARKER = "[address]"
 PII_MARKERS = (ADDRESS_MARKER, CARD_MARKER, EMAIL_MARKER, PHONE_MARKER)
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}")
+# Letters and digits of any script (\w): internationalised addresses (josé@, @exämple.de) are addresses too.
+_EMAIL = re.compile(r"[\w.%+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}\.[^\W\d_]{2,24}")
 # 13-19 digits, optionally grouped by single spaces or dashes; kept only when the Luhn check passes. Not part
 # of a decimal number (digit.digit), but a full stop ending the sentence or opening it ("no.4111...") is fine.
 _CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")

@@ -23,6 +23,7 @@ from agentmesh.audit import (
     ("text", "expected"),
     [
         ("write to maria.lopez@example.com today", "write to [email] today"),
+        ("escribe a jos\u00e9.pe\u00f1a@correo.es o an j\u00fcrgen@b\u00fcro-m\u00fcller.de", "escribe a [email] o an [email]"),
         ("card 4111 1111 1111 1111 and 4111-1111-1111-1111", "card [card] and [card]"),
         ("My card is 4111 1111 1111 1111.", "My card is [card]."),
         ("card no.4111111111111111, exp 12/29", "card no.[card], exp 12/29"),
