@@ -54,16 +54,21 @@ class _Buckets:
             bucket = self.buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
         else:
             bucket.refill(now)
+            self.buckets[key] = self.buckets.pop(key)  # most recently used last (eviction order)
         return bucket
 
     def _forget_full(self, now: float) -> None:
-        # A full bucket holds no information: drop those, so idle callers do not grow memory.
+        # A full bucket holds no information: drop those, so idle callers do not grow memory. If that frees too
+        # little, drop the half touched least recently, never all: clearing every bucket let a caller who
+        # spread calls over many principals reset the bucket of one being throttled (and rescanning a full
+        # map on every new caller cost O(n) each).
         for key, bucket in list(self.buckets.items()):
             bucket.refill(now)
             if bucket.tokens >= bucket.capacity:
                 del self.buckets[key]
-        if len(self.buckets) >= _MAX_BUCKETS:
-            self.buckets.clear()
+        excess = len(self.buckets) - _MAX_BUCKETS // 2
+        for key in list(self.buckets)[: max(excess, 0)]:
+            del self.buckets[key]
 
 
 class RateLimiter:

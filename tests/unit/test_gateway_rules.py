@@ -92,3 +92,23 @@ def test_the_screen_takes_linear_time_on_pathological_input(text: str) -> None:
     started = time.perf_counter()
     screen({"text": text})
     assert time.perf_counter() - started < 1.0
+
+
+def test_many_principals_neither_grow_memory_nor_reset_a_throttled_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentmesh.services.gateway import limits
+
+    monkeypatch.setattr(limits, "_MAX_BUCKETS", 100)
+    now = [0.0]
+    limiter = RateLimiter(principal_rate=1, principal_burst=1, tenant_rate=1e9, tenant_burst=1e9, clock=lambda: now[0])
+    for n in range(1_000):
+        now[0] += 0.0001
+        limiter.admit(f"acme/sock-{n}", "acme")  # each leaves a bucket that is not full
+        if n % 10 == 0:
+            with pytest.raises(ResourceExhaustedError):
+                limiter.admit(f"acme/sock-{n}", "acme")
+        if n == 500:
+            limiter.admit("acme/alice", "acme")
+        if n > 500:
+            with pytest.raises(ResourceExhaustedError):  # alice keeps trying, throttled throughout
+                limiter.admit("acme/alice", "acme")
+    assert len(limiter._principals.buckets) <= 100
