@@ -56,6 +56,18 @@ def test_the_logging_filter_redacts_formatted_messages(caplog: pytest.LogCapture
     assert "someone@example.com" not in caplog.text and "lookup of [email] failed" in caplog.text
 
 
+def test_the_logging_filter_redacts_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.redaction")
+    caplog.handler.addFilter(RedactingFilter())
+    with caplog.at_level(logging.INFO):
+        try:
+            raise ValueError("no customer with email someone@example.com and card 4111 1111 1111 1111")
+        except ValueError:
+            logger.exception("unhandled error in %s", "/agentmesh.v1.TaskService/SubmitTask")
+    assert "ValueError: no customer with email [email] and card [card]" in caplog.text
+    assert "someone@example.com" not in caplog.text and "4111 1111" not in caplog.text
+
+
 def test_the_record_hash_is_sha256_of_rfc8785_json_any_language_can_recompute() -> None:
     fields = {
         "sequence": 1,
