@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ __all__ = [
     "bearer_token",
     "default_jwks_source",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Scopes are permissions by name; a token grants exactly the permissions its `scope` claim lists.
 PERMISSIONS = (
@@ -149,9 +153,13 @@ class JwksCache:
                     except jwt.PyJWTError:
                         continue  # a key type this PyJWT cannot use is skipped, not fatal
             except (OSError, ValueError) as exc:
+                # The source may be a URL with credentials, the error an internal path: they go to the log
+                # (credentials stripped), never to the outside caller.
+                logger.warning("the gateway cannot load its JWKS from %s: %s", _without_userinfo(self.source), exc)
                 if not self._keys:
                     raise UnauthenticatedError(
-                        f"the gateway cannot load its JWKS from {self.source}: {exc}", reason="JWKS_UNAVAILABLE"
+                        "the gateway cannot verify tokens right now (its JWKS is unavailable); retry shortly",
+                        reason="JWKS_UNAVAILABLE",
                     ) from None
                 return  # keep serving with the keys we have
             finally:
@@ -171,6 +179,14 @@ class JwksCache:
         if found is None:
             raise UnauthenticatedError(f"the token's signing key {kid!r} is not in the JWKS", reason="UNKNOWN_KEY")
         return found
+
+
+def _without_userinfo(source: str) -> str:
+    """``source`` with any ``user:password@`` of a URL removed."""
+    parts = urllib.parse.urlsplit(source)
+    if not parts.netloc or "@" not in parts.netloc:
+        return source
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def bearer_token(metadata: Mapping[str, str | bytes] | None) -> str:

@@ -124,3 +124,18 @@ async def test_scope_and_tenant_claims_of_the_wrong_type_are_refused(
     with pytest.raises(UnauthenticatedError) as refused:
         await verifier.verify(token)
     assert refused.value.reason == "TOKEN_MALFORMED" and token not in refused.value.message
+
+
+async def test_an_unreachable_jwks_is_refused_without_revealing_its_address(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cache = JwksCache(f"http://gateway:s3cret-pw@127.0.0.1:{port}/internal/jwks.json")
+    caplog.set_level("DEBUG")
+    with pytest.raises(UnauthenticatedError) as refused:
+        await cache.key("any")
+    assert refused.value.reason == "JWKS_UNAVAILABLE"
+    assert "s3cret-pw" not in refused.value.message and "/internal/" not in refused.value.message
+    assert "s3cret-pw" not in caplog.text and "/internal/jwks.json" in caplog.text  # the operator still sees where
