@@ -204,7 +204,7 @@ def bearer_token(metadata: Mapping[str, str | bytes] | None) -> str:
 
 
 class TokenVerifier:
-    """Verifies bearer JWTs; verdicts are cached by the token's hash until it expires."""
+    """Verifies bearer JWTs; verdicts are cached by the token's hash until it expires or its key leaves the JWKS."""
 
     def __init__(
         self,
@@ -225,7 +225,7 @@ class TokenVerifier:
         self._algorithms = frozenset(algorithms)
         self._leeway = leeway
         self._clock = clock
-        self._cache: dict[bytes, Principal] = {}
+        self._cache: dict[bytes, tuple[Principal, str]] = {}  # token hash -> (caller, kid of the signing key)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenVerifier:
@@ -246,13 +246,19 @@ class TokenVerifier:
         now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None:
-            if cached.expires_at + self._leeway > now:
-                return cached
+            principal, kid = cached
+            if principal.expires_at + self._leeway > now:
+                try:
+                    await self._jwks.key(kid)  # a key withdrawn from the JWKS (compromised) ends its tokens
+                except UnauthenticatedError:
+                    self._cache.pop(digest, None)
+                    raise
+                return principal
             del self._cache[digest]
         principal = await self._verify_uncached(token)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
-        self._cache[digest] = principal
+        self._cache[digest] = (principal, str(jwt.get_unverified_header(token).get("kid", "")))
         return principal
 
     async def _verify_uncached(self, token: str) -> Principal:

@@ -139,3 +139,22 @@ async def test_an_unreachable_jwks_is_refused_without_revealing_its_address(capl
     assert refused.value.reason == "JWKS_UNAVAILABLE"
     assert "s3cret-pw" not in refused.value.message and "/internal/" not in refused.value.message
     assert "s3cret-pw" not in caplog.text and "/internal/jwks.json" in caplog.text  # the operator still sees where
+
+
+async def test_a_key_withdrawn_from_the_jwks_ends_its_tokens_even_when_their_verdict_is_cached(tmp_path: Path) -> None:
+    issuer = DevIssuer(tmp_path, issuer="https://issuer.test", audience="api")
+    issuer.rotate()
+    token = issuer.issue(subject="alice", scopes=["tasks:read"])
+    verifier = TokenVerifier(
+        JwksCache(str(issuer.jwks_path), min_refresh=0.0),
+        issuer="https://issuer.test",
+        audience="api",
+        algorithms=["ES256"],
+    )
+    assert (await verifier.verify(token)).subject == "alice"  # verdict cached until the token expires
+    issuer.rotate()
+    issuer.rotate()  # the JWKS keeps one previous key: alice's signing key is gone (e.g. it leaked)
+    with pytest.raises(UnauthenticatedError) as refused:
+        await verifier.verify(token)
+    assert refused.value.reason == "UNKNOWN_KEY"
+    assert (await verifier.verify(issuer.issue(subject="bob", scopes=["tasks:read"]))).subject == "bob"
