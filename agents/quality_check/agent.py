@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Article, Ticket, TritonAgent, find_injection, split_sentences
+from agentmesh.agents._support._gloss import for_embedding
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.quality_check._checks import (
@@ -180,7 +181,7 @@ class QualityCheckAgent(TritonAgent):
         # The best retrieved article (kb-search ranks them): the English reference for the ticket's topic.
         top = request.articles[0]
         reference = f"{top.title}. {' '.join((top.body or top.snippet).split())}"
-        fresh = [*segments, reference, reply, *paragraphs, content, *stated]
+        fresh = [*(for_embedding(s) for s in segments), reference, reply, *paragraphs, content, *stated]
         embedded = await self.embed_reusing(fresh, source_sentences, ctx)
         vectors = embedded.embeddings
         ticket_vectors = vectors[: len(segments)]

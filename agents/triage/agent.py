@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
+from agentmesh.agents._support._gloss import for_embedding
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.triage._rules import (
@@ -76,7 +77,7 @@ class TriageAgent(TritonAgent):
         segments = [whole, *([ticket.subject.strip()] if ticket.subject.strip() else [])]
         segments += split_sentences(ticket.text)[:MAX_SENTENCES]
         embedded, (score, _) = await asyncio.gather(
-            self.embed(segments, ctx), self.message_sentiment(ticket.text, ctx)
+            self.embed([for_embedding(s) for s in segments], ctx), self.message_sentiment(ticket.text, ctx)
         )
         result = intent_scores(
             embedded.embeddings @ self._prototypes.T, self._owners, bonus=cue_bonus(whole, self._cues)
