@@ -916,13 +916,16 @@ class PlannerStore:
     async def decide(self, task_id: str, step_id: str, *, approve: bool, by: str, comment: str) -> dict[str, Any]:
         """Approve or reject a step waiting for approval; returns the decided approval row."""
         now = utcnow()
+        lapsed_at = None
         async with self.engine.begin() as conn:
             state = await self._lock_task(conn, task_id) if await self._task_exists(conn, task_id) else None
             if state is None:
                 raise NotFoundError(f"no task {task_id!r}")
+            lapsed = sa.and_(APPROVALS.c.deadline_at.is_not(None), APPROVALS.c.deadline_at <= now)
             approval = (
                 await conn.execute(
-                    sa.select(APPROVALS).where(APPROVALS.c.task_id == task_id, APPROVALS.c.step_id == step_id)
+                    sa.select(APPROVALS, lapsed.label("lapsed"))
+                    .where(APPROVALS.c.task_id == task_id, APPROVALS.c.step_id == step_id)
                 )
             ).first()
             if approval is None:
@@ -931,26 +934,52 @@ class PlannerStore:
                 raise FailedPreconditionError(
                     f"step {step_id} of task {task_id} was already decided: {approval.state}"
                 )
-            decision = "APPROVED" if approve else "REJECTED"
-            await conn.execute(
-                sa.update(APPROVALS)
-                .where(APPROVALS.c.id == approval.id)
-                .values(state=decision, decided_by=by, comment=comment, decided_at=now)
+            if approval.lapsed:
+                # Past its deadline but not yet swept: it timed out, whatever the decision says (recorded now,
+                # as the sweep would, and committed before the caller hears so).
+                await self._time_out_approval(conn, approval.id, task_id, step_id, now)
+                lapsed_at = approval.deadline_at
+            else:
+                decision = "APPROVED" if approve else "REJECTED"
+                await conn.execute(
+                    sa.update(APPROVALS)
+                    .where(APPROVALS.c.id == approval.id)
+                    .values(state=decision, decided_by=by, comment=comment, decided_at=now)
+                )
+                await self._after_decision(conn, task_id, step_id, decision, by, comment, now)
+                await append_audit(
+                    conn,
+                    [
+                        AuditEntry(
+                            "step.approve" if approve else "step.reject",
+                            resource=f"tasks/{task_id}/steps/{step_id}",
+                            actor=by,
+                            detail={"comment": comment[:500]},
+                        )
+                    ],
+                )
+                row = (await conn.execute(sa.select(APPROVALS).where(APPROVALS.c.id == approval.id))).one()
+        if lapsed_at is not None:
+            raise FailedPreconditionError(
+                f"the approval of step {step_id} of task {task_id} timed out at {lapsed_at.isoformat()}"
             )
-            await self._after_decision(conn, task_id, step_id, decision, by, comment, now)
-            await append_audit(
-                conn,
-                [
-                    AuditEntry(
-                        "step.approve" if approve else "step.reject",
-                        resource=f"tasks/{task_id}/steps/{step_id}",
-                        actor=by,
-                        detail={"comment": comment[:500]},
-                    )
-                ],
-            )
-            row = (await conn.execute(sa.select(APPROVALS).where(APPROVALS.c.id == approval.id))).one()
         return dict(row._mapping)
+
+    async def _time_out_approval(
+        self, conn: AsyncConnection, approval_id: int, task_id: str, step_id: str, now: dt.datetime
+    ) -> None:
+        """An approval past its deadline: TIMED_OUT, the step rejected, the audit record."""
+        await conn.execute(
+            sa.update(APPROVALS).where(APPROVALS.c.id == approval_id).values(
+                state="TIMED_OUT", comment="no decision before the deadline", decided_at=now
+            )
+        )
+        await self._after_decision(conn, task_id, step_id, "TIMED_OUT", "", "", now)
+        await append_audit(
+            conn,
+            [AuditEntry("step.approval_timeout", resource=f"tasks/{task_id}/steps/{step_id}",
+                        actor=self.owner, outcome="DEADLINE_EXCEEDED")],
+        )
 
     async def _task_exists(self, conn: AsyncConnection, task_id: str) -> bool:
         return (await conn.execute(sa.select(TASKS.c.task_id).where(TASKS.c.task_id == task_id))).first() is not None
@@ -1011,17 +1040,7 @@ class PlannerStore:
         )
         async with self.engine.begin() as conn:
             for row in (await conn.execute(approvals)).all():
-                await conn.execute(
-                    sa.update(APPROVALS).where(APPROVALS.c.id == row.id).values(
-                        state="TIMED_OUT", comment="no decision before the deadline", decided_at=now
-                    )
-                )
-                await self._after_decision(conn, row.task_id, row.step_id, "TIMED_OUT", "", "", now)
-                await append_audit(
-                    conn,
-                    [AuditEntry("step.approval_timeout", resource=f"tasks/{row.task_id}/steps/{row.step_id}",
-                                actor=self.owner, outcome="DEADLINE_EXCEEDED")],
-                )
+                await self._time_out_approval(conn, row.id, row.task_id, row.step_id, now)
                 ended += 1
             for row in (await conn.execute(tasks)).all():
                 await self._end_task(conn, row.task_id, "FAILED", error="DEADLINE_EXCEEDED: the task ran past its deadline")

@@ -659,11 +659,6 @@ async def test_an_agent_reusing_a_request_id_under_another_parent_gets_a_new_sub
         await planner_mesh.stub().CancelTask(task_pb2.CancelTaskRequest(task_id=parent.task_id), timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PlannerStore.decide (lead-owned store.py) does not check the approval's deadline: until the next "
-    "sweep marks it TIMED_OUT, a late ApproveStep still approves a timed-out step",
-)
 async def test_an_approval_that_timed_out_cannot_be_granted_before_the_sweep_notices(
     planner_mesh: PlannerMesh, worker: Worker
 ) -> None:
