@@ -18,7 +18,8 @@ __all__ = [
     "split_sentences",
 ]
 
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+# Letters of any script (josé.peña@correo.es, jürgen@büro-müller.de): \w is Unicode-aware.
+_EMAIL = re.compile(r"\b[\w.%+-]+@[\w.-]+\.[^\W\d_]{2,}\b")
 # 13-19 digits, optionally grouped by spaces or dashes (payment card numbers); confirmed by the Luhn check.
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
 # International or national phone numbers: 7+ digits with the usual separators, optional +country code.

@@ -78,6 +78,10 @@ def test_order_numbers_dates_prices_and_non_cards_are_not_personal_data(text: st
 def test_redaction_replaces_each_item_and_keeps_the_rest() -> None:
     text = "Reach me at tom@example.com or +49 151 2345 6789, order NW-1."
     assert redact_pii(text) == "Reach me at [redacted email] or [redacted phone], order NW-1."
+    # Addresses in other scripts are personal data too (the agents answer es/de/fr tickets).
+    assert redact_pii("Escribe a josé.peña@correo.es o jürgen@büro-müller.de.") == (
+        "Escribe a [redacted email] o [redacted email]."
+    )
 
 
 def test_masks_keep_enough_to_recognise_but_not_to_contact() -> None:
