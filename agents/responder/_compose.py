@@ -118,11 +118,14 @@ def varied_plans(plan: ReplyPlan) -> list[ReplyPlan]:
     ]
 
 
+# How far below the best retrieved article another may score and still be quoted beside it.
+SECONDARY_MARGIN = 0.3
+
 def quotable_articles(articles: Sequence[Article], plan: ReplyPlan, floor: float) -> list[Article]:
     """The retrieved articles a reply may quote: the best one always (unless a review excluded it and
     another is left); the others only when kb-search scored them at or above ``floor`` on their own (an
-    article below its confidence floor would not have been returned alone, so it answers something else),
-    and none a review found off-topic. Unscored articles (score 0, e.g. chosen by a person) all count.
+    article below its confidence floor would not have been returned alone, so it answers something else)
+    and within :data:`SECONDARY_MARGIN` of the best, and none a review found off-topic. Unscored articles (score 0, e.g. chosen by a person) all count.
     """
     if not articles:
         return []
@@ -130,7 +133,9 @@ def quotable_articles(articles: Sequence[Article], plan: ReplyPlan, floor: float
     if plan.only_top_article:
         return kept[:1]
     scored = any(a.score > 0 for a in kept)
-    return [kept[0], *(a for a in kept[1:] if not scored or a.score >= floor)]
+    # Far below the best (0.45 beside 0.96) an article matched a side word of the ticket ("order"), not its ask.
+    bar = max(floor, kept[0].score - SECONDARY_MARGIN)
+    return [kept[0], *(a for a in kept[1:] if not scored or a.score >= bar)]
 
 
 def candidate_sentences(articles: Sequence[Article]) -> list[Candidate]:
