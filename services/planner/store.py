@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.errors import UniqueViolation
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -414,7 +415,11 @@ class PlannerStore:
             for cursor in ahead.deferred:
                 ahead.take(await cursor.fetchall())
             ahead.publish()
-        except IntegrityError:
+        except (IntegrityError, UniqueViolation):
+            # In a pipeline the duplicate key surfaces at whichever later statement syncs first, as psycopg's own
+            # error when that statement went to the driver directly. Nothing was stored: forget what was cached.
+            self._tasks.pop(task_id, None)
+            self._plans.pop(plan_id, None)
             if values.get("request_id"):
                 existing = await self.find_request(values["submitted_by"], values["request_id"])
                 if existing is not None:
