@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from agentmesh.agents._support._keywords import fold
+from agentmesh.agents._support._keywords import PhraseMatcher, fold
 
 __all__ = ["GLOSS_FILE", "Glossary", "for_embedding", "language_of"]
 
@@ -53,9 +53,7 @@ class Glossary:
     def __init__(self, senses: dict[str, str]) -> None:
         self._exact = {p: s for p, s in senses.items() if "*" not in p}
         self._stems = [(re.compile(re.escape(p).replace(r"\*", r"\w*")), s) for p, s in senses.items() if "*" in p]
-        patterns = sorted((re.escape(p).replace(r"\*", r"\w*") for p in senses), key=len, reverse=True)
-        # Alternation of literals (and \w* tails): linear in the text, however hostile the ticket.
-        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(patterns) + r")(?!\w)") if patterns else None
+        self._phrases = PhraseMatcher(senses)  # longest phrase first, whole words, folded text
 
     @classmethod
     def load(cls, path: Path = GLOSS_FILE) -> Glossary:
@@ -72,11 +70,8 @@ class Glossary:
     def gloss(self, text: str, *, foreign_only: bool = False) -> str:
         """The English senses of the glossary phrases in ``text``, in order, each once; with ``foreign_only``,
         only those of phrases that are not English words themselves ("app" -> "app" is left out)."""
-        if self._pattern is None:
-            return ""
         senses: list[str] = []
-        for match in self._pattern.finditer(fold(text)):
-            found = match.group(0)
+        for found in self._phrases.find(text):
             sense = self._exact.get(found)
             if sense is None:
                 sense = next((s for stem, s in self._stems if stem.fullmatch(found)), "")
