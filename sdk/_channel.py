@@ -19,10 +19,13 @@ __all__ = ["create_channel"]
 
 logger = logging.getLogger(__name__)
 
-# Keepalive so dead peers are noticed between calls, and no hard cap on message size surprises.
+# Keepalive so dead peers are noticed between calls, also on a stream that stays quiet for long (the revocation
+# feed, watches): by default gRPC stops after two pings without data. Mesh servers accept one ping per 20 s
+# (agentmesh._server). And no hard cap on message size surprises.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,10 +36,11 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 
 # Mesh channels send keepalive pings every 30 s (agentmesh._channel); gRPC servers by default accept one ping
 # per 5 minutes without data and answer more with GOAWAY "too_many_pings", which breaks long streams
-# (heartbeats, watches). Accept pings every 20 s, with or without calls in flight.
+# (heartbeats, watches, the revocation feed). Accept pings every 20 s, with or without calls in flight. The
+# name is gRPC core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS; an unknown name is silently ignored.
 _KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
 ]
 
 
@@ -285,7 +287,19 @@ class _MeshInterceptor(_ServerInterceptor):
                 raise
             observation.end(grpc.StatusCode.OK)
 
-        return stream
+        async def written(raw: bytes, context: grpc.aio.ServicerContext[bytes, Message]) -> None:
+            observation = self._telemetry.start(method, context)
+            try:
+                self._security.check(method, context)
+                await behavior(_parse_request(deserializer, raw, method), context)
+            except BaseException as exc:
+                await self._fail(exc, method, context, observation)
+                raise
+            observation.end(grpc.StatusCode.OK)
+
+        # A handler either yields its responses or sends them with ``context.write`` (grpc's own health Watch
+        # does): the wrapper must be of the same kind, or grpc cannot run it.
+        return stream if inspect.isasyncgenfunction(behavior) else written
 
     def _wrap_bidi(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def bidi(requests: Any, context: grpc.aio.ServicerContext[Message, Message]) -> Any:
