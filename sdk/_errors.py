@@ -17,6 +17,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "agentmesh.dev"
+# A status travels in trailers (the message percent-encoded in grpc-message, again in grpc-status-details-bin),
+# and a gRPC client drops trailers over 8-16 KB, answering RESOURCE_EXHAUSTED "Stream removed" instead of the
+# real status. Messages that quote a caller's input (an id of a megabyte) are cut to these UTF-8 sizes.
+MAX_MESSAGE_BYTES = 1024
+MAX_METADATA_BYTES = 256
+_MAX_METADATA_ENTRIES = 16
 
 
 class _Options(TypedDict, total=False):
@@ -46,9 +52,16 @@ class MeshError(Exception):
 
     def to_status(self) -> grpc.Status:
         """The gRPC status (code, message, ErrorInfo detail) a server sends for this error."""
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        metadata = {
+            _bounded(key, MAX_METADATA_BYTES): _bounded(value, MAX_METADATA_BYTES)
+            for key, value in list(self.metadata.items())[:_MAX_METADATA_ENTRIES]
+        }
+        info = error_details_pb2.ErrorInfo(
+            reason=_bounded(self.reason, MAX_METADATA_BYTES), domain=ERROR_DOMAIN, metadata=metadata
+        )
         details = [_pack(info), *self._extra_details()]
-        proto = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        message = _bounded(self.message, MAX_MESSAGE_BYTES)
+        proto = status_pb2.Status(code=self.code.value[0], message=message, details=details)
         return rpc_status.to_status(proto)
 
     def _extra_details(self) -> list[any_pb2.Any]:
@@ -73,7 +86,9 @@ class InvalidArgumentError(MeshError):
     def _extra_details(self) -> list[any_pb2.Any]:
         if not self.field:
             return []
-        violation = error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.message)
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_bounded(self.field, MAX_METADATA_BYTES), description=_bounded(self.message, MAX_MESSAGE_BYTES)
+        )
         return [_pack(error_details_pb2.BadRequest(field_violations=[violation]))]
 
 
@@ -138,10 +153,23 @@ class ResourceExhaustedError(MeshError):
 
 
 class UnavailableError(MeshError):
-    """A dependency (database, agent, Triton) cannot be reached; safe to retry later."""
+    """A dependency (database, agent, Triton) cannot be reached; safe to retry later.
+
+    ``retry_after`` (seconds), when known, is sent as ``google.rpc.RetryInfo``."""
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Unpack[_Options]) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+    def _extra_details(self) -> list[any_pb2.Any]:
+        if self.retry_after is None:
+            return []
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+        return [_pack(info)]
 
 
 class DeadlineExceededError(MeshError):
@@ -213,11 +241,24 @@ def from_rpc_error(error: grpc.RpcError) -> MeshError:
         result: MeshError = InvalidArgumentError(message, field=field, reason=reason, metadata=metadata)
     elif cls is ResourceExhaustedError:
         result = ResourceExhaustedError(message, retry_after=retry_after, reason=reason, metadata=metadata)
+    elif cls is UnavailableError:
+        result = UnavailableError(message, retry_after=retry_after, reason=reason, metadata=metadata)
     else:
         result = cls(message, reason=reason, metadata=metadata)
         if cls is MeshError:
             result.code = code
     return result
+
+
+def _bounded(text: str, limit: int) -> str:
+    """``text`` if its UTF-8 form is at most ``limit`` bytes, else cut (on a character boundary) and marked."""
+    if len(text) * 4 <= limit:  # the common case: short, whatever its characters
+        return text
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return text
+    mark = f"... [cut; {len(encoded):,} bytes in all]"
+    return encoded[: limit - len(mark)].decode("utf-8", "ignore") + mark
 
 
 def _pack(message: Message) -> any_pb2.Any:

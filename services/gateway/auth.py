@@ -53,6 +53,11 @@ _LEEWAY_SECONDS = 10.0
 _MAX_TOKEN_CHARS = 8_192
 _MAX_CACHED = 65_536
 _DEFAULT_TENANT = "default"
+# The widths of the columns a subject and a tenant are stored in (tasks, conversations, audit): a longer one
+# would pass here and fail the INSERT (INTERNAL) further in.
+MAX_SUBJECT_CHARS = 512
+MAX_TENANT_CHARS = 128
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 def default_jwks_source(settings: Settings) -> str:
@@ -319,12 +324,27 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
             "the bearer token's scope claim is neither a space-separated string nor a list of strings",
             reason="TOKEN_MALFORMED",
         )
+    for name in _TIME_CLAIMS:
+        # RFC 7519 NumericDate: a JSON number. PyJWT takes anything int() takes, such as "1735689600".
+        value = claims.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise UnauthenticatedError(
+                f"the bearer token's {name} claim is not a number (NumericDate)", reason="TOKEN_MALFORMED"
+            )
     tenant = claims.get("tenant") or claims.get("tid") or _DEFAULT_TENANT
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise UnauthenticatedError("the bearer token has no subject", reason="TOKEN_MALFORMED")
     if not isinstance(tenant, str):
         raise UnauthenticatedError("the bearer token's tenant claim is not a string", reason="TOKEN_MALFORMED")
+    # The subject and tenant are stored and logged as the end user's name: no NUL (PostgreSQL text cannot hold
+    # it), no control characters (forged log lines), and no longer than their columns.
+    for name, value, limit in (("sub", subject, MAX_SUBJECT_CHARS), ("tenant", tenant, MAX_TENANT_CHARS)):
+        if len(value) > limit or not value.isprintable():
+            raise UnauthenticatedError(
+                f"the bearer token's {name} claim must be at most {limit} printable characters",
+                reason="TOKEN_MALFORMED",
+            )
     return Principal(
         subject=subject,
         tenant=str(tenant),

@@ -1,0 +1,112 @@
+"""Hostile input from inside and outside the mesh gets a precise, short refusal: ids of a megabyte are refused
+with their own status (not a client-side RESOURCE_EXHAUSTED because the echoed id overflowed the trailers),
+and an IdP token whose subject or tenant cannot be stored is refused at the door (not INTERNAL further in)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+
+from agentmesh._channel import create_channel
+from agentmesh.v1 import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc
+from tests.fixtures.registry import RegistryReplica, make_card
+
+pytestmark = pytest.mark.asyncio
+
+HUGE = "x" * 1_000_000  # within the 4 MB message limit; far over what trailers can carry
+
+
+async def _refusal(call: Any) -> grpc.aio.AioRpcError:
+    started = time.perf_counter()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert time.perf_counter() - started < 2.0
+    return caught.value
+
+
+async def test_a_megabyte_id_is_refused_with_its_own_code_and_a_short_message(registry: RegistryReplica) -> None:
+    registry.issue_identity("agent", "support/triage")
+    async with create_channel(registry.address, registry.settings, kind="agent", name="support/triage") as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        await stub.RegisterAgent(registry_pb2.RegisterAgentRequest(card=make_card("triage")), timeout=5)
+        calls = {
+            "Heartbeat": stub.Heartbeat(registry_pb2.HeartbeatRequest(lease_id=HUGE), timeout=5),
+            "DeregisterAgent": stub.DeregisterAgent(registry_pb2.DeregisterAgentRequest(lease_id=HUGE), timeout=5),
+            "GetAgent": stub.GetAgent(registry_pb2.GetAgentRequest(namespace=HUGE, name="triage"), timeout=5),
+        }
+        for method, call in calls.items():
+            refused = await _refusal(call)
+            details = refused.details() or ""
+            assert refused.code() == grpc.StatusCode.NOT_FOUND, (method, refused.code(), details[:200])
+            assert len(details.encode()) <= 1024 and "bytes in all]" in details, method
+            trailers = sum(len(key) + len(value) for key, value in refused.trailing_metadata() or ())
+            assert trailers < 4096, (method, trailers)
+        # The registry still answers, and the agent's own registration is untouched.
+        reply = await stub.GetAgent(registry_pb2.GetAgentRequest(namespace="support", name="triage"), timeout=5)
+        assert len(reply.instances) == 1
+
+
+@pytest.fixture
+async def door(start_gateway: Any, recording_planner: Any, migrated_database_url: str) -> Any:
+    """A gateway in front of the recording planner."""
+    return await start_gateway(planner=recording_planner.address, database_url=migrated_database_url)
+
+
+def _signed(gateway: Any, **overrides: Any) -> str:
+    """A token signed by the gateway's trusted issuer, with claims PyJWT's encoder would not write."""
+    key, kid = gateway.issuer._key()
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": gateway.issuer.issuer,
+        "aud": gateway.issuer.audience,
+        "sub": "alice",
+        "tenant": "acme",
+        "scope": "tasks:submit tasks:read",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": "j-1",
+        **overrides,
+    }
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = {"alg": "ES256", "typ": "JWT", "kid": kid}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    signature = jwt.algorithms.ECAlgorithm(jwt.algorithms.ECAlgorithm.SHA256).sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def test_a_token_whose_subject_tenant_or_times_are_not_storable_is_refused_at_the_door(
+    door: Any, recording_planner: Any
+) -> None:
+    gateway = door
+    later = int(time.time()) + 600
+    bad = {
+        "subject with NUL": {"sub": "al\x00ice"},
+        "subject with a newline": {"sub": "alice\nadmin logged in"},
+        "subject longer than its column": {"sub": "a" * 513},
+        "tenant with NUL": {"tenant": "ac\x00me"},
+        "tenant longer than its column": {"tenant": "t" * 129},
+        "exp as a string": {"exp": str(later)},
+        "nbf as a boolean": {"nbf": True},
+    }
+    async with gateway.channel() as channel:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
+        request = task_pb2.SubmitTaskRequest(goal="help me")
+        for name, claims in bad.items():
+            metadata = [("authorization", f"Bearer {_signed(gateway, **claims)}")]
+            refused = await _refusal(stub.SubmitTask(request, metadata=metadata, timeout=10))
+            assert refused.code() == grpc.StatusCode.UNAUTHENTICATED, (name, refused.code(), refused.details())
+            assert "claim" in (refused.details() or ""), name
+        assert recording_planner.calls == []  # nothing reached the planner, so nothing was stored
+        # The same token with storable claims passes.
+        ok = [("authorization", f"Bearer {_signed(gateway, sub='a' * 512, tenant='t' * 128)}")]
+        assert (await stub.SubmitTask(request, metadata=ok, timeout=10)).task.task_id
