@@ -173,16 +173,24 @@ def _timeline(console: Console, explanation: task_pb2.TaskExplanation) -> None:
     start = min(a.start_time.ToDatetime() for a in attempts)
     end = max((a.end_time if a.HasField("end_time") else a.start_time).ToDatetime() for a in attempts)
     total = max((end - start).total_seconds(), 1e-3)
-    table = Table(title="timeline", show_edge=False)
-    for column in ("step", "agent", "start ms", "took ms", "state", ""):
-        table.add_column(column)
-    width = 30
+    headers = ("step", "agent", "start ms", "took ms", "state")
+    rows, spans = [], []
     for a in attempts:
         began = (a.start_time.ToDatetime() - start).total_seconds()
         ended = (a.end_time.ToDatetime() - start).total_seconds() if a.HasField("end_time") else began
-        bar = " " * int(width * began / total) + "█" * max(1, int(width * (ended - began) / total))
-        table.add_row(
-            f"{a.step_id}#{a.attempt}", a.agent.name or "planner", f"{began * 1000:.0f}", f"{(ended - began) * 1000:.0f}",
-            _name(task_pb2.StepState, a.state, "STEP_STATE_"), bar,
-        )
+        spans.append((began, ended))
+        rows.append((f"{a.step_id}#{a.attempt}", a.agent.name or "planner", f"{began * 1000:.0f}",
+                     f"{(ended - began) * 1000:.0f}", _name(task_pb2.StepState, a.state, "STEP_STATE_")))
+    # The bars get what the text columns leave of the terminal (3 cells of padding and rule per column), so
+    # no column is cut short on an 80-column terminal.
+    text = sum(max(len(header), *(len(row[i]) for row in rows)) for i, header in enumerate(headers))
+    width = max(10, min(60, console.width - text - 3 * (len(headers) + 1)))
+    table = Table(title="timeline", show_edge=False)
+    for column in headers:
+        table.add_column(column, no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=width)
+    for row, (began, ended) in zip(rows, spans, strict=True):
+        offset = min(width - 1, int(width * began / total))
+        bar = " " * offset + "█" * max(1, min(width - offset, round(width * (ended - began) / total)))
+        table.add_row(*row, bar)
     console.print(table)
