@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import any_pb2
 
 from agentmesh._errors import MeshError, UnavailableError
 from agentmesh.telemetry._metrics import BREAKER_STATE, BREAKER_TRANSITIONS
@@ -52,6 +53,11 @@ class CircuitOpenError(UnavailableError):
         )
         self.endpoint = endpoint
         self.retry_after = retry_after
+
+    def _extra_details(self) -> list[any_pb2.Any]:
+        # No RetryInfo: a retry policy would wait out the whole reset timeout, where another replica or
+        # instance may answer at once (retry_after stays in the ErrorInfo metadata).
+        return []
 
 
 class CircuitOpenRpcError(grpc.aio.AioRpcError):

@@ -18,11 +18,12 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 
-from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError, from_rpc_error
+from agentmesh._errors import InvalidArgumentError, MeshError, PermissionDeniedError
 from agentmesh._server import ServiceBinding, bind
 from agentmesh.audit import Pseudonyms, redact, redact_json
 from agentmesh.services.gateway.gate import Admitted, Gate, PublicContext
 from agentmesh.services.gateway.screening import SCREENING_FIELD, screen
+from agentmesh.services.gateway.upstream import public_error
 from agentmesh.services.gateway.validation import SchemaSource, validate_input
 from agentmesh.v1 import audit_pb2, conversation_pb2, registry_pb2, task_pb2
 
@@ -106,8 +107,10 @@ class PublicService:
         gate: Gate,
         prepare: Mapping[str, Prepare] | None = None,
         pseudonyms: Pseudonyms | None = None,
+        upstream: str = "planner",
     ) -> None:
         self.full_name = descriptor.full_name
+        self.upstream = upstream
         self._service = descriptor.name
         self._stub_class = stub_class
         self._channel = channel
@@ -159,7 +162,7 @@ class PublicService:
                     async for item in upstream:
                         yield item
                 except grpc.aio.AioRpcError as exc:
-                    raise from_rpc_error(exc) from None
+                    raise public_error(exc, self.upstream) from None
 
             return stream
 
@@ -170,7 +173,7 @@ class PublicService:
                     request, metadata=call.metadata, timeout=_timeout(context)
                 )
             except grpc.aio.AioRpcError as exc:
-                error = from_rpc_error(exc)
+                error = public_error(exc, self.upstream)
                 if mutating:
                     await gate.record(
                         call, outcome=error.code.name, resource=_resource(request, None), detail={"message": error.message}
@@ -299,6 +302,7 @@ def public_services(
             gate,
             prepare=prepare,
             pseudonyms=pseudonyms,
+            upstream="registry" if channel is registry else "planner",
         )
         bindings.append(bind(public.servicer, getattr(stubs, f"add_{name}Servicer_to_server"), public.full_name))
     return bindings

@@ -19,6 +19,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from agentmesh._errors import InvalidArgumentError, NotFoundError, from_rpc_error
+from agentmesh.services.gateway.upstream import public_error
 from agentmesh.v1 import task_pb2
 
 __all__ = ["PlaybookSchemas", "SchemaSource", "StaticSchemas", "check_json_numbers", "check_size", "validate_input"]
@@ -140,7 +141,7 @@ class PlaybookSchemas:
             error = from_rpc_error(exc)
             if isinstance(error, NotFoundError):
                 raise InvalidArgumentError(f"there is no playbook {playbook!r}", field="playbook") from None
-            raise error from None
+            raise public_error(exc, "planner") from None
         document = json_format.MessageToDict(reply, preserving_proto_field_name=True)
         body = document.get("playbook", document)
         schema = body.get("input_schema") or None
