@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -23,7 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from agentmesh import security, telemetry
-from agentmesh._errors import InternalError, InvalidArgumentError, MeshError, UnimplementedError
+from agentmesh._errors import (
+    InternalError,
+    InvalidArgumentError,
+    MeshError,
+    UnavailableError,
+    UnimplementedError,
+)
 from agentmesh._settings import Settings
 
 if TYPE_CHECKING:
@@ -331,11 +338,31 @@ class _MeshInterceptor(_ServerInterceptor):
         elif isinstance(exc, NotImplementedError):
             # Generated base servicers raise it for RPCs a server does not serve (yet).
             error = UnimplementedError(f"{method} is not served by this server yet")
+        elif _lost_database(exc):
+            # A handler without its own mapping met a database that is down or restarting: the caller may retry
+            # (the readiness check reports NOT_SERVING meanwhile). The log has the driver's error; the caller
+            # gets no database host or port.
+            logger.warning("%s: the database cannot be reached: %s", method, _first_line(exc))
+            service = method.lstrip("/").partition("/")[0].rpartition(".")[2] or "this service"
+            error = UnavailableError(f"{service} cannot reach its database right now; retry in a few seconds")
         else:
             logger.exception("unhandled error in %s", method)
             error = InternalError(f"internal error in {method}; see the server log")
         observation.end(error.code, error)
         await context.abort_with_status(error.to_status())  # type: ignore[attr-defined]  # grpc-stubs lag aio
+
+
+def _lost_database(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLAlchemy's word that the database connection failed or was lost (not a bad query)."""
+    errors = sys.modules.get("sqlalchemy.exc")  # only a server that uses SQLAlchemy can raise its errors
+    if errors is None or not isinstance(exc, errors.DBAPIError):
+        return False
+    return isinstance(exc, errors.OperationalError | errors.InterfaceError) or bool(exc.connection_invalidated)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _parse_request(deserializer: Callable[[bytes], Any] | None, raw: bytes, method: str) -> Any:
