@@ -73,6 +73,8 @@ class AgentRuntime:
             kind="agent",
             identity=self.identity_name,
         )
+        # A token signed by a revoked certificate or identity is refused like a revoked caller.
+        self.runner.verifier.revocations = self.server.revocations
         self.registration: Registration | None = None
         if register:
             self.registration = Registration(

@@ -23,6 +23,7 @@ reason                      error               meaning
 TOKEN_MALFORMED             Unauthenticated     not a delegation JWT, or a required claim is bad
 TOKEN_ALGORITHM_REFUSED     Unauthenticated     ``alg`` is not ES256
 TOKEN_SIGNER_UNTRUSTED      Unauthenticated     the ``x5c`` chain does not lead to the mesh CA
+TOKEN_SIGNER_REVOKED        Unauthenticated     signed by a revoked certificate or identity
 TOKEN_BAD_SIGNATURE         Unauthenticated     forged or tampered
 TOKEN_EXPIRED               Unauthenticated     past ``exp`` (plus leeway)
 TOKEN_NOT_YET_VALID         Unauthenticated     ``iat`` in the future (beyond leeway)
@@ -35,7 +36,9 @@ TOKEN_WRONG_TASK            PermissionDenied    a step token of another task tha
 
 Verdicts are cached by the token's SHA-256 until it expires (refusals for a short while), in a bounded
 map, so a repeated token costs one hash and one dict lookup. A change of the CA bundle clears the caches
-on the next token that is not cached; a cached token stays accepted until it expires (at most 5 minutes).
+on the next token that is not cached; a cached token stays accepted until it expires (at most 5 minutes),
+unless its signer is revoked: with a :class:`RevocationSet` (the one the server's authorization check
+follows), a token signed by a revoked certificate serial or SPIFFE id is refused at once, cached or not.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from agentmesh._errors import (
 from agentmesh._settings import Settings
 from agentmesh.security._ca import ca_paths
 from agentmesh.security._credentials import CredentialFiles, credential_paths
+from agentmesh.security._revocation import RevocationSet, format_serial
 
 __all__ = [
     "ALGORITHM",
@@ -123,6 +127,7 @@ class DelegationClaims:
     expires_at: float
     token_id: str  # jti
     token_hash: str  # sha256 hex of the compact token
+    issuer_serial: int = 0  # serial number of the signing certificate (the x5c leaf)
 
 
 def default_issuers(trust_domain: str) -> dict[TokenKind, frozenset[str]]:
@@ -245,6 +250,7 @@ class _Signer:
     public_key: ec.EllipticCurvePublicKey
     not_before: float
     not_after: float
+    serial: int = 0
 
 
 @dataclass(frozen=True)
@@ -267,6 +273,7 @@ class DelegationVerifier:
         leeway_seconds: float = 5.0,
         max_lifetime_seconds: float = MAX_LIFETIME_SECONDS,
         max_cached: int = 10_000,
+        revocations: RevocationSet | None = None,
     ) -> None:
         if max_cached < 1 or leeway_seconds < 0 or max_lifetime_seconds <= 0:
             raise ValueError("max_cached must be >= 1, leeway_seconds >= 0 and max_lifetime_seconds > 0")
@@ -279,6 +286,8 @@ class DelegationVerifier:
         self.leeway = leeway_seconds
         self.max_lifetime = max_lifetime_seconds
         self.max_cached = max_cached
+        # Revoked signers (the set the server's authorization check follows); None: nothing is revoked.
+        self.revocations = revocations
         self._ca_file = Path(ca_file)
         self._ca_stamp: tuple[int, int, int] | None = None
         self._store: verification.Store | None = None
@@ -286,10 +295,15 @@ class DelegationVerifier:
         self._signers: dict[tuple[str, ...], _Signer] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, audience: str) -> DelegationVerifier:
-        """A verifier for tokens addressed to ``audience``, trusting the mesh CA bundle of ``settings``."""
+    def from_settings(
+        cls, settings: Settings, audience: str, *, revocations: RevocationSet | None = None
+    ) -> DelegationVerifier:
+        """A verifier for tokens addressed to ``audience``, trusting the mesh CA bundle of ``settings``, refusing
+        the signers in ``revocations``."""
         ca_file = Path(settings.ca_file) if settings.ca_file else ca_paths(settings.home)[0]
-        return cls(ca_file=ca_file, trust_domain=settings.trust_domain, audience=audience)
+        return cls(
+            ca_file=ca_file, trust_domain=settings.trust_domain, audience=audience, revocations=revocations
+        )
 
     def __len__(self) -> int:
         return len(self._verdicts)
@@ -317,6 +331,9 @@ class DelegationVerifier:
             error_class, message, reason = verdict.refusal
             raise error_class(message, reason=reason)
         claims = verdict.claims
+        revoked = self.revocations
+        if revoked is not None and (revoked.ids or revoked.serials):
+            self._check_signer(claims, revoked)
         if kind is not None and claims.kind is not kind:
             raise PermissionDeniedError(
                 f"a {kind.value} token is required here, not a {claims.kind.value} token",
@@ -328,6 +345,21 @@ class DelegationVerifier:
                 reason="TOKEN_WRONG_TASK",
             )
         return claims
+
+    @staticmethod
+    def _check_signer(claims: DelegationClaims, revoked: RevocationSet) -> None:
+        """Refuse a token whose signing certificate or identity was revoked (after it was issued, too)."""
+        if claims.issuer_serial in revoked.serials:
+            raise UnauthenticatedError(
+                f"the delegation token was signed by a revoked certificate of {claims.issuer} "
+                f"(serial {format_serial(claims.issuer_serial)})",
+                reason="TOKEN_SIGNER_REVOKED",
+            )
+        if claims.issuer in revoked.ids:
+            raise UnauthenticatedError(
+                f"the delegation token was signed by {claims.issuer}, which is revoked in this mesh",
+                reason="TOKEN_SIGNER_REVOKED",
+            )
 
     def _judge(self, token: str, digest: bytes, now: float) -> _Verdict:
         try:
@@ -442,7 +474,11 @@ class DelegationVerifier:
         if not spiffe_id or not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise _malformed("the signing certificate has no single spiffe:// id or no EC key")
         signer = _Signer(
-            spiffe_id, public_key, leaf.not_valid_before_utc.timestamp(), leaf.not_valid_after_utc.timestamp()
+            spiffe_id,
+            public_key,
+            leaf.not_valid_before_utc.timestamp(),
+            leaf.not_valid_after_utc.timestamp(),
+            leaf.serial_number,
         )
         if len(self._signers) >= 1024:  # signers are few (gateway and planner replicas); bound anyway
             self._signers.clear()
@@ -550,4 +586,5 @@ def _claims(
         expires_at=_number(payload, "exp"),
         token_id=_string(payload, "jti", required=True) or "",
         token_hash=token_hash,
+        issuer_serial=signer.serial,
     )

@@ -54,6 +54,8 @@ class PlannerServer(Serving):
         async def database_ready() -> bool:
             return await ping(self.database)
 
+        user_tokens = DelegationVerifier.from_settings(settings, f"spiffe://{settings.trust_domain}/service/planner")
+
         self.server = MeshServer(
             name=SERVICE_NAME,
             settings=settings,
@@ -66,10 +68,7 @@ class PlannerServer(Serving):
                     "agentmesh.v1.TaskService",
                 ),
                 bind(
-                    ConversationServicer(
-                        self.conversations,
-                        DelegationVerifier.from_settings(settings, f"spiffe://{settings.trust_domain}/service/planner"),
-                    ),
+                    ConversationServicer(self.conversations, user_tokens),
                     conversation_pb2_grpc.add_ConversationServiceServicer_to_server,
                     "agentmesh.v1.ConversationService",
                 ),
@@ -80,6 +79,9 @@ class PlannerServer(Serving):
                 ),
             ],
         )
+        # Delegation tokens signed by a revoked certificate or identity are refused like revoked callers.
+        user_tokens.revocations = self.server.revocations
+        self.engine.tokens.revocations = self.server.revocations
 
     async def _start_task(self, start: TaskStart) -> str:
         task = await self.engine.submit(

@@ -9,7 +9,13 @@ import logging
 from collections.abc import Iterable
 
 from agentmesh._settings import Settings
-from agentmesh.security import DelegationClaims, DelegationIssuer, DelegationVerifier, TokenKind
+from agentmesh.security import (
+    DelegationClaims,
+    DelegationIssuer,
+    DelegationVerifier,
+    RevocationSet,
+    TokenKind,
+)
 
 __all__ = ["StepTokens"]
 
@@ -24,6 +30,8 @@ class StepTokens:
         self._ttl = ttl_seconds
         self._issuer: DelegationIssuer | None = None
         self._verifiers: dict[str, DelegationVerifier] = {}
+        # The set the planner's server follows (set by PlannerServer): tokens of revoked signers are refused.
+        self.revocations: RevocationSet | None = None
         if settings.insecure_dev:
             logger.warning("INSECURE: the planner sends no step tokens (plaintext mesh)")
             return
@@ -61,5 +69,8 @@ class StepTokens:
         """Check a token presented to the planner by ``audience`` (its own identity for a step token)."""
         verifier = self._verifiers.get(audience)
         if verifier is None:
-            verifier = self._verifiers[audience] = DelegationVerifier.from_settings(self._settings, audience)
+            verifier = self._verifiers[audience] = DelegationVerifier.from_settings(
+                self._settings, audience, revocations=self.revocations
+            )
+        verifier.revocations = self.revocations
         return verifier.verify(token, task_id=task_id)

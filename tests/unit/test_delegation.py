@@ -344,3 +344,33 @@ async def test_a_skill_sees_verified_claims_and_a_bad_token_does_not_fail_the_ca
     unverified = SkillRunner(Who(Settings(trust_domain=TRUST_DOMAIN)))  # no verifier: no token is accepted
     outcome = await unverified.invoke(Invocation(skill="who", input={}, delegation_token=step(planner)))
     assert outcome.output == {"subject": "", "refusal": "TOKEN_NOT_VERIFIABLE"}
+
+
+def test_a_token_whose_signer_is_revoked_is_refused_even_once_cached(
+    planner: DelegationIssuer, verifier: DelegationVerifier, issue_identity: IssueIdentity
+) -> None:
+    from agentmesh.security import RevocationSet
+
+    revocations = RevocationSet()
+    verifier.revocations = revocations
+    token = step(planner)
+    claims = verifier.verify(token)  # accepted, and its verdict cached
+    serial = x509_serial(issue_identity("service", "planner"))
+    assert claims.issuer_serial == serial
+
+    revocations.replace([], [serial], revision=1)  # the planner's certificate leaked: its serial is revoked
+    error = refusal(verifier, token)
+    assert isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_SIGNER_REVOKED"
+    assert f"serial {serial:x}" in error.message
+
+    revocations.replace([PLANNER], [], revision=2)  # or the whole identity
+    assert refusal(verifier, step(planner)).reason == "TOKEN_SIGNER_REVOKED"
+
+    revocations.replace([], [], revision=3)  # lifted: the same token verifies again
+    assert verifier.verify(token).subject == "user-42"
+
+
+def x509_serial(cert: IssuedCertificate) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert.cert_path.read_bytes()).serial_number
