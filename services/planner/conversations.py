@@ -87,6 +87,8 @@ class TaskStart:
 
 # The planner's task submission: returns the new task's id.
 StartTask = Callable[[TaskStart], Awaitable[str]]
+# (goal, input, playbook) -> None, or raises the MeshError the task's submission would raise.
+CheckTask = Callable[[str, dict[str, Any], str], None]
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,14 @@ class Conversations:
         start_task: StartTask | None = None,
         poll_interval: float = 0.5,
         roles: RolePolicy | None = None,
+        check_task: CheckTask | None = None,
     ) -> None:
         self.store = store
         self.roles = roles or rules.RolePolicy(trust_domain)
         self.start_task = start_task
+        # Refuses a task that could never start (a goal too long, an unknown playbook) before its message is
+        # stored: a refused SendMessage stores nothing, so the caller can fix it and resend at the same version.
+        self.check_task = check_task
         self.planner_identity = f"spiffe://{trust_domain}/service/planner"
         self._changes = ChangeSignal(store, poll_interval)
         self._closed = False
@@ -212,6 +218,9 @@ class Conversations:
             rules.check_text(task.goal, "task.goal", rules.MAX_TEXT)
         if start_task and self.start_task is None:
             raise FailedPreconditionError("this planner cannot start tasks from messages")
+        if start_task and self.check_task is not None:
+            spec = task or TaskRequest()
+            self.check_task(spec.goal or text, _task_input(spec, text, data), spec.playbook)
         message = NewMessage(
             message_id=uuid.uuid4().hex,
             role=resolved,
@@ -249,7 +258,7 @@ class Conversations:
                 message_id=message.message_id,
                 version=message.version,
                 goal=task.goal or message.text,
-                input=task.input if task.input is not None else (message.data or {"text": message.text}),
+                input=_task_input(task, message.text, message.data),
                 playbook=task.playbook,
                 submitted_by=caller.identity or "",
                 on_behalf_of=caller.end_user,
@@ -360,3 +369,8 @@ class Conversations:
         self._closed = True
         await self._changes.close()
         await self.tasks.stop()
+
+
+def _task_input(task: TaskRequest, text: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """The input of the task a message starts: the template's, else the message's data, else its text."""
+    return task.input if task.input is not None else (data or {"text": text})

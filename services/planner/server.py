@@ -16,6 +16,7 @@ from agentmesh._registry_client import RegistryClient
 from agentmesh._server import MeshServer, Serving, bind
 from agentmesh._settings import Settings
 from agentmesh.security import DelegationVerifier
+from agentmesh.services.planner import task_rules
 from agentmesh.services.planner.conversation_servicer import ConversationServicer
 from agentmesh.services.planner.conversations import Conversations, TaskStart
 from agentmesh.services.planner.conversations_store import ConversationStore
@@ -47,7 +48,10 @@ class PlannerServer(Serving):
         self.inference: Any = None  # InferenceClient for model-made plans, when Triton is configured
         self.engine = TaskEngine(settings, PlannerStore(self.database, owner=self.replica_id))
         self.conversations = Conversations(
-            ConversationStore(self.database), trust_domain=settings.trust_domain, start_task=self._start_task
+            ConversationStore(self.database),
+            trust_domain=settings.trust_domain,
+            start_task=self._start_task,
+            check_task=self._check_task,
         )
         self.engine.add_finish_listener(self.conversations.tasks.on_task_finished)
 
@@ -82,6 +86,13 @@ class PlannerServer(Serving):
         # Delegation tokens signed by a revoked certificate or identity are refused like revoked callers.
         user_tokens.revocations = self.server.revocations
         self.engine.tokens.revocations = self.server.revocations
+
+    def _check_task(self, goal: str, task_input: dict[str, Any], playbook: str) -> None:
+        """Refuse, as SubmitTask would, a task a conversation message asks for that could never start."""
+        task_rules.check_goal(goal)
+        task_rules.check_input(task_input)
+        if playbook:
+            self.engine.planner.playbooks.get(playbook)  # NotFoundError naming the known ones
 
     async def _start_task(self, start: TaskStart) -> str:
         task = await self.engine.submit(

@@ -1,6 +1,7 @@
 """Hostile input from inside and outside the mesh gets a precise, short refusal: ids of a megabyte are refused
 with their own status (not a client-side RESOURCE_EXHAUSTED because the echoed id overflowed the trailers),
-and an IdP token whose subject or tenant cannot be stored is refused at the door (not INTERNAL further in)."""
+and an IdP token whose subject or tenant cannot be stored is refused at the door (not INTERNAL further in), and
+a conversation message whose task could never start is refused before the message is stored."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import jwt
 import pytest
 
 from agentmesh._channel import create_channel
-from agentmesh.v1 import registry_pb2, registry_pb2_grpc, task_pb2, task_pb2_grpc
+from agentmesh.v1 import (
+    conversation_pb2,
+    conversation_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    task_pb2,
+    task_pb2_grpc,
+)
+from tests.fixtures.planner import PlannerMesh
 from tests.fixtures.registry import RegistryReplica, make_card
 
 pytestmark = pytest.mark.asyncio
@@ -110,3 +119,32 @@ async def test_a_token_whose_subject_tenant_or_times_are_not_storable_is_refused
         # The same token with storable claims passes.
         ok = [("authorization", f"Bearer {_signed(gateway, sub='a' * 512, tenant='t' * 128)}")]
         assert (await stub.SubmitTask(request, metadata=ok, timeout=10)).task.task_id
+
+
+async def test_a_message_whose_task_could_never_start_is_refused_and_stores_nothing(planner_mesh: PlannerMesh) -> None:
+    planner_mesh.registry.issue_identity("client", "alice")
+    async with create_channel(planner_mesh.planner.address, planner_mesh.settings, kind="client", name="alice") as ch:
+        stub = conversation_pb2_grpc.ConversationServiceStub(ch)
+        created = await stub.CreateConversation(conversation_pb2.CreateConversationRequest(title="t"), timeout=10)
+        conversation_id = created.conversation.conversation_id
+        send = conversation_pb2.SendMessageRequest
+        refused = {
+            "unknown playbook": (
+                send(text="hi", task=task_pb2.TaskTemplate(goal="refund", playbook="no-such-playbook")),
+                grpc.StatusCode.NOT_FOUND,
+            ),
+            "goal over the task bound": (
+                send(text="hi", task=task_pb2.TaskTemplate(goal="g" * 10_001)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            "text over the goal bound": (send(text="t" * 10_001, start_task=True), grpc.StatusCode.INVALID_ARGUMENT),
+        }
+        for name, (request, code) in refused.items():
+            request.conversation_id, request.expected_version = conversation_id, 0
+            error = await _refusal(stub.SendMessage(request, timeout=10))
+            assert error.code() == code, (name, error.code(), error.details())
+        got = await stub.GetConversation(conversation_pb2.GetConversationRequest(conversation_id=conversation_id), timeout=10)
+        assert (got.conversation.version, list(got.messages)) == (0, [])  # nothing was stored
+        # The caller fixes the message and sends it at the same version: no ABORTED from a half-done refusal.
+        sent = await stub.SendMessage(send(conversation_id=conversation_id, expected_version=0, text="hi"), timeout=10)
+        assert sent.conversation.version == 1
