@@ -151,6 +151,16 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
                 "an agent may submit sub-tasks only while it runs the parent's step",
                 reason="SUBTASK_STEP_NOT_RUNNING",
             )
+        if request.conversation_id:
+            # The step acts for the parent's end user: its sub-task may answer in the parent's conversation,
+            # never in another (another user's or tenant's) conversation it learnt the id of.
+            parent = await self._engine.get(request.parent_task_id)
+            if request.conversation_id != (parent.conversation_id or ""):
+                raise PermissionDeniedError(
+                    "an agent's sub-task may join only the conversation of its parent task "
+                    f"({parent.conversation_id or 'none'}), not {request.conversation_id!r}",
+                    reason="SUBTASK_CONVERSATION",
+                )
         return {
             "parent_task_id": request.parent_task_id,
             "parent_step_id": claims.step_id,
