@@ -148,3 +148,22 @@ async def test_a_message_whose_task_could_never_start_is_refused_and_stores_noth
         # The caller fixes the message and sends it at the same version: no ABORTED from a half-done refusal.
         sent = await stub.SendMessage(send(conversation_id=conversation_id, expected_version=0, text="hi"), timeout=10)
         assert sent.conversation.version == 1
+
+
+async def test_a_megabytes_wide_input_is_refused_before_it_is_unpacked(planner_mesh: PlannerMesh) -> None:
+    wide = {f"k{i}": i for i in range(150_000)}  # ~3 MB encoded: unpacking it held the event loop for ~0.5 s
+    submit = task_pb2.SubmitTaskRequest(goal="summarise", request_id="wide-1")
+    submit.input.update(wide)
+    ops = planner_mesh.stub()
+    refused = await _refusal(ops.SubmitTask(submit, timeout=10))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "byte limit" in (refused.details() or "")
+    assert list((await ops.ListTasks(task_pb2.ListTasksRequest(), timeout=10)).tasks) == []
+
+    planner_mesh.registry.issue_identity("client", "alice")
+    async with create_channel(planner_mesh.planner.address, planner_mesh.settings, kind="client", name="alice") as ch:
+        stub = conversation_pb2_grpc.ConversationServiceStub(ch)
+        created = await stub.CreateConversation(conversation_pb2.CreateConversationRequest(title="t"), timeout=10)
+        send = conversation_pb2.SendMessageRequest(conversation_id=created.conversation.conversation_id, text="hi")
+        send.data.update(wide)
+        refused = await _refusal(stub.SendMessage(send, timeout=10))
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "data" in (refused.details() or "")
