@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Commands that run a server until stopped: an unexpected error there keeps its traceback (the log needs it).
+_SERVERS = frozenset({"up", "registry", "planner", "gateway", "agent", "triton"})
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The top-level parser; only the subcommand named in ``argv`` (if any) is imported."""
     parser = argparse.ArgumentParser(
@@ -52,6 +57,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentmesh`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # gRPC core logs a failed TLS handshake (a wrong CA, a plain-text peer) at INFO on stderr, several lines per
+    # attempt around the one-line error below; AGENTMESH servers log through Python logging anyway.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
@@ -67,3 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if args.command in _SERVERS or os.environ.get("AGENTMESH_DEBUG"):
+            raise
+        # A client command still says what went wrong in one line; AGENTMESH_DEBUG=1 shows the traceback.
+        print(f"agentmesh {args.command}: {type(exc).__name__}: {exc} (AGENTMESH_DEBUG=1 shows where)", file=sys.stderr)
+        return 1

@@ -12,6 +12,7 @@ agentmesh agents revocations
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
@@ -209,9 +210,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         reply = call(args, "registry_address", body)
-    except MeshError as exc:
+    except MeshError as exc:  # one unwrapped line on stderr, like every other command's refusal
         field = f" (field {exc.metadata['field']})" if "field" in exc.metadata else ""
-        console.print(f"[red]{exc.code.name}[/]: {exc.message}{field}")
+        print(f"agentmesh agents: {exc.code.name}: {exc.message}{field}", file=sys.stderr)
         return 1
     more = args.action == "list" and len(reply) > args.limit
     if more:

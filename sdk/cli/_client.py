@@ -56,7 +56,7 @@ def call(
     import grpc
 
     from agentmesh._channel import create_channel
-    from agentmesh._errors import from_rpc_error
+    from agentmesh._errors import UnavailableError, from_rpc_error
     from agentmesh._settings import Settings
 
     settings = Settings.from_env()
@@ -64,9 +64,11 @@ def call(
 
     token = getattr(args, "token", None) or os.environ.get("AGENTMESH_TOKEN", "")
 
+    gateway = getattr(args, "gateway", None) or f"localhost:{settings.gateway_port}"
+    what, target = ("gateway", gateway) if token else (address_setting.removesuffix("_address"), address)
+
     async def main() -> T:
         if token:  # an outside caller: TLS to the gateway, the token on every call
-            gateway = getattr(args, "gateway", None) or f"localhost:{settings.gateway_port}"
             channel = gateway_channel(gateway, settings, token)
         else:
             channel = create_channel(
@@ -75,11 +77,61 @@ def call(
         try:
             return await body(channel, settings)
         except grpc.aio.AioRpcError as exc:
+            unreachable = connection_failure(exc.details() or "", what, target, settings)
+            if unreachable is not None:
+                raise UnavailableError(unreachable) from None
             raise from_rpc_error(exc) from None
+        except UnavailableError as exc:  # a client (RegistryClient) that maps gRPC errors itself
+            unreachable = connection_failure(exc.message, what, target, settings)
+            if unreachable is not None:
+                raise UnavailableError(unreachable) from None
+            raise
         finally:
             await channel.close(None)
 
     return asyncio.run(main())
+
+
+# What gRPC says when a call never reached a server: no connection, no TLS session, or no address.
+_NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed")
+
+
+def connection_failure(details: str, what: str, target: str, settings: Settings) -> str | None:
+    """One readable line for a call that never reached the ``what`` at ``target`` (None: it did reach it).
+
+    gRPC's own text ("failed to connect to all addresses; last error: UNKNOWN: ipv4:...: Tls handshake failed
+    (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:...") is turned into the likely cause and what to do.
+    """
+    from agentmesh.security import ca_paths
+
+    low = details.lower()
+    if not low.startswith(_NOT_CONNECTED) and "failed to connect to all addresses" not in low:
+        return None
+    ca = ca_paths(settings.home)[0]
+    retry = "UNAVAILABLE, retry once it is up"
+    if "certificate_verify_failed" in low:
+        roots = f"the mesh CA {ca}" if ca.exists() else f"the system's roots (there is no {ca})"
+        why, retry = f"its TLS certificate is not signed by {roots}", "another mesh's, or a wrong AGENTMESH_HOME?"
+    elif "hostname verification" in low or "peer name" in low:
+        why, retry = f"the server there is not the {what} (its certificate names another)", "is the port right?"
+    elif "wrong_version_number" in low:
+        why, retry = "it does not speak TLS", "is it a mesh server, and the right port?"
+    elif "alert" in low:
+        why, retry = "it refused this client's certificate", f"is {settings.home} the home of the mesh it belongs to?"
+    elif "socket closed" in low:  # TLS 1.3: a client certificate the server refuses shows as a closed socket
+        why = "it closed the connection (it may not accept this client's certificate)"
+        retry = f"is {settings.home} the home of the mesh it belongs to?"
+    elif "handshake" in low or "ssl" in low or "tsi_" in low:
+        why, retry = "the TLS handshake failed", "is it a mesh server, and the right port?"
+    elif "connection refused" in low:
+        why = "connection refused (is it running? `agentmesh up` starts the mesh)"
+    elif "resolv" in low or "lookup" in low or "name not found" in low:
+        why, retry = "the host name does not resolve", "is the address right?"
+    elif "timed out" in low or "timeout" in low or "deadline" in low:
+        why = "no answer in time (is the address right, and the server up?)"
+    else:
+        why = details.rpartition(": ")[2] or details
+    return f"cannot reach the {what} at {target}: {why}; {retry}"
 
 
 def print_json(message: Message, *, indent: int | None = 2) -> None:

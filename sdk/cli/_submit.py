@@ -4,7 +4,9 @@ until it ends (``--no-wait`` prints the id at once)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,11 +38,18 @@ def run(args: argparse.Namespace) -> int:
     from agentmesh.cli._client import call, print_json
     from agentmesh.v1 import task_pb2
 
-    raw = open(args.input[1:]).read() if args.input.startswith("@") else args.input
+    try:
+        raw = open(args.input[1:]).read() if args.input.startswith("@") else args.input
+    except OSError as exc:
+        raise InvalidArgumentError(f"--input {args.input}: cannot read it: {exc.strerror}", field="input") from None
     try:
         payload = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidArgumentError(f"--input is not JSON: {exc}", field="input") from None
+    if not isinstance(payload, dict):
+        raise InvalidArgumentError(
+            f"--input must be a JSON object ({{...}}), not a {type(payload).__name__}", field="input"
+        )
     task_input = struct_pb2.Struct()
     task_input.update(payload)
     request = task_pb2.SubmitTaskRequest(
@@ -92,7 +101,7 @@ async def submit_and_follow(
     steps: dict[str, str] = {}
     cursor = ""
     final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
-    with console.status(f"task {task.task_id}: planned") as status:
+    with console.status(f"task {task.task_id}: planned") as status, _still_running(lambda: task, within):
         async with asyncio.timeout(within):
             while task.state not in final:
                 try:
@@ -116,3 +125,20 @@ async def submit_and_follow(
                     await asyncio.sleep(0.5)  # the planner is restarting or failing over: resume from the cursor
                 task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)).task
     return task
+
+
+@contextlib.contextmanager
+def _still_running(current: Callable[[], task_pb2.Task], within: float) -> Iterator[None]:
+    """Turn the end of ``--timeout`` into a readable refusal that names the task, which goes on running."""
+    try:
+        yield
+    except TimeoutError:
+        from agentmesh._errors import DeadlineExceededError
+        from agentmesh.v1 import task_pb2
+
+        task = current()
+        state = task_pb2.TaskState.Name(task.state).removeprefix("TASK_STATE_")
+        raise DeadlineExceededError(
+            f"task {task.task_id} is still {state} after {within:g}s (--timeout); it goes on running: "
+            f"`agentmesh explain {task.task_id}` shows where it is"
+        ) from None

@@ -72,6 +72,6 @@ async def test_operator_sees_a_readable_refusal(
     populated: RegistryReplica, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await agentmesh("agents", "discover", "--pattern", "support/(") == 1
-    assert "INVALID_ARGUMENT" in capsys.readouterr().out
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
     assert await agentmesh("agents", "get", "support/nobody") == 1
-    assert "NOT_FOUND" in capsys.readouterr().out
+    assert "NOT_FOUND" in capsys.readouterr().err
