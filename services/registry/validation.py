@@ -65,6 +65,7 @@ MAX_POLICIES = 64
 MAX_LABELS = 64
 MAX_TAGS = 32
 MAX_OWNER = 256
+MAX_VERSION_LENGTH = 64  # the width of the version columns (a longer one failed the INSERT: INTERNAL)
 MAX_SCHEMA_BYTES = 64 * 1024
 # Visibility scopes and version constraints: bounded so a caller cannot make discovery slow or answers big.
 MAX_PATTERNS = 16  # each new one costs an RE2 compile on the event loop (up to ~0.4 ms)
@@ -88,6 +89,11 @@ def _match(pattern: re.Pattern[str], value: str, what: str, field: str) -> None:
 def parse_version(value: str, field: str = "card.version") -> Version:
     """``value`` as a PEP 440 version in normal form, or INVALID_ARGUMENT naming ``field``."""
     _require(bool(value), "version is required (PEP 440, e.g. 1.2.0)", field)
+    _require(
+        len(value) <= MAX_VERSION_LENGTH,
+        f"version of {len(value)} characters is longer than {MAX_VERSION_LENGTH} (PEP 440, e.g. 1.2.0)",
+        field,
+    )
     try:
         version = Version(value)
     except InvalidVersion:

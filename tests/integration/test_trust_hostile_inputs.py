@@ -167,3 +167,20 @@ async def test_a_megabytes_wide_input_is_refused_before_it_is_unpacked(planner_m
         send.data.update(wide)
         refused = await _refusal(stub.SendMessage(send, timeout=10))
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "data" in (refused.details() or "")
+
+
+async def test_a_card_version_wider_than_its_column_is_invalid_argument(registry: RegistryReplica) -> None:
+    registry.issue_identity("agent", "support/triage")
+    async with create_channel(registry.address, registry.settings, kind="agent", name="support/triage") as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        for version in ("1.0.0+" + "a" * 59, "1" + ".0" * 40):  # PEP 440 normal forms of 65 and 81 characters
+            refused = await _refusal(
+                stub.RegisterAgent(registry_pb2.RegisterAgentRequest(card=make_card("triage", version=version)), timeout=5)
+            )
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (version, refused.code(), refused.details())
+            assert "longer than 64" in (refused.details() or "")
+        widest = "1.0.0+" + "a" * 58
+        registered = await stub.RegisterAgent(
+            registry_pb2.RegisterAgentRequest(card=make_card("triage", version=widest)), timeout=5
+        )
+        assert registered.instance.card.version == widest
