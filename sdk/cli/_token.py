@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
+# The sample call `agentmesh up` prints: a ticket the shipped support playbook answers (its input schema wants
+# {"ticket": {"text": ...}}, the CRM step an email; a bare goal such as "My blender arrived broken" matches no playbook at all).
+SAMPLE_GOAL = "Answer a support ticket"
+SAMPLE_INPUT = (
+    '{"ticket": {"email": "maria.lopez@example.com", "subject": "Broken blender", '
+    '"text": "My blender arrived broken (order NW-10482). I would like a refund."}}'
+)
 _DEFAULT_SCOPES = "tasks:submit tasks:read conversations:read conversations:write agents:read audit:read"
 
 
@@ -20,10 +28,12 @@ def how_to_call(settings: object) -> str:
     if not issuer.jwks_path.exists():
         issuer.rotate()
     ca = settings.home / "ca" / "ca.pem"
+    gateway = "" if settings.gateway_port == 7443 else f" --gateway localhost:{settings.gateway_port}"
     return (
         "TOKEN=$(agentmesh token issue --subject you)\n"
         f'grpcurl -cacert {ca} -H "authorization: Bearer $TOKEN" localhost:{settings.gateway_port} list\n'
-        f'agentmesh submit "My blender arrived broken" --token "$TOKEN"'
+        f"agentmesh submit {shlex.quote(SAMPLE_GOAL)} --playbook support --input {shlex.quote(SAMPLE_INPUT)} "
+        f'--token "$TOKEN"{gateway}'
     )
 
 
