@@ -83,6 +83,16 @@ _LOAD_STEP = 0.1
 _MAX_REASON = 512
 
 
+def check_reason(reason: str, field: str = "reason") -> str:
+    """An operator's note (a revocation's or a routing policy's reason), if it can be stored: PostgreSQL text
+    cannot hold NUL, and it is kept beside every answer that shows it."""
+    if len(reason) > _MAX_REASON:
+        raise InvalidArgumentError(f"reason longer than {_MAX_REASON} characters", field=field)
+    if "\x00" in reason:
+        raise InvalidArgumentError("reason must not contain NUL characters", field=field)
+    return reason
+
+
 def card_hash(card: agent_pb2.AgentCard) -> str:
     """SHA-256 of the canonical card without its endpoint (an instance detail)."""
     return hashlib.sha256(card.SerializeToString(deterministic=True)).hexdigest()
@@ -821,8 +831,7 @@ class Registry:
     ) -> tuple[RevocationRow, int]:
         """Revoke an identity or one certificate: its instances leave at once; returns it and how many left."""
         kind, subject = self._subject(spiffe_id, certificate_serial)
-        if len(reason) > _MAX_REASON:
-            raise InvalidArgumentError(f"reason longer than {_MAX_REASON} characters", field="reason")
+        check_reason(reason)
         if kind == SPIFFE_ID and caller is not None and subject == caller:
             raise FailedPreconditionError(f"{caller} may not revoke itself (it would lock itself out)")
         record, removed, revision = await self.store.revoke(

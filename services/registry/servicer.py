@@ -22,7 +22,7 @@ from agentmesh.services.registry.model import (
     VersionRecord,
     basic_card,
 )
-from agentmesh.services.registry.registry import AgentView, Registry
+from agentmesh.services.registry.registry import AgentView, Registry, check_reason
 from agentmesh.services.registry.routing import CanaryRule, RoutePolicy
 from agentmesh.services.registry.store import SPIFFE_ID, RevocationRow
 from agentmesh.services.registry.validation import (
@@ -44,6 +44,7 @@ _MAX_PAGE = 1000
 _MAX_INTENT = 512
 _MAX_ROUTING_KEY = 256
 _MAX_WEIGHT = 10_000
+_MAX_WEIGHTED_VERSIONS = 64  # live versions of one agent a canary splits traffic over
 _VIEWS = frozenset(registry_pb2.InstanceView.values())
 
 
@@ -456,6 +457,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         await self._ready()
         policy = request.policy
         validate_agent_name(policy.namespace, policy.name, "policy.")
+        check_reason(policy.reason, "policy.reason")
+        if len(policy.weights) > _MAX_WEIGHTED_VERSIONS:
+            raise InvalidArgumentError(
+                f"weights name {len(policy.weights)} versions; at most {_MAX_WEIGHTED_VERSIONS}",
+                field="policy.weights",
+            )
         weights: dict[str, int] = {}
         for version, weight in policy.weights.items():
             parse_version(version, f"policy.weights[{version}]")

@@ -184,3 +184,39 @@ async def test_a_card_version_wider_than_its_column_is_invalid_argument(registry
             registry_pb2.RegisterAgentRequest(card=make_card("triage", version=widest)), timeout=5
         )
         assert registered.instance.card.version == widest
+
+
+async def test_an_operator_reason_that_cannot_be_stored_is_invalid_argument_and_changes_nothing(
+    registry: RegistryReplica,
+) -> None:
+    registry.issue_identity("agent", "support/triage")
+    async with create_channel(registry.address, registry.settings, kind="agent", name="support/triage") as channel:
+        agent = registry_pb2_grpc.RegistryServiceStub(channel)
+        await agent.RegisterAgent(registry_pb2.RegisterAgentRequest(card=make_card("triage")), timeout=5)
+    async with create_channel(registry.address, registry.settings, kind="client", name="ops") as channel:
+        ops = registry_pb2_grpc.RegistryServiceStub(channel)
+
+        def policy(**fields: Any) -> registry_pb2.SetRoutingPolicyRequest:
+            return registry_pb2.SetRoutingPolicyRequest(
+                policy=registry_pb2.RoutingPolicy(namespace="support", name="triage", **fields)
+            )
+
+        refusals = {
+            "policy reason with NUL": ops.SetRoutingPolicy(policy(weights={"1.0.0": 100}, reason="ok\x00"), timeout=5),
+            "policy reason of 100 KB": ops.SetRoutingPolicy(policy(weights={"1.0.0": 100}, reason="r" * 100_000), timeout=5),
+            "weights over 5000 versions": ops.SetRoutingPolicy(
+                policy(weights={f"1.{i}.0": 1 for i in range(5000)}), timeout=5
+            ),
+            "revocation reason with NUL": ops.RevokeIdentity(
+                registry_pb2.RevokeIdentityRequest(spiffe_id="spiffe://agentmesh.test/agent/x/y", reason="leak\x00"),
+                timeout=5,
+            ),
+        }
+        for name, call in refusals.items():
+            refused = await _refusal(call)
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, refused.code(), refused.details())
+        missing = await _refusal(
+            ops.GetRoutingPolicy(registry_pb2.GetRoutingPolicyRequest(namespace="support", name="triage"), timeout=5)
+        )
+        assert missing.code() == grpc.StatusCode.NOT_FOUND  # no policy was stored
+        assert list((await ops.ListRevocations(registry_pb2.ListRevocationsRequest(), timeout=5)).revocations) == []
