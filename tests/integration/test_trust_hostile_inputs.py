@@ -16,6 +16,7 @@ import pytest
 
 from agentmesh._channel import create_channel
 from agentmesh.v1 import (
+    agent_pb2,
     conversation_pb2,
     conversation_pb2_grpc,
     registry_pb2,
@@ -220,3 +221,27 @@ async def test_an_operator_reason_that_cannot_be_stored_is_invalid_argument_and_
         )
         assert missing.code() == grpc.StatusCode.NOT_FOUND  # no policy was stored
         assert list((await ops.ListRevocations(registry_pb2.ListRevocationsRequest(), timeout=5)).revocations) == []
+
+
+async def test_a_card_with_nul_in_any_free_text_is_invalid_argument_and_not_registered(registry: RegistryReplica) -> None:
+    def card(change: Any) -> agent_pb2.AgentCard:
+        made = make_card("triage")
+        change(made)
+        return made
+
+    cards = {
+        "description": card(lambda c: setattr(c, "description", "triage\x00")),
+        "owner": card(lambda c: setattr(c, "owner", "team\x00")),
+        "skill description": card(lambda c: setattr(c.skills[0], "description", "classify\x00")),
+        "schema value": card(lambda c: c.skills[0].input_schema.update({"description": "text\x00"})),
+        "schema key": card(lambda c: c.skills[0].output_schema.update({"x\x00": 1})),
+    }
+    registry.issue_identity("agent", "support/triage")
+    async with create_channel(registry.address, registry.settings, kind="agent", name="support/triage") as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        for name, bad in cards.items():
+            refused = await _refusal(stub.RegisterAgent(registry_pb2.RegisterAgentRequest(card=bad), timeout=5))
+            assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, refused.code(), refused.details())
+            assert "NUL" in (refused.details() or ""), name
+        missing = await _refusal(stub.GetAgent(registry_pb2.GetAgentRequest(namespace="support", name="triage"), timeout=5))
+        assert missing.code() == grpc.StatusCode.NOT_FOUND
