@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmesh._errors import FailedPreconditionError, MeshError
+import jsonschema
+
+from agentmesh._errors import FailedPreconditionError, InvalidArgumentError, MeshError
 from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.plans import validate_plan
 from agentmesh.services.planner.playbooks import PlaybookLibrary
@@ -52,9 +54,12 @@ class Planner:
         """The plan of a new task, validated against the plan schema (the store trusts it);
         FailedPreconditionError when no strategy can make one."""
         if playbook:
-            return PlanOutcome(self.playbooks.get(playbook).render(goal), f"playbook {playbook!r} was requested")
+            named = self.playbooks.get(playbook)
+            _check_input(named.source.get("input_schema"), task_input, playbook, matched=False)
+            return PlanOutcome(named.render(goal), f"playbook {playbook!r} was requested")
         matched = self.playbooks.match(goal, task_input)
         if matched is not None:
+            _check_input(matched.source.get("input_schema"), task_input, matched.name, matched=True)
             return PlanOutcome(
                 matched.render(goal), f"playbook {matched.name!r} matched the task ({matched.description})"
             )
@@ -88,6 +93,27 @@ class Planner:
         query = {"intent": goal, "max_results": 8, "view": "BASIC"}
         candidates, _ = await self._dispatcher.discover(query)
         return [c for c in candidates if c["matched_skill"]]
+
+
+def _check_input(schema: Any, task_input: dict[str, Any], playbook: str, *, matched: bool) -> None:
+    """Refuse, before anything is stored, a task whose input its playbook's ``input_schema`` rejects: its steps
+    would fail one by one on the missing fields (e.g. triage's 'input.text: Field required')."""
+    if not schema:
+        return
+    validator_class = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(validator_class(schema).iter_errors(task_input))
+    if error is None:
+        return
+    path = ".".join(str(part) for part in error.absolute_path)
+    place = f"input.{path}" if path else "input"
+    if matched:
+        message = (
+            f"playbook {playbook!r} matched the goal, but the input does not match its input schema at {place}: "
+            f"{error.message} (give the input it asks for, or name another playbook)"
+        )
+    else:
+        message = f"the input does not match playbook {playbook!r}'s input schema at {place}: {error.message}"
+    raise InvalidArgumentError(message, field=place, reason="INPUT_SCHEMA_VIOLATION")
 
 
 def check_references(proposal: Any, candidates: list[dict[str, Any]]) -> None:
