@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `agentmesh audit list | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141
     except Exception as exc:
         if args.command in _SERVERS or os.environ.get("AGENTMESH_DEBUG"):
             raise
