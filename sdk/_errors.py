@@ -216,6 +216,9 @@ def from_rpc_error(error: grpc.RpcError) -> MeshError:
     """Turn a failed call's status back into the matching :class:`MeshError` subclass."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = (error.details() if hasattr(error, "details") else None) or str(error)
+    # Another process's words, kept and shown by this one: a NUL in them (no PostgreSQL text column holds one) is
+    # replaced, so an agent's error message cannot make the step that records it unwritable.
+    message = message.replace("\x00", "\ufffd")
     cls = _BY_CODE.get(code, MeshError)
     reason: str | None = None
     metadata: dict[str, str] = {}

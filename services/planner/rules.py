@@ -60,6 +60,9 @@ def check_output(
     """Raise OutputRejected unless the output is within size, valid against the schema and satisfies the rule."""
     if size > max_bytes:
         raise OutputRejected(f"output is {size} bytes, over the {max_bytes}-byte limit")
+    unstorable = _unstorable(output)
+    if unstorable:
+        raise OutputRejected(f"output holds {unstorable}, which cannot be stored as JSON")
     if schema:
         try:
             jsonschema.validate(output, schema)
@@ -72,6 +75,30 @@ def check_output(
         holds, why = evaluate(rule, {"output": output})
         if not holds:
             raise OutputRejected(f"acceptance rule failed: {why}")
+
+
+def _unstorable(output: dict[str, Any]) -> str:
+    """What in an agent's output no JSON column can hold (a NUL character, NaN or an infinity), else "".
+
+    Such an output failed every write of its step's end on PostgreSQL, so the task never left RUNNING.
+    """
+    try:
+        text = json.dumps(output, allow_nan=False)  # C speed; NUL comes out as \u0000
+    except ValueError:
+        return "a non-finite number (NaN or an infinity)"
+    if "\\u0000" in text and _has_nul(output):  # the text may just spell a backslash and u0000
+        return "a NUL character"
+    return ""
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def dumps_size(value: Any) -> int:

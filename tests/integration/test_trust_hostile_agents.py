@@ -1,0 +1,90 @@
+"""An agent inside the mesh answers with what no database column can hold: its step fails with a reason,
+and the task ends, instead of staying RUNNING forever because the step's end could never be written."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pydantic import BaseModel
+
+from agentmesh._errors import FailedPreconditionError
+from agentmesh._settings import Settings
+from agentmesh.agent import Agent, AgentInfo, AgentRuntime, SkillContext, skill
+from agentmesh.v1 import task_pb2
+from tests.fixtures.certs import IssueIdentity
+from tests.fixtures.planner import PlannerMesh
+
+pytestmark = pytest.mark.asyncio
+
+
+class Anything(BaseModel):
+    model_config = {"extra": "allow"}
+
+
+class Hostile(Agent):
+    """Answers with NUL characters, in its output and in its errors."""
+
+    card = AgentInfo(
+        name="hostile",
+        namespace="testing",
+        version="1.0.0",
+        purpose="testing",
+        description="Answers with what cannot be stored.",
+        owner="red-team",
+    )
+
+    @skill(description="An output with a NUL character in a value and in a key")
+    async def nul_output(self, request: Anything, ctx: SkillContext) -> Anything:
+        return Anything(**{"text": "refund\x00approved", "k\x00": 1})
+
+    @skill(description="An error whose message holds a NUL character")
+    async def nul_error(self, request: Anything, ctx: SkillContext) -> Anything:
+        raise FailedPreconditionError("the order \x00 cannot be found")
+
+
+PLAYBOOK = """
+name: {skill}
+defaults: {{agent: {{names: [testing/hostile]}}, timeout: 10, retry: {{max_attempts: 2, initial_backoff: 0.05}}}}
+steps:
+  - {{id: only, skill: {skill}, input: {{}}}}
+"""
+
+
+async def test_an_output_or_error_that_cannot_be_stored_fails_the_step_and_the_task_ends(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
+) -> None:
+    issue_identity("agent", "testing/hostile")
+    agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
+    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        expected = {
+            "nul_output": "output holds a NUL character",
+            "nul_error": "the order \ufffd cannot be found",
+        }
+        for name in expected:
+            planner_mesh.add_playbook(PLAYBOOK.format(skill=name))
+        tasks = {name: await planner_mesh.submit(name, {}, playbook=name) for name in expected}
+        for name, task in tasks.items():
+            done = await planner_mesh.wait(task.task_id, within=15.0)  # it stayed RUNNING on PostgreSQL
+            assert done.state == task_pb2.TASK_STATE_FAILED, (name, done.state, done.error)
+            assert expected[name] in done.error, (name, done.error)
+            explained = await planner_mesh.explain(task.task_id)
+            assert explained.attempts[-1].error_message.startswith(expected[name].split(" \ufffd")[0]), name
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        ({"score": float("nan")}, "a non-finite number"),  # a non-SDK agent can send NaN in a Struct
+        ({"scores": [1.0, float("inf")]}, "a non-finite number"),
+        ({"nested": {"k\x00": 1}}, "a NUL character"),
+    ],
+)
+async def test_an_output_no_json_column_holds_is_rejected_by_the_output_check(output: dict, reason: str) -> None:
+    from agentmesh.services.planner.rules import OutputRejected, check_output
+
+    with pytest.raises(OutputRejected, match=reason):
+        check_output(output, size=10, max_bytes=1_000, schema=None, rule="")
+    check_output({"text": "a backslash then u0000: \\u0000"}, size=10, max_bytes=1_000, schema=None, rule="")
