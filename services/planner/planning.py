@@ -22,6 +22,7 @@ from agentmesh.services.planner.playbooks import PlaybookLibrary
 __all__ = ["ModelPlanner", "PlanOutcome", "Planner", "alternatives_of", "capability_plan", "check_references"]
 
 logger = logging.getLogger(__name__)
+_MAX_INTENT = 512  # the longest discovery intent the registry accepts (services/registry/servicer.py)
 
 # A model-made plan strategy: (goal, task input, discovered candidates) -> proposed plan document or None.
 ModelPlanner = Callable[[str, dict[str, Any], list[dict[str, Any]]], Awaitable[dict[str, Any] | None]]
@@ -90,9 +91,22 @@ class Planner:
     async def _candidates(self, goal: str) -> list[dict[str, Any]]:
         if self._dispatcher is None or not goal.strip():
             return []
-        query = {"intent": goal, "max_results": 8, "view": "BASIC"}
+        query = {"intent": _intent(goal), "max_results": 8, "view": "BASIC"}
         candidates, _ = await self._dispatcher.discover(query)
         return [c for c in candidates if c["matched_skill"]]
+
+
+def _intent(goal: str) -> str:
+    """The discovery intent of a goal: its first ``_MAX_INTENT`` characters, cut at a word where there is one.
+
+    A goal may be 10,000 characters; the registry refuses a longer intent (INVALID_ARGUMENT 'intent longer than
+    512 characters', which named a field the caller never sent), and the start of a goal says what it is about.
+    """
+    if len(goal) <= _MAX_INTENT:
+        return goal
+    head = goal[:_MAX_INTENT]
+    cut = head.rstrip().rfind(" ")
+    return head[:cut] if cut > _MAX_INTENT // 2 else head
 
 
 def _check_input(schema: Any, task_input: dict[str, Any], playbook: str, *, matched: bool) -> None:

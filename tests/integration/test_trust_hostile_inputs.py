@@ -26,6 +26,7 @@ from agentmesh.v1 import (
 )
 from tests.fixtures.planner import PlannerMesh
 from tests.fixtures.registry import RegistryReplica, make_card
+from tests.integration.test_planner import worker  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -245,3 +246,13 @@ async def test_a_card_with_nul_in_any_free_text_is_invalid_argument_and_not_regi
             assert "NUL" in (refused.details() or ""), name
         missing = await _refusal(stub.GetAgent(registry_pb2.GetAgentRequest(namespace="support", name="triage"), timeout=5))
         assert missing.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_goal_longer_than_a_discovery_intent_is_planned_from_its_start(planner_mesh: PlannerMesh) -> None:
+    goal = "shout the text back in capitals " + "please, and mind the details of this long request. " * 40
+    assert len(goal) > 2000
+    task = (await planner_mesh.stub().SubmitTask(task_pb2.SubmitTaskRequest(goal=goal), timeout=30)).task
+    done = await planner_mesh.wait(task.task_id)
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error  # it was INVALID_ARGUMENT 'intent longer...'
+    assert done.output  # the worker's shout, found by capability matching on the goal's start
