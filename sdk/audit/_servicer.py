@@ -18,6 +18,7 @@ __all__ = ["AuditServicer", "record_to_proto"]
 
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1_000
+_MAX_SEQUENCE = 2**63 - 1
 
 
 def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -47,6 +48,14 @@ def record_to_proto(record: AuditRecord) -> audit_pb2.AuditRecord:
     )
 
 
+def _moment(stamp: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
+    """A filter's time; INVALID_ARGUMENT (not INTERNAL) for one outside what a Timestamp can be."""
+    try:
+        return stamp.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgumentError(f"{field} is outside 0001-01-01..9999-12-31", field=field) from None
+
+
 class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     """Reads the chain from the database the planner writes it to; appends never go through gRPC."""
 
@@ -67,20 +76,24 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             try:
                 after = int(request.page_token)
             except ValueError:
-                raise InvalidArgumentError("page_token is not one this service returned", field="page_token") from None
+                after = -1
+            if not 0 <= after <= _MAX_SEQUENCE:  # sequences are BIGINT: a bigger one failed in the query
+                raise InvalidArgumentError("page_token is not one this service returned", field="page_token")
         query = select(AuditRecord).where(AuditRecord.sequence > after)
-        for column, value in (
-            (AuditRecord.actor, request.actor),
-            (AuditRecord.resource, request.resource),
-            (AuditRecord.action, request.action),
-            (AuditRecord.outcome, request.outcome),
+        for name, column, value in (
+            ("actor", AuditRecord.actor, request.actor),
+            ("resource", AuditRecord.resource, request.resource),
+            ("action", AuditRecord.action, request.action),
+            ("outcome", AuditRecord.outcome, request.outcome),
         ):
+            if "\x00" in value:  # PostgreSQL refuses NUL even as a parameter (INTERNAL); nothing stored has one
+                raise InvalidArgumentError(f"{name} must not contain NUL characters", field=name)
             if value:
                 query = query.where(column == value)
         if request.HasField("start_time"):
-            query = query.where(AuditRecord.record_time >= request.start_time.ToDatetime(dt.UTC))
+            query = query.where(AuditRecord.record_time >= _moment(request.start_time, "start_time"))
         if request.HasField("end_time"):
-            query = query.where(AuditRecord.record_time < request.end_time.ToDatetime(dt.UTC))
+            query = query.where(AuditRecord.record_time < _moment(request.end_time, "end_time"))
         async with self._engine.connect() as connection:
             connection = await connection.execution_options(sqlite_begin="DEFERRED")
             rows = (await connection.execute(query.order_by(AuditRecord.sequence).limit(size + 1))).all()

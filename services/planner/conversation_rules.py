@@ -215,9 +215,14 @@ def parse_page_token(token: str, fingerprint: str) -> PageKey | None:
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        key = PageKey(dt.datetime.fromisoformat(body["t"]), str(body["id"]))
+        created, conversation_id = dt.datetime.fromisoformat(body["t"]), body["id"]
+        if created.tzinfo is None:  # ours carry UTC; a hand-made one without a zone would fail in the query
+            created = created.replace(tzinfo=dt.UTC)
+        if not isinstance(conversation_id, str) or len(conversation_id) > MAX_ID or "\x00" in conversation_id:
+            raise ValueError("not a conversation id")
+        key = PageKey(created, conversation_id)
         same_filters = body["f"] == fingerprint
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError):
         raise InvalidArgumentError("page_token is not a token this service returned", field="page_token") from None
     if not same_filters:
         raise InvalidArgumentError(

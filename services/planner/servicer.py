@@ -366,8 +366,11 @@ def _encode_token(created_at: dt.datetime, task_id: str) -> str:
 def _decode_token(token: str) -> tuple[dt.datetime, str]:
     try:
         created, task_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return dt.datetime.fromisoformat(created), rules.check_id(task_id, "page_token")
-    except (ValueError, binascii.Error, TypeError):
+        moment = dt.datetime.fromisoformat(created)
+        if moment.tzinfo is None:  # ours carry UTC; a hand-made one without a zone failed in the query (INTERNAL)
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment, rules.check_id(task_id, "page_token")
+    except (ValueError, binascii.Error, TypeError, AttributeError):
         raise InvalidArgumentError("page_token is not one this server returned", field="page_token") from None
 
 

@@ -17,6 +17,8 @@ import pytest
 from agentmesh._channel import create_channel
 from agentmesh.v1 import (
     agent_pb2,
+    audit_pb2,
+    audit_pb2_grpc,
     conversation_pb2,
     conversation_pb2_grpc,
     registry_pb2,
@@ -256,3 +258,38 @@ async def test_a_goal_longer_than_a_discovery_intent_is_planned_from_its_start(p
     done = await planner_mesh.wait(task.task_id)
     assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error  # it was INVALID_ARGUMENT 'intent longer...'
     assert done.output  # the worker's shout, found by capability matching on the goal's start
+
+
+def _token(body: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+
+
+async def test_hand_made_page_tokens_and_filters_are_invalid_argument_not_internal(planner_mesh: PlannerMesh) -> None:
+    from agentmesh.services.planner.conversation_rules import filter_fingerprint
+
+    fingerprint = filter_fingerprint(None, None, {})  # what a listing without filters carries: anyone can compute it
+    async with create_channel(planner_mesh.planner.address, planner_mesh.settings, kind="client", name="ops") as ch:
+        audit = audit_pb2_grpc.AuditServiceStub(ch)
+        conversations = conversation_pb2_grpc.ConversationServiceStub(ch)
+        tasks = task_pb2_grpc.TaskServiceStub(ch)
+        listing = audit_pb2.ListAuditRecordsRequest
+        refused = {
+            "audit resource with NUL": audit.ListAuditRecords(listing(resource="tasks/\x00"), timeout=5),
+            "audit actor with NUL": audit.ListAuditRecords(listing(actor="\x00"), timeout=5),
+            "audit page token over BIGINT": audit.ListAuditRecords(listing(page_token="9" * 30), timeout=5),
+            "audit start time past year 9999": audit.ListAuditRecords(listing(start_time={"seconds": 2**62}), timeout=5),
+            "conversation token with NUL id": conversations.ListConversations(
+                conversation_pb2.ListConversationsRequest(
+                    page_token=_token({"t": "2026-01-01T00:00:00+00:00", "id": "a\x00", "f": fingerprint})
+                ),
+                timeout=5,
+            ),
+        }
+        for name, call in refused.items():
+            error = await _refusal(call)
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, error.code(), error.details())
+        # A time without a zone in a hand-made token is read as UTC (it was INTERNAL: 'naive datetime').
+        naive = _token({"t": "2026-01-01T00:00:00", "id": "x", "f": fingerprint})
+        await conversations.ListConversations(conversation_pb2.ListConversationsRequest(page_token=naive), timeout=5)
+        naive_task = base64.urlsafe_b64encode(json.dumps(["0001-01-01T00:00:00", "task-x"]).encode()).decode()
+        await tasks.ListTasks(task_pb2.ListTasksRequest(page_token=naive_task), timeout=5)
