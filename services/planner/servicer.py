@@ -14,13 +14,20 @@ import binascii
 import datetime as dt
 import fnmatch
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from agentmesh import security
-from agentmesh._errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from agentmesh._errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
@@ -38,6 +45,10 @@ DELEGATION_METADATA = "x-agentmesh-delegation"
 APPROVE_SCOPE = "approve"
 _MAX_PAGE = 1000
 _MAX_SCAN = 5000  # tasks one ListTasks call reads at most while skipping those the caller may not see
+# WatchTask polls for writes made through other replicas every 50 ms after an event, backing off to 1 s.
+_WATCH_POLL_MIN = 0.05
+_WATCH_POLL_MAX = 1.0
+_MAX_WATCHES_PER_USER = 32  # open WatchTask streams of one end user (behind the gateway) on one replica
 
 
 class TaskServicer(task_pb2_grpc.TaskServiceServicer):
@@ -49,6 +60,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self._settings = settings
         td = settings.trust_domain
         self._approvers = [p.strip().replace("{trust_domain}", td) for p in settings.planner_approver_identities.split(",") if p.strip()]
+        self._watches: Counter[tuple[str, str]] = Counter()  # open WatchTask streams per (tenant, end user)
 
     # ---- identity ----------------------------------------------------------------------------------------
 
@@ -240,19 +252,42 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """Every event of a task after the cursor, then new ones as they happen, until the task ends."""
         task_id = _task_id(request.task_id)
         cursor = rules.check_cursor(request.cursor)
-        task = await self._visible(task_id, self._viewer(self._user_claims(context)))
+        viewer = self._viewer(self._user_claims(context))
+        task = await self._visible(task_id, viewer)
+        watcher = (viewer.tenant, viewer.end_user) if viewer.end_user else None
+        if watcher is not None and self._watches[watcher] >= _MAX_WATCHES_PER_USER:
+            raise ResourceExhaustedError(
+                f"{viewer.end_user} already watches {_MAX_WATCHES_PER_USER} tasks at once; end one to watch another",
+                reason="TOO_MANY_WATCHES",
+            )
+        if watcher is not None:
+            self._watches[watcher] += 1
+        try:
+            async for response in self._watch(task_id, cursor, task):
+                yield response
+        finally:
+            if watcher is not None:
+                self._watches[watcher] -= 1
+                if not self._watches[watcher]:
+                    del self._watches[watcher]
+
+    async def _watch(self, task_id: str, cursor: int, task: TaskRow) -> AsyncIterator[task_pb2.WatchTaskResponse]:
+        poll = _WATCH_POLL_MIN
         while True:
             events = await _db(self._engine.store.events_after(task_id, cursor))
             if events:
                 task = await self._engine.get(task_id)
+                poll = _WATCH_POLL_MIN
             for event in events:
                 cursor = event.id
                 yield views.event_proto(event, task)
             if not events and task.state in FINAL_TASK_STATES:
                 return
             if not events:
-                # Woken at once by this replica's own writes; the timeout is the poll for other replicas'.
-                await self._engine.changed(task_id, within=0.05)
+                # Woken at once by this replica's own writes; the timeout is the poll for other replicas' writes,
+                # which backs off while the task is quiet: a hundred idle watches polling every 50 ms held a core.
+                await self._engine.changed(task_id, within=poll)
+                poll = min(poll * 2, _WATCH_POLL_MAX)
                 task = await self._engine.get(task_id)
 
     async def CancelTask(

@@ -5,6 +5,7 @@ a conversation message whose task could never start is refused before the messag
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -15,6 +16,7 @@ import jwt
 import pytest
 
 from agentmesh._channel import create_channel
+from agentmesh.security import DelegationIssuer, TokenKind
 from agentmesh.v1 import (
     agent_pb2,
     audit_pb2,
@@ -26,6 +28,7 @@ from agentmesh.v1 import (
     task_pb2,
     task_pb2_grpc,
 )
+from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
 from tests.fixtures.registry import RegistryReplica, make_card
 from tests.integration.test_planner import worker  # noqa: F401  (a fixture)
@@ -293,3 +296,54 @@ async def test_hand_made_page_tokens_and_filters_are_invalid_argument_not_intern
         await conversations.ListConversations(conversation_pb2.ListConversationsRequest(page_token=naive), timeout=5)
         naive_task = base64.urlsafe_b64encode(json.dumps(["0001-01-01T00:00:00", "task-x"]).encode()).decode()
         await tasks.ListTasks(task_pb2.ListTasksRequest(page_token=naive_task), timeout=5)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_one_end_user_holds_a_bounded_number_of_task_watches(
+    planner_mesh: PlannerMesh, issue_identity: IssueIdentity
+) -> None:
+    td = planner_mesh.settings.trust_domain
+    issue_identity("service", "gateway")
+    gateway = DelegationIssuer.from_settings(planner_mesh.settings, "service", "gateway")
+    alice = [
+        (
+            "x-agentmesh-delegation",
+            gateway.issue(
+                kind=TokenKind.END_USER,
+                audience=f"spiffe://{td}/service/planner",
+                subject="alice",
+                tenant="acme",
+                scopes=["tasks:read", "tasks:submit"],
+            ),
+        )
+    ]
+    ops = planner_mesh.stub()
+    slow = task_pb2.SubmitTaskRequest(goal="wait", playbook="slow")  # its first step runs for 20 s
+    task = (await ops.SubmitTask(slow, metadata=alice, timeout=10)).task
+    watch = task_pb2.WatchTaskRequest(task_id=task.task_id)
+    streams = []
+    try:
+        for _ in range(32):
+            stream = ops.WatchTask(watch, metadata=alice, timeout=30)
+            await stream.read()  # the first event: the stream is open
+            streams.append(stream)
+        refused = await _refusal(ops.WatchTask(watch, metadata=alice, timeout=10).read())
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "32" in (refused.details() or "")
+        operator = ops.WatchTask(watch, timeout=10)  # an ops client acts for no end user: not counted
+        assert (await operator.read()).task.task_id == task.task_id
+        operator.cancel()
+        streams.pop().cancel()  # one closed: alice may open another
+        async with asyncio.timeout(5):
+            while True:
+                again = ops.WatchTask(watch, metadata=alice, timeout=30)
+                try:
+                    await again.read()
+                    streams.append(again)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(0.05)  # the server notices the cancelled stream a moment later
+    finally:
+        for stream in streams:
+            stream.cancel()
+        await ops.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id), timeout=10)
