@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agentmesh import security, telemetry
 from agentmesh._errors import (
+    FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     MeshError,
@@ -48,7 +49,12 @@ ReadinessCheck = Callable[[], Awaitable[bool]]
 _KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    # gRPC sets SO_REUSEPORT by default: a second server on a port in use (a second `agentmesh up`, a replica
+    # started twice) then binds it too and the kernel splits connections between the two. Refuse instead.
+    ("grpc.so_reuseport", 0),
 ]
+
+_PORT_SETTINGS = frozenset({"registry", "planner", "gateway"})  # servers whose port has its own setting
 
 
 @dataclass(frozen=True)
@@ -161,9 +167,18 @@ class MeshServer(Serving):
         names = [s.full_name for s in self._services]
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         target = f"{self.settings.bind_host}:{self._requested_port}"
-        self.port = security.add_port(
-            server, target, self.settings, self.kind, self.identity, require_client_auth=not self._public
-        )
+        try:
+            self.port = security.add_port(
+                server, target, self.settings, self.kind, self.identity, require_client_auth=not self._public
+            )
+        except RuntimeError:  # grpc's "Failed to bind to address ...": in use, or not an address of this host
+            setting = f"AGENTMESH_{self.name.upper()}_PORT" if self.name in _PORT_SETTINGS else "--port"
+            raise FailedPreconditionError(
+                f"the {self.name} cannot listen on {target}: the port is in use (another {self.name}, or another "
+                f"mesh?) or the address is not this host's; stop the other or choose another port "
+                f"({setting})",
+                reason="PORT_IN_USE",
+            ) from None
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.revocation_follower is not None:
             await self.revocation_follower.start()  # the saved set is in force before the first call

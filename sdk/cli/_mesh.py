@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from agentmesh._settings import Settings
 
@@ -119,8 +120,6 @@ class LocalMesh:
                 from agentmesh.cli._demo import run_demo
 
                 return await run_demo(self.settings, ticket_id=ticket_id, console=console)
-            from rich.markup import escape
-
             from agentmesh.cli._token import how_to_call
 
             if self.settings.console_port >= 0:
@@ -134,7 +133,7 @@ class LocalMesh:
             await self._watch(stop)
             return 0
         except MeshError as exc:
-            console.print(f"[red]agentmesh up failed:[/] {exc.message}")
+            console.print(f"[red]agentmesh up failed:[/] {escape(exc.message)}", soft_wrap=True)  # one line
             return 1
         finally:
             await self.stop()
@@ -145,6 +144,7 @@ class LocalMesh:
             registry_address=f"127.0.0.1:{self.settings.registry_port}",
             planner_address=f"127.0.0.1:{self.settings.planner_port}",
         )
+        self._check_ports()
         with console.status("preparing certificates") as status:
             await asyncio.to_thread(self._ensure_certificates)
             status.update("migrating the database")
@@ -177,6 +177,31 @@ class LocalMesh:
             status.update(f"waiting for {len(self.agents)} agents to register")
             await self._wait_registered()
         return triton_url
+
+    def _check_ports(self) -> None:
+        """Refuse to start when a port of the mesh is taken: the other listener (often a mesh already up) would
+        answer the readiness checks, and this mesh would report ready while its own processes fail to bind."""
+        import socket
+
+        from agentmesh._errors import FailedPreconditionError
+
+        wanted = [(service, getattr(self.settings, f"{service}_port")) for service in self.services]
+        if not self.settings.triton_url:
+            wanted.append(("triton", self.settings.triton_port))
+        busy = []
+        for name, port in wanted:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed one's TIME_WAIT is no owner
+                try:
+                    probe.bind((self.settings.bind_host, port))
+                except OSError:
+                    busy.append(f"{port} ({name}, AGENTMESH_{name.upper()}_PORT)")
+        if busy:
+            ports, are = ("ports", "are") if len(busy) > 1 else ("port", "is")
+            raise FailedPreconditionError(
+                f"{ports} {', '.join(busy)} on {self.settings.bind_host} {are} already in use: is a mesh already up? "
+                "Stop it (Ctrl-C where it runs), or choose other ports"
+            )
 
     def _ensure_certificates(self) -> None:
         from agentmesh.audit import PSEUDONYM_KEY_NAME, ensure_pseudonym_key
