@@ -94,3 +94,12 @@ async def test_tokens_signed_by_a_revoked_gateway_certificate_are_refused_by_the
         # Only that certificate is revoked: the gateway's own keeps speaking for its users.
         listed = (await list_as(genuine)).conversations
         assert [c.conversation_id for c in listed] == [made.conversation.conversation_id]
+
+
+def test_an_agent_refuses_tokens_of_the_signers_its_server_refuses(mesh_settings: Any) -> None:
+    from agentmesh.agent import AgentRuntime
+    from tests.integration.planner_agents import Worker
+
+    runtime = AgentRuntime(Worker(mesh_settings), port=0, register=False)
+    verifier = runtime.runner.verifier
+    assert verifier is not None and verifier.revocations is runtime.server.revocations
