@@ -96,7 +96,7 @@ async def test_tokens_signed_by_a_revoked_gateway_certificate_are_refused_by_the
         assert [c.conversation_id for c in listed] == [made.conversation.conversation_id]
 
 
-def test_an_agent_refuses_tokens_of_the_signers_its_server_refuses(mesh_settings: Any) -> None:
+async def test_an_agent_refuses_tokens_of_the_signers_its_server_refuses(mesh_settings: Any) -> None:
     from agentmesh.agent import AgentRuntime
     from tests.integration.planner_agents import Worker
 
