@@ -93,7 +93,7 @@ class Dispatcher:
         self.registry = registry
         self._answers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._used: dict[str, tuple[dict[str, Any], float]] = {}  # query by key, and when a step last asked it
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, str, str], grpc.aio.Channel] = {}  # by endpoint and agent name
 
     def query_of(self, spec: StepSpec) -> dict[str, Any]:
         """The discovery query of a step (as recorded)."""
@@ -240,12 +240,18 @@ class Dispatcher:
         self._answers.pop(_key(self.query_of(spec)), None)
 
     async def invoke(
-        self, endpoint: str, request: agent_pb2.InvokeRequest, deadline: float
+        self, choice: Choice, request: agent_pb2.InvokeRequest, deadline: float
     ) -> agent_pb2.InvokeResponse:
-        """Call ``Invoke`` on an agent instance within ``deadline`` seconds; failures raise the matching MeshError."""
-        channel = self._channels.get(endpoint)
+        """Call ``Invoke`` on the chosen agent instance within ``deadline`` seconds; failures raise the matching
+        MeshError. The server must prove it is that agent (its certificate's name for ``agent/<namespace>/<name>``),
+        not just any workload of the mesh at the card's endpoint: the step's input and token are for it alone."""
+        key = (choice.endpoint, choice.namespace, choice.name)
+        channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[endpoint] = create_channel(endpoint, self._settings, kind="service", name="planner")
+            channel = self._channels[key] = create_channel(
+                choice.endpoint, self._settings, kind="service", name="planner",
+                server_identity=f"agent/{choice.namespace}/{choice.name}",
+            )
         try:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             return await stub.Invoke(request, timeout=deadline)

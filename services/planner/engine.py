@@ -523,7 +523,7 @@ class TaskEngine:
             ),
         )
         started = time.monotonic()
-        call = asyncio.ensure_future(self.dispatcher.invoke(choice.endpoint, request, timeout))
+        call = asyncio.ensure_future(self.dispatcher.invoke(choice, request, timeout))
         self._calls[claimed.row_id] = call
         try:
             reply = await call

@@ -39,11 +39,6 @@ class Impostor(Worker):
         return TextOut(text="PWNED")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/planner/dispatch.py (lead-owned) dials agents without checking their SPIFFE id; "
-    "the fix is described in the helper's report (server_identity=agent/<namespace>/<name> per endpoint)",
-)
 async def test_the_planner_does_not_hand_a_step_to_another_agent_at_the_registered_endpoint(
     planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
