@@ -62,6 +62,8 @@ _ERRORS: dict[str, type[MeshError]] = {
     "INVALID_ARGUMENT": InvalidArgumentError,
     "RESOURCE_EXHAUSTED": ResourceExhaustedError,
 }
+# What Triton says (NOT_FOUND) of a model it has but cannot serve yet; an unknown model "is not found".
+_NOT_LOADED_YET = ("has no available versions", "is not ready")
 # Softmax temperature turning cosine similarities into label probabilities in :meth:`classify`.
 _CLASSIFY_TEMPERATURE = 0.05
 # How long the list of ready models (for selection) is trusted, seconds.
@@ -226,8 +228,8 @@ class InferenceClient:
                 error = self._error(_status_name(exc), exc, model)
                 TRITON_LATENCY.labels(model, error.code.name).observe(time.perf_counter() - started)
                 breaker.record(error)
-                if isinstance(error, NotFoundError):
-                    self._forget(model)
+                if isinstance(error, NotFoundError) or error.reason == "TRITON_MODEL_NOT_READY":
+                    self._forget(model)  # its config and metadata may change as it is (re)loaded
                 raise error from None
             except BaseException:
                 breaker.record_ignored()
@@ -238,9 +240,19 @@ class InferenceClient:
         return await self.retry.call(once, deadline=end)
 
     def _error(self, code: str, exc: Exception, model: str) -> MeshError:
+        message = _message(exc)
+        if code == "NOT_FOUND" and any(words in message for words in _NOT_LOADED_YET):
+            # Triton knows the model but has no version ready: it is loading (a restarted Triton loads its models
+            # after it answers) or failed to load. Retryable, unlike a model Triton has never heard of.
+            return UnavailableError(
+                f"Triton at {self.url} has no ready version of model {model!r} yet (loading after a restart?): "
+                f"{message}",
+                reason="TRITON_MODEL_NOT_READY",
+                metadata={"model": model, "url": self.url},
+            )
         kind = _ERRORS.get(code, InternalError)
         return kind(
-            f"Triton {code} for model {model!r} at {self.url}: {_message(exc)}",
+            f"Triton {code} for model {model!r} at {self.url}: {message}",
             reason=f"TRITON_{code}",
             metadata={"model": model, "url": self.url},
         )
