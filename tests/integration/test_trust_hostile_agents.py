@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from agentmesh._errors import FailedPreconditionError
 from agentmesh._settings import Settings
-from agentmesh.agent import Agent, AgentInfo, AgentRuntime, SkillContext, skill
+from agentmesh.agent import Agent, AgentInfo, AgentRuntime, ModelUsage, SkillContext, skill
 from agentmesh.v1 import task_pb2
 from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
@@ -37,6 +37,11 @@ class Hostile(Agent):
     @skill(description="An output with a NUL character in a value and in a key")
     async def nul_output(self, request: Anything, ctx: SkillContext) -> Anything:
         return Anything(**{"text": "refund\x00approved", "k\x00": 1})
+
+    @skill(description="An output as asked, and a model usage whose name holds a NUL character")
+    async def nul_usage(self, request: Anything, ctx: SkillContext) -> Anything:
+        ctx.record_model_usage(ModelUsage("triage\x00model", "1\x00", 0.01))
+        return Anything(text="ok")
 
     @skill(description="An error whose message holds a NUL character")
     async def nul_error(self, request: Anything, ctx: SkillContext) -> Anything:
@@ -88,3 +93,23 @@ async def test_an_output_no_json_column_holds_is_rejected_by_the_output_check(ou
     with pytest.raises(OutputRejected, match=reason):
         check_output(output, size=10, max_bytes=1_000, schema=None, rule="")
     check_output({"text": "a backslash then u0000: \\u0000"}, size=10, max_bytes=1_000, schema=None, rule="")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="services/planner/engine.py (lead-owned) stores InvokeResponse.model_usages as given: a NUL in a model "
+    "name fails every write of the step's end on PostgreSQL; the fix is described in helper-25's report",
+)
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
+async def test_a_model_usage_that_cannot_be_stored_does_not_wedge_the_task(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
+) -> None:
+    issue_identity("agent", "testing/hostile")
+    agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
+    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        planner_mesh.add_playbook(PLAYBOOK.format(skill="nul_usage"))
+        task = await planner_mesh.submit("nul_usage", {}, playbook="nul_usage")
+        done = await planner_mesh.wait(task.task_id, within=15.0)  # it stays RUNNING on PostgreSQL
+        assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
