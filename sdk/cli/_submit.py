@@ -119,11 +119,14 @@ async def submit_and_follow(
                         for step_id, state in list(steps.items()):
                             if state in ("SUCCEEDED", "FAILED") and event.HasField("step") and event.step.step_id == step_id:
                                 console.print(f"  {step_id}: {state.lower()}")
+                    task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)).task
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                         raise
-                    await asyncio.sleep(0.5)  # the planner is restarting or failing over: resume from the cursor
-                task = (await stub.GetTask(task_pb2.GetTaskRequest(task_id=task.task_id), timeout=10)).task
+                    # The planner is restarting or failing over (the task is stored and goes on): keep following
+                    # until --timeout, resuming from the cursor.
+                    status.update(f"task {task.task_id}: waiting for the planner ({exc.details()})")
+                    await asyncio.sleep(1.0)
     return task
 
 
