@@ -130,7 +130,12 @@ async def discover(request: web.Request) -> web.Response:
 
 async def watch_agents(request: web.Request) -> web.StreamResponse:
     """WatchAgents relayed as server-sent events (read by fetch, which can send the Authorization header)."""
-    since = int(request.query.get("since", "0") or 0)
+    try:
+        since = int(request.query.get("since", "0") or 0)
+    except ValueError:
+        since = -1
+    if not 0 <= since < 2**63:  # a revision (int64): anything else was a 500 from int() or protobuf
+        return _error(400, "since must be a revision number (0 for a snapshot first)")
     call = _client(request).registry.WatchAgents(
         registry_pb2.WatchAgentsRequest(since_revision=since), metadata=_metadata(request), timeout=_WATCH_SECONDS
     )
@@ -195,7 +200,7 @@ async def explain_task(request: web.Request) -> web.Response:
 async def _decide(request: web.Request, approve: bool) -> web.Response:
     try:
         body = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not UTF-8 at all (UnicodeDecodeError was a 500)
         return _error(400, "the body must be JSON: {\"comment\": \"...\"}")
     comment = str(body.get("comment", "")) if isinstance(body, dict) else ""
     fields = {"task_id": request.match_info["task_id"], "step_id": request.match_info["step_id"], "comment": comment}
