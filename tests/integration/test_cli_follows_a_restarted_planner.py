@@ -37,6 +37,12 @@ steps:
 """
 
 
+def _popen(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab")
+    )
+
+
 @pytest.fixture
 async def worker(
     start_registry: StartRegistry, migrated_database_url: str, mesh_settings: Settings, issue_identity: IssueIdentity
@@ -75,10 +81,7 @@ async def test_submit_keeps_following_through_a_planner_restart(
     )
 
     async def planner() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "agentmesh.cli", "planner", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "planner.log").open("ab"),
-        )  # fmt: skip
+        process = _popen(["planner", "--port", str(port)], env, tmp_path / "planner.log")
         async with create_channel(f"127.0.0.1:{port}", mesh_settings, kind="client", name="ops") as channel:
             await wait_until_serving(channel, within=60.0)
         return process
