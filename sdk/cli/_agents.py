@@ -230,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     _print(console, args.action, reply)
     if more:
         console.print(f"[yellow]{hint}[/]")
+    if args.action == "list" and not args.all:  # an agent whose dependency (Triton) is down is not listed
+        console.print("serving instances only; --all shows the NOT_SERVING and DRAINING ones too", style="dim")
     return 0
 
 

@@ -33,6 +33,7 @@ async def test_operator_lists_inspects_discovers_and_routes(
     assert await agentmesh("agents", "list") == 0
     listed = capsys.readouterr().out
     assert "2 instance(s)" in listed and "support/triage" in listed and "1.1.0" in listed
+    assert "serving instances only; --all shows the NOT_SERVING and DRAINING ones too" in listed
 
     assert await agentmesh("agents", "get", "support/triage", "--version", "1.0.0") == 0
     shown = capsys.readouterr().out
