@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import grpc
@@ -9,8 +10,8 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh._errors import InvalidArgumentError
-from agentmesh.audit._verify import verify_chain
+from agentmesh._errors import InvalidArgumentError, ResourceExhaustedError
+from agentmesh.audit._verify import ChainVerification, verify_chain
 from agentmesh.storage import AuditRecord
 from agentmesh.v1 import audit_pb2, audit_pb2_grpc
 
@@ -61,6 +62,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._verifying: dict[tuple[int, int], asyncio.Future[ChainVerification]] = {}
 
     async def ListAuditRecords(
         self,
@@ -111,9 +113,24 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         """Recompute the chain over the range asked and report the first broken record."""
         if request.from_sequence < 0 or request.to_sequence < 0:
             raise InvalidArgumentError("sequences must not be negative", field="from_sequence")
-        result = await verify_chain(
-            self._engine, from_sequence=request.from_sequence, to_sequence=request.to_sequence
-        )
+        # A verification reads and rehashes every record of its range (about a second per 20,000): callers asking
+        # for the same range at once share one run, and a replica runs one range at a time, so repeated calls
+        # cannot hold the planner's CPU.
+        key = (request.from_sequence, request.to_sequence)
+        running = self._verifying.get(key)
+        if running is None:
+            if self._verifying:
+                raise ResourceExhaustedError(
+                    "another range of the audit chain is being verified on this server; retry when it is done",
+                    retry_after=1.0,
+                    reason="VERIFICATION_RUNNING",
+                )
+            running = asyncio.ensure_future(
+                verify_chain(self._engine, from_sequence=request.from_sequence, to_sequence=request.to_sequence)
+            )
+            self._verifying[key] = running
+            running.add_done_callback(lambda _: self._verifying.pop(key, None))
+        result = await asyncio.shield(running)  # one caller going away does not stop the others' answer
         return audit_pb2.VerifyAuditChainResponse(
             valid=result.valid,
             records_checked=result.records_checked,

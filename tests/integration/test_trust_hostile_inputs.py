@@ -15,6 +15,7 @@ import grpc
 import jwt
 import pytest
 
+from agentmesh import security
 from agentmesh._channel import create_channel
 from agentmesh.security import DelegationIssuer, TokenKind
 from agentmesh.v1 import (
@@ -347,3 +348,33 @@ async def test_one_end_user_holds_a_bounded_number_of_task_watches(
         for stream in streams:
             stream.cancel()
         await ops.CancelTask(task_pb2.CancelTaskRequest(task_id=task.task_id), timeout=10)
+
+
+async def test_concurrent_chain_verifications_share_one_run_and_another_range_waits_its_turn(
+    planner_mesh: PlannerMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agentmesh.audit._servicer as audit_servicer
+
+    runs: list[tuple[int, int]] = []
+    real = audit_servicer.verify_chain
+
+    async def slow_verify(engine: Any, *, from_sequence: int = 0, to_sequence: int = 0) -> Any:
+        runs.append((from_sequence, to_sequence))
+        await asyncio.sleep(0.5)  # a long chain: about a second per 20,000 records
+        return await real(engine, from_sequence=from_sequence, to_sequence=to_sequence)
+
+    monkeypatch.setattr(audit_servicer, "verify_chain", slow_verify)
+    # A bare channel: the SDK's clients wait out a RESOURCE_EXHAUSTED that carries retry info, and retry.
+    credentials = security.channel_credentials(planner_mesh.settings, "client", "ops")
+    async with grpc.aio.secure_channel(planner_mesh.planner.address, credentials) as ch:
+        audit = audit_pb2_grpc.AuditServiceStub(ch)
+        whole = [audit.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(), timeout=10) for _ in range(5)]
+        answers = asyncio.gather(*whole)
+        await asyncio.sleep(0.1)
+        other = await _refusal(audit.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(from_sequence=2), timeout=10))
+        assert other.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, other.details()
+        replies = await answers
+        assert runs == [(0, 0)]  # five callers, one run
+        assert len({reply.SerializeToString() for reply in replies}) == 1 and replies[0].valid
+        await audit.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(from_sequence=2), timeout=10)
+        assert runs == [(0, 0), (2, 0)]  # its turn came
