@@ -30,10 +30,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check once; print the status; 0 when SERVING."""
     import asyncio
+    import sys
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from agentmesh._channel import create_channel
-    from agentmesh._health import check_health
     from agentmesh._settings import Settings
+    from agentmesh.cli._client import connection_failure
 
     kind, _, name = str(args.identity).partition("/")
     if kind not in _KINDS or not name:
@@ -41,13 +45,26 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
 
+    why = ""
+
     async def probe() -> str:
+        nonlocal why
         channel = create_channel(args.address, settings, kind=kind, name=name)
+        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            return await check_health(channel, args.service, within=args.timeout)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.aio.AioRpcError as exc:  # the same statuses as agentmesh._health.check_health, and why
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            details = exc.details() or exc.code().name
+            why = connection_failure(details, "server", args.address, settings) or details
+            return "UNREACHABLE"
         finally:
             await channel.close(None)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
     status = asyncio.run(probe())
     print(status)
+    if why:
+        print(f"agentmesh health: {why}", file=sys.stderr)
     return 0 if status == "SERVING" else 1

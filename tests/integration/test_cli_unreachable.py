@@ -20,6 +20,22 @@ pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def _agentmesh_out(home: Path, *argv: str, **env: str) -> tuple[int, str, str]:
+    """Run the CLI in its own process; its exit code, stdout and stderr."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "GRPC_"))}
+    environ.update({"AGENTMESH_HOME": str(home), **env})
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agentmesh.cli", *argv],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
 async def _agentmesh(home: Path, *argv: str, **env: str) -> tuple[int, str]:
     """Run the CLI in its own process, as an operator does (the servers under test keep this loop); its exit
     code and stderr."""
@@ -97,3 +113,14 @@ async def test_bad_input_and_an_expired_wait_are_one_line(planner_mesh: PlannerM
     line = stderr.strip().splitlines()[-1]
     assert "Traceback" not in stderr and line.startswith("agentmesh submit: task task-"), stderr
     assert "is still RUNNING after 1s (--timeout); it goes on running: `agentmesh explain task-" in line, line
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_health_says_why_a_server_is_unreachable(registry: RegistryReplica) -> None:
+    home, port = registry.settings.home, free_port()
+    registry.issue_identity("client", "ops")
+    env = {"AGENTMESH_TRUST_DOMAIN": registry.settings.trust_domain}
+    assert await _agentmesh_out(home, "health", registry.address, **env) == (0, "SERVING\n", "")
+    code, out, err = await _agentmesh_out(home, "health", f"127.0.0.1:{port}", **env)
+    assert (code, out) == (1, "UNREACHABLE\n")  # what a container probe reads
+    assert _one_line(err).startswith(f"agentmesh health: cannot reach the server at 127.0.0.1:{port}: connection refused")
