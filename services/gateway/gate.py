@@ -22,7 +22,7 @@ from agentmesh._errors import MeshError, UnauthenticatedError
 from agentmesh._settings import Settings
 from agentmesh.audit import AuditEntry, AuditLog, redact
 from agentmesh.services.gateway.auth import Principal, TokenVerifier, bearer_token
-from agentmesh.services.gateway.limits import RateLimiter
+from agentmesh.services.gateway.limits import RateLimiter, RefusalBudget
 from agentmesh.services.gateway.validation import check_json_numbers, check_size
 
 __all__ = ["DELEGATION_METADATA_KEY", "Admitted", "DelegationMinter", "Gate", "PublicContext"]
@@ -106,6 +106,7 @@ class Gate:
         self._limiter = limiter
         self._audit = audit
         self._delegation = delegation
+        self._refusals = RefusalBudget()
 
     async def admit(
         self, method: str, permission: str, request: Message, context: PublicContext
@@ -145,8 +146,20 @@ class Gate:
         context: PublicContext,
         resource: str = "",
     ) -> None:
-        """Append the audit record of a refusal (best effort: the caller is refused either way)."""
-        detail = {"reason": error.reason, "message": error.message, "peer": context.peer() or ""}
+        """Append the audit record of a refusal (best effort: the caller is refused either way).
+
+        Each caller (its ``tenant/subject``, or its network address without a valid token) gets a record per
+        refusal up to a budget (10 at once, then 1 a second); beyond it refusals are counted, and the count is
+        in the caller's next record as ``unrecorded_before``.
+        """
+        peer = context.peer() or ""
+        caller = principal.key if principal is not None else f"peer {_host_of(peer)}"
+        unrecorded = self._refusals.take(caller)
+        if unrecorded is None:
+            return
+        detail: dict[str, Any] = {"reason": error.reason, "message": error.message, "peer": peer}
+        if unrecorded:
+            detail["unrecorded_before"] = unrecorded
         if principal is not None:
             detail["tenant"] = principal.tenant
         await self._append(
@@ -184,3 +197,8 @@ class Gate:
             await self._audit.append(entry)
         except Exception as exc:  # the audit store being down must not turn into a traceback for the caller
             logger.error("audit append failed for %s: %s", entry.action, redact(str(exc)))
+
+
+def _host_of(peer: str) -> str:
+    """``ipv4:10.1.2.3:5678`` -> ``ipv4:10.1.2.3`` (a caller's address without its ephemeral port)."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from agentmesh._errors import ResourceExhaustedError
 from agentmesh._settings import Settings
 
-__all__ = ["RateLimiter", "TokenBucket"]
+__all__ = ["RateLimiter", "RefusalBudget", "TokenBucket"]
 
 _MAX_BUCKETS = 100_000
 
@@ -114,3 +114,28 @@ class RateLimiter:
                 )
         mine.tokens -= 1.0
         shared.tokens -= 1.0
+
+
+class RefusalBudget:
+    """How many refusals of one caller get an audit record of their own: ``burst`` at once, then ``rate`` per
+    second. The rest are counted, and the count goes into that caller's next recorded refusal.
+
+    Refusals come before the rate limit (a caller without a valid token has no bucket there), so without this
+    anyone on the network could append a hash-chained, undeletable audit row per call, a thousand a second.
+    """
+
+    def __init__(self, *, rate: float = 1.0, burst: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._buckets = _Buckets(rate, burst)
+        self._unrecorded: dict[str, int] = {}
+        self._clock = clock
+
+    def take(self, caller: str) -> int | None:
+        """None when this refusal of ``caller`` goes unrecorded (counted); else how many went unrecorded before."""
+        bucket = self._buckets.get(caller, self._clock())
+        if bucket.tokens < 1.0:
+            if len(self._unrecorded) >= _MAX_BUCKETS and caller not in self._unrecorded:
+                self._unrecorded.clear()  # bounded; the counts are a courtesy, the refusals themselves still happen
+            self._unrecorded[caller] = self._unrecorded.get(caller, 0) + 1
+            return None
+        bucket.tokens -= 1.0
+        return self._unrecorded.pop(caller, 0)

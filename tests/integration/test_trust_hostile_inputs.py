@@ -378,3 +378,44 @@ async def test_concurrent_chain_verifications_share_one_run_and_another_range_wa
         assert len({reply.SerializeToString() for reply in replies}) == 1 and replies[0].valid
         await audit.VerifyAuditChain(audit_pb2.VerifyAuditChainRequest(from_sequence=2), timeout=10)
         assert runs == [(0, 0), (2, 0)]  # its turn came
+
+
+async def test_a_flood_of_bad_tokens_is_refused_but_cannot_flood_the_audit_trail(
+    door: Any, migrated_database_url: str
+) -> None:
+    from sqlalchemy import text
+
+    from agentmesh.audit import verify_chain
+    from agentmesh.storage import create_async_engine
+
+    async with door.channel() as channel:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
+
+        async def bad_token(i: int) -> grpc.StatusCode:
+            metadata = [("authorization", f"Bearer junk-{i}")]
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetTask(task_pb2.GetTaskRequest(task_id="t"), metadata=metadata, timeout=10)
+            return caught.value.code()
+
+        codes = await asyncio.gather(*(bad_token(i) for i in range(300)))
+        assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}  # every one is refused
+        engine = create_async_engine(migrated_database_url)
+        try:
+            async with engine.connect() as connection:
+                rows = (await connection.execute(text("SELECT outcome FROM audit_records"))).all()
+            # The first refusals of that address are each on record; the flood behind them is counted, not
+            # appended one row per call (it was 300 rows: anyone could grow the undeletable chain at will).
+            assert 1 <= len(rows) <= 15 and {r[0] for r in rows} == {"UNAUTHENTICATED"}
+            assert (await verify_chain(engine)).valid
+        finally:
+            await engine.dispose()
+        await asyncio.sleep(1.1)  # the budget refills: the next refusal is recorded with the count before it
+        assert await bad_token(300) == grpc.StatusCode.UNAUTHENTICATED
+        engine = create_async_engine(migrated_database_url)
+        try:
+            async with engine.connect() as connection:
+                last = (await connection.execute(text("SELECT detail FROM audit_records ORDER BY sequence DESC"))).first()
+        finally:
+            await engine.dispose()
+        detail = last[0] if isinstance(last[0], dict) else json.loads(last[0])
+        assert detail["unrecorded_before"] >= 280
