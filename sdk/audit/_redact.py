@@ -39,7 +39,8 @@ _EMAIL = re.compile(r"[\w.%+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){0,8}\.[^\W\d_]
 # of a decimal number (digit.digit), but a full stop ending the sentence or opening it ("no.4111...") is fine.
 _CARD = re.compile(r"(?<!\d)(?<!\d\.)\d(?:[ -]?\d){12,18}(?!\d|\.\d)")
 # International (+CC ...) or grouped national numbers; the digit count is checked in _phone().
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}|\(\d{1,5}\)|\d{2,5})(?:[ .-]?\(?\d{1,5}\)?){1,5}(?![\w])")
+# Not the rest of a dashed identifier (the all-digit last group of a UUID, "ID-123456789").
+_PHONE = re.compile(r"(?<![\w+])(?<!\w-)(?:\+\d{1,3}|\(\d{1,5}\)|\d{2,5})(?:[ .-]?\(?\d{1,5}\)?){1,5}(?![\w])")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _STREET_SUFFIX = (
     r"Street|St\.?|Avenue|Ave\.?|Road|Rd\.?|Boulevard|Blvd\.?|Lane|Ln\.?|Drive|Dr\.?|Court|Ct\.?|Way|"
@@ -79,6 +80,12 @@ def _card(match: re.Match[str]) -> str:
 
 def _phone(match: re.Match[str], pseudonyms: Pseudonyms | None = None) -> str:
     text = match.group()
+    date = _ISO_DATE.match(text)
+    if date is not None and date.end() < len(text):
+        # A date and what follows it ("2026-12-05 15:55:28", a log line's time): the date is no phone number;
+        # a number after it may be.
+        rest = text[date.end() :]
+        return text[: date.end()] + _PHONE.sub(partial(_phone, pseudonyms=pseudonyms), rest)
     digits = sum(char.isdigit() for char in text)
     international = text.startswith("+")
     # Plain grouped numbers need more digits than "+CC" ones, so dates, amounts and order ids survive.
