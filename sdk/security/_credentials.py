@@ -79,9 +79,14 @@ class CredentialFiles:
                 if Path(exc.filename) == self.ca
                 else f"run `agentmesh certs issue --kind {kind} --name {name}`"
             )
-            raise FailedPreconditionError(
-                f"no {Path(exc.filename).name} for {kind}/{name} at {exc.filename}; {hint}"
-            ) from None
+            missing = Path(exc.filename).absolute()
+            home = missing.parent.parent  # <home>/certs/<file> or <home>/ca/ca.pem
+            if not home.exists():  # not even a mesh home there: usually the wrong directory, not a missing file
+                hint = (
+                    f"there is no mesh home at {home} (AGENTMESH_HOME, ./.agentmesh by default): run where "
+                    f"`agentmesh up` runs or set AGENTMESH_HOME, or {hint.removeprefix('run ')}"
+                )
+            raise FailedPreconditionError(f"no {missing.name} for {kind}/{name} at {missing}; {hint}") from None
         except ValueError as exc:
             raise FailedPreconditionError(f"credentials of {kind}/{name} are unusable: {exc}") from None
 
