@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 
 # The sample call `agentmesh up` prints: a ticket the shipped support playbook answers (its input schema wants
 # {"ticket": {"text": ...}}, the CRM step an email; a bare goal such as "My blender arrived broken" matches no playbook at all).
@@ -66,5 +67,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "rotate":
         print(f"new dev signing key {issuer.rotate()}; JWKS {issuer.jwks_path}")
         return 0
+    fresh = not issuer.jwks_path.exists()
     print(issuer.issue(subject=args.subject, tenant=args.tenant, scopes=args.scope.split(), ttl_seconds=args.ttl))
+    if fresh:  # the token is fine only for a gateway trusting this new key: say where it is (stderr, not in $(...))
+        print(
+            f"agentmesh token: made a new dev signing key; its JWKS is {issuer.jwks_path.absolute()}. A gateway "
+            "accepts these tokens only if it uses that JWKS: run this where `agentmesh up` runs, or set "
+            "AGENTMESH_HOME to the mesh's home",
+            file=sys.stderr,
+        )
     return 0
