@@ -96,6 +96,7 @@ class LocalMesh:
     services: tuple[str, ...] = _SERVICES
     _children: list[_Child] = field(default_factory=list)
     _stopping: bool = False
+    _console_free: bool = True
 
     @property
     def logs(self) -> Path:
@@ -122,7 +123,7 @@ class LocalMesh:
                 return await run_demo(self.settings, ticket_id=ticket_id, console=console)
             from agentmesh.cli._token import how_to_call
 
-            if self.settings.console_port >= 0:
+            if self.settings.console_port >= 0 and self._console_free:
                 console.print(f"console: https://127.0.0.1:{self.settings.console_port}/ (paste a dev token)")
             # soft_wrap: the commands stay one line each, ready to copy.
             console.print(
@@ -188,14 +189,24 @@ class LocalMesh:
         wanted = [(service, getattr(self.settings, f"{service}_port")) for service in self.services]
         if not self.settings.triton_url:
             wanted.append(("triton", self.settings.triton_port))
-        busy = []
-        for name, port in wanted:
+        def taken(port: int) -> bool:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed one's TIME_WAIT is no owner
                 try:
                     probe.bind((self.settings.bind_host, port))
                 except OSError:
-                    busy.append(f"{port} ({name}, AGENTMESH_{name.upper()}_PORT)")
+                    return True
+            return False
+
+        busy = [f"{port} ({name}, AGENTMESH_{name.upper()}_PORT)" for name, port in wanted if taken(port)]
+        # The console is an aid: the gateway serves without it, but the console URL printed would be another's.
+        if self.settings.console_port >= 0 and not busy and taken(self.settings.console_port):
+            self._console_free = False
+            _say(
+                "WARNING",
+                f"the console's port {self.settings.console_port} is in use: the mesh starts without its console "
+                "(AGENTMESH_CONSOLE_PORT chooses another)",
+            )
         if busy:
             ports, are = ("ports", "are") if len(busy) > 1 else ("port", "is")
             raise FailedPreconditionError(

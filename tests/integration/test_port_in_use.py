@@ -69,3 +69,16 @@ async def test_agentmesh_up_with_a_port_in_use_stops_at_once_and_starts_nothing(
         "is a mesh already up?" in done.stderr
     ), done.stderr[-2000:]
     assert not (tmp_path / "mesh" / "logs").exists()  # no process was started
+
+
+async def test_a_console_port_in_use_is_warned_of_and_its_url_not_printed(tmp_path: Path) -> None:
+    from agentmesh.cli._mesh import LocalMesh
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {f"{name}_port": free_port() for name in ("registry", "planner", "gateway", "triton")}
+        settings = Settings(home=tmp_path, console_port=taken.getsockname()[1], **ports)
+        mesh = LocalMesh(agents=[], settings=settings)
+        mesh._check_ports()  # the mesh's own ports are free: it may start
+    assert not mesh._console_free  # `agentmesh up` does not print the URL of another mesh's console
