@@ -154,15 +154,23 @@ class PublicService:
 
             async def stream(_servicer: object, request: Message, context: PublicContext) -> AsyncIterator[Message]:
                 call, request = await admit(request, context)
-                # A watch lasts as long as its caller wants: the caller's deadline, or none.
-                upstream = getattr(self.stub(), method.name)(
-                    request, metadata=call.metadata, timeout=context.time_remaining()
-                )
                 try:
-                    async for item in upstream:
-                        yield item
-                except grpc.aio.AioRpcError as exc:
-                    raise public_error(exc, self.upstream) from None
+                    gate.open_stream(call.principal)
+                except MeshError as error:
+                    await gate.refused(full, error, call.principal, context)
+                    raise
+                try:
+                    # A watch lasts as long as its caller wants: the caller's deadline, or none.
+                    upstream = getattr(self.stub(), method.name)(
+                        request, metadata=call.metadata, timeout=context.time_remaining()
+                    )
+                    try:
+                        async for item in upstream:
+                            yield item
+                    except grpc.aio.AioRpcError as exc:
+                        raise public_error(exc, self.upstream) from None
+                finally:
+                    gate.close_stream(call.principal)
 
             return stream
 

@@ -419,3 +419,36 @@ async def test_a_flood_of_bad_tokens_is_refused_but_cannot_flood_the_audit_trail
             await engine.dispose()
         detail = last[0] if isinstance(last[0], dict) else json.loads(last[0])
         assert detail["unrecorded_before"] >= 280
+
+
+@pytest.mark.usefixtures("worker")
+async def test_one_caller_holds_a_bounded_number_of_streams_at_the_gateway(
+    planner_mesh: PlannerMesh, start_gateway: Any
+) -> None:
+    from agentmesh.services.gateway.gate import MAX_STREAMS_PER_CALLER
+
+    gateway = await start_gateway(
+        planner=planner_mesh.planner.address,
+        database_url=planner_mesh.database_url,
+        registry_address=planner_mesh.registry.address,
+        gateway_rate_per_principal=1000.0,  # the rate limit is not what is tested here
+        gateway_burst_per_principal=1000.0,
+    )
+    metadata = gateway.bearer(["agents:read"], subject="mallory")
+    async with gateway.channel() as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        watch = registry_pb2.WatchAgentsRequest()
+        streams = []
+        try:
+            for _ in range(MAX_STREAMS_PER_CALLER):
+                stream = registry.WatchAgents(watch, metadata=metadata, timeout=30)
+                await stream.read()  # the snapshot's first event: the stream is open end to end
+                streams.append(stream)
+            refused = await _refusal(registry.WatchAgents(watch, metadata=metadata, timeout=10).read())
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams open" in (refused.details() or "")
+            other = registry.WatchAgents(watch, metadata=gateway.bearer(["agents:read"], subject="bob"), timeout=10)
+            await other.read()  # another caller is not affected
+            other.cancel()
+        finally:
+            for stream in streams:
+                stream.cancel()
