@@ -45,7 +45,13 @@ from agentmesh.security import RevocationSet, SpiffeId, agent_spiffe_id, format_
 from agentmesh.services.registry._stalls import LoopStalls, Pacer, Stall, quick_handoff
 from agentmesh.services.registry.discovery import AgentIndex
 from agentmesh.services.registry.leases import Lapses, LeaseBook, track_loaded
-from agentmesh.services.registry.model import DiscoveryQuery, DiscoveryResult, InstanceRecord, VersionRecord
+from agentmesh.services.registry.model import (
+    DiscoveryQuery,
+    DiscoveryResult,
+    InstanceRecord,
+    VersionRecord,
+    echo,
+)
 from agentmesh.services.registry.routing import CanaryRule, OutcomeWindows, RoutePolicy, rollback_reason
 from agentmesh.services.registry.store import (
     CERTIFICATE_SERIAL,
@@ -510,7 +516,7 @@ class Registry:
             instance = self._owned(lease_id, caller)
         if instance is None:
             raise NotFoundError(
-                f"lease {lease_id!r} is unknown or expired; register again", metadata={"lease_id": lease_id}
+                f"lease {echo(lease_id)} is unknown or expired; register again", metadata={"lease_id": lease_id[:64]}
             )
         return instance
 
@@ -567,8 +573,9 @@ class Registry:
         """One version of ``namespace/name`` (the highest live one when ``version`` is empty)."""
         records = self.index.version_records(namespace, name)
         if not records:
-            raise NotFoundError(
-                f"agent {namespace}/{name} is not registered", metadata={"agent": f"{namespace}/{name}"}
+            raise NotFoundError(  # quoted and cut: the caller's own input, NUL bytes and megabytes included
+                f"agent {echo(f'{namespace}/{name}')} is not registered",
+                metadata={"agent": f"{namespace}/{name}"[:256]},
             )
         if version:
             parse_version(version, "version")

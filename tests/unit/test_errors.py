@@ -27,3 +27,15 @@ def test_error_maps_to_its_status(cls: type[errors.MeshError], code: grpc.Status
     assert status.code == code
     assert status.details == "something precise"
     assert any(key == "grpc-status-details-bin" for key, _ in status.trailing_metadata)
+
+
+def test_a_status_is_cut_to_what_trailers_can_carry() -> None:
+    error = errors.InvalidArgumentError(
+        "lease " + "é" * 1_000_000, field="lease_id", metadata={"lease_id": "x" * 1_000_000}
+    )
+    status = error.to_status()
+    assert len(status.details.encode()) <= errors.MAX_MESSAGE_BYTES and status.details.endswith("bytes in all]")
+    trailers = sum(len(key) + len(value) for key, value in status.trailing_metadata)
+    assert trailers < 4 * errors.MAX_MESSAGE_BYTES
+    short = errors.NotFoundError("no task 't1'").to_status()
+    assert short.details == "no task 't1'"
