@@ -66,6 +66,10 @@ def call(
 
     gateway = getattr(args, "gateway", None) or f"localhost:{settings.gateway_port}"
     what, target = ("gateway", gateway) if token else (address_setting.removesuffix("_address"), address)
+    if token:
+        check_address(target, "--gateway")
+    else:
+        check_address(target, "--address" if args.address else f"AGENTMESH_{address_setting.upper()}")
 
     async def main() -> T:
         if token:  # an outside caller: TLS to the gateway, the token on every call
@@ -90,6 +94,18 @@ def call(
             await channel.close(None)
 
     return asyncio.run(main())
+
+
+def check_address(target: str, flag: str) -> None:
+    """Refuse an address gRPC would quietly bend: no port (443 is dialled), or a port past 65535 (wrapped)."""
+    from agentmesh._errors import InvalidArgumentError
+
+    for address in target.split(","):
+        host, colon, port = address.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise InvalidArgumentError(
+                f"{flag} {address.strip()!r} is not HOST:PORT with a port from 1 to 65535", field=flag.lstrip("-").lower()
+            )
 
 
 # What gRPC says when a call never reached a server: no connection, no TLS session, or no address.

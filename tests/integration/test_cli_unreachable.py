@@ -124,3 +124,17 @@ async def test_health_says_why_a_server_is_unreachable(registry: RegistryReplica
     code, out, err = await _agentmesh_out(home, "health", f"127.0.0.1:{port}", **env)
     assert (code, out) == (1, "UNREACHABLE\n")  # what a container probe reads
     assert _one_line(err).startswith(f"agentmesh health: cannot reach the server at 127.0.0.1:{port}: connection refused")
+
+
+async def test_an_address_grpc_would_bend_is_refused_before_dialling(tmp_path: Path) -> None:
+    # gRPC dials 443 for a missing port and wraps 99999 to 34463: the operator reached something else.
+    for argv, line in (
+        (["explain", "t", "--address", "127.0.0.1:99999"], "--address '127.0.0.1:99999'"),
+        (["audit", "list", "--address", "127.0.0.1"], "--address '127.0.0.1'"),
+        (["submit", "x", "--token", "t", "--gateway", "localhost"], "--gateway 'localhost'"),
+    ):
+        code, stderr = await _agentmesh(tmp_path, *argv)
+        assert code == 1
+        assert _one_line(stderr).endswith(f": {line} is not HOST:PORT with a port from 1 to 65535"), stderr
+    code, stderr = await _agentmesh(tmp_path, "explain", "t", AGENTMESH_PLANNER_ADDRESS="planner")
+    assert _one_line(stderr).endswith(": AGENTMESH_PLANNER_ADDRESS 'planner' is not HOST:PORT with a port from 1 to 65535")
