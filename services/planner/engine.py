@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -543,10 +544,7 @@ class TaskEngine:
             if self._calls.get(claimed.row_id) is call:
                 del self._calls[claimed.row_id]
         self._report(choice.agent, True, "", time.monotonic() - started)
-        usages = [
-            {"model": u.model_name, "version": u.model_version, "latency": u.latency.ToNanoseconds() / 1e9}
-            for u in reply.model_usages
-        ]
+        usages = _model_usages(reply)
         output = struct_to_dict(reply.output)
         try:
             check_output(output, size=reply.output.ByteSize(), max_bytes=self.settings.planner_max_output_bytes,
@@ -566,6 +564,16 @@ class TaskEngine:
                 recorded = await self._finishes.submit(AttemptFinish(claimed, end, audit))
                 break
             except Exception as exc:
+                if _is_data_error(exc) and end.state == "SUCCEEDED":
+                    # The database refuses what the agent answered (retrying, or running the step again, would
+                    # be refused the same way forever): the attempt fails with why, and the task moves on.
+                    logger.warning("step %s/%s: the agent's reply cannot be stored (%s)", claimed.task_id,
+                                   claimed.step_id, _brief(exc))
+                    end = AttemptEnd("FAILED", error_code="FAILED_PRECONDITION", replayed=end.replayed,
+                                     error_message=f"the agent's reply cannot be stored: {_brief(exc)}".replace("\x00", "\ufffd"))
+                    audit = dataclasses.replace(audit, outcome="FAILED_PRECONDITION", model_name="", model_version="",
+                                                detail={**audit.detail, "state": "FAILED"})
+                    continue
                 if time.monotonic() > give_up:
                     logger.warning("could not record step %s/%s (%s); another replica will retry it",
                                    claimed.task_id, claimed.step_id, _brief(exc))
@@ -624,6 +632,31 @@ class TaskEngine:
 
 class _Abandoned(Exception):
     """The step's agent call was cancelled because this replica no longer owns the step."""
+
+
+_MAX_USAGES = 64  # model usages kept per attempt (an agent's own report: bounded like any of its words)
+
+
+def _model_usages(reply: agent_pb2.InvokeResponse) -> list[dict[str, Any]]:
+    """The models an agent says it used, as stored: names without NUL (no PostgreSQL text holds one), at most 200
+    characters each, at most ``_MAX_USAGES``."""
+    return [
+        {"model": _clean(u.model_name), "version": _clean(u.model_version), "latency": u.latency.ToNanoseconds() / 1e9}
+        for u in reply.model_usages[:_MAX_USAGES]
+    ]
+
+
+def _clean(text: str, width: int = 200) -> str:
+    text = text.replace("\x00", "\ufffd")
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Whether the database refused a value as such (SQLSTATE class 22), which no retry changes."""
+    from psycopg import errors as pg_errors
+    from sqlalchemy.exc import DataError
+
+    return isinstance(exc, DataError | pg_errors.DataError)
 
 
 def _struct(data: dict[str, Any]) -> struct_pb2.Struct:

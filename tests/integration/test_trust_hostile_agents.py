@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from agentmesh._errors import FailedPreconditionError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentInfo, AgentRuntime, ModelUsage, SkillContext, skill
+from agentmesh.services.planner import engine
 from agentmesh.v1 import task_pb2
 from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
@@ -95,11 +96,6 @@ async def test_an_output_no_json_column_holds_is_rejected_by_the_output_check(ou
     check_output({"text": "a backslash then u0000: \\u0000"}, size=10, max_bytes=1_000, schema=None, rule="")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/planner/engine.py (lead-owned) stores InvokeResponse.model_usages as given: a NUL in a model "
-    "name fails every write of the step's end on PostgreSQL; the fix is described in helper-25's report",
-)
 @pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
 async def test_a_model_usage_that_cannot_be_stored_does_not_wedge_the_task(
     planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
@@ -113,3 +109,22 @@ async def test_a_model_usage_that_cannot_be_stored_does_not_wedge_the_task(
         task = await planner_mesh.submit("nul_usage", {}, playbook="nul_usage")
         done = await planner_mesh.wait(task.task_id, within=15.0)  # it stays RUNNING on PostgreSQL
         assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+
+
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
+async def test_a_reply_the_database_refuses_fails_its_step_instead_of_wedging_the_task(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever the planner's own checks miss: here the model name's NUL is let through to PostgreSQL.
+    monkeypatch.setattr(engine, "_clean", lambda text, width=200: text)
+    issue_identity("agent", "testing/hostile")
+    agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
+    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
+        async with asyncio.timeout(10):
+            await runtime.wait_registered()
+        planner_mesh.add_playbook(PLAYBOOK.format(skill="nul_usage"))
+        task = await planner_mesh.submit("nul_usage", {}, playbook="nul_usage")
+        done = await planner_mesh.wait(task.task_id, within=15.0)
+        assert done.state == task_pb2.TASK_STATE_FAILED
+        assert "FAILED_PRECONDITION" in done.error and "cannot be stored" in done.error
+        assert "\x00" not in done.error
