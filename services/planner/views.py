@@ -247,8 +247,21 @@ def _candidate_proto(c: dict[str, Any]) -> registry_pb2.Candidate:
     )
 
 
-async def explain(store: PlannerStore, task_id: str, max_depth: int = 0, _depth: int = 0) -> task_pb2.TaskExplanation:
-    """Everything stored about a task, with its sub-tasks as a tree (``max_depth`` 0 = all)."""
+MAX_EXPLAINED_TASKS = 100  # tasks of one tree ExplainTask explains in full
+
+
+async def explain(
+    store: PlannerStore, task_id: str, max_depth: int = 0, _depth: int = 0, _budget: list[int] | None = None
+) -> task_pb2.TaskExplanation:
+    """Everything stored about a task, with its sub-tasks as a tree (``max_depth`` 0 = all).
+
+    At most ``MAX_EXPLAINED_TASKS`` tasks of the tree are explained in full (about ten queries each); the
+    sub-tasks beyond come with their id only (explain them on their own). A tree may hold 1,111 tasks (depth 3,
+    fan-out 10) that any caller who may submit can build, and explaining all of them on every call let one
+    caller keep the planner's database busy.
+    """
+    budget = _budget if _budget is not None else [MAX_EXPLAINED_TASKS]
+    budget[0] -= 1
     task = await store.get_task(task_id)
     records = await store.explanation(task_id)
     plans = [await _plan_proto(store, row, records["steps"]) for row in records["plans"]]
@@ -293,7 +306,10 @@ async def explain(store: PlannerStore, task_id: str, max_depth: int = 0, _depth:
     )
     if max_depth == 0 or _depth + 1 < max_depth:
         for child in records["children"]:
-            explanation.subtasks.append(await explain(store, child.task_id, max_depth, _depth + 1))
+            if budget[0] > 0:
+                explanation.subtasks.append(await explain(store, child.task_id, max_depth, _depth + 1, budget))
+            else:
+                explanation.subtasks.append(task_pb2.TaskExplanation(task=task_pb2.Task(task_id=child.task_id)))
     return explanation
 
 

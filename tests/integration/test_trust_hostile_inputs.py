@@ -464,3 +464,34 @@ async def test_a_status_quoting_a_megabyte_of_input_is_cut_to_fit_the_trailers(p
         details = refused.details() or ""
         assert refused.code() == grpc.StatusCode.NOT_FOUND, (refused.code(), details[:200])
         assert len(details.encode()) <= 1024 and details.endswith("bytes in all]")
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_explaining_a_wide_tree_explains_a_bounded_number_of_tasks(
+    planner_mesh: PlannerMesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentmesh.services.planner import views
+
+    monkeypatch.setattr(views, "MAX_EXPLAINED_TASKS", 8)  # the bound is 100; a smaller tree shows the same
+    ops = planner_mesh.stub()
+
+    async def child_of(parent: str, playbook: str) -> str:
+        request = task_pb2.SubmitTaskRequest(goal="wait", playbook=playbook, parent_task_id=parent)
+        return (await ops.SubmitTask(request, timeout=10)).task.task_id
+
+    root = (await ops.SubmitTask(task_pb2.SubmitTaskRequest(goal="wait", playbook="slow"), timeout=10)).task.task_id
+    children = [await child_of(root, "slow") for _ in range(3)]
+    for child in children:
+        for _ in range(3):
+            await child_of(child, "slow")
+    try:
+        tree = (await ops.ExplainTask(task_pb2.ExplainTaskRequest(task_id=root), timeout=10)).explanation
+        nodes = [*tree.subtasks, *(grandchild for child in tree.subtasks for grandchild in child.subtasks)]
+        full = [node for node in nodes if node.task.goal]
+        assert len(full) == 7  # 8 tasks (the root and 7 below it) explained in full, depth first ...
+        assert len(nodes) == 9  # ... and the rest named by id: the last child, and the last grandchild before it
+        assert all(node.task.task_id and not node.plan_versions for node in nodes if not node.task.goal)
+    finally:
+        for task_id in (root, *children):
+            await ops.CancelTask(task_pb2.CancelTaskRequest(task_id=task_id), timeout=10)
