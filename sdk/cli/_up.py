@@ -38,5 +38,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(agents) - set(AGENT_MODULES))
     if unknown:
         raise SystemExit(f"agentmesh up: unknown agents {unknown}; choose from {', '.join(AGENT_MODULES)}")
+    if args.demo:  # an unknown --ticket is refused now, not after the whole mesh has started
+        from agentmesh.cli._demo import load_ticket
+
+        load_ticket(args.ticket)
     mesh = LocalMesh(agents=agents, startup_timeout=args.startup_timeout)
     return asyncio.run(mesh.run(demo=args.demo, ticket_id=args.ticket))
