@@ -213,8 +213,14 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         rules.check_id(request.conversation_id, "conversation_id", required=False)
         rules.check_id(request.parent_task_id, "parent_task_id", required=False)
         viewer = self._viewer(self._user_claims(context))
-        # Tasks the caller may not see are skipped; a scan that reaches its bound first ends the page early,
-        # with a token to go on from where it stopped.
+        # The database leaves out other tenants' tasks (behind the gateway) and other workloads' (an agent sees
+        # the sub-tasks it submitted); the check below stays as the rule. Tasks the caller may not see are
+        # skipped; a scan that reaches its bound first ends the page early, with a token to go on from there.
+        submitted_by = request.submitted_by
+        if not viewer.end_user and viewer.kind == "agent":
+            if submitted_by and submitted_by != viewer.identity:
+                return task_pb2.ListTasksResponse()
+            submitted_by = viewer.identity
         found: list[TaskRow] = []
         scanned = 0
         while True:
@@ -224,8 +230,9 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
                     after=after,
                     state=state,
                     conversation_id=request.conversation_id,
-                    submitted_by=request.submitted_by,
+                    submitted_by=submitted_by,
                     parent_task_id=request.parent_task_id,
+                    tenant=viewer.tenant if viewer.end_user else None,
                 )
             )
             for row in rows:

@@ -460,8 +460,10 @@ class PlannerStore:
         conversation_id: str = "",
         submitted_by: str = "",
         parent_task_id: str = "",
+        tenant: str | None = None,
     ) -> list[TaskRow]:
-        """Tasks newest first, after a (created_at, task_id) position, filtered."""
+        """Tasks newest first, after a (created_at, task_id) position, filtered (``tenant``: of that tenant only,
+        also when it is "")."""
         query = sa.select(TASKS).order_by(TASKS.c.created_at.desc(), TASKS.c.task_id.desc()).limit(limit)
         if after is not None:
             query = query.where(
@@ -478,6 +480,8 @@ class PlannerStore:
         ):
             if value:
                 query = query.where(column == value)
+        if tenant is not None:
+            query = query.where(TASKS.c.tenant == tenant)
         async with self.reader.connect() as conn:
             return [TaskRow.of(r) for r in (await conn.execute(query))]
 

@@ -587,6 +587,35 @@ async def test_behind_the_gateway_a_tenant_sees_and_reuses_request_ids_of_its_ow
     assert cancelled.task.state == task_pb2.TASK_STATE_CANCELLED
 
 
+async def test_a_tenant_lists_its_own_tasks_on_the_first_page_however_many_other_tenants_have(
+    planner_mesh: PlannerMesh, worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentmesh.security import DelegationIssuer, TokenKind
+    from agentmesh.services.planner import servicer
+
+    monkeypatch.setattr(servicer, "_MAX_SCAN", 5)  # the bound on rows one ListTasks call reads, scaled down
+    settings = planner_mesh.settings
+    gateway = planner_mesh.stub("service", "gateway")
+    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
+    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
+
+    def acting_for(user: str, tenant: str) -> tuple[tuple[str, str], ...]:
+        token = issuer.issue(kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant=tenant, scopes=[])
+        return (("x-agentmesh-delegation", token),)
+
+    def fan(text: str) -> task_pb2.SubmitTaskRequest:
+        request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan")
+        request.input.update({"text": text})
+        return request
+
+    bob, alice = acting_for("bob", "globex"), acting_for("alice", "acme")
+    theirs = (await gateway.SubmitTask(fan("bob's"), metadata=bob, timeout=10)).task
+    for i in range(12):  # newer than bob's: a scan that filtered after reading would not reach his
+        await gateway.SubmitTask(fan(f"alice {i}"), metadata=alice, timeout=10)
+    listed = await gateway.ListTasks(task_pb2.ListTasksRequest(page_size=10), metadata=bob, timeout=10)
+    assert [t.task_id for t in listed.tasks] == [theirs.task_id] and not listed.next_page_token
+
+
 async def test_a_task_joins_only_a_conversation_that_exists_and_its_end_user_may_write_in(
     planner_mesh: PlannerMesh, worker: Worker
 ) -> None:
