@@ -17,7 +17,7 @@ import jsonschema
 from agentmesh._errors import FailedPreconditionError, InvalidArgumentError, MeshError
 from agentmesh.services.planner.dispatch import Dispatcher
 from agentmesh.services.planner.plans import validate_plan
-from agentmesh.services.planner.playbooks import PlaybookLibrary
+from agentmesh.services.planner.playbooks import Playbook, PlaybookLibrary
 
 __all__ = ["ModelPlanner", "PlanOutcome", "Planner", "alternatives_of", "capability_plan", "check_references"]
 
@@ -54,16 +54,11 @@ class Planner:
     async def plan(self, goal: str, task_input: dict[str, Any], playbook: str = "") -> PlanOutcome:
         """The plan of a new task, validated against the plan schema (the store trusts it);
         FailedPreconditionError when no strategy can make one."""
-        if playbook:
-            named = self.playbooks.get(playbook)
-            _check_input(named.source.get("input_schema"), task_input, playbook, matched=False)
-            return PlanOutcome(named.render(goal), f"playbook {playbook!r} was requested")
-        matched = self.playbooks.match(goal, task_input)
-        if matched is not None:
-            _check_input(matched.source.get("input_schema"), task_input, matched.name, matched=True)
-            return PlanOutcome(
-                matched.render(goal), f"playbook {matched.name!r} matched the task ({matched.description})"
-            )
+        chosen = self.check_input(goal, task_input, playbook)
+        if chosen is not None and playbook:
+            return PlanOutcome(chosen.render(goal), f"playbook {playbook!r} was requested")
+        if chosen is not None:
+            return PlanOutcome(chosen.render(goal), f"playbook {chosen.name!r} matched the task ({chosen.description})")
         rejections: list[tuple[str, str, Any]] = []
         candidates = await self._candidates(goal)
         if self._model is not None and candidates:
@@ -87,6 +82,15 @@ class Planner:
             f"no plan for {goal!r}: no playbook matches and discovery found no agent for it"
             + (f" (rejected: {rejections[-1][1]})" if rejections else "")
         )
+
+    def check_input(self, goal: str, task_input: dict[str, Any], playbook: str = "") -> Playbook | None:
+        """The playbook a task would run (named, or matched to its goal; None: another strategy plans it), after
+        checking the task's input against its ``input_schema`` (InvalidArgumentError naming the field;
+        NotFoundError for an unknown named playbook). Nothing is planned or stored."""
+        chosen = self.playbooks.get(playbook) if playbook else self.playbooks.match(goal, task_input)
+        if chosen is not None:
+            _check_input(chosen.source.get("input_schema"), task_input, chosen.name, matched=not playbook)
+        return chosen
 
     async def _candidates(self, goal: str) -> list[dict[str, Any]]:
         if self._dispatcher is None or not goal.strip():

@@ -91,8 +91,8 @@ class PlannerServer(Serving):
         """Refuse, as SubmitTask would, a task a conversation message asks for that could never start."""
         task_rules.check_goal(goal)
         task_rules.check_input(task_input)
-        if playbook:
-            self.engine.planner.playbooks.get(playbook)  # NotFoundError naming the known ones
+        # NotFoundError naming the known playbooks; InvalidArgumentError for input its playbook's schema rejects.
+        self.engine.planner.check_input(goal, task_input, playbook)
 
     async def _start_task(self, start: TaskStart) -> str:
         task = await self.engine.submit(

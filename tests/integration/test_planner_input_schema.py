@@ -35,3 +35,24 @@ async def test_input_that_does_not_fit_the_playbook_is_invalid_argument_and_stor
         assert from_rpc_error(refused.value).metadata["field"] == field
     listed = await planner_mesh.stub().ListTasks(task_pb2.ListTasksRequest(), timeout=10)
     assert list(listed.tasks) == []
+
+
+@pytest.mark.parametrize("migrated_database_url", ["sqlite"], indirect=True)
+async def test_a_message_asking_for_such_a_task_is_refused_before_it_is_stored(planner_mesh: PlannerMesh) -> None:
+    from agentmesh._channel import create_channel
+    from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
+
+    channel = create_channel(planner_mesh.planner.address, planner_mesh.settings, kind="client", name="ops")
+    planner_mesh.channels.append(channel)
+    conversations = conversation_pb2_grpc.ConversationServiceStub(channel)
+    created = await conversations.CreateConversation(conversation_pb2.CreateConversationRequest(title="t"), timeout=10)
+    cid = created.conversation.conversation_id
+    task = task_pb2.TaskTemplate(playbook="support")
+    task.input.update({"ticket": {"subject": "no text"}})
+    send = conversation_pb2.SendMessageRequest(conversation_id=cid, expected_version=0, text="help", task=task)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await conversations.SendMessage(send, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "playbook 'support''s input schema at input.ticket: 'text' is a required property" in (refused.value.details() or "")
+    stored = await conversations.GetConversation(conversation_pb2.GetConversationRequest(conversation_id=cid), timeout=10)
+    assert stored.conversation.version == 0 and list(stored.messages) == []  # no message without its task
