@@ -1,5 +1,5 @@
 """The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``,
-``eval/fresh.jsonl``): tickets
+``eval/fresh.jsonl``, ``eval/fresh2.jsonl``): tickets
 written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
@@ -7,7 +7,10 @@ never is: it only measures (bench/bench_support_quality.py). The probe split (40
 the held-out figures were recorded, as a user trying the agents on tickets nobody had tuned for; it is never
 used for calibration (no ``--calibrate-*`` option reads it), only to find and report weaknesses. The fresh
 split (48 tickets, session 5) was written the same way after the probe's fixes, before any sentiment tuning of
-that session, and is likewise only measured.
+that session, and is likewise only measured. The fresh2 split (52 tickets, session 7) was written before any
+change of that session, in styles no other split uses (terse one-liners, long rambling emails, typos, forwarded
+threads and quoted replies, sarcasm, mixed topics with one main ask, non-native English); only measured, its
+misses read for kinds of failure, never for words.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-Split = Literal["dev", "heldout", "probe", "fresh"]
+Split = Literal["dev", "heldout", "probe", "fresh", "fresh2"]
 
 
 def load_eval(split: Split) -> list[EvalTicket]:
