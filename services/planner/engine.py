@@ -679,4 +679,6 @@ async def _db(call: Awaitable[_T]) -> _T:
     except (OperationalError, DBAPIError, OSError) as exc:
         if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(exc, OperationalError):
             raise
-        raise UnavailableError(f"the planner's database cannot be reached: {_brief(exc)}") from None
+        # The driver's words name the database's host and port: for the log, not for the caller.
+        logger.warning("the planner's database cannot be reached (%s)", _brief(exc))
+        raise UnavailableError("the planner cannot reach its database right now; retry in a few seconds") from None
