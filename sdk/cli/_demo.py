@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -45,11 +46,13 @@ def load_ticket(ticket_id: str | None) -> dict[str, str]:
     raise SystemExit(f"no example ticket {ticket_id!r}; ids: {[t.get('id') for t in tickets]}")
 
 
-def _request(ticket: dict[str, str]) -> task_pb2.SubmitTaskRequest:
+def _request(ticket: dict[str, str], run: str) -> task_pb2.SubmitTaskRequest:
+    """The submission of one ticket in demo run ``run``: a retry of it is the same task, another run's is new."""
     from agentmesh.v1 import task_pb2
 
     request = task_pb2.SubmitTaskRequest(
-        goal=f"Answer support ticket {ticket.get('id', '')}", playbook="support", request_id=f"demo-{ticket.get('id')}"
+        goal=f"Answer support ticket {ticket.get('id', '')}", playbook="support",
+        request_id=f"demo-{run}-{ticket.get('id')}",
     )
     request.input.update({"ticket": ticket})
     return request
@@ -88,11 +91,12 @@ async def run_demo(
     address = gateway_address or f"127.0.0.1:{settings.gateway_port}"
     console.print(f"[bold]Submitting {1 + len(others)} support ticket(s) through the gateway[/] ({address}, dev token)")
     channel = gateway_channel(address, settings, token or dev_token(settings))
+    run = uuid.uuid4().hex[:12]  # each run answers the tickets anew (a fixed request id returned the last run's tasks)
     try:
         stub = task_pb2_grpc.TaskServiceStub(channel)
         # The rest run concurrently in the background while the shown one is followed step by step.
-        background = [asyncio.ensure_future(stub.SubmitTask(_request(t), timeout=30)) for t in others]
-        task = await submit_and_follow(channel, _request(shown), console=console, within=300.0)
+        background = [asyncio.ensure_future(stub.SubmitTask(_request(t, run), timeout=30)) for t in others]
+        task = await submit_and_follow(channel, _request(shown, run), console=console, within=300.0)
         submitted = [(await f).task.task_id for f in background]
         finals = [task.state]
         with console.status(f"waiting for the other {len(submitted)} ticket(s)"):

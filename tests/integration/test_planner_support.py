@@ -130,6 +130,14 @@ async def test_the_demo_ticket_goes_through_the_gateway_runs_the_support_playboo
     text = output.getvalue()
     assert status == 0, text
     task_id = text[text.index("agentmesh explain task-") + len("agentmesh explain ") :].split()[0]
+    # Running the demo again answers the ticket anew (not the stored task of the last run).
+    again = io.StringIO()
+    assert await run_demo(
+        settings, ticket_id="t01-damaged-blender", console=Console(file=again, width=200),
+        gateway_address=gateway.address, token=gateway.token(["tasks:read", "tasks:submit"], subject="demo-user"),
+    ) == 0
+    rerun = again.getvalue()
+    assert rerun[rerun.index("agentmesh explain task-") + len("agentmesh explain ") :].split()[0] != task_id
 
     async with create_channel(planner.address, settings, kind="client", name="ops") as channel:
         stub = task_pb2_grpc.TaskServiceStub(channel)
