@@ -17,8 +17,9 @@ from pathlib import Path
 import yaml
 
 from agentmesh.agents._support._keywords import PhraseMatcher, fold
+from agentmesh.agents._support._spelling import repair_typos
 
-__all__ = ["GLOSS_FILE", "Glossary", "for_embedding", "language_of"]
+__all__ = ["GLOSS_FILE", "Glossary", "for_embedding", "for_matching", "language_of"]
 
 GLOSS_FILE = Path(__file__).with_name("gloss.yaml")
 
@@ -97,13 +98,21 @@ def _shipped() -> Glossary:
 
 def for_embedding(text: str) -> str:
     """``text`` as the English embedding model should read it: non-English text followed by its English
-    gloss in parentheses; English text (or text the glossary knows nothing of) unchanged. A text too short
+    gloss in parentheses; English text unchanged but for misspelt support words (``_spelling``). A text too short
     to tell ("Bestellung", "Refund") is glossed only with senses that are not the word itself, so an English
     subject line stays as it is."""
     if not text.strip():
         return text
     language = language_of(text)
+    if language in ("en", ""):
+        text = repair_typos(text)
     if language == "en":
         return text
     gloss = _shipped().gloss(text, foreign_only=not language)
     return f"{text} ({gloss})" if gloss else text
+
+
+def for_matching(text: str) -> str:
+    """``text`` as keyword and cue lists should read it: English (or too short to tell) with its misspelt
+    support words repaired (``_spelling``: "traking" is "tracking"); other languages unchanged."""
+    return repair_typos(text) if language_of(text) in ("en", "") else text

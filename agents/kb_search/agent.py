@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Article, TritonAgent
-from agentmesh.agents._support._gloss import for_embedding
+from agentmesh.agents._support._gloss import for_embedding, for_matching
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents.kb_search._kb import (
     CONFIDENT_SCORE,
@@ -85,7 +85,7 @@ class KbSearchAgent(TritonAgent):
         """Rank articles by their best passage's similarity to the query plus keyword evidence."""
         await self.ensure_prepared(ctx)
         query = (await self.embed([for_embedding(request.query)], ctx)).embeddings[0]
-        bonus = keyword_bonus(request.query, self._matchers)
+        bonus = keyword_bonus(for_matching(request.query), self._matchers)
         ranked = rank_articles(query, self._passage_vectors, self.passages, request.top_k, bonus)
         best = ranked[0][1] if ranked else 0.0
         if best < CONFIDENT_SCORE:

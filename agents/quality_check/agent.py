@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Article, Ticket, TritonAgent, find_injection, split_sentences
-from agentmesh.agents._support._gloss import for_embedding
+from agentmesh.agents._support._gloss import for_embedding, for_matching
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.quality_check._checks import (
@@ -199,7 +199,9 @@ class QualityCheckAgent(TritonAgent):
             paragraph_articles=[[c for c in request.citations if f"[{c}]" in p] for p in paragraphs],
         )
         asked = intent_scores(
-            ticket_vectors @ self._prototypes.T, self._owners, bonus=cue_bonus(ticket_text, self._cues)
+            ticket_vectors @ self._prototypes.T,
+            self._owners,
+            bonus=cue_bonus(for_matching(ticket_text), self._cues),
         )
         answer_rows = np.vstack([content_vector[None, :], stated_vectors])
         answered = intent_scores(answer_rows @ self._prototypes.T, self._owners)

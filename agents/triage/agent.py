@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from agentmesh.agent import AgentInfo, SkillContext, skill
 from agentmesh.agents._support import Ticket, TritonAgent, split_sentences
-from agentmesh.agents._support._gloss import for_embedding
+from agentmesh.agents._support._gloss import for_embedding, for_matching
 from agentmesh.agents._support._keywords import PhraseMatcher
 from agentmesh.agents._support._triton import MAX_SENTENCES
 from agentmesh.agents.triage._rules import (
@@ -80,7 +80,9 @@ class TriageAgent(TritonAgent):
             self.embed([for_embedding(s) for s in segments], ctx), self.message_sentiment(ticket.text, ctx)
         )
         result = intent_scores(
-            embedded.embeddings @ self._prototypes.T, self._owners, bonus=cue_bonus(whole, self._cues)
+            embedded.embeddings @ self._prototypes.T,
+            self._owners,
+            bonus=cue_bonus(for_matching(whole), self._cues),
         )
         priority, reasons = assess_priority(result.intent, score, whole)
         runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]

@@ -382,3 +382,26 @@ async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_sa
         assert got[name]["label"] == "positive" and got[name]["score"] > 0.5, (name, got[name])
     for name in neutral:
         assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])
+
+
+async def test_english_tickets_full_of_typos_are_triaged_and_answered(support: Support) -> None:
+    # Written for this test (in no evaluation split). Without the typo repair "downlod my invocie" is read as
+    # a cancellation with no confident article and "acount is lokced" as privacy with none.
+    cases = {
+        "my parcle never arived, the traking says deliverd on monday but its not here": (
+            "shipping",
+            "kb-lost-package",
+        ),
+        "how do i chnage my pasword, the resett email never comes": ("account", "kb-password-reset"),
+        "wher can i downlod my invocie from last month": ("billing", "kb-invoices"),
+        "the smart plug wont conect to the wifi, pairing faild three times": ("technical", "kb-device-setup"),
+        "my acount is lokced after to many atempts": ("account", "kb-account-locked"),
+        "i was chargd twice for the same oder, pls refnd one": ("billing", "kb-double-charge"),
+    }
+    triaged = await asyncio.gather(
+        *(support.call("triage", "classify_ticket", {"subject": "", "text": t}) for t in cases)
+    )
+    found = await asyncio.gather(*(_articles(support, t) for t in cases))
+    for (text, (intent, article)), got, answer in zip(cases.items(), triaged, found, strict=True):
+        assert got["intent"] == intent, (text, got)
+        assert answer["confident"] and answer["articles"][0]["article_id"] == article, (text, answer)

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from agentmesh.agents._support._gloss import Glossary, for_embedding, language_of
+from agentmesh.agents._support._gloss import Glossary, for_embedding, for_matching, language_of
+from agentmesh.agents._support._spelling import repair_typos
 
 
 @pytest.mark.parametrize(
@@ -57,4 +58,28 @@ def test_a_hostile_ticket_is_glossed_in_linear_time() -> None:
     hostile = ("pedidoooo sigue sin sin " * 20_000) + "x" * 200_000
     started = time.perf_counter()
     for_embedding("Hola, " + hostile)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_typos_in_english_support_words_are_repaired_and_correct_words_left_alone() -> None:
+    assert repair_typos("my pacakge never arived and the traking says deliverd") == (
+        "my package never arrived and the tracking says delivered"
+    )
+    assert for_matching("wher can i downlod my invocie") == "wher can i download my invoice"
+    # Known words, inflections of known words, other first letters, names and short words stay as written.
+    for text in ("the mailing list", "the mug was chipped", "two logins", "Marta helped", "thx"):
+        assert repair_typos(text) == text
+    # Spanish, German and French text is not "repaired" into English.
+    assert (
+        for_matching("no me llega el pedido desde hace semanas") == "no me llega el pedido desde hace semanas"
+    )
+
+
+
+def test_a_hostile_ticket_is_repaired_in_linear_time() -> None:
+    letters = str.maketrans("0123456789", "klmnopqrst")
+    hostile = " ".join("abcdefghij"[i % 7 :] + str(i).translate(letters) for i in range(3000))
+    started = time.perf_counter()
+    for_matching(hostile[:20_000])
+    for_embedding(hostile[:20_000])
     assert time.perf_counter() - started < 2.0
