@@ -214,7 +214,7 @@ class CircuitBreaker:
         BREAKER_TRANSITIONS.labels(self.endpoint, state.name.lower()).inc()
 
 
-_breakers: dict[tuple[str, str], CircuitBreaker] = {}
+_breakers: dict[tuple[str, str, int, float], CircuitBreaker] = {}
 _breakers_lock = threading.Lock()
 
 
@@ -229,7 +229,9 @@ def breaker_for(
     because the server there is not the one it expects does not open the circuit of a channel that finds the
     server it expects. The breaker's name (its metrics label, its errors) says both: ``host:port as kind/name``.
     """
-    key = (endpoint, identity)
+    # Clients with other thresholds (settings differ only in tests of one process) get their own breaker: with
+    # the first creator's, a client could never see its own threshold at work.
+    key = (endpoint, identity, failure_threshold, reset_timeout)
     breaker = _breakers.get(key)
     if breaker is None:
         with _breakers_lock:

@@ -264,7 +264,9 @@ def test_one_address_expected_as_two_identities_has_two_breakers() -> None:
     registry = breaker_for("unit-shared:7400", identity="service/registry", failure_threshold=1)
     planner = breaker_for("unit-shared:7400", identity="service/planner", failure_threshold=1)
     assert registry is not planner
-    assert breaker_for("unit-shared:7400", identity="service/registry") is registry  # shared per identity
+    assert breaker_for("unit-shared:7400", identity="service/registry", failure_threshold=1) is registry  # shared
+    # ... by clients of the same thresholds: another threshold is never silently replaced by the first one's
+    assert breaker_for("unit-shared:7400", identity="service/registry", failure_threshold=1000) is not registry
     assert breaker_for("unit-shared:7400") is not registry  # a channel verifying the address's own name
     registry.before_call()
     registry.record_failure()
