@@ -145,11 +145,7 @@ class ResourceExhaustedError(MeshError):
         self.retry_after = retry_after
 
     def _extra_details(self) -> list[any_pb2.Any]:
-        if self.retry_after is None:
-            return []
-        info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
-        return [_pack(info)]
+        return _retry_info(self.retry_after)
 
 
 class UnavailableError(MeshError):
@@ -165,11 +161,7 @@ class UnavailableError(MeshError):
         self.retry_after = retry_after
 
     def _extra_details(self) -> list[any_pb2.Any]:
-        if self.retry_after is None:
-            return []
-        info = error_details_pb2.RetryInfo()
-        info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
-        return [_pack(info)]
+        return _retry_info(self.retry_after)
 
 
 class DeadlineExceededError(MeshError):
@@ -269,3 +261,11 @@ def _pack(message: Message) -> any_pb2.Any:
     packed.Pack(message)
     return packed
 
+
+def _retry_info(retry_after: float | None) -> list[any_pb2.Any]:
+    """``google.rpc.RetryInfo`` for a known wait (seconds), else nothing."""
+    if retry_after is None:
+        return []
+    info = error_details_pb2.RetryInfo()
+    info.retry_delay.FromNanoseconds(int(retry_after * 1e9))
+    return [_pack(info)]

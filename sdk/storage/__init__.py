@@ -44,7 +44,7 @@ from agentmesh.storage._task_models import (
     Task,
     TaskEvent,
 )
-from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
+from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime, has_nul, utcnow
 
 __all__ = [
     "Agent",
@@ -80,6 +80,7 @@ __all__ = [
     "current",
     "default_url",
     "downgrade",
+    "has_nul",
     "heads",
     "mask_url",
     "metadata",

@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["BigIntPK", "JSONDoc", "UTCDateTime", "utcnow"]
+__all__ = ["BigIntPK", "JSONDoc", "UTCDateTime", "has_nul", "utcnow"]
 
 # JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere. Python None is stored as
 # SQL NULL (not JSON 'null'), so "IS NULL" finds every missing document.
@@ -20,6 +20,18 @@ JSONDoc: TypeEngine[Any] = JSON(none_as_null=True).with_variant(
 
 # Autoincrement 64-bit keys: SQLite only autoincrements an INTEGER PRIMARY KEY (its rowid alias).
 BigIntPK: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a JSON-like value holds a NUL character in any string or key: no PostgreSQL text or JSONB column
+    stores one (the INSERT fails), so values from outside are checked before they are stored."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(has_nul(item) for item in value)
+    return False
 
 
 def utcnow() -> dt.datetime:

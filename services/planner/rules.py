@@ -20,6 +20,7 @@ from celpy.celparser import CELParseError
 from celpy.evaluation import CELEvalError
 
 from agentmesh._errors import InvalidArgumentError
+from agentmesh.storage import has_nul
 
 __all__ = ["OutputRejected", "check_output", "compile_rule", "evaluate"]
 
@@ -86,19 +87,10 @@ def _unstorable(output: dict[str, Any]) -> str:
         text = json.dumps(output, allow_nan=False)  # C speed; NUL comes out as \u0000
     except ValueError:
         return "a non-finite number (NaN or an infinity)"
-    if "\\u0000" in text and _has_nul(output):  # the text may just spell a backslash and u0000
+    if "\\u0000" in text and has_nul(output):  # the text may just spell a backslash and u0000
         return "a NUL character"
     return ""
 
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
 
 
 def dumps_size(value: Any) -> int:

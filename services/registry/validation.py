@@ -28,6 +28,7 @@ from agentmesh.services.registry.visibility import (
     compile_pattern,
     refuse_pattern,
 )
+from agentmesh.storage import has_nul
 from agentmesh.v1 import agent_pb2
 
 __all__ = [
@@ -166,15 +167,6 @@ def _no_nul(text: str, what: str, field: str) -> None:
     _require("\x00" not in text, f"{what} must not contain NUL characters", field)
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
-
 
 def _validate_schema(schema: Any, field: str) -> None:
     _require(  # measured encoded first: unpacking a 3 MB schema costs half a second of the event loop
@@ -183,7 +175,7 @@ def _validate_schema(schema: Any, field: str) -> None:
         field,
     )
     document = json_format.MessageToDict(schema)
-    _require(not _has_nul(document), "schema must not contain NUL characters", field)
+    _require(not has_nul(document), "schema must not contain NUL characters", field)
     if not document:
         return  # an empty schema accepts anything
     try:
