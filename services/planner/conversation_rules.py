@@ -16,6 +16,7 @@ from typing import Any
 
 from agentmesh._errors import InvalidArgumentError, PermissionDeniedError
 from agentmesh.services.planner.conversations_store import ConversationRecord, PageKey
+from agentmesh.storage import has_nul
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -40,7 +41,6 @@ __all__ = [
     "check_text",
     "check_version",
     "filter_fingerprint",
-    "has_nul",
     "page_token",
     "parse_page_token",
 ]
@@ -180,17 +180,6 @@ def check_json(value: dict[str, Any] | None, field: str) -> None:
         raise InvalidArgumentError(f"{field} is larger than {MAX_DATA_BYTES} bytes as JSON", field=field)
     if has_nul(value):  # nor can JSONB
         raise InvalidArgumentError(f"{field} must not contain NUL characters", field=field)
-
-
-def has_nul(value: Any) -> bool:
-    """Whether a JSON value holds a NUL character anywhere (PostgreSQL text and JSONB cannot)."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
-    return False
 
 
 def check_message(text: str, data: dict[str, Any] | None) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmesh._errors import InvalidArgumentError
-from agentmesh.services.planner.conversation_rules import check_text, has_nul
+from agentmesh.services.planner.conversation_rules import check_text
+from agentmesh.storage import has_nul
 from agentmesh.v1 import task_pb2
 
 __all__ = [
