@@ -369,10 +369,11 @@ class _MeshInterceptor(_ServerInterceptor):
 
 def _lost_database(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLAlchemy's word that the database connection failed or was lost (not a bad query)."""
-    errors = sys.modules.get("sqlalchemy.exc")  # only a server that uses SQLAlchemy can raise its errors
-    if errors is None or not isinstance(exc, errors.DBAPIError):
+    if "sqlalchemy.exc" not in sys.modules:  # only a server that uses SQLAlchemy can raise its errors
         return False
-    return isinstance(exc, errors.OperationalError | errors.InterfaceError) or bool(exc.connection_invalidated)
+    from agentmesh.storage import connection_lost
+
+    return connection_lost(exc)
 
 
 def _first_line(exc: BaseException) -> str:

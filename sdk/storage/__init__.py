@@ -14,6 +14,7 @@ from agentmesh.storage._conversation_models import Conversation, ConversationMes
 from agentmesh.storage._engine import (
     async_session_factory,
     async_url,
+    connection_lost,
     create_async_engine,
     create_engine,
     default_url,
@@ -75,6 +76,7 @@ __all__ = [
     "alembic_config",
     "async_session_factory",
     "async_url",
+    "connection_lost",
     "create_async_engine",
     "create_engine",
     "current",

@@ -8,12 +8,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
 
 __all__ = [
     "async_session_factory",
     "async_url",
+    "connection_lost",
     "create_async_engine",
     "create_engine",
     "default_url",
@@ -137,3 +139,11 @@ def create_async_engine(url: str | URL | None = None, **kwargs: Any) -> AsyncEng
 def async_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions bound to ``engine``; objects stay readable after commit (``expire_on_commit=False``)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLAlchemy's word that the database could not be reached or the connection was lost
+    (safe to retry once it is back), not a statement the database refused."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentmesh._errors import AbortedError, NotFoundError, UnavailableError
 from agentmesh.audit import AuditEntry, append_audit
-from agentmesh.storage import Conversation, ConversationMessage, Task
+from agentmesh.storage import Conversation, ConversationMessage, Task, connection_lost
 
 __all__ = [
     "FINAL_TASK_STATES",
@@ -198,7 +198,9 @@ class ConversationStore:
         try:
             async with (self.engine if write else self._reader_engine).begin() as conn:
                 yield conn
-        except (OperationalError, InterfaceError) as exc:
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
             if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
                 raise UnavailableError("the conversation store is busy; retry shortly") from None
             raise UnavailableError("the planner cannot reach its database; retry shortly") from None

@@ -58,7 +58,7 @@ from agentmesh.services.planner.store import (
 )
 from agentmesh.services.planner.templates import Scope, refers_to_steps, resolve
 from agentmesh.services.planner.tokens import StepTokens
-from agentmesh.storage import utcnow
+from agentmesh.storage import connection_lost, utcnow
 from agentmesh.v1 import agent_pb2
 
 __all__ = ["SubmitRequest", "TaskEngine", "TaskView"]
@@ -672,12 +672,10 @@ def _brief(exc: BaseException) -> str:
 
 async def _db(call: Awaitable[_T]) -> _T:
     """Run a store call; a database that cannot be reached is UNAVAILABLE to the caller (safe to retry)."""
-    from sqlalchemy.exc import DBAPIError, OperationalError
-
     try:
         return await call
-    except (OperationalError, DBAPIError, OSError) as exc:
-        if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(exc, OperationalError):
+    except Exception as exc:
+        if not (isinstance(exc, OSError) or connection_lost(exc)):
             raise
         # The driver's words name the database's host and port: for the log, not for the caller.
         logger.warning("the planner's database cannot be reached (%s)", _brief(exc))
