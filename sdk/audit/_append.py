@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from agentmesh._group_commit import GroupCommit
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
-from agentmesh.storage import AuditRecord, async_session_factory, utcnow
+from agentmesh.storage import AuditRecord, async_session_factory, fit_text, utcnow
 
 __all__ = ["AUDIT_INSERT", "CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit", "chain_rows", "queue_chain_head"]
 
@@ -111,8 +111,7 @@ def chain_rows(entries: Sequence[AuditEntry], head: Any) -> list[dict[str, Any]]
 
 def _fit(text: str, column: str) -> str:
     """``text`` as the column ``column`` can store it (see :data:`_WIDTHS`)."""
-    text, width = text.replace("\x00", "\ufffd"), _WIDTHS[column]
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
+    return fit_text(text, _WIDTHS[column])
 
 
 async def queue_chain_head(driver: Any) -> Any:

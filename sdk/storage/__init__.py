@@ -45,7 +45,7 @@ from agentmesh.storage._task_models import (
     Task,
     TaskEvent,
 )
-from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime, has_nul, utcnow
+from agentmesh.storage._types import BigIntPK, JSONDoc, UTCDateTime, fit_text, has_nul, utcnow
 
 __all__ = [
     "Agent",
@@ -82,6 +82,7 @@ __all__ = [
     "current",
     "default_url",
     "downgrade",
+    "fit_text",
     "has_nul",
     "heads",
     "mask_url",

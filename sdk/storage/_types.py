@@ -10,7 +10,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-__all__ = ["BigIntPK", "JSONDoc", "UTCDateTime", "has_nul", "utcnow"]
+__all__ = ["BigIntPK", "JSONDoc", "UTCDateTime", "fit_text", "has_nul", "utcnow"]
 
 # JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere. Python None is stored as
 # SQL NULL (not JSON 'null'), so "IS NULL" finds every missing document.
@@ -20,6 +20,13 @@ JSONDoc: TypeEngine[Any] = JSON(none_as_null=True).with_variant(
 
 # Autoincrement 64-bit keys: SQLite only autoincrements an INTEGER PRIMARY KEY (its rowid alias).
 BigIntPK: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def fit_text(text: str, width: int) -> str:
+    """``text`` as a text column ``width`` characters wide stores it: NUL (which PostgreSQL refuses) as U+FFFD,
+    and cut with an ellipsis when longer."""
+    text = text.replace("\x00", "\ufffd")
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def has_nul(value: Any) -> bool:

@@ -58,7 +58,7 @@ from agentmesh.services.planner.store import (
 )
 from agentmesh.services.planner.templates import Scope, refers_to_steps, resolve
 from agentmesh.services.planner.tokens import StepTokens
-from agentmesh.storage import connection_lost, utcnow
+from agentmesh.storage import connection_lost, fit_text, utcnow
 from agentmesh.v1 import agent_pb2
 
 __all__ = ["SubmitRequest", "TaskEngine", "TaskView"]
@@ -641,14 +641,10 @@ def _model_usages(reply: agent_pb2.InvokeResponse) -> list[dict[str, Any]]:
     """The models an agent says it used, as stored: names without NUL (no PostgreSQL text holds one), at most 200
     characters each, at most ``_MAX_USAGES``."""
     return [
-        {"model": _clean(u.model_name), "version": _clean(u.model_version), "latency": u.latency.ToNanoseconds() / 1e9}
+        {"model": fit_text(u.model_name, 200), "version": fit_text(u.model_version, 200),
+         "latency": u.latency.ToNanoseconds() / 1e9}
         for u in reply.model_usages[:_MAX_USAGES]
     ]
-
-
-def _clean(text: str, width: int = 200) -> str:
-    text = text.replace("\x00", "\ufffd")
-    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -116,7 +116,7 @@ async def test_a_reply_the_database_refuses_fails_its_step_instead_of_wedging_th
     planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Whatever the planner's own checks miss: here the model name's NUL is let through to PostgreSQL.
-    monkeypatch.setattr(engine, "_clean", lambda text, width=200: text)
+    monkeypatch.setattr(engine, "fit_text", lambda text, width: text)
     issue_identity("agent", "testing/hostile")
     agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
