@@ -534,20 +534,9 @@ async def test_malformed_requests_get_invalid_argument_never_internal(planner_me
 async def test_behind_the_gateway_a_tenant_sees_and_reuses_request_ids_of_its_own_tasks_only(
     planner_mesh: PlannerMesh, worker: Worker
 ) -> None:
-    from agentmesh.security import DelegationIssuer, TokenKind
-
-    settings = planner_mesh.settings
     gateway = planner_mesh.stub("service", "gateway")
-    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
-    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
-
-    def acting_for(user: str, tenant: str) -> tuple[tuple[str, str], ...]:
-        token = issuer.issue(
-            kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant=tenant, scopes=["approve"]
-        )
-        return (("x-agentmesh-delegation", token),)
-
-    alice, bob, carol = acting_for("alice", "acme"), acting_for("bob", "globex"), acting_for("carol", "acme")
+    alice, bob, carol = (planner_mesh.acting_for(user, tenant, ["approve"])
+                         for user, tenant in (("alice", "acme"), ("bob", "globex"), ("carol", "acme")))
 
     async def submit(who: tuple[tuple[str, str], ...], text: str, **fields: str) -> task_pb2.Task:
         request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan", request_id="order-1", **fields)
@@ -590,25 +579,17 @@ async def test_behind_the_gateway_a_tenant_sees_and_reuses_request_ids_of_its_ow
 async def test_a_tenant_lists_its_own_tasks_on_the_first_page_however_many_other_tenants_have(
     planner_mesh: PlannerMesh, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agentmesh.security import DelegationIssuer, TokenKind
     from agentmesh.services.planner import servicer
 
     monkeypatch.setattr(servicer, "_MAX_SCAN", 5)  # the bound on rows one ListTasks call reads, scaled down
-    settings = planner_mesh.settings
     gateway = planner_mesh.stub("service", "gateway")
-    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
-    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
-
-    def acting_for(user: str, tenant: str) -> tuple[tuple[str, str], ...]:
-        token = issuer.issue(kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant=tenant, scopes=[])
-        return (("x-agentmesh-delegation", token),)
 
     def fan(text: str) -> task_pb2.SubmitTaskRequest:
         request = task_pb2.SubmitTaskRequest(goal="fan", playbook="fan")
         request.input.update({"text": text})
         return request
 
-    bob, alice = acting_for("bob", "globex"), acting_for("alice", "acme")
+    bob, alice = planner_mesh.acting_for("bob", "globex"), planner_mesh.acting_for("alice", "acme")
     theirs = (await gateway.SubmitTask(fan("bob's"), metadata=bob, timeout=10)).task
     for i in range(12):  # newer than bob's: a scan that filtered after reading would not reach his
         await gateway.SubmitTask(fan(f"alice {i}"), metadata=alice, timeout=10)
@@ -619,18 +600,13 @@ async def test_a_tenant_lists_its_own_tasks_on_the_first_page_however_many_other
 async def test_a_task_joins_only_a_conversation_that_exists_and_its_end_user_may_write_in(
     planner_mesh: PlannerMesh, worker: Worker
 ) -> None:
-    from agentmesh.security import DelegationIssuer, TokenKind
     from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc
 
-    settings = planner_mesh.settings
     tasks = planner_mesh.stub("service", "gateway")
     conversations = conversation_pb2_grpc.ConversationServiceStub(planner_mesh.channels[-1])  # type: ignore[no-untyped-call]
-    issuer = DelegationIssuer.from_settings(settings, "service", "gateway")
-    planner_id = f"spiffe://{settings.trust_domain}/service/planner"
 
     def acting_for(user: str) -> tuple[tuple[str, str], ...]:
-        token = issuer.issue(kind=TokenKind.END_USER, audience=planner_id, subject=user, tenant="acme", scopes=[])
-        return (("x-agentmesh-delegation", token),)
+        return planner_mesh.acting_for(user, "acme")
 
     created = await conversations.CreateConversation(
         conversation_pb2.CreateConversationRequest(title="alice's"), metadata=acting_for("alice"), timeout=10

@@ -17,7 +17,6 @@ import pytest
 
 from agentmesh import security
 from agentmesh._channel import create_channel
-from agentmesh.security import DelegationIssuer, TokenKind
 from agentmesh.v1 import (
     agent_pb2,
     audit_pb2,
@@ -29,7 +28,6 @@ from agentmesh.v1 import (
     task_pb2,
     task_pb2_grpc,
 )
-from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
 from tests.fixtures.registry import RegistryReplica, make_card
 from tests.integration.test_planner import worker  # noqa: F401  (a fixture)
@@ -300,24 +298,8 @@ async def test_hand_made_page_tokens_and_filters_are_invalid_argument_not_intern
 
 
 @pytest.mark.usefixtures("worker")
-async def test_one_end_user_holds_a_bounded_number_of_task_watches(
-    planner_mesh: PlannerMesh, issue_identity: IssueIdentity
-) -> None:
-    td = planner_mesh.settings.trust_domain
-    issue_identity("service", "gateway")
-    gateway = DelegationIssuer.from_settings(planner_mesh.settings, "service", "gateway")
-    alice = [
-        (
-            "x-agentmesh-delegation",
-            gateway.issue(
-                kind=TokenKind.END_USER,
-                audience=f"spiffe://{td}/service/planner",
-                subject="alice",
-                tenant="acme",
-                scopes=["tasks:read", "tasks:submit"],
-            ),
-        )
-    ]
+async def test_one_end_user_holds_a_bounded_number_of_task_watches(planner_mesh: PlannerMesh) -> None:
+    alice = planner_mesh.acting_for("alice", "acme", ["tasks:read", "tasks:submit"])
     ops = planner_mesh.stub()
     slow = task_pb2.SubmitTaskRequest(goal="wait", playbook="slow")  # its first step runs for 20 s
     task = (await ops.SubmitTask(slow, metadata=alice, timeout=10)).task

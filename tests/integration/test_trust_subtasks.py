@@ -10,9 +10,7 @@ import pytest
 
 from agentmesh._channel import create_channel
 from agentmesh._errors import from_rpc_error
-from agentmesh.security import DelegationIssuer, TokenKind
 from agentmesh.v1 import conversation_pb2, conversation_pb2_grpc, task_pb2
-from tests.fixtures.certs import IssueIdentity
 from tests.fixtures.planner import PlannerMesh
 from tests.integration.test_planner import LEAF, worker  # noqa: F401  (a fixture)
 
@@ -27,24 +25,11 @@ async def _refused(call: object) -> tuple[grpc.StatusCode, str]:
 
 @pytest.mark.usefixtures("worker")
 async def test_a_step_token_opens_sub_tasks_of_its_running_step_in_its_own_conversation_only(
-    planner_mesh: PlannerMesh, issue_identity: IssueIdentity, request: pytest.FixtureRequest
+    planner_mesh: PlannerMesh, request: pytest.FixtureRequest
 ) -> None:
     planner_mesh.add_playbook(LEAF)
     td = planner_mesh.settings.trust_domain
-    issue_identity("service", "gateway")
-    gateway = DelegationIssuer.from_settings(planner_mesh.settings, "service", "gateway")
-    bob = [
-        (
-            "x-agentmesh-delegation",
-            gateway.issue(
-                kind=TokenKind.END_USER,
-                audience=f"spiffe://{td}/service/planner",
-                subject="bob",
-                tenant="globex",
-                scopes=["conversations:read", "conversations:write"],
-            ),
-        )
-    ]
+    bob = planner_mesh.acting_for("bob", "globex", ["conversations:read", "conversations:write"])
     ops = planner_mesh.stub()
     running = await planner_mesh.submit("slow", {}, playbook="slow")  # its step `wait` runs for 20 s
     done = await planner_mesh.submit("leaf", {}, playbook="leaf")
