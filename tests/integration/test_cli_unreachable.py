@@ -39,18 +39,8 @@ async def _agentmesh_out(home: Path, *argv: str, **env: str) -> tuple[int, str, 
 async def _agentmesh(home: Path, *argv: str, **env: str) -> tuple[int, str]:
     """Run the CLI in its own process, as an operator does (the servers under test keep this loop); its exit
     code and stderr."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTMESH_", "GRPC_"))}
-    environ.update({"AGENTMESH_HOME": str(home), **env})
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "agentmesh.cli", *argv],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return done.returncode, done.stderr
+    code, _, stderr = await _agentmesh_out(home, *argv, **env)
+    return code, stderr
 
 
 def _one_line(stderr: str) -> str:

@@ -46,16 +46,9 @@ async def test_audit_reads_are_unavailable_while_postgres_is_down_and_recover_af
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import psycopg
-
-    from agentmesh.storage import upgrade
-
     server = await asyncio.to_thread(RestartablePostgres)
     try:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE planner")
-        url = server.url("planner")
-        await asyncio.to_thread(upgrade, url)
+        url = await asyncio.to_thread(server.migrated, "planner")
         registry = await start_registry(url)
         planner = await start_planner(url, registry.address)
         monkeypatch.setenv("AGENTMESH_HOME", str(mesh_settings.home))

@@ -254,6 +254,17 @@ class RestartablePostgres:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
+    def migrated(self, database: str) -> str:
+        """The URL of a new database ``database`` on this server, migrated to the newest schema."""
+        import psycopg
+
+        from agentmesh.storage import upgrade
+
+        with psycopg.connect(self.url().replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        upgrade(self.url(database))
+        return self.url(database)
+
     def start(self) -> None:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         subprocess.run(
@@ -280,15 +291,10 @@ async def test_postgres_stopped_for_five_seconds_while_tasks_run_every_acknowled
     import grpc
     import psycopg
 
-    from agentmesh.storage import upgrade
-
     registry, workers = two_workers
     server = await asyncio.to_thread(RestartablePostgres)
     try:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE planner")
-        url = server.url("planner")
-        await asyncio.to_thread(upgrade, url)
+        url = await asyncio.to_thread(server.migrated, "planner")
         planner = await start_planner(url, registry.address, planner_lease_ttl=LEASE_TTL)
         planner.engine.planner.playbooks.add(_chain())
         async with create_channel(planner.address, mesh_settings, kind="client", name="ops") as channel:

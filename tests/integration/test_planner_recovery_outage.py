@@ -74,16 +74,11 @@ async def test_postgres_stopped_while_a_planner_recovers_a_killed_ones_plans_eve
 ) -> None:
     import psycopg
 
-    from agentmesh.storage import upgrade
-
     registry, workers = two_workers
     (tmp_path / "long_chain.yaml").write_text(LONG_CHAIN)
     server = await asyncio.to_thread(RestartablePostgres)
     try:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{server.port}/postgres", autocommit=True) as conn:
-            conn.execute("CREATE DATABASE planner")
-        url = server.url("planner")
-        await asyncio.to_thread(upgrade, url)
+        url = await asyncio.to_thread(server.migrated, "planner")
 
         # Planner A runs the tasks and dies mid-plan.
         first, address = await _spawn_planner(mesh_settings, url, registry.address, tmp_path, tmp_path / "a.log")
