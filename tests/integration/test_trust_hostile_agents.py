@@ -57,27 +57,34 @@ steps:
 """
 
 
-async def test_an_output_or_error_that_cannot_be_stored_fails_the_step_and_the_task_ends(
-    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
-) -> None:
+async def _ended(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity, *skills: str
+) -> dict[str, task_pb2.Task]:
+    """Each skill of the hostile agent run as a one-step task, as the task ended (they stayed RUNNING on
+    PostgreSQL before their fixes)."""
     issue_identity("agent", "testing/hostile")
     agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
     async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
         async with asyncio.timeout(10):
             await runtime.wait_registered()
-        expected = {
-            "nul_output": "output holds a NUL character",
-            "nul_error": "the order \ufffd cannot be found",
-        }
-        for name in expected:
+        for name in skills:
             planner_mesh.add_playbook(PLAYBOOK.format(skill=name))
-        tasks = {name: await planner_mesh.submit(name, {}, playbook=name) for name in expected}
-        for name, task in tasks.items():
-            done = await planner_mesh.wait(task.task_id, within=15.0)  # it stayed RUNNING on PostgreSQL
-            assert done.state == task_pb2.TASK_STATE_FAILED, (name, done.state, done.error)
-            assert expected[name] in done.error, (name, done.error)
-            explained = await planner_mesh.explain(task.task_id)
-            assert explained.attempts[-1].error_message.startswith(expected[name].split(" \ufffd")[0]), name
+        tasks = {name: await planner_mesh.submit(name, {}, playbook=name) for name in skills}
+        return {name: await planner_mesh.wait(task.task_id, within=15.0) for name, task in tasks.items()}
+
+
+async def test_an_output_or_error_that_cannot_be_stored_fails_the_step_and_the_task_ends(
+    planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
+) -> None:
+    expected = {
+        "nul_output": "output holds a NUL character",
+        "nul_error": "the order \ufffd cannot be found",
+    }
+    for name, done in (await _ended(planner_mesh, mesh_settings, issue_identity, *expected)).items():
+        assert done.state == task_pb2.TASK_STATE_FAILED, (name, done.state, done.error)
+        assert expected[name] in done.error, (name, done.error)
+        explained = await planner_mesh.explain(done.task_id)
+        assert explained.attempts[-1].error_message.startswith(expected[name].split(" \ufffd")[0]), name
 
 
 @pytest.mark.parametrize(
@@ -100,15 +107,8 @@ async def test_an_output_no_json_column_holds_is_rejected_by_the_output_check(ou
 async def test_a_model_usage_that_cannot_be_stored_does_not_wedge_the_task(
     planner_mesh: PlannerMesh, mesh_settings: Settings, issue_identity: IssueIdentity
 ) -> None:
-    issue_identity("agent", "testing/hostile")
-    agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
-    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
-        async with asyncio.timeout(10):
-            await runtime.wait_registered()
-        planner_mesh.add_playbook(PLAYBOOK.format(skill="nul_usage"))
-        task = await planner_mesh.submit("nul_usage", {}, playbook="nul_usage")
-        done = await planner_mesh.wait(task.task_id, within=15.0)  # it stays RUNNING on PostgreSQL
-        assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
+    done = (await _ended(planner_mesh, mesh_settings, issue_identity, "nul_usage"))["nul_usage"]
+    assert done.state == task_pb2.TASK_STATE_SUCCEEDED, done.error
 
 
 @pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
@@ -117,14 +117,7 @@ async def test_a_reply_the_database_refuses_fails_its_step_instead_of_wedging_th
 ) -> None:
     # Whatever the planner's own checks miss: here the model name's NUL is let through to PostgreSQL.
     monkeypatch.setattr(engine, "fit_text", lambda text, width: text)
-    issue_identity("agent", "testing/hostile")
-    agent = Hostile(mesh_settings.replace(lease_ttl=10.0))
-    async with AgentRuntime(agent, port=0, registry_address=planner_mesh.registry.address) as runtime:
-        async with asyncio.timeout(10):
-            await runtime.wait_registered()
-        planner_mesh.add_playbook(PLAYBOOK.format(skill="nul_usage"))
-        task = await planner_mesh.submit("nul_usage", {}, playbook="nul_usage")
-        done = await planner_mesh.wait(task.task_id, within=15.0)
-        assert done.state == task_pb2.TASK_STATE_FAILED
-        assert "FAILED_PRECONDITION" in done.error and "cannot be stored" in done.error
-        assert "\x00" not in done.error
+    done = (await _ended(planner_mesh, mesh_settings, issue_identity, "nul_usage"))["nul_usage"]
+    assert done.state == task_pb2.TASK_STATE_FAILED
+    assert "FAILED_PRECONDITION" in done.error and "cannot be stored" in done.error
+    assert "\x00" not in done.error
