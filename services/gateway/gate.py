@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from agentmesh import telemetry
 from agentmesh._errors import MeshError, ResourceExhaustedError, UnauthenticatedError
+from agentmesh._key_slots import KeySlots
 from agentmesh._settings import Settings
 from agentmesh.audit import AuditEntry, AuditLog, redact
 from agentmesh.services.gateway.auth import Principal, TokenVerifier, bearer_token
@@ -109,28 +110,22 @@ class Gate:
         self._audit = audit
         self._delegation = delegation
         self._refusals = RefusalBudget()
-        self._streams: dict[str, int] = {}  # open streams (watches) per caller, tenant/subject
+        self._streams: KeySlots[str] = KeySlots(MAX_STREAMS_PER_CALLER)  # open streams per caller, tenant/subject
 
     def open_stream(self, principal: Principal) -> None:
         """Take one of the caller's ``MAX_STREAMS_PER_CALLER`` open streams (give it back with
         :meth:`close_stream`), or raise ResourceExhaustedError: each open watch holds an upstream stream, and
         their number was unbounded."""
-        held = self._streams.get(principal.key, 0)
-        if held >= MAX_STREAMS_PER_CALLER:
+        if not self._streams.take(principal.key):
             raise ResourceExhaustedError(
-                f"{principal.subject!r} already has {held} streams open at this gateway (at most "
-                f"{MAX_STREAMS_PER_CALLER}); end one to open another",
+                f"{principal.subject!r} already has {self._streams.held(principal.key)} streams open at this gateway "
+                f"(at most {MAX_STREAMS_PER_CALLER}); end one to open another",
                 reason="TOO_MANY_STREAMS",
             )
-        self._streams[principal.key] = held + 1
 
     def close_stream(self, principal: Principal) -> None:
         """Give back a stream taken with :meth:`open_stream`."""
-        left = self._streams.get(principal.key, 1) - 1
-        if left > 0:
-            self._streams[principal.key] = left
-        else:
-            self._streams.pop(principal.key, None)
+        self._streams.give_back(principal.key)
 
     async def admit(
         self, method: str, permission: str, request: Message, context: PublicContext

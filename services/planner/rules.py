@@ -92,7 +92,6 @@ def _unstorable(output: dict[str, Any]) -> str:
     return ""
 
 
-
 def dumps_size(value: Any) -> int:
     """Bytes of the compact JSON of a value (what an output's size is measured in)."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

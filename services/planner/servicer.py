@@ -14,7 +14,6 @@ import binascii
 import datetime as dt
 import fnmatch
 import json
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from agentmesh._errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
+from agentmesh._key_slots import KeySlots
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.security import DelegationClaims, SpiffeId, TokenKind
@@ -60,7 +60,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self._settings = settings
         td = settings.trust_domain
         self._approvers = [p.strip().replace("{trust_domain}", td) for p in settings.planner_approver_identities.split(",") if p.strip()]
-        self._watches: Counter[tuple[str, str]] = Counter()  # open WatchTask streams per (tenant, end user)
+        self._watches: KeySlots[tuple[str, str]] = KeySlots(_MAX_WATCHES_PER_USER)  # per (tenant, end user)
 
     # ---- identity ----------------------------------------------------------------------------------------
 
@@ -262,21 +262,17 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         viewer = self._viewer(self._user_claims(context))
         task = await self._visible(task_id, viewer)
         watcher = (viewer.tenant, viewer.end_user) if viewer.end_user else None
-        if watcher is not None and self._watches[watcher] >= _MAX_WATCHES_PER_USER:
+        if watcher is not None and not self._watches.take(watcher):
             raise ResourceExhaustedError(
                 f"{viewer.end_user} already watches {_MAX_WATCHES_PER_USER} tasks at once; end one to watch another",
                 reason="TOO_MANY_WATCHES",
             )
-        if watcher is not None:
-            self._watches[watcher] += 1
         try:
             async for response in self._watch(task_id, cursor, task):
                 yield response
         finally:
             if watcher is not None:
-                self._watches[watcher] -= 1
-                if not self._watches[watcher]:
-                    del self._watches[watcher]
+                self._watches.give_back(watcher)
 
     async def _watch(self, task_id: str, cursor: int, task: TaskRow) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         poll = _WATCH_POLL_MIN
