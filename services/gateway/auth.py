@@ -260,13 +260,14 @@ class TokenVerifier:
                     raise
                 return principal
             del self._cache[digest]
-        principal = await self._verify_uncached(token)
+        principal, kid = await self._verify_uncached(token)
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
-        self._cache[digest] = (principal, str(jwt.get_unverified_header(token).get("kid", "")))
+        self._cache[digest] = (principal, kid)
         return principal
 
-    async def _verify_uncached(self, token: str) -> Principal:
+    async def _verify_uncached(self, token: str) -> tuple[Principal, str]:
+        """The caller a token names, and the kid of the key that signed it."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -277,7 +278,8 @@ class TokenVerifier:
                 f"the token's algorithm {algorithm!r} is not accepted (pinned: {', '.join(sorted(self._algorithms))})",
                 reason="TOKEN_ALGORITHM_REFUSED",
             )
-        key = await self._jwks.key(str(header.get("kid", "")))
+        kid = str(header.get("kid", ""))
+        key = await self._jwks.key(kid)
         if key.algorithm_name != algorithm:
             raise UnauthenticatedError(
                 f"the token says {algorithm} but its key {key.key_id!r} is for {key.algorithm_name}",
@@ -310,7 +312,7 @@ class TokenVerifier:
             raise UnauthenticatedError("the bearer token's signature does not verify", reason="TOKEN_BAD_SIGNATURE") from None
         except jwt.PyJWTError as exc:
             raise UnauthenticatedError(f"the bearer token is invalid: {exc}", reason="TOKEN_MALFORMED") from None
-        return _principal(claims)
+        return _principal(claims), kid
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:
