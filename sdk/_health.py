@@ -10,17 +10,24 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh._errors import DeadlineExceededError
 
-__all__ = ["check_health", "wait_until_serving"]
+__all__ = ["check_health", "health_status", "wait_until_serving"]
 
 
 async def check_health(channel: grpc.aio.Channel, service: str = "", *, within: float = 1.0) -> str:
     """The health status name of ``service`` ("SERVING", "NOT_SERVING", ...), or "UNREACHABLE"."""
+    return (await health_status(channel, service, within=within))[0]
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "", *, within: float = 1.0) -> tuple[str, str]:
+    """As :func:`check_health`, with gRPC's words for why when the status is "UNREACHABLE" (else "")."""
     stub = health_pb2_grpc.HealthStub(channel)
     try:
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=within)
     except grpc.aio.AioRpcError as exc:
-        return "SERVICE_UNKNOWN" if exc.code() == grpc.StatusCode.NOT_FOUND else "UNREACHABLE"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return "SERVICE_UNKNOWN", ""
+        return "UNREACHABLE", exc.details() or exc.code().name
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)), ""
 
 
 async def wait_until_serving(

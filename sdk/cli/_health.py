@@ -32,10 +32,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import sys
 
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     from agentmesh._channel import create_channel
+    from agentmesh._health import health_status
     from agentmesh._settings import Settings
     from agentmesh.cli._client import connection_failure
 
@@ -45,26 +43,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
 
-    why = ""
-
-    async def probe() -> str:
-        nonlocal why
+    async def probe() -> tuple[str, str]:
         channel = create_channel(args.address, settings, kind=kind, name=name)
-        stub = health_pb2_grpc.HealthStub(channel)
         try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
-        except grpc.aio.AioRpcError as exc:  # the same statuses as agentmesh._health.check_health, and why
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return "SERVICE_UNKNOWN"
-            details = exc.details() or exc.code().name
-            why = connection_failure(details, "server", args.address, settings) or details
-            return "UNREACHABLE"
+            return await health_status(channel, args.service, within=args.timeout)
         finally:
             await channel.close(None)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
-    status = asyncio.run(probe())
+    status, details = asyncio.run(probe())
     print(status)
-    if why:
+    if details:  # unreachable: why, on stderr (stdout stays the bare status for container probes)
+        why = connection_failure(details, "server", args.address, settings) or details
         print(f"agentmesh health: {why}", file=sys.stderr)
     return 0 if status == "SERVING" else 1
