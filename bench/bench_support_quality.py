@@ -20,9 +20,11 @@ head on the dev split only (cross-validated) and, with ``--write``, writes it to
 
     .venv/bin/python bench/bench_support_quality.py            # both splits, its own Triton
     .venv/bin/python bench/bench_support_quality.py --split dev --triton-url 127.0.0.1:8001
-    .venv/bin/python bench/bench_support_quality.py --split all     # dev, held-out, probe, fresh and fresh2
+    .venv/bin/python bench/bench_support_quality.py --split all     # dev, held-out, probe, fresh, fresh2, fresh3
+    .venv/bin/python bench/bench_support_quality.py --split unheld  # the same without held-out
     .venv/bin/python bench/bench_support_quality.py --split fresh
     .venv/bin/python bench/bench_support_quality.py --split fresh2
+    .venv/bin/python bench/bench_support_quality.py --split fresh3
     .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
@@ -635,16 +637,17 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "heldout", "probe", "fresh", "fresh2", "both", "all"),
+        choices=("dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "both", "all", "unheld"),
         default="both",
-        help="both: dev and held-out; all: dev, held-out, probe, fresh and fresh2",
+        help="both: dev and held-out; all: dev, held-out, probe, fresh, fresh2 and fresh3; unheld: all but held-out",
     )
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")
     parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")
     parser.add_argument("--write", action="store_true", help="with --calibrate-sentiment: write head.npz")
     parser.add_argument("--calibrate-kb", action="store_true", help="fit kb-search's weight and floor on dev")
     args = parser.parse_args()
-    groups = {"both": ["dev", "heldout"], "all": ["dev", "heldout", "probe", "fresh", "fresh2"]}
+    unheld = ["dev", "probe", "fresh", "fresh2", "fresh3"]
+    groups = {"both": ["dev", "heldout"], "all": ["dev", "heldout", *unheld[1:]], "unheld": unheld}
     chosen = groups.get(args.split, [args.split])
     calibrate = "sentiment" if args.calibrate_sentiment else "kb" if args.calibrate_kb else None
     asyncio.run(main(chosen, args.triton_url, calibrate, args.write))

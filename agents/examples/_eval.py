@@ -1,5 +1,5 @@
 """The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``,
-``eval/fresh.jsonl``, ``eval/fresh2.jsonl``): tickets
+``eval/fresh.jsonl``, ``eval/fresh2.jsonl``, ``eval/fresh3.jsonl``): tickets
 written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
@@ -10,7 +10,9 @@ split (48 tickets, session 5) was written the same way after the probe's fixes, 
 that session, and is likewise only measured. The fresh2 split (52 tickets, session 7) was written before any
 change of that session, in styles no other split uses (terse one-liners, long rambling emails, typos, forwarded
 threads and quoted replies, sarcasm, mixed topics with one main ask, non-native English); only measured, its
-misses read for kinds of failure, never for words.
+misses read for kinds of failure, never for words. The fresh3 split (42 tickets, session 8) was written and
+labelled before any change of that session, as the untouched test of its sentiment work: terse, typo-ridden,
+long and polite, angry, sarcastic, how-to questions, thank-you notes, mixed-language; only measured.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-Split = Literal["dev", "heldout", "probe", "fresh", "fresh2"]
+Split = Literal["dev", "heldout", "probe", "fresh", "fresh2", "fresh3"]
 
 
 def load_eval(split: Split) -> list[EvalTicket]:
