@@ -23,6 +23,7 @@ from agentmesh.storage._engine import (
 )
 from agentmesh.storage._migrations import alembic_config, current, downgrade, heads, ping, upgrade
 from agentmesh.storage._models import metadata
+from agentmesh.storage._pipeline import batched_pipeline, queue_commit
 from agentmesh.storage._registry_models import (
     Agent,
     AgentInstance,
@@ -76,6 +77,7 @@ __all__ = [
     "alembic_config",
     "async_session_factory",
     "async_url",
+    "batched_pipeline",
     "connection_lost",
     "create_async_engine",
     "create_engine",
@@ -88,6 +90,7 @@ __all__ = [
     "mask_url",
     "metadata",
     "ping",
+    "queue_commit",
     "sync_url",
     "upgrade",
     "utcnow",

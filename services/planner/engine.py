@@ -243,20 +243,9 @@ class TaskEngine:
         """One task."""
         return await _db(self.store.get_task(task_id))
 
-    async def changed(self, task_id: str, *, within: float) -> None:
-        """Return when this replica commits a write of the task, or after ``within`` seconds."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._watchers.setdefault(task_id, []).append(future)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout=within)
-        finally:
-            watchers = self._watchers.get(task_id)
-            if watchers is not None:
-                with contextlib.suppress(ValueError):
-                    watchers.remove(future)
-                if not watchers:
-                    del self._watchers[task_id]
+    def changes(self, task_id: str) -> TaskChanges:
+        """This replica's commits of a task's writes, for one watcher (close it when done)."""
+        return TaskChanges(self._watchers, task_id)
 
     def _touch(self, task_ids: Iterable[str]) -> None:
         """Wake the watchers of tasks whose writes were just committed."""
@@ -628,6 +617,37 @@ class TaskEngine:
         if not approve:
             await self._notify(await self.get(task_id))
         return approval
+
+
+class TaskChanges:
+    """The commits of one task's writes on this replica, as one watcher sees them. ``arm`` before each read and
+    ``wait`` after it: a commit made while the read ran is not missed (it wakes the wait at once)."""
+
+    def __init__(self, watchers: dict[str, list[asyncio.Future[None]]], task_id: str) -> None:
+        self._watchers, self._task_id = watchers, task_id
+        self._future: asyncio.Future[None] | None = None
+
+    def arm(self) -> None:
+        """Listen for the next commit (still listening when a wait timed out)."""
+        if self._future is None or self._future.done():
+            self._future = asyncio.get_running_loop().create_future()
+            self._watchers.setdefault(self._task_id, []).append(self._future)
+
+    async def wait(self, within: float) -> None:
+        """Return at the first commit since ``arm``, or after ``within`` seconds."""
+        if self._future is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._future), timeout=within)
+
+    def close(self) -> None:
+        """Stop listening."""
+        watchers = self._watchers.get(self._task_id)
+        if watchers is not None and self._future is not None:
+            with contextlib.suppress(ValueError):
+                watchers.remove(self._future)
+            if not watchers:
+                del self._watchers[self._task_id]
+        self._future = None
 
 
 class _Abandoned(Exception):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from agentmesh.audit._append import AUDIT_INSERT, chain_rows, queue_chain_head
-from agentmesh.storage import utcnow
+from agentmesh.storage import batched_pipeline, queue_commit, utcnow
 
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
@@ -68,7 +68,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
         assert driver is not None
         try:
             await conn.begin()
-            async with driver.pipeline():
+            async with batched_pipeline(driver):
                 locked = await driver.execute(_LOCK_TASKS, (task_ids,))
                 await conn.execute(_END_ATTEMPT, [
                     {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
@@ -95,7 +95,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
             if any(task_id not in store._tasks for task_id in advance):
                 raise _Fallback()  # the task's fixed fields are not cached here: the general path reads them
             done: set[str] = set()
-            async with driver.pipeline():
+            async with batched_pipeline(driver):
                 for task_id in advance:
                     if await store._advance(conn, task_id, plans[task_id], store._tasks[task_id].input, ahead=ahead,
                                             sink=events, rows=rows[task_id]):
@@ -104,7 +104,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                     await store._events(conn, None, events)
                 if audit:
                     await conn.execute(AUDIT_INSERT, chain_rows(audit, await head.fetchone() if head else None))
-                await conn.commit()
+                await queue_commit(driver)
         except _Fallback:
             await conn.rollback()
             return None

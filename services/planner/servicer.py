@@ -48,6 +48,7 @@ _MAX_SCAN = 5000  # tasks one ListTasks call reads at most while skipping those 
 # WatchTask polls for writes made through other replicas every 50 ms after an event, backing off to 1 s.
 _WATCH_POLL_MIN = 0.05
 _WATCH_POLL_MAX = 1.0
+_WATCH_BATCH = 500  # events per read
 _MAX_WATCHES_PER_USER = 32  # open WatchTask streams of one end user (behind the gateway) on one replica
 
 
@@ -268,30 +269,35 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
                 reason="TOO_MANY_WATCHES",
             )
         try:
-            async for response in self._watch(task_id, cursor, task):
+            async for response in self._watch(task.task_id, cursor):
                 yield response
         finally:
             if watcher is not None:
                 self._watches.give_back(watcher)
 
-    async def _watch(self, task_id: str, cursor: int, task: TaskRow) -> AsyncIterator[task_pb2.WatchTaskResponse]:
+    async def _watch(self, task_id: str, cursor: int) -> AsyncIterator[task_pb2.WatchTaskResponse]:
         poll = _WATCH_POLL_MIN
-        while True:
-            events = await _db(self._engine.store.events_after(task_id, cursor))
-            if events:
-                task = await self._engine.get(task_id)
-                poll = _WATCH_POLL_MIN
-            for event in events:
-                cursor = event.id
-                yield views.event_proto(event, task)
-            if not events and task.state in FINAL_TASK_STATES:
-                return
-            if not events:
+        changes = self._engine.changes(task_id)
+        try:
+            while True:
+                changes.arm()  # before the read: a commit made while it runs wakes the wait below at once
+                task, events = await _db(self._engine.store.watch_read(task_id, cursor, _WATCH_BATCH))
+                if events:
+                    poll = _WATCH_POLL_MIN
+                    current = views.task_proto(task)  # the task as of the newest event, built once per batch
+                    for event in events:
+                        cursor = event.id
+                        yield views.event_proto(event, current)
+                    if len(events) == _WATCH_BATCH or task.state in FINAL_TASK_STATES:
+                        continue  # more to read, or the last events of an ended task (a lost call's end)
+                elif task.state in FINAL_TASK_STATES:
+                    return
                 # Woken at once by this replica's own writes; the timeout is the poll for other replicas' writes,
                 # which backs off while the task is quiet: a hundred idle watches polling every 50 ms held a core.
-                await self._engine.changed(task_id, within=poll)
+                await changes.wait(poll)
                 poll = min(poll * 2, _WATCH_POLL_MAX)
-                task = await self._engine.get(task_id)
+        finally:
+            changes.close()
 
     async def CancelTask(
         self,

@@ -13,10 +13,11 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from psycopg.errors import UniqueViolation
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,6 +38,8 @@ from agentmesh.storage import (
     StepAttempt,
     Task,
     TaskEvent,
+    batched_pipeline,
+    queue_commit,
     utcnow,
 )
 
@@ -166,6 +169,41 @@ _END_TASK = (
 _INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS)}
 # Inserts that fetch nothing back (no implicit RETURNING of the new key): they can go in a pipeline.
 _BLIND_INSERT = {table.name: sa.insert(table).inline() for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
+
+
+_EVENTS_AFTER = (
+    sa.select(EVENTS.c.id, EVENTS.c.type, EVENTS.c.step_id, EVENTS.c.state, EVENTS.c.attempt, EVENTS.c.created_at)
+    .where(EVENTS.c.task_id == _p("task_id", EVENTS.c.task_id), EVENTS.c.id > _p("cursor", EVENTS.c.id))
+    .order_by(EVENTS.c.id)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+)
+_NEXT_EVENTS = _EVENTS_AFTER.subquery("e")
+_WATCH_READ = sa.select(
+    TASKS,
+    sa.select(sa.func.coalesce(
+        sa.func.json_agg(aggregate_order_by(
+            sa.func.json_build_array(
+                _NEXT_EVENTS.c.id, _NEXT_EVENTS.c.type, _NEXT_EVENTS.c.step_id, _NEXT_EVENTS.c.state,
+                _NEXT_EVENTS.c.attempt,
+                sa.cast(sa.func.extract("epoch", _NEXT_EVENTS.c.created_at) * sa.literal_column("1000000"), sa.BigInteger),
+            ),
+            _NEXT_EVENTS.c.id,
+        )),
+        sa.literal_column("'[]'::json"),
+    )).scalar_subquery().label("events"),
+).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+class EventRow(NamedTuple):
+    """A task event as WatchTask streams it."""
+
+    id: int
+    type: str
+    step_id: str
+    state: str
+    attempt: int
+    created_at: dt.datetime
 
 
 @dataclass(frozen=True)
@@ -647,9 +685,9 @@ class PlannerStore:
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None  # a checked-out connection has its psycopg connection
             try:
-                async with driver.pipeline():
+                async with batched_pipeline(driver):
                     yield conn
-                    await conn.commit()
+                    await queue_commit(driver)
             except BaseException:
                 await conn.invalidate()
                 raise
@@ -1058,16 +1096,25 @@ class PlannerStore:
 
     # ---- reads for WatchTask and ExplainTask -------------------------------------------------------------
 
-    async def events_after(self, task_id: str, cursor: int, limit: int = 500) -> list[Any]:
-        """Events of a task after a cursor, in order."""
-        async with self.reader.connect() as conn:
-            query = (
-                sa.select(EVENTS)
-                .where(EVENTS.c.task_id == task_id, EVENTS.c.id > cursor)
-                .order_by(EVENTS.c.id)
-                .limit(limit)
-            )
-            return list((await conn.execute(query)).all())
+    async def watch_read(self, task_id: str, cursor: int, limit: int = 500) -> tuple[TaskRow, list[EventRow]]:
+        """The task as it is now and its events after a cursor (at most ``limit``, in order), read in one snapshot
+        so the task is as new as its newest event; one round trip on PostgreSQL (the events as one JSON array).
+        NotFoundError when there is no such task."""
+        params = {"p_task_id": task_id, "p_cursor": cursor, "p_limit": limit}
+        if self.postgres:
+            async with self.single.connect() as conn:
+                row = (await conn.execute(_WATCH_READ, params)).first()
+            if row is None:
+                raise NotFoundError(f"no task {task_id!r}")
+            events = [EventRow(i, kind, step, state, attempt, _EPOCH + dt.timedelta(microseconds=micros))
+                      for i, kind, step, state, attempt, micros in row.events]
+            return self._remember(TaskRow.of(row)), events
+        async with self.reader.begin() as conn:  # one transaction: one snapshot
+            rows = (await conn.execute(_EVENTS_AFTER, params)).all()
+            task = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).first()
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}")
+        return self._remember(TaskRow.of(task)), [EventRow(*row) for row in rows]
 
     async def explanation(self, task_id: str) -> dict[str, list[Any]]:
         """Every stored record about one task, each kind in order."""

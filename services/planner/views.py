@@ -322,10 +322,10 @@ _EVENT_TYPES = {
 }
 
 
-def event_proto(row: Any, task: TaskRow) -> task_pb2.WatchTaskResponse:
+def event_proto(row: Any, task: task_pb2.Task) -> task_pb2.WatchTaskResponse:
     """A stored task event as a ``WatchTaskResponse`` (the step, attempt or approval carries its new state)."""
     event = task_pb2.WatchTaskResponse(
-        type=_EVENT_TYPES[row.type], task=task_proto(task), event_time=_ts(row.created_at), cursor=str(row.id)
+        type=_EVENT_TYPES[row.type], task=task, event_time=_ts(row.created_at), cursor=str(row.id)
     )
     if row.type == "PLAN_CREATED":
         event.plan.version = row.attempt or 1  # the version made (a re-plan's event carries it); ExplainTask has the rest
