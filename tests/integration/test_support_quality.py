@@ -336,18 +336,12 @@ async def test_a_ticket_with_instructions_for_the_assistant_is_escalated_to_a_pe
     assert not anyway["passed"] and anyway["action"] == "escalate", anyway
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of the shipped sentiment model: ironic praise reads as praise and these phrasings of "
-    "frustration as neutral; the session-5 candidate that passed this (cc3d58c) was reverted after scoring "
-    "89.2% < 90% on held-out (bench/RESULTS.md, issue 12, session 5)",
-)
 async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_same_words_is_not(
     support: Support,
 ) -> None:
-    # Each negative text here reads neutral or positive with the shipped model (ironic praise is read as
-    # praise; "haven't been able to", "nicht mehr", a refund instead of a replacement are not cues); the
-    # positive and neutral ones guard against a fix that makes everything negative.
+    # Each negative text here read neutral or positive before session 8 (ironic praise was read as praise;
+    # "haven't been able to", "nicht mehr", a refund instead of a replacement were not cues); the positive
+    # and neutral ones guard against a fix that makes everything negative.
     negative = {
         "en sarcasm": "Great, third time this month the app ate my work.",
         "en ironic, dead item": "Lovely, the replacement charger is dead on arrival as well.",
@@ -381,6 +375,50 @@ async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_sa
     for name in positive:
         assert got[name]["label"] == "positive" and got[name]["score"] > 0.5, (name, got[name])
     for name in neutral:
+        assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])
+
+
+async def test_a_long_polite_email_reads_like_its_short_form_and_terse_complaints_read_negative(
+    support: Support,
+) -> None:
+    # Written for this test (in no evaluation split). Before session 8 the sentiment signal grew with the
+    # text's length: both long forms read negative (the calm question at -0.61) and every terse complaint
+    # read neutral.
+    ask = "Can I change the delivery day for order NW-41822?"
+    complaint = "I was charged twice for order NW-51120 and nobody has answered my two emails."
+    long_ask = (
+        "Good morning,\n\nI hope this finds you well. I have ordered from you for a few years now and I am "
+        "usually at home, but next week I will be away at a family wedding up north, and my neighbour, who "
+        "normally takes my parcels in, will be away as well. Unfortunately order NW-41822 is due on Tuesday, "
+        f"so nobody would be there to sign for it.\n\n{ask}\n\nKind regards,\nEleanor"
+    )
+    long_complaint = (
+        "Good afternoon,\n\nI hope this finds you well. I have bought from your shop for several years, "
+        "mostly kitchen things and the odd present, and until now everything has gone smoothly, so I am "
+        f"writing with some reluctance.\n\n{complaint}\n\nKind regards,\nAgnes Moreau"
+    )
+    texts = {
+        "ask": ask,
+        "long ask": long_ask,
+        "complaint": complaint,
+        "long complaint": long_complaint,
+        "terse charged": "card charged 3x. fix it",
+        "terse tracking": "tracking dead for a week, nobody answers",
+        "terse app": "app wont load since yesterday",
+        "terse invoice": "invoice for feb pls",
+        "terse question": "do you deliver on saturdays",
+    }
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
+    )
+    got = dict(zip(texts, answers, strict=True))
+    for short, long in (("ask", "long ask"), ("complaint", "long complaint")):
+        assert got[long]["label"] == got[short]["label"], (got[short], got[long])
+        assert got[long]["score"] >= got[short]["score"] - 0.15, (got[short], got[long])
+    assert got["long ask"]["label"] == "neutral" and got["long complaint"]["label"] == "negative"
+    for name in ("terse charged", "terse tracking", "terse app"):
+        assert got[name]["label"] == "negative" and got[name]["score"] < -0.3, (name, got[name])
+    for name in ("terse invoice", "terse question"):
         assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])
 
 

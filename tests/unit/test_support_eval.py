@@ -218,3 +218,22 @@ def test_the_fresh2_split_is_new_and_labelled_like_the_others() -> None:
     assert set(t.intent for t in fresh2) <= set(INTENTS) and any(not t.articles for t in fresh2)
     # quoted or forwarded text, which none of the earlier splits has
     assert any("\n> " in t.text or "Forwarded message" in t.text for t in fresh2)
+
+
+def test_the_fresh3_split_is_new_and_labelled_like_the_others() -> None:
+    earlier = (
+        load_eval("dev")
+        + load_eval("heldout")
+        + load_eval("probe")
+        + load_eval("fresh")
+        + load_eval("fresh2")
+    )
+    fresh3 = load_eval("fresh3")
+    assert len(fresh3) >= 40 and all(t.id.startswith("t") for t in fresh3)
+    assert not {t.text for t in fresh3} & {t.text for t in earlier}
+    assert not {t.id for t in fresh3} & {t.id for t in earlier}
+    ids = {a.article_id for a in load_articles()}
+    assert all(set(t.articles) <= ids for t in fresh3)
+    assert {t.lang for t in fresh3} == {"en", "es", "de", "fr"}
+    assert set(Counter(t.sentiment for t in fresh3)) == {"negative", "neutral", "positive"}
+    assert set(t.intent for t in fresh3) <= set(INTENTS)
