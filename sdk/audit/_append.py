@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from agentmesh._group_commit import GroupCommit
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
-from agentmesh.storage import AuditRecord, async_session_factory, batched_pipeline, fit_text, utcnow
+from agentmesh.storage import AuditRecord, async_session_factory, batched_pipeline, fit_text, utcnow, write
 
 __all__ = ["AUDIT_INSERT", "CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit", "chain_rows", "queue_chain_head"]
 
@@ -78,7 +78,7 @@ async def append_audit(
     connection = await target.connection() if isinstance(target, AsyncSession) else target
     head = await _locked_head(connection)
     rows = chain_rows(entries, head)
-    await connection.execute(AUDIT_INSERT, rows)
+    await write(connection, AUDIT_INSERT, rows)
     return [AuditRecord(**row) for row in rows]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from agentmesh.storage._audit_models import AuditRecord
 from agentmesh.storage._base import Base
 from agentmesh.storage._conversation_models import Conversation, ConversationMessage
+from agentmesh.storage._driver import write
 from agentmesh.storage._engine import (
     async_session_factory,
     async_url,
@@ -23,7 +24,7 @@ from agentmesh.storage._engine import (
 )
 from agentmesh.storage._migrations import alembic_config, current, downgrade, heads, ping, upgrade
 from agentmesh.storage._models import metadata
-from agentmesh.storage._pipeline import batched_pipeline, queue_commit
+from agentmesh.storage._pipeline import batched_pipeline, queue_begin, queue_commit
 from agentmesh.storage._registry_models import (
     Agent,
     AgentInstance,
@@ -90,8 +91,10 @@ __all__ = [
     "mask_url",
     "metadata",
     "ping",
+    "queue_begin",
     "queue_commit",
     "sync_url",
     "upgrade",
     "utcnow",
+    "write",
 ]

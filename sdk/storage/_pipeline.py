@@ -22,7 +22,7 @@ from psycopg import AsyncConnection, AsyncPipeline
 from psycopg.abc import PQGen
 from psycopg.generators import send
 
-__all__ = ["batched_pipeline", "queue_commit"]
+__all__ = ["batched_pipeline", "queue_begin", "queue_commit"]
 
 
 class _BatchedPipeline(AsyncPipeline):
@@ -76,12 +76,23 @@ async def batched_pipeline(connection: AsyncConnection[Any]) -> AsyncIterator[As
                 connection._pipeline = None
 
 
+async def queue_begin(connection: AsyncConnection[Any]) -> None:
+    """Queue BEGIN as the pipeline's first statement; the connection must be in autocommit mode.
+
+    On a connection out of autocommit, psycopg starts each transaction itself and, in a pipeline, waits for that
+    BEGIN's answer before anything else is sent: a round trip of its own. In autocommit psycopg adds nothing, and
+    the BEGIN goes out with the statements it opens.
+    """
+    if not connection.autocommit:
+        raise ValueError("queue_begin needs a connection in autocommit mode (psycopg would begin on its own)")
+    await connection.execute("BEGIN")
+
+
 async def queue_commit(connection: AsyncConnection[Any]) -> None:
     """Queue COMMIT as the pipeline's last statement, sent with the rest when the pipeline exits.
 
     ``connection.commit()`` in a pipeline syncs at once and the exit syncs again: two writes and two waits for
-    the server where one does. Once the pipeline has exited the transaction has ended (the caller's SQLAlchemy
-    connection then finds nothing to roll back); an error in any statement surfaces at the exit, and the
-    transaction is then left aborted for the caller to roll back or discard.
+    the server where one does. An error in any statement surfaces at the exit; the server then skips the rest,
+    COMMIT included, and the transaction is left aborted for the caller to roll back or discard.
     """
     await connection.execute("COMMIT")

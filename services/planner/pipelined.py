@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from agentmesh.audit._append import AUDIT_INSERT, chain_rows, queue_chain_head
-from agentmesh.storage import batched_pipeline, queue_commit, utcnow
+from agentmesh.storage import batched_pipeline, queue_begin, queue_commit, utcnow, write
 
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
@@ -63,14 +63,14 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
     plans = {f.claimed.task_id: f.claimed.plan_id for f, values in zip(finishes, ends, strict=True)
              if values["state"] == "SUCCEEDED"}
     audit = [f.audit for f in finishes if f.audit is not None]
-    async with store.engine.connect() as conn:
+    async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
         driver = (await conn.get_raw_connection()).driver_connection
         assert driver is not None
         try:
-            await conn.begin()
             async with batched_pipeline(driver):
+                await queue_begin(driver)
                 locked = await driver.execute(_LOCK_TASKS, (task_ids,))
-                await conn.execute(_END_ATTEMPT, [
+                await write(conn, _END_ATTEMPT, [
                     {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
                      "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
                      "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
@@ -103,10 +103,10 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                 if events:
                     await store._events(conn, None, events)
                 if audit:
-                    await conn.execute(AUDIT_INSERT, chain_rows(audit, await head.fetchone() if head else None))
+                    await write(conn, AUDIT_INSERT, chain_rows(audit, await head.fetchone() if head else None))
                 await queue_commit(driver)
         except _Fallback:
-            await conn.rollback()
+            await driver.execute("ROLLBACK")
             return None
         except BaseException:
             await conn.invalidate()

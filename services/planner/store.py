@@ -39,8 +39,10 @@ from agentmesh.storage import (
     Task,
     TaskEvent,
     batched_pipeline,
+    queue_begin,
     queue_commit,
     utcnow,
+    write,
 )
 
 __all__ = [
@@ -168,7 +170,9 @@ _END_TASK = (
 )
 _INSERT = {table.name: sa.insert(table) for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS)}
 # Inserts that fetch nothing back (no implicit RETURNING of the new key): they can go in a pipeline.
-_BLIND_INSERT = {table.name: sa.insert(table).inline() for table in (ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)}
+_BLIND_INSERT = {
+    table.name: sa.insert(table).inline() for table in (TASKS, PLANS, STEPS, ATTEMPTS, CHOICES, SUBSTITUTIONS, EVENTS)
+}
 
 
 _EVENTS_AFTER = (
@@ -402,24 +406,16 @@ class PlannerStore:
         try:
             # One round trip on PostgreSQL (a pipeline; the first steps' claims are read once it has synced).
             async with self._pipelined() as conn:
-                await conn.execute(
-                    sa.insert(TASKS).inline().values(**values, state="RUNNING", created_at=now, updated_at=now)
-                )
-                await conn.execute(
-                    sa.insert(PLANS).inline().values(
-                        plan_id=plan_id,
-                        task_id=task_id,
-                        strategy=plan["strategy"],
-                        playbook=plan.get("playbook", ""),
-                        content_hash=content_hash(plan),
-                        plan=plan,
-                        version=1,
-                        reason=reason,
-                        created_at=now,
-                    )
-                )
-                await conn.execute(
-                    sa.insert(STEPS).inline(),
+                await write(conn, _BLIND_INSERT[TASKS.name],
+                            {**values, "state": "RUNNING", "created_at": now, "updated_at": now})
+                await write(conn, _BLIND_INSERT[PLANS.name], {
+                    "plan_id": plan_id, "task_id": task_id, "strategy": plan["strategy"],
+                    "playbook": plan.get("playbook", ""), "content_hash": content_hash(plan), "plan": plan,
+                    "version": 1, "reason": reason, "created_at": now,
+                })
+                await write(
+                    conn,
+                    _BLIND_INSERT[STEPS.name],
                     [
                         {
                             "plan_id": plan_id,
@@ -610,8 +606,8 @@ class PlannerStore:
         ordered = sorted(starts, key=lambda s: s.claimed.row_id)  # one lock order for step rows
         agents, attempts, choices, substitutions = self._start_rows(ordered)
         async with self._pipelined() as conn:
-            await conn.execute(_SET_AGENT, [{"p_row_id": s.claimed.row_id, **a} for s, a in zip(ordered, agents, strict=True)])
-            await conn.execute(_BLIND_INSERT[ATTEMPTS.name],
+            await write(conn, _SET_AGENT, [{"p_row_id": s.claimed.row_id, **a} for s, a in zip(ordered, agents, strict=True)])
+            await write(conn, _BLIND_INSERT[ATTEMPTS.name],
                                [{"plan_step_id": s.claimed.row_id, **a} for s, a in zip(ordered, attempts, strict=True)])
             await self._start_log(conn, choices, substitutions)
 
@@ -630,8 +626,8 @@ class PlannerStore:
             return
         agents, started, choices, substitutions = self._start_rows([p.start for p in prestarts])
         where = [{"p_plan_id": plan_id, "p_step_id": p.start.claimed.step_id} for p in prestarts]
-        await conn.execute(_PRESET_AGENT, [{**w, **a} for w, a in zip(where, agents, strict=True)])
-        await conn.execute(_PRESTART_ATTEMPT, [
+        await write(conn, _PRESET_AGENT, [{**w, **a} for w, a in zip(where, agents, strict=True)])
+        await write(conn, _PRESTART_ATTEMPT, [
             {**w, **{f"p_{k}": v for k, v in a.items()}} for w, a in zip(where, started, strict=True)
         ])
         await self._start_log(conn, choices, substitutions)
@@ -668,9 +664,9 @@ class PlannerStore:
     @staticmethod
     async def _start_log(conn: AsyncConnection, choices: list[dict[str, Any]], substitutions: list[dict[str, Any]]) -> None:
         if choices:
-            await conn.execute(_BLIND_INSERT[CHOICES.name], choices)
+            await write(conn, _BLIND_INSERT[CHOICES.name], choices)
         if substitutions:
-            await conn.execute(_BLIND_INSERT[SUBSTITUTIONS.name], substitutions)
+            await write(conn, _BLIND_INSERT[SUBSTITUTIONS.name], substitutions)
 
     @contextlib.asynccontextmanager
     async def _pipelined(self) -> AsyncIterator[AsyncConnection]:
@@ -681,11 +677,12 @@ class PlannerStore:
             async with self.engine.begin() as conn:
                 yield conn
             return
-        async with self.engine.connect() as conn:
+        async with self.single.connect() as conn:  # autocommit: the BEGIN goes out with the statements
             driver = (await conn.get_raw_connection()).driver_connection
             assert driver is not None  # a checked-out connection has its psycopg connection
             try:
                 async with batched_pipeline(driver):
+                    await queue_begin(driver)
                     yield conn
                     await queue_commit(driver)
             except BaseException:
@@ -912,7 +909,8 @@ class PlannerStore:
                 .where(APPROVALS.c.task_id == task_id, APPROVALS.c.state == "PENDING")
                 .values(state="REJECTED", comment=f"task {state.lower()}", decided_at=now)
             )
-        await conn.execute(
+        await write(
+            conn,
             _END_TASK,
             {"p_task_id": task_id, "p_state": state, "p_error": error[:4000], "p_output": output, "p_now": now},
         )
@@ -925,7 +923,8 @@ class PlannerStore:
         self, conn: AsyncConnection, task_id: str | None, events: Sequence[tuple[Any, ...]]
     ) -> None:
         now = utcnow()
-        await conn.execute(
+        await write(
+            conn,
             _BLIND_INSERT[EVENTS.name],
             [
                 {

@@ -93,3 +93,42 @@ async def test_executemany_and_a_nested_pipeline(
             await conn.execute("DELETE FROM items WHERE name = 'b'")
         await queue_commit(conn)
     assert await (await other.execute("SELECT name FROM items ORDER BY name")).fetchall() == [("a",), ("c",)]
+
+
+async def test_write_stores_what_sqlalchemy_would(migrated_postgres_url: str) -> None:
+    """``write`` (SQL straight on psycopg) against ``connection.execute``: the same rows, with SQLAlchemy's JSON
+    and time-zone handling and the Python-side defaults of columns left out."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from agentmesh.storage import Task, create_async_engine, write
+
+    engine = create_async_engine(migrated_postgres_url)
+    table = Task.__table__
+    insert = sa.insert(table).inline()
+    berlin = dt.timezone(dt.timedelta(hours=1))
+    row = {
+        "goal": "g",
+        "input": {"ticket": {"text": "caf\u00e9 \u2603", "n": [1, 2.5, None]}},
+        "created_at": dt.datetime(2026, 12, 4, 19, 0, tzinfo=berlin),
+        "deadline_at": None,
+    }
+    try:
+        async with engine.begin() as conn:
+            await write(conn, insert, [{**row, "task_id": "by-write"}, {**row, "task_id": "by-write-2"}])
+            await conn.execute(insert, {**row, "task_id": "by-sqlalchemy"})
+        async with engine.connect() as conn:
+            stored = {r.task_id: r._asdict() for r in await conn.execute(sa.select(table))}
+    finally:
+        await engine.dispose()
+    expected = {
+        **stored["by-sqlalchemy"],
+        "task_id": "by-write",
+        "updated_at": stored["by-write"]["updated_at"],
+    }
+    assert stored["by-write"] == expected
+    assert stored["by-write"]["input"] == row["input"]
+    assert stored["by-write"]["state"] == "PENDING"  # a Python-side default of a column not given
+    assert stored["by-write"]["created_at"] == dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC)
+    assert stored["by-write-2"]["goal"] == "g"
