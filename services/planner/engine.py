@@ -571,7 +571,7 @@ class TaskEngine:
                 backoff = min(1.0, backoff * 2)
         if recorded == "ended":
             with contextlib.suppress(Exception):
-                task = await self.store.get_task(claimed.task_id)
+                task = await self.store.ended_task(claimed.task_id)
                 if task.state in FINAL_TASK_STATES:
                     await self._notify(task)
 

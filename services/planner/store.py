@@ -9,6 +9,7 @@ batches on PostgreSQL (SQLite transactions are IMMEDIATE, one writer at a time, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -370,6 +371,8 @@ class PlannerStore:
         self._lock_many = many.with_for_update(key_share=True) if self.postgres else many
         # What a step attempt reads of its task never changes (input, deadline, identities): read once per task.
         self._tasks: dict[str, TaskRow] = {}
+        # How tasks ended in this process's transactions (state, error, output, time), until the engine asks.
+        self._endings: dict[str, tuple[str, str, dict[str, Any] | None, dt.datetime]] = {}
 
     # ---- tasks and plans ---------------------------------------------------------------------------------
 
@@ -475,6 +478,15 @@ class PlannerStore:
         """A plan document this process stored or read, if cached (plans are immutable)."""
         return self._plans.get(plan_id)
 
+    async def ended_task(self, task_id: str) -> TaskRow:
+        """A task a committed transaction of this process just ended: as cached with how it ended (no read), or
+        as stored."""
+        ending, task = self._endings.pop(task_id, None), self._tasks.get(task_id)
+        if ending is None or task is None:
+            return await self.get_task(task_id)
+        state, error, output, now = ending
+        return dataclasses.replace(task, state=state, error=error, output=output, updated_at=now)
+
     def cached_task(self, task_id: str) -> TaskRow | None:
         """A task this process read or stored lately (its fixed fields: input, identities, trace id), if cached."""
         return self._tasks.get(task_id)
@@ -482,6 +494,7 @@ class PlannerStore:
     def _remember(self, task: TaskRow) -> TaskRow:
         if len(self._tasks) >= 10_000:
             self._tasks.clear()
+            self._endings.clear()
         self._tasks[task.task_id] = task
         return task
 
@@ -914,6 +927,7 @@ class PlannerStore:
             _END_TASK,
             {"p_task_id": task_id, "p_state": state, "p_error": error[:4000], "p_output": output, "p_now": now},
         )
+        self._endings[task_id] = (state, error[:4000], output, now)  # read once the transaction has committed
         if sink is not None:
             sink.append(("TASK_STATE", "", state, 0, task_id))
         else:
