@@ -132,3 +132,21 @@ async def test_write_stores_what_sqlalchemy_would(migrated_postgres_url: str) ->
     assert stored["by-write"]["state"] == "PENDING"  # a Python-side default of a column not given
     assert stored["by-write"]["created_at"] == dt.datetime(2026, 12, 4, 18, 0, tzinfo=dt.UTC)
     assert stored["by-write-2"]["goal"] == "g"
+
+
+async def test_a_batch_larger_than_the_socket_buffers_goes_through(
+    connections: tuple[psycopg.AsyncConnection, psycopg.AsyncConnection],
+) -> None:
+    """Megabytes queued before the sync, with results coming back meanwhile: libpq sends as it queues and psycopg
+    reads while it flushes, so neither side blocks on the other."""
+    conn, other = connections
+    await other.execute("CREATE TABLE blobs (body text NOT NULL)")
+    big = "x" * 3_000_000
+    async with batched_pipeline(conn):
+        cursors = [
+            await conn.execute("INSERT INTO blobs (body) VALUES (%s) RETURNING length(body)", (f"{n}{big}",))
+            for n in range(4)
+        ]
+        await queue_commit(conn)
+    assert [await cursor.fetchone() for cursor in cursors] == [(3_000_001,)] * 4
+    assert await (await other.execute("SELECT count(*) FROM blobs")).fetchone() == (4,)
