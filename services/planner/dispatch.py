@@ -239,6 +239,13 @@ class Dispatcher:
         """Drop the cached answer of a step's query (its instance failed to answer)."""
         self._answers.pop(_key(self.query_of(spec)), None)
 
+    def forget_version(self, namespace: str, name: str, version: str) -> None:
+        """Drop every cached answer that offers ``namespace/name@version`` (its routing changed: a canary rolled
+        back); the next step asks the registry again."""
+        for key, (_, candidates) in list(self._answers.items()):
+            if any((c["namespace"], c["name"], c["version"]) == (namespace, name, version) for c in candidates):
+                del self._answers[key]
+
     async def invoke(
         self, choice: Choice, request: agent_pb2.InvokeRequest, deadline: float
     ) -> agent_pb2.InvokeResponse:

@@ -383,14 +383,27 @@ class TaskEngine:
 
     async def _outcome_loop(self) -> None:
         while True:
-            namespace, name, version, instance_id, success, code, latency = await self._outcomes.get()
-            if self.registry is None:
-                continue
-            with contextlib.suppress(Exception):  # a lost report only delays a canary rollback
-                await self.registry.report_outcome(
-                    namespace, name, version, success=success, instance_id=instance_id, error_code=code,
-                    latency=latency, deadline=2.0,
-                )
+            batch = [await self._outcomes.get()]
+            # Reports wait a moment: the step transitions that follow a reply go first, and the reports made
+            # meanwhile go out together (each is its own call: ReportOutcome has no batch form).
+            await asyncio.sleep(_OUTCOME_DELAY)
+            while not self._outcomes.empty() and len(batch) < _OUTCOME_BATCH:
+                batch.append(self._outcomes.get_nowait())
+            if self.registry is not None:
+                await asyncio.gather(*(self._send_outcome(self.registry, *outcome) for outcome in batch))
+
+    async def _send_outcome(self, registry: RegistryClient, namespace: str, name: str, version: str, instance_id: str,
+                            success: bool, code: str, latency: float) -> None:
+        try:
+            rolled_back = await registry.report_outcome(namespace, name, version, success=success,
+                                                        instance_id=instance_id, error_code=code, latency=latency,
+                                                        deadline=2.0)
+        except Exception:  # a lost report only delays a canary rollback
+            return
+        if rolled_back:  # this report rolled the canary back: stop sending steps to it now, not at the cache's end
+            logger.warning("%s/%s %s was rolled back by its error rate; discovery is asked again", namespace, name,
+                           version)
+            self.dispatcher.forget_version(namespace, name, version)
 
     # ---- one attempt -------------------------------------------------------------------------------------
 
@@ -617,6 +630,10 @@ class TaskEngine:
         if not approve:
             await self._notify(await self.get(task_id))
         return approval
+
+
+_OUTCOME_DELAY = 0.005  # seconds a call outcome waits before it is reported to the registry
+_OUTCOME_BATCH = 64  # reports sent at once at most
 
 
 class TaskChanges:
