@@ -32,6 +32,14 @@ async def _articles(support: Support, query: str, top_k: int = 3) -> dict[str, A
     return await support.call("kb-search", "search_articles", {"query": query, "top_k": top_k})
 
 
+async def _sentiments(support: Support, texts: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The sentiment of each named text, scored concurrently."""
+    answers = await asyncio.gather(
+        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
+    )
+    return dict(zip(texts, answers, strict=True))
+
+
 async def _review(
     support: Support, ticket: dict[str, str], draft: dict[str, Any], articles: list[Any], **more: Any
 ) -> dict[str, Any]:
@@ -95,10 +103,7 @@ async def test_frustration_without_strong_words_is_negative_and_calm_asks_are_no
         "calm seats": "Can I add another user to our team plan?",
         "thanks": "Thank you so much, the replacement arrived and works perfectly!",
     }
-    answers = await asyncio.gather(
-        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
-    )
-    got = dict(zip(texts, answers, strict=True))
+    got = await _sentiments(support, texts)
     for name in ("demo subject", "demo ticket", "crashing app", "three weeks"):
         assert got[name]["label"] == "negative" and got[name]["score"] < 0, (name, got[name])
     for name in ("calm export", "calm seats"):
@@ -143,10 +148,7 @@ async def test_frustration_in_spanish_german_and_french_is_negative_and_plain_as
         "en invoice please": "Could you please send me the invoice for order NW-20031?",
         "fr thanks": "Merci beaucoup, tout est arrivé en parfait état !",
     }
-    answers = await asyncio.gather(
-        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
-    )
-    got = dict(zip(texts, answers, strict=True))
+    got = await _sentiments(support, texts)
     for name in ("es waited", "de cannot work", "fr unanswered"):
         assert got[name]["label"] == "negative" and got[name]["score"] < -0.3, (name, got[name])
     for name in ("es invoices", "de add user", "en would like", "en invoice please"):
@@ -372,10 +374,7 @@ async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_sa
         "en swap": "Is it possible to swap the blue kettle for the white one?",
     }
     texts = {**negative, **positive, **neutral}
-    answers = await asyncio.gather(
-        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
-    )
-    got = dict(zip(texts, answers, strict=True))
+    got = await _sentiments(support, texts)
     for name in negative:
         assert got[name]["label"] == "negative" and got[name]["score"] < -0.3, (name, got[name])
     for name in positive:
@@ -419,10 +418,7 @@ async def test_a_long_polite_email_reads_like_its_short_form_and_terse_complaint
         "terse invoice": "invoice for feb pls",
         "terse question": "do you deliver on saturdays",
     }
-    answers = await asyncio.gather(
-        *(support.call("sentiment", "score_sentiment", {"text": t}) for t in texts.values())
-    )
-    got = dict(zip(texts, answers, strict=True))
+    got = await _sentiments(support, texts)
     for short, long in (("ask", "long ask"), ("complaint", "long complaint")):
         assert got[long]["label"] == got[short]["label"], (got[short], got[long])
         assert got[long]["score"] >= got[short]["score"] - 0.15, (got[short], got[long])
