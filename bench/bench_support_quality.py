@@ -25,6 +25,7 @@ head on the dev split only (cross-validated) and, with ``--write``, writes it to
     .venv/bin/python bench/bench_support_quality.py --split fresh
     .venv/bin/python bench/bench_support_quality.py --split fresh2
     .venv/bin/python bench/bench_support_quality.py --split fresh3
+    .venv/bin/python bench/bench_support_quality.py --split heldout2  # second held-out split, not in all
     .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
@@ -637,9 +638,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "both", "all", "unheld"),
+        choices=("dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "heldout2", "both", "all", "unheld"),
         default="both",
-        help="both: dev and held-out; all: dev, held-out, probe, fresh, fresh2 and fresh3; unheld: all but held-out",
+        help=(
+            "both: dev and held-out; all: dev, held-out, probe, fresh, fresh2 and fresh3; unheld: all but "
+            "held-out; heldout2 (the second held-out split) only on its own"
+        ),
     )
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")
     parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")

@@ -1,5 +1,5 @@
 """The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``,
-``eval/fresh.jsonl``, ``eval/fresh2.jsonl``, ``eval/fresh3.jsonl``): tickets
+``eval/fresh.jsonl``, ``eval/fresh2.jsonl``, ``eval/fresh3.jsonl``, ``eval/heldout2.jsonl``): tickets
 written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
@@ -13,6 +13,10 @@ threads and quoted replies, sarcasm, mixed topics with one main ask, non-native 
 misses read for kinds of failure, never for words. The fresh3 split (42 tickets, session 8) was written and
 labelled before any change of that session, as the untouched test of its sentiment work: terse, typo-ridden,
 long and polite, angry, sarcastic, how-to questions, thank-you notes, mixed-language; only measured.
+The heldout2 split (150 tickets x001-x150, session 8) is a second, larger held-out split, written and
+labelled blind (its author read no other split and no sentiment model code) to choose between two sentiment
+models under a protocol fixed in advance: representative traffic (87 ordinary support emails, 48 in other
+styles, 15 in Spanish, German or French); measured once per model, never tuned on.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-Split = Literal["dev", "heldout", "probe", "fresh", "fresh2", "fresh3"]
+Split = Literal["dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "heldout2"]
 
 
 def load_eval(split: Split) -> list[EvalTicket]:

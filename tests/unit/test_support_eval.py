@@ -237,3 +237,19 @@ def test_the_fresh3_split_is_new_and_labelled_like_the_others() -> None:
     assert {t.lang for t in fresh3} == {"en", "es", "de", "fr"}
     assert set(Counter(t.sentiment for t in fresh3)) == {"negative", "neutral", "positive"}
     assert set(t.intent for t in fresh3) <= set(INTENTS)
+
+
+def test_the_heldout2_split_is_new_large_and_labelled_like_the_others() -> None:
+    earlier = [
+        t for split in ("dev", "heldout", "probe", "fresh", "fresh2", "fresh3") for t in load_eval(split)
+    ]
+    heldout2 = load_eval("heldout2")
+    assert len(heldout2) == 150 and [t.id for t in heldout2] == [f"x{i:03d}" for i in range(1, 151)]
+    assert not {t.text for t in heldout2} & {t.text for t in earlier}
+    assert not {t.id for t in heldout2} & {t.id for t in earlier}
+    ids = {a.article_id for a in load_articles()}
+    assert all(set(t.articles) <= ids for t in heldout2) and any(not t.articles for t in heldout2)
+    assert {t.intent for t in heldout2} == set(INTENTS)
+    assert {t.lang for t in heldout2} == {"en", "es", "de", "fr"}
+    assert set(Counter(t.sentiment for t in heldout2)) == {"negative", "neutral", "positive"}
+    assert any("\n> " in t.text for t in heldout2) and any(t.pii_may_show for t in heldout2)
