@@ -319,8 +319,11 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """The plan and its versions, choices and why, substitutions, attempts, approvals and sub-tasks."""
         if request.max_depth < 0:
             raise InvalidArgumentError(f"max_depth must not be negative, got {request.max_depth}", field="max_depth")
-        visible = await self._visible(request.task_id, self._viewer(self._user_claims(context)))
+        viewer = self._viewer(self._user_claims(context))
+        visible = await self._visible(request.task_id, viewer)
         explanation = await _db(views.explain(self._engine.store, visible.task_id, request.max_depth))
+        if viewer.end_user:  # outside the mesh (through the gateway): no internal addresses
+            views.without_endpoints(explanation)
         task = explanation.task
         ended = task.state in (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
         end = task.update_time.ToDatetime() if ended else dt.datetime.now(dt.UTC).replace(tzinfo=None)

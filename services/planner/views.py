@@ -6,12 +6,13 @@ import datetime as dt
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from agentmesh.services.planner.plans import StepSpec
 from agentmesh.services.planner.store import PlannerStore, TaskRow
 from agentmesh.v1 import registry_pb2, task_pb2
 
-__all__ = ["approval_proto", "event_proto", "explain", "task_proto"]
+__all__ = ["approval_proto", "event_proto", "explain", "task_proto", "without_endpoints"]
 
 
 def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -341,3 +342,38 @@ def event_proto(row: Any, task: task_pb2.Task) -> task_pb2.WatchTaskResponse:
         event.approval.step_id = row.step_id
         event.approval.state = task_pb2.ApprovalState.Value(f"APPROVAL_STATE_{row.state}")
     return event
+
+
+def without_endpoints(message: Message) -> None:
+    """Blank every ``endpoint`` in an explanation (chosen agents, candidates, attempts, sub-task trees), and the
+    same addresses where text quotes them (discovery's reasons): the mesh's internal addresses are not for callers
+    outside it (end users behind the gateway)."""
+    endpoints: set[str] = set()
+    _walk(message, endpoints, clear=True)
+    if endpoints:
+        _walk(message, endpoints, clear=False)
+
+
+def _walk(message: Message, endpoints: set[str], *, clear: bool) -> None:
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            if clear and field.name == "endpoint":
+                endpoints.add(value)
+                message.ClearField(field.name)
+            elif not clear and field.is_repeated:
+                value[:] = [_masked(text, endpoints) for text in value]
+            elif not clear:
+                setattr(message, field.name, _masked(value, endpoints))
+        elif field.type == field.TYPE_MESSAGE:
+            kind = field.message_type
+            if kind is None or not kind.full_name.startswith("agentmesh.") or kind.GetOptions().map_entry:
+                continue  # Struct documents and maps hold no addresses
+            for item in value if field.is_repeated else (value,):
+                _walk(item, endpoints, clear=clear)
+
+
+def _masked(text: str, endpoints: set[str]) -> str:
+    for endpoint in endpoints:
+        if endpoint in text:
+            text = text.replace(endpoint, "[internal]")
+    return text

@@ -86,6 +86,11 @@ async def test_submit_through_the_gateway_and_read_the_explanation(mesh: tuple[P
         watched = [e async for e in tasks.WatchTask(task_pb2.WatchTaskRequest(task_id=submitted.task_id), metadata=metadata, timeout=10)]
         assert watched and watched[-1].task.state == task_pb2.TASK_STATE_SUCCEEDED  # streams are forwarded too
         assert explanation.attempts and explanation.attempts[0].agent.name == "worker"
+        # The mesh's internal addresses stay inside it: the ops client sees where the agent ran, the end user not.
+        assert "127.0.0.1:" not in str(explanation)
+        assert explanation.attempts[0].agent.endpoint == "" and explanation.collaborators[0].chosen.endpoint == ""
+        inside = await planner_mesh.explain(submitted.task_id)
+        assert inside.attempts[0].agent.endpoint.startswith("127.0.0.1:") and inside.collaborators[0].chosen.endpoint
         answer = json_format.MessageToDict(explanation.task.output)["answer"]
         assert "[EMAIL]" in answer.upper() and email.upper() not in answer.upper()  # the agent saw only the redacted text
 
