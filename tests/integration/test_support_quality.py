@@ -338,18 +338,12 @@ async def test_a_ticket_with_instructions_for_the_assistant_is_escalated_to_a_pe
     assert not anyway["passed"] and anyway["action"] == "escalate", anyway
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of the shipped sentiment model: ironic praise reads as praise and these phrasings of "
-    "frustration as neutral; the session-5 and session-8 candidates that passed this (cc3d58c, b25d1a8) were "
-    "reverted after scoring 89.2% and 87.7% < 90% on held-out (bench/RESULTS.md, issue 12, sessions 5 and 8)",
-)
 async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_same_words_is_not(
     support: Support,
 ) -> None:
-    # Each negative text here reads neutral or positive with the shipped model (ironic praise is read as
-    # praise; "haven't been able to", "nicht mehr", a refund instead of a replacement are not cues); the
-    # positive and neutral ones guard against a fix that makes everything negative.
+    # Each negative text here read neutral or positive before session 8 (ironic praise was read as praise;
+    # "haven't been able to", "nicht mehr", a refund instead of a replacement were not cues); the positive
+    # and neutral ones guard against a fix that makes everything negative.
     negative = {
         "en sarcasm": "Great, third time this month the app ate my work.",
         "en ironic, dead item": "Lovely, the replacement charger is dead on arrival as well.",
@@ -383,17 +377,12 @@ async def test_sarcasm_and_quiet_frustration_are_negative_and_praise_with_the_sa
         assert got[name]["label"] == "neutral" and abs(got[name]["score"]) < 0.4, (name, got[name])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap of the shipped sentiment model: its signal grows with a text's length (a long polite "
-    "question reads negative) and terse complaints read neutral; the session-8 candidate that passed this "
-    "(b25d1a8) was reverted after scoring 87.7% < 90% on held-out (notes/sentiment8.md, bench/RESULTS.md)",
-)
 async def test_a_long_polite_email_reads_like_its_short_form_and_terse_complaints_read_negative(
     support: Support,
 ) -> None:
-    # Written for this test (in no evaluation split). With the shipped model both long forms read negative
-    # (the calm question at -0.61) and every terse complaint reads neutral.
+    # Written for this test (in no evaluation split). Before session 8 the sentiment signal grew with the
+    # text's length: both long forms read negative (the calm question at -0.61) and every terse complaint
+    # read neutral.
     ask = "Can I change the delivery day for order NW-41822?"
     complaint = "I was charged twice for order NW-51120 and nobody has answered my two emails."
     long_ask = (

@@ -81,3 +81,78 @@ def test_the_shipped_head_reads_the_signals_the_model_computes(signals: ModuleTy
     head = signals.Head.load(FOLDER / "head.npz")
     assert head.weights.shape == (len(signals.SIGNALS), len(signals.CLASSES))
     assert head.mean.shape == head.scale.shape == (len(signals.SIGNALS),)
+
+
+def _signals_of(signals: ModuleType, text: str) -> dict[str, float]:
+    values = signals.Signals(FOLDER, _no_embedding).lexical(text)
+    return dict(zip(signals.SIGNALS, values, strict=False))
+
+
+def test_the_served_config_declares_as_many_features_as_the_signals(signals: ModuleType) -> None:
+    config = (FOLDER.parent / "config.pbtxt").read_text()
+    features = config[config.index('name: "FEATURES"') :]
+    dims = int(features[features.index("dims: [") + len("dims: [") : features.index("]")])
+    assert dims == len(signals.SIGNALS)
+
+
+def test_greetings_sign_offs_and_background_do_not_move_the_lexical_signals(signals: ModuleType) -> None:
+    # Before session 8 a whole-text VADER score and the text's length were signals: a long polite email read
+    # as strongly negative. Courtesy formulae are taken out and sentences are scored one by one.
+    short = "I was charged twice for order NW-51120 and nobody has answered my two emails."
+    polite = (
+        f"Good afternoon,\n\nI hope this finds you well.\n\n{short}\n\nThank you.\n\n"
+        "Kind regards,\nAgnes Moreau"
+    )
+    assert _signals_of(signals, polite) == _signals_of(signals, short)
+    question = "Can I change the delivery day for order NW-41822?"
+    background = (
+        "Hello, I have ordered from you for years and I am usually at home. Next week I will be away at a "
+        f"wedding and my neighbour is away too. {question} Many thanks and have a good day."
+    )
+    calm, long = _signals_of(signals, question), _signals_of(signals, background)
+    assert {k: v for k, v in long.items() if k.startswith("cue_") and v} == {"cue_request": 1.0}
+    assert long["vader_min_sentence"] >= calm["vader_min_sentence"] - 0.05
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Great job guys. Locked out of my account again.",
+        "Thanks a lot for charging me twice.",
+        "Oh wonderful, the parcel is late again.",
+        "Na toll. Zum dritten Mal keine Antwort.",
+    ],
+)
+def test_praise_beside_trouble_is_ironic_and_not_thanks(signals: ModuleType, text: str) -> None:
+    read = _signals_of(signals, text)
+    assert read["ironic"] >= 1 and read["cue_thanks"] == 0, read
+    assert read["vader_max_sentence"] <= 0.0, read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Great, that fixed it. Thanks a lot!",
+        "Thank you so much, the replacement arrived and works perfectly.",
+        "Genial, ya funciona todo. Mil gracias.",
+    ],
+)
+def test_sincere_praise_is_not_ironic(signals: ModuleType, text: str) -> None:
+    read = _signals_of(signals, text)
+    assert read["ironic"] == 0 and read["cue_thanks"] >= 1, read
+
+
+@pytest.mark.parametrize(
+    "text", ["dashboard 503", "app wont open since the update", "le suivi dit livré mais rien reçu"]
+)
+def test_a_fault_said_the_short_way_is_a_cue(signals: ModuleType, text: str) -> None:
+    assert _signals_of(signals, text)["cue_fault"] >= 1
+
+
+def test_more_exclamation_or_question_marks_are_insistence_not_more_of_a_feeling(signals: ModuleType) -> None:
+    # Before session 8 "late!!!" counted three exclamations, and the head (whose dev positives end with "!")
+    # read "This is absolutely UNACCEPTABLE, third time my order is late!!!" as positive.
+    once = _signals_of(signals, "Third time my order is late!")
+    thrice = _signals_of(signals, "Third time my order is late!!!")
+    changed = {k for k in once if once[k] != thrice[k] and not k.startswith("vader")}
+    assert changed == {"cue_insist"} and thrice["cue_insist"] == 1

@@ -20,7 +20,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from signals import CLASSES, Head, Signals
+from signals import CLASSES, SIGNALS, Head, Signals
 
 
 class TritonPythonModel:
@@ -31,8 +31,12 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         self.signals = Signals(folder, self._embed)
         head = folder / "head.npz"
-        # Without a fitted head (before the first calibration) every text is neutral, SCORE 0.
+        # Without a fitted head (before the first calibration), or with one fitted for other signals (the
+        # signals changed and calibration has not run yet), every text is neutral, SCORE 0; FEATURES are
+        # still computed, for the calibration.
         self.head = Head.load(head) if head.exists() else None
+        if self.head is not None and self.head.weights.shape[0] != len(SIGNALS):
+            self.head = None
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         rows = []

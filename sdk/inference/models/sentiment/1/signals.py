@@ -5,14 +5,21 @@ Shared by ``model.py`` (served by Triton) and by the calibration in ``bench/benc
 is fitted is exactly what is served. Depends on numpy and vaderSentiment only: the model folder stays
 self-contained for a GPU Triton.
 
-Signals, per message (:data:`SIGNALS` names them):
+Signals, per message (:data:`SIGNALS` names them). None grows with the message's length (a long polite
+email is not more negative than its short form, a terse complaint not more neutral than a long one):
 
-- VADER (the ``vaderSentiment`` package plus ``lexicon.tsv``'s additions) on the whole message and on its
-  most negative and most positive sentence: reads polar words, negation, intensifiers, caps, ``!``;
+- courtesy formulae (greetings, sign-offs, a closing "thanks", "merci de ...") are taken out first:
+  politeness, not feeling;
+- VADER (the ``vaderSentiment`` package plus ``lexicon.tsv``'s additions) per sentence: the mean, the most
+  negative and the most positive sentence; and the neg/pos proportions of the whole;
+- irony: praise beside trouble ("Great job. Locked out again.", "Thanks a lot for charging me twice"), a
+  praise exclamation opening a sentence of a message that reports trouble, "oh great"; ironic praise is kept
+  from VADER and from the thanks cue and counted;
 - cue counts a lexicon misses, in English, Spanish, German and French: time waited, repeated attempts or
   unanswered contacts, being unable to work, urgency, money taken wrongly or a security scare, damage on
-  arrival, a demand for the money back, thanks and praise, and the plain-request phrasing ("I would like...", "How do I") that VADER reads
-  as positive;
+  arrival, a demand for the money back, something that does not work said the short way ("won't open",
+  "503", "rien reçu"), insistence ("??"), thanks and praise, and the plain-request phrasing ("I would
+  like...", "How do I") that VADER reads as positive;
 - the embedding signal, for what a lexicon misses and for any language: the message's MiniLM embedding
   (computed by ``minilm_embedding``) compared with prototype sentences of anger, of frustration (time
   waited, urgency, being unable to work), of thanks and of plain requests, in four languages.
@@ -92,20 +99,32 @@ NEUTRAL = [
 ]
 PROTOTYPES = {"negative": NEGATIVE, "frustration": FRUSTRATION, "positive": POSITIVE, "neutral": NEUTRAL}
 
-_NUMBER = r"(?:\d+|a|one|two|three|four|five|six|several|many|dos|tres|cuatro|varias|zwei|drei|vier|mehrere|deux|trois|quatre|plusieurs)"
+_NUMBER = (
+    r"(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|a couple of|several|many|"
+    r"dos|tres|cuatro|cinco|seis|siete|ocho|nueve|diez|quince|varias|muchas|zwei|drei|vier|funf|sechs|sieben|acht|"
+    r"neun|zehn|vierzehn|mehreren?|vielen|deux|trois|quatre|cinq|six|sept|huit|neuf|dix|quinze|plusieurs)"
+)
 # Each cue: a regular expression over the folded text (lower case, accents removed). Counted, capped at 3.
 CUES: dict[str, str] = {
     "waited": (
         rf"\b{_NUMBER} (?:whole )?(?:days?|weeks?|months?|hours?|dias|semanas|meses|horas|tagen?|wochen|monaten?"
         r"|stunden?|jours|semaines|mois|heures)\b|\bfor ages\b|\bforever\b|\bstill (?:hasn'?t|haven'?t|not|no|"
-        r"nothing|waiting|missing|broken|no sign)\b|\bnot (?:arrived|received) yet\b|\bllevo\b|\btodavia no\b|"
+        r"nothing|waiting|missing|broken|no sign|don'?t|doesn'?t|won'?t|can'?t|isn'?t)\b|\bnot (?:arrived|received) yet\b|\bllevo\b|\btodavia no\b|"
         r"\baun no\b|\bimmer noch\b|\bnoch (?:immer|keine?n?)\b|\bseit\b|\btoujours pas\b|\bdepuis\b|"
         r"\bsigo esperando\b|\bwarte\b|\bj'attends\b|\bwaiting\b|\besperando\b"
+        r"|\bsince (?:monday|tuesday|wednesday|thursday|friday|saturday|sunday|last|yesterday|this morning|early)\b"
+        r"|\bit'?s been\b|\bit has been\b|\b(?:cela|ca) fait\b|\bhace (?:ya )?(?:mas de )?\w+ (?:dias|semanas|meses|horas)\b"
+        r"|\bwas (?:due|supposed to (?:arrive|come|be here))\b|\bnothing since\b"
     ),
     "repeated": (
         r"\bagain\b|\btwice\b|\b(?:three|four|five|several|many|multiple) times\b|\bevery (?:single )?time\b|"
         r"\bkeeps?\b|\bkept\b|\bthird time\b|\bnobody\b|\bno one\b|\bno (?:reply|answer|response)\b|"
         r"\bnever (?:arrives?|came|replied|answered|got)\b|\bcopy-paste\b|\bsame answer\b|\bignor\w*\b|"
+        r"\b(?:second|third|fourth|fifth|sixth|2nd|3rd|4th|5th|umpteenth) (?:time|one)\b|\bonce again\b|"
+        r"\bzum (?:zweiten|dritten|vierten|funften|wiederholten|x-ten) mal\b|\b(?:segunda|tercera|cuarta|quinta) vez\b|"
+        r"\b(?:deuxieme|troisieme|quatrieme|cinquieme|enieme) fois\b|\bencore (?:une|un)\b|\bya van\b|"
+        r"\bin a row\b|\byet another\b|\b[2-9] ?x\b|\b(?:zwei|drei) ?mal\b|\b(?:dos|tres) veces\b|\b(?:deux|trois) fois\b|\bseguid[oa]s\b|\bd'affilee\b|"
+        r"\bhintereinander\b|\bnacheinander\b|\botra semana (?:mas )?sin\b|\bencore une semaine\b|"
         r"\botra vez\b|\bvarias veces\b|\bnadie\b|\bde nuevo\b|\bschon wieder\b|\bmehrmals\b|\bniemand\b|"
         r"\bwieder\b|\bkeine antwort\b|\bplusieurs fois\b|\bpersonne\b|\bencore une fois\b|\baucune reponse\b"
     ),
@@ -117,6 +136,10 @@ CUES: dict[str, str] = {
         r"\bkonnen nicht\b|\bkann ich nicht\b|\bkonnen wir nicht\b|\bnicht arbeiten\b|\bne peux\b|"
         r"\bne pouvons\b|\bimpossible\b|\bunmoglich\b|\bimposible\b|\bnothing (?:loads|works)\b"
         r"|\b(?:very|extremely|painfully|really|so) slow\b|\btim(?:e|es|ing) out\b"
+        r"|\b(?:haven'?t|hasn'?t|have not|not) (?:been able|managed) to\b|\bidle\b"
+        r"|\b(?:is|its|it's|got|been|now|was|am) (?:locked|blocked)\b|\bcan'?t get (?:in|into|back|my|the|to)\b"
+        r"|\b(?:kann|konnen|konnte|konnten)\b[^.!?]{0,40}\bnicht mehr\b"
+        r"|\b(?:keine|keinen|keinerlei) (?:einzige )?(?:bestellung|arbeit)\w*\b|\bnon (?:plus )?(?:travailler|utiliser)\b|\bne (?:peux|pouvons) (?:plus|pas)\b"
     ),
     "urgent": (
         r"\burgent\w*\b|\bimmediately\b|\basap\b|\bright now\b|\btoday\b|\bat once\b|\bdringend\b|"
@@ -128,16 +151,24 @@ CUES: dict[str, str] = {
         r"\bfraud\w*\b|\bdispute\b|\bmy bank\b|\bscam\w*\b|\bnot acceptable\b|\bunacceptable\b|\bridiculous\b|"
         r"\bi cancelled\b|\bpromised\b|\bmisleading\b|\bsin (?:mi )?permiso\b|\bohne (?:meine )?zustimmung\b|"
         r"\bsans (?:mon )?accord\b|\bgehackt\b|\bpirate\b"
+        r"|\bnever (?:asked|agreed|signed)\b|\bdidn'?t (?:ask|agree)\b|\b(?:this|that|it) (?:wasn'?t|was not) me\b"
         r"|\bhaven'?t (?:bought|ordered|made)\b|\bdidn'?t (?:make|buy|order|authori[sz]e)\b|\bque no hice\b|\bnicht bestellt\b|\bwithout (?:any )?(?:warning|reminder|notice|telling me)\b|\bsin avisar\b|\bohne vorwarnung\b|\bsans prevenir\b|\bnobody told me\b|\bneither of us\b"
     ),
     "money_back": (
         r"\bmoney back\b|\bwant (?:a|my) refund\b|\brefund (?:now|today|immediately)\b|\bdevuelvan el dinero\b|"
         r"\bmi dinero\b|\bmein geld\b|\bgeld zuruck\b|\bmon argent\b|\bremboursez-moi\b|\bje veux etre rembourse"
+        r"|\b(?:i'?d like|i want|i would like|give me|i expect) (?:a |my )?(?:full )?refund\b|\brather have (?:my|the) money\b"
+        r"|\bnot (?:a |another )(?:replacement|exchange|new one)\b|\bno (?:un|otr[oa]) (?:cambio|recambio)\b"
+        r"|\bkeinen ersatz\b|\bpas (?:un|d'|de) ?(?:echange|remplacement)\b"
     ),
     "damaged": (
         r"\bbroken\b|\bcracked\b|\bdamaged\b|\bdefective\b|\bfaulty\b|\bsmashed\b|\bcrushed\b|\bdead\b|"
         r"\broto\b|\brota\b|\bdanad[oa]\b|\bdefectuos[oa]\b|\bkaputt\b|\bbeschadigt\b|\bdefekt\b|\bcasse\b|"
         r"\bcassee\b|\babime\b|\babimee\b|\bendommage\w*\b"
+        r"|\bsnapped\b|\bshattered\b|\btorn\b|\bripped\b|\bdented\b|\bscratched\b|\bleak\w*\b|\brot[oa]s\b"
+        r"|\bzerbrochen\b|\bgebrochen\b|\bzerkratzt\b|\bbrise\w*\b|\bfendue?s?\b|\braye\w*\b"
+        r"|\bempty\b|\bnothing (?:came|arrived|inside|in (?:it|the box))\b|\bmissing\b|\bvacio\b|\bvide\b|\bfehlt\b"
+        r"|\bmanque\b|\bfalta\b"
     ),
     "upset": (
         r"\bannoy\w*\b|\bupset\b|\bfrustrat\w*\b|\bdisappoint\w*\b|\bangry\b|\bfurious\b|\bfed up\b|"
@@ -158,8 +189,21 @@ CUES: dict[str, str] = {
         r"\bi(?:'d| would) like\b|\bcould you\b|\bcan you\b|\bcan i\b|\bhow (?:do|can|much|long)\b|"
         r"\bwhere (?:do|can|is)\b|\bis there\b|\bdo you\b|\bplease\b|\bquisiera\b|\bme gustaria\b|"
         r"\bcomo puedo\b|\bpor favor\b|\bich mochte\b|\bwie kann\b|\bbitte\b|\bkonnen sie\b|"
-        r"\bje voudrais\b|\bje souhaite\b|\bcomment\b|\bpouvez-vous\b|\bs'il vous plait\b"
+        r"\bje voudrais\b|\bje souhaite\b|\bcomment\b|\bpouvez-vous\b|\bs'il vous plait\b|\bpl[sz]\b|\bsvp\b"
     ),
+    # Something that does not work, phrased the short way ("app won't open", "link expired", "dashboard 503").
+    "fault": (
+        r"\b(?:won'?t|wont|doesn'?t|doesnt|does not|isn'?t|isnt|is not|didn'?t|didnt|not|never|nothing) "
+        r"(?:work\w*|open\w*|load\w*|start\w*|arr?iv\w*|show\w* up|turn\w* on|come\w*|sync\w*|connect\w*)\b|"
+        r"\bstopped (?:working|loading|syncing)\b|\bcrash\w*|\bfroze\b|\bfrozen\b|\bexpired\b|\berror\b|"
+        r"\b50[234]\b|\bbroke\b|\bno funciona\w*\b|\bno (?:abre|carga|llega|llego)\b|"
+        r"\bfunktioniert (?:nicht|nie)\b|\bgeht nicht\b|\bsturzt\b|\bfehler\b|\bmarche pas\b|"
+        r"\bfonctionne pas\b|\bplante\b|\berreur\b|\bbug\w*\b|\breject\w*\b|"
+        r"\b(?:not|never|haven'?t|hasn'?t|didn'?t) (?:been )?receiv\w*\b|\brien recu\b|\bpas recu\b|\bni rastro\b|"
+        r"\bno (?:he |hemos )?recibido\b|\bnicht (?:angekommen|erhalten)\b|\bnichts (?:angekommen|erhalten)\b"
+    ),
+    # Insistence: "??", "?!", "!!".
+    "insist": (r"\?{2,}|\?!|!\?|!{2,}"),
 }
 _GROUPS = tuple(PROTOTYPES)
 SIGNALS = (
@@ -169,14 +213,63 @@ SIGNALS = (
     "vader_min_sentence",
     "vader_max_sentence",
     *(f"cue_{name}" for name in CUES),
+    "ironic",
     "exclamations",
     "shouting",
     "questions",
-    "length",
     *(f"like_{group}" for group in _GROUPS),
     *(f"over_neutral_{group}" for group in _GROUPS if group != "neutral"),
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\s*\n\s*")
+# Praise words that, beside trouble in the same or the next sentence, are ironic ("Great, locked out again").
+_PRAISE = re.compile(
+    r"\b(?:great\w*|wonderful\w*|fantastic\w*|brilliant\w*|marvel+ous\w*|lovely|love[sd]?|perfect\w*|"
+    r"amazing\w*|excellent|superb|thanks?|thank you|appreciated?|bravo|genial|super|toll|wunderbar|prima|"
+    r"klasse|parfait|formidable|merveilleux|estupendo|perfecto|fenomenal|maravill\w*)\b"
+)
+_IRONIC_OPENER = re.compile(r"\boh,? (?:great|wonderful|fantastic|brilliant|perfect|lovely|joy|good|super)\b")
+# A praise word opening a sentence as an exclamation ("Great, ...", "Na toll.", "Genial, ..."): ironic when the
+# message reports trouble anywhere.
+_PRAISE_EXCLAMATION = re.compile(
+    r"^(?:oh|ah|na|just|really|how|que|wie|quel)?\s*(?:great|fantastic|wonderful|brilliant|perfect|lovely|amazing|"
+    r"awesome|excellent|superb|marvell?ous|super|genial|estupendo|perfecto|fantastico|maravilloso|fenomenal|toll|"
+    r"prima|klasse|wunderbar|perfekt|spitze|parfait|formidable|magnifique|bravo|merveilleux)"
+    r"(?:\s+(?:news|job|service))?\s*[,.!:;-]+"
+)
+_RESOLVED = re.compile(
+    r"\b(?:fixed|solved|sorted|resolved|works? (?:now|again|perfectly|fine|great)|working (?:now|again)|"
+    r"replaced|replacement (?:arrived|came)|arrived (?:early|safely|perfectly)|funciona (?:ya|de nuevo|otra vez)|"
+    r"ya funciona|geloest|gelost|funktioniert (?:jetzt|wieder)|resolu|fonctionne (?:a nouveau|de nouveau))\b"
+)
+_TROUBLE_CUES = (
+    "waited",
+    "repeated",
+    "blocked",
+    "wronged",
+    "money_back",
+    "damaged",
+    "upset",
+    "fault",
+    "insist",
+)
+# Courtesy formulae (greetings, sign-offs, "merci de ..."): politeness, not feeling. Taken out before VADER and
+# the cues read the message: a long polite email is not more positive or negative for them. (Not a signal of its
+# own: the dev tickets' polite ones are mostly calm asks, and a head would learn "polite means neutral".)
+_COURTESY = re.compile(
+    r"\b(?:kind|best|warm|many) (?:regards|wishes)\b|\bregards\b|"
+    r"\bi hope (?:this|my (?:email|message)) finds you well\b|\bno rush(?: at all)?\b|"
+    r"\bhave a (?:nice|good|great|lovely) (?:day|weekend|evening)\b|\bgood (?:morning|afternoon|evening|day)\b|"
+    r"\b(?:muchas )?gracias (?:de antemano|por adelantado)\b|\bun saludo\b|\bsaludos(?: cordiales)?\b|"
+    r"\batentamente\b|\bbuen(?:os|as) (?:dias|tardes|noches)\b|\b(?:vielen )?dank(?:e)? im voraus\b|"
+    r"\b(?:mit )?freundlichen? gru(?:ss|ß)en?\b|\b(?:viele|beste|liebe) gru(?:ss|ß)e\b|\bguten (?:tag|morgen|abend)\b|"
+    r"\bje vous remercie (?:par avance|d'avance)\b|\bmerci de (?:bien vouloir )?(?:me |nous |m')?[a-z]+(?:er|ir|re)\b|"
+    r"\b(?:bien )?cordialement\b|\bbonne (?:journee|soiree)\b"
+)
+# A sentence that only thanks ("Thanks.", "Merci beaucoup") in the sign-off closes a request: courtesy too.
+_CLOSING_THANKS = re.compile(
+    r"(?:thanks?|thank you|thx|ty|cheers|many thanks|(?:muchas )?gracias|danke|vielen dank|merci(?: beaucoup)?)"
+    r"(?: (?:very much|so much|a lot|again))?[.!]*"
+)
 _COMPILED = {name: re.compile(pattern) for name, pattern in CUES.items()}
 
 
@@ -204,25 +297,64 @@ class Signals:
         self._prototypes: dict[str, np.ndarray] | None = None
 
     def lexical(self, text: str) -> list[float]:
-        """VADER and cue signals of one message."""
-        whole = self.analyzer.polarity_scores(text)
-        sentences = [s for s in _SENTENCE_END.split(text.strip()) if s.strip()][:12] or [text]
-        compounds = [self.analyzer.polarity_scores(s)["compound"] for s in sentences]
-        folded = _fold(text)
+        """VADER and cue signals of one message, none of which grows with its length: courtesy formulae are
+        taken out first, sentences are scored one by one (mean, min, max), and praise beside trouble is read
+        as irony (kept from VADER and from the thanks cue).
+        """
+        sentences = [s.strip() for s in _SENTENCE_END.split(text.strip()) if s.strip()][:24] or [text]
+        # A sentence is a sign-off when it and every one after it are short once courtesy is taken out
+        # ("Thanks.", "Kind regards, Agnes Moreau").
+        short = [len(re.findall(r"[^\W\d_]+", _COURTESY.sub("", _fold(s)))) <= 3 for s in sentences]
+        signing_off = [all(short[i:]) for i in range(len(sentences))]
+        kept: list[str] = []
+        signed = False  # after "Kind regards," the rest is a name
+        for index, sentence in enumerate(sentences):
+            folded = _fold(sentence)
+            if signed or (index > 0 and signing_off[index] and _CLOSING_THANKS.fullmatch(folded)):
+                continue
+            stripped, found = _COURTESY.subn("", folded)
+            signed = bool(found) and index > 0 and signing_off[index]
+            rest = " ".join(re.sub(r"\b(?:and|y|und|et)\b|[,.!]", " ", stripped).split())
+            if signed and (not rest or _CLOSING_THANKS.fullmatch(rest)):  # "Many thanks and have a good day."
+                continue
+            if found:
+                # The rest of the sentence, if any, is read folded (case and accents matter little to VADER;
+                # shouting is counted on the original text).
+                if not re.search(r"[^\W_]", stripped):
+                    continue
+                sentence = stripped
+            kept.append(sentence)
+        kept = kept or [text]
+        folded_kept = [_fold(s) for s in kept]
+        trouble = [any(_COMPILED[name].search(f) for name in _TROUBLE_CUES) for f in folded_kept]
+        ironic = 0
+        plain: list[str] = []
+        for index, (sentence, folded) in enumerate(zip(kept, folded_kept, strict=True)):
+            nearby = trouble[index] or (index + 1 < len(kept) and trouble[index + 1])
+            exclaimed = any(trouble) and _PRAISE_EXCLAMATION.match(folded)
+            praised = _IRONIC_OPENER.search(folded) or exclaimed or (_PRAISE.search(folded) and nearby)
+            if praised and not _RESOLVED.search(folded):
+                ironic += 1
+                sentence = _PRAISE.sub("", folded)
+            plain.append(sentence)
+        joined = " ".join(plain)
+        whole = self.analyzer.polarity_scores(joined)
+        compounds = [self.analyzer.polarity_scores(s)["compound"] for s in plain]
+        folded = _fold(joined)
         cues = [float(min(3, len(pattern.findall(folded)))) for pattern in _COMPILED.values()]
         words = re.findall(r"[^\W\d_]{2,}", text)
         shouting = sum(w.isupper() for w in words if len(w) > 2)
         return [
-            whole["compound"],
+            float(np.mean(compounds)),
             whole["neg"],
             whole["pos"],
             min(compounds),
             max(compounds),
             *cues,
-            float(min(3, text.count("!"))),
+            float(min(3, ironic)),
+            float("!" in text),  # any: "!!!" is insistence (cue_insist), not three times the feeling
             float(min(3, shouting)),
-            float(min(3, text.count("?"))),
-            float(np.log1p(len(words))),
+            float("?" in text),
         ]
 
     def semantic(self, texts: list[str]) -> np.ndarray:
