@@ -597,8 +597,8 @@ class TaskEngine:
         """One transaction for the ends of many attempts; then run what it claimed and tell who waits."""
         claim = self._claim_ahead(freed=len(finishes), batch=self.settings.planner_max_in_flight)
         results = await self.store.finish_attempts(finishes, claim)
+        self._start_claimed(claim)  # first: the next steps' calls go out before watchers read what changed
         self._touch(finish.claimed.task_id for finish in finishes)
-        self._start_claimed(claim)
         told: set[str] = set()  # a task that ended is announced by one of its steps only
         for index, finish in enumerate(finishes):
             if results[index] == "ended":
