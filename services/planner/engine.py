@@ -46,6 +46,7 @@ from agentmesh.services.planner.playbooks import PlaybookLibrary
 from agentmesh.services.planner.rules import OutputRejected, check_output
 from agentmesh.services.planner.store import (
     FINAL_TASK_STATES,
+    TASK_EVENTS_CHANNEL,
     AttemptEnd,
     AttemptFinish,
     AttemptStart,
@@ -148,6 +149,7 @@ class TaskEngine:
             ("sweep", self._sweep_loop),
             ("outcomes", self._outcome_loop),
             ("discovery", self.dispatcher.keep_fresh),
+            *((("listen", self._listen_loop),) if self.store.postgres else ()),
         ):
             self._loops.append(asyncio.create_task(loop(), name=f"planner-{name}"))
 
@@ -371,6 +373,27 @@ class TaskEngine:
                     logger.info("lease of step %s/%s lost or the task ended; abandoning the call",
                                 entry[0].task_id, entry[0].step_id)
                     self._abandon(row_id)
+
+    async def _listen_loop(self) -> None:
+        """PostgreSQL: wake this replica's watchers at once when another replica commits events of their tasks
+        (without it they learn of them at their next poll, up to a second later)."""
+        import psycopg
+
+        url = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        backoff = 0.5
+        while not self._stopping:
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {TASK_EVENTS_CHANNEL}")
+                    backoff = 0.5
+                    async for note in conn.notifies():
+                        task_id, _, origin = note.payload.partition(" ")
+                        if origin != self.store.owner:
+                            self._touch((task_id,))
+            except Exception as exc:  # database away: watchers poll meanwhile; listen again once it is back
+                logger.debug("listening for task events paused (%s)", _brief(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
 
     async def _sweep_loop(self) -> None:
         while not self._stopping:

@@ -47,6 +47,7 @@ from agentmesh.storage import (
 )
 
 __all__ = [
+    "TASK_EVENTS_CHANNEL",
     "AttemptEnd",
     "AttemptFinish",
     "AttemptStart",
@@ -198,6 +199,9 @@ _WATCH_READ = sa.select(
     )).scalar_subquery().label("events"),
 ).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Task events are announced on this channel as "<task id> <replica>" when their transaction commits.
+TASK_EVENTS_CHANNEL = "agentmesh_task_events"
+_NOTIFY = f"SELECT pg_notify('{TASK_EVENTS_CHANNEL}', t || ' ' || %s) FROM unnest(%s::text[]) AS t"
 
 
 class EventRow(NamedTuple):
@@ -937,21 +941,23 @@ class PlannerStore:
         self, conn: AsyncConnection, task_id: str | None, events: Sequence[tuple[Any, ...]]
     ) -> None:
         now = utcnow()
-        await write(
-            conn,
-            _BLIND_INSERT[EVENTS.name],
-            [
-                {
-                    "task_id": e[4] if len(e) > 4 else task_id,
-                    "type": e[0],
-                    "step_id": e[1],
-                    "state": e[2],
-                    "attempt": e[3],
-                    "created_at": now,
-                }
-                for e in events
-            ],
-        )
+        rows = [
+            {
+                "task_id": e[4] if len(e) > 4 else task_id,
+                "type": e[0],
+                "step_id": e[1],
+                "state": e[2],
+                "attempt": e[3],
+                "created_at": now,
+            }
+            for e in events
+        ]
+        await write(conn, _BLIND_INSERT[EVENTS.name], rows)
+        if self.postgres and rows:
+            # Other replicas' watchers of these tasks learn of the events when this transaction commits.
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute(_NOTIFY, (self.owner, sorted({row["task_id"] for row in rows})))
 
     # ---- cancellation, approvals, deadlines --------------------------------------------------------------
 
