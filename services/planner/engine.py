@@ -40,6 +40,7 @@ from agentmesh._registry_client import RegistryClient
 from agentmesh._settings import Settings
 from agentmesh.agent import struct_to_dict
 from agentmesh.audit import AuditEntry
+from agentmesh.services.planner.canaries import Canaries
 from agentmesh.services.planner.dispatch import Choice, Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
 from agentmesh.services.planner.playbooks import PlaybookLibrary
@@ -108,6 +109,7 @@ class TaskEngine:
         self.settings = settings
         self.store = store
         self.dispatcher = Dispatcher(settings)
+        self._canaries = Canaries(lambda: self.registry, settings.planner_discovery_cache_ttl)
         self.registry: RegistryClient | None = None
         if registry is not None:
             self.attach_registry(registry)
@@ -174,6 +176,7 @@ class TaskEngine:
         with contextlib.suppress(TimeoutError):  # writes already queued end (bounded: one transaction each)
             await asyncio.wait_for(asyncio.gather(self._starts.close(), self._finishes.close()), timeout=grace)
         await self.dispatcher.close()
+        await self._canaries.close()
 
     def add_finish_listener(self, callback: Callable[[TaskRow], Awaitable[None]]) -> None:
         """Call ``callback(task)`` when a task this process drives reaches a final state."""
@@ -631,6 +634,8 @@ class TaskEngine:
         return results
 
     def _report(self, agent: dict[str, str], success: bool, code: str, latency: float) -> None:
+        if not self._canaries.counted(agent["namespace"], agent["name"], agent["version"]):
+            return  # not a canary under a rollback rule: the registry would count nothing
         with contextlib.suppress(asyncio.QueueFull):
             self._outcomes.put_nowait(
                 (agent["namespace"], agent["name"], agent["version"], agent["instance_id"], success, code, latency)

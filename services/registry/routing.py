@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from packaging.version import Version
 
+from agentmesh._canaries import baseline_version, canary_versions
+
 __all__ = ["CanaryRule", "OutcomeWindows", "RoutePolicy", "choose_version"]
 
 
@@ -61,13 +63,11 @@ class RoutePolicy:
     @property
     def baseline(self) -> str | None:
         """The version with the largest weight (ties: the highest version)."""
-        positive = [(w, Version(v), v) for v, w in self.weights.items() if w > 0]
-        return max(positive)[2] if positive else None
+        return baseline_version(self.weights)
 
     def canaries(self) -> list[str]:
         """Versions other than the baseline that still receive traffic."""
-        baseline = self.baseline
-        return [v for v, w in self.weights.items() if w > 0 and v != baseline]
+        return canary_versions(self.weights)
 
 
 def _bucket(routing_key: str, agent: str, total: int) -> int:
