@@ -135,7 +135,8 @@ def _draw(explanation: task_pb2.TaskExplanation, tree: Tree) -> None:
                 took = f"{ms:.0f} ms"
             agent = attempt.agent
             who = f"{agent.namespace}/{agent.name}@{agent.version}" if agent.name else "no agent"
-            line = f"attempt {attempt.attempt} {a_state} {took} on {who} {agent.endpoint} ({agent.instance_id})"
+            where = f" {agent.endpoint}" if agent.endpoint else ""  # blank for end users (behind the gateway)
+            line = f"attempt {attempt.attempt} {a_state} {took} on {who}{where} ({agent.instance_id})"
             if attempt.replayed:
                 line += " [replayed]"
             if attempt.error_code:
