@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = [
     "load_articles",
     "passages_of",
     "rank_articles",
+    "shared_keywords",
 ]
 
 ARTICLES_FILE = Path(__file__).with_name("articles.yaml")
@@ -112,9 +114,35 @@ def _keyword_groups(title: str, keywords: tuple[str, ...]) -> list[list[str]]:
     return groups
 
 
-def keyword_bonus(query: str, matchers: list[PhraseMatcher]) -> npt.NDArray[np.float32]:
-    """Per article: :data:`KEYWORD_WEIGHT` for each of its keyword phrases in ``query`` (at most two)."""
-    return np.array([KEYWORD_WEIGHT * min(2, len(m.find(query))) for m in matchers], dtype=np.float32)
+def shared_keywords(matchers: list[PhraseMatcher]) -> dict[str, frozenset[int]]:
+    """Keyword phrases that are evidence for other articles too: a phrase of one article that is a whole
+    part of at least two longer keyword phrases of another (``refund`` of kb-refund-policy is a part of
+    kb-refund-status's "refund status", "where is my refund", "still no refund"...) names that article's
+    topic as well, so it counts for both and the embedding decides between them.
+    """
+    shared: dict[str, set[int]] = {}
+    for owner, matcher in enumerate(matchers):
+        for phrase in matcher.phrases:
+            part = re.compile(r"(?<!\w)" + re.escape(phrase).replace(r"\*", r"\w*") + r"(?!\w)")
+            for other, candidate in enumerate(matchers):
+                if other != owner and phrase not in candidate.phrases:
+                    if sum(p != phrase and part.search(p) is not None for p in candidate.phrases) >= 2:
+                        shared.setdefault(phrase, set()).add(other)
+    return {phrase: frozenset(articles) for phrase, articles in shared.items()}
+
+
+def keyword_bonus(
+    query: str, matchers: list[PhraseMatcher], shared: dict[str, frozenset[int]] | None = None
+) -> npt.NDArray[np.float32]:
+    """Per article: :data:`KEYWORD_WEIGHT` for each of its keyword phrases in ``query`` (at most two),
+    counting the phrases of other articles that ``shared`` (:func:`shared_keywords`) gives it too.
+    """
+    found = [set(m.find(query)) for m in matchers]
+    if shared:
+        for phrase in set().union(*found) & set(shared):
+            for article in shared[phrase]:
+                found[article].add(phrase)
+    return np.array([KEYWORD_WEIGHT * min(2, len(f)) for f in found], dtype=np.float32)
 
 
 def rank_articles(

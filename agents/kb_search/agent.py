@@ -18,6 +18,7 @@ from agentmesh.agents.kb_search._kb import (
     load_articles,
     passages_of,
     rank_articles,
+    shared_keywords,
 )
 
 __all__ = ["KbSearchAgent", "SearchInput", "SearchOutput"]
@@ -65,6 +66,7 @@ class KbSearchAgent(TritonAgent):
     articles: list[KbArticle]
     passages: list[Passage]
     _matchers: list[PhraseMatcher]
+    _shared: dict[str, frozenset[int]]
     _passage_vectors: npt.NDArray[np.float32]
 
     async def prepare(self, ctx: SkillContext | None) -> None:
@@ -73,6 +75,7 @@ class KbSearchAgent(TritonAgent):
         passages = passages_of(articles)
         embedded = await self.embed_in_batches([p.text for p in passages], ctx)
         self._matchers = [PhraseMatcher(a.keywords) for a in articles]
+        self._shared = shared_keywords(self._matchers)
         self.articles, self.passages, self._passage_vectors = articles, passages, embedded
 
     @skill(
@@ -85,7 +88,7 @@ class KbSearchAgent(TritonAgent):
         """Rank articles by their best passage's similarity to the query plus keyword evidence."""
         await self.ensure_prepared(ctx)
         query = (await self.embed([for_embedding(request.query)], ctx)).embeddings[0]
-        bonus = keyword_bonus(for_matching(request.query), self._matchers)
+        bonus = keyword_bonus(for_matching(request.query), self._matchers, self._shared)
         ranked = rank_articles(query, self._passage_vectors, self.passages, request.top_k, bonus)
         best = ranked[0][1] if ranked else 0.0
         if best < CONFIDENT_SCORE:

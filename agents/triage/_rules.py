@@ -11,9 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 
-from agentmesh.agents._support._keywords import PhraseMatcher
+from agentmesh.agents._support._keywords import PhraseMatcher, fold
+from agentmesh.agents.kb_search._kb import ARTICLES_FILE, load_articles
 
 __all__ = [
+    "ARTICLE_INTENTS_FILE",
     "CUES_FILE",
     "CUE_WEIGHT",
     "INTENTS",
@@ -21,6 +23,7 @@ __all__ = [
     "PROTOTYPES_FILE",
     "Intent",
     "IntentScores",
+    "asks_something",
     "assess_priority",
     "cue_bonus",
     "intent_scores",
@@ -30,6 +33,8 @@ __all__ = [
 
 PROTOTYPES_FILE = Path(__file__).with_name("prototypes.yaml")
 CUES_FILE = Path(__file__).with_name("cues.yaml")
+# Which intent each knowledge-base article answers: its keywords are cues of that intent too.
+ARTICLE_INTENTS_FILE = Path(__file__).with_name("article_intents.yaml")
 # The first seven are the original intents; the others cover the rest of the knowledge base's topics.
 Intent = Literal[
     "refund",
@@ -66,6 +71,22 @@ _MONEY = re.compile(
     r"\b(charged (me )?twice|double[- ]?charged?|duplicate (charge|payment)|two (payments|charges)|overcharged)\b",
     re.I,
 )
+# Thanks (folded text): a note that thanks and asks nothing is "other" (feedback), whatever it thanks for; in a
+# message that asks something, thanks is a courtesy and says nothing about the topic.
+_THANKS = re.compile(
+    r"(?<!\w)(thank(s|ful)?|grateful|cheers|gracias|agradec\w*|dank|danke|dankeschon|bedank\w*|merci|remerci\w*)(?!\w)"
+)
+# Asking for something (folded text): a question, a request formula, or courtesy that goes with a request.
+_REQUEST = re.compile(
+    r"\?|(?<!\w)(please|pls|plz|bitte|in advance|d'avance|im voraus|de antemano|if you could|if someone could|"
+    r"if anyone could|grateful if|appreciate it if|would appreciate|i was wondering|wondering if|not sure whether|"
+    r"not sure how|could you|can you|would you|will you|i want|i'd like|i would like|i need|how do i|how can i|"
+    r"let me know|por favor|puede|pueden|podeis|podrian|quiero|necesito|konnen sie|konnten sie|konnt ihr|"
+    r"ich mochte|ich will|ich brauche|pouvez|pourriez|s'il vous plait|svp|merci de|je voudrais|je veux|"
+    r"je souhaite)(?!\w)"
+)
+# A request formula whose object is thanks ("please pass my thanks on", "ich möchte mich bedanken") asks nothing.
+_THANKS_WITHIN_WORDS = 4
 # Sentiment at or below this (model score in [-1, 1]) means a clearly upset customer.
 ANGRY_BELOW = -0.5
 
@@ -88,19 +109,70 @@ def load_prototypes(path: Path = PROTOTYPES_FILE) -> dict[str, list[str]]:
     return {intent: [str(s) for s in raw[intent]] for intent in INTENTS}
 
 
-def load_cues(path: Path = CUES_FILE) -> dict[str, PhraseMatcher]:
-    """A phrase matcher per intent of :data:`INTENTS` (intents without cues match nothing)."""
+def load_cues(
+    path: Path = CUES_FILE,
+    article_intents: Path | None = ARTICLE_INTENTS_FILE,
+    articles: Path = ARTICLES_FILE,
+) -> dict[str, PhraseMatcher]:
+    """A phrase matcher per intent of :data:`INTENTS` (intents without cues match nothing): the intent's
+    cues, plus the keywords of the knowledge-base articles that ``article_intents`` maps to it (None: none).
+    """
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if set(raw) - set(INTENTS):
         raise ValueError(f"{path}: unknown intents {sorted(set(raw) - set(INTENTS))}")
-    return {intent: PhraseMatcher(str(c) for c in raw.get(intent) or []) for intent in INTENTS}
+    cues = {intent: [str(c) for c in raw.get(intent) or []] for intent in INTENTS}
+    if article_intents is not None:
+        mapping = yaml.safe_load(article_intents.read_text(encoding="utf-8")) or {}
+        keywords = {a.article_id: a.keywords for a in load_articles(articles)}
+        unknown = sorted({str(a) for ids in mapping.values() for a in ids or []} - set(keywords))
+        if set(mapping) - set(INTENTS) or unknown:
+            raise ValueError(
+                f"{article_intents}: unknown intents or articles {sorted(set(mapping) - set(INTENTS))} {unknown}"
+            )
+        for intent, ids in mapping.items():
+            cues[intent] += [k for article in ids or [] for k in keywords[str(article)]]
+    return {intent: PhraseMatcher(cues[intent]) for intent in INTENTS}
+
+
+def asks_something(text: str) -> bool:
+    """Whether ``text`` asks for anything: a question mark or a request formula (in en/es/de/fr), unless
+    the request is to pass on thanks.
+    """
+    folded = fold(text)
+    for match in _REQUEST.finditer(folded):
+        after = " ".join(folded[match.end() :].split()[:_THANKS_WITHIN_WORDS])
+        if match.group(0) == "?" or _THANKS.search(after) is None:
+            return True
+    return False
 
 
 def cue_bonus(
-    text: str, cues: dict[str, PhraseMatcher], intents: tuple[str, ...] = INTENTS
+    text: str,
+    cues: dict[str, PhraseMatcher],
+    intents: tuple[str, ...] = INTENTS,
+    sentiment: float | None = None,
 ) -> npt.NDArray[np.float64]:
-    """Per intent: :data:`CUE_WEIGHT` for each of its cues found in ``text`` (at most two)."""
-    return np.array([CUE_WEIGHT * min(2, len(cues[i].find(text))) for i in intents], dtype=np.float64)
+    """Per intent: :data:`CUE_WEIGHT` for each of its cues found in ``text`` (at most two).
+
+    Thanks is read by what else the message does. In a message that asks something, a thanks cue of
+    "other" is a courtesy and does not count. A message that thanks, asks nothing and reads positive
+    (``sentiment`` above 0; unknown: not applied) is a thank-you note: "other" gets the full two cues, so
+    that what it thanks for (a delivery, a refund, an export) does not make it that topic's ticket.
+    """
+    asks = asks_something(text)
+    found = {i: cues[i].find(text) for i in intents}
+    if asks and "other" in found:
+        found["other"] = [c for c in found["other"] if _THANKS.search(c) is None]
+    bonus = {i: CUE_WEIGHT * min(2, len(found[i])) for i in intents}
+    if (
+        "other" in bonus
+        and not asks
+        and sentiment is not None
+        and sentiment > 0
+        and _THANKS.search(fold(text))
+    ):
+        bonus["other"] += 2 * CUE_WEIGHT
+    return np.array([bonus[i] for i in intents], dtype=np.float64)
 
 
 def intent_scores(

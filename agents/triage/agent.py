@@ -82,7 +82,7 @@ class TriageAgent(TritonAgent):
         result = intent_scores(
             embedded.embeddings @ self._prototypes.T,
             self._owners,
-            bonus=cue_bonus(for_matching(whole), self._cues),
+            bonus=cue_bonus(for_matching(whole), self._cues, sentiment=score),
         )
         priority, reasons = assess_priority(result.intent, score, whole)
         runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]

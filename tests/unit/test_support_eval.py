@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from agentmesh.agents._support import Article, find_injection
 from agentmesh.agents._support._keywords import PhraseMatcher, fold
 from agentmesh.agents._support._replies import ESCALATION, is_template
 from agentmesh.agents.examples import load_eval
 from agentmesh.agents.kb_search import load_articles
+from agentmesh.agents.kb_search._kb import keyword_bonus, shared_keywords
 from agentmesh.agents.quality_check._checks import (
     ask_problems,
     claim_problems,
@@ -22,7 +25,7 @@ from agentmesh.agents.quality_check._checks import (
 from agentmesh.agents.responder import ReplyPlan, compose_reply, plan_from_feedback
 from agentmesh.agents.responder._compose import Candidate, compose_escalation, quotable_articles
 from agentmesh.agents.triage import INTENTS
-from agentmesh.agents.triage._rules import cue_bonus, load_cues
+from agentmesh.agents.triage._rules import asks_something, cue_bonus, load_cues
 
 MARIA = {
     "name": "Maria Lopez",
@@ -253,3 +256,66 @@ def test_the_heldout2_split_is_new_large_and_labelled_like_the_others() -> None:
     assert {t.lang for t in heldout2} == {"en", "es", "de", "fr"}
     assert set(Counter(t.sentiment for t in heldout2)) == {"negative", "neutral", "positive"}
     assert any("\n> " in t.text for t in heldout2) and any(t.pii_may_show for t in heldout2)
+
+
+def test_a_keyword_that_names_another_articles_topic_counts_for_it_too() -> None:
+    # "refund" is kb-refund-policy's keyword and a part of several of kb-refund-status's ("where is my
+    # refund", "still no refund"...): a refund that has not come yet must not be ranked by a bonus that
+    # only the policy article gets. "csv" likewise names kb-data-import's topic ("import a csv").
+    articles = load_articles()
+    ids = [a.article_id for a in articles]
+    matchers = [PhraseMatcher(a.keywords) for a in articles]
+    shared = shared_keywords(matchers)
+    assert {ids[i] for i in shared["refund"]} == {"kb-refund-status"}
+    assert {ids[i] for i in shared["csv"]} == {"kb-data-import"}
+    assert "delivery" not in shared  # a word of one other keyword is not that article's topic
+    bonus = dict(
+        zip(
+            ids,
+            keyword_bonus("my refund for the lamp is pending for a fortnight", matchers, shared),
+            strict=True,
+        )
+    )
+    assert bonus["kb-refund-status"] == bonus["kb-refund-policy"] > 0
+    alone = dict(
+        zip(ids, keyword_bonus("my refund for the lamp is pending for a fortnight", matchers), strict=True)
+    )
+    assert alone["kb-refund-status"] == 0 < alone["kb-refund-policy"]
+
+
+def test_knowledge_base_keywords_are_cues_of_the_intent_their_article_answers() -> None:
+    # cues.yaml has no "chipped", "someone else's order" or "repair": kb-damaged-items, kb-wrong-item and
+    # kb-warranty do, and article_intents.yaml maps them to refund, refund and technical.
+    cues = load_cues()
+    without = load_cues(article_intents=None)
+    for text, intent in [
+        ("The teapot turned up chipped on the spout.", "refund"),
+        ("This box holds someone else's order, not my lamp.", "refund"),
+        ("Do you repair vacuum cleaners bought last year?", "technical"),
+    ]:
+        bonus = dict(zip(INTENTS, cue_bonus(text, cues), strict=True))
+        assert max(bonus, key=lambda i: bonus[i]) == intent and bonus[intent] > 0, (text, bonus)
+        assert dict(zip(INTENTS, cue_bonus(text, without), strict=True))[intent] == 0
+
+
+def test_thanks_is_feedback_when_nothing_is_asked_and_a_courtesy_when_something_is() -> None:
+    cues = load_cues()
+
+    def bonus(text: str, sentiment: float | None = None) -> dict[str, float]:
+        return dict(zip(INTENTS, cue_bonus(text, cues, sentiment=sentiment), strict=True))
+
+    note = "The courier brought the parcel a day early and the invoice was already in my inbox. Thanks a lot!"
+    assert bonus(note, 0.8)["other"] == pytest.approx(0.3)  # thanks, plus two cues for a thank-you note
+    assert bonus(note, 0.8)["other"] > max(bonus(note, 0.8)["shipping"], bonus(note, 0.8)["billing"])
+    assert bonus(note, -0.7)["other"] == pytest.approx(0.1)  # "thanks" in an unhappy message: no note
+    assert bonus(note)["other"] == pytest.approx(0.1)  # sentiment unknown: no note either
+    for ask in (
+        "Could you tell me when my Plus membership renews? Thanks!",
+        "Wie ändere ich meine Lieferadresse? Vielen Dank",
+        "Je voudrais télécharger mes factures. Merci d'avance",
+    ):
+        assert asks_something(ask)
+        assert bonus(ask, 0.5)["other"] == 0, ask  # the courtesy does not make it feedback
+    for note in ("Please pass my thanks on to Ana from your team.", "Ich möchte mich herzlich bedanken!"):
+        assert not asks_something(note)
+        assert bonus(note, 0.9)["other"] >= 0.2, note
