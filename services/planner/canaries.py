@@ -10,11 +10,11 @@ operator starts being counted within ``ttl`` seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
 from agentmesh._canaries import canary_versions
+from agentmesh._errors import NotFoundError
 from agentmesh._registry_client import RegistryClient
 
 __all__ = ["Canaries"]
@@ -25,7 +25,7 @@ class Canaries:
 
     def __init__(self, registry: Callable[[], RegistryClient | None], ttl: float) -> None:
         self._registry, self._ttl = registry, ttl
-        self._known: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self._known: dict[tuple[str, str], tuple[float, frozenset[str] | None]] = {}  # None: could not tell
         self._reading: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def counted(self, namespace: str, name: str, version: str) -> bool:
@@ -34,9 +34,7 @@ class Canaries:
         known = self._known.get(key)
         if known is None or time.monotonic() - known[0] >= self._ttl:
             self._read(key)
-            if known is None:
-                return True
-        return version in known[1]
+        return known is None or known[1] is None or version in known[1]
 
     def _read(self, key: tuple[str, str]) -> None:
         registry = self._registry()
@@ -45,13 +43,17 @@ class Canaries:
         self._reading[key] = asyncio.get_running_loop().create_task(self._fetch(registry, key))
 
     async def _fetch(self, registry: RegistryClient, key: tuple[str, str]) -> None:
+        counted: frozenset[str] | None
         try:
-            with contextlib.suppress(Exception):  # the registry away: reports go on as if every version counted
-                policy = await registry.get_routing(*key, deadline=2.0)
-                counted = canary_versions(dict(policy.weights)) if policy.HasField("canary") else []
-                self._known[key] = (time.monotonic(), frozenset(counted))
+            policy = await registry.get_routing(*key, deadline=2.0)
+            counted = frozenset(canary_versions(dict(policy.weights)) if policy.HasField("canary") else ())
+        except NotFoundError:
+            counted = frozenset()  # no routing policy: no canary
+        except Exception:
+            counted = None  # the registry cannot say: report everything, ask again after the ttl
         finally:
             self._reading.pop(key, None)
+        self._known[key] = (time.monotonic(), counted)
 
     async def close(self) -> None:
         """Stop the reads in flight."""

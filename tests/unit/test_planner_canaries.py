@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agentmesh._errors import NotFoundError, UnavailableError
 from agentmesh.services.planner.canaries import Canaries
 from agentmesh.v1 import registry_pb2
 
@@ -21,7 +22,11 @@ class _Registry:
 
     async def get_routing(self, namespace: str, name: str, **_: Any) -> registry_pb2.RoutingPolicy:
         self.reads += 1
-        return self.policies.get((namespace, name), registry_pb2.RoutingPolicy(namespace=namespace, name=name))
+        if (namespace, name) == ("s", "down"):
+            raise UnavailableError("the registry is away")
+        if (namespace, name) not in self.policies:  # as the registry answers an agent without a policy
+            raise NotFoundError(f"agent {namespace}/{name} has no routing policy")
+        return self.policies[(namespace, name)]
 
 
 async def _settle() -> None:
@@ -44,8 +49,12 @@ async def test_only_canaries_under_a_rollback_rule_are_reported() -> None:
     assert not canaries.counted("s", "triage", "1.0.0")  # the baseline
     assert not canaries.counted("s", "crm", "1.1.0")  # weights without a rollback rule: nothing is counted
     assert not canaries.counted("s", "kb", "2.0.0")  # no policy at all
+    # The registry away: reported, and not asked again before the ttl.
+    assert canaries.counted("s", "down", "1.0.0")
     await _settle()
-    assert registry.reads == 3  # fresh: not read again
+    assert canaries.counted("s", "down", "1.0.0")
+    await _settle()
+    assert registry.reads == 4  # fresh answers (and a failure) are not read again within the ttl
     await canaries.close()
 
 
