@@ -19,7 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from agentmesh._group_commit import GroupCommit
 from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
-from agentmesh.storage import AuditRecord, async_session_factory, batched_pipeline, fit_text, utcnow, write
+from agentmesh.storage import (
+    AuditRecord,
+    async_session_factory,
+    batched_pipeline,
+    fit_text,
+    psycopg_connection,
+    utcnow,
+    write,
+)
 
 __all__ = ["AUDIT_INSERT", "CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit", "chain_rows", "queue_chain_head"]
 
@@ -135,8 +143,7 @@ async def _locked_head(connection: AsyncConnection) -> Any:
     """
     if connection.dialect.name != "postgresql":
         return (await connection.execute(_HEAD)).first()
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None  # a connection in a transaction has its psycopg connection
+    driver = await psycopg_connection(connection)
     async with batched_pipeline(driver):
         head = await queue_chain_head(driver)
     return await head.fetchone()

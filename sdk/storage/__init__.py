@@ -11,7 +11,7 @@ from __future__ import annotations
 from agentmesh.storage._audit_models import AuditRecord
 from agentmesh.storage._base import Base
 from agentmesh.storage._conversation_models import Conversation, ConversationMessage
-from agentmesh.storage._driver import write
+from agentmesh.storage._driver import psycopg_connection, write
 from agentmesh.storage._engine import (
     async_session_factory,
     async_url,
@@ -91,6 +91,7 @@ __all__ = [
     "mask_url",
     "metadata",
     "ping",
+    "psycopg_connection",
     "queue_begin",
     "queue_commit",
     "sync_url",

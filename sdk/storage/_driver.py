@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import UpdateBase
 
-__all__ = ["write"]
+__all__ = ["psycopg_connection", "write"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,13 @@ def _compiled(connection: AsyncConnection, statement: UpdateBase, keys: frozense
     return found
 
 
+async def psycopg_connection(connection: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg ``AsyncConnection`` under a checked-out SQLAlchemy connection (PostgreSQL)."""
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert isinstance(driver, psycopg.AsyncConnection)  # a checked-out connection has its psycopg connection
+    return driver
+
+
 async def write(
     connection: AsyncConnection, statement: UpdateBase, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
 ) -> None:
@@ -86,8 +94,7 @@ async def write(
     if not compiled.direct or any(frozenset(row) != keys for row in rows[1:]):
         await connection.execute(statement, rows if len(rows) > 1 else rows[0])
         return
-    driver = (await connection.get_raw_connection()).driver_connection
-    assert driver is not None  # a checked-out connection has its psycopg connection
+    driver = await psycopg_connection(connection)
     if len(rows) == 1:
         await driver.execute(compiled.compiled.string, compiled.bind(rows[0]))
         return

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from agentmesh.audit._append import AUDIT_INSERT, chain_rows, queue_chain_head
-from agentmesh.storage import batched_pipeline, queue_begin, queue_commit, utcnow, write
+from agentmesh.storage import batched_pipeline, psycopg_connection, queue_begin, queue_commit, utcnow, write
 
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
@@ -64,8 +64,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
              if values["state"] == "SUCCEEDED"}
     audit = [f.audit for f in finishes if f.audit is not None]
     async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
+        driver = await psycopg_connection(conn)
         try:
             async with batched_pipeline(driver):
                 await queue_begin(driver)

@@ -40,6 +40,7 @@ from agentmesh.storage import (
     Task,
     TaskEvent,
     batched_pipeline,
+    psycopg_connection,
     queue_begin,
     queue_commit,
     utcnow,
@@ -199,6 +200,7 @@ _WATCH_READ = sa.select(
     )).scalar_subquery().label("events"),
 ).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TASK = sa.select(TASKS).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 # Task events are announced on this channel as "<task id> <replica>" when their transaction commits.
 TASK_EVENTS_CHANNEL = "agentmesh_task_events"
 _NOTIFY = f"SELECT pg_notify('{TASK_EVENTS_CHANNEL}', t || ' ' || %s) FROM unnest(%s::text[]) AS t"
@@ -473,7 +475,7 @@ class PlannerStore:
     async def get_task(self, task_id: str) -> TaskRow:
         """One task; NotFoundError when there is none."""
         async with self.single.connect() as conn:
-            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).first()
+            row = (await conn.execute(_TASK, {"p_task_id": task_id})).first()
         if row is None:
             raise NotFoundError(f"no task {task_id!r}")
         return self._remember(TaskRow.of(row))
@@ -695,8 +697,7 @@ class PlannerStore:
                 yield conn
             return
         async with self.single.connect() as conn:  # autocommit: the BEGIN goes out with the statements
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None  # a checked-out connection has its psycopg connection
+            driver = await psycopg_connection(conn)
             try:
                 async with batched_pipeline(driver):
                     await queue_begin(driver)
@@ -797,7 +798,7 @@ class PlannerStore:
         """A task's input (it never changes: read once per task)."""
         task = self._tasks.get(task_id)
         if task is None:
-            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).one()
+            row = (await conn.execute(_TASK, {"p_task_id": task_id})).one()
             task = self._remember(TaskRow.of(row))
         return task.input
 
@@ -814,7 +815,7 @@ class PlannerStore:
             return state
         task = self._tasks.get(task_id)
         if task is None:
-            row = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).one()
+            row = (await conn.execute(_TASK, {"p_task_id": task_id})).one()
             task = self._remember(TaskRow.of(row))
         return state, task.input
 
@@ -859,8 +860,7 @@ class PlannerStore:
                 take, ids = ids[: ahead.limit], ids[ahead.limit :]
                 lease = {**self._lease(ahead.lease_ttl), "p_plan_id": plan_id, "p_ids": take}
                 if pipelined:  # under the task's lock every one of them is PENDING: each is claimed
-                    driver = (await conn.get_raw_connection()).driver_connection
-                    assert driver is not None
+                    driver = await psycopg_connection(conn)
                     ahead.deferred.append(await driver.execute(CLAIM_UNBLOCKED, {k[2:]: v for k, v in lease.items()}))
                     attempts = {r.step_id: r.attempt_count + 1 for r in rows}
                     running = [("STEP_STATE", step_id, "RUNNING", attempts[step_id]) for step_id in take]
@@ -955,8 +955,7 @@ class PlannerStore:
         await write(conn, _BLIND_INSERT[EVENTS.name], rows)
         if self.postgres and rows:
             # Other replicas' watchers of these tasks learn of the events when this transaction commits.
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
+            driver = await psycopg_connection(conn)
             await driver.execute(_NOTIFY, (self.owner, sorted({row["task_id"] for row in rows})))
 
     # ---- cancellation, approvals, deadlines --------------------------------------------------------------
@@ -1130,7 +1129,7 @@ class PlannerStore:
             return self._remember(TaskRow.of(row)), events
         async with self.reader.begin() as conn:  # one transaction: one snapshot
             rows = (await conn.execute(_EVENTS_AFTER, params)).all()
-            task = (await conn.execute(sa.select(TASKS).where(TASKS.c.task_id == task_id))).first()
+            task = (await conn.execute(_TASK, {"p_task_id": task_id})).first()
         if task is None:
             raise NotFoundError(f"no task {task_id!r}")
         return self._remember(TaskRow.of(task)), [EventRow(*row) for row in rows]
