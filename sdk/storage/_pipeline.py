@@ -9,7 +9,8 @@ results come back together. libpq still sends on its own when its buffer passes 
 long pipeline cannot deadlock against the server.
 
 It overrides how psycopg's pipeline sends queued statements (``_communicate_gen`` after each statement, and
-the sync, fetch and exit steps that send them); results are processed by psycopg's own code. ``tests/unit/test_storage_pipeline.py`` pins the behaviour on the installed psycopg.
+the sync, fetch and exit steps that send them); results are processed by psycopg's own code.
+``tests/integration/test_storage_pipeline.py`` pins the behaviour on the installed psycopg.
 """
 
 from __future__ import annotations
