@@ -15,6 +15,11 @@ the gateway (TLS + JWT) and directly to the planner (mTLS) in the same run, and 
     .venv/bin/python bench/bench_gateway.py --audit --processes 1 2 4 --records 400 --in-flight 8
     .venv/bin/python bench/bench_gateway.py --gateway --tasks 300
     .venv/bin/python bench/bench_gateway.py --gateway --tasks 60 --watch   # WatchTask instead of GetTask polling
+
+``--floor``: the least a durable gateway -> planner -> agent path can cost here (``bench/_floor_chain.py``): bare
+servers, one process each, two commits, against one bare mTLS hop in the same run.
+
+    .venv/bin/python bench/bench_gateway.py --floor --rounds 1000
 """
 
 from __future__ import annotations
@@ -153,8 +158,17 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=8, help="appends in flight per process")
     parser.add_argument("--tasks", type=int, default=300, help="tasks per path for --gateway")
     parser.add_argument("--watch", action="store_true", help="--gateway: follow each task with WatchTask, not polling")
+    parser.add_argument("--floor", action="store_true",
+                        help="the floor of a durable gateway -> planner -> agent path: bare servers, one process each")
+    parser.add_argument("--rounds", type=int, default=1000, help="calls per path for --floor")
+    parser.add_argument("--floor-role", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=5, metavar=("URL", "MODE", "RECORDS", "IN_FLIGHT", "NAME"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_role:
+        from bench._floor_chain import run_role
+
+        run_role(args.floor_role)
+        return 0
     if args.worker:
         url, mode, records, in_flight, name = args.worker
         asyncio.run(_worker(url, mode, int(records), int(in_flight), name))
@@ -165,6 +179,10 @@ def main() -> int:
         from bench._gateway_path import bench_gateway_path
 
         asyncio.run(bench_gateway_path(args.tasks, args.watch))
+    if args.floor:
+        from bench._floor_chain import bench_floor
+
+        asyncio.run(bench_floor(args.rounds))
     return 0
 
 
