@@ -4,13 +4,15 @@ Everything runs on this machine: a throwaway PostgreSQL, the registry, one plann
 in its own process (uvloop); this process submits and measures. The baseline is measured in the same run,
 against the same agent and database server, at the same number of calls in flight.
 
-    .venv/bin/python bench/bench_planner.py [--tasks 200] [--width 10] [--chain 30] [--skip-crash]
+    .venv/bin/python bench/bench_planner.py [--tasks 200] [--width 10] [--chain 30] [--skip-crash] [--floor]
 
 Figures:
   throughput   tasks of ``width`` independent trivial steps, all submitted at once: steps/s, attempt p50/p99
                (claim -> record, from the execution log), vs the bare loop at the planner's in-flight bound
   overhead     one task of ``chain`` sequential trivial steps at 1 in flight: wall time per step minus the p50
                of a bare mTLS Invoke of the same skill (the agent call itself)
+  floor        (--floor) the bare loop plus what issues 10, 13 and 14 put on every durable step: a signed step
+               token the agent checks, and a hash-chained, redacted audit record written with the step's end
   crash        a planner SIGKILLed with slow steps in flight; a second one started at once: seconds from the kill
                until the first step of the dead planner is running again (bound: 2 x lease TTL)
 """
@@ -215,13 +217,24 @@ async def _chain_gaps(url: str, task_ids: list[str]) -> str:
             f"ended->next claimed {statistics.median(gap):.1f} ms (medians)")
 
 
-async def _bare_loop(url: str, settings: Any, endpoint: str, steps: int, in_flight: int) -> tuple[float, list[float]]:
-    """The baseline: claim with SKIP LOCKED in batches, call the agent over mTLS, record; same in-flight bound."""
+async def _bare_loop(
+    url: str, settings: Any, endpoint: str, steps: int, in_flight: int, mandated: bool = False
+) -> tuple[float, list[float]]:
+    """The baseline: claim with SKIP LOCKED in batches, call the agent over mTLS, record; same in-flight bound.
+
+    ``mandated``: plus the per-step work other issues put on every durable step, whatever the planner's design:
+    a signed step token in each Invoke (issue 13; the agent checks it, issue 10) and the attempt's audit record,
+    PII-redacted and hash-chained, written in the step's recording transaction (issue 14). The chain is kept in
+    memory (this loop is the only appender while it runs), so no lock or head read is paid: a floor."""
     import contextlib
 
     import psycopg
+    from psycopg.types.json import Jsonb
 
     from agentmesh._channel import create_channel
+    from agentmesh.audit import AuditEntry
+    from agentmesh.audit._append import chain_rows
+    from agentmesh.services.planner.tokens import StepTokens
     from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
     plain = url.replace("+psycopg", "")
@@ -235,10 +248,18 @@ async def _bare_loop(url: str, settings: Any, endpoint: str, steps: int, in_flig
     channel = create_channel(endpoint, settings, kind="service", name="planner")
     stub = agent_pb2_grpc.AgentServiceStub(channel)
     latencies: list[float] = []
+    failures: list[BaseException] = []
     semaphore = asyncio.Semaphore(in_flight)
     idle: asyncio.Queue[Any] = asyncio.Queue()
     for _ in range(16):
         idle.put_nowait(await psycopg.AsyncConnection.connect(plain, autocommit=True))
+    tokens = StepTokens(settings) if mandated else None
+    audience = f"spiffe://{settings.trust_domain}/agent/bench/noop"
+    head: list[Any] = [None]
+    if mandated:
+        async with await psycopg.AsyncConnection.connect(plain, autocommit=True) as conn:
+            head[0] = await (await conn.execute(
+                "SELECT sequence, record_hash FROM audit_records ORDER BY sequence DESC LIMIT 1")).fetchone()
 
     @contextlib.asynccontextmanager
     async def connection() -> Any:
@@ -249,17 +270,40 @@ async def _bare_loop(url: str, settings: Any, endpoint: str, steps: int, in_flig
             idle.put_nowait(conn)
 
     async def run_step(step_id: int) -> None:
+        try:
+            await one_step(step_id)
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+        finally:
+            semaphore.release()
+
+    async def one_step(step_id: int) -> None:
         started = time.perf_counter()
-        request = agent_pb2.InvokeRequest(skill="noop", idempotency_key=f"bare/{step_id}")
+        request = agent_pb2.InvokeRequest(skill="noop", idempotency_key=f"{'floor' if mandated else 'bare'}/{step_id}")
         request.input.update({"n": step_id})
+        if tokens is not None:
+            request.task_id, request.step_id = f"bare-{step_id}", "s"
+            request.delegation_token = tokens.mint(audience=audience, subject="user@bench", tenant="bench",
+                                                   scopes=["tasks:submit"], task_id=request.task_id, step_id="s",
+                                                   actor_chain=(f"spiffe://{settings.trust_domain}/service/planner",),
+                                                   ttl_seconds=40)
         reply = await stub.Invoke(request, timeout=10)
+        audit: list[dict[str, Any]] = []
+        if tokens is not None:
+            entry = AuditEntry("step.attempt", resource=f"tasks/bare-{step_id}/steps/s", actor="bench",
+                               on_behalf_of="user@bench", detail={"attempt": 1, "state": "SUCCEEDED"})
+            audit = chain_rows([entry], head[0])
+            head[0] = (audit[-1]["sequence"], audit[-1]["record_hash"])
         async with connection() as conn:
-            await conn.execute(
-                "UPDATE bare_steps SET state='DONE', output=%s::jsonb, owner=NULL WHERE id=%s",
-                (json.dumps({"n": int(reply.output["n"])}), step_id),
-            )
+            async with conn.pipeline():
+                await conn.execute(
+                    "UPDATE bare_steps SET state='DONE', output=%s::jsonb, owner=NULL WHERE id=%s",
+                    (json.dumps({"n": int(reply.output["n"])}), step_id),
+                )
+                for row in audit:
+                    await conn.execute(_AUDIT_ROW, {**row, "detail": Jsonb(row["detail"])})
         latencies.append((time.perf_counter() - started) * 1000)
-        semaphore.release()
 
     started = time.perf_counter()
     running: set[asyncio.Task[None]] = set()
@@ -282,12 +326,22 @@ async def _bare_loop(url: str, settings: Any, endpoint: str, steps: int, in_flig
             task = asyncio.create_task(run_step(step_id))
             running.add(task)
             task.add_done_callback(running.discard)
-    await asyncio.gather(*running)
+    await asyncio.gather(*running, return_exceptions=True)
     elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} bare steps failed, the first: {failures[0]!r}")
     while not idle.empty():
         await (await idle.get()).close()
     await channel.close()
     return steps / elapsed, latencies
+
+
+_AUDIT_ROW = (
+    "INSERT INTO audit_records (sequence, record_time, actor, on_behalf_of, action, resource, outcome, detail, "
+    "trace_id, model_name, model_version, previous_hash, record_hash) VALUES (%(sequence)s, %(record_time)s, "
+    "%(actor)s, %(on_behalf_of)s, %(action)s, %(resource)s, %(outcome)s, %(detail)s, %(trace_id)s, %(model_name)s, "
+    "%(model_version)s, %(previous_hash)s, %(record_hash)s)"
+)
 
 
 async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300) -> float:
@@ -358,6 +412,13 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             rate = steps / (finished - started)
             times, failed = await _attempt_times(url, ids)
             bare_rate, bare_times = await _bare_loop(url, settings, endpoint, steps, in_flight=256)
+            if args.floor:
+                floor_rate, floor_times = await _bare_loop(url, settings, endpoint, steps, in_flight=256, mandated=True)
+                report.append(
+                    f"floor: the bare loop plus the step token and the audit record every step must carry "
+                    f"{floor_rate:,.0f} steps/s (p50 {_pct(floor_times, 0.5):.1f} ms p99 {_pct(floor_times, 0.99):.1f} ms) "
+                    f"= {floor_rate / bare_rate:.2f}x the bare loop; the planner is {rate / floor_rate:.2f}x this floor"
+                )
             report.append(
                 f"throughput: planner {rate:,.0f} steps/s ({args.tasks} tasks x {args.width} parallel steps, {failed} failed), "
                 f"attempt p50 {_pct(times, 0.5):.1f} ms p99 {_pct(times, 0.99):.1f} ms; bare loop {bare_rate:,.0f} steps/s "
@@ -433,6 +494,8 @@ def main() -> int:
     parser.add_argument("--chains", type=int, default=1, help="chain tasks run one after another (overhead: their median)")
     parser.add_argument("--lease-ttl", type=float, default=5.0)
     parser.add_argument("--skip-crash", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="also the bare loop plus the per-step work issues 10, 13 and 14 require (step token, audit record)")
     parser.add_argument("--profile", default="", help="write a CPU-time cProfile of the (first) planner process to this file")
     args = parser.parse_args()
 
