@@ -13,6 +13,8 @@ Figures:
                of a bare mTLS Invoke of the same skill (the agent call itself)
   floor        (--floor) the bare loop plus what issues 10, 13 and 14 put on every durable step: a signed step
                token the agent checks, and a hash-chained, redacted audit record written with the step's end
+  gateway      (--gateway N) one-step tasks submitted and watched through a gateway process (TLS + bearer JWT) and
+               straight to the planner, alternating: the real path of issue 14's target in a deployment's layout
   crash        a planner SIGKILLed with slow steps in flight; a second one started at once: seconds from the kill
                until the first step of the dead planner is running again (bound: 2 x lease TTL)
 """
@@ -64,6 +66,7 @@ def _playbooks(folder: Path, width: int, chain: int) -> None:
     (folder / "wide.yaml").write_text(wide)
     (folder / "chain.yaml").write_text(PLAYBOOKS["chain"] + steps)
     (folder / "slow.yaml").write_text(PLAYBOOKS["slow"])
+    (folder / "one.yaml").write_text(PLAYBOOKS["wide"].replace("name: wide", "name: one") + "  - {id: s0, skill: noop, input: {n: 1}}\n")
 
 
 AGENT_SOURCE = '''
@@ -360,6 +363,66 @@ async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300) -> floa
     return statistics.median(times[20:])
 
 
+async def _until_final(stub: Any, task_id: str, metadata: Any) -> None:
+    """Follow a task with WatchTask until it ends; raise unless it SUCCEEDED."""
+    from agentmesh.v1 import task_pb2
+
+    final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
+    stream = stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id), metadata=metadata, timeout=30)
+    async for event in stream:
+        if event.task.state in final:
+            stream.cancel()
+            if event.task.state != task_pb2.TASK_STATE_SUCCEEDED:
+                raise RuntimeError(f"task {task_id} ended {event.task.state}: {event.task.error}")
+            return
+    raise RuntimeError(f"the watch of task {task_id} ended before the task did")
+
+
+async def _gateway_path(tasks: int, env: dict[str, str], logs: Path, planner: str, settings: Any,
+                        children: list[subprocess.Popen[bytes]]) -> str:
+    """One-step tasks (the trivial agent) submitted and watched through a gateway process (TLS + bearer JWT) and
+    straight to the planner (mTLS), alternating, each process on its own as in a deployment."""
+    import grpc
+
+    from agentmesh._channel import create_channel
+    from agentmesh._health import wait_until_serving
+    from agentmesh.inference import free_port
+    from agentmesh.services.gateway.devtokens import DevIssuer
+    from agentmesh.v1 import task_pb2, task_pb2_grpc
+
+    issuer = DevIssuer.from_settings(settings)
+    issuer.rotate()
+    port = free_port()
+    limits = {f"AGENTMESH_GATEWAY_{kind}_PER_{who}": "1000000" for kind in ("RATE", "BURST") for who in ("PRINCIPAL", "TENANT")}
+    children.append(_spawn(["gateway", "--port", str(port)], {**env, "AGENTMESH_PLANNER_ADDRESS": planner,
+                                                             "AGENTMESH_CONSOLE_PORT": "-1", **limits}, logs / "gateway.log"))
+    public = grpc.aio.secure_channel(
+        f"127.0.0.1:{port}", grpc.ssl_channel_credentials(root_certificates=(settings.home / "ca" / "ca.pem").read_bytes())
+    )
+    direct = create_channel(planner, settings, kind="client", name="ops")
+    try:
+        await wait_until_serving(public, within=60.0)
+        token = issuer.issue(subject="bench-user", scopes=["tasks:submit", "tasks:read"], ttl_seconds=3600)
+        paths = {"gateway": (task_pb2_grpc.TaskServiceStub(public), (("authorization", f"Bearer {token}"),)),
+                 "direct": (task_pb2_grpc.TaskServiceStub(direct), ())}
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for round_ in range(tasks + 20):  # 20 warm-up rounds
+            for name, (stub, metadata) in paths.items():
+                started = time.perf_counter()
+                task = (await stub.SubmitTask(task_pb2.SubmitTaskRequest(goal="one", playbook="one"),
+                                              metadata=metadata, timeout=10)).task
+                await _until_final(stub, task.task_id, metadata)
+                if round_ >= 20:
+                    times[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        await public.close()
+        await direct.close()
+    gateway, planner_only = (statistics.median(times[name]) for name in ("gateway", "direct"))
+    return (f"one-step task, submit to watched SUCCEEDED, {tasks} per path, each service its own process: gateway p50 "
+            f"{gateway:.2f} ms (p90 {_pct(times['gateway'], 0.9):.2f}), planner directly p50 {planner_only:.2f} ms (p90 "
+            f"{_pct(times['direct'], 0.9):.2f}); gateway / direct {gateway / planner_only:.2f}x (+{gateway - planner_only:.2f} ms)")
+
+
 async def _agent_endpoint(settings: Any) -> str:
     from agentmesh._registry_client import RegistryClient
 
@@ -443,6 +506,8 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
                 f"bare mTLS Invoke p50 {call_p50:.2f} ms: planner overhead {per_step - call_p50:.2f} ms per step; planner CPU "
                 f"{cpu:.2f} ms per step; {gaps}"
             )
+        if args.gateway:
+            report.append(await _gateway_path(args.gateway, env, logs, planner, settings, children))
         if not args.skip_crash:
             async with create_channel(planner, settings, kind="client", name="ops") as channel:
                 stub = task_pb2_grpc.TaskServiceStub(channel)
@@ -496,6 +561,8 @@ def main() -> int:
     parser.add_argument("--skip-crash", action="store_true")
     parser.add_argument("--floor", action="store_true",
                         help="also the bare loop plus the per-step work issues 10, 13 and 14 require (step token, audit record)")
+    parser.add_argument("--gateway", type=int, default=0, metavar="N",
+                        help="also N one-step tasks through a gateway process and N straight to the planner, alternating")
     parser.add_argument("--profile", default="", help="write a CPU-time cProfile of the (first) planner process to this file")
     args = parser.parse_args()
 
@@ -509,7 +576,8 @@ def main() -> int:
         upgrade(url)
         home = Path(tmp)
         authority = CertificateAuthority.init(home, TRUST_DOMAIN)
-        for kind, name in (("service", "registry"), ("service", "planner"), ("client", "ops"), ("agent", "bench/noop")):
+        for kind, name in (("service", "registry"), ("service", "planner"), ("service", "gateway"), ("client", "ops"),
+                           ("agent", "bench/noop")):
             authority.ensure(kind, name)
         os.chmod(home, 0o755)
         report = asyncio.run(run(args, url, home))
