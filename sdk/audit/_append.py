@@ -25,6 +25,8 @@ from agentmesh.storage import (
     batched_pipeline,
     fit_text,
     psycopg_connection,
+    queue_begin,
+    queue_commit,
     utcnow,
     write,
 )
@@ -160,6 +162,9 @@ class AuditLog:
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
         self._sessions: async_sessionmaker[AsyncSession] = async_session_factory(engine)
+        # PostgreSQL: an autocommit connection, so BEGIN and COMMIT go out with the statements (two round trips
+        # a batch: the lock and head, then the rows and COMMIT) instead of psycopg's own BEGIN and commit.
+        self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
         # A failed transaction fails every append in it (no one-by-one retry); max_batch counts records.
         self._batches: GroupCommit[Sequence[AuditEntry], list[AuditRecord]] = GroupCommit(
             self._write, max_batch=max_batch, weight=len, alone_on_failure=False, name="audit-writer"
@@ -170,13 +175,34 @@ class AuditLog:
         return await self._batches.submit(entries)
 
     async def _write(self, batch: Sequence[Sequence[AuditEntry]]) -> list[list[AuditRecord]]:
-        async with self._sessions.begin() as session:
-            records = await append_audit(session, [entry for entries in batch for entry in entries])
+        entries = [entry for entries in batch for entry in entries]
+        if self._single is not None:
+            records = await self._write_pipelined(entries)
+        else:
+            async with self._sessions.begin() as session:
+                records = await append_audit(session, entries)
         results, start = [], 0
         for entries in batch:
             results.append(records[start : start + len(entries)])
             start += len(entries)
         return results
+
+    async def _write_pipelined(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        assert self._single is not None
+        async with self._single.connect() as conn:
+            driver = await psycopg_connection(conn)
+            try:
+                async with batched_pipeline(driver):
+                    await queue_begin(driver)
+                    head = await queue_chain_head(driver)
+                rows = chain_rows(entries, await head.fetchone())
+                async with batched_pipeline(driver):
+                    await write(conn, AUDIT_INSERT, rows)
+                    await queue_commit(driver)
+            except BaseException:
+                await conn.invalidate()  # a transaction left open or aborted is not handed to the next append
+                raise
+        return [AuditRecord(**row) for row in rows]
 
     async def close(self) -> None:
         """Wait for queued appends to be written."""

@@ -252,3 +252,35 @@ async def test_a_hostile_value_cannot_make_postgresql_refuse_a_batch_of_records(
         assert "tasks/honest" in {resource for resource, _ in rows}
     finally:
         await engine.dispose()
+
+
+async def test_an_append_the_database_refuses_fails_alone_and_the_next_one_is_chained(migrated_postgres_url: str) -> None:
+    # The group commit's transaction on PostgreSQL goes out pipelined on an autocommit connection: a batch the
+    # server refuses must fail its callers, leave no half-open transaction on the pooled connection, and let the
+    # next append extend the chain from the last committed record.
+    engine = create_async_engine(migrated_postgres_url)
+    log = AuditLog(engine)
+    try:
+        await log.append(AuditEntry("/agentmesh.v1.TaskService/SubmitTask", resource="tasks/first"))
+        async with engine.begin() as connection:
+            await connection.execute(sa.text(
+                "CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.resource = 'tasks/boom' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$"
+            ))
+            await connection.execute(sa.text(
+                "CREATE TRIGGER refuse_boom BEFORE INSERT ON audit_records FOR EACH ROW EXECUTE FUNCTION refuse_boom()"
+            ))
+        with pytest.raises(Exception, match="refused by the test"):
+            await log.append(AuditEntry("/agentmesh.v1.TaskService/SubmitTask", resource="tasks/boom"))
+        stored = await asyncio.gather(
+            *(log.append(AuditEntry("/agentmesh.v1.TaskService/SubmitTask", resource=f"tasks/after-{i}")) for i in range(5))
+        )
+        assert [records[0].sequence for records in stored] == [2, 3, 4, 5, 6]
+        result = await verify_chain(engine)
+        assert result.valid and result.records_checked == 6, result.message
+        async with engine.connect() as connection:
+            resources = (await connection.execute(sa.text("SELECT resource FROM audit_records ORDER BY sequence"))).scalars().all()
+        assert resources == ["tasks/first", *(f"tasks/after-{i}" for i in range(5))]
+    finally:
+        await log.close()
+        await engine.dispose()
