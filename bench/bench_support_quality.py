@@ -26,6 +26,7 @@ head on the dev split only (cross-validated) and, with ``--write``, writes it to
     .venv/bin/python bench/bench_support_quality.py --split fresh2
     .venv/bin/python bench/bench_support_quality.py --split fresh3
     .venv/bin/python bench/bench_support_quality.py --split heldout2  # second held-out split, not in all
+    .venv/bin/python bench/bench_support_quality.py --split heldout3  # third held-out split, not in all
     .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
@@ -638,11 +639,23 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--split",
-        choices=("dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "heldout2", "both", "all", "unheld"),
+        choices=(
+            "dev",
+            "heldout",
+            "probe",
+            "fresh",
+            "fresh2",
+            "fresh3",
+            "heldout2",
+            "heldout3",
+            "both",
+            "all",
+            "unheld",
+        ),
         default="both",
         help=(
             "both: dev and held-out; all: dev, held-out, probe, fresh, fresh2 and fresh3; unheld: all but "
-            "held-out; heldout2 (the second held-out split) only on its own"
+            "held-out; heldout2 and heldout3 (the second and third held-out splits) only on their own"
         ),
     )
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")

@@ -1,5 +1,6 @@
 """The support evaluation set (``eval/dev.jsonl``, ``eval/heldout.jsonl``, ``eval/probe.jsonl``,
-``eval/fresh.jsonl``, ``eval/fresh2.jsonl``, ``eval/fresh3.jsonl``, ``eval/heldout2.jsonl``): tickets
+``eval/fresh.jsonl``, ``eval/fresh2.jsonl``, ``eval/fresh3.jsonl``, ``eval/heldout2.jsonl``,
+``eval/heldout3.jsonl``): tickets
 written for this project, each labelled with what a support lead would answer.
 
 The dev split may be used to tune and calibrate (prototypes, thresholds, blend weights); the held-out split
@@ -16,7 +17,12 @@ long and polite, angry, sarcastic, how-to questions, thank-you notes, mixed-lang
 The heldout2 split (150 tickets x001-x150, session 8) is a second, larger held-out split, written and
 labelled blind (its author read no other split and no sentiment model code) to choose between two sentiment
 models under a protocol fixed in advance: representative traffic (87 ordinary support emails, 48 in other
-styles, 15 in Spanish, German or French); measured once per model, never tuned on.
+styles, 15 in Spanish, German or French); measured once per model, never tuned on. Its figures chose a model,
+so from session 9 it may be tuned on like dev. The heldout3 split (120 tickets y001-y120, session 9) was
+written and labelled blind in the same way (its author read no other split's tickets and no sentiment model
+code) before any model change of that session: ordinary emails and terse, typo-ridden, long and polite,
+angry, sarcastic, thank-you, praise-with-a-request, how-to, forwarded and non-native tickets, 19 in Spanish,
+German or French; measured at most once per candidate, never tuned on.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ class EvalTicket(BaseModel):
     pii_may_show: bool = Field(description="Whether the reply may show the customer's own personal data.")
 
 
-Split = Literal["dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "heldout2"]
+Split = Literal["dev", "heldout", "probe", "fresh", "fresh2", "fresh3", "heldout2", "heldout3"]
 
 
 def load_eval(split: Split) -> list[EvalTicket]:

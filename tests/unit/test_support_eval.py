@@ -12,6 +12,7 @@ from agentmesh.agents._support import Article, find_injection
 from agentmesh.agents._support._keywords import PhraseMatcher, fold
 from agentmesh.agents._support._replies import ESCALATION, is_template
 from agentmesh.agents.examples import load_eval
+from agentmesh.agents.examples._eval import Split
 from agentmesh.agents.kb_search import load_articles
 from agentmesh.agents.kb_search._kb import keyword_bonus, shared_keywords
 from agentmesh.agents.quality_check._checks import (
@@ -242,20 +243,37 @@ def test_the_fresh3_split_is_new_and_labelled_like_the_others() -> None:
     assert set(t.intent for t in fresh3) <= set(INTENTS)
 
 
-def test_the_heldout2_split_is_new_large_and_labelled_like_the_others() -> None:
-    earlier = [
-        t for split in ("dev", "heldout", "probe", "fresh", "fresh2", "fresh3") for t in load_eval(split)
+@pytest.mark.parametrize(
+    ("split", "size", "prefix"),
+    [("heldout2", 150, "x"), ("heldout3", 120, "y")],
+)
+def test_the_heldout2_split_is_new_large_and_labelled_like_the_others(
+    split: Split, size: int, prefix: str
+) -> None:
+    # heldout3 (session 9) is checked like heldout2: new tickets, every intent, language and sentiment label.
+    order: tuple[Split, ...] = (
+        "dev",
+        "heldout",
+        "probe",
+        "fresh",
+        "fresh2",
+        "fresh3",
+        "heldout2",
+        "heldout3",
+    )
+    earlier = [t for other in order[: order.index(split)] for t in load_eval(other)]
+    tickets = load_eval(split)
+    assert len(tickets) == size and [t.id for t in tickets] == [
+        f"{prefix}{i:03d}" for i in range(1, size + 1)
     ]
-    heldout2 = load_eval("heldout2")
-    assert len(heldout2) == 150 and [t.id for t in heldout2] == [f"x{i:03d}" for i in range(1, 151)]
-    assert not {t.text for t in heldout2} & {t.text for t in earlier}
-    assert not {t.id for t in heldout2} & {t.id for t in earlier}
+    assert not {t.text for t in tickets} & {t.text for t in earlier}
+    assert not {t.id for t in tickets} & {t.id for t in earlier}
     ids = {a.article_id for a in load_articles()}
-    assert all(set(t.articles) <= ids for t in heldout2) and any(not t.articles for t in heldout2)
-    assert {t.intent for t in heldout2} == set(INTENTS)
-    assert {t.lang for t in heldout2} == {"en", "es", "de", "fr"}
-    assert set(Counter(t.sentiment for t in heldout2)) == {"negative", "neutral", "positive"}
-    assert any("\n> " in t.text for t in heldout2) and any(t.pii_may_show for t in heldout2)
+    assert all(set(t.articles) <= ids for t in tickets) and any(not t.articles for t in tickets)
+    assert {t.intent for t in tickets} == set(INTENTS)
+    assert {t.lang for t in tickets} == {"en", "es", "de", "fr"}
+    assert set(Counter(t.sentiment for t in tickets)) == {"negative", "neutral", "positive"}
+    assert any("\n> " in t.text for t in tickets) and any(t.pii_may_show for t in tickets)
 
 
 def test_a_keyword_that_names_another_articles_topic_counts_for_it_too() -> None:
