@@ -182,9 +182,9 @@ class AuditLog:
             async with self._sessions.begin() as session:
                 records = await append_audit(session, entries)
         results, start = [], 0
-        for entries in batch:
-            results.append(records[start : start + len(entries)])
-            start += len(entries)
+        for asked in batch:
+            results.append(records[start : start + len(asked)])
+            start += len(asked)
         return results
 
     async def _write_pipelined(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:

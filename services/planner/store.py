@@ -1187,10 +1187,11 @@ def _plan_changes(
             scope = Scope(task_input, outputs, document.aliases)
             if any(d != "SUCCEEDED" for d in deps):
                 new = "SKIPPED"
-            elif spec.when and not evaluate(spec.when, scope.cel_activation())[0]:
+            elif spec.when and not evaluate(spec.when, scope.cel_activation(spec.when))[0]:
                 new = "SKIPPED"
             elif spec.approval is not None and (
-                not spec.approval.get("when") or evaluate(spec.approval["when"], scope.cel_activation())[0]
+                not spec.approval.get("when")
+                or evaluate(spec.approval["when"], scope.cel_activation(spec.approval["when"]))[0]
             ):
                 new = "WAITING_APPROVAL"
                 timeout = float(spec.approval.get("timeout") or 3600.0)

@@ -63,14 +63,34 @@ class Scope:
             return _walk(self.outputs[step], parts[3:]), f"steps.{step}.output", step
         return _MISSING, path, ""
 
-    def cel_activation(self) -> dict[str, Any]:
-        """The variables a ``when`` condition sees: ``task.input`` and ``steps.<id or alias>.output``."""
-        steps: dict[str, Any] = {sid: {"output": out} for sid, out in self.outputs.items()}
-        for alias in self.aliases:
+    def cel_activation(self, rule: str = "") -> dict[str, Any]:
+        """The variables a ``when`` condition sees: ``task.input`` and ``steps.<id or alias>.output``.
+
+        With ``rule``, only the steps it names as ``steps.<name>`` are given (each output is converted for CEL
+        on every evaluation, and a plan's outputs can be large); a rule that uses ``steps`` any other way
+        (``size(steps)``, ``steps["x"]``) gets them all."""
+        named = _named_steps(rule) if rule else None
+        steps: dict[str, Any] = {
+            sid: {"output": out} for sid, out in self.outputs.items() if named is None or sid in named
+        }
+        for alias in self.aliases if named is None else set(self.aliases) & named:
             chosen = self.step_id(alias)
             if chosen is not None:
                 steps[alias] = {"output": self.outputs[chosen]}
         return {"task": {"input": dict(self.task_input)}, "steps": steps}
+
+
+_STEPS_WORD = re.compile(r"\bsteps\b(\s*\.\s*([A-Za-z_]\w*))?")
+
+
+def _named_steps(rule: str) -> set[str] | None:
+    """The step names a CEL rule reaches as ``steps.<name>``; None when it uses ``steps`` in any other way."""
+    names: set[str] = set()
+    for match in _STEPS_WORD.finditer(rule):
+        if match.group(2) is None:
+            return None
+        names.add(match.group(2))
+    return names
 
 
 def _walk(value: Any, parts: list[str]) -> Any:
