@@ -80,14 +80,15 @@ class Scope:
         return {"task": {"input": dict(self.task_input)}, "steps": steps}
 
 
-_STEPS_WORD = re.compile(r"\bsteps\b(\s*\.\s*([A-Za-z_]\w*))?")
+_STEPS_WORD = re.compile(r"\bsteps\b(\s*\.\s*([A-Za-z_]\w*)(\s*\()?)?")
 
 
 def _named_steps(rule: str) -> set[str] | None:
-    """The step names a CEL rule reaches as ``steps.<name>``; None when it uses ``steps`` in any other way."""
+    """The step names a CEL rule reaches as ``steps.<name>``; None when it uses ``steps`` in any other way,
+    including a macro or method on the map itself (``steps.exists(s, ...)``, ``steps.size()``)."""
     names: set[str] = set()
     for match in _STEPS_WORD.finditer(rule):
-        if match.group(2) is None:
+        if match.group(2) is None or match.group(3) is not None:
             return None
         names.add(match.group(2))
     return names

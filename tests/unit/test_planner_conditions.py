@@ -26,7 +26,8 @@ def test_an_alias_is_given_as_the_latest_round_that_succeeded() -> None:
 
 
 def test_a_condition_that_uses_steps_as_a_whole_is_given_every_step() -> None:
-    for rule in ("size(steps) == 4", "'kb' in steps", "steps['lookup'].output.amount > 100"):
+    for rule in ("size(steps) == 4", "'kb' in steps", "steps['lookup'].output.amount > 100", "steps.size() == 4",
+                 "steps.exists(s, s == 'kb')", "steps.all(s, s != 'x') && steps.lookup.output.amount > 100"):
         activation = _SCOPE.cel_activation(rule)
         assert set(activation["steps"]) == {"lookup", "kb", "check_1", "check"}, rule
         assert evaluate(rule, activation)[0] is True, rule
