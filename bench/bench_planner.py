@@ -363,21 +363,6 @@ async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300) -> floa
     return statistics.median(times[20:])
 
 
-async def _until_final(stub: Any, task_id: str, metadata: Any) -> None:
-    """Follow a task with WatchTask until it ends; raise unless it SUCCEEDED."""
-    from agentmesh.v1 import task_pb2
-
-    final = (task_pb2.TASK_STATE_SUCCEEDED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
-    stream = stub.WatchTask(task_pb2.WatchTaskRequest(task_id=task_id), metadata=metadata, timeout=30)
-    async for event in stream:
-        if event.task.state in final:
-            stream.cancel()
-            if event.task.state != task_pb2.TASK_STATE_SUCCEEDED:
-                raise RuntimeError(f"task {task_id} ended {event.task.state}: {event.task.error}")
-            return
-    raise RuntimeError(f"the watch of task {task_id} ended before the task did")
-
-
 async def _gateway_path(tasks: int, env: dict[str, str], logs: Path, planner: str, settings: Any,
                         children: list[subprocess.Popen[bytes]]) -> str:
     """One-step tasks (the trivial agent) submitted and watched through a gateway process (TLS + bearer JWT) and
@@ -389,6 +374,7 @@ async def _gateway_path(tasks: int, env: dict[str, str], logs: Path, planner: st
     from agentmesh.inference import free_port
     from agentmesh.services.gateway.devtokens import DevIssuer
     from agentmesh.v1 import task_pb2, task_pb2_grpc
+    from bench._gateway_path import _watch
 
     issuer = DevIssuer.from_settings(settings)
     issuer.rotate()
@@ -411,7 +397,7 @@ async def _gateway_path(tasks: int, env: dict[str, str], logs: Path, planner: st
                 started = time.perf_counter()
                 task = (await stub.SubmitTask(task_pb2.SubmitTaskRequest(goal="one", playbook="one"),
                                               metadata=metadata, timeout=10)).task
-                await _until_final(stub, task.task_id, metadata)
+                await _watch(stub, task.task_id, metadata)
                 if round_ >= 20:
                     times[name].append((time.perf_counter() - started) * 1000)
     finally:
