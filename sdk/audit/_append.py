@@ -8,16 +8,18 @@ processes (planner replicas, the gateway) wait for the lock instead of forking t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from agentmesh._group_commit import GroupCommit
-from agentmesh.audit._chain import GENESIS_HASH, json_safe, record_hash
+from agentmesh.audit._chain import GENESIS_HASH, canonical_parts, json_safe, record_hash
 from agentmesh.audit._redact import redact, redact_json
 from agentmesh.storage import (
     AuditRecord,
@@ -31,7 +33,16 @@ from agentmesh.storage import (
     write,
 )
 
-__all__ = ["AUDIT_INSERT", "CHAIN_LOCK_KEY", "AuditEntry", "AuditLog", "append_audit", "chain_rows", "queue_chain_head"]
+__all__ = [
+    "AUDIT_INSERT",
+    "CHAIN_LOCK_KEY",
+    "AuditEntry",
+    "AuditLog",
+    "append_audit",
+    "chain_rows",
+    "queue_chain_head",
+    "queue_chained",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,23 +111,68 @@ def chain_rows(entries: Sequence[AuditEntry], head: Any) -> list[dict[str, Any]]
     rows = []
     for entry in entries:
         sequence += 1
-        fields: dict[str, Any] = {
-            "sequence": sequence,
-            "record_time": moment,
-            "actor": _fit(entry.actor, "actor"),
-            "on_behalf_of": _fit(redact(entry.on_behalf_of), "on_behalf_of"),
-            "action": _fit(entry.action, "action"),
-            "resource": _fit(redact(entry.resource), "resource"),
-            "outcome": _fit(entry.outcome, "outcome"),
-            "detail": json_safe(redact_json(dict(entry.detail))),
-            "trace_id": _fit(entry.trace_id, "trace_id"),
-            "model_name": _fit(entry.model_name, "model_name"),
-            "model_version": _fit(entry.model_version, "model_version"),
-            "previous_hash": previous,
-        }
+        fields = {**_stored(entry, moment), "sequence": sequence, "previous_hash": previous}
         previous = record_hash(**fields)
         rows.append({**fields, "record_hash": previous})
     return rows
+
+
+def _stored(entry: AuditEntry, moment: dt.datetime) -> dict[str, Any]:
+    """A record's fields as stored and hashed, but for its place in the chain (sequence, previous hash)."""
+    return {
+        "record_time": moment,
+        "actor": _fit(entry.actor, "actor"),
+        "on_behalf_of": _fit(redact(entry.on_behalf_of), "on_behalf_of"),
+        "action": _fit(entry.action, "action"),
+        "resource": _fit(redact(entry.resource), "resource"),
+        "outcome": _fit(entry.outcome, "outcome"),
+        "detail": json_safe(redact_json(dict(entry.detail))),
+        "trace_id": _fit(entry.trace_id, "trace_id"),
+        "model_name": _fit(entry.model_name, "model_name"),
+        "model_version": _fit(entry.model_version, "model_version"),
+    }
+
+
+async def queue_chained(driver: Any, entries: Sequence[AuditEntry]) -> Callable[[], Awaitable[list[AuditRecord]]]:
+    """Queue, in the caller's psycopg pipeline (PostgreSQL), the chain lock and one statement per entry that
+    appends it after the head it reads then: the database links and hashes each record (see
+    :func:`~agentmesh.audit._chain.canonical_parts`), so nothing waits for a read of the head and the lock is held
+    only from this point of the transaction to its end. Returns what to await, once the pipeline has synced, for
+    the records as stored."""
+    await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
+    moment = utcnow()
+    stored = [_stored(entry, moment) for entry in entries]
+    cursors = []
+    for fields in stored:
+        before, between, after = canonical_parts(**fields)
+        cursors.append(await driver.execute(_PG_APPEND, {
+            **fields, "detail": Jsonb(fields["detail"]), "before": before, "between": between, "after": after,
+            "genesis": GENESIS_HASH,
+        }))
+
+    async def records() -> list[AuditRecord]:
+        placed = [await cursor.fetchone() for cursor in cursors]
+        return [AuditRecord(**fields, sequence=row[0], previous_hash=row[1], record_hash=row[2])
+                for fields, row in zip(stored, placed, strict=True)]
+
+    return records
+
+
+# The head is read by the appending statement itself, after the chain lock is granted (READ COMMITTED: a fresh
+# snapshot per statement, so it sees the last holder's commit and this transaction's own earlier appends).
+_PG_APPEND = (
+    "INSERT INTO audit_records (sequence, record_time, actor, on_behalf_of, action, resource, outcome, detail, "
+    "trace_id, model_name, model_version, previous_hash, record_hash) "
+    "SELECT head.sequence + 1, %(record_time)s, %(actor)s, %(on_behalf_of)s, %(action)s, %(resource)s, %(outcome)s, "
+    "%(detail)s, %(trace_id)s, %(model_name)s, %(model_version)s, head.record_hash, "
+    "encode(sha256(%(before)s::bytea || convert_to(head.record_hash, 'UTF8') || %(between)s::bytea "
+    "|| convert_to((head.sequence + 1)::text, 'UTF8') || %(after)s::bytea), 'hex') "
+    # The last record by the primary key's index (one row read), or the genesis when the chain is empty.
+    "FROM (SELECT coalesce(last.sequence, 0) AS sequence, coalesce(last.record_hash, %(genesis)s) AS record_hash "
+    "FROM (SELECT 1) AS one LEFT JOIN LATERAL "
+    "(SELECT sequence, record_hash FROM audit_records ORDER BY sequence DESC LIMIT 1) AS last ON true) AS head "
+    "RETURNING sequence, previous_hash, record_hash"
+)
 
 
 def _fit(text: str, column: str) -> str:
@@ -162,8 +218,8 @@ class AuditLog:
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 500) -> None:
         self._sessions: async_sessionmaker[AsyncSession] = async_session_factory(engine)
-        # PostgreSQL: an autocommit connection, so BEGIN and COMMIT go out with the statements (two round trips
-        # a batch: the lock and head, then the rows and COMMIT) instead of psycopg's own BEGIN and commit.
+        # PostgreSQL: an autocommit connection, so BEGIN and COMMIT go out with the statements: one round trip a
+        # batch (see queue_chained), instead of psycopg's own BEGIN, the head's read, the insert and the commit.
         self._single = engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else None
         # A failed transaction fails every append in it (no one-by-one retry); max_batch counts records.
         self._batches: GroupCommit[Sequence[AuditEntry], list[AuditRecord]] = GroupCommit(
@@ -194,15 +250,12 @@ class AuditLog:
             try:
                 async with batched_pipeline(driver):
                     await queue_begin(driver)
-                    head = await queue_chain_head(driver)
-                rows = chain_rows(entries, await head.fetchone())
-                async with batched_pipeline(driver):
-                    await write(conn, AUDIT_INSERT, rows)
+                    records = await queue_chained(driver, entries)
                     await queue_commit(driver)
+                return await records()
             except BaseException:
                 await conn.invalidate()  # a transaction left open or aborted is not handed to the next append
                 raise
-        return [AuditRecord(**row) for row in rows]
 
     async def close(self) -> None:
         """Wait for queued appends to be written."""

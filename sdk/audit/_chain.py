@@ -21,7 +21,7 @@ from typing import Any
 
 import rfc8785
 
-__all__ = ["GENESIS_HASH", "canonical_record", "format_record_time", "json_safe", "record_hash"]
+__all__ = ["GENESIS_HASH", "canonical_parts", "canonical_record", "format_record_time", "json_safe", "record_hash"]
 
 GENESIS_HASH = "0" * 64
 # Integers beyond this are not exact in an IEEE double, which RFC 8785 (like JavaScript) uses.
@@ -87,6 +87,26 @@ def canonical_record(
             "trace_id": trace_id,
         }
     )
+
+
+# Stand-ins for the two members only the database knows when it appends (the head's hash, the next sequence).
+_PREVIOUS_STAND_IN = "p" * 64  # not hex: no real hash is ever this
+_SEQUENCE_STAND_IN = _MAX_SAFE_INTEGER
+
+
+def canonical_parts(**fields: Any) -> tuple[bytes, bytes, bytes]:
+    """:func:`canonical_record` of ``fields`` (without ``sequence`` and ``previous_hash``) cut where those two go:
+    ``a + previous_hash + b + str(sequence) + c`` is the canonical encoding of the record with them, so the
+    database can hash a record after it has read the chain's head, in the statement that appends it.
+
+    Both are top-level members after ``detail`` (RFC 8785 sorts members), and no string value holds an unescaped
+    quote, so the last occurrence of each stand-in's member is the top-level one."""
+    whole = canonical_record(previous_hash=_PREVIOUS_STAND_IN, sequence=_SEQUENCE_STAND_IN, **fields)
+    previous = b'"previous_hash":"' + _PREVIOUS_STAND_IN.encode() + b'"'
+    sequence = b'"sequence":' + str(_SEQUENCE_STAND_IN).encode()
+    cut = whole.rindex(previous) + len(b'"previous_hash":"')
+    after = whole.rindex(sequence) + len(b'"sequence":')
+    return whole[:cut], whole[cut + 64 : after], whole[after + len(str(_SEQUENCE_STAND_IN)) :]
 
 
 def record_hash(**fields: Any) -> str:

@@ -1,9 +1,10 @@
 """The ends of attempts in two round trips on PostgreSQL (psycopg pipeline mode).
 
 The common case of a batch of attempt ends (every step SUCCEEDED, or READY for a retry) is one transaction
-sent in two pipelines: (1) lock the tasks, end the attempts and steps, read the plans' step states, take the
-audit chain lock and read its head; (2) what the plans' advance decides (claims of the unblocked steps, state
-changes, events, a finished task's end), the audit records, COMMIT. Statements inside a pipeline are sent
+sent in two pipelines: (1) lock the tasks, end the attempts and steps, read the plans' step states; (2) what
+the plans' advance decides (claims of the unblocked steps, state changes, events, a finished task's end), the
+audit chain lock and the audit records (linked and hashed by the database as it appends them, so the chain is
+held only for the end of the transaction, not across the Python between the two), COMMIT. Statements inside a pipeline are sent
 without waiting; PostgreSQL runs them in order, so each sees the ones before it, and locks are taken in the
 same order as on the general path (tasks, then step rows, then the chain).
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
-from agentmesh.audit._append import AUDIT_INSERT, chain_rows, queue_chain_head
+from agentmesh.audit._append import queue_chained
 from agentmesh.storage import batched_pipeline, psycopg_connection, queue_begin, queue_commit, utcnow, write
 
 if TYPE_CHECKING:
@@ -85,7 +86,6 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                     for f, values in zip(finishes, ends, strict=True)
                 ]
                 steps = {task_id: await driver.execute(_PLAN_STEPS, (plan_id,)) for task_id, plan_id in plans.items()}
-                head = await queue_chain_head(driver) if audit else None
             states = {row[0]: row[1] for row in await locked.fetchall()}
             results, events, advance = await _outcomes(finishes, ends, ended, states, ahead, final=FINAL_TASK_STATES)
             rows = {task_id: [StepRow(*row) for row in await steps[task_id].fetchall()] for task_id in advance}
@@ -102,7 +102,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                 if events:
                     await store._events(conn, None, events)
                 if audit:
-                    await write(conn, AUDIT_INSERT, chain_rows(audit, await head.fetchone() if head else None))
+                    await queue_chained(driver, audit)
                 await queue_commit(driver)
         except _Fallback:
             await driver.execute("ROLLBACK")

@@ -91,3 +91,34 @@ def test_the_record_hash_is_sha256_of_rfc8785_json_any_language_can_recompute() 
     ).encode()
     assert canonical_record(**fields) == expected
     assert record_hash(**fields) == hashlib.sha256(expected).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {},
+        {"tenant": "acme", "n": 1.5, "nested": {"z": [1, "two", None]}},
+        # The stand-ins the database's half of the hash is cut at, as a caller's own detail keys and values.
+        {"previous_hash": "p" * 64, "sequence": 2**53 - 1, "deep": [{"sequence": 9007199254740991}]},
+        {"text": '"previous_hash":"' + "p" * 64 + '","sequence":9007199254740991'},
+    ],
+)
+def test_the_parts_the_database_hashes_rebuild_the_canonical_record_exactly(detail: dict[str, object]) -> None:
+    from agentmesh.audit._chain import canonical_parts
+
+    fields = {
+        "record_time": dt.datetime(2026, 12, 4, 21, 0, 0, 5, tzinfo=dt.UTC),
+        "actor": 'spiffe://agentmesh.local/service/"previous_hash":"planner',
+        "on_behalf_of": "acme/alice",
+        "action": "step.attempt",
+        "resource": "tasks/t1/steps/s",
+        "outcome": "OK",
+        "detail": detail,
+        "trace_id": "0" * 32,
+        "model_name": "minilm",
+        "model_version": "1",
+    }
+    before, between, after = canonical_parts(**fields)
+    for sequence, previous in ((1, GENESIS_HASH), (987_654, "ab" * 32)):
+        rebuilt = before + previous.encode() + between + str(sequence).encode() + after
+        assert rebuilt == canonical_record(sequence=sequence, previous_hash=previous, **fields)
