@@ -4,6 +4,11 @@ The chain has one head. An appender takes the chain lock inside its transaction 
 ``pg_advisory_xact_lock``, released at commit or rollback; SQLite: the write lock every transaction takes
 with ``BEGIN IMMEDIATE``), reads the head, and inserts the next records linked to it. Appenders in other
 processes (planner replicas, the gateway) wait for the lock instead of forking the chain.
+
+In a psycopg pipeline (:func:`queue_chained`: the planner's step ends, :class:`AuditLog` on PostgreSQL) the
+database does the linking: each record's statement reads the head after the lock and hashes the canonical
+encoding Python cut around the two members it fills in, so the lock is held only from where it is queued to the
+commit, and nothing waits on a read of the head. Either way the records and their hashes are the same.
 """
 
 from __future__ import annotations
