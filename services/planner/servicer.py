@@ -88,9 +88,12 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             tenant=claims.tenant if claims is not None else "",
         )
 
-    async def _visible(self, task_id: str, viewer: rules.Viewer) -> TaskRow:
-        """The task, if ``viewer`` may see it; NOT_FOUND (as for a task that does not exist) if not."""
-        task = await self._engine.get(_task_id(task_id))
+    async def _visible(self, task_id: str, viewer: rules.Viewer, *, fresh: bool = True) -> TaskRow:
+        """The task, if ``viewer`` may see it; NOT_FOUND (as for a task that does not exist) if not. Not ``fresh``:
+        a task this replica has cached may be answered from it (its tenant and submitter never change; its state
+        may be behind), for a caller that reads the task again anyway."""
+        cached = None if fresh else self._engine.store.cached_task(_task_id(task_id))
+        task = cached if cached is not None else await self._engine.get(_task_id(task_id))
         if not viewer.may_see(task.tenant, task.submitted_by):
             raise NotFoundError(f"no task {task_id!r}")
         return task
@@ -261,7 +264,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         task_id = _task_id(request.task_id)
         cursor = rules.check_cursor(request.cursor)
         viewer = self._viewer(self._user_claims(context))
-        task = await self._visible(task_id, viewer)
+        task = await self._visible(task_id, viewer, fresh=False)  # the watch reads the task with its events
         watcher = (viewer.tenant, viewer.end_user) if viewer.end_user else None
         if watcher is not None and not self._watches.take(watcher):
             raise ResourceExhaustedError(

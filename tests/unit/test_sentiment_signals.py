@@ -156,3 +156,46 @@ def test_more_exclamation_or_question_marks_are_insistence_not_more_of_a_feeling
     thrice = _signals_of(signals, "Third time my order is late!!!")
     changed = {k for k in once if once[k] != thrice[k] and not k.startswith("vader")}
     assert changed == {"cue_insist"} and thrice["cue_insist"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Session 9: praise that names what went well stays sincere beside a request or a small complaint
+        # (before, "arrived two days early" counted as time waited and the praise beside it as irony).
+        "The sofa arrived two days early and the drivers were brilliant. Could someone take the old boxes?",
+        "Thanks for sorting it out so quickly! One question: is the voucher still valid in March?",
+        "Love the new dashboard, it's much faster! Tiny bug though: the search box is cut off on my laptop.",
+        "It's been great these past three years, thank you. Please close my membership as I am moving.",
+    ],
+)
+def test_praise_that_names_what_went_well_is_sincere_beside_a_request(signals: ModuleType, text: str) -> None:
+    read = _signals_of(signals, text)
+    assert read["ironic"] == 0 and read["cue_thanks"] >= 1, read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Wow, lovely wrapping as usual: the vase was in three pieces.",
+        "Fantastic, the kettle died on day two. Exactly what I paid for.",
+        "Super, the login code expires before the text message even arrives.",
+        "Thanks so much for delivering to my old flat even though I updated my address. Love that for me.",
+    ],
+)
+def test_ironic_praise_of_a_breakage_or_a_fault_is_read_as_irony(signals: ModuleType, text: str) -> None:
+    read = _signals_of(signals, text)
+    assert read["ironic"] >= 1 and read["cue_thanks"] == 0, read
+
+
+def test_german_articles_are_not_read_as_english_words(signals: ModuleType) -> None:
+    # VADER's English lexicon scores "die" and "war" -2.9: "die Lieferung war pünktlich" read as angry.
+    read = _signals_of(signals, "Vielen Dank, die Lieferung war pünktlich und alles war perfekt verpackt.")
+    assert read["vader_min_sentence"] >= 0.0 and read["cue_thanks"] >= 1, read
+    assert _signals_of(signals, "The battery will die soon, I think.")["vader_min_sentence"] < 0
+
+
+def test_a_french_person_is_not_nobody(signals: ModuleType) -> None:
+    thanks = _signals_of(signals, "Je tiens à remercier la personne qui m'a aidé hier, tout fonctionne.")
+    assert thanks["cue_repeated"] == 0 and thanks["cue_thanks"] >= 1, thanks
+    assert _signals_of(signals, "J'ai écrit trois fois et personne ne me répond.")["cue_repeated"] >= 1
