@@ -45,7 +45,6 @@ __all__ = [
     "AuditLog",
     "append_audit",
     "chain_rows",
-    "queue_chain_head",
     "queue_chained",
 ]
 
@@ -102,8 +101,13 @@ async def append_audit(
     if not entries:
         return []
     connection = await target.connection() if isinstance(target, AsyncSession) else target
-    head = await _locked_head(connection)
-    rows = chain_rows(entries, head)
+    if connection.dialect.name == "postgresql":  # the lock and the linked records in one round trip
+        driver = await psycopg_connection(connection)
+        async with batched_pipeline(driver):
+            records = await queue_chained(driver, entries)
+        return await records()
+    # SQLite: the write lock every transaction takes (BEGIN IMMEDIATE) is the chain lock.
+    rows = chain_rows(entries, (await connection.execute(_HEAD)).first())
     await write(connection, AUDIT_INSERT, rows)
     return [AuditRecord(**row) for row in rows]
 
@@ -185,31 +189,8 @@ def _fit(text: str, column: str) -> str:
     return fit_text(text, _WIDTHS[column])
 
 
-async def queue_chain_head(driver: Any) -> Any:
-    """Queue, in the caller's psycopg pipeline (PostgreSQL), the chain lock and the read of the head; returns the
-    cursor to ``fetchone()`` the head from once the pipeline has synced. Use with :func:`chain_rows` and
-    :data:`AUDIT_INSERT` inside one transaction."""
-    await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
-    return await driver.execute(_PG_HEAD)
-
-
 _HEAD = select(AuditRecord.sequence, AuditRecord.record_hash).order_by(AuditRecord.sequence.desc()).limit(1)
 _PG_LOCK = "SELECT pg_advisory_xact_lock(%s)"
-_PG_HEAD = "SELECT sequence, record_hash FROM audit_records ORDER BY sequence DESC LIMIT 1"
-
-
-async def _locked_head(connection: AsyncConnection) -> Any:
-    """Take the chain lock (held to the end of the transaction) and read the chain's head: (sequence, hash) or None.
-
-    On PostgreSQL both go in one round trip (a pipeline: the head is read after the lock is granted, with a
-    snapshot of its own, so it is the head every other appender sees). SQLite's write lock is already held.
-    """
-    if connection.dialect.name != "postgresql":
-        return (await connection.execute(_HEAD)).first()
-    driver = await psycopg_connection(connection)
-    async with batched_pipeline(driver):
-        head = await queue_chain_head(driver)
-    return await head.fetchone()
 
 
 class AuditLog:
