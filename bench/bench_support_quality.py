@@ -15,9 +15,8 @@ Every figure comes from the agents themselves, in-process, on a real (local, CPU
   labelled article, no-match tickets escalated, drafts failing three reviews escalated with reasons,
   regenerated drafts differing from the rejected one, double-charge replies about the double charge.
 
-The held-out splits (heldout, heldout3) are never used to tune anything; ``--calibrate-sentiment`` fits the
-sentiment model's head on the tuning splits (dev, probe, fresh, fresh2, fresh3 and heldout2, whose figures
-already chose a model; cross-validated) and, with ``--write``, writes it to the model folder.
+The held-out split is never used to tune anything; ``--calibrate-sentiment`` fits the sentiment model's
+head on the dev split only (cross-validated) and, with ``--write``, writes it to the model folder.
 
     .venv/bin/python bench/bench_support_quality.py            # both splits, its own Triton
     .venv/bin/python bench/bench_support_quality.py --split dev --triton-url 127.0.0.1:8001
@@ -28,7 +27,7 @@ already chose a model; cross-validated) and, with ``--write``, writes it to the 
     .venv/bin/python bench/bench_support_quality.py --split fresh3
     .venv/bin/python bench/bench_support_quality.py --split heldout2  # second held-out split, not in all
     .venv/bin/python bench/bench_support_quality.py --split heldout3  # third held-out split, not in all
-    .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # tuning splits only
+    .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
 
@@ -439,11 +438,7 @@ async def _started(url: str) -> Agents:
     return agents
 
 
-# --- sentiment calibration (tuning splits only) -----------------------------------------------------------
-
-# What the sentiment head is fitted on (session 9): dev plus the splits that were only measured so far and
-# heldout2, whose single use (choosing between two models) is over. Never heldout or heldout3.
-SENTIMENT_TUNING_SPLITS = ("dev", "probe", "fresh", "fresh2", "fresh3", "heldout2")
+# --- sentiment calibration (dev only) ---------------------------------------------------------------------
 
 
 def _signals_module() -> Any:
@@ -498,12 +493,12 @@ def _cross_validated(
 
 
 async def calibrate_sentiment(url: str, write: bool) -> None:
-    """Fit the sentiment head on :data:`SENTIMENT_TUNING_SPLITS`: the L2 penalty and class balance chosen by
-    repeated 5-fold cross-validation over them (an honest estimate for unseen tickets), then the head fitted
-    on all of them and written to the model folder's ``head.npz``. The held-out splits are not read.
+    """Fit the sentiment head on the dev split: the L2 penalty and class balance chosen by repeated 5-fold
+    cross-validation (an honest estimate for unseen tickets), then the head fitted on all of dev and written
+    to the model folder's ``head.npz``. The held-out split is not read.
     """
     signals = _signals_module()
-    tickets = [t for split in SENTIMENT_TUNING_SPLITS for t in load_eval(split)]
+    tickets = load_eval("dev")
     x = await _sentiment_features(url, tickets)
     y = np.array([signals.CLASSES.index(t.sentiment) for t in tickets])
     results = {
@@ -512,14 +507,14 @@ async def calibrate_sentiment(url: str, write: bool) -> None:
         for power in (0.0, 0.5)
     }
     for (l2, power), (accuracy, _) in results.items():
-        print(f"l2 {l2:<5} class balance {power}: 5-fold cross-validated accuracy {accuracy:.3f}")
+        print(f"l2 {l2:<5} class balance {power}: 5-fold cross-validated dev accuracy {accuracy:.3f}")
     (l2, power), (accuracy, wrong) = max(results.items(), key=lambda item: (item[1][0], item[0][0]))
     head = signals.Head.fit(x, y, l2, _balance(y, power))
     fitted = float(np.mean(head.probabilities(x).argmax(axis=1) == y))
     print(
-        f"chosen l2 {l2}, class balance {power}: cross-validated {accuracy:.3f}, on all {len(y)} {fitted:.3f}"
+        f"chosen l2 {l2}, class balance {power}: cross-validated {accuracy:.3f}, on all of dev {fitted:.3f}"
     )
-    print("tickets wrong in most cross-validation repeats:")
+    print("dev tickets wrong in most cross-validation repeats:")
     for ticket, count in zip(tickets, wrong, strict=True):
         if count >= 2:
             print(f"- {ticket.id} {ticket.sentiment} ({ticket.lang}): {ticket.text[:100]}")
@@ -664,9 +659,7 @@ if __name__ == "__main__":
         ),
     )
     parser.add_argument("--triton-url", default=None, help="use this running Triton instead of starting one")
-    parser.add_argument(
-        "--calibrate-sentiment", action="store_true", help="fit the sentiment head on the tuning splits"
-    )
+    parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")
     parser.add_argument("--write", action="store_true", help="with --calibrate-sentiment: write head.npz")
     parser.add_argument("--calibrate-kb", action="store_true", help="fit kb-search's weight and floor on dev")
     args = parser.parse_args()
