@@ -439,3 +439,33 @@ async def test_english_tickets_full_of_typos_are_triaged_and_answered(support: S
     for (text, (intent, article)), got, answer in zip(cases.items(), triaged, found, strict=True):
         assert got["intent"] == intent, (text, got)
         assert answer["confident"] and answer["articles"][0]["article_id"] == article, (text, answer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap of the shipped sentiment model; the session-9 candidate that passes it scored 58/65 on "
+    "the held-out split, below the 59/65 gate, and is not shipped",
+)
+async def test_praise_that_comes_with_a_request_is_not_a_complaint_and_ironic_praise_of_a_breakage_is(
+    support: Support,
+) -> None:
+    # Written for this test (in no evaluation split). The shipped model counts "arrived two days early" as
+    # time waited, so the praise beside it reads as irony and the note as a complaint (-0.68), while "lovely
+    # wrapping as usual: the teapot was in three pieces" reads positive (+0.15).
+    sincere = {
+        "early sofa": "The sofa arrived two days early and the two drivers were brilliant with our narrow "
+        "stairs. Could someone collect the old packaging next week?",
+        "quick refund": "Thanks for sorting out my refund so quickly, much appreciated! One question: will "
+        "the delivery fee come back too?",
+        "faster app": "Love the new app, it's so much faster! Small thing though: the dark mode makes the "
+        "order numbers hard to read.",
+    }
+    ironic = {
+        "teapot": "Wow, lovely wrapping as usual: the teapot was in three pieces.",
+        "kettle": "Fantastic, the kettle died on day two. Exactly what I paid for.",
+    }
+    got = await _sentiments(support, {**sincere, **ironic})
+    for name in sincere:
+        assert got[name]["label"] != "negative" and got[name]["score"] > 0.2, (name, got[name])
+    for name in ironic:
+        assert got[name]["label"] == "negative" and got[name]["score"] < 0, (name, got[name])
