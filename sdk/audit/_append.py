@@ -149,6 +149,8 @@ async def queue_chained(driver: Any, entries: Sequence[AuditEntry]) -> Callable[
     only from this point of the transaction to its end. Returns what to await, once the pipeline has synced, for
     the records as stored."""
     await driver.execute(_PG_LOCK, (CHAIN_LOCK_KEY,))
+    # When the records were made, not when the lock was granted: under contention a record's time can be a few
+    # milliseconds before its predecessor's (nothing reads order from time: the sequence is the order).
     moment = utcnow()
     stored = [_stored(entry, moment) for entry in entries]
     cursors = []
