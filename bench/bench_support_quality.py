@@ -27,6 +27,7 @@ head on the dev split only (cross-validated) and, with ``--write``, writes it to
     .venv/bin/python bench/bench_support_quality.py --split fresh3
     .venv/bin/python bench/bench_support_quality.py --split heldout2  # second held-out split, not in all
     .venv/bin/python bench/bench_support_quality.py --split heldout3  # third held-out split, not in all
+    .venv/bin/python bench/bench_support_quality.py --split heldout3 --sentiment-from 4d082a9  # an older model
     .venv/bin/python bench/bench_support_quality.py --calibrate-sentiment --write   # dev only
     .venv/bin/python bench/bench_support_quality.py --calibrate-kb                  # dev only
 """
@@ -37,6 +38,8 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import shutil
+import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -59,6 +62,8 @@ from agentmesh.agents.responder import DraftInput, ResponderAgent
 from agentmesh.agents.sentiment import SentimentAgent, SentimentInput
 from agentmesh.agents.triage import INTENTS, TriageAgent
 from agentmesh.inference import InferenceClient, LocalTriton, prepare_model_repository
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _CLAIMS = (
     "As a goodwill gesture we will also add a 50 euro voucher to your account.",
@@ -411,14 +416,30 @@ def report(results: dict[str, Figures]) -> str:
     return "\n".join(lines)
 
 
+def _models_with_sentiment_from(revision: str, scratch: Path) -> Path:
+    """The shipped model repository with its ``sentiment`` folder as it was at git ``revision`` (to compare
+    models on the same tickets, in the same run of everything else)."""
+    from agentmesh.inference._repository import SOURCE_MODEL_REPOSITORY
+
+    source = scratch / "models"
+    shutil.copytree(SOURCE_MODEL_REPOSITORY, source, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.rmtree(source / "sentiment")
+    folder = "sdk/inference/models/sentiment"
+    archive = subprocess.run(["git", "archive", revision, folder], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
+    shutil.move(str(scratch / folder), source / "sentiment")
+    return source
+
+
 @asynccontextmanager
-async def _triton(url: str | None) -> AsyncIterator[str]:
+async def _triton(url: str | None, sentiment_from: str | None = None) -> AsyncIterator[str]:
     if url:
         yield url
         return
     home = Settings.from_env().home.resolve()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
-        repository = prepare_model_repository(home, target=Path(scratch) / "model_repository")
+        source = _models_with_sentiment_from(sentiment_from, Path(scratch)) if sentiment_from else None
+        repository = prepare_model_repository(home, source=source, target=Path(scratch) / "model_repository")
         async with LocalTriton(repository, home=home, log_file=Path(scratch) / "triton.log") as triton:
             yield triton.grpc_url
 
@@ -614,8 +635,10 @@ async def calibrate_kb(url: str) -> None:
         )
 
 
-async def main(splits: list[str], url: str | None, calibrate: str | None, write: bool) -> None:
-    async with _triton(url) as triton_url:
+async def main(
+    splits: list[str], url: str | None, calibrate: str | None, write: bool, sentiment_from: str | None = None
+) -> None:
+    async with _triton(url, sentiment_from) as triton_url:
         if calibrate == "sentiment":
             await calibrate_sentiment(triton_url, write)
             return
@@ -662,9 +685,11 @@ if __name__ == "__main__":
     parser.add_argument("--calibrate-sentiment", action="store_true", help="fit the sentiment head on dev")
     parser.add_argument("--write", action="store_true", help="with --calibrate-sentiment: write head.npz")
     parser.add_argument("--calibrate-kb", action="store_true", help="fit kb-search's weight and floor on dev")
+    parser.add_argument("--sentiment-from", metavar="REV", default=None,
+                        help="serve the sentiment model as it was at git revision REV (everything else as shipped)")
     args = parser.parse_args()
     unheld = ["dev", "probe", "fresh", "fresh2", "fresh3"]
     groups = {"both": ["dev", "heldout"], "all": ["dev", "heldout", *unheld[1:]], "unheld": unheld}
     chosen = groups.get(args.split, [args.split])
     calibrate = "sentiment" if args.calibrate_sentiment else "kb" if args.calibrate_kb else None
-    asyncio.run(main(chosen, args.triton_url, calibrate, args.write))
+    asyncio.run(main(chosen, args.triton_url, calibrate, args.write, args.sentiment_from))
