@@ -17,6 +17,7 @@ __all__ = [
     "CONFIDENT_SCORE",
     "KEYWORD_WEIGHT",
     "PASSAGE_WORDS",
+    "SUPPORT_WEIGHT",
     "KbArticle",
     "Passage",
     "keyword_bonus",
@@ -37,6 +38,11 @@ CONFIDENT_SCORE = 0.42
 # Words per embedded passage at most: MiniLM reads 128 tokens (~0.75 words per token in English, fewer in
 # Spanish, German and French).
 PASSAGE_WORDS = 80
+# Ranking only: an article's best passage is averaged with its next best body paragraph at this weight. An
+# article that answers a ticket usually matches it in more than one paragraph; one that only shares a word
+# with it matches in one passage (its title or a keyword list). The returned score, which the confidence
+# floor and the responder read, stays the best passage's (plus keywords). Chosen on the development splits.
+SUPPORT_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Passage:
     article: int  # index into the article list
     text: str  # embedded text
     snippet: str  # shown to the caller
+    paragraph: bool = False  # one paragraph of the body (not the title or a keyword list)
 
 
 def load_articles(path: Path = ARTICLES_FILE) -> list[KbArticle]:
@@ -94,7 +101,7 @@ def passages_of(articles: list[KbArticle]) -> list[Passage]:
             Passage(index, f"{article.title}. {', '.join(group)}", lead)
             for group in _keyword_groups(article.title, article.keywords)
         )
-        passages.extend(Passage(index, f"{article.title}. {p}", p) for p in paragraphs)
+        passages.extend(Passage(index, f"{article.title}. {p}", p, paragraph=True) for p in paragraphs)
     return passages
 
 
@@ -151,18 +158,31 @@ def rank_articles(
     passages: list[Passage],
     top_k: int,
     bonus: npt.NDArray[np.float32] | None = None,
+    support: float = SUPPORT_WEIGHT,
 ) -> list[tuple[int, float, Passage]]:
-    """Articles ranked by their best passage's cosine similarity to ``query`` (unit vectors) plus the
-    article's ``bonus`` (keyword evidence): ``(article index, score, best passage)``, best first, at most
-    ``top_k``.
+    """Articles ranked by their best passage's cosine similarity to ``query`` (unit vectors), averaged with
+    their next best body paragraph's at weight ``support``, plus the article's ``bonus`` (keyword evidence):
+    ``(article index, score, best passage)``, best first, at most ``top_k``. ``score`` is the best passage's
+    similarity plus the bonus (what the confidence floor reads), so it need not fall along the order.
     """
     similarities = passage_vectors @ query
     best: dict[int, tuple[float, Passage]] = {}
-    for passage, score in zip(passages, similarities.tolist(), strict=True):
+    chosen: dict[int, int] = {}
+    for position, (passage, score) in enumerate(zip(passages, similarities.tolist(), strict=True)):
         current = best.get(passage.article)
         if current is None or score > current[0]:
             best[passage.article] = (score, passage)
+            chosen[passage.article] = position
+    seconds: dict[int, float] = {}
+    for position, (passage, score) in enumerate(zip(passages, similarities.tolist(), strict=True)):
+        if passage.paragraph and position != chosen[passage.article]:
+            seconds[passage.article] = max(score, seconds.get(passage.article, score))
+    key = {
+        index: (score + support * seconds.get(index, score)) / (1 + support)
+        for index, (score, _) in best.items()
+    }
     if bonus is not None:
         best = {index: (score + float(bonus[index]), passage) for index, (score, passage) in best.items()}
-    ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))
+        key = {index: value + float(bonus[index]) for index, value in key.items()}
+    ranked = sorted(best.items(), key=lambda item: (-key[item[0]], item[0]))
     return [(article, score, passage) for article, (score, passage) in ranked[: max(0, top_k)]]

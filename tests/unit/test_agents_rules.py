@@ -170,6 +170,27 @@ def test_ranking_uses_each_articles_best_passage() -> None:
     assert ranked[0][2] is passages[best_of_third]
 
 
+def test_ranking_prefers_an_article_whose_body_answers_over_one_matching_a_single_passage() -> None:
+    # Article 0 matches the query in one passage only (its title, 0.60); article 1's best paragraph is a
+    # little lower (0.55) but a second paragraph of it matches too (0.50): it is the article that answers.
+    articles = load_articles()[:2]
+    passages = passages_of(articles)
+    vectors = np.zeros((len(passages), 2), dtype=np.float32)
+    title_of_first = next(i for i, p in enumerate(passages) if p.article == 0 and not p.paragraph)
+    vectors[title_of_first] = [0.6, 0.0]
+    paragraphs = [i for i, p in enumerate(passages) if p.article == 1 and p.paragraph]
+    vectors[paragraphs[0]], vectors[paragraphs[1]] = [0.0, 0.55], [0.0, 0.5]
+    ranked = rank_articles(np.array([1.0, 1.0], dtype=np.float32), vectors, passages, top_k=2)
+    assert [index for index, _, _ in ranked] == [1, 0]
+    # The scores stay each article's best passage (what the confidence floor and the responder read).
+    assert [round(score, 2) for _, score, _ in ranked] == [0.55, 0.6]
+    assert ranked[0][2] is passages[paragraphs[0]]
+    # A keyword bonus is added to both the order and the score.
+    bonus = np.array([0.4, 0.0], dtype=np.float32)
+    ranked = rank_articles(np.array([1.0, 1.0], dtype=np.float32), vectors, passages, top_k=2, bonus=bonus)
+    assert [(index, round(score, 2)) for index, score, _ in ranked] == [(0, 1.0), (1, 0.55)]
+
+
 def test_example_tickets_name_real_intents_and_articles() -> None:
     tickets = load_tickets()
     ids = {a.article_id for a in load_articles()}
