@@ -20,6 +20,7 @@ __all__ = [
     "SUPPORT_WEIGHT",
     "KbArticle",
     "Passage",
+    "best_passage_score",
     "keyword_bonus",
     "load_articles",
     "passages_of",
@@ -40,8 +41,8 @@ CONFIDENT_SCORE = 0.42
 PASSAGE_WORDS = 80
 # Ranking only: an article's best passage is averaged with its next best body paragraph at this weight. An
 # article that answers a ticket usually matches it in more than one paragraph; one that only shares a word
-# with it matches in one passage (its title or a keyword list). The returned score, which the confidence
-# floor and the responder read, stays the best passage's (plus keywords). Chosen on the development splits.
+# with it matches in one passage (its title or a keyword list). The confidence floor still reads the best
+# passage's score (best_passage_score). Chosen on the development splits.
 SUPPORT_WEIGHT = 0.5
 
 
@@ -162,27 +163,38 @@ def rank_articles(
 ) -> list[tuple[int, float, Passage]]:
     """Articles ranked by their best passage's cosine similarity to ``query`` (unit vectors), averaged with
     their next best body paragraph's at weight ``support``, plus the article's ``bonus`` (keyword evidence):
-    ``(article index, score, best passage)``, best first, at most ``top_k``. ``score`` is the best passage's
-    similarity plus the bonus (what the confidence floor reads), so it need not fall along the order.
+    ``(article index, score, best passage)``, best first, at most ``top_k``.
     """
     similarities = passage_vectors @ query
-    best: dict[int, tuple[float, Passage]] = {}
-    chosen: dict[int, int] = {}
+    best: dict[int, tuple[float, int]] = {}
     for position, (passage, score) in enumerate(zip(passages, similarities.tolist(), strict=True)):
         current = best.get(passage.article)
         if current is None or score > current[0]:
-            best[passage.article] = (score, passage)
-            chosen[passage.article] = position
+            best[passage.article] = (score, position)
     seconds: dict[int, float] = {}
     for position, (passage, score) in enumerate(zip(passages, similarities.tolist(), strict=True)):
-        if passage.paragraph and position != chosen[passage.article]:
+        if passage.paragraph and position != best[passage.article][1]:
             seconds[passage.article] = max(score, seconds.get(passage.article, score))
-    key = {
+    scores = {
         index: (score + support * seconds.get(index, score)) / (1 + support)
+        + (float(bonus[index]) if bonus is not None else 0.0)
         for index, (score, _) in best.items()
     }
-    if bonus is not None:
-        best = {index: (score + float(bonus[index]), passage) for index, (score, passage) in best.items()}
-        key = {index: value + float(bonus[index]) for index, value in key.items()}
-    ranked = sorted(best.items(), key=lambda item: (-key[item[0]], item[0]))
-    return [(article, score, passage) for article, (score, passage) in ranked[: max(0, top_k)]]
+    ranked = sorted(scores, key=lambda index: (-scores[index], index))
+    return [(index, scores[index], passages[best[index][1]]) for index in ranked[: max(0, top_k)]]
+
+
+def best_passage_score(
+    query: npt.NDArray[np.float32],
+    passage_vectors: npt.NDArray[np.float32],
+    passages: list[Passage],
+    article: int,
+    bonus: npt.NDArray[np.float32] | None = None,
+) -> float:
+    """One article's best passage's cosine similarity to ``query`` plus its ``bonus``: what the confidence
+    floor :data:`CONFIDENT_SCORE` reads (the ranking's average with a second paragraph would be stricter on
+    short articles and on tickets that name one thing).
+    """
+    rows = [position for position, passage in enumerate(passages) if passage.article == article]
+    score = float((passage_vectors[rows] @ query).max())
+    return score + (float(bonus[article]) if bonus is not None else 0.0)

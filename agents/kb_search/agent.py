@@ -14,6 +14,7 @@ from agentmesh.agents.kb_search._kb import (
     CONFIDENT_SCORE,
     KbArticle,
     Passage,
+    best_passage_score,
     keyword_bonus,
     load_articles,
     passages_of,
@@ -41,7 +42,10 @@ class SearchOutput(BaseModel):
         default=True,
         description="False: no article answers the query confidently (escalate to a person, cite nothing).",
     )
-    best_score: float = Field(default=0.0, description="Score of the best article, returned or not.")
+    best_score: float = Field(
+        default=0.0,
+        description="The best article's best passage's score, returned or not (what the confidence floor reads).",
+    )
 
 
 class KbSearchAgent(TritonAgent):
@@ -90,7 +94,11 @@ class KbSearchAgent(TritonAgent):
         query = (await self.embed([for_embedding(request.query)], ctx)).embeddings[0]
         bonus = keyword_bonus(for_matching(request.query), self._matchers, self._shared)
         ranked = rank_articles(query, self._passage_vectors, self.passages, request.top_k, bonus)
-        best = ranked[0][1] if ranked else 0.0
+        best = (
+            best_passage_score(query, self._passage_vectors, self.passages, ranked[0][0], bonus)
+            if ranked
+            else 0.0
+        )
         if best < CONFIDENT_SCORE:
             return SearchOutput(articles=[], confident=False, best_score=round(best, 4))
         return SearchOutput(

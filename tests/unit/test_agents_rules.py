@@ -20,7 +20,7 @@ from agentmesh.agents._support import (
 from agentmesh.agents.crm import CrmStore, customer_view, may_see_pii, pii_refusal, planner_identity
 from agentmesh.agents.examples import load_tickets
 from agentmesh.agents.kb_search import load_articles, rank_articles
-from agentmesh.agents.kb_search._kb import passages_of
+from agentmesh.agents.kb_search._kb import best_passage_score, passages_of
 from agentmesh.agents.quality_check import verdict
 from agentmesh.agents.quality_check._checks import (
     RELEVANCE_THRESHOLD,
@@ -165,9 +165,12 @@ def test_ranking_uses_each_articles_best_passage() -> None:
         vectors[index, passage.article] = 0.5
     best_of_third = next(i for i, p in enumerate(passages) if p.article == 2)
     vectors[best_of_third] = [0.0, 0.0, 1.0]
-    ranked = rank_articles(np.array([0.1, 0.0, 1.0], dtype=np.float32), vectors, passages, top_k=2)
-    assert [(index, round(score, 2)) for index, score, _ in ranked] == [(2, 1.0), (0, 0.05)]
+    query = np.array([0.1, 0.0, 1.0], dtype=np.float32)
+    ranked = rank_articles(query, vectors, passages, top_k=2)
+    # Article 2: its best passage (1.0) averaged with its next best paragraph (0.5) at weight 0.5.
+    assert [(index, round(score, 3)) for index, score, _ in ranked] == [(2, 0.833), (0, 0.05)]
     assert ranked[0][2] is passages[best_of_third]
+    assert best_passage_score(query, vectors, passages, 2) == pytest.approx(1.0)
 
 
 def test_ranking_prefers_an_article_whose_body_answers_over_one_matching_a_single_passage() -> None:
@@ -180,15 +183,17 @@ def test_ranking_prefers_an_article_whose_body_answers_over_one_matching_a_singl
     vectors[title_of_first] = [0.6, 0.0]
     paragraphs = [i for i, p in enumerate(passages) if p.article == 1 and p.paragraph]
     vectors[paragraphs[0]], vectors[paragraphs[1]] = [0.0, 0.55], [0.0, 0.5]
-    ranked = rank_articles(np.array([1.0, 1.0], dtype=np.float32), vectors, passages, top_k=2)
-    assert [index for index, _, _ in ranked] == [1, 0]
-    # The scores stay each article's best passage (what the confidence floor and the responder read).
-    assert [round(score, 2) for _, score, _ in ranked] == [0.55, 0.6]
+    query = np.array([1.0, 1.0], dtype=np.float32)
+    ranked = rank_articles(query, vectors, passages, top_k=2)
+    assert [(index, round(score, 3)) for index, score, _ in ranked] == [(1, 0.533), (0, 0.4)]
     assert ranked[0][2] is passages[paragraphs[0]]
-    # A keyword bonus is added to both the order and the score.
+    # The confidence floor reads the best passage's score, not the average.
+    assert best_passage_score(query, vectors, passages, 1) == pytest.approx(0.55)
+    # A keyword bonus is added to the article's score.
     bonus = np.array([0.4, 0.0], dtype=np.float32)
-    ranked = rank_articles(np.array([1.0, 1.0], dtype=np.float32), vectors, passages, top_k=2, bonus=bonus)
-    assert [(index, round(score, 2)) for index, score, _ in ranked] == [(0, 1.0), (1, 0.55)]
+    ranked = rank_articles(query, vectors, passages, top_k=2, bonus=bonus)
+    assert [(index, round(score, 3)) for index, score, _ in ranked] == [(0, 0.8), (1, 0.533)]
+    assert best_passage_score(query, vectors, passages, 0, bonus) == pytest.approx(1.0)
 
 
 def test_example_tickets_name_real_intents_and_articles() -> None:
