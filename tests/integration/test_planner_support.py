@@ -186,3 +186,29 @@ async def test_the_demo_ticket_goes_through_the_gateway_runs_the_support_playboo
     assert explained.plan.strategy == task_pb2.PLAN_STRATEGY_LLM, explained.plan_rejections
     assert explained.plan.steps[0].skill == "score_sentiment"
     assert explained.plan.steps[0].agent_query.visibility.names == ["support/sentiment"]
+
+
+async def test_a_ticket_the_support_steps_cannot_take_is_refused_at_the_door(
+    support_mesh: tuple[Any, Settings], migrated_postgres_url: str
+) -> None:
+    # No text a triage could read, more than it reads, or no sender for the CRM lookup: each once failed
+    # mid-plan (at the triage or crm step), after the task had been stored and started.
+    planner, settings = support_mesh
+    async with create_channel(planner.address, settings, kind="client", name="ops") as channel:
+        stub = task_pb2_grpc.TaskServiceStub(channel)
+        blender = {"email": "maria.lopez@example.com", "subject": "Broken blender"}
+        for ticket, field in (
+            ({**blender, "text": ""}, "text"),
+            ({**blender, "text": "  \n\t "}, "text"),
+            ({**blender, "text": "My blender broke. " * 1200}, "text"),
+            ({"subject": "Where is my parcel?", "text": "My order has not arrived after two weeks."}, "email"),
+            ({"email": " ", "subject": "Where is my parcel?", "text": "My order has not arrived."}, "email"),
+        ):
+            request = task_pb2.SubmitTaskRequest(goal="Answer a support ticket", playbook="support")
+            request.input.update({"ticket": ticket})
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.SubmitTask(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+            assert field in refused.value.details(), refused.value.details()
+        listed = await stub.ListTasks(task_pb2.ListTasksRequest(page_size=50), timeout=10)
+        assert not listed.tasks, [t.task_id for t in listed.tasks]
