@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -54,6 +54,7 @@ from agentmesh._settings import Settings
 from agentmesh.agent import SkillContext
 from agentmesh.agents._support import Article, Ticket
 from agentmesh.agents.examples import EvalTicket, load_eval
+from agentmesh.agents.examples._eval import Split
 from agentmesh.agents.kb_search import KbSearchAgent, SearchInput, load_articles
 from agentmesh.agents.kb_search._kb import CONFIDENT_SCORE, KEYWORD_WEIGHT
 from agentmesh.agents.quality_check import CheckInput, QualityCheckAgent
@@ -662,19 +663,7 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--split",
-        choices=(
-            "dev",
-            "heldout",
-            "probe",
-            "fresh",
-            "fresh2",
-            "fresh3",
-            "heldout2",
-            "heldout3",
-            "both",
-            "all",
-            "unheld",
-        ),
+        choices=(*get_args(Split), "both", "all", "unheld"),
         default="both",
         help=(
             "both: dev and held-out; all: dev, held-out, probe, fresh, fresh2 and fresh3; unheld: all but "
