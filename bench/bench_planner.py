@@ -233,10 +233,11 @@ async def _bare_loop(
 
     import psycopg
     from psycopg.types.json import Jsonb
+    from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 
     from agentmesh._channel import create_channel
     from agentmesh.audit import AuditEntry
-    from agentmesh.audit._append import chain_rows
+    from agentmesh.audit._append import AUDIT_INSERT, chain_rows
     from agentmesh.services.planner.tokens import StepTokens
     from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
@@ -257,6 +258,7 @@ async def _bare_loop(
     for _ in range(16):
         idle.put_nowait(await psycopg.AsyncConnection.connect(plain, autocommit=True))
     tokens = StepTokens(settings) if mandated else None
+    audit_row = str(AUDIT_INSERT.compile(dialect=postgresql_psycopg.dialect()))  # the library's own insert
     audience = f"spiffe://{settings.trust_domain}/agent/bench/noop"
     head: list[Any] = [None]
     if mandated:
@@ -305,7 +307,7 @@ async def _bare_loop(
                     (json.dumps({"n": int(reply.output["n"])}), step_id),
                 )
                 for row in audit:
-                    await conn.execute(_AUDIT_ROW, {**row, "detail": Jsonb(row["detail"])})
+                    await conn.execute(audit_row, {**row, "detail": Jsonb(row["detail"])})
         latencies.append((time.perf_counter() - started) * 1000)
 
     started = time.perf_counter()
@@ -337,14 +339,6 @@ async def _bare_loop(
         await (await idle.get()).close()
     await channel.close()
     return steps / elapsed, latencies
-
-
-_AUDIT_ROW = (
-    "INSERT INTO audit_records (sequence, record_time, actor, on_behalf_of, action, resource, outcome, detail, "
-    "trace_id, model_name, model_version, previous_hash, record_hash) VALUES (%(sequence)s, %(record_time)s, "
-    "%(actor)s, %(on_behalf_of)s, %(action)s, %(resource)s, %(outcome)s, %(detail)s, %(trace_id)s, %(model_name)s, "
-    "%(model_version)s, %(previous_hash)s, %(record_hash)s)"
-)
 
 
 async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300) -> float:
