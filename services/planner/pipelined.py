@@ -5,8 +5,8 @@ sent in two pipelines: (1) lock the tasks, end the attempts and steps, read the 
 the plans' advance decides (claims of the unblocked steps, state changes, events, a finished task's end), the
 audit chain lock and the audit records (linked and hashed by the database as it appends them, so the chain is
 held only for the end of the transaction, not across the Python between the two), COMMIT. Statements inside a
-pipeline are sent without waiting; PostgreSQL runs them in order, so each sees the ones before it, and locks are taken in the
-same order as on the general path (tasks, then step rows, then the chain).
+pipeline are sent without waiting; PostgreSQL runs them in order, so each sees the ones before it, and locks are
+taken in the same order as on the general path (tasks, then step rows, then the chain).
 
 Anything else (a step failing for good, a plan waiting to be re-planned) rolls back and goes the general way
 (:meth:`PlannerStore._finish`), which reads as it goes.
