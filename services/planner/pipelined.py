@@ -1,6 +1,15 @@
-"""The ends of attempts in two round trips on PostgreSQL (psycopg pipeline mode).
+"""The ends of attempts in one or two round trips on PostgreSQL (psycopg pipeline mode).
 
-The common case of a batch of attempt ends (every step SUCCEEDED, or READY for a retry) is one transaction
+One round trip (:func:`finish_speculative`): when every attempt of the batch succeeded and this replica knows
+the state of each plan it touches (its own last transition of that plan, kept in the store), the plan's advance
+is decided in Python before anything is sent, and the whole transaction goes out in one pipeline with guards the
+database checks first: each task still running, each step still leased to this attempt, and each plan's step
+states and attempt counts exactly as expected. A guard that fails divides by zero, the server skips the rest,
+COMMIT included, and the batch is rolled back and goes the two-round-trip way. Outputs of succeeded steps never
+change within a plan, so states and attempt counts are all the advance depends on that another transaction can
+change.
+
+Two round trips (:func:`finish_pipelined`): the common case of a batch of attempt ends (every step SUCCEEDED, or READY for a retry) is one transaction
 sent in two pipelines: (1) lock the tasks, end the attempts and steps, read the plans' step states; (2) what
 the plans' advance decides (claims of the unblocked steps, state changes, events, a finished task's end), the
 audit chain lock and the audit records (linked and hashed by the database as it appends them, so the chain is
@@ -25,7 +34,7 @@ from agentmesh.storage import batched_pipeline, psycopg_connection, queue_begin,
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
 
-__all__ = ["CLAIM_UNBLOCKED", "StepRow", "finish_pipelined"]
+__all__ = ["CLAIM_UNBLOCKED", "StepRow", "finish_pipelined", "finish_speculative"]
 
 _LOCK_TASKS = "SELECT task_id, state FROM tasks WHERE task_id = ANY(%s) ORDER BY task_id FOR NO KEY UPDATE"
 _RELEASE = "lease_owner = NULL, lease_expires_at = NULL, updated_at = %(now)s"
@@ -38,6 +47,13 @@ _END_STEP = {
     ),
 }
 _PLAN_STEPS = "SELECT step_id, state, output, attempt_count FROM plan_steps WHERE plan_id = %s"
+# Guards of the one-round-trip end: each divides by zero (SQLSTATE 22012) when the database disagrees.
+_EXPECT_RUNNING = "SELECT 1 / count(*) FROM tasks WHERE task_id = %s AND state <> ALL(%s)"
+_EXPECT_ENDED = f"WITH ended AS ({_END_STEP['SUCCEEDED']}) SELECT 1 / count(*) FROM ended"
+_EXPECT_STEPS = (
+    "SELECT 1 / coalesce((string_agg(step_id || ' ' || state || ' ' || attempt_count, ',' ORDER BY step_id COLLATE \"C\")"
+    " = %s)::int, 0) FROM plan_steps WHERE plan_id = %s"
+)
 CLAIM_UNBLOCKED = (
     "UPDATE plan_steps SET state = 'RUNNING', lease_owner = %(owner)s, lease_expires_at = %(lease)s, "
     "attempt_count = attempt_count + 1, started_at = coalesce(started_at, %(now)s), updated_at = %(now)s "
@@ -49,6 +65,83 @@ CLAIM_UNBLOCKED = (
 
 class _Fallback(Exception):
     """The batch needs the general path."""
+
+
+async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFinish], ahead: _Ahead) -> list[str] | None:
+    """Record a batch of successful attempt ends in one round trip, the plans' advance decided from what this
+    replica knows of them; None when it knows too little or the database disagrees (nothing was written then)."""
+    from psycopg.errors import DivisionByZero
+
+    from agentmesh.services.planner.store import _END_ATTEMPT, FINAL_TASK_STATES, _step_end
+
+    now = utcnow()
+    ends = [_step_end(f.claimed, f.end, now) for f in finishes]
+    expected = _expected_plans(store, finishes, ends)
+    if expected is None:
+        return None
+    events: list[tuple[Any, ...]] = []
+    done: set[str] = set()
+    async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
+        driver = await psycopg_connection(conn)
+        try:
+            async with batched_pipeline(driver):
+                await queue_begin(driver)
+                await driver.execute(_LOCK_TASKS, (sorted(expected),))
+                for task_id in sorted(expected):
+                    await driver.execute(_EXPECT_RUNNING, (task_id, list(FINAL_TASK_STATES)))
+                await _end_attempts(conn, finishes, now, _END_ATTEMPT)
+                for finish, values in zip(finishes, ends, strict=True):
+                    await driver.execute(_EXPECT_ENDED, _step_params(store, finish, values, now))
+                    events += _end_events(finish, values)
+                for plan_id, rows in expected.values():
+                    await driver.execute(_EXPECT_STEPS, (fingerprint(rows), plan_id))
+                for task_id, (plan_id, rows) in sorted(expected.items()):
+                    if await store._advance(conn, task_id, plan_id, store._tasks[task_id].input, ahead=ahead,
+                                            sink=events, rows=rows):
+                        done.add(task_id)
+                await _queue_rest(store, conn, driver, events, finishes)
+        except DivisionByZero:  # a guard: another transaction moved a plan on, or a lease or the task was lost
+            await driver.execute("ROLLBACK")
+            store.forget_steps(plan_id for plan_id, _ in expected.values())
+            for task_id in done:
+                store._endings.pop(task_id, None)
+            return None
+        except BaseException:
+            await conn.invalidate()
+            raise
+    for cursor in ahead.deferred:
+        ahead.take([tuple(row) for row in await cursor.fetchall()])
+    return ["ended" if f.claimed.task_id in done else "recorded" for f in finishes]
+
+
+def _expected_plans(
+    store: PlannerStore, finishes: Sequence[AttemptFinish], ends: list[dict[str, Any]]
+) -> dict[str, tuple[str, list[StepRow]]] | None:
+    """Each task's plan as it will be once these attempts have ended (by task: plan id, step rows), from what
+    this replica knows; None unless every attempt succeeded and each plan, task and document is known here."""
+    expected: dict[str, tuple[str, list[StepRow]]] = {}
+    for finish, values in zip(finishes, ends, strict=True):
+        claimed = finish.claimed
+        if values["state"] != "SUCCEEDED" or claimed.task_id not in store._tasks or store.cached_plan(claimed.plan_id) is None:
+            return None
+        if claimed.task_id not in expected:
+            known = store.known_steps(claimed.plan_id)
+            if known is None:
+                return None
+            expected[claimed.task_id] = (claimed.plan_id, [StepRow(*row.values()) for row in known])
+        plan_id, rows = expected[claimed.task_id]
+        if plan_id != claimed.plan_id:
+            return None
+        row = next((r for r in rows if r.step_id == claimed.step_id), None)
+        if row is None or row.state != "RUNNING" or row.attempt_count != claimed.attempt:
+            return None  # what is known here is already out of date
+        row.state, row.output = "SUCCEEDED", values["output"]
+    return expected
+
+
+def fingerprint(rows: Sequence[StepRow]) -> str:
+    """A plan's step states and attempt counts as the guard reads them from the database (ordered by step id)."""
+    return ",".join(f"{r.step_id} {r.state} {r.attempt_count}" for r in sorted(rows, key=lambda r: r.step_id))
 
 
 async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish], ahead: _Ahead) -> list[str] | None:
@@ -63,26 +156,15 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
     task_ids = sorted({f.claimed.task_id for f in finishes})
     plans = {f.claimed.task_id: f.claimed.plan_id for f, values in zip(finishes, ends, strict=True)
              if values["state"] == "SUCCEEDED"}
-    audit = [f.audit for f in finishes if f.audit is not None]
     async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
         driver = await psycopg_connection(conn)
         try:
             async with batched_pipeline(driver):
                 await queue_begin(driver)
                 locked = await driver.execute(_LOCK_TASKS, (task_ids,))
-                await write(conn, _END_ATTEMPT, [
-                    {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
-                     "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
-                     "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
-                    for f in finishes
-                ])
+                await _end_attempts(conn, finishes, now, _END_ATTEMPT)
                 ended = [
-                    await driver.execute(_END_STEP[values["state"]], {
-                        "row_id": f.claimed.row_id, "owner": store.owner, "attempt": f.claimed.attempt, "now": now,
-                        "output": Jsonb(values.get("output")) if values.get("output") is not None else None,
-                        "not_before": values.get("not_before"), "error_code": values.get("error_code", ""),
-                        "error_message": values.get("error_message", ""),
-                    })
+                    await driver.execute(_END_STEP[values["state"]], _step_params(store, f, values, now))
                     for f, values in zip(finishes, ends, strict=True)
                 ]
                 steps = {task_id: await driver.execute(_PLAN_STEPS, (plan_id,)) for task_id, plan_id in plans.items()}
@@ -99,11 +181,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
                     if await store._advance(conn, task_id, plans[task_id], store._tasks[task_id].input, ahead=ahead,
                                             sink=events, rows=rows[task_id]):
                         done.add(task_id)
-                if events:
-                    await store._events(conn, None, events)
-                if audit:
-                    await queue_chained(driver, audit)
-                await queue_commit(driver)
+                await _queue_rest(store, conn, driver, events, finishes)
         except _Fallback:
             await driver.execute("ROLLBACK")
             return None
@@ -114,6 +192,43 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
         ahead.take([tuple(row) for row in await cursor.fetchall()])
     return ["ended" if result == "recorded" and f.claimed.task_id in done else result
             for f, result in zip(finishes, results, strict=True)]
+
+
+async def _end_attempts(conn: Any, finishes: Sequence[AttemptFinish], now: Any, statement: Any) -> None:
+    """Queue the attempts' ends (``statement``: the store's attempt-end UPDATE)."""
+    await write(conn, statement, [
+        {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
+         "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
+         "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
+        for f in finishes
+    ])
+
+
+def _step_params(store: PlannerStore, finish: AttemptFinish, values: dict[str, Any], now: Any) -> dict[str, Any]:
+    """The parameters of a step's end (``_END_STEP``): only while this replica still holds its lease."""
+    return {
+        "row_id": finish.claimed.row_id, "owner": store.owner, "attempt": finish.claimed.attempt, "now": now,
+        "output": Jsonb(values.get("output")) if values.get("output") is not None else None,
+        "not_before": values.get("not_before"), "error_code": values.get("error_code", ""),
+        "error_message": values.get("error_message", ""),
+    }
+
+
+def _end_events(finish: AttemptFinish, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+    claimed = finish.claimed
+    return [("ATTEMPT", claimed.step_id, finish.end.state, claimed.attempt, claimed.task_id),
+            ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt, claimed.task_id)]
+
+
+async def _queue_rest(store: PlannerStore, conn: Any, driver: Any, events: list[tuple[Any, ...]],
+                      finishes: Sequence[AttemptFinish]) -> None:
+    """Queue a transition's events, its audit records (the chain lock: last, held only to the end) and COMMIT."""
+    if events:
+        await store._events(conn, None, events)
+    audit = [f.audit for f in finishes if f.audit is not None]
+    if audit:
+        await queue_chained(driver, audit)
+    await queue_commit(driver)
 
 
 async def _outcomes(
@@ -138,8 +253,7 @@ async def _outcomes(
         if await ended[index].fetchone() is None:
             results[index] = "lost"
             continue
-        events += [("ATTEMPT", claimed.step_id, end.state, claimed.attempt, claimed.task_id),
-                   ("STEP_STATE", claimed.step_id, values["state"], claimed.attempt, claimed.task_id)]
+        events += _end_events(finish, values)
         if values["state"] == "SUCCEEDED":
             advance.add(claimed.task_id)
         else:
@@ -154,3 +268,6 @@ class StepRow:
 
     def __init__(self, step_id: str, state: str, output: Any, attempt_count: int) -> None:
         self.step_id, self.state, self.output, self.attempt_count = step_id, state, output, attempt_count
+
+    def values(self) -> tuple[str, str, Any, int]:
+        return self.step_id, self.state, self.output, self.attempt_count

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agentmesh._errors import FailedPreconditionError, NotFoundError
 from agentmesh.audit import AuditEntry, append_audit
 from agentmesh.services.planner import replanning
-from agentmesh.services.planner.pipelined import CLAIM_UNBLOCKED, StepRow, finish_pipelined
+from agentmesh.services.planner.pipelined import (
+    CLAIM_UNBLOCKED,
+    StepRow,
+    finish_pipelined,
+    finish_speculative,
+)
 from agentmesh.services.planner.plans import PlanDocument, content_hash
 from agentmesh.services.planner.rules import evaluate
 from agentmesh.services.planner.templates import Scope, Substitution, resolve
@@ -379,6 +384,9 @@ class PlannerStore:
         self._tasks: dict[str, TaskRow] = {}
         # How tasks ended in this process's transactions (state, error, output, time), until the engine asks.
         self._endings: dict[str, tuple[str, str, dict[str, Any] | None, dt.datetime]] = {}
+        # Each running plan's steps as this replica's last committed transition of it left them (PostgreSQL): what
+        # the next step end expects, checked by the database (see ``finish_speculative``), so it may be stale.
+        self._steps: dict[str, list[StepRow]] = {}
 
     # ---- tasks and plans ---------------------------------------------------------------------------------
 
@@ -458,6 +466,7 @@ class PlannerStore:
             for cursor in ahead.deferred:
                 ahead.take(await cursor.fetchall())
             ahead.publish()
+            self._keep_steps(ahead)
         except (IntegrityError, UniqueViolation):
             # In a pipeline the duplicate key surfaces at whichever later statement syncs first, as psycopg's own
             # error when that statement went to the driver directly. Nothing was stored: forget what was cached.
@@ -492,6 +501,24 @@ class PlannerStore:
             return await self.get_task(task_id)
         state, error, output, now = ending
         return dataclasses.replace(task, state=state, error=error, output=output, updated_at=now)
+
+    def known_steps(self, plan_id: str) -> list[StepRow] | None:
+        """A plan's steps as this replica last left them, if it knows (maybe out of date: check before use)."""
+        return self._steps.get(plan_id)
+
+    def forget_steps(self, plan_ids: Iterable[str]) -> None:
+        for plan_id in plan_ids:
+            self._steps.pop(plan_id, None)
+
+    def _keep_steps(self, ahead: _Ahead) -> None:
+        """After a commit: the plans' steps as the transition left them (a plan whose task ended is dropped)."""
+        if len(self._steps) >= 10_000:
+            self._steps.clear()
+        for plan_id, rows in ahead.plans.items():
+            if rows is None:
+                self._steps.pop(plan_id, None)
+            else:
+                self._steps[plan_id] = rows
 
     def cached_task(self, task_id: str) -> TaskRow | None:
         """A task this process read or stored lately (its fixed fields: input, identities, trace id), if cached."""
@@ -713,11 +740,14 @@ class PlannerStore:
         ended), "ended" when the task ended, else "recorded". With ``claim``, the steps this unblocks are claimed
         for this replica in the same transaction (no claim round trip, no wait), up to its limit in all."""
         if self.postgres:
-            ahead = _Ahead(claim)
-            results = await finish_pipelined(self, finishes, ahead)
-            if results is not None:
-                ahead.publish()
-                return results
+            for finish in (finish_speculative, finish_pipelined):  # one round trip, else two
+                ahead = _Ahead(claim)
+                results = await finish(self, finishes, ahead)
+                if results is not None:
+                    ahead.publish()
+                    self._keep_steps(ahead)
+                    return results
+        self.forget_steps(f.claimed.plan_id for f in finishes)
         ahead = _Ahead(claim)
         async with self.engine.begin() as conn:
             results = await self._finish(conn, finishes, ahead)
@@ -879,6 +909,13 @@ class PlannerStore:
                     .where(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(ids), STEPS.c.state == "PENDING")
                     .values(state=new, updated_at=now, **extra)
                 )
+        if pipelined and ahead is not None:  # the plan as this transition leaves it, for the next one to expect
+            attempts_now = {e[1]: e[3] for e in running}
+            ahead.plans[plan_id] = [
+                StepRow(r.step_id, "RUNNING" if r.step_id in attempts_now else states[r.step_id],
+                        outputs.get(r.step_id), attempts_now.get(r.step_id, r.attempt_count))
+                for r in rows
+            ]
         events = [*events, *(("STEP_STATE", s, v, 0) for s, v in changes.items()), *running]
         if approvals:
             await conn.execute(sa.insert(APPROVALS).inline(), approvals)
@@ -894,6 +931,8 @@ class PlannerStore:
         if all(v in DONE_STEP_STATES for v in states.values()):
             await self._end_task(conn, task_id, "SUCCEEDED", output=_task_output(document, states, outputs, task_input),
                                  sink=sink, steps_done=True, approvals=_has_approvals(document))
+            if ahead is not None:
+                ahead.plans[plan_id] = None
             return True
         return False
 
@@ -1238,6 +1277,7 @@ class _Ahead:
         self.ready_left = False
         self.deferred: list[Any] = []  # claims queued in a pipeline: cursors to read once it has synced
         self.prestarted: dict[tuple[str, str], Prestart] = {}
+        self.plans: dict[str, list[StepRow] | None] = {}  # plan -> its steps as left (None: its task ended)
 
     def take(self, rows: Sequence[Any]) -> None:
         """Claimed step rows (as returned by a claim), to run once the transaction has committed."""

@@ -1,0 +1,139 @@
+"""A step's end decided from what the replica knows of its plan, checked by PostgreSQL before it commits.
+
+The planner records a successful step end, and whatever it unblocks, in one round trip when it knows the plan's
+state from its own last transition of it. Another writer may have moved the plan on meanwhile: the database then
+refuses the expectation and the end is recorded the long way, reading the plan. Either way the join step must
+run exactly once and the task must end: a wrong guess must never leave work pending or claim a step twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentmesh import storage
+from agentmesh.services.planner.store import AttemptEnd, AttemptFinish, ClaimAhead, Claimed, PlannerStore
+from agentmesh.storage import PlanStep, StepAttempt, Task
+
+pytestmark = pytest.mark.postgres
+
+_PLAN = {
+    "strategy": "PLAYBOOK",
+    "playbook": "join",
+    "steps": [
+        {"id": "left", "skill": "noop", "input": {}, "depends_on": []},
+        {"id": "right", "skill": "noop", "input": {}, "depends_on": []},
+        {"id": "join", "skill": "noop", "input": {}, "depends_on": ["left", "right"]},
+    ],
+}
+
+
+@pytest.fixture
+async def engine(migrated_postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = storage.create_async_engine(migrated_postgres_url, pool_size=4)
+    yield engine
+    await engine.dispose()
+
+
+async def _submit(store: PlannerStore) -> tuple[str, dict[str, Claimed]]:
+    task_id = f"task-{uuid.uuid4().hex}"
+    values: dict[str, Any] = {
+        "task_id": task_id, "request_id": None, "goal": "join", "input": {}, "playbook": "join",
+        "conversation_id": None, "parent_task_id": None, "parent_step_id": "", "submitted_by": "tester",
+        "on_behalf_of": "", "tenant": "", "scopes": "", "trace_id": "", "depth": 0,
+        "deadline_at": storage.utcnow() + dt.timedelta(minutes=5),
+    }
+    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    await store.create_task(values, _PLAN, reason="test", claim=claim)
+    return task_id, {step.step_id: step for step in claim.steps}
+
+
+async def _finish(store: PlannerStore, step: Claimed, claim: ClaimAhead | None = None) -> str:
+    end = AttemptEnd("SUCCEEDED", output={"step": step.step_id})
+    (result,) = await store.finish_attempts([AttemptFinish(step, end)], claim)
+    return result
+
+
+async def _steps(engine: AsyncEngine, task_id: str) -> dict[str, tuple[str, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(PlanStep.step_id, PlanStep.state, PlanStep.attempt_count).where(PlanStep.task_id == task_id)
+        )
+        return {row.step_id: (row.state, row.attempt_count) for row in rows}
+
+
+async def _task_state(engine: AsyncEngine, task_id: str) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(sa.select(Task.state).where(Task.task_id == task_id))).scalar_one())
+
+
+async def test_a_join_runs_once_when_each_branch_ends_in_turn(engine: AsyncEngine) -> None:
+    store = PlannerStore(engine, owner="planner-a")
+    task_id, claimed = await _submit(store)
+    assert set(claimed) == {"left", "right"}
+
+    assert await _finish(store, claimed["left"]) == "recorded"
+    assert (await _steps(engine, task_id))["join"] == ("PENDING", 0)
+    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    assert await _finish(store, claimed["right"], claim) == "recorded"
+    assert [step.step_id for step in claim.steps] == ["join"]
+    assert (await _steps(engine, task_id))["join"] == ("RUNNING", 1)
+
+    assert await _finish(store, claim.steps[0]) == "ended"
+    assert await _task_state(engine, task_id) == "SUCCEEDED"
+    async with engine.connect() as conn:
+        attempts = (await conn.execute(sa.select(sa.func.count()).select_from(StepAttempt)
+                                       .where(StepAttempt.task_id == task_id))).scalar_one()
+    assert attempts == 0  # no attempt rows were started in this test: ends of them touch nothing else
+
+
+async def test_a_branch_ended_by_another_writer_is_seen_and_the_join_still_runs(engine: AsyncEngine) -> None:
+    mine = PlannerStore(engine, owner="planner-a")
+    task_id, claimed = await _submit(mine)
+    # Another writer ends the right branch: this replica's picture of the plan still has it running. Deciding
+    # from that picture alone would leave the join pending forever once the left branch ends.
+    other = PlannerStore(engine, owner="planner-a")
+    assert await _finish(other, claimed["right"]) == "recorded"
+    assert mine.known_steps(claimed["left"].plan_id) is not None  # the stale picture is there to be tried
+
+    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    assert await _finish(mine, claimed["left"], claim) == "recorded"
+    assert [step.step_id for step in claim.steps] == ["join"]
+    assert await _steps(engine, task_id) == {"left": ("SUCCEEDED", 1), "right": ("SUCCEEDED", 1), "join": ("RUNNING", 1)}
+
+    assert await _finish(mine, claim.steps[0]) == "ended"
+    assert await _task_state(engine, task_id) == "SUCCEEDED"
+
+
+async def test_a_step_whose_lease_was_taken_over_is_not_ended_by_its_old_holder(engine: AsyncEngine) -> None:
+    mine = PlannerStore(engine, owner="planner-a")
+    task_id, claimed = await _submit(mine)
+    # Another replica took the left branch over (its lease lapsed here): attempt 2 is theirs now.
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.update(PlanStep)
+            .where(PlanStep.task_id == task_id, PlanStep.step_id == "left")
+            .values(lease_owner="planner-b", attempt_count=2)
+        )
+    assert await _finish(mine, claimed["left"]) == "lost"
+    assert (await _steps(engine, task_id))["left"] == ("RUNNING", 2)
+    assert await _task_state(engine, task_id) == "RUNNING"
+
+
+async def test_a_step_of_a_task_cancelled_meanwhile_ends_without_moving_its_plan(engine: AsyncEngine) -> None:
+    mine = PlannerStore(engine, owner="planner-a")
+    task_id, claimed = await _submit(mine)
+    assert await _finish(mine, claimed["left"]) == "recorded"
+    # Cancelled by another replica: this one's picture of the plan says running, the database says otherwise.
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(Task).where(Task.task_id == task_id).values(state="CANCELLED"))
+    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    assert await _finish(mine, claimed["right"], claim) == "lost"
+    assert claim.steps == []
+    assert (await _steps(engine, task_id))["join"] == ("PENDING", 0)
