@@ -43,6 +43,7 @@ from agentmesh.audit import AuditEntry
 from agentmesh.services.planner.canaries import Canaries
 from agentmesh.services.planner.dispatch import Choice, Dispatcher
 from agentmesh.services.planner.planning import ModelPlanner, Planner
+from agentmesh.services.planner.plans import StepSpec
 from agentmesh.services.planner.playbooks import PlaybookLibrary
 from agentmesh.services.planner.rules import OutputRejected, check_output
 from agentmesh.services.planner.store import (
@@ -336,7 +337,15 @@ class TaskEngine:
         claimed = Claimed(0, request.task_id, request.plan_id, request.step_id, request.attempt, 0, "", "", "")
         trace_id = task.trace_id if len(task.trace_id) == 32 else ""
         start = AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
-        return Prestart(start, choice)
+        call = _Call(choice)
+        # The call's request (its signed token above all) is made while the claiming transaction is on its way to
+        # the database: the loop runs this once that transaction is sent, not before the call can start.
+        asyncio.get_running_loop().call_soon(self._make_call, call, spec, task, claimed, step_input)
+        return Prestart(start, call)
+
+    def _make_call(self, call: _Call, spec: StepSpec, task: TaskRow, claimed: Claimed, step_input: dict[str, Any]) -> None:
+        if call.request is None:
+            call.request = self._invoke_request(spec, task, claimed, step_input, call.choice, utcnow())
 
     def _start_claimed(self, claim: ClaimAhead) -> None:
         """Run the steps a transition claimed; wake the claim loop for runnable steps it left behind."""
@@ -508,9 +517,10 @@ class TaskEngine:
         if claimed.attempt > claimed.max_attempts + 2:
             return AttemptEnd("FAILED", error_code="ABORTED",
                               error_message=f"{claimed.attempt - 1} attempts were lost with their planners")
+        request: agent_pb2.InvokeRequest | None = None
         if prestart is not None:
-            choice: Choice = prestart.call
-            step_input = prestart.start.step_input
+            made: _Call = prestart.call
+            choice, step_input, request = made.choice, prestart.start.step_input, made.request
         else:
             step_input, substitutions = resolve(spec.input, scope)
             if spec.kind == "escalate":
@@ -530,27 +540,10 @@ class TaskEngine:
                 AttemptStart(claimed, choice.agent, step_input, trace_id, choice.record(), substitutions)
             )
         facts["agent"] = f"{choice.namespace}/{choice.name}@{choice.version}"
-        timeout = spec.timeout or self.settings.planner_step_timeout
-        if task.deadline_at is not None:
-            timeout = min(timeout, (task.deadline_at - now).total_seconds())
-        request = agent_pb2.InvokeRequest(
-            skill=spec.skill,
-            input=_struct(step_input),
-            task_id=claimed.task_id,
-            step_id=claimed.step_id,
-            conversation_id=task.conversation_id or "",
-            idempotency_key=claimed.idempotency_key,
-            delegation_token=self.tokens.mint(
-                audience=choice.spiffe_id,
-                subject=task.on_behalf_of or task.submitted_by,
-                tenant=task.tenant,
-                scopes=task.scopes.split(),
-                task_id=claimed.task_id,
-                step_id=claimed.step_id,
-                actor_chain=(self.identity,),
-                ttl_seconds=timeout + 30,
-            ),
-        )
+        timeout = self._step_timeout(spec, task, now)
+        if request is None:
+            request = self._invoke_request(spec, task, claimed, step_input, choice, now)
+        request.idempotency_key = claimed.idempotency_key
         started = time.monotonic()
         call = asyncio.ensure_future(self.dispatcher.invoke(choice, request, timeout))
         self._calls[claimed.row_id] = call
@@ -581,6 +574,35 @@ class TaskEngine:
             return AttemptEnd("FAILED", error_code="FAILED_PRECONDITION", error_message=str(exc),
                               model_usages=usages, replayed=reply.replayed)
         return AttemptEnd("SUCCEEDED", output=output, model_usages=usages, replayed=reply.replayed)
+
+    def _step_timeout(self, spec: StepSpec, task: TaskRow, now: dt.datetime) -> float:
+        """Seconds the step's call may take: its own timeout, cut to what is left of the task's deadline."""
+        timeout = spec.timeout or self.settings.planner_step_timeout
+        if task.deadline_at is not None:
+            timeout = min(timeout, (task.deadline_at - now).total_seconds())
+        return timeout
+
+    def _invoke_request(self, spec: StepSpec, task: TaskRow, claimed: Claimed, step_input: dict[str, Any],
+                        choice: Choice, now: dt.datetime) -> agent_pb2.InvokeRequest:
+        """A step's Invoke (its idempotency key set by the caller), with a step token for the chosen agent that
+        carries the task's end user."""
+        return agent_pb2.InvokeRequest(
+            skill=spec.skill,
+            input=_struct(step_input),
+            task_id=claimed.task_id,
+            step_id=claimed.step_id,
+            conversation_id=task.conversation_id or "",
+            delegation_token=self.tokens.mint(
+                audience=choice.spiffe_id,
+                subject=task.on_behalf_of or task.submitted_by,
+                tenant=task.tenant,
+                scopes=task.scopes.split(),
+                task_id=claimed.task_id,
+                step_id=claimed.step_id,
+                actor_chain=(self.identity,),
+                ttl_seconds=self._step_timeout(spec, task, now) + 30,
+            ),
+        )
 
     async def _record(self, claimed: Claimed, end: AttemptEnd, audit: AuditEntry) -> None:
         """Record the end of an attempt (group commit), retrying through a database outage while the lease could
@@ -693,6 +715,14 @@ class TaskChanges:
             if not watchers:
                 del self._watchers[self._task_id]
         self._future = None
+
+
+@dataclass
+class _Call:
+    """A prestarted attempt's call: the instance chosen, and its request once made (see ``_prepare``)."""
+
+    choice: Choice
+    request: agent_pb2.InvokeRequest | None = None
 
 
 class _Abandoned(Exception):

@@ -48,8 +48,17 @@ _END_STEP = {
 }
 _PLAN_STEPS = "SELECT step_id, state, output, attempt_count FROM plan_steps WHERE plan_id = %s"
 # Guards of the one-round-trip end: each divides by zero (SQLSTATE 22012) when the database disagrees.
-_EXPECT_RUNNING = "SELECT 1 / count(*) FROM tasks WHERE task_id = %s AND state <> ALL(%s)"
-_EXPECT_ENDED = f"WITH ended AS ({_END_STEP['SUCCEEDED']}) SELECT 1 / count(*) FROM ended"
+# The tasks locked (as ``_LOCK_TASKS``), every one of them still running:
+_LOCK_RUNNING = (
+    "SELECT 1 / (count(*) = %s AND bool_and(state <> ALL(%s)))::int FROM (SELECT state FROM tasks "
+    "WHERE task_id = ANY(%s) ORDER BY task_id FOR NO KEY UPDATE) AS locked"
+)
+# The attempt and its step ended, the step only while this attempt holds its lease:
+_END_SUCCEEDED = (
+    f"WITH ended AS ({_END_STEP['SUCCEEDED']}), attempt AS (UPDATE step_attempts SET state = 'SUCCEEDED', "
+    "error_code = '', error_message = '', finished_at = %(now)s, model_usages = %(usages)s, replayed = %(replayed)s "
+    "WHERE plan_step_id = %(row_id)s AND attempt = %(attempt)s) SELECT 1 / count(*) FROM ended"
+)
 _EXPECT_STEPS = (
     "SELECT 1 / coalesce((string_agg(step_id || ' ' || state || ' ' || attempt_count, ',' ORDER BY step_id COLLATE \"C\")"
     " = %s)::int, 0) FROM plan_steps WHERE plan_id = %s"
@@ -72,7 +81,7 @@ async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFini
     replica knows of them; None when it knows too little or the database disagrees (nothing was written then)."""
     from psycopg.errors import DivisionByZero
 
-    from agentmesh.services.planner.store import _END_ATTEMPT, FINAL_TASK_STATES, _step_end
+    from agentmesh.services.planner.store import FINAL_TASK_STATES, _step_end
 
     now = utcnow()
     ends = [_step_end(f.claimed, f.end, now) for f in finishes]
@@ -86,12 +95,12 @@ async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFini
         try:
             async with batched_pipeline(driver):
                 await queue_begin(driver)
-                await driver.execute(_LOCK_TASKS, (sorted(expected),))
-                for task_id in sorted(expected):
-                    await driver.execute(_EXPECT_RUNNING, (task_id, list(FINAL_TASK_STATES)))
-                await _end_attempts(conn, finishes, now, _END_ATTEMPT)
+                await driver.execute(_LOCK_RUNNING, (len(expected), list(FINAL_TASK_STATES), sorted(expected)))
                 for finish, values in zip(finishes, ends, strict=True):
-                    await driver.execute(_EXPECT_ENDED, _step_params(store, finish, values, now))
+                    await driver.execute(_END_SUCCEEDED, {
+                        **_step_params(store, finish, values, now),
+                        "usages": Jsonb(list(finish.end.model_usages)), "replayed": finish.end.replayed,
+                    })
                     events += _end_events(finish, values)
                 for plan_id, rows in expected.values():
                     await driver.execute(_EXPECT_STEPS, (fingerprint(rows), plan_id))

@@ -208,7 +208,13 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TASK = sa.select(TASKS).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 # Task events are announced on this channel as "<task id> <replica>" when their transaction commits.
 TASK_EVENTS_CHANNEL = "agentmesh_task_events"
-_NOTIFY = f"SELECT pg_notify('{TASK_EVENTS_CHANNEL}', t || ' ' || %s) FROM unnest(%s::text[]) AS t"
+# Events in their order (ids follow it: the watch cursor), and the notice to other replicas, in one statement.
+_PG_EVENTS = (
+    "WITH added AS (INSERT INTO task_events (task_id, type, step_id, state, attempt, created_at) "
+    "SELECT e.task_id, e.type, e.step_id, e.state, e.attempt, %s FROM unnest(%s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::int[]) WITH ORDINALITY AS e(task_id, type, step_id, state, attempt, position) ORDER BY e.position) "
+    f"SELECT pg_notify('{TASK_EVENTS_CHANNEL}', t || ' ' || %s) FROM unnest(%s::text[]) AS t"
+)
 
 
 class EventRow(NamedTuple):
@@ -991,11 +997,13 @@ class PlannerStore:
             }
             for e in events
         ]
-        await write(conn, _BLIND_INSERT[EVENTS.name], rows)
-        if self.postgres and rows:
-            # Other replicas' watchers of these tasks learn of the events when this transaction commits.
-            driver = await psycopg_connection(conn)
-            await driver.execute(_NOTIFY, (self.owner, sorted({row["task_id"] for row in rows})))
+        if not (self.postgres and rows):
+            await write(conn, _BLIND_INSERT[EVENTS.name], rows)
+            return
+        # One statement however many events; other replicas' watchers of these tasks learn of them at the commit.
+        driver = await psycopg_connection(conn)
+        columns = [[row[key] for row in rows] for key in ("task_id", "type", "step_id", "state", "attempt")]
+        await driver.execute(_PG_EVENTS, (now, *columns, self.owner, sorted({row["task_id"] for row in rows})))
 
     # ---- cancellation, approvals, deadlines --------------------------------------------------------------
 
