@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -16,8 +17,11 @@ from agentmesh.agents.kb_search._kb import ARTICLES_FILE, load_articles
 
 __all__ = [
     "ARTICLE_INTENTS_FILE",
+    "CATCH_ALL",
     "CUES_FILE",
     "CUE_WEIGHT",
+    "FEW_WORDS",
+    "GUESS_FLOOR",
     "INTENTS",
     "PRIORITIES",
     "PROTOTYPES_FILE",
@@ -26,9 +30,12 @@ __all__ = [
     "asks_something",
     "assess_priority",
     "cue_bonus",
+    "informative_words",
     "intent_scores",
     "load_cues",
     "load_prototypes",
+    "no_signal",
+    "nothing_to_go_on",
 ]
 
 PROTOTYPES_FILE = Path(__file__).with_name("prototypes.yaml")
@@ -89,6 +96,27 @@ _REQUEST = re.compile(
 _THANKS_WITHIN_WORDS = 4
 # Sentiment at or below this (model score in [-1, 1]) means a clearly upset customer.
 ANGRY_BELOW = -0.5
+# The catch-all intent: what triage answers when a ticket gives it nothing to go on.
+CATCH_ALL = "other"
+# Words that say nothing about a ticket's topic (folded; en/es/de/fr): greetings, yes/no, "help", "test",
+# function words. A ticket of these alone ("hello", "Hi, I need help") has no topic to find.
+_FILLER = frozenset(
+    "hi hello hey dear there good morning afternoon evening day ok okay yes yeah yep no nope please pls plz "
+    "help need test testing question problem issue something anything hallo guten tag morgen abend ja nein "
+    "hilfe frage bitte hola buenos buenas dias tardes noches si ayuda pregunta bonjour bonsoir salut oui non "
+    "aide svp probleme problema the and my is to of it for with have has not was this you what can "
+    "would could be are we our your me in an on at do am just some any el la los las que de en por para con "
+    "mi un una es lo se der die das und ich ist mit mein meine wir sie ein eine zu le les et je ne pas "
+    "est mon ma une des du pour avec vous nous il".split()
+)
+# Runs of letters (folded text); a word triage can read is two or more letters of the Latin script.
+_LETTERS = re.compile(r"[^\W\d_]{2,}")
+# A ticket of at most this many informative words, with no keyword cue of any intent, whose best intent is
+# below GUESS_FLOOR, is too thin to classify ("asdf qwer"): the model's nearest prototype is a guess. Real
+# short tickets carry a cue ("refund please") or a confident match ("app crashes" 100%, "where is my order"
+# 99%); so do the evaluation set's shortest ("do u ship to ireland" 92%, "status | dashboard 503": a cue).
+FEW_WORDS = 2
+GUESS_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -203,6 +231,46 @@ def intent_scores(
         confidence=float(probabilities[best]),
         scores={intent: round(float(p), 4) for intent, p in zip(intents, probabilities, strict=True)},
     )
+
+
+def informative_words(text: str) -> list[str]:
+    """The words of ``text`` (folded) that triage can read and that could name a topic: two or more Latin
+    letters (the script of English, Spanish, German and French), not a greeting, "yes", "help" or a function
+    word. Emoji, digits, punctuation and other scripts (Chinese, Arabic, Thai...) give none: the English
+    embedding model sees them as unknown tokens.
+    """
+    return [
+        word
+        for word in _LETTERS.findall(fold(text))
+        if word not in _FILLER and all(unicodedata.name(c, "").startswith("LATIN") for c in word)
+    ]
+
+
+def no_signal(text: str, result: IntentScores, bonus: npt.NDArray[np.floating[Any]]) -> str | None:
+    """Why ``text`` gives triage nothing to go on, or None when it has a signal.
+
+    A keyword cue (``bonus`` not all zero: "refund", "503") is a signal. Without one: no informative word at
+    all (emoji, digits, punctuation, a script the models do not cover, only a greeting) means whatever
+    prototype is nearest is arbitrary; at most :data:`FEW_WORDS` of them and a best intent below
+    :data:`GUESS_FLOOR` is too thin to name a topic.
+    """
+    if np.any(bonus):
+        return None
+    words = informative_words(text)
+    if not words:
+        return "no words to go on (only symbols, digits, greetings or a script triage does not read)"
+    if len(words) <= FEW_WORDS and result.confidence < GUESS_FLOOR:
+        return (
+            f"too little to go on ({len(words)} informative word{'s' if len(words) > 1 else ''}, "
+            f"no keyword cue, best guess under {GUESS_FLOOR:.0%})"
+        )
+    return None
+
+
+def nothing_to_go_on(intents: tuple[str, ...] = INTENTS) -> IntentScores:
+    """The catch-all intent at the confidence of no evidence: every intent equally likely."""
+    share = round(1.0 / len(intents), 4)
+    return IntentScores(intent=CATCH_ALL, confidence=share, scores=dict.fromkeys(intents, share))
 
 
 def assess_priority(intent: str, sentiment: float, text: str) -> tuple[str, list[str]]:

@@ -22,6 +22,8 @@ from agentmesh.agents.triage._rules import (
     intent_scores,
     load_cues,
     load_prototypes,
+    no_signal,
+    nothing_to_go_on,
 )
 
 __all__ = ["TriageAgent", "TriageOutput"]
@@ -79,17 +81,18 @@ class TriageAgent(TritonAgent):
         embedded, (score, _) = await asyncio.gather(
             self.embed([for_embedding(s) for s in segments], ctx), self.message_sentiment(ticket.text, ctx)
         )
-        result = intent_scores(
-            embedded.embeddings @ self._prototypes.T,
-            self._owners,
-            bonus=cue_bonus(for_matching(whole), self._cues, sentiment=score),
-        )
-        priority, reasons = assess_priority(result.intent, score, whole)
+        bonus = cue_bonus(for_matching(whole), self._cues, sentiment=score)
+        result = intent_scores(embedded.embeddings @ self._prototypes.T, self._owners, bonus=bonus)
         runner_up = sorted(result.scores.items(), key=lambda item: -item[1])[1]
-        reasons.insert(
-            0,
-            f"intent {result.intent!r} at {result.confidence:.0%} (next: {runner_up[0]!r} at {runner_up[1]:.0%})",
-        )
+        said = f"intent {result.intent!r} at {result.confidence:.0%} (next: {runner_up[0]!r} at {runner_up[1]:.0%})"
+        # Emoji, digits, punctuation or an uncovered script embed as unknown tokens, whose nearest prototype
+        # is arbitrary ("privacy" for most): the catch-all intent, with the confidence of no evidence.
+        if (why := no_signal(whole, result, bonus)) is not None:
+            guess = f"the model's nearest intent was {result.intent!r} at {result.confidence:.0%}"
+            result = nothing_to_go_on()
+            said = f"intent {result.intent!r} at {result.confidence:.0%}: {why}; {guess}"
+        priority, reasons = assess_priority(result.intent, score, whole)
+        reasons.insert(0, said)
         return TriageOutput(
             intent=result.intent,  # type: ignore[arg-type]
             priority=priority,  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from agentmesh._errors import UnavailableError
 from agentmesh._settings import Settings
 from agentmesh.agent import Agent, AgentRuntime, Invocation, SkillRunner
 from agentmesh.agents._support import find_pii
+from agentmesh.agents._support._replies import TOPICS
 from agentmesh.agents.crm import CrmAgent, planner_identity
 from agentmesh.agents.examples import ExampleTicket, load_tickets
 from agentmesh.agents.kb_search import KbSearchAgent
@@ -289,6 +290,63 @@ async def test_a_ticket_without_text_is_invalid_argument(support: Support) -> No
         await support.call("triage", "classify_ticket", {"subject": "Help"})
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input.text" in (failure.value.details() or "")
+
+
+# Tickets with nothing to go on: symbols, digits, punctuation, a script the models do not cover, a greeting.
+NO_SIGNAL = [
+    "😡😡😡",
+    "123456 7890",
+    "?!?!",
+    "我的订单还没到",
+    "注文した商品がまだ届きません",
+    "สินค้ายังไม่มาถึง",
+    "لم يصل طلبي بعد",
+    "hello",
+]
+
+
+@pytest.mark.parametrize("text", NO_SIGNAL)
+async def test_a_ticket_with_nothing_to_go_on_is_other_at_low_confidence_and_not_answered_about_privacy(
+    support: Support, text: str
+) -> None:
+    ticket = {"text": text}
+    triage, retrieved = await asyncio.gather(
+        support.call("triage", "classify_ticket", ticket),
+        support.call("kb-search", "search_articles", {"query": text, "top_k": 3}),
+    )
+    # The catch-all intent at the confidence of no evidence, not a confident guess (it was "privacy").
+    assert triage["intent"] == "other", triage["reasons"]
+    assert triage["confidence"] < 0.1 and triage["confidence"] == pytest.approx(triage["scores"]["other"])
+    assert "to go on" in triage["reasons"][0]
+    draft = await support.call(
+        "responder",
+        "draft_reply",
+        {"ticket": ticket, "intent": triage["intent"], "articles": retrieved.get("articles", [])},
+    )
+    reply = draft["reply"].lower()
+    assert "thank you for your message" in reply or "thank you for taking the time" in reply, reply
+    assert "personal data" not in reply and "privacy" not in reply, reply
+    assert not [topic for topic in TOPICS.values() if topic in reply], reply  # no topic the ticket never named
+
+
+SHORT_REAL = [
+    ("refund please", "refund"),
+    ("app crashes", "technical"),
+    ("Where is my order?", "shipping"),
+    ("I forgot my password", "account"),
+    ("Ich möchte mein Geld zurück", "refund"),
+    ("¿Dónde está mi pedido?", "shipping"),
+    ("Je veux annuler mon abonnement", "cancellation"),
+]
+
+
+async def test_short_real_tickets_are_not_taken_for_tickets_with_nothing_to_go_on(support: Support) -> None:
+    triaged = await asyncio.gather(
+        *(support.call("triage", "classify_ticket", {"text": t}) for t, _ in SHORT_REAL)
+    )
+    assert [(r["intent"], r["confidence"] > 0.5) for r in triaged] == [(i, True) for _, i in SHORT_REAL], [
+        r["reasons"][0] for r in triaged
+    ]
 
 
 # --- sentiment ----------------------------------------------------------------------------------------------
