@@ -178,6 +178,7 @@ class TaskEngine:
             await asyncio.wait_for(asyncio.gather(self._starts.close(), self._finishes.close()), timeout=grace)
         await self.dispatcher.close()
         await self._canaries.close()
+        await self.store.close()
 
     def add_finish_listener(self, callback: Callable[[TaskRow], Awaitable[None]]) -> None:
         """Call ``callback(task)`` when a task this process drives reaches a final state."""

@@ -90,7 +90,7 @@ async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFini
         return None
     events: list[tuple[Any, ...]] = []
     done: set[str] = set()
-    async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
+    async with store.writer() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
         driver = await psycopg_connection(conn)
         try:
             async with batched_pipeline(driver):
@@ -165,7 +165,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
     task_ids = sorted({f.claimed.task_id for f in finishes})
     plans = {f.claimed.task_id: f.claimed.plan_id for f, values in zip(finishes, ends, strict=True)
              if values["state"] == "SUCCEEDED"}
-    async with store.single.connect() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
+    async with store.writer() as conn:  # autocommit: BEGIN and COMMIT are queued with the statements
         driver = await psycopg_connection(conn)
         try:
             async with batched_pipeline(driver):

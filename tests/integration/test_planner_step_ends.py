@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -39,6 +39,20 @@ async def engine(migrated_postgres_url: str) -> AsyncIterator[AsyncEngine]:
     engine = storage.create_async_engine(migrated_postgres_url, pool_size=4)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def stores(engine: AsyncEngine) -> AsyncIterator[Callable[[], PlannerStore]]:
+    """Planner stores on one database, as replicas (or restarts of one) would hold them."""
+    made: list[PlannerStore] = []
+
+    def new() -> PlannerStore:
+        made.append(PlannerStore(engine, owner="planner-a"))
+        return made[-1]
+
+    yield new
+    for store in made:
+        await store.close()
 
 
 async def _submit(store: PlannerStore) -> tuple[str, dict[str, Claimed]]:
@@ -73,8 +87,10 @@ async def _task_state(engine: AsyncEngine, task_id: str) -> str:
         return str((await conn.execute(sa.select(Task.state).where(Task.task_id == task_id))).scalar_one())
 
 
-async def test_a_join_runs_once_when_each_branch_ends_in_turn(engine: AsyncEngine) -> None:
-    store = PlannerStore(engine, owner="planner-a")
+async def test_a_join_runs_once_when_each_branch_ends_in_turn(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    store = stores()
     task_id, claimed = await _submit(store)
     assert set(claimed) == {"left", "right"}
 
@@ -93,12 +109,14 @@ async def test_a_join_runs_once_when_each_branch_ends_in_turn(engine: AsyncEngin
     assert attempts == 0  # no attempt rows were started in this test: ends of them touch nothing else
 
 
-async def test_a_branch_ended_by_another_writer_is_seen_and_the_join_still_runs(engine: AsyncEngine) -> None:
-    mine = PlannerStore(engine, owner="planner-a")
+async def test_a_branch_ended_by_another_writer_is_seen_and_the_join_still_runs(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine = stores()
     task_id, claimed = await _submit(mine)
     # Another writer ends the right branch: this replica's picture of the plan still has it running. Deciding
     # from that picture alone would leave the join pending forever once the left branch ends.
-    other = PlannerStore(engine, owner="planner-a")
+    other = stores()
     assert await _finish(other, claimed["right"]) == "recorded"
     assert mine.known_steps(claimed["left"].plan_id) is not None  # the stale picture is there to be tried
 
@@ -111,8 +129,10 @@ async def test_a_branch_ended_by_another_writer_is_seen_and_the_join_still_runs(
     assert await _task_state(engine, task_id) == "SUCCEEDED"
 
 
-async def test_a_step_whose_lease_was_taken_over_is_not_ended_by_its_old_holder(engine: AsyncEngine) -> None:
-    mine = PlannerStore(engine, owner="planner-a")
+async def test_a_step_whose_lease_was_taken_over_is_not_ended_by_its_old_holder(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine = stores()
     task_id, claimed = await _submit(mine)
     # Another replica took the left branch over (its lease lapsed here): attempt 2 is theirs now.
     async with engine.begin() as conn:
@@ -126,8 +146,10 @@ async def test_a_step_whose_lease_was_taken_over_is_not_ended_by_its_old_holder(
     assert await _task_state(engine, task_id) == "RUNNING"
 
 
-async def test_a_step_of_a_task_cancelled_meanwhile_ends_without_moving_its_plan(engine: AsyncEngine) -> None:
-    mine = PlannerStore(engine, owner="planner-a")
+async def test_a_step_of_a_task_cancelled_meanwhile_ends_without_moving_its_plan(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine = stores()
     task_id, claimed = await _submit(mine)
     assert await _finish(mine, claimed["left"]) == "recorded"
     # Cancelled by another replica: this one's picture of the plan says running, the database says otherwise.
