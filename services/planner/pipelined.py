@@ -63,12 +63,20 @@ _EXPECT_STEPS = (
     "SELECT 1 / coalesce((string_agg(step_id || ' ' || state || ' ' || attempt_count, ',' ORDER BY step_id COLLATE \"C\")"
     " = %s)::int, 0) FROM plan_steps WHERE plan_id = %s"
 )
+# Claims the unblocked steps and, for those whose first attempt starts with the claim, records the agent chosen
+# and the resolved input in the same UPDATE (a NULL keeps the column: steps started the usual way).
 CLAIM_UNBLOCKED = (
-    "UPDATE plan_steps SET state = 'RUNNING', lease_owner = %(owner)s, lease_expires_at = %(lease)s, "
-    "attempt_count = attempt_count + 1, started_at = coalesce(started_at, %(now)s), updated_at = %(now)s "
-    "WHERE plan_id = %(plan_id)s AND step_id = ANY(%(ids)s) AND state = 'PENDING' "
-    "RETURNING id, task_id, plan_id, step_id, attempt_count, max_attempts, idempotency_key, agent_instance_id, "
-    "agent_endpoint"
+    "UPDATE plan_steps AS s SET state = 'RUNNING', lease_owner = %(owner)s, lease_expires_at = %(lease)s, "
+    "attempt_count = s.attempt_count + 1, started_at = coalesce(s.started_at, %(now)s), updated_at = %(now)s, "
+    "agent_namespace = coalesce(a.namespace, s.agent_namespace), agent_name = coalesce(a.name, s.agent_name), "
+    "agent_version = coalesce(a.version, s.agent_version), agent_endpoint = coalesce(a.endpoint, s.agent_endpoint), "
+    "agent_instance_id = coalesce(a.instance_id, s.agent_instance_id), input = coalesce(a.input, s.input) "
+    "FROM unnest(%(ids)s::text[], %(namespaces)s::text[], %(names)s::text[], %(versions)s::text[], "
+    "%(endpoints)s::text[], %(instances)s::text[], %(inputs)s::jsonb[]) "
+    "AS a(step_id, namespace, name, version, endpoint, instance_id, input) "
+    "WHERE s.plan_id = %(plan_id)s AND s.step_id = a.step_id AND s.state = 'PENDING' "
+    "RETURNING s.id, s.task_id, s.plan_id, s.step_id, s.attempt_count, s.max_attempts, s.idempotency_key, "
+    "s.agent_instance_id, s.agent_endpoint"
 )
 
 

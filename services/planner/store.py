@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from psycopg.errors import UniqueViolation
+from psycopg.types.json import Jsonb
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -137,11 +138,6 @@ _SET_AGENT = (
 )
 # An attempt started by the transaction that claims its step (row id not read yet: found by plan and step).
 _THIS_STEP = (STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id), STEPS.c.step_id == _p("step_id", STEPS.c.step_id))
-_PRESET_AGENT = (
-    sa.update(STEPS)
-    .where(*_THIS_STEP)
-    .values({**{c: _p(c, STEPS.c[c]) for c in _AGENT}, "input": _p("input", STEPS.c.input)})
-)
 _PRESTART_ATTEMPT = sa.insert(ATTEMPTS).inline().values(
     plan_step_id=sa.select(STEPS.c.id).where(*_THIS_STEP).scalar_subquery(),
     **{c: _p(c, ATTEMPTS.c[c]) for c in ("task_id", "step_id", "attempt", *_AGENT, "state", "trace_id", "planner",
@@ -692,27 +688,31 @@ class PlannerStore:
                                [{"plan_step_id": s.claimed.row_id, **a} for s, a in zip(ordered, attempts, strict=True)])
             await self._start_log(conn, choices, substitutions)
 
-    async def _prestart(
-        self, conn: AsyncConnection, ahead: _Ahead, task_id: str, plan_id: str, task_input: dict[str, Any],
-        rows: Sequence[Any], take: Sequence[str], attempts: Mapping[str, int],
-    ) -> None:
-        """Inside a claiming pipeline: record the attempt starts ``ahead``'s ``prepare`` makes for claimed steps."""
+    def _prepare_starts(
+        self, ahead: _Ahead, task_id: str, plan_id: str, task_input: dict[str, Any], rows: Sequence[Any],
+        take: Sequence[str], attempts: Mapping[str, int],
+    ) -> dict[str, Prestart]:
+        """The attempt starts ``ahead``'s ``prepare`` makes for steps a pipeline is about to claim (by step)."""
         prepare = ahead.claim.prepare if ahead.claim is not None else None
         if prepare is None:
-            return
+            return {}
         outputs = {r.step_id: r.output for r in rows if r.state == "SUCCEEDED"}
-        made = [prepare(StartRequest(task_id, plan_id, step_id, attempts[step_id], outputs, task_input)) for step_id in take]
-        prestarts = [p for p in made if p is not None]
+        made = {step_id: prepare(StartRequest(task_id, plan_id, step_id, attempts[step_id], outputs, task_input))
+                for step_id in take}
+        return {step_id: p for step_id, p in made.items() if p is not None}
+
+    async def _prestart(self, conn: AsyncConnection, ahead: _Ahead, plan_id: str, prestarts: Mapping[str, Prestart]) -> None:
+        """Inside a claiming pipeline, after the claim (which set the steps' agents and inputs): the attempts'
+        rows, choices and substitutions."""
         if not prestarts:
             return
-        agents, started, choices, substitutions = self._start_rows([p.start for p in prestarts])
-        where = [{"p_plan_id": plan_id, "p_step_id": p.start.claimed.step_id} for p in prestarts]
-        await write(conn, _PRESET_AGENT, [{**w, **a} for w, a in zip(where, agents, strict=True)])
+        _, started, choices, substitutions = self._start_rows([p.start for p in prestarts.values()])
         await write(conn, _PRESTART_ATTEMPT, [
-            {**w, **{f"p_{k}": v for k, v in a.items()}} for w, a in zip(where, started, strict=True)
+            {"p_plan_id": plan_id, "p_step_id": step_id, **{f"p_{k}": v for k, v in a.items()}}
+            for step_id, a in zip(prestarts, started, strict=True)
         ])
         await self._start_log(conn, choices, substitutions)
-        ahead.prestarted.update({(plan_id, p.start.claimed.step_id): p for p in prestarts})
+        ahead.prestarted.update({(plan_id, step_id): p for step_id, p in prestarts.items()})
 
     def _start_rows(
         self, starts: Sequence[AttemptStart]
@@ -925,12 +925,14 @@ class PlannerStore:
                 take, ids = ids[: ahead.limit], ids[ahead.limit :]
                 lease = {**self._lease(ahead.lease_ttl), "p_plan_id": plan_id, "p_ids": take}
                 if pipelined:  # under the task's lock every one of them is PENDING: each is claimed
-                    driver = await psycopg_connection(conn)
-                    ahead.deferred.append(await driver.execute(CLAIM_UNBLOCKED, {k[2:]: v for k, v in lease.items()}))
                     attempts = {r.step_id: r.attempt_count + 1 for r in rows}
+                    prestarts = self._prepare_starts(ahead, task_id, plan_id, task_input, rows, take, attempts)
+                    driver = await psycopg_connection(conn)
+                    params = {k[2:]: v for k, v in lease.items()} | _claim_agents(take, prestarts)
+                    ahead.deferred.append(await driver.execute(CLAIM_UNBLOCKED, params))
                     running = [("STEP_STATE", step_id, "RUNNING", attempts[step_id]) for step_id in take]
                     ahead.limit -= len(take)
-                    await self._prestart(conn, ahead, task_id, plan_id, task_input, rows, take, attempts)
+                    await self._prestart(conn, ahead, plan_id, prestarts)
                 else:
                     claimed = (await conn.execute(_CLAIM_UNBLOCKED, lease)).all()
                     ahead.take(claimed)
@@ -1296,6 +1298,17 @@ def _task_output(
         output, _ = resolve(document.doc["output"], Scope(task_input, outputs, document.aliases))
         return dict(output)
     return {sid: outputs[sid] for sid in states if sid in outputs}
+
+
+def _claim_agents(take: Sequence[str], prestarts: Mapping[str, Prestart]) -> dict[str, list[Any]]:
+    """``CLAIM_UNBLOCKED``'s per-step columns: the chosen agent and resolved input of prestarted steps, NULL else."""
+    agents = [prestarts[step_id].start.agent if step_id in prestarts else None for step_id in take]
+    columns: dict[str, list[Any]] = {"ids": list(take)}
+    for column, key in (("namespaces", "namespace"), ("names", "name"), ("versions", "version"),
+                        ("endpoints", "endpoint"), ("instances", "instance_id")):
+        columns[column] = [None if agent is None else agent.get(key, "") for agent in agents]
+    columns["inputs"] = [Jsonb(prestarts[step_id].start.step_input) if step_id in prestarts else None for step_id in take]
+    return columns
 
 
 def _has_approvals(document: PlanDocument) -> bool:

@@ -18,7 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh import storage
-from agentmesh.services.planner.store import AttemptEnd, AttemptFinish, ClaimAhead, Claimed, PlannerStore
+from agentmesh.services.planner.store import (
+    AttemptEnd,
+    AttemptFinish,
+    AttemptStart,
+    ClaimAhead,
+    Claimed,
+    PlannerStore,
+    Prestart,
+    StartRequest,
+)
 from agentmesh.storage import PlanStep, StepAttempt, Task
 
 pytestmark = pytest.mark.postgres
@@ -55,7 +64,7 @@ async def stores(engine: AsyncEngine) -> AsyncIterator[Callable[[], PlannerStore
         await store.close()
 
 
-async def _submit(store: PlannerStore) -> tuple[str, dict[str, Claimed]]:
+async def _submit(store: PlannerStore, claim: ClaimAhead | None = None) -> tuple[str, dict[str, Claimed]]:
     task_id = f"task-{uuid.uuid4().hex}"
     values: dict[str, Any] = {
         "task_id": task_id, "request_id": None, "goal": "join", "input": {}, "playbook": "join",
@@ -63,7 +72,7 @@ async def _submit(store: PlannerStore) -> tuple[str, dict[str, Claimed]]:
         "on_behalf_of": "", "tenant": "", "scopes": "", "trace_id": "", "depth": 0,
         "deadline_at": storage.utcnow() + dt.timedelta(minutes=5),
     }
-    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    claim = claim or ClaimAhead(limit=10, lease_ttl=60.0)
     await store.create_task(values, _PLAN, reason="test", claim=claim)
     return task_id, {step.step_id: step for step in claim.steps}
 
@@ -159,3 +168,30 @@ async def test_a_step_of_a_task_cancelled_meanwhile_ends_without_moving_its_plan
     assert await _finish(mine, claimed["right"], claim) == "lost"
     assert claim.steps == []
     assert (await _steps(engine, task_id))["join"] == ("PENDING", 0)
+
+
+async def test_a_step_started_with_its_claim_names_its_instance_before_any_call(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    # The claiming transaction records the chosen instance and the resolved input with the claim: a retry after a
+    # crash reads them back and goes to the same instance (its idempotency cache), so no skill runs twice.
+    def prepare(request: StartRequest) -> Prestart | None:
+        if request.step_id != "left":
+            return None  # started the usual way, after the claim
+        claimed = Claimed(0, request.task_id, request.plan_id, request.step_id, request.attempt, 0, "", "", "")
+        agent = {"namespace": "ns", "name": "noop", "version": "1.0.0", "endpoint": "127.0.0.1:1", "instance_id": "i-7"}
+        return Prestart(AttemptStart(claimed, agent, {"n": 1}, ""), None)
+
+    task_id, claimed = await _submit(stores(), ClaimAhead(limit=10, lease_ttl=60.0, prepare=prepare))
+    assert claimed["left"].previous_instance_id == "i-7"
+    async with engine.connect() as conn:
+        rows = {row.step_id: row for row in await conn.execute(
+            sa.select(PlanStep.step_id, PlanStep.agent_instance_id, PlanStep.agent_endpoint, PlanStep.input)
+            .where(PlanStep.task_id == task_id)
+        )}
+        attempts = (await conn.execute(
+            sa.select(StepAttempt.step_id, StepAttempt.agent_instance_id).where(StepAttempt.task_id == task_id)
+        )).all()
+    assert (rows["left"].agent_instance_id, rows["left"].agent_endpoint, rows["left"].input) == ("i-7", "127.0.0.1:1", {"n": 1})
+    assert (rows["right"].agent_instance_id, rows["right"].input) == ("", None)  # not started yet
+    assert [tuple(a) for a in attempts] == [("left", "i-7")]
