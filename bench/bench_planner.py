@@ -9,8 +9,10 @@ against the same agent and database server, at the same number of calls in fligh
 Figures:
   throughput   tasks of ``width`` independent trivial steps, all submitted at once: steps/s, attempt p50/p99
                (claim -> record, from the execution log), vs the bare loop at the planner's in-flight bound
-  overhead     one task of ``chain`` sequential trivial steps at 1 in flight: wall time per step minus the p50
-               of a bare mTLS Invoke of the same skill (the agent call itself)
+  overhead     one task of ``chain`` sequential trivial steps at 1 in flight: wall time per step (submission to
+               the task's end, over the chain's steps) minus the p50 of a bare mTLS Invoke of the same skill (the
+               agent call itself); and per step: the p50 of each step's cycle (one attempt's recorded end to the
+               next one's), against the bare Invoke and against a bare Invoke that carries a step token
   floor        (--floor) the bare loop plus what issues 10, 13 and 14 put on every durable step: a signed step
                token the agent checks, and a hash-chained, redacted audit record written with the step's end
   gateway      (--gateway N) one-step tasks submitted and watched through a gateway process (TLS + bearer JWT) and
@@ -196,7 +198,7 @@ async def _attempt_times(url: str, task_ids: list[str]) -> tuple[list[float], in
     return [float(r[0]) * 1000 for r in rows if r[0] is not None], sum(1 for r in rows if r[1] != "SUCCEEDED")
 
 
-async def _chain_gaps(url: str, task_ids: list[str]) -> str:
+async def _chain_gaps(url: str, task_ids: list[str]) -> tuple[float, str]:
     """Where a chain's time goes, per step (medians): step claimed -> attempt recorded as started -> attempt
     ended -> the next step claimed."""
     import psycopg
@@ -216,8 +218,12 @@ async def _chain_gaps(url: str, task_ids: list[str]) -> str:
     start = [ms(r[0], r[1]) for rows in chains for r in rows]
     call = [ms(r[1], r[2]) for rows in chains for r in rows]
     gap = [ms(rows[i][2], rows[i + 1][0]) for rows in chains for i in range(len(rows) - 1)]
-    return (f"claimed->started {statistics.median(start):.1f} ms, started->ended {statistics.median(call):.1f} ms, "
-            f"ended->next claimed {statistics.median(gap):.1f} ms (medians)")
+    # One step's whole cycle: from one attempt's end to the next one's end, as the planner stamped them (the same
+    # point of consecutive cycles), so each step of the chain is a sample and the p50 is per step.
+    cycle = [ms(rows[i][2], rows[i + 1][2]) for rows in chains for i in range(len(rows) - 1)]
+    return statistics.median(cycle), (
+        f"claimed->started {statistics.median(start):.1f} ms, started->ended {statistics.median(call):.1f} ms, "
+        f"ended->next claimed {statistics.median(gap):.1f} ms (medians)")
 
 
 async def _bare_loop(
@@ -341,16 +347,26 @@ async def _bare_loop(
     return steps / elapsed, latencies
 
 
-async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300) -> float:
+async def _bare_call_p50(settings: Any, endpoint: str, calls: int = 300, *, token: bool = False) -> float:
+    """p50 of a bare mTLS Invoke of the trivial skill. ``token``: each call carries a step token for the agent,
+    minted before the clock starts (the agent's check of it is timed: every step's call carries one)."""
     from agentmesh._channel import create_channel
+    from agentmesh.services.planner.tokens import StepTokens
     from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
+    tokens = StepTokens(settings) if token else None
     async with create_channel(endpoint, settings, kind="service", name="planner") as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         times = []
         for i in range(calls):
             request = agent_pb2.InvokeRequest(skill="noop", idempotency_key=f"p50/{uuid.uuid4().hex}")
             request.input.update({"n": i})
+            if tokens is not None:
+                request.task_id, request.step_id = f"p50-{i}", "s"
+                request.delegation_token = tokens.mint(
+                    audience=f"spiffe://{settings.trust_domain}/agent/bench/noop", subject="user@bench",
+                    tenant="bench", scopes=["tasks:submit"], task_id=request.task_id, step_id="s",
+                    actor_chain=(f"spiffe://{settings.trust_domain}/service/planner",), ttl_seconds=40)
             started = time.perf_counter()
             await stub.Invoke(request, timeout=10)
             times.append((time.perf_counter() - started) * 1000)
@@ -470,6 +486,7 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
                 f"{cpu:.2f} ms per step (submission included)"
             )
             call_p50 = await _bare_call_p50(settings, endpoint)
+            token_call_p50 = await _bare_call_p50(settings, endpoint, token=True)
             cpu = _cpu(first.pid)
             chain_ids, per_chain = [], []
             for _ in range(args.chains):  # one after another: one step in flight throughout
@@ -478,13 +495,18 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
                 finished = await _wait_done(url, chain_ids[-1:])
                 per_chain.append((finished - started) * 1000 / args.chain)
             per_step = statistics.median(per_chain)
-            gaps = await _chain_gaps(url, chain_ids)
+            cycle_p50, gaps = await _chain_gaps(url, chain_ids)
             cpu = (_cpu(first.pid) - cpu) * 1000 / (args.chain * args.chains)
             chains = f"{args.chain}-step chain" if args.chains == 1 else f"{args.chain}-step chain (median of {args.chains})"
             report.append(
                 f"overhead at 1 in flight: {per_step:.2f} ms per step over a {chains} (submit to done) vs "
                 f"bare mTLS Invoke p50 {call_p50:.2f} ms: planner overhead {per_step - call_p50:.2f} ms per step; planner CPU "
                 f"{cpu:.2f} ms per step; {gaps}"
+            )
+            report.append(
+                f"per step p50 (each step's cycle, attempt end to the next attempt's end, as recorded): {cycle_p50:.2f} ms: "
+                f"{cycle_p50 - call_p50:.2f} ms over the bare Invoke p50 ({call_p50:.2f} ms), {cycle_p50 - token_call_p50:.2f} ms "
+                f"over a bare Invoke carrying a step token the agent checks (p50 {token_call_p50:.2f} ms)"
             )
         if args.gateway:
             report.append(await _gateway_path(args.gateway, env, logs, planner, settings, children))
