@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -201,7 +202,14 @@ _WATCH_READ = sa.select(
         sa.literal_column("'[]'::json"),
     )).scalar_subquery().label("events"),
 ).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
+_WATCH_COLUMNS = (*(column.name for column in TASKS.columns), "events")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@functools.cache
+def _watch_read_sql(dialect: Any) -> str:
+    """``_WATCH_READ`` as psycopg runs it (named parameters), compiled once."""
+    return str(_WATCH_READ.compile(dialect=dialect))
 _TASK = sa.select(TASKS).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 # Task events are announced on this channel as "<task id> <replica>" when their transaction commits.
 TASK_EVENTS_CHANNEL = "agentmesh_task_events"
@@ -1198,13 +1206,20 @@ class PlannerStore:
         NotFoundError when there is no such task."""
         params = {"p_task_id": task_id, "p_cursor": cursor, "p_limit": limit}
         if self.postgres:
+            # Straight on psycopg (a watch reads at every commit of its task): SQLAlchemy's row processing of the
+            # task's columns cost more than the read itself.
             async with self.single.connect() as conn:
-                row = (await conn.execute(_WATCH_READ, params)).first()
-            if row is None:
+                driver = await psycopg_connection(conn)
+                found = await (await driver.execute(_watch_read_sql(conn.dialect), params)).fetchone()
+            if found is None:
                 raise NotFoundError(f"no task {task_id!r}")
+            values = dict(zip(_WATCH_COLUMNS, found, strict=True))
             events = [EventRow(i, kind, step, state, attempt, _EPOCH + dt.timedelta(microseconds=micros))
-                      for i, kind, step, state, attempt, micros in row.events]
-            return self._remember(TaskRow.of(row)), events
+                      for i, kind, step, state, attempt, micros in values.pop("events")]
+            for name in ("deadline_at", "created_at", "updated_at"):  # as UTCDateTime loads them: in UTC
+                if values[name] is not None:
+                    values[name] = values[name].astimezone(dt.UTC)
+            return self._remember(TaskRow(**{name: values[name] for name in TaskRow.__dataclass_fields__})), events
         async with self.reader.begin() as conn:  # one transaction: one snapshot
             rows = (await conn.execute(_EVENTS_AFTER, params)).all()
             task = (await conn.execute(_TASK, {"p_task_id": task_id})).first()
