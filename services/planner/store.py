@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -167,6 +168,18 @@ _END_STEP = {
     .values({"state": state, **{c: _p(c, STEPS.c[c]) for c in columns}, "lease_owner": None,
              "lease_expires_at": None, "updated_at": _p("now", STEPS.c.updated_at)})
     for state, columns in _END_COLUMNS.items()
+}
+# Pending steps a transition moves on, by (PostgreSQL?, new state): compiled once, on PostgreSQL with the ids as
+# one array parameter, so the statement goes to psycopg as it is (it runs in a pipeline on the hot path).
+_MOVE_PENDING = {
+    (postgres, state): sa.update(STEPS)
+    .where(STEPS.c.plan_id == _p("plan_id", STEPS.c.plan_id), STEPS.c.state == "PENDING",
+           STEPS.c.step_id == sa.func.any(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String())))
+           if postgres else STEPS.c.step_id.in_(_p("ids", STEPS.c.step_id, expanding=True)))
+    .values(state=state, updated_at=_p("now", STEPS.c.updated_at),
+            **({"finished_at": _p("now", STEPS.c.finished_at)} if state == "SKIPPED" else {}))
+    for postgres in (True, False)
+    for state in ("READY", "SKIPPED", "WAITING_APPROVAL")
 }
 _END_TASK = (
     sa.update(TASKS)
@@ -948,12 +961,7 @@ class PlannerStore:
             if new == "READY" and ids and ahead is not None:
                 ahead.ready_left = True
             if ids:
-                extra = {"finished_at": now} if new == "SKIPPED" else {}
-                await conn.execute(
-                    sa.update(STEPS)
-                    .where(STEPS.c.plan_id == plan_id, STEPS.c.step_id.in_(ids), STEPS.c.state == "PENDING")
-                    .values(state=new, updated_at=now, **extra)
-                )
+                await write(conn, _MOVE_PENDING[self.postgres, new], {"p_plan_id": plan_id, "p_ids": ids, "p_now": now})
         if pipelined and ahead is not None:  # the plan as this transition leaves it, for the next one to expect
             attempts_now = {e[1]: e[3] for e in running}
             ahead.plans[plan_id] = [
