@@ -10,7 +10,7 @@ Figures:
   throughput   tasks of ``width`` independent trivial steps, all submitted at once: steps/s, attempt p50/p99
                (claim -> record, from the execution log), vs the bare loop at the planner's in-flight bound
   overhead     one task of ``chain`` sequential trivial steps at 1 in flight: wall time per step (submission to
-               the task's end, over the chain's steps) minus the p50 of a bare mTLS Invoke of the same skill (the
+               the task's recorded end, over the chain's steps) minus the p50 of a bare mTLS Invoke of the same skill (the
                agent call itself); and per step: the p50 of each step's cycle (one attempt's recorded end to the
                next one's), against the bare Invoke and against a bare Invoke that carries a step token
   floor        (--floor) the bare loop plus what issues 10, 13 and 14 put on every durable step: a signed step
@@ -174,6 +174,17 @@ async def _wait_done(url: str, task_ids: list[str]) -> float:
             if row and row[0] == len(task_ids):
                 return time.perf_counter()
             await asyncio.sleep(0.01)
+
+
+async def _ended_at(url: str, task_id: str) -> float:
+    """When the planner recorded a task's final state (epoch seconds)."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        row = await (await conn.execute("SELECT extract(epoch FROM updated_at) FROM tasks WHERE task_id = %s",
+                                        (task_id,))).fetchone()
+    assert row is not None
+    return float(row[0])
 
 
 async def _attempt_times(url: str, task_ids: list[str]) -> tuple[list[float], int]:
@@ -490,10 +501,12 @@ async def run(args: argparse.Namespace, url: str, home: Path) -> list[str]:
             cpu = _cpu(first.pid)
             chain_ids, per_chain = [], []
             for _ in range(args.chains):  # one after another: one step in flight throughout
-                started = time.perf_counter()
+                submitted_at = time.time()
                 chain_ids += await _submit_all(stub, "chain", 1)
-                finished = await _wait_done(url, chain_ids[-1:])
-                per_chain.append((finished - started) * 1000 / args.chain)
+                await _wait_done(url, chain_ids[-1:])
+                # Done when the planner recorded the task's end (this machine's clock, like time.time()), not
+                # when the 10 ms poll above noticed it.
+                per_chain.append((await _ended_at(url, chain_ids[-1]) - submitted_at) * 1000 / args.chain)
             per_step = statistics.median(per_chain)
             cycle_p50, gaps = await _chain_gaps(url, chain_ids)
             cpu = (_cpu(first.pid) - cpu) * 1000 / (args.chain * args.chains)

@@ -143,8 +143,8 @@ def _expected_plans(
             return None
         if claimed.task_id not in expected:
             known = store.known_steps(claimed.plan_id)
-            if known is None:
-                return None
+            if known is None or any(row.state == "FAILED" for row in known):
+                return None  # unknown here, or waiting to be re-planned (the general path's business)
             expected[claimed.task_id] = (claimed.plan_id, [StepRow(*row.values()) for row in known])
         plan_id, rows = expected[claimed.task_id]
         if plan_id != claimed.plan_id:
