@@ -210,3 +210,68 @@ async def test_events_of_a_one_round_trip_end_are_numbered_in_the_order_they_wer
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     _, again = await mine.watch_read(task_id, events[4].id, 1000)  # resumed from a cursor: each event once
     assert [e.id for e in again] == ids[5:]
+
+
+async def test_a_step_end_after_the_writer_connection_was_killed_is_recorded_on_the_next_try(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    # PostgreSQL restarted or an idle connection killed: the writer's connection is dead, which only its next use
+    # finds out. That end fails (the engine's _record retries it), the dead connection is dropped, the retry works.
+    mine = stores()
+    task_id, claimed = await _submit(mine, _plan({"id": "a"}, {"id": "b"}, {"id": "c", "depends_on": ["a", "b"]}))
+    assert await _finish(mine, claimed["a"]) == "recorded"  # the writer's connection exists now
+    async with engine.connect() as conn:
+        killed = (await conn.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+            "AND datname = current_database() AND backend_type = 'client backend' AND state = 'idle'"
+        ))).scalar_one()
+    assert killed >= 1
+    outcomes: list[str] = []
+    for _ in range(2):
+        try:
+            outcomes.append(await _finish(mine, claimed["b"], ClaimAhead(limit=10, lease_ttl=60.0)))
+            break
+        except Exception as exc:  # what _record sees, and retries
+            outcomes.append(type(exc).__name__)
+    assert outcomes[-1] == "recorded", outcomes
+    assert await _steps(engine, task_id) == {"a": ("SUCCEEDED", 1), "b": ("SUCCEEDED", 1), "c": ("RUNNING", 1)}
+    assert await _task_state(engine, task_id) == "RUNNING"
+
+
+def _prepare_all(request: StartRequest) -> Prestart | None:
+    claimed = Claimed(0, request.task_id, request.plan_id, request.step_id, request.attempt, 0, "", "", "")
+    agent = {"namespace": "ns", "name": "noop", "version": "1", "endpoint": "127.0.0.1:1", "instance_id": "i-1"}
+    return Prestart(AttemptStart(claimed, agent, {"blob": "x" * 4000, "step": request.step_id}, ""), None)
+
+
+async def test_a_refused_guard_in_a_long_pipeline_falls_back_and_the_plan_still_moves_on(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    # Past 8 kB libpq sends part of the pipeline early; the refusal must still come back as the guard's, never as
+    # an error of a later statement (a DataError would turn the agent's good reply into a failed step).
+    mine, other = stores(), stores()
+    plan = _plan({"id": "a"}, {"id": "z"}, *({"id": f"s{i}", "depends_on": ["a"]} for i in range(6)))
+    task_id, claimed = await _submit(mine, plan)
+    assert await _finish(other, claimed["z"]) == "recorded"  # mine's picture of the plan is stale now
+    claim = ClaimAhead(limit=10, lease_ttl=60.0, prepare=_prepare_all)
+    assert await _finish(mine, claimed["a"], claim, output={"blob": "y" * 20000}) == "recorded"
+    assert sorted(step.step_id for step in claim.steps) == [f"s{i}" for i in range(6)]
+    steps = await _steps(engine, task_id)
+    assert steps["a"] == ("SUCCEEDED", 1) and all(steps[f"s{i}"] == ("RUNNING", 1) for i in range(6))
+
+
+async def test_a_lost_step_in_a_long_pipeline_is_lost_not_an_error(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine = stores()
+    plan = _plan({"id": "a"}, *({"id": f"s{i}", "depends_on": ["a"], "approval": _APPROVAL if i % 2 else None}
+                                for i in range(6)))
+    for step in plan["steps"]:
+        if step.get("approval") is None:
+            step.pop("approval", None)
+    task_id, claimed = await _submit(mine, plan)
+    await _take_over(engine, task_id, "a")
+    claim = ClaimAhead(limit=10, lease_ttl=60.0, prepare=_prepare_all)
+    assert await _finish(mine, claimed["a"], claim, output={"blob": "y" * 20000}) == "lost"
+    assert claim.steps == []
+    assert (await _steps(engine, task_id))["s0"] == ("PENDING", 0)
