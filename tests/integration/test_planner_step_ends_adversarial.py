@@ -325,3 +325,40 @@ async def test_a_when_condition_on_a_big_number_decides_the_same_whichever_way_t
     assert await _finish(other, two["z"]) == "recorded"  # mine's picture is stale: two round trips
     assert await _finish(mine, two["a"], output={"n": 1e16}) in ("recorded", "ended")
     assert (await _steps(engine, one_id))["b"][0] == (await _steps(engine, two_id))["b"][0]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "PlannerStore.claim() inserts its STEP_STATE RUNNING events without the task's lock: a step end of the same "
+    "task that commits first takes later event ids, a watcher's cursor passes the claim's event before it is "
+    "visible, and a WatchTask resumed from that cursor never sees it"))
+async def test_a_watcher_resuming_from_its_cursor_sees_a_claim_that_committed_after_a_later_step_end(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    mine, claimer = stores(), stores()
+    task_id, claimed = await _submit(mine, _plan({"id": "a"}, {"id": "b"}), ClaimAhead(limit=1, lease_ttl=60.0))
+    assert list(claimed) == ["a"]  # b is READY, for the claim loop
+    _, seen = await mine.watch_read(task_id, 0, 1000)
+    cursor = seen[-1].id
+
+    inserted, gate = asyncio.Event(), asyncio.Event()
+    original = claimer._events
+
+    async def slow_events(conn: Any, task: Any, events: Any) -> None:  # the claim's transaction stays open here
+        await original(conn, task, events)
+        inserted.set()
+        await gate.wait()
+
+    monkeypatch.setattr(claimer, "_events", slow_events)
+    claiming = asyncio.create_task(claimer.claim(10, 60.0))
+    await asyncio.wait_for(inserted.wait(), 30)
+    assert await _finish(mine, claimed["a"]) == "recorded"  # commits while the claim is still open
+    _, first = await mine.watch_read(task_id, cursor, 1000)
+    seen += first
+    cursor = max([cursor, *(e.id for e in first)])
+    gate.set()
+    assert [step.step_id for step in await claiming] == ["b"]
+    _, second = await mine.watch_read(task_id, cursor, 1000)
+    seen += second
+    assert ("STEP_STATE", "b", "RUNNING") in [(e.type, e.step_id, e.state) for e in seen]
