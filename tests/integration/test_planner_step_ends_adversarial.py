@@ -155,7 +155,7 @@ async def test_guards_that_fail_again_and_again_leave_the_writer_usable(
         assert await _finish(mine, claim.steps[0]) == "ended"
 
 
-_AWKWARD = {"q": 'say "hi", {x}\\ NULL', "list": [None, 1.5, "NULL", {"a": []}], "empty": {}, "n": None}
+_AWKWARD: dict[str, Any] = {"q": 'say "hi", {x}\\ NULL', "list": [None, 1.5, "NULL", {"a": []}], "empty": {}, "n": None}
 
 
 async def test_a_one_round_trip_end_claims_a_mix_of_started_and_plain_steps_with_awkward_inputs_exactly(
