@@ -362,3 +362,31 @@ async def test_a_watcher_resuming_from_its_cursor_sees_a_claim_that_committed_af
     _, second = await mine.watch_read(task_id, cursor, 1000)
     seen += second
     assert ("STEP_STATE", "b", "RUNNING") in [(e.type, e.step_id, e.state) for e in seen]
+
+
+async def test_a_step_ending_after_the_sweep_timed_its_task_out_is_lost_and_the_task_stays_failed(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine, sweeper = stores(), stores()
+    task_id, claimed = await _submit(mine, _JOIN)
+    assert await _finish(mine, claimed["left"]) == "recorded"  # mine's picture: right running, join pending
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(Task).where(Task.task_id == task_id)
+                           .values(deadline_at=storage.utcnow() - dt.timedelta(seconds=1)))
+    assert await sweeper.sweep() == 1
+    claim = ClaimAhead(limit=10, lease_ttl=60.0)
+    assert await _finish(mine, claimed["right"], claim) == "lost"
+    assert claim.steps == []
+    assert await _task_state(engine, task_id) == "FAILED"
+    assert (await _steps(engine, task_id))["join"][0] == "SKIPPED"
+
+
+async def test_a_step_ending_after_its_task_was_cancelled_is_lost(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    mine, other = stores(), stores()
+    task_id, claimed = await _submit(mine, _JOIN)
+    assert await _finish(mine, claimed["left"]) == "recorded"
+    await other.cancel(task_id, "operator", by="ops")
+    assert await _finish(mine, claimed["right"]) == "lost"
+    assert await _task_state(engine, task_id) == "CANCELLED"
