@@ -23,6 +23,7 @@ Anything else (a step failing for good, a plan waiting to be re-planned) rolls b
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,9 @@ async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFini
                         done.add(task_id)
                 await _queue_rest(store, conn, driver, events, finishes)
         except DivisionByZero:  # a guard: another transaction moved a plan on, or a lease or the task was lost
-            await driver.execute("ROLLBACK")
+            # psycopg's own rollback: statements it meant to prepare in the aborted pipeline never were, and it
+            # forgets them (DEALLOCATE ALL); a plain ROLLBACK would leave it naming them on this connection.
+            await driver.rollback()
             store.forget_steps(plan_id for plan_id, _ in expected.values())
             for task_id in done:
                 store._endings.pop(task_id, None)
@@ -152,8 +155,21 @@ def _expected_plans(
         row = next((r for r in rows if r.step_id == claimed.step_id), None)
         if row is None or row.state != "RUNNING" or row.attempt_count != claimed.attempt:
             return None  # what is known here is already out of date
-        row.state, row.output = "SUCCEEDED", values["output"]
+        row.state, row.output = "SUCCEEDED", as_stored(values["output"])
     return expected
+
+
+def as_stored(value: Any) -> Any:
+    """A JSON value as jsonb gives it back, so a decision made from it is the one made from a read: a float of
+    1e16 or more is written with an exponent ("1e+16") and comes back as the integer that text names."""
+    if isinstance(value, float):
+        text = repr(value)
+        return int(decimal.Decimal(text)) if "e+" in text else value
+    if isinstance(value, dict):
+        return {key: as_stored(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [as_stored(item) for item in value]
+    return value
 
 
 def fingerprint(rows: Sequence[StepRow]) -> str:

@@ -195,3 +195,22 @@ async def test_a_step_started_with_its_claim_names_its_instance_before_any_call(
     assert (rows["left"].agent_instance_id, rows["left"].agent_endpoint, rows["left"].input) == ("i-7", "127.0.0.1:1", {"n": 1})
     assert (rows["right"].agent_instance_id, rows["right"].input) == ("", None)  # not started yet
     assert [tuple(a) for a in attempts] == [("left", "i-7")]
+
+
+async def test_what_the_replica_keeps_of_an_output_is_what_the_database_gives_back(
+    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+) -> None:
+    # The next decision (a `when`, a template) is made from the kept output on the one-round-trip path and from
+    # the stored one on the other: they must be the same values, big and small numbers included.
+    store = stores()
+    task_id, claimed = await _submit(store)
+    output = {"n": [1e16, 1e300, 1.5e20, -2e17, 3.0, 1e-07, 0.1, 12345678901234567.0], "s": "x", "b": True, "z": None}
+    (result,) = await store.finish_attempts([AttemptFinish(claimed["left"], AttemptEnd("SUCCEEDED", output=output))])
+    assert result == "recorded"
+    known = store.known_steps(claimed["left"].plan_id)
+    assert known is not None
+    kept = next(row.output for row in known if row.step_id == "left")
+    async with engine.connect() as conn:
+        stored = (await conn.execute(
+            sa.select(PlanStep.output).where(PlanStep.task_id == task_id, PlanStep.step_id == "left"))).scalar_one()
+    assert kept == stored and [type(v) for v in kept["n"]] == [type(v) for v in stored["n"]]

@@ -135,10 +135,6 @@ async def test_an_approval_asked_by_a_one_round_trip_end_waits_and_the_task_ends
     assert await _task_state(engine, task_id) == "SUCCEEDED"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finish_speculative keeps the writer connection after a refused guard (DivisionByZero, ROLLBACK); a statement "
-    "psycopg prepares (5th use) in the aborted pipeline is never prepared on the server, and the next end fails: "
-    "InvalidSqlStatementName: prepared statement \"_pg3_N\" does not exist"))
 async def test_guards_that_fail_again_and_again_leave_the_writer_usable(
     engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
@@ -310,10 +306,6 @@ async def test_a_batch_of_two_tasks_one_of_them_moved_on_elsewhere_records_both(
     assert await _steps(engine, stale_id) == {"left": ("SUCCEEDED", 1), "right": ("SUCCEEDED", 1), "join": ("RUNNING", 1)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finish_speculative decides from the agent's output as Python holds it (1e16: a float), finish_pipelined "
-    "from it as jsonb gives it back (PostgreSQL prints 1e16 as 10000000000000000: an int, which CEL will not "
-    "compare with 5.0): whether the next step runs depends on which way the end was recorded"))
 async def test_a_when_condition_on_a_big_number_decides_the_same_whichever_way_the_end_is_recorded(
     engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
