@@ -99,22 +99,40 @@ _LEASE = {
     "started_at": sa.func.coalesce(STEPS.c.started_at, _p("now", STEPS.c.started_at)),
     "updated_at": _p("now", STEPS.c.updated_at),
 }
-_RUNNABLE = (
-    sa.select(STEPS.c.id)
-    .where(
-        sa.or_(
-            sa.and_(
-                STEPS.c.state == "READY",
-                sa.or_(STEPS.c.not_before.is_(None), STEPS.c.not_before <= _p("now", STEPS.c.not_before)),
-            ),
-            sa.and_(STEPS.c.state == "RUNNING", STEPS.c.lease_expires_at < _p("now", STEPS.c.lease_expires_at)),
-        )
-    )
-    .order_by(STEPS.c.id)
-    .limit(sa.bindparam("p_limit", type_=sa.Integer()))
-    .with_for_update(skip_locked=True)
+_IS_RUNNABLE = sa.or_(
+    sa.and_(
+        STEPS.c.state == "READY",
+        sa.or_(STEPS.c.not_before.is_(None), STEPS.c.not_before <= _p("now", STEPS.c.not_before)),
+    ),
+    sa.and_(STEPS.c.state == "RUNNING", STEPS.c.lease_expires_at < _p("now", STEPS.c.lease_expires_at)),
 )
+_LIMIT = sa.bindparam("p_limit", type_=sa.Integer())
+_RUNNABLE = sa.select(STEPS.c.id).where(_IS_RUNNABLE).order_by(STEPS.c.id).limit(_LIMIT).with_for_update(skip_locked=True)
 _CLAIM = sa.update(STEPS).where(STEPS.c.id.in_(_RUNNABLE.scalar_subquery())).values(_LEASE).returning(*_CLAIMED)
+# On PostgreSQL a claim first locks the tasks of the steps it may take (skipping tasks in a transition), as
+# every transition does: a task's events then get their ids in the order their transactions commit, so a watch
+# that has read up to an event never misses one of that task committed later with a smaller id. SKIP LOCKED on
+# both: a claim never waits, so it never deadlocks with a transition.
+_CLAIMABLE_TASKS = (
+    sa.select(TASKS.c.task_id)
+    .where(TASKS.c.task_id.in_(
+        sa.select(STEPS.c.task_id).where(_IS_RUNNABLE).order_by(STEPS.c.id).limit(_LIMIT).scalar_subquery()))
+    .order_by(TASKS.c.task_id)
+    .with_for_update(key_share=True, skip_locked=True)
+    .cte("claimable_tasks")
+)
+_CLAIM_LOCKED = (
+    sa.update(STEPS)
+    .where(STEPS.c.id.in_(
+        sa.select(STEPS.c.id)
+        .where(_IS_RUNNABLE, STEPS.c.task_id.in_(sa.select(_CLAIMABLE_TASKS.c.task_id)))
+        .order_by(STEPS.c.id)
+        .limit(_LIMIT)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()))
+    .values(_LEASE)
+    .returning(*_CLAIMED)
+)
 _CLAIM_UNBLOCKED = (
     sa.update(STEPS)
     .where(
@@ -648,7 +666,8 @@ class PlannerStore:
     async def claim(self, limit: int, lease_ttl: float) -> list[Claimed]:
         """Claim up to ``limit`` runnable steps (ready, or running under a lapsed lease) with a fresh lease."""
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(_CLAIM, {**self._lease(lease_ttl), "p_limit": limit})).all()
+            claim = _CLAIM_LOCKED if self.postgres else _CLAIM  # SQLite: one writer at a time already
+            rows = (await conn.execute(claim, {**self._lease(lease_ttl), "p_limit": limit})).all()
             if rows:
                 await self._events(conn, None, [("STEP_STATE", r.step_id, "RUNNING", r.attempt_count, r.task_id) for r in rows])
         return [Claimed(*row) for row in rows]

@@ -319,10 +319,6 @@ async def test_a_when_condition_on_a_big_number_decides_the_same_whichever_way_t
     assert (await _steps(engine, one_id))["b"][0] == (await _steps(engine, two_id))["b"][0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PlannerStore.claim() inserts its STEP_STATE RUNNING events without the task's lock: a step end of the same "
-    "task that commits first takes later event ids, a watcher's cursor passes the claim's event before it is "
-    "visible, and a WatchTask resumed from that cursor never sees it"))
 async def test_a_watcher_resuming_from_its_cursor_sees_a_claim_that_committed_after_a_later_step_end(
     engine: AsyncEngine, stores: Callable[[], PlannerStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -345,15 +341,22 @@ async def test_a_watcher_resuming_from_its_cursor_sees_a_claim_that_committed_af
     monkeypatch.setattr(claimer, "_events", slow_events)
     claiming = asyncio.create_task(claimer.claim(10, 60.0))
     await asyncio.wait_for(inserted.wait(), 30)
-    assert await _finish(mine, claimed["a"]) == "recorded"  # commits while the claim is still open
+    # The claim holds the task's lock, as a transition does: the step end waits for it to commit, so its events
+    # cannot take later ids and become visible first.
+    ending = asyncio.create_task(_finish(mine, claimed["a"]))
+    finished, _ = await asyncio.wait({ending}, timeout=1.0)  # a bounded check that it does NOT end meanwhile
     _, first = await mine.watch_read(task_id, cursor, 1000)
     seen += first
     cursor = max([cursor, *(e.id for e in first)])
+    assert not finished and first == []
     gate.set()
     assert [step.step_id for step in await claiming] == ["b"]
+    assert await asyncio.wait_for(ending, 30) == "recorded"
     _, second = await mine.watch_read(task_id, cursor, 1000)
     seen += second
     assert ("STEP_STATE", "b", "RUNNING") in [(e.type, e.step_id, e.state) for e in seen]
+    ids = [e.id for e in seen]
+    assert ids == sorted(set(ids))  # each event once, in order
 
 
 async def test_a_step_ending_after_the_sweep_timed_its_task_out_is_lost_and_the_task_stays_failed(
