@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.registry",
     "tests.fixtures.gateway",
     "tests.fixtures.planner",
+    "tests.fixtures.planner_store",
 ]

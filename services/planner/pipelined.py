@@ -129,8 +129,7 @@ async def finish_speculative(store: PlannerStore, finishes: Sequence[AttemptFini
         except BaseException:
             await conn.invalidate()
             raise
-    for cursor in ahead.deferred:
-        ahead.take([tuple(row) for row in await cursor.fetchall()])
+    await ahead.take_deferred()
     return ["ended" if f.claimed.task_id in done else "recorded" for f in finishes]
 
 
@@ -221,8 +220,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
         except BaseException:
             await conn.invalidate()
             raise
-    for cursor in ahead.deferred:
-        ahead.take([tuple(row) for row in await cursor.fetchall()])
+    await ahead.take_deferred()
     return ["ended" if result == "recorded" and f.claimed.task_id in done else result
             for f, result in zip(finishes, results, strict=True)]
 

@@ -509,8 +509,7 @@ class PlannerStore:
                 fresh = [StepRow(step_id, "PENDING", None, 0) for step_id in document.steps] if self.postgres else None
                 ended = await self._advance(conn, task_id, plan_id, values["input"], ahead=ahead, rows=fresh,
                                             events=[("TASK_STATE", "", "RUNNING", 0), ("PLAN_CREATED", "", "", 0)])
-            for cursor in ahead.deferred:
-                ahead.take(await cursor.fetchall())
+            await ahead.take_deferred()
             ahead.publish()
             self._keep_steps(ahead)
         except (IntegrityError, UniqueViolation):
@@ -1374,6 +1373,11 @@ class _Ahead:
     def take(self, rows: Sequence[Any]) -> None:
         """Claimed step rows (as returned by a claim), to run once the transaction has committed."""
         self.steps += [Claimed(*row) for row in rows]
+
+    async def take_deferred(self) -> None:
+        """Once the pipeline has synced: the steps its queued claims took."""
+        for cursor in self.deferred:
+            self.take([tuple(row) for row in await cursor.fetchall()])
 
     def publish(self) -> None:
         if self.claim is not None:

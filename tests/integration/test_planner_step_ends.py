@@ -8,16 +8,12 @@ run exactly once and the task must end: a wrong guess must never leave work pend
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmesh import storage
 from agentmesh.services.planner.store import (
     AttemptEnd,
     AttemptFinish,
@@ -29,6 +25,7 @@ from agentmesh.services.planner.store import (
     StartRequest,
 )
 from agentmesh.storage import PlanStep, StepAttempt, Task
+from tests.fixtures.planner_store import finish_step, step_states, submit_plan, task_state
 
 pytestmark = pytest.mark.postgres
 
@@ -43,135 +40,82 @@ _PLAN = {
 }
 
 
-@pytest.fixture
-async def engine(migrated_postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = storage.create_async_engine(migrated_postgres_url, pool_size=4)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def stores(engine: AsyncEngine) -> AsyncIterator[Callable[[], PlannerStore]]:
-    """Planner stores on one database, as replicas (or restarts of one) would hold them."""
-    made: list[PlannerStore] = []
-
-    def new() -> PlannerStore:
-        made.append(PlannerStore(engine, owner="planner-a"))
-        return made[-1]
-
-    yield new
-    for store in made:
-        await store.close()
-
-
-async def _submit(store: PlannerStore, claim: ClaimAhead | None = None) -> tuple[str, dict[str, Claimed]]:
-    task_id = f"task-{uuid.uuid4().hex}"
-    values: dict[str, Any] = {
-        "task_id": task_id, "request_id": None, "goal": "join", "input": {}, "playbook": "join",
-        "conversation_id": None, "parent_task_id": None, "parent_step_id": "", "submitted_by": "tester",
-        "on_behalf_of": "", "tenant": "", "scopes": "", "trace_id": "", "depth": 0,
-        "deadline_at": storage.utcnow() + dt.timedelta(minutes=5),
-    }
-    claim = claim or ClaimAhead(limit=10, lease_ttl=60.0)
-    await store.create_task(values, _PLAN, reason="test", claim=claim)
-    return task_id, {step.step_id: step for step in claim.steps}
-
-
-async def _finish(store: PlannerStore, step: Claimed, claim: ClaimAhead | None = None) -> str:
-    end = AttemptEnd("SUCCEEDED", output={"step": step.step_id})
-    (result,) = await store.finish_attempts([AttemptFinish(step, end)], claim)
-    return result
-
-
-async def _steps(engine: AsyncEngine, task_id: str) -> dict[str, tuple[str, int]]:
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            sa.select(PlanStep.step_id, PlanStep.state, PlanStep.attempt_count).where(PlanStep.task_id == task_id)
-        )
-        return {row.step_id: (row.state, row.attempt_count) for row in rows}
-
-
-async def _task_state(engine: AsyncEngine, task_id: str) -> str:
-    async with engine.connect() as conn:
-        return str((await conn.execute(sa.select(Task.state).where(Task.task_id == task_id))).scalar_one())
-
-
 async def test_a_join_runs_once_when_each_branch_ends_in_turn(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     store = stores()
-    task_id, claimed = await _submit(store)
+    task_id, claimed = await submit_plan(store, _PLAN)
     assert set(claimed) == {"left", "right"}
 
-    assert await _finish(store, claimed["left"]) == "recorded"
-    assert (await _steps(engine, task_id))["join"] == ("PENDING", 0)
+    assert await finish_step(store, claimed["left"]) == "recorded"
+    assert (await step_states(store_engine, task_id))["join"] == ("PENDING", 0)
     claim = ClaimAhead(limit=10, lease_ttl=60.0)
-    assert await _finish(store, claimed["right"], claim) == "recorded"
+    assert await finish_step(store, claimed["right"], claim) == "recorded"
     assert [step.step_id for step in claim.steps] == ["join"]
-    assert (await _steps(engine, task_id))["join"] == ("RUNNING", 1)
+    assert (await step_states(store_engine, task_id))["join"] == ("RUNNING", 1)
 
-    assert await _finish(store, claim.steps[0]) == "ended"
-    assert await _task_state(engine, task_id) == "SUCCEEDED"
-    async with engine.connect() as conn:
+    assert await finish_step(store, claim.steps[0]) == "ended"
+    assert await task_state(store_engine, task_id) == "SUCCEEDED"
+    async with store_engine.connect() as conn:
         attempts = (await conn.execute(sa.select(sa.func.count()).select_from(StepAttempt)
                                        .where(StepAttempt.task_id == task_id))).scalar_one()
     assert attempts == 0  # no attempt rows were started in this test: ends of them touch nothing else
 
 
 async def test_a_branch_ended_by_another_writer_is_seen_and_the_join_still_runs(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     mine = stores()
-    task_id, claimed = await _submit(mine)
+    task_id, claimed = await submit_plan(mine, _PLAN)
     # Another writer ends the right branch: this replica's picture of the plan still has it running. Deciding
     # from that picture alone would leave the join pending forever once the left branch ends.
     other = stores()
-    assert await _finish(other, claimed["right"]) == "recorded"
+    assert await finish_step(other, claimed["right"]) == "recorded"
     assert mine.known_steps(claimed["left"].plan_id) is not None  # the stale picture is there to be tried
 
     claim = ClaimAhead(limit=10, lease_ttl=60.0)
-    assert await _finish(mine, claimed["left"], claim) == "recorded"
+    assert await finish_step(mine, claimed["left"], claim) == "recorded"
     assert [step.step_id for step in claim.steps] == ["join"]
-    assert await _steps(engine, task_id) == {"left": ("SUCCEEDED", 1), "right": ("SUCCEEDED", 1), "join": ("RUNNING", 1)}
+    assert await step_states(store_engine, task_id) == {"left": ("SUCCEEDED", 1), "right": ("SUCCEEDED", 1), "join": ("RUNNING", 1)}
 
-    assert await _finish(mine, claim.steps[0]) == "ended"
-    assert await _task_state(engine, task_id) == "SUCCEEDED"
+    assert await finish_step(mine, claim.steps[0]) == "ended"
+    assert await task_state(store_engine, task_id) == "SUCCEEDED"
 
 
 async def test_a_step_whose_lease_was_taken_over_is_not_ended_by_its_old_holder(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     mine = stores()
-    task_id, claimed = await _submit(mine)
+    task_id, claimed = await submit_plan(mine, _PLAN)
     # Another replica took the left branch over (its lease lapsed here): attempt 2 is theirs now.
-    async with engine.begin() as conn:
+    async with store_engine.begin() as conn:
         await conn.execute(
             sa.update(PlanStep)
             .where(PlanStep.task_id == task_id, PlanStep.step_id == "left")
             .values(lease_owner="planner-b", attempt_count=2)
         )
-    assert await _finish(mine, claimed["left"]) == "lost"
-    assert (await _steps(engine, task_id))["left"] == ("RUNNING", 2)
-    assert await _task_state(engine, task_id) == "RUNNING"
+    assert await finish_step(mine, claimed["left"]) == "lost"
+    assert (await step_states(store_engine, task_id))["left"] == ("RUNNING", 2)
+    assert await task_state(store_engine, task_id) == "RUNNING"
 
 
 async def test_a_step_of_a_task_cancelled_meanwhile_ends_without_moving_its_plan(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     mine = stores()
-    task_id, claimed = await _submit(mine)
-    assert await _finish(mine, claimed["left"]) == "recorded"
+    task_id, claimed = await submit_plan(mine, _PLAN)
+    assert await finish_step(mine, claimed["left"]) == "recorded"
     # Cancelled by another replica: this one's picture of the plan says running, the database says otherwise.
-    async with engine.begin() as conn:
+    async with store_engine.begin() as conn:
         await conn.execute(sa.update(Task).where(Task.task_id == task_id).values(state="CANCELLED"))
     claim = ClaimAhead(limit=10, lease_ttl=60.0)
-    assert await _finish(mine, claimed["right"], claim) == "lost"
+    assert await finish_step(mine, claimed["right"], claim) == "lost"
     assert claim.steps == []
-    assert (await _steps(engine, task_id))["join"] == ("PENDING", 0)
+    assert (await step_states(store_engine, task_id))["join"] == ("PENDING", 0)
 
 
 async def test_a_step_started_with_its_claim_names_its_instance_before_any_call(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     # The claiming transaction records the chosen instance and the resolved input with the claim: a retry after a
     # crash reads them back and goes to the same instance (its idempotency cache), so no skill runs twice.
@@ -182,9 +126,9 @@ async def test_a_step_started_with_its_claim_names_its_instance_before_any_call(
         agent = {"namespace": "ns", "name": "noop", "version": "1.0.0", "endpoint": "127.0.0.1:1", "instance_id": "i-7"}
         return Prestart(AttemptStart(claimed, agent, {"n": 1}, ""), None)
 
-    task_id, claimed = await _submit(stores(), ClaimAhead(limit=10, lease_ttl=60.0, prepare=prepare))
+    task_id, claimed = await submit_plan(stores(), _PLAN, ClaimAhead(limit=10, lease_ttl=60.0, prepare=prepare))
     assert claimed["left"].previous_instance_id == "i-7"
-    async with engine.connect() as conn:
+    async with store_engine.connect() as conn:
         rows = {row.step_id: row for row in await conn.execute(
             sa.select(PlanStep.step_id, PlanStep.agent_instance_id, PlanStep.agent_endpoint, PlanStep.input)
             .where(PlanStep.task_id == task_id)
@@ -198,19 +142,19 @@ async def test_a_step_started_with_its_claim_names_its_instance_before_any_call(
 
 
 async def test_what_the_replica_keeps_of_an_output_is_what_the_database_gives_back(
-    engine: AsyncEngine, stores: Callable[[], PlannerStore]
+    store_engine: AsyncEngine, stores: Callable[[], PlannerStore]
 ) -> None:
     # The next decision (a `when`, a template) is made from the kept output on the one-round-trip path and from
     # the stored one on the other: they must be the same values, big and small numbers included.
     store = stores()
-    task_id, claimed = await _submit(store)
+    task_id, claimed = await submit_plan(store, _PLAN)
     output = {"n": [1e16, 1e300, 1.5e20, -2e17, 3.0, 1e-07, 0.1, 12345678901234567.0], "s": "x", "b": True, "z": None}
     (result,) = await store.finish_attempts([AttemptFinish(claimed["left"], AttemptEnd("SUCCEEDED", output=output))])
     assert result == "recorded"
     known = store.known_steps(claimed["left"].plan_id)
     assert known is not None
     kept = next(row.output for row in known if row.step_id == "left")
-    async with engine.connect() as conn:
+    async with store_engine.connect() as conn:
         stored = (await conn.execute(
             sa.select(PlanStep.output).where(PlanStep.task_id == task_id, PlanStep.step_id == "left"))).scalar_one()
     assert kept == stored and [type(v) for v in kept["n"]] == [type(v) for v in stored["n"]]
