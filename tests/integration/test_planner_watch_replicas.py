@@ -74,3 +74,24 @@ async def test_a_watch_on_another_replica_sees_the_end_at_once(
     # would show the end up to a second late (three tasks, ending at different moments of that second).
     lags = await asyncio.gather(*(_lag(runner, watcher, s) for s in (2.0, 2.3, 2.6)))
     assert max(lags) < 0.3, lags
+
+
+async def test_a_replica_that_stopped_listening_listens_again_for_its_next_watch(
+    replicas: tuple[PlannerMesh, PlannerMesh], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A replica listens for other replicas' commits only while it has watchers (and a linger after): once it has
+    # stopped, the next watch must make it listen again, or that watch would see the end only at its next poll.
+    from agentmesh.services.planner import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_LISTEN_LINGER", 0.2)
+    runner, watcher = replicas
+    assert await _lag(runner, watcher, 0.5) < 0.3
+    listening = watcher.planner.engine._watched
+    for _ in range(200):  # the listen loop lets go within a second of the linger's end (polled, 10 s at most)
+        if not listening.is_set():
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the replica kept listening with no watcher left")
+    lags = await asyncio.gather(*(_lag(runner, watcher, s) for s in (2.0, 2.3)))
+    assert max(lags) < 0.3, lags
