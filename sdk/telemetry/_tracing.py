@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 
 from opentelemetry import trace
@@ -77,8 +78,16 @@ def _exporter(settings: Settings) -> SpanExporter | None:
 
 
 def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
-    """The mesh's tracer from ``tracer_provider`` (default: the global one)."""
-    return trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    """The mesh's tracer from ``tracer_provider`` (default: the global one), one per provider: a provider makes a
+    new tracer on every ask, and the planner asks once per step."""
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    tracer = _TRACERS.get(provider)
+    if tracer is None:
+        tracer = _TRACERS[provider] = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+    return tracer
+
+
+_TRACERS: weakref.WeakKeyDictionary[trace.TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
 
 
 def current_trace_id() -> str:

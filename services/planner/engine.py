@@ -134,7 +134,6 @@ class TaskEngine:
         self._watched = asyncio.Event()
         self._outcomes: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(maxsize=10_000)
         self._stopping = False
-        self._tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
         self._starved = False  # the last claim round was cut short by the in-flight bound
         # Group commit: attempt starts, and attempt ends with their audit records, of concurrent steps share
         # one transaction each (a lone step's write starts at once; under load batches grow by themselves).
@@ -459,10 +458,7 @@ class TaskEngine:
     # ---- one attempt -------------------------------------------------------------------------------------
 
     async def _execute(self, claimed: Claimed, prestart: Prestart | None = None) -> None:
-        provider = trace.get_tracer_provider()
-        if self._tracer is None or self._tracer[0] is not provider:  # a provider makes a new tracer per ask
-            self._tracer = (provider, telemetry.get_tracer(provider))
-        tracer = self._tracer[1]
+        tracer = telemetry.get_tracer()
         parent = self._task_trace(claimed.task_id)
         with tracer.start_as_current_span(f"step {claimed.step_id}", context=parent,
                                           attributes={"task_id": claimed.task_id}):

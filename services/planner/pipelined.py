@@ -9,13 +9,13 @@ COMMIT included, and the batch is rolled back and goes the two-round-trip way. O
 change within a plan, so states and attempt counts are all the advance depends on that another transaction can
 change.
 
-Two round trips (:func:`finish_pipelined`): the common case of a batch of attempt ends (every step SUCCEEDED, or READY for a retry) is one transaction
-sent in two pipelines: (1) lock the tasks, end the attempts and steps, read the plans' step states; (2) what
-the plans' advance decides (claims of the unblocked steps, state changes, events, a finished task's end), the
-audit chain lock and the audit records (linked and hashed by the database as it appends them, so the chain is
-held only for the end of the transaction, not across the Python between the two), COMMIT. Statements inside a
-pipeline are sent without waiting; PostgreSQL runs them in order, so each sees the ones before it, and locks are
-taken in the same order as on the general path (tasks, then step rows, then the chain).
+Two round trips (:func:`finish_pipelined`): the common case of a batch of attempt ends (every step SUCCEEDED, or
+READY for a retry) is one transaction sent in two pipelines: (1) lock the tasks, end the attempts and steps, read
+the plans' step states; (2) what the plans' advance decides (claims of the unblocked steps, state changes, events, a
+finished task's end), the audit chain lock and the audit records (linked and hashed by the database as it appends
+them, so the chain is held only for the end of the transaction, not across the Python between the two), COMMIT.
+Statements inside a pipeline are sent without waiting; PostgreSQL runs them in order, so each sees the ones before
+it, and locks are taken in the same order as on the general path (tasks, then step rows, then the chain).
 
 Anything else (a step failing for good, a plan waiting to be re-planned) rolls back and goes the general way
 (:meth:`PlannerStore._finish`), which reads as it goes.
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg.types.json import Jsonb
 
 from agentmesh.audit._append import queue_chained
-from agentmesh.storage import batched_pipeline, psycopg_connection, queue_begin, queue_commit, utcnow, write
+from agentmesh.storage import batched_pipeline, psycopg_connection, queue_begin, queue_commit, utcnow
 
 if TYPE_CHECKING:
     from agentmesh.services.planner.store import AttemptFinish, PlannerStore, _Ahead
@@ -50,10 +50,7 @@ _END_STEP = {
 _PLAN_STEPS = "SELECT step_id, state, output, attempt_count FROM plan_steps WHERE plan_id = %s"
 # Guards of the one-round-trip end: each divides by zero (SQLSTATE 22012) when the database disagrees.
 # The tasks locked (as ``_LOCK_TASKS``), every one of them still running:
-_LOCK_RUNNING = (
-    "SELECT 1 / (count(*) = %s AND bool_and(state <> ALL(%s)))::int FROM (SELECT state FROM tasks "
-    "WHERE task_id = ANY(%s) ORDER BY task_id FOR NO KEY UPDATE) AS locked"
-)
+_LOCK_RUNNING = f"SELECT 1 / (count(*) = %s AND bool_and(state <> ALL(%s)))::int FROM ({_LOCK_TASKS}) AS locked"
 # The attempt and its step ended, the step only while this attempt holds its lease:
 _END_SUCCEEDED = (
     f"WITH ended AS ({_END_STEP['SUCCEEDED']}), attempt AS (UPDATE step_attempts SET state = 'SUCCEEDED', "
@@ -179,7 +176,7 @@ def fingerprint(rows: Sequence[StepRow]) -> str:
 async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish], ahead: _Ahead) -> list[str] | None:
     """Record a batch of attempt ends in two round trips; None when the batch needs the general path (nothing
     was written then)."""
-    from agentmesh.services.planner.store import _END_ATTEMPT, FINAL_TASK_STATES, _step_end
+    from agentmesh.services.planner.store import FINAL_TASK_STATES, _step_end
 
     now = utcnow()
     ends = [_step_end(f.claimed, f.end, now) for f in finishes]
@@ -194,7 +191,7 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
             async with batched_pipeline(driver):
                 await queue_begin(driver)
                 locked = await driver.execute(_LOCK_TASKS, (task_ids,))
-                await _end_attempts(conn, finishes, now, _END_ATTEMPT)
+                await store._end_attempts(conn, finishes, now)
                 ended = [
                     await driver.execute(_END_STEP[values["state"]], _step_params(store, f, values, now))
                     for f, values in zip(finishes, ends, strict=True)
@@ -223,16 +220,6 @@ async def finish_pipelined(store: PlannerStore, finishes: Sequence[AttemptFinish
     await ahead.take_deferred()
     return ["ended" if result == "recorded" and f.claimed.task_id in done else result
             for f, result in zip(finishes, results, strict=True)]
-
-
-async def _end_attempts(conn: Any, finishes: Sequence[AttemptFinish], now: Any, statement: Any) -> None:
-    """Queue the attempts' ends (``statement``: the store's attempt-end UPDATE)."""
-    await write(conn, statement, [
-        {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
-         "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
-         "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
-        for f in finishes
-    ])
 
 
 def _step_params(store: PlannerStore, finish: AttemptFinish, values: dict[str, Any], now: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import TypeDecorator
 
 from agentmesh._errors import FailedPreconditionError, NotFoundError
 from agentmesh.audit import AuditEntry, append_audit
@@ -234,6 +235,10 @@ _WATCH_READ = sa.select(
     )).scalar_subquery().label("events"),
 ).where(TASKS.c.task_id == _p("task_id", TASKS.c.task_id))
 _WATCH_COLUMNS = (*(column.name for column in TASKS.columns), "events")
+# The task columns whose type loads values itself (``UTCDateTime``): the raw read applies the same loader.
+_WATCH_LOADERS = {
+    column.name: column.type.process_result_value for column in TASKS.columns if isinstance(column.type, TypeDecorator)
+}
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -835,15 +840,7 @@ class PlannerStore:
         states: dict[str, str] = {
             row.task_id: row.state for row in await conn.execute(self._lock_many, {"p_task_ids": task_ids})
         }
-        await conn.execute(
-            _END_ATTEMPT,
-            [
-                {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
-                 "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
-                 "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
-                for f in finishes
-            ],
-        )
+        await self._end_attempts(conn, finishes, now)
         results = ["recorded"] * len(finishes)
         events: list[tuple[Any, ...]] = []
         succeeded: dict[str, str] = {}  # task -> plan to advance
@@ -897,6 +894,16 @@ class PlannerStore:
             "ended" if result == "recorded" and f.claimed.task_id in ended else result
             for f, result in zip(finishes, results, strict=True)
         ]
+
+    @staticmethod
+    async def _end_attempts(conn: AsyncConnection, finishes: Sequence[AttemptFinish], now: dt.datetime) -> None:
+        """Record how the attempts ended (on PostgreSQL queued, in a pipeline or not)."""
+        await write(conn, _END_ATTEMPT, [
+            {"p_row_id": f.claimed.row_id, "p_attempt": f.claimed.attempt, "p_state": f.end.state,
+             "p_error_code": f.end.error_code, "p_error_message": f.end.error_message[:4000],
+             "p_finished_at": now, "p_model_usages": list(f.end.model_usages), "p_replayed": f.end.replayed}
+            for f in finishes
+        ])
 
     async def _task_input(self, conn: AsyncConnection, task_id: str) -> dict[str, Any]:
         """A task's input (it never changes: read once per task)."""
@@ -1242,9 +1249,8 @@ class PlannerStore:
             values = dict(zip(_WATCH_COLUMNS, found, strict=True))
             events = [EventRow(i, kind, step, state, attempt, _EPOCH + dt.timedelta(microseconds=micros))
                       for i, kind, step, state, attempt, micros in values.pop("events")]
-            for name in ("deadline_at", "created_at", "updated_at"):  # as UTCDateTime loads them: in UTC
-                if values[name] is not None:
-                    values[name] = values[name].astimezone(dt.UTC)
+            for name, load in _WATCH_LOADERS.items():  # what SQLAlchemy's result processing would do (UTC times)
+                values[name] = load(values[name], conn.dialect)
             return self._remember(TaskRow(**{name: values[name] for name in TaskRow.__dataclass_fields__})), events
         async with self.reader.begin() as conn:  # one transaction: one snapshot
             rows = (await conn.execute(_EVENTS_AFTER, params)).all()
